@@ -1,0 +1,278 @@
+//! Every AWS request goes through [`Aws::send`]: budget, retries, counting, classification.
+//!
+//! One wrapper instead of the SDK's built-in retry loop, because each *attempt* must take a
+//! token from the region's budget and be counted, and because retrying is not always safe:
+//! a create call whose request may already have reached AWS (a timeout, a dropped
+//! connection) is not resent — EC2 has no idempotency token for `CreateVpc` or
+//! `CreateSubnet`, so a resend could make a twin. The pass fails instead, and the next pass
+//! finds the resource by its tags. Throttling and 5xx answers mean AWS did not act, so they
+//! are retried with capped, fully jittered exponential backoff.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use flotilla_core::CloudError;
+use rand::Rng;
+
+use crate::Aws;
+
+/// Error codes that mean "slow down".
+const THROTTLING: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "SlowDown",
+];
+
+/// 5xx codes that are answers, not failures: retrying them in the same place cannot help.
+const FINAL_SERVER_CODES: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "Unsupported",
+];
+
+/// Whether resending a request could do its work twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idempotency {
+    /// Describes, deletes, attaches, launches with a client token.
+    Safe,
+    /// Creates without a client token.
+    CreatesSomething,
+}
+
+/// One failed AWS call, after retries.
+#[derive(Debug, Clone)]
+pub(crate) struct CallError {
+    pub operation: &'static str,
+    pub region: String,
+    pub code: Option<String>,
+    pub message: String,
+    pub status: Option<u16>,
+    /// No answer from AWS (connection, timeout).
+    pub transport: bool,
+    pub retryable: bool,
+}
+
+impl CallError {
+    pub fn code(&self) -> &str {
+        self.code.as_deref().unwrap_or("")
+    }
+
+    pub fn is(&self, code: &str) -> bool {
+        self.code() == code
+    }
+
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.code().starts_with(prefix)
+    }
+
+    fn describe(&self) -> String {
+        match &self.code {
+            Some(code) => format!("{code}: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+
+    /// The generic classification; call sites refine it where they know more (a missing id
+    /// that the user supplied, a capacity error in a known AZ).
+    pub fn into_cloud_error(self) -> CloudError {
+        let operation = format!("{} in {}", self.operation, self.region);
+        match self.code() {
+            "AuthFailure"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "UnrecognizedClientException"
+            | "InvalidAccessKeyId"
+            | "ExpiredToken" => CloudError::InvalidCredentials {
+                message: format!("{} ({operation})", self.describe()),
+            },
+            "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+                let hint = self
+                    .message
+                    .contains("iam:PassRole")
+                    .then(|| PASS_ROLE_HINT.to_owned());
+                CloudError::PermissionDenied {
+                    operation,
+                    message: self.describe(),
+                    hint,
+                }
+            }
+            _ if self.retryable || self.transport => CloudError::Transient {
+                operation,
+                message: self.describe(),
+            },
+            _ => CloudError::Other {
+                operation,
+                message: self.describe(),
+            },
+        }
+    }
+}
+
+/// Seed 000: "AWS returned an error: unauthorized operation" with instance profiles.
+pub(crate) const PASS_ROLE_HINT: &str = "The instance profile has more permissions than the IAM user Flotilla uses: \
+add \"Action\": \"iam:PassRole\" to the IAM policy of that user (see AWS: Granting Permission to Launch EC2 \
+Instances with IAM Roles)";
+
+type HttpResponse = aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+fn classify<E>(
+    operation: &'static str,
+    region: &str,
+    error: &SdkError<E, HttpResponse>,
+) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut call_error = CallError {
+        operation,
+        region: region.to_owned(),
+        code: None,
+        message: String::new(),
+        status: None,
+        transport: false,
+        retryable: false,
+    };
+    match error {
+        SdkError::ServiceError(service) => {
+            call_error.code = service.err().code().map(str::to_owned);
+            call_error.message = service.err().message().unwrap_or("no message").to_owned();
+        }
+        SdkError::TimeoutError(_) => {
+            call_error.transport = true;
+            call_error.message = "timed out".into();
+        }
+        SdkError::DispatchFailure(failure) => {
+            call_error.transport = true;
+            call_error.message = format!("could not reach AWS: {:?}", failure.as_connector_error());
+        }
+        SdkError::ResponseError(response) => {
+            call_error.transport = true;
+            call_error.message = format!("unreadable response: {:?}", response.raw());
+        }
+        other => {
+            call_error.message = format!("{other}");
+        }
+    }
+    if call_error.code.is_none()
+        && let Some(code) = error.code()
+    {
+        call_error.code = Some(code.to_owned());
+    }
+    call_error.status = error.raw_response().map(|r| r.status().as_u16());
+    let code = call_error.code();
+    call_error.retryable = THROTTLING.contains(&code)
+        || (call_error.status.is_some_and(|s| s >= 500) && !FINAL_SERVER_CODES.contains(&code))
+        || matches!(
+            code,
+            "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable"
+        );
+    call_error
+}
+
+impl Aws {
+    /// Sends one logical call: waits for the region's budget before every attempt, retries
+    /// what is safe to retry, counts calls and attempts per operation.
+    pub(crate) async fn send<T, E, Fut>(
+        &self,
+        region: &str,
+        operation: &'static str,
+        idempotency: Idempotency,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T, CallError>
+    where
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        self.counters.count_call(operation);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            self.budget(region).acquire().await;
+            self.counters.count_attempt(operation);
+            let error = match attempt().await {
+                Ok(output) => return Ok(output),
+                Err(error) => classify(operation, region, &error),
+            };
+            let may_retry = if error.transport {
+                idempotency == Idempotency::Safe
+            } else {
+                error.retryable
+            };
+            if !may_retry || tries >= self.settings.max_attempts {
+                if may_retry {
+                    tracing::warn!(
+                        operation,
+                        region,
+                        code = error.code(),
+                        tries,
+                        "giving up after retries"
+                    );
+                }
+                return Err(error);
+            }
+            let ceiling = self
+                .settings
+                .retry_base
+                .saturating_mul(1 << (tries - 1).min(16))
+                .min(self.settings.retry_cap);
+            let pause =
+                Duration::from_secs_f64(rand::rng().random_range(0.0..=ceiling.as_secs_f64()));
+            tracing::debug!(operation, region, code = error.code(), ?pause, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: &str, message: &str) -> CallError {
+        CallError {
+            operation: "RunInstances",
+            region: "us-east-1".into(),
+            code: Some(code.into()),
+            message: message.into(),
+            status: Some(403),
+            transport: false,
+            retryable: false,
+        }
+    }
+
+    #[test]
+    fn pass_role_denials_carry_the_seed_hint() {
+        let e = error(
+            "UnauthorizedOperation",
+            "not authorized to perform: iam:PassRole on resource: role/x",
+        );
+        let text = e.into_cloud_error().to_string();
+        assert!(text.contains("iam:PassRole\" to the IAM policy"), "{text}");
+        let plain = error(
+            "UnauthorizedOperation",
+            "not authorized to perform: ec2:RunInstances",
+        )
+        .into_cloud_error();
+        assert!(matches!(
+            plain,
+            CloudError::PermissionDenied { hint: None, .. }
+        ));
+    }
+
+    #[test]
+    fn credential_codes_are_invalid_credentials() {
+        for code in [
+            "AuthFailure",
+            "InvalidClientTokenId",
+            "SignatureDoesNotMatch",
+        ] {
+            assert!(matches!(
+                error(code, "x").into_cloud_error(),
+                CloudError::InvalidCredentials { .. }
+            ));
+        }
+    }
+}

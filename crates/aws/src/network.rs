@@ -1,0 +1,1426 @@
+//! The network a cluster runs on: find-or-create (auto), validate (user VPC), tear down.
+//!
+//! Auto mode builds Docker Cloud's layout — `dc-vpc` 10.78.0.0/16, a `dc-subnet` per usable AZ,
+//! `dc-gateway` attached, `dc-route-table` with the default route and every subnet associated —
+//! plus a node security group. The VPC is the anchor: everything else is created only once the
+//! VPC exists, and teardown deletes the VPC last, so "no VPC" reliably means "nothing else of
+//! ours either" and the first observation round can stay small.
+//!
+//! Round trips from nothing (each line runs concurrently):
+//! 1. describe: zones, image, our VPC, our subnets, our gateway
+//! 2. create the VPC and the gateway; dry-run a launch in every AZ that lacks a subnet
+//! 3. create subnets (dry run passed), route table, security group; attach the gateway
+//! 4. default route, subnet associations, security group rules
+//!
+//! A repeat finds everything in round 1–2 and creates nothing; a run after a partial one
+//! creates exactly what is missing. Only resources with our owner tag are ever changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, InstanceType, IpPermission, IpRange, Placement, ResourceType};
+use flotilla_core::cloud::{
+    CloudError, Network, NetworkRequest, SkippedAz, Subnet, TeardownReport,
+};
+use flotilla_core::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
+use flotilla_core::spec::VpcOptions;
+use flotilla_core::tags;
+use futures::future::join_all;
+
+use crate::call::CallError;
+use crate::call::Idempotency::{CreatesSomething, Safe};
+use crate::instances::{filter, tag, tag_filter, tag_spec};
+use crate::{Aws, Image};
+
+#[derive(Debug, Clone)]
+struct FoundSubnet {
+    id: String,
+    availability_zone: String,
+    cidr: String,
+    vpc_id: String,
+    owned: bool,
+}
+
+#[derive(Debug, Clone)]
+struct FoundGateway {
+    id: String,
+    attached_to: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct FoundRouteTable {
+    id: String,
+    has_default_route: bool,
+    /// (association id, subnet id) of explicit subnet associations.
+    associations: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct FoundSecurityGroup {
+    id: String,
+    vpc_id: String,
+    /// (protocol, from port, to port, cidr) of every ingress rule.
+    rules: BTreeSet<(String, i32, i32, String)>,
+}
+
+fn name_tags(aws: &Aws, name: &str, role: &str) -> Vec<aws_sdk_ec2::types::Tag> {
+    vec![
+        tag("Name", name),
+        tag(tags::OWNER, &aws.settings.owner),
+        tag(tags::ROLE, role),
+    ]
+}
+
+fn owner_filter(aws: &Aws) -> Filter {
+    tag_filter(tags::OWNER, &aws.settings.owner)
+}
+
+fn has_owner_tag(aws: &Aws, tags_of: &[aws_sdk_ec2::types::Tag]) -> bool {
+    tags_of
+        .iter()
+        .any(|t| t.key() == Some(tags::OWNER) && t.value() == Some(aws.settings.owner.as_str()))
+}
+
+fn cloud_error(error: CallError) -> CloudError {
+    error.into_cloud_error()
+}
+
+/// Finds, creates or validates the network `request` asks for.
+pub(crate) async fn ensure(aws: &Aws, request: &NetworkRequest) -> Result<Network, CloudError> {
+    match &request.vpc {
+        None => ensure_auto(aws, request).await,
+        Some(vpc) => ensure_user_vpc(aws, request, vpc).await,
+    }
+}
+
+/// The AZs the network may use: the region's available AZs, limited to `allowed_azs`.
+async fn candidate_zones(
+    aws: &Aws,
+    request: &NetworkRequest,
+) -> Result<(Vec<String>, Vec<String>), CloudError> {
+    let zones = aws.zones_of(&request.region).await?;
+    let all: Vec<String> = zones.iter().map(|z| z.name.clone()).collect();
+    let mut candidates: Vec<String> = zones
+        .iter()
+        .filter(|z| z.available)
+        .map(|z| z.name.clone())
+        .collect();
+    if let Some(allowed) = &request.allowed_azs {
+        if let Some(unknown) = allowed.iter().find(|az| !all.contains(az)) {
+            return Err(CloudError::InvalidResource {
+                field: "availability_zones".into(),
+                message: format!(
+                    "{unknown} is not an availability zone of {} (it has: {})",
+                    request.region,
+                    all.join(", ")
+                ),
+            });
+        }
+        candidates.retain(|az| allowed.contains(az));
+    }
+    Ok((all, candidates))
+}
+
+async fn describe_subnets(
+    aws: &Aws,
+    region: &str,
+    filters: Vec<Filter>,
+) -> Result<Vec<FoundSubnet>, CallError> {
+    let ec2 = aws.ec2(region);
+    let output = aws
+        .send(region, "DescribeSubnets", Safe, || {
+            ec2.describe_subnets()
+                .set_filters(Some(filters.clone()))
+                .send()
+        })
+        .await?;
+    let mut subnets: Vec<FoundSubnet> = output
+        .subnets()
+        .iter()
+        .map(|s| FoundSubnet {
+            id: s.subnet_id().unwrap_or_default().to_owned(),
+            availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
+            cidr: s.cidr_block().unwrap_or_default().to_owned(),
+            vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
+            owned: has_owner_tag(aws, s.tags()),
+        })
+        .collect();
+    subnets.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
+    Ok(subnets)
+}
+
+async fn describe_gateways(
+    aws: &Aws,
+    region: &str,
+    filters: Vec<Filter>,
+) -> Result<Vec<FoundGateway>, CallError> {
+    let ec2 = aws.ec2(region);
+    let output = aws
+        .send(region, "DescribeInternetGateways", Safe, || {
+            ec2.describe_internet_gateways()
+                .set_filters(Some(filters.clone()))
+                .send()
+        })
+        .await?;
+    let mut gateways: Vec<FoundGateway> = output
+        .internet_gateways()
+        .iter()
+        .map(|g| FoundGateway {
+            id: g.internet_gateway_id().unwrap_or_default().to_owned(),
+            attached_to: g
+                .attachments()
+                .iter()
+                .filter_map(|a| a.vpc_id().map(str::to_owned))
+                .collect(),
+        })
+        .collect();
+    gateways.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(gateways)
+}
+
+async fn describe_route_tables(
+    aws: &Aws,
+    region: &str,
+    filters: Vec<Filter>,
+) -> Result<Vec<FoundRouteTable>, CallError> {
+    let ec2 = aws.ec2(region);
+    let output = aws
+        .send(region, "DescribeRouteTables", Safe, || {
+            ec2.describe_route_tables()
+                .set_filters(Some(filters.clone()))
+                .send()
+        })
+        .await?;
+    let mut tables: Vec<FoundRouteTable> = output
+        .route_tables()
+        .iter()
+        .map(|t| FoundRouteTable {
+            id: t.route_table_id().unwrap_or_default().to_owned(),
+            has_default_route: t.routes().iter().any(|r| {
+                r.destination_cidr_block() == Some("0.0.0.0/0")
+                    && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
+            }),
+            associations: t
+                .associations()
+                .iter()
+                .filter(|a| a.main() != Some(true))
+                .filter_map(|a| {
+                    Some((
+                        a.route_table_association_id()?.to_owned(),
+                        a.subnet_id()?.to_owned(),
+                    ))
+                })
+                .collect(),
+        })
+        .collect();
+    tables.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(tables)
+}
+
+async fn describe_security_groups(
+    aws: &Aws,
+    region: &str,
+    filters: Vec<Filter>,
+    ids: Vec<String>,
+) -> Result<Vec<FoundSecurityGroup>, CallError> {
+    let ec2 = aws.ec2(region);
+    let output = aws
+        .send(region, "DescribeSecurityGroups", Safe, || {
+            ec2.describe_security_groups()
+                .set_filters((!filters.is_empty()).then(|| filters.clone()))
+                .set_group_ids((!ids.is_empty()).then(|| ids.clone()))
+                .send()
+        })
+        .await?;
+    let mut groups: Vec<FoundSecurityGroup> = output
+        .security_groups()
+        .iter()
+        .map(|g| FoundSecurityGroup {
+            id: g.group_id().unwrap_or_default().to_owned(),
+            vpc_id: g.vpc_id().unwrap_or_default().to_owned(),
+            rules: g
+                .ip_permissions()
+                .iter()
+                .flat_map(|p| {
+                    let protocol = p.ip_protocol().unwrap_or("-1").to_owned();
+                    let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
+                    p.ip_ranges()
+                        .iter()
+                        .filter_map(move |r| {
+                            Some((protocol.clone(), from, to, r.cidr_ip()?.to_owned()))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        })
+        .collect();
+    groups.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(groups)
+}
+
+/// Dry-runs a launch of the node type in one AZ: `Ok(None)` when it would succeed,
+/// `Ok(Some(reason))` when the AZ cannot take this node type, `Err` for problems that are not
+/// about the AZ (credentials, permissions, throttling that outlasted the retries).
+async fn dry_run_in_zone(
+    aws: &Aws,
+    request: &NetworkRequest,
+    image: &Image,
+    zone: &str,
+) -> Result<Option<String>, CloudError> {
+    let ec2 = aws.ec2(&request.region);
+    let result = aws
+        .send(&request.region, "RunInstances", Safe, || {
+            let mut call = ec2
+                .run_instances()
+                .dry_run(true)
+                .image_id(&image.id)
+                .instance_type(InstanceType::from(request.node_type.as_str()))
+                .min_count(1)
+                .max_count(1)
+                .placement(Placement::builder().availability_zone(zone).build());
+            if let Some(profile) = &request.instance_profile_name {
+                call = call.iam_instance_profile(
+                    aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                        .name(profile)
+                        .build(),
+                );
+            }
+            call.send()
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(None),
+        Err(error) if error.is("DryRunOperation") => Ok(None),
+        // Accounts without a default VPC answer this once permissions and the type were
+        // accepted: the AZ is fine, it just needs the subnet we are about to create.
+        Err(error) if error.is("VPCIdNotSpecified") => Ok(None),
+        Err(error)
+            if matches!(
+                error.code(),
+                "Unsupported"
+                    | "InsufficientInstanceCapacity"
+                    | "InvalidParameterValue"
+                    | "InvalidParameterCombination"
+            ) =>
+        {
+            Ok(Some(format!(
+                "dry-run launch of {} failed: {}: {}",
+                request.node_type,
+                error.code(),
+                error.message
+            )))
+        }
+        Err(error) => Err(cloud_error(error)),
+    }
+}
+
+/// Dry-runs every zone concurrently; returns the zones that passed and the skipped ones.
+async fn dry_run_zones(
+    aws: &Aws,
+    request: &NetworkRequest,
+    image: &Image,
+    zones: &[String],
+) -> Result<(Vec<String>, Vec<SkippedAz>), CloudError> {
+    let results = join_all(
+        zones
+            .iter()
+            .map(|z| dry_run_in_zone(aws, request, image, z)),
+    )
+    .await;
+    let mut passed = Vec::new();
+    let mut skipped = Vec::new();
+    for (zone, result) in zones.iter().zip(results) {
+        match result? {
+            None => passed.push(zone.clone()),
+            Some(reason) => skipped.push(SkippedAz {
+                availability_zone: zone.clone(),
+                reason,
+            }),
+        }
+    }
+    Ok((passed, skipped))
+}
+
+/// Creates a `dc-subnet` per zone from the plan; a zone whose subnet AWS refuses (a CIDR
+/// conflict with a subnet the user made) is skipped with AWS's reason.
+async fn create_subnets(
+    aws: &Aws,
+    region: &str,
+    vpc_id: &str,
+    vpc_cidr: Ipv4Cidr,
+    region_zones: &[String],
+    zones: &[String],
+) -> Result<(Vec<Subnet>, Vec<SkippedAz>), CloudError> {
+    let plan = plan_subnets(vpc_cidr, region_zones).map_err(|e| CloudError::InvalidResource {
+        field: "provider_options.vpc.id".into(),
+        message: e.to_string(),
+    })?;
+    let ec2 = aws.ec2(region);
+    let creations = zones
+        .iter()
+        .filter_map(|zone| plan.for_az(zone))
+        .map(|planned| {
+            let ec2 = ec2.clone();
+            async move {
+                let cidr = planned.cidr.to_string();
+                let result = aws
+                    .send(region, "CreateSubnet", CreatesSomething, || {
+                        ec2.create_subnet()
+                            .vpc_id(vpc_id)
+                            .cidr_block(&cidr)
+                            .availability_zone(&planned.availability_zone)
+                            .tag_specifications(tag_spec(
+                                ResourceType::Subnet,
+                                name_tags(aws, tags::NAME_SUBNET, "subnet"),
+                            ))
+                            .send()
+                    })
+                    .await;
+                (planned, result)
+            }
+        });
+    let mut created = Vec::new();
+    let mut skipped = Vec::new();
+    for (planned, result) in join_all(creations).await {
+        match result {
+            Ok(output) => {
+                let id = output
+                    .subnet()
+                    .and_then(|s| s.subnet_id())
+                    .unwrap_or_default()
+                    .to_owned();
+                created.push(Subnet {
+                    id,
+                    availability_zone: planned.availability_zone.clone(),
+                    cidr: planned.cidr.to_string(),
+                    managed: true,
+                });
+            }
+            Err(error)
+                if error.starts_with("InvalidSubnet") || error.is("InvalidParameterValue") =>
+            {
+                skipped.push(SkippedAz {
+                    availability_zone: planned.availability_zone.clone(),
+                    reason: format!(
+                        "cannot create subnet {}: {}: {}",
+                        planned.cidr,
+                        error.code(),
+                        error.message
+                    ),
+                });
+            }
+            Err(error) => return Err(cloud_error(error)),
+        }
+    }
+    Ok((created, skipped))
+}
+
+/// The rules the node security group must have: everything from inside the VPC, and the
+/// management ports from the configured outside networks only.
+fn wanted_rules(request: &NetworkRequest, vpc_cidr: &str) -> BTreeSet<(String, i32, i32, String)> {
+    let mut rules = BTreeSet::from([("-1".to_owned(), -1, -1, vpc_cidr.to_owned())]);
+    for cidr in &request.ingress.cidrs {
+        for port in &request.ingress.ports {
+            rules.insert((
+                "tcp".to_owned(),
+                i32::from(*port),
+                i32::from(*port),
+                cidr.clone(),
+            ));
+        }
+    }
+    rules
+}
+
+async fn authorize_missing(
+    aws: &Aws,
+    region: &str,
+    group: &FoundSecurityGroup,
+    wanted: &BTreeSet<(String, i32, i32, String)>,
+) -> Result<Vec<String>, CloudError> {
+    let missing: Vec<&(String, i32, i32, String)> = wanted.difference(&group.rules).collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let permissions: Vec<IpPermission> = missing
+        .iter()
+        .map(|(protocol, from, to, cidr)| {
+            let mut permission = IpPermission::builder().ip_protocol(protocol).ip_ranges(
+                IpRange::builder()
+                    .cidr_ip(cidr)
+                    .description("flotilla")
+                    .build(),
+            );
+            if protocol != "-1" {
+                permission = permission.from_port(*from).to_port(*to);
+            }
+            permission.build()
+        })
+        .collect();
+    let ec2 = aws.ec2(region);
+    let result = aws
+        .send(region, "AuthorizeSecurityGroupIngress", Safe, || {
+            ec2.authorize_security_group_ingress()
+                .group_id(&group.id)
+                .set_ip_permissions(Some(permissions.clone()))
+                .send()
+        })
+        .await;
+    match result {
+        Ok(_) => {}
+        Err(error) if error.is("InvalidPermission.Duplicate") => {}
+        Err(error) => return Err(cloud_error(error)),
+    }
+    Ok(missing
+        .iter()
+        .map(|(protocol, from, _, cidr)| {
+            let what = if protocol == "-1" {
+                "all traffic".to_owned()
+            } else {
+                format!("{protocol}/{from}")
+            };
+            format!("security group {}: allowed {what} from {cidr}", group.id)
+        })
+        .collect())
+}
+
+async fn create_security_group(
+    aws: &Aws,
+    region: &str,
+    vpc_id: &str,
+) -> Result<FoundSecurityGroup, CloudError> {
+    let ec2 = aws.ec2(region);
+    let output = aws
+        .send(region, "CreateSecurityGroup", CreatesSomething, || {
+            ec2.create_security_group()
+                .group_name(format!("{}-{}", tags::NAME_SECURITY_GROUP, vpc_id))
+                .description("Flotilla nodes: open inside the VPC, management ports only from configured networks")
+                .vpc_id(vpc_id)
+                .tag_specifications(tag_spec(
+                    ResourceType::SecurityGroup,
+                    name_tags(aws, tags::NAME_SECURITY_GROUP, "security-group"),
+                ))
+                .send()
+        })
+        .await
+        .map_err(cloud_error)?;
+    Ok(FoundSecurityGroup {
+        id: output.group_id().unwrap_or_default().to_owned(),
+        vpc_id: vpc_id.to_owned(),
+        rules: BTreeSet::new(),
+    })
+}
+
+/// One subnet per AZ (the lowest id wins if a crash ever left two), restricted to `zones`.
+fn one_per_zone(
+    found: &[FoundSubnet],
+    vpc_id: &str,
+    zones: &[String],
+) -> BTreeMap<String, FoundSubnet> {
+    let mut by_zone = BTreeMap::new();
+    for subnet in found
+        .iter()
+        .filter(|s| s.vpc_id == vpc_id && zones.contains(&s.availability_zone))
+    {
+        by_zone
+            .entry(subnet.availability_zone.clone())
+            .or_insert_with(|| subnet.clone());
+    }
+    by_zone
+}
+
+async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, CloudError> {
+    let region = request.region.as_str();
+    let ec2 = aws.ec2(region);
+    let mut changes = Vec::new();
+
+    // Round 1: what exists.
+    let vpc_filters = vec![owner_filter(aws), tag_filter("Name", tags::NAME_VPC)];
+    let (zones, image, vpcs, subnets, gateways, profile) = tokio::join!(
+        candidate_zones(aws, request),
+        aws.image_for(region, request.image_id.as_deref()),
+        aws.send(region, "DescribeVpcs", Safe, || ec2
+            .describe_vpcs()
+            .set_filters(Some(vpc_filters.clone()))
+            .send()),
+        describe_subnets(
+            aws,
+            region,
+            vec![owner_filter(aws), tag_filter("Name", tags::NAME_SUBNET)]
+        ),
+        describe_gateways(aws, region, vec![owner_filter(aws)]),
+        async {
+            match &request.instance_profile_name {
+                Some(name) => check_instance_profile(aws, name).await,
+                None => Ok(()),
+            }
+        },
+    );
+    profile?;
+    let (region_zones, candidates) = zones?;
+    let image = image?;
+    let vpcs = vpcs.map_err(cloud_error)?;
+    let subnets = subnets.map_err(cloud_error)?;
+    let gateways = gateways.map_err(cloud_error)?;
+    let mut existing_vpcs: Vec<(String, String)> = vpcs
+        .vpcs()
+        .iter()
+        .filter_map(|v| Some((v.vpc_id()?.to_owned(), v.cidr_block()?.to_owned())))
+        .collect();
+    existing_vpcs.sort();
+    let existing_vpc = existing_vpcs.first().cloned();
+    let gateway = gateways.first().cloned();
+
+    // Round 2: the VPC and the gateway; dry runs; details of what hangs off an existing VPC.
+    let missing_zones: Vec<String> = match &existing_vpc {
+        Some((vpc_id, _)) => {
+            let have = one_per_zone(&subnets, vpc_id, &candidates);
+            candidates
+                .iter()
+                .filter(|z| !have.contains_key(*z))
+                .cloned()
+                .collect()
+        }
+        None => candidates.clone(),
+    };
+    let vpc_known = existing_vpc.as_ref().map(|(id, _)| id.clone());
+    let (vpc, gateway, dry_runs, tables, groups) = tokio::join!(
+        async {
+            if let Some(found) = &existing_vpc {
+                return Ok((found.0.clone(), found.1.clone(), false));
+            }
+            let output = aws
+                .send(region, "CreateVpc", CreatesSomething, || {
+                    ec2.create_vpc()
+                        .cidr_block(DEFAULT_VPC_CIDR)
+                        .tag_specifications(tag_spec(
+                            ResourceType::Vpc,
+                            name_tags(aws, tags::NAME_VPC, "vpc"),
+                        ))
+                        .send()
+                })
+                .await
+                .map_err(cloud_error)?;
+            let id = output
+                .vpc()
+                .and_then(|v| v.vpc_id())
+                .unwrap_or_default()
+                .to_owned();
+            Ok::<_, CloudError>((id, DEFAULT_VPC_CIDR.to_owned(), true))
+        },
+        async {
+            if let Some(found) = &gateway {
+                return Ok((found.clone(), false));
+            }
+            let output = aws
+                .send(region, "CreateInternetGateway", CreatesSomething, || {
+                    ec2.create_internet_gateway()
+                        .tag_specifications(tag_spec(
+                            ResourceType::InternetGateway,
+                            name_tags(aws, tags::NAME_GATEWAY, "gateway"),
+                        ))
+                        .send()
+                })
+                .await
+                .map_err(cloud_error)?;
+            let id = output
+                .internet_gateway()
+                .and_then(|g| g.internet_gateway_id())
+                .unwrap_or_default()
+                .to_owned();
+            Ok::<_, CloudError>((
+                FoundGateway {
+                    id,
+                    attached_to: Vec::new(),
+                },
+                true,
+            ))
+        },
+        dry_run_zones(aws, request, &image, &missing_zones),
+        async {
+            match &vpc_known {
+                Some(vpc_id) => {
+                    describe_route_tables(
+                        aws,
+                        region,
+                        vec![owner_filter(aws), filter("vpc-id", &[vpc_id])],
+                    )
+                    .await
+                }
+                None => Ok(Vec::new()),
+            }
+        },
+        async {
+            match &vpc_known {
+                Some(vpc_id) => {
+                    describe_security_groups(
+                        aws,
+                        region,
+                        vec![owner_filter(aws), filter("vpc-id", &[vpc_id])],
+                        Vec::new(),
+                    )
+                    .await
+                }
+                None => Ok(Vec::new()),
+            }
+        },
+    );
+    let (vpc_id, vpc_cidr_text, vpc_created) = vpc?;
+    let (gateway, gateway_created) = gateway?;
+    let (zones_to_create, mut skipped) = dry_runs?;
+    let table = tables.map_err(cloud_error)?.into_iter().next();
+    let group = groups.map_err(cloud_error)?.into_iter().next();
+    if vpc_created {
+        changes.push(format!(
+            "created VPC {vpc_id} ({vpc_cidr_text}, {})",
+            tags::NAME_VPC
+        ));
+    }
+    if gateway_created {
+        changes.push(format!(
+            "created internet gateway {} ({})",
+            gateway.id,
+            tags::NAME_GATEWAY
+        ));
+    }
+    let vpc_cidr: Ipv4Cidr =
+        vpc_cidr_text
+            .parse()
+            .map_err(|e: flotilla_core::network::CidrError| CloudError::Other {
+                operation: "DescribeVpcs".into(),
+                message: e.to_string(),
+            })?;
+    if let Some(attached) = gateway.attached_to.iter().find(|v| **v != vpc_id) {
+        return Err(CloudError::Other {
+            operation: format!("AttachInternetGateway in {region}"),
+            message: format!(
+                "internet gateway {} is attached to {attached}, not to {vpc_id}",
+                gateway.id
+            ),
+        });
+    }
+
+    // Round 3: subnets, route table, security group, gateway attachment.
+    let (created_subnets, table, group, attach) = tokio::join!(
+        create_subnets(
+            aws,
+            region,
+            &vpc_id,
+            vpc_cidr,
+            &region_zones,
+            &zones_to_create
+        ),
+        async {
+            if let Some(table) = &table {
+                return Ok((table.clone(), false));
+            }
+            let output = aws
+                .send(region, "CreateRouteTable", CreatesSomething, || {
+                    ec2.create_route_table()
+                        .vpc_id(&vpc_id)
+                        .tag_specifications(tag_spec(
+                            ResourceType::RouteTable,
+                            name_tags(aws, tags::NAME_ROUTE_TABLE, "route-table"),
+                        ))
+                        .send()
+                })
+                .await
+                .map_err(cloud_error)?;
+            let id = output
+                .route_table()
+                .and_then(|t| t.route_table_id())
+                .unwrap_or_default()
+                .to_owned();
+            Ok::<_, CloudError>((
+                FoundRouteTable {
+                    id,
+                    has_default_route: false,
+                    associations: Vec::new(),
+                },
+                true,
+            ))
+        },
+        async {
+            match &group {
+                Some(group) => Ok((group.clone(), false)),
+                None => create_security_group(aws, region, &vpc_id)
+                    .await
+                    .map(|g| (g, true)),
+            }
+        },
+        async {
+            if gateway.attached_to.contains(&vpc_id) {
+                return Ok(false);
+            }
+            let result = aws
+                .send(region, "AttachInternetGateway", Safe, || {
+                    ec2.attach_internet_gateway()
+                        .internet_gateway_id(&gateway.id)
+                        .vpc_id(&vpc_id)
+                        .send()
+                })
+                .await;
+            match result {
+                Ok(_) => Ok(true),
+                Err(error) if error.is("Resource.AlreadyAssociated") => Ok(false),
+                Err(error) => Err(cloud_error(error)),
+            }
+        },
+    );
+    let (created_subnets, refused) = created_subnets?;
+    skipped.extend(refused);
+    let (table, table_created) = table?;
+    let (group, group_created) = group?;
+    if attach? {
+        changes.push(format!(
+            "attached internet gateway {} to {vpc_id}",
+            gateway.id
+        ));
+    }
+    if table_created {
+        changes.push(format!(
+            "created route table {} ({})",
+            table.id,
+            tags::NAME_ROUTE_TABLE
+        ));
+    }
+    if group_created {
+        changes.push(format!(
+            "created security group {} ({})",
+            group.id,
+            tags::NAME_SECURITY_GROUP
+        ));
+    }
+    for subnet in &created_subnets {
+        changes.push(format!(
+            "created subnet {} ({}) in {}",
+            subnet.id, subnet.cidr, subnet.availability_zone
+        ));
+    }
+    let mut usable: Vec<Subnet> = one_per_zone(&subnets, &vpc_id, &candidates)
+        .into_values()
+        .map(|s| Subnet {
+            id: s.id,
+            availability_zone: s.availability_zone,
+            cidr: s.cidr,
+            managed: true,
+        })
+        .chain(created_subnets)
+        .collect();
+    usable.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
+
+    // Round 4: default route, associations, security group rules.
+    let wanted = wanted_rules(request, &vpc_cidr_text);
+    let unassociated: Vec<&Subnet> = usable
+        .iter()
+        .filter(|s| !table.associations.iter().any(|(_, subnet)| *subnet == s.id))
+        .collect();
+    let (route, associations, rules) = tokio::join!(
+        async {
+            if table.has_default_route {
+                return Ok(false);
+            }
+            let result = aws
+                .send(region, "CreateRoute", Safe, || {
+                    ec2.create_route()
+                        .route_table_id(&table.id)
+                        .destination_cidr_block("0.0.0.0/0")
+                        .gateway_id(&gateway.id)
+                        .send()
+                })
+                .await;
+            match result {
+                Ok(_) => Ok(true),
+                Err(error) if error.is("RouteAlreadyExists") => Ok(false),
+                Err(error) => Err(cloud_error(error)),
+            }
+        },
+        join_all(unassociated.iter().map(|subnet| {
+            let ec2 = ec2.clone();
+            let table_id = table.id.clone();
+            async move {
+                let result = aws
+                    .send(region, "AssociateRouteTable", Safe, || {
+                        ec2.associate_route_table()
+                            .route_table_id(&table_id)
+                            .subnet_id(&subnet.id)
+                            .send()
+                    })
+                    .await;
+                match result {
+                    Ok(_) => Ok(Some(format!(
+                        "associated route table {table_id} with {}",
+                        subnet.id
+                    ))),
+                    Err(error) if error.is("Resource.AlreadyAssociated") => Ok(None),
+                    Err(error) => Err(cloud_error(error)),
+                }
+            }
+        })),
+        authorize_missing(aws, region, &group, &wanted),
+    );
+    if route? {
+        changes.push(format!(
+            "added route 0.0.0.0/0 -> {} to {}",
+            gateway.id, table.id
+        ));
+    }
+    for association in associations {
+        changes.extend(association?);
+    }
+    changes.extend(rules?);
+
+    Ok(Network {
+        region: region.to_owned(),
+        vpc_id,
+        vpc_cidr,
+        managed: true,
+        subnets: usable,
+        security_groups: vec![group.id],
+        image_id: image.id,
+        skipped_azs: skipped,
+        changes,
+    })
+}
+
+fn invalid(field: &str, message: String) -> CloudError {
+    CloudError::InvalidResource {
+        field: field.to_owned(),
+        message,
+    }
+}
+
+/// Checks that the instance profile exists (IAM is global).
+async fn check_instance_profile(aws: &Aws, name: &str) -> Result<(), CloudError> {
+    let iam = aws.iam();
+    let home = aws.settings.home_region.clone();
+    let result = aws
+        .send(&home, "GetInstanceProfile", Safe, || {
+            iam.get_instance_profile()
+                .instance_profile_name(name)
+                .send()
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) if error.is("NoSuchEntity") => Err(invalid(
+            "provider_options.iam.instance_profile_name",
+            format!("instance profile '{name}' does not exist"),
+        )),
+        Err(error) => Err(cloud_error(error)),
+    }
+}
+
+async fn ensure_user_vpc(
+    aws: &Aws,
+    request: &NetworkRequest,
+    options: &VpcOptions,
+) -> Result<Network, CloudError> {
+    let region = request.region.as_str();
+    let ec2 = aws.ec2(region);
+    let mut changes = Vec::new();
+    let chosen_groups = options.security_groups.clone();
+
+    // Round 1: the VPC, its subnets, the chosen or our security groups, the instance profile.
+    let (zones, image, vpcs, subnets, groups, profile) = tokio::join!(
+        candidate_zones(aws, request),
+        aws.image_for(region, request.image_id.as_deref()),
+        aws.send(region, "DescribeVpcs", Safe, || ec2
+            .describe_vpcs()
+            .vpc_ids(&options.id)
+            .send()),
+        describe_subnets(aws, region, vec![filter("vpc-id", &[&options.id])]),
+        async {
+            if chosen_groups.is_empty() {
+                describe_security_groups(
+                    aws,
+                    region,
+                    vec![owner_filter(aws), filter("vpc-id", &[&options.id])],
+                    Vec::new(),
+                )
+                .await
+            } else {
+                describe_security_groups(aws, region, Vec::new(), chosen_groups.clone()).await
+            }
+        },
+        async {
+            match &request.instance_profile_name {
+                Some(name) => check_instance_profile(aws, name).await,
+                None => Ok(()),
+            }
+        },
+    );
+    let vpc = match vpcs {
+        Ok(output) => output.vpcs().first().cloned(),
+        Err(error) if error.starts_with("InvalidVpcID") => None,
+        Err(error) => return Err(cloud_error(error)),
+    };
+    let Some(vpc) = vpc else {
+        return Err(invalid(
+            "provider_options.vpc.id",
+            format!("VPC {} does not exist in {region}", options.id),
+        ));
+    };
+    let vpc_cidr: Ipv4Cidr = vpc.cidr_block().unwrap_or_default().parse().map_err(
+        |e: flotilla_core::network::CidrError| invalid("provider_options.vpc.id", e.to_string()),
+    )?;
+    let (region_zones, candidates) = zones?;
+    let image = image?;
+    let subnets = subnets.map_err(cloud_error)?;
+    profile?;
+    let groups = match groups {
+        Ok(groups) => groups,
+        Err(error) if error.starts_with("InvalidGroup") => {
+            let message = if error.message.is_empty() {
+                error.code().to_owned()
+            } else {
+                error.message.clone()
+            };
+            return Err(invalid(
+                "provider_options.vpc.security_groups",
+                format!("security group does not exist: {message}"),
+            ));
+        }
+        Err(error) => return Err(cloud_error(error)),
+    };
+    for id in &chosen_groups {
+        match groups.iter().find(|g| &g.id == id) {
+            None => {
+                return Err(invalid(
+                    "provider_options.vpc.security_groups",
+                    format!("security group {id} does not exist in {region}"),
+                ));
+            }
+            Some(group) if group.vpc_id != options.id => {
+                return Err(invalid(
+                    "provider_options.vpc.security_groups",
+                    format!(
+                        "security group {id} belongs to {}, not to {}",
+                        group.vpc_id, options.id
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
+    // The subnets: the chosen ones, or ours in this VPC, or new dc-subnets in an empty VPC.
+    let mut skipped = Vec::new();
+    let usable: Vec<Subnet> = if !options.subnets.is_empty() {
+        let mut chosen = Vec::new();
+        for id in &options.subnets {
+            match subnets.iter().find(|s| &s.id == id) {
+                Some(s) => chosen.push(Subnet {
+                    id: s.id.clone(),
+                    availability_zone: s.availability_zone.clone(),
+                    cidr: s.cidr.clone(),
+                    managed: s.owned,
+                }),
+                None => {
+                    // Say whether it is missing or in another VPC.
+                    let elsewhere = describe_subnets(aws, region, vec![filter("subnet-id", &[id])])
+                        .await
+                        .map_err(cloud_error)?;
+                    let message = match elsewhere.first() {
+                        Some(other) => format!(
+                            "subnet {id} belongs to {}, not to {}",
+                            other.vpc_id, options.id
+                        ),
+                        None => format!("subnet {id} does not exist in {region}"),
+                    };
+                    return Err(invalid("provider_options.vpc.subnets", message));
+                }
+            }
+        }
+        chosen
+    } else if subnets.iter().any(|s| s.owned) {
+        subnets
+            .iter()
+            .filter(|s| s.owned)
+            .map(|s| Subnet {
+                id: s.id.clone(),
+                availability_zone: s.availability_zone.clone(),
+                cidr: s.cidr.clone(),
+                managed: true,
+            })
+            .collect()
+    } else if subnets.is_empty() {
+        let (passed, dry_run_skipped) = dry_run_zones(aws, request, &image, &candidates).await?;
+        skipped.extend(dry_run_skipped);
+        let (created, refused) =
+            create_subnets(aws, region, &options.id, vpc_cidr, &region_zones, &passed).await?;
+        skipped.extend(refused);
+        for subnet in &created {
+            changes.push(format!(
+                "created subnet {} ({}) in {} of {}",
+                subnet.id, subnet.cidr, subnet.availability_zone, options.id
+            ));
+        }
+        created
+    } else {
+        let ids: Vec<&str> = subnets.iter().map(|s| s.id.as_str()).collect();
+        return Err(invalid(
+            "provider_options.vpc.subnets",
+            format!(
+                "{} already has subnets ({}); choose the ones to use",
+                options.id,
+                ids.join(", ")
+            ),
+        ));
+    };
+
+    // Security groups: the chosen ones, else ours in this VPC (created when missing).
+    let security_groups = if !chosen_groups.is_empty() {
+        chosen_groups
+    } else {
+        let (group, created) = match groups.into_iter().next() {
+            Some(group) => (group, false),
+            None => (create_security_group(aws, region, &options.id).await?, true),
+        };
+        if created {
+            changes.push(format!(
+                "created security group {} in {}",
+                group.id, options.id
+            ));
+        }
+        changes.extend(
+            authorize_missing(
+                aws,
+                region,
+                &group,
+                &wanted_rules(request, &vpc_cidr.to_string()),
+            )
+            .await?,
+        );
+        vec![group.id]
+    };
+
+    let mut usable = usable;
+    usable.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
+    Ok(Network {
+        region: region.to_owned(),
+        vpc_id: options.id.clone(),
+        vpc_cidr,
+        managed: false,
+        subnets: usable,
+        security_groups,
+        image_id: image.id,
+        skipped_azs: skipped,
+        changes,
+    })
+}
+
+/// States in which an instance still occupies a subnet.
+const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped", "shutting-down"];
+
+/// Deletes every network resource with our owner tag in the region, in dependency order.
+pub(crate) async fn teardown(aws: &Aws, region: &str) -> Result<TeardownReport, CloudError> {
+    let ec2 = aws.ec2(region);
+    let (vpcs, subnets, gateways, tables, groups) = tokio::join!(
+        aws.send(region, "DescribeVpcs", Safe, || ec2
+            .describe_vpcs()
+            .filters(owner_filter(aws))
+            .send()),
+        describe_subnets(aws, region, vec![owner_filter(aws)]),
+        describe_gateways(aws, region, vec![owner_filter(aws)]),
+        describe_route_tables(aws, region, vec![owner_filter(aws)]),
+        describe_security_groups(aws, region, vec![owner_filter(aws)], Vec::new()),
+    );
+    let vpcs: Vec<String> = vpcs
+        .map_err(cloud_error)?
+        .vpcs()
+        .iter()
+        .filter_map(|v| v.vpc_id().map(str::to_owned))
+        .collect();
+    let subnets = subnets.map_err(cloud_error)?;
+    let gateways = gateways.map_err(cloud_error)?;
+    let tables = tables.map_err(cloud_error)?;
+    let groups = groups.map_err(cloud_error)?;
+    if vpcs.is_empty()
+        && subnets.is_empty()
+        && gateways.is_empty()
+        && tables.is_empty()
+        && groups.is_empty()
+    {
+        return Ok(TeardownReport::default());
+    }
+
+    // Nothing is deleted while an instance (ours or anyone's) still sits in what we would
+    // delete; instances that are shutting down are waited for.
+    let subnet_ids: Vec<&str> = subnets.iter().map(|s| s.id.as_str()).collect();
+    let vpc_ids: Vec<&str> = vpcs.iter().map(String::as_str).collect();
+    let mut waited = Duration::ZERO;
+    loop {
+        let mut blocking = Vec::new();
+        for (name, ids) in [("subnet-id", &subnet_ids), ("vpc-id", &vpc_ids)] {
+            if ids.is_empty() {
+                continue;
+            }
+            let output = aws
+                .send(region, "DescribeInstances", Safe, || {
+                    ec2.describe_instances()
+                        .filters(filter(name, ids))
+                        .filters(filter("instance-state-name", LIVE_STATES))
+                        .send()
+                })
+                .await
+                .map_err(cloud_error)?;
+            for instance in output.reservations().iter().flat_map(|r| r.instances()) {
+                let id = instance.instance_id().unwrap_or_default().to_owned();
+                let state = instance
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_owned())
+                    .unwrap_or_default();
+                if !blocking.iter().any(|(b, _): &(String, String)| *b == id) {
+                    blocking.push((id, state));
+                }
+            }
+        }
+        if blocking.is_empty() {
+            break;
+        }
+        let all_leaving = blocking.iter().all(|(_, state)| state == "shutting-down");
+        if !all_leaving || waited >= Duration::from_secs(600) {
+            let list: Vec<String> = blocking
+                .iter()
+                .map(|(id, state)| format!("{id} ({state})"))
+                .collect();
+            return Err(CloudError::DependencyViolation {
+                resource: "network".into(),
+                id: vpcs
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| subnet_ids.join(",")),
+                blocking: format!("instances still use it: {}", list.join(", ")),
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        waited += Duration::from_secs(2);
+    }
+
+    let mut deleted = Vec::new();
+    // 1. Associations, security groups, gateway attachments.
+    let disassociations =
+        tables
+            .iter()
+            .flat_map(|t| t.associations.iter())
+            .map(|(association, subnet)| {
+                let ec2 = ec2.clone();
+                async move {
+                    let result = aws
+                        .send(region, "DisassociateRouteTable", Safe, || {
+                            ec2.disassociate_route_table()
+                                .association_id(association)
+                                .send()
+                        })
+                        .await;
+                    ignore_missing(result, "InvalidAssociationID")
+                        .map(|_| format!("route table association {association} ({subnet})"))
+                }
+            });
+    let group_deletions = groups
+        .iter()
+        .map(|g| delete_security_group(aws, region, &g.id));
+    let detachments = gateways
+        .iter()
+        .flat_map(|g| {
+            g.attached_to
+                .iter()
+                .map(move |vpc| (g.id.clone(), vpc.clone()))
+        })
+        .map(|(gateway, vpc)| {
+            let ec2 = ec2.clone();
+            async move {
+                let result = aws
+                    .send(region, "DetachInternetGateway", Safe, || {
+                        ec2.detach_internet_gateway()
+                            .internet_gateway_id(&gateway)
+                            .vpc_id(&vpc)
+                            .send()
+                    })
+                    .await;
+                ignore_missing(result, "Gateway.NotAttached")
+                    .or_else(|e| {
+                        if e.starts_with("InvalidInternetGatewayID") {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map(|_| format!("gateway attachment {gateway} -> {vpc}"))
+            }
+        });
+    let (a, b, c) = tokio::join!(
+        join_all(disassociations),
+        join_all(group_deletions),
+        join_all(detachments)
+    );
+    for line in a.into_iter().chain(c) {
+        deleted.push(format!("detached {}", line.map_err(cloud_error)?));
+    }
+    for result in b {
+        deleted.push(result?);
+    }
+
+    // 2. Route tables, subnets, gateways.
+    let table_deletions = tables
+        .iter()
+        .map(|t| delete_simple(aws, region, "route table", &t.id));
+    let subnet_deletions = subnets
+        .iter()
+        .map(|s| delete_simple(aws, region, "subnet", &s.id));
+    let gateway_deletions = gateways
+        .iter()
+        .map(|g| delete_simple(aws, region, "internet gateway", &g.id));
+    let (a, b, c) = tokio::join!(
+        join_all(table_deletions),
+        join_all(subnet_deletions),
+        join_all(gateway_deletions)
+    );
+    for result in a.into_iter().chain(b).chain(c) {
+        deleted.push(result?);
+    }
+
+    // 3. The VPCs.
+    for result in join_all(vpcs.iter().map(|v| delete_simple(aws, region, "VPC", v))).await {
+        deleted.push(result?);
+    }
+    Ok(TeardownReport { deleted })
+}
+
+fn ignore_missing<T>(result: Result<T, CallError>, code_prefix: &str) -> Result<(), CallError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) if error.starts_with(code_prefix) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+async fn delete_security_group(aws: &Aws, region: &str, id: &str) -> Result<String, CloudError> {
+    delete_simple(aws, region, "security group", id).await
+}
+
+/// Deletes one resource by id; "not found" is success, a dependency violation names what
+/// still uses the resource.
+async fn delete_simple(
+    aws: &Aws,
+    region: &str,
+    kind: &'static str,
+    id: &str,
+) -> Result<String, CloudError> {
+    let ec2 = aws.ec2(region);
+    let result = match kind {
+        "route table" => aws
+            .send(region, "DeleteRouteTable", Safe, || {
+                ec2.delete_route_table().route_table_id(id).send()
+            })
+            .await
+            .map(|_| ()),
+        "subnet" => aws
+            .send(region, "DeleteSubnet", Safe, || {
+                ec2.delete_subnet().subnet_id(id).send()
+            })
+            .await
+            .map(|_| ()),
+        "internet gateway" => aws
+            .send(region, "DeleteInternetGateway", Safe, || {
+                ec2.delete_internet_gateway().internet_gateway_id(id).send()
+            })
+            .await
+            .map(|_| ()),
+        "security group" => aws
+            .send(region, "DeleteSecurityGroup", Safe, || {
+                ec2.delete_security_group().group_id(id).send()
+            })
+            .await
+            .map(|_| ()),
+        _ => aws
+            .send(region, "DeleteVpc", Safe, || {
+                ec2.delete_vpc().vpc_id(id).send()
+            })
+            .await
+            .map(|_| ()),
+    };
+    match result {
+        Ok(()) => Ok(format!("deleted {kind} {id}")),
+        Err(error) if error.code().contains("NotFound") => {
+            Ok(format!("{kind} {id} was already gone"))
+        }
+        Err(error) if error.is("DependencyViolation") => Err(CloudError::DependencyViolation {
+            resource: kind.to_owned(),
+            id: id.to_owned(),
+            blocking: describe_blockers(aws, region, kind, id)
+                .await
+                .unwrap_or(error.message),
+        }),
+        Err(error) => Err(cloud_error(error)),
+    }
+}
+
+/// Names what keeps a subnet, security group or VPC alive: network interfaces (with their
+/// descriptions), and for a VPC the subnets and security groups that are not ours.
+async fn describe_blockers(aws: &Aws, region: &str, kind: &str, id: &str) -> Option<String> {
+    let ec2 = aws.ec2(region);
+    let key = match kind {
+        "subnet" => "subnet-id",
+        "security group" => "group-id",
+        "VPC" => "vpc-id",
+        _ => return None,
+    };
+    let mut blockers = Vec::new();
+    let interfaces = aws
+        .send(region, "DescribeNetworkInterfaces", Safe, || {
+            ec2.describe_network_interfaces()
+                .filters(filter(key, &[id]))
+                .send()
+        })
+        .await
+        .ok()?;
+    for interface in interfaces.network_interfaces() {
+        blockers.push(format!(
+            "network interface {} ({})",
+            interface.network_interface_id().unwrap_or("?"),
+            interface
+                .description()
+                .filter(|d| !d.is_empty())
+                .unwrap_or("no description")
+        ));
+    }
+    if kind == "VPC" {
+        let subnets = describe_subnets(aws, region, vec![filter("vpc-id", &[id])])
+            .await
+            .ok()?;
+        blockers.extend(
+            subnets
+                .iter()
+                .filter(|s| !s.owned)
+                .map(|s| format!("subnet {} (not Flotilla's)", s.id)),
+        );
+        let output = aws
+            .send(region, "DescribeSecurityGroups", Safe, || {
+                ec2.describe_security_groups()
+                    .filters(filter("vpc-id", &[id]))
+                    .send()
+            })
+            .await
+            .ok()?;
+        blockers.extend(
+            output
+                .security_groups()
+                .iter()
+                .filter(|g| !has_owner_tag(aws, g.tags()) && g.group_name() != Some("default"))
+                .map(|g| {
+                    format!(
+                        "security group {} (not Flotilla's)",
+                        g.group_id().unwrap_or("?")
+                    )
+                }),
+        );
+    }
+    if blockers.is_empty() {
+        None
+    } else {
+        Some(format!("still used by {}", blockers.join(", ")))
+    }
+}

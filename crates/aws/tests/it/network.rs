@@ -1,0 +1,494 @@
+//! Auto networking (find-or-create by tag, dry-run before each subnet, repeat and resume) and
+//! the user's own VPC (validation that names the bad id, dc-subnets in an empty VPC).
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use flotilla_core::cloud::{Cloud, Ingress, NetworkRequest};
+use flotilla_core::spec::VpcOptions;
+use flotilla_core::{CloudError, ClusterSpec};
+use flotilla_testkit::{Fault, Rule};
+
+use crate::harness::{Env, ZONES, network_request, spec};
+
+fn creates(env: &Env) -> usize {
+    env.proxy
+        .calls()
+        .iter()
+        .filter(|c| c.action.starts_with("Create"))
+        .count()
+}
+
+#[tokio::test]
+async fn the_auto_network_is_dockers_layout_with_tags_and_is_created_once() {
+    let env = Env::new().await;
+    let spec = spec(0);
+    let request = network_request(&spec);
+    let network = env.aws.ensure_network(&request).await.expect("network");
+    assert!(network.managed);
+    assert_eq!(network.vpc_cidr.to_string(), "10.78.0.0/16");
+    let layout: Vec<(String, String)> = network
+        .subnets
+        .iter()
+        .map(|s| (s.availability_zone.clone(), s.cidr.clone()))
+        .collect();
+    // us-east-1 has 6 AZs in moto: 8 blocks of /19, each AZ keeps its block.
+    assert_eq!(
+        layout,
+        vec![
+            ("us-east-1a".into(), "10.78.0.0/19".into()),
+            ("us-east-1b".into(), "10.78.32.0/19".into()),
+            ("us-east-1c".into(), "10.78.64.0/19".into()),
+        ]
+    );
+    assert_eq!(env.owned("us-east-1", "vpc").await.len(), 1);
+    assert_eq!(env.owned("us-east-1", "subnet").await.len(), 3);
+    assert_eq!(env.owned("us-east-1", "internet-gateway").await.len(), 1);
+    assert_eq!(env.owned("us-east-1", "route-table").await.len(), 1);
+    assert_eq!(env.owned("us-east-1", "security-group").await.len(), 1);
+
+    // Names, the gateway route, the associations, the rules.
+    let ec2 = env.ec2("us-east-1").await;
+    let vpc = ec2
+        .describe_vpcs()
+        .vpc_ids(&network.vpc_id)
+        .send()
+        .await
+        .expect("vpc");
+    let name = vpc.vpcs()[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("Name"))
+        .and_then(|t| t.value());
+    assert_eq!(name, Some("dc-vpc"));
+    let tables = ec2
+        .describe_route_tables()
+        .filters(
+            Filter::builder()
+                .name("tag:Name")
+                .values("dc-route-table")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("tables");
+    let table = &tables.route_tables()[0];
+    assert!(
+        table
+            .routes()
+            .iter()
+            .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0")
+                && r.gateway_id().is_some_and(|g| g.starts_with("igw-")))
+    );
+    assert_eq!(
+        table
+            .associations()
+            .iter()
+            .filter(|a| a.subnet_id().is_some())
+            .count(),
+        3
+    );
+    let groups = ec2
+        .describe_security_groups()
+        .group_ids(&network.security_groups[0])
+        .send()
+        .await
+        .expect("sg");
+    let cidrs: Vec<&str> = groups.security_groups()[0]
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| p.ip_ranges())
+        .filter_map(|r| r.cidr_ip())
+        .collect();
+    assert_eq!(
+        cidrs,
+        vec!["10.78.0.0/16"],
+        "only the VPC itself by default: no 0.0.0.0/0"
+    );
+
+    // A dry run preceded every subnet.
+    let calls = env.proxy.calls();
+    let dry_runs = calls
+        .iter()
+        .filter(|c| {
+            c.action == "RunInstances" && c.params.iter().any(|(k, v)| k == "DryRun" && v == "true")
+        })
+        .count();
+    assert_eq!(dry_runs, 3);
+    let first_subnet = calls
+        .iter()
+        .position(|c| c.action == "CreateSubnet")
+        .expect("subnets created");
+    let last_dry_run = calls
+        .iter()
+        .rposition(|c| c.action == "RunInstances")
+        .expect("dry runs");
+    assert!(last_dry_run < first_subnet, "dry runs come before subnets");
+
+    // Running it again creates nothing.
+    env.proxy.clear_log();
+    let again = env.aws.ensure_network(&request).await.expect("again");
+    assert_eq!(creates(&env), 0, "{:?}", env.proxy.counts_by_action());
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert_eq!(again.subnets, network.subnets);
+}
+
+#[tokio::test]
+async fn an_interrupted_run_is_finished_by_the_next_without_duplicates() {
+    // Fail the K-th call for every K of the first run, then run again: one of everything.
+    let probe = Env::new().await;
+    let spec = spec(0);
+    let request = network_request(&spec);
+    probe.aws.ensure_network(&request).await.expect("network");
+    let total = probe.proxy.total() as u64;
+    assert!(total >= 15, "a full run makes {total} calls");
+    for k in 1..=total {
+        let env = Env::new().await;
+        env.proxy.add_rule(Rule::any().nth(k).fault(Fault::Error {
+            status: 400,
+            code: "Blocked".into(),
+            message: format!("injected failure of call {k}"),
+        }));
+        let first = env.aws.ensure_network(&request).await;
+        assert!(first.is_err(), "k={k}: the injected failure stops the run");
+        let network = env
+            .aws
+            .ensure_network(&request)
+            .await
+            .unwrap_or_else(|e| panic!("k={k}: resume failed: {e}"));
+        let subnets = env.owned("us-east-1", "subnet").await.len();
+        assert_eq!(env.owned("us-east-1", "vpc").await.len(), 1, "k={k}");
+        assert_eq!(
+            env.owned("us-east-1", "internet-gateway").await.len(),
+            1,
+            "k={k}"
+        );
+        assert_eq!(
+            env.owned("us-east-1", "route-table").await.len(),
+            1,
+            "k={k}"
+        );
+        assert_eq!(
+            env.owned("us-east-1", "security-group").await.len(),
+            1,
+            "k={k}"
+        );
+        assert_eq!(subnets, 3, "k={k}");
+        assert_eq!(network.subnets.len(), 3, "k={k}: {:?}", network.skipped_azs);
+    }
+}
+
+#[tokio::test]
+async fn an_az_whose_dry_run_fails_gets_no_subnet_and_the_reason_is_reported() {
+    let env = Env::new().await;
+    env.proxy.add_rule(
+        Rule::action("RunInstances")
+            .only_dry_run()
+            .in_az("us-east-1b")
+            .fault(Fault::Unsupported),
+    );
+    let spec = spec(0);
+    let network = env
+        .aws
+        .ensure_network(&network_request(&spec))
+        .await
+        .expect("network");
+    let zones: Vec<&str> = network
+        .subnets
+        .iter()
+        .map(|s| s.availability_zone.as_str())
+        .collect();
+    assert_eq!(zones, vec!["us-east-1a", "us-east-1c"]);
+    assert_eq!(network.skipped_azs.len(), 1);
+    assert_eq!(network.skipped_azs[0].availability_zone, "us-east-1b");
+    assert!(
+        network.skipped_azs[0].reason.contains("Unsupported"),
+        "{}",
+        network.skipped_azs[0].reason
+    );
+    // When the AZ recovers, the next run fills the gap with the AZ's own block.
+    env.proxy.clear_rules();
+    let network = env
+        .aws
+        .ensure_network(&network_request(&spec))
+        .await
+        .expect("network");
+    let b = network
+        .subnets
+        .iter()
+        .find(|s| s.availability_zone == "us-east-1b")
+        .expect("b now");
+    assert_eq!(b.cidr, "10.78.32.0/19");
+}
+
+#[tokio::test]
+async fn ingress_opens_management_ports_only_to_configured_networks() {
+    let env = Env::new().await;
+    let spec = spec(0);
+    let mut request = network_request(&spec);
+    request.ingress = Ingress {
+        ports: vec![22, 2376],
+        cidrs: vec!["203.0.113.0/24".into()],
+    };
+    let network = env.aws.ensure_network(&request).await.expect("network");
+    let ec2 = env.ec2("us-east-1").await;
+    let groups = ec2
+        .describe_security_groups()
+        .group_ids(&network.security_groups[0])
+        .send()
+        .await
+        .expect("sg");
+    let mut rules: Vec<String> = groups.security_groups()[0]
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| {
+            p.ip_ranges().iter().map(move |r| {
+                format!(
+                    "{}:{}:{}",
+                    p.ip_protocol().unwrap_or("?"),
+                    p.from_port().unwrap_or(-1),
+                    r.cidr_ip().unwrap_or("?")
+                )
+            })
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        vec![
+            "-1:-1:10.78.0.0/16",
+            "tcp:22:203.0.113.0/24",
+            "tcp:2376:203.0.113.0/24"
+        ]
+    );
+}
+
+async fn user_vpc(env: &Env, cidr: &str) -> String {
+    let ec2 = env.ec2("us-east-1").await;
+    let vpc = ec2.create_vpc().cidr_block(cidr).send().await.expect("vpc");
+    vpc.vpc().and_then(|v| v.vpc_id()).expect("id").to_owned()
+}
+
+async fn user_subnet(env: &Env, vpc: &str, cidr: &str, zone: &str) -> String {
+    let ec2 = env.ec2("us-east-1").await;
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(vpc)
+        .cidr_block(cidr)
+        .availability_zone(zone)
+        .send()
+        .await
+        .expect("subnet");
+    subnet
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("id")
+        .to_owned()
+}
+
+fn byo_request(vpc: VpcOptions, profile: Option<&str>) -> NetworkRequest {
+    let mut body =
+        serde_json::json!({"name": "byo", "region": "us-east-1", "node_type": "t3.micro"});
+    body["provider_options"] = serde_json::json!({"vpc": vpc});
+    if let Some(profile) = profile {
+        body["provider_options"]["iam"] = serde_json::json!({"instance_profile_name": profile});
+    }
+    let spec = ClusterSpec::from_json(&body).expect("valid spec");
+    NetworkRequest::for_spec(
+        &spec,
+        None,
+        Some(ZONES.iter().map(|z| (*z).to_owned()).collect()),
+        Ingress::default(),
+    )
+}
+
+fn field_of(error: CloudError) -> (String, String) {
+    match error {
+        CloudError::InvalidResource { field, message } => (field, message),
+        other => panic!("expected an invalid resource error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_user_vpc_is_validated_and_every_bad_id_is_named() {
+    let env = Env::new().await;
+    let vpc = user_vpc(&env, "172.31.0.0/16").await;
+    let other = user_vpc(&env, "172.30.0.0/16").await;
+    let subnet = user_subnet(&env, &vpc, "172.31.0.0/24", "us-east-1a").await;
+    let foreign = user_subnet(&env, &other, "172.30.0.0/24", "us-east-1a").await;
+    let options = |subnets: Vec<String>, groups: Vec<String>| VpcOptions {
+        id: vpc.clone(),
+        subnets,
+        security_groups: groups,
+    };
+
+    let missing_vpc = VpcOptions {
+        id: "vpc-0123456789abcdef0".into(),
+        subnets: vec![],
+        security_groups: vec![],
+    };
+    let (field, message) = field_of(
+        env.aws
+            .ensure_network(&byo_request(missing_vpc, None))
+            .await
+            .expect_err("no vpc"),
+    );
+    assert_eq!(field, "provider_options.vpc.id");
+    assert!(
+        message.contains("vpc-0123456789abcdef0 does not exist"),
+        "{message}"
+    );
+
+    let (field, message) = field_of(
+        env.aws
+            .ensure_network(&byo_request(options(vec![foreign.clone()], vec![]), None))
+            .await
+            .expect_err("foreign"),
+    );
+    assert_eq!(field, "provider_options.vpc.subnets");
+    assert!(
+        message.contains(&foreign) && message.contains(&other),
+        "{message}"
+    );
+
+    let (field, message) = field_of(
+        env.aws
+            .ensure_network(&byo_request(
+                options(vec!["subnet-0123456789abcdef0".into()], vec![]),
+                None,
+            ))
+            .await
+            .expect_err("missing"),
+    );
+    assert_eq!(field, "provider_options.vpc.subnets");
+    assert!(
+        message.contains("subnet-0123456789abcdef0 does not exist"),
+        "{message}"
+    );
+
+    let (field, message) = field_of(
+        env.aws
+            .ensure_network(&byo_request(
+                options(vec![subnet.clone()], vec!["sg-0123456789abcdef0".into()]),
+                None,
+            ))
+            .await
+            .expect_err("sg"),
+    );
+    assert_eq!(field, "provider_options.vpc.security_groups");
+    assert!(message.contains("sg-0123456789abcdef0"), "{message}");
+
+    let (field, message) = field_of(
+        env.aws
+            .ensure_network(&byo_request(
+                options(vec![subnet.clone()], vec![]),
+                Some("no-such-profile"),
+            ))
+            .await
+            .expect_err("profile"),
+    );
+    assert_eq!(field, "provider_options.iam.instance_profile_name");
+    assert!(message.contains("no-such-profile"), "{message}");
+
+    let (field, message) = field_of(
+        env.aws
+            .ensure_network(&byo_request(options(vec![], vec![]), None))
+            .await
+            .expect_err("unchosen subnets"),
+    );
+    assert_eq!(field, "provider_options.vpc.subnets");
+    assert!(message.contains(&subnet), "{message}");
+
+    // And the good case: the chosen subnet, a Flotilla security group in the user's VPC.
+    let iam = env.iam().await;
+    iam.create_instance_profile()
+        .instance_profile_name("nodes")
+        .send()
+        .await
+        .expect("profile");
+    let network = env
+        .aws
+        .ensure_network(&byo_request(
+            options(vec![subnet.clone()], vec![]),
+            Some("nodes"),
+        ))
+        .await
+        .expect("ok");
+    assert!(!network.managed);
+    assert_eq!(network.subnets.len(), 1);
+    assert_eq!(network.subnets[0].id, subnet);
+    assert!(!network.subnets[0].managed);
+    assert_eq!(
+        env.owned("us-east-1", "vpc").await.len(),
+        0,
+        "the user's VPC is not tagged"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_user_vpc_gets_dc_subnets_planned_in_its_own_cidr() {
+    let env = Env::new().await;
+    let vpc = user_vpc(&env, "192.168.0.0/16").await;
+    let options = VpcOptions {
+        id: vpc.clone(),
+        subnets: vec![],
+        security_groups: vec![],
+    };
+    let network = env
+        .aws
+        .ensure_network(&byo_request(options.clone(), None))
+        .await
+        .expect("network");
+    let cidrs: Vec<&str> = network.subnets.iter().map(|s| s.cidr.as_str()).collect();
+    assert_eq!(
+        cidrs,
+        vec!["192.168.0.0/19", "192.168.32.0/19", "192.168.64.0/19"]
+    );
+    assert!(network.subnets.iter().all(|s| s.managed));
+    // Again: the subnets are found by tag, not created twice.
+    let again = env
+        .aws
+        .ensure_network(&byo_request(options, None))
+        .await
+        .expect("again");
+    assert_eq!(again.subnets, network.subnets);
+    assert_eq!(env.owned("us-east-1", "subnet").await.len(), 3);
+}
+
+#[tokio::test]
+async fn chosen_user_security_groups_must_belong_to_the_vpc() {
+    let env = Env::new().await;
+    let vpc = user_vpc(&env, "172.31.0.0/16").await;
+    let other = user_vpc(&env, "172.30.0.0/16").await;
+    let subnet = user_subnet(&env, &vpc, "172.31.0.0/24", "us-east-1a").await;
+    let ec2 = env.ec2("us-east-1").await;
+    let group = ec2
+        .create_security_group()
+        .group_name("elsewhere")
+        .description("d")
+        .vpc_id(&other)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::SecurityGroup)
+                .tags(Tag::builder().key("team").value("x").build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("sg");
+    let id = group.group_id().expect("id").to_owned();
+    let options = VpcOptions {
+        id: vpc.clone(),
+        subnets: vec![subnet],
+        security_groups: vec![id.clone()],
+    };
+    let (field, message) = field_of(
+        env.aws
+            .ensure_network(&byo_request(options, None))
+            .await
+            .expect_err("wrong vpc"),
+    );
+    assert_eq!(field, "provider_options.vpc.security_groups");
+    assert!(
+        message.contains(&id) && message.contains(&other),
+        "{message}"
+    );
+}

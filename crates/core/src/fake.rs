@@ -1,0 +1,287 @@
+//! An in-memory [`Cloud`] for fast tests of everything above the AWS engine.
+//!
+//! It follows the same contract as the real engine — find-or-create networks, one launch per
+//! call, terminated instances stay listed — and can be told to refuse capacity in an AZ or to
+//! fail the K-th launch, so the engine's recovery paths are tested in microseconds. Real AWS
+//! behaviour (and moto's quirks) is tested in the `aws` crate, not here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::cloud::{
+    AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, InstanceState, LaunchRequest,
+    Network, NetworkRequest, RegionCheck, RegionOutcome, Subnet, TeardownReport,
+};
+use crate::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
+
+#[derive(Debug, Default)]
+struct State {
+    networks: BTreeMap<String, Network>,
+    instances: Vec<Instance>,
+    no_capacity: BTreeSet<String>,
+    fail_launch_after: Option<usize>,
+    launches: usize,
+    calls: BTreeMap<&'static str, usize>,
+    next_id: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct FakeCloud {
+    state: Mutex<State>,
+}
+
+impl FakeCloud {
+    pub fn new() -> Self {
+        FakeCloud::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in another test thread must not hide this test's result.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count(&self, operation: &'static str) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        *state.calls.entry(operation).or_default() += 1;
+        state
+    }
+
+    /// Launches into `availability_zone` fail with a capacity error while `on`.
+    pub fn set_no_capacity(&self, availability_zone: &str, on: bool) {
+        let mut state = self.lock();
+        if on {
+            state.no_capacity.insert(availability_zone.to_owned());
+        } else {
+            state.no_capacity.remove(availability_zone);
+        }
+    }
+
+    /// Every launch call after the first `k` fails with a transient error (once).
+    pub fn fail_launch_after(&self, k: usize) {
+        let mut state = self.lock();
+        state.fail_launch_after = Some(state.launches + k);
+    }
+
+    /// How many times an operation was called.
+    pub fn calls(&self, operation: &str) -> usize {
+        self.lock().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    /// The cluster's live instances, by slot.
+    pub fn alive(&self, cluster_uuid: &str) -> Vec<Instance> {
+        let mut alive: Vec<Instance> = self
+            .lock()
+            .instances
+            .iter()
+            .filter(|i| i.cluster_uuid == cluster_uuid && i.state.is_alive())
+            .cloned()
+            .collect();
+        alive.sort_by_key(|i| i.slot);
+        alive
+    }
+
+    /// Terminates an instance behind Flotilla's back (the AWS console).
+    pub fn terminate_out_of_band(&self, instance_id: &str) {
+        for instance in self
+            .lock()
+            .instances
+            .iter_mut()
+            .filter(|i| i.instance_id == instance_id)
+        {
+            instance.state = InstanceState::Terminated;
+        }
+    }
+
+    fn region_azs(region: &str) -> Vec<String> {
+        ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|l| format!("{region}{l}"))
+            .collect()
+    }
+}
+
+impl Cloud for FakeCloud {
+    async fn validate_credentials(
+        &self,
+        instance_type: &str,
+    ) -> Result<CredentialReport, CloudError> {
+        let _state = self.count("validate_credentials");
+        Ok(CredentialReport {
+            instance_type: instance_type.to_owned(),
+            regions: ["eu-west-1", "us-east-1"]
+                .iter()
+                .map(|r| RegionCheck {
+                    region: (*r).into(),
+                    outcome: RegionOutcome::Ok,
+                    image_id: "ami-fake".into(),
+                })
+                .collect(),
+        })
+    }
+
+    async fn availability_zones(&self, region: &str) -> Result<Vec<AvailabilityZone>, CloudError> {
+        let _state = self.count("availability_zones");
+        Ok(Self::region_azs(region)
+            .into_iter()
+            .map(|name| AvailabilityZone {
+                name,
+                available: true,
+            })
+            .collect())
+    }
+
+    async fn ensure_network(&self, request: &NetworkRequest) -> Result<Network, CloudError> {
+        let mut state = self.count("ensure_network");
+        if let Some(network) = state.networks.get(&request.region) {
+            return Ok(Network {
+                changes: Vec::new(),
+                ..network.clone()
+            });
+        }
+        let all = Self::region_azs(&request.region);
+        let vpc_cidr: Ipv4Cidr =
+            DEFAULT_VPC_CIDR
+                .parse()
+                .map_err(|e: crate::network::CidrError| CloudError::Other {
+                    operation: "plan".into(),
+                    message: e.to_string(),
+                })?;
+        let plan = plan_subnets(vpc_cidr, &all).map_err(|e| CloudError::Other {
+            operation: "plan".into(),
+            message: e.to_string(),
+        })?;
+        let allowed = request.allowed_azs.clone().unwrap_or(all);
+        let subnets: Vec<Subnet> = plan
+            .subnets
+            .iter()
+            .filter(|p| allowed.contains(&p.availability_zone))
+            .map(|p| Subnet {
+                id: format!("subnet-{}", p.availability_zone),
+                availability_zone: p.availability_zone.clone(),
+                cidr: p.cidr.to_string(),
+                managed: true,
+            })
+            .collect();
+        let network = Network {
+            region: request.region.clone(),
+            vpc_id: format!("vpc-{}", request.region),
+            vpc_cidr,
+            managed: true,
+            changes: subnets
+                .iter()
+                .map(|s| format!("created subnet {} in {}", s.id, s.availability_zone))
+                .collect(),
+            subnets,
+            security_groups: vec!["sg-fake".into()],
+            image_id: request
+                .image_id
+                .clone()
+                .unwrap_or_else(|| "ami-fake".into()),
+            skipped_azs: Vec::new(),
+        };
+        state
+            .networks
+            .insert(request.region.clone(), network.clone());
+        Ok(network)
+    }
+
+    async fn launch_nodes(&self, request: &LaunchRequest) -> Result<Vec<Instance>, CloudError> {
+        let mut state = self.count("launch_nodes");
+        state.launches += 1;
+        if state.fail_launch_after.is_some_and(|k| state.launches > k) {
+            state.fail_launch_after = None;
+            return Err(CloudError::Transient {
+                operation: "RunInstances".into(),
+                message: "injected".into(),
+            });
+        }
+        if state.no_capacity.contains(&request.availability_zone) {
+            return Err(CloudError::Capacity {
+                availability_zone: request.availability_zone.clone(),
+                instance_type: request.node_type.clone(),
+                message: "InsufficientInstanceCapacity".into(),
+            });
+        }
+        let mut launched = Vec::new();
+        for node in &request.nodes {
+            state.next_id += 1;
+            let instance = Instance {
+                instance_id: format!("i-{:017x}", state.next_id),
+                cluster_uuid: request.cluster_uuid.clone(),
+                slot: node.slot,
+                node_uuid: node.node_uuid.clone(),
+                state: InstanceState::Running,
+                availability_zone: request.availability_zone.clone(),
+                subnet_id: request.subnet_id.clone(),
+                private_ip: Some(format!("10.78.0.{}", state.next_id % 250)),
+                public_ip: Some(format!("203.0.113.{}", state.next_id % 250)),
+            };
+            state.instances.push(instance.clone());
+            launched.push(instance);
+        }
+        Ok(launched)
+    }
+
+    async fn describe_cluster(
+        &self,
+        region: &str,
+        cluster_uuid: &str,
+    ) -> Result<Vec<Instance>, CloudError> {
+        let state = self.count("describe_cluster");
+        let network = state.networks.get(region);
+        Ok(state
+            .instances
+            .iter()
+            .filter(|i| i.cluster_uuid == cluster_uuid)
+            .filter(|i| network.is_none_or(|n| n.subnets.iter().any(|s| s.id == i.subnet_id)))
+            .cloned()
+            .collect())
+    }
+
+    async fn terminate_nodes(
+        &self,
+        _region: &str,
+        instance_ids: &[String],
+    ) -> Result<(), CloudError> {
+        let mut state = self.count("terminate_nodes");
+        for instance in state
+            .instances
+            .iter_mut()
+            .filter(|i| instance_ids.contains(&i.instance_id))
+        {
+            instance.state = InstanceState::Terminated;
+        }
+        Ok(())
+    }
+
+    async fn teardown_network(&self, region: &str) -> Result<TeardownReport, CloudError> {
+        let mut state = self.count("teardown_network");
+        let Some(network) = state.networks.get(region).cloned() else {
+            return Ok(TeardownReport::default());
+        };
+        let blocking: Vec<String> = state
+            .instances
+            .iter()
+            .filter(|i| i.state.is_alive() && network.subnets.iter().any(|s| s.id == i.subnet_id))
+            .map(|i| i.instance_id.clone())
+            .collect();
+        if !blocking.is_empty() {
+            return Err(CloudError::DependencyViolation {
+                resource: "vpc".into(),
+                id: network.vpc_id.clone(),
+                blocking: format!("instances still running: {}", blocking.join(", ")),
+            });
+        }
+        state.networks.remove(region);
+        let mut deleted: Vec<String> = network
+            .subnets
+            .iter()
+            .map(|s| format!("subnet {}", s.id))
+            .collect();
+        deleted.push(format!("vpc {}", network.vpc_id));
+        Ok(TeardownReport { deleted })
+    }
+}

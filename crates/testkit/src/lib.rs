@@ -1,0 +1,13 @@
+//! Test-only helpers for Flotilla: a moto server on a free loopback port and a
+//! fault/latency proxy to put in front of it.
+//!
+//! Tests drive the real AWS SDK against moto instead of mocking the SDK, so
+//! that request serialisation, error parsing and retry classification are the
+//! production ones; the proxy adds what moto cannot do (observing calls and
+//! failing them the way AWS does).
+
+pub mod moto;
+pub mod proxy;
+
+pub use moto::Moto;
+pub use proxy::{CallRecord, Fault, FaultProxy, Rule};

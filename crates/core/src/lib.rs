@@ -11,6 +11,7 @@
 //! engine that drives any `Cloud` from desired state to observed state: it holds no state of
 //! its own between calls, so a crash at any point is recovered by simply calling it again.
 
+pub mod bootstrap;
 pub mod cloud;
 pub mod converge;
 pub mod fake;

@@ -28,7 +28,17 @@ pub const NAME_SECURITY_GROUP: &str = "dc-node-security-group";
 
 /// A uuid4-shaped, deterministic node id: the docker-cloud CLI only accepts version-4 uuids.
 pub fn node_uuid(cluster_uuid: &str, slot: u32) -> String {
-    let digest = Sha256::digest(format!("flotilla-node:{cluster_uuid}:{slot}").as_bytes());
+    uuid4_from(&format!("flotilla-node:{cluster_uuid}:{slot}"))
+}
+
+/// The id of a cluster that lives only in AWS (the store-less `flotilla engine` commands):
+/// the same (owner, region, name) always names the same cluster.
+pub fn engine_cluster_uuid(owner: &str, region: &str, name: &str) -> String {
+    uuid4_from(&format!("flotilla-cluster:{owner}:{region}:{name}"))
+}
+
+fn uuid4_from(seed: &str) -> String {
+    let digest = Sha256::digest(seed.as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4

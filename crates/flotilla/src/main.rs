@@ -1,1 +1,64 @@
-fn main() {}
+//! `flotilla`: the one binary.
+//!
+//! Today it carries the engine commands (`flotilla engine …`), which drive AWS directly with
+//! no server and no database: a cluster is named by (owner, region, name) and everything about
+//! it is rediscovered from AWS tags on every run, so each command is an idempotent "make it
+//! so". The server, the agent and the Docker Cloud-style client commands join this binary as
+//! their own subcommands.
+
+mod engine;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A self-hosted control plane for Docker node clusters on AWS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive AWS directly, with no server: validate credentials, create, scale and remove clusters.
+    Engine(engine::EngineArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Engine(args) => engine::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! `flotilla engine validate|up|show|down`: create, scale, repeat, resume, bad input, teardown.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+use serde_json::Value;
+
+struct Env {
+    proxy: FaultProxy,
+    inspect: FaultProxy,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let moto = Moto::shared();
+        let account = Moto::new_account_id();
+        Env {
+            proxy: FaultProxy::start(&moto.endpoint(), Some(account.clone())).await,
+            inspect: FaultProxy::start(&moto.endpoint(), Some(account)).await,
+        }
+    }
+
+    async fn flotilla(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("FLOTILLA_AWS_ENDPOINT_URL", self.proxy.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "AKIAE2E")
+            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("FLOTILLA_OWNER", "flotilla-e2e")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .output()
+            .await
+            .expect("run flotilla")
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["engine", "--format", "json"];
+        all.extend_from_slice(args);
+        let output = self.flotilla(&all).await;
+        assert!(
+            output.status.success(),
+            "flotilla {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON output")
+    }
+
+    async fn ec2(&self) -> aws_sdk_ec2::Client {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(self.inspect.endpoint())
+            .credentials_provider(Credentials::new(
+                "AKIAINSPECT",
+                "inspect",
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await;
+        aws_sdk_ec2::Client::new(&config)
+    }
+
+    /// Running instances per AZ and the number of owned VPCs and subnets, as moto sees them.
+    async fn state(&self) -> (BTreeMap<String, usize>, usize, usize) {
+        let ec2 = self.ec2().await;
+        let owner = || {
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:flotilla:owner")
+                .values("flotilla-e2e")
+                .build()
+        };
+        let running = ec2
+            .describe_instances()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("instance-state-name")
+                    .values("running")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("instances");
+        let mut per_az = BTreeMap::new();
+        for instance in running.reservations().iter().flat_map(|r| r.instances()) {
+            let az = instance
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .unwrap_or("?")
+                .to_owned();
+            *per_az.entry(az).or_insert(0) += 1;
+        }
+        let vpcs = ec2
+            .describe_vpcs()
+            .filters(owner())
+            .send()
+            .await
+            .expect("vpcs")
+            .vpcs()
+            .len();
+        let subnets = ec2
+            .describe_subnets()
+            .filters(owner())
+            .send()
+            .await
+            .expect("subnets")
+            .subnets()
+            .len();
+        (per_az, vpcs, subnets)
+    }
+}
+
+fn per_az(output: &Value) -> Vec<u64> {
+    output["nodes_per_az"]
+        .as_object()
+        .expect("nodes_per_az")
+        .values()
+        .filter_map(Value::as_u64)
+        .collect()
+}
+
+const UP: &[&str] = &[
+    "up",
+    "--name",
+    "web",
+    "--region",
+    "us-east-1",
+    "--azs",
+    "us-east-1a,us-east-1b,us-east-1c",
+];
+
+fn up(nodes: &str) -> Vec<&str> {
+    let mut args = UP.to_vec();
+    args.extend_from_slice(&["--nodes", nodes]);
+    args
+}
+
+#[tokio::test]
+async fn up_creates_scales_and_down_removes_everything() {
+    let env = Env::new().await;
+    let created = env.json(&up("6")).await;
+    assert_eq!(created["cluster"]["current_num_nodes"], 6);
+    assert_eq!(per_az(&created), vec![2, 2, 2]);
+    assert_eq!(created["network"]["vpc_cidr"], "10.78.0.0/16");
+    assert!(
+        created["aws_calls"].as_u64().is_some_and(|n| n <= 25),
+        "{}",
+        created["aws_calls"]
+    );
+
+    let nine = env.json(&up("9")).await;
+    assert_eq!(per_az(&nine), vec![3, 3, 3]);
+    let four = env.json(&up("4")).await;
+    let counts = per_az(&four);
+    assert_eq!(counts.iter().sum::<u64>(), 4);
+    assert!(
+        counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1,
+        "{counts:?}"
+    );
+    let (running, vpcs, subnets) = env.state().await;
+    assert_eq!(running.values().sum::<usize>(), 4);
+    assert_eq!((vpcs, subnets), (1, 3));
+
+    let shown = env
+        .json(&["show", "--name", "web", "--region", "us-east-1"])
+        .await;
+    assert_eq!(shown["cluster"]["current_num_nodes"], 4);
+    assert_eq!(
+        shown["cluster"]["uuid"], created["cluster"]["uuid"],
+        "the same name is the same cluster"
+    );
+
+    let down = env
+        .json(&["down", "--name", "web", "--region", "us-east-1"])
+        .await;
+    assert_eq!(down["terminated"].as_array().map(Vec::len), Some(4));
+    let (running, vpcs, subnets) = env.state().await;
+    assert!(running.is_empty());
+    assert_eq!((vpcs, subnets), (0, 0), "the network is gone");
+}
+
+#[tokio::test]
+async fn an_interrupted_up_is_finished_by_running_it_again() {
+    let env = Env::new().await;
+    env.proxy.add_rule(
+        Rule::action("RunInstances")
+            .skip_dry_run()
+            .in_az("us-east-1b")
+            .times(1)
+            .fault(Fault::Error {
+                status: 400,
+                code: "Blocked".into(),
+                message: "injected".into(),
+            }),
+    );
+    let mut args = vec!["engine"];
+    args.extend(up("6"));
+    let failed = env.flotilla(&args).await;
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("Blocked"), "{stderr}");
+    let (running, _, _) = env.state().await;
+    assert_eq!(
+        running.values().sum::<usize>(),
+        4,
+        "the other AZs' launches went through"
+    );
+
+    let resumed = env.json(&up("6")).await;
+    assert_eq!(per_az(&resumed), vec![2, 2, 2]);
+    let (running, vpcs, subnets) = env.state().await;
+    assert_eq!(running.values().sum::<usize>(), 6);
+    assert_eq!((vpcs, subnets), (1, 3), "nothing created twice");
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused_naming_the_field_and_nothing_is_created() {
+    let env = Env::new().await;
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["engine", "up", "--name", "bad name", "--nodes", "1"],
+            "name: 'bad name' is not a valid name",
+        ),
+        (
+            &["engine", "up", "--name", "web", "--nodes", "lots"],
+            "target_num_nodes: must be a whole number",
+        ),
+        (
+            &["engine", "up", "--name", "web", "--disk", "2"],
+            "disk: must be between 8 and 16384 GB",
+        ),
+        (
+            &["engine", "up", "--name", "web", "--vpc-id", "my-vpc"],
+            "provider_options.vpc.id: 'my-vpc' is not a valid id",
+        ),
+        (
+            &[
+                "engine",
+                "up",
+                "--name",
+                "web",
+                "--subnet",
+                "subnet-0123abcd",
+            ],
+            "provider_options.vpc.id: required when vpc is given",
+        ),
+        (
+            &["engine", "up", "--name", "web", "--azs", "us-east-1z"],
+            "us-east-1z is not an availability zone of us-east-1",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = env.flotilla(args).await;
+        assert!(!output.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+    }
+    let (running, vpcs, _) = env.state().await;
+    assert!(running.is_empty());
+    assert_eq!(vpcs, 0);
+}
+
+#[tokio::test]
+async fn validate_prints_every_region_and_fails_with_the_seed_message() {
+    let env = Env::new().await;
+    let ok = env.flotilla(&["engine", "validate"]).await;
+    assert!(ok.status.success());
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("sa-east-1") && stdout.contains("AWS credentials are valid"),
+        "{stdout}"
+    );
+
+    env.proxy.add_rule(Rule::any().fault(Fault::AuthFailure));
+    let bad = env
+        .flotilla(&["engine", "validate", "--instance-type", "m3.medium"])
+        .await;
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.starts_with("Invalid AWS credentials or insufficient EC2 permissions"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad credentials: AuthFailure"), "{stderr}");
+    assert!(
+        stderr.contains("aws ec2 run-instances --dry-run --region af-south-1"),
+        "{stderr}"
+    );
+}

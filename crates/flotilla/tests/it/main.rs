@@ -1,0 +1,4 @@
+//! End-to-end tests of the `flotilla` binary as a user runs it, against moto through the
+//! testkit proxy (one moto account per test).
+
+mod engine;

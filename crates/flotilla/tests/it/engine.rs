@@ -294,3 +294,85 @@ async fn validate_prints_every_region_and_fails_with_the_seed_message() {
         "{stderr}"
     );
 }
+
+/// Kills `flotilla engine up` with SIGKILL while its K-th AWS call is in flight, for every K of
+/// a run from nothing, then runs it again: every crash point converges to one network and the
+/// asked nodes, balanced, with nothing created twice.
+#[tokio::test]
+async fn a_kill_9_at_every_call_of_an_up_converges_on_the_next_run() {
+    let probe = Env::new().await;
+    probe.json(&up("6")).await;
+    let total = probe.proxy.total() as u64;
+    assert!(total >= 20, "a run from nothing makes {total} calls");
+    let mut converged = 0;
+    for k in 1..=total {
+        let env = Env::new().await;
+        env.proxy.add_rule(
+            Rule::any()
+                .nth(k)
+                .fault(Fault::Delay(std::time::Duration::from_secs(60))),
+        );
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["engine"])
+            .args(up("6"))
+            .env("FLOTILLA_AWS_ENDPOINT_URL", env.proxy.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "AKIAE2E")
+            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
+            .env("FLOTILLA_OWNER", "flotilla-e2e")
+            .env_remove("AWS_ENDPOINT_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Wait until every call before the K-th has finished and nothing moves any more.
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            let done = env.proxy.total();
+            if done as u64 >= k - 1 && done == last {
+                break;
+            }
+            last = done;
+        }
+        child.start_kill().expect("SIGKILL");
+        child.wait().await.expect("reaped");
+        env.proxy.clear_rules();
+
+        let resumed = env.json(&up("6")).await;
+        assert_eq!(per_az(&resumed), vec![2, 2, 2], "k={k}");
+        let (running, vpcs, subnets) = env.state().await;
+        assert_eq!(running.values().sum::<usize>(), 6, "k={k}");
+        assert_eq!((vpcs, subnets), (1, 3), "k={k}: nothing created twice");
+        let ec2 = env.ec2().await;
+        let owner = aws_sdk_ec2::types::Filter::builder()
+            .name("tag:flotilla:owner")
+            .values("flotilla-e2e")
+            .build();
+        let gateways = ec2
+            .describe_internet_gateways()
+            .filters(owner.clone())
+            .send()
+            .await
+            .expect("igw");
+        let tables = ec2
+            .describe_route_tables()
+            .filters(owner.clone())
+            .send()
+            .await
+            .expect("rtb");
+        let groups = ec2
+            .describe_security_groups()
+            .filters(owner)
+            .send()
+            .await
+            .expect("sg");
+        assert_eq!(gateways.internet_gateways().len(), 1, "k={k}");
+        assert_eq!(tables.route_tables().len(), 1, "k={k}");
+        assert_eq!(groups.security_groups().len(), 1, "k={k}");
+        converged += 1;
+    }
+    assert_eq!(
+        converged, total,
+        "{converged} of {total} crash points converged"
+    );
+}

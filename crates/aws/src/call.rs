@@ -27,6 +27,25 @@ const THROTTLING: &[&str] = &[
     "SlowDown",
 ];
 
+/// Codes that mean the credentials themselves are not accepted (or there are none).
+pub(crate) const CREDENTIAL_CODES: &[&str] = &[
+    "AuthFailure",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "InvalidAccessKeyId",
+    "ExpiredToken",
+    "NoCredentials",
+];
+
+/// Codes that mean the credentials work but lack a permission (`AccessDenied` is moto's
+/// spelling of EC2's `UnauthorizedOperation`).
+pub(crate) const PERMISSION_CODES: &[&str] = &[
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+];
+
 /// 5xx codes that are answers, not failures: retrying them in the same place cannot help.
 const FINAL_SERVER_CODES: &[&str] = &[
     "InsufficientInstanceCapacity",
@@ -81,15 +100,10 @@ impl CallError {
     pub fn into_cloud_error(self) -> CloudError {
         let operation = format!("{} in {}", self.operation, self.region);
         match self.code() {
-            "AuthFailure"
-            | "InvalidClientTokenId"
-            | "SignatureDoesNotMatch"
-            | "UnrecognizedClientException"
-            | "InvalidAccessKeyId"
-            | "ExpiredToken" => CloudError::InvalidCredentials {
+            code if CREDENTIAL_CODES.contains(&code) => CloudError::InvalidCredentials {
                 message: format!("{} ({operation})", self.describe()),
             },
-            "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+            code if PERMISSION_CODES.contains(&code) => {
                 let hint = self
                     .message
                     .contains("iam:PassRole")
@@ -146,8 +160,23 @@ where
             call_error.message = "timed out".into();
         }
         SdkError::DispatchFailure(failure) => {
-            call_error.transport = true;
-            call_error.message = format!("could not reach AWS: {:?}", failure.as_connector_error());
+            if let Some(missing) = failure
+                .as_connector_error()
+                .and_then(|e| credentials_problem(e))
+            {
+                // Not a network problem: retrying cannot help, and the user must act.
+                call_error.code = Some("NoCredentials".into());
+                call_error.message = format!(
+                    "no usable AWS credentials ({missing}); set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, choose a profile, or run where an instance role is available"
+                );
+            } else {
+                call_error.transport = true;
+                call_error.message = match failure.as_connector_error() {
+                    Some(error) => format!("could not reach AWS: {}", error_chain(error)),
+                    None => "could not reach AWS".into(),
+                };
+            }
         }
         SdkError::ResponseError(response) => {
             call_error.transport = true;
@@ -171,6 +200,36 @@ where
             "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable"
         );
     call_error
+}
+
+/// The credential provider's error, if that is why a request could not be sent.
+fn credentials_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(credentials) =
+            error.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            return Some(match credentials {
+                aws_credential_types::provider::error::CredentialsError::CredentialsNotLoaded(
+                    _,
+                ) => "none found".to_owned(),
+                other => other.to_string(),
+            });
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut current = error.source();
+    while let Some(error) = current {
+        parts.push(error.to_string());
+        current = error.source();
+    }
+    parts.join(": ")
 }
 
 impl Aws {

@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use crate::Aws;
 use crate::call::Idempotency::Safe;
+use crate::call::{CREDENTIAL_CODES, PERMISSION_CODES};
 
 /// Used when DescribeRegions itself is refused, so the report still lists the regions.
 const STANDARD_REGIONS: &[&str] = &[
@@ -103,13 +104,8 @@ async fn check_region(aws: &Aws, region: String, instance_type: &str) -> RegionC
             };
             match error.code() {
                 "DryRunOperation" => RegionOutcome::Ok,
-                "AuthFailure"
-                | "InvalidClientTokenId"
-                | "SignatureDoesNotMatch"
-                | "UnrecognizedClientException"
-                | "InvalidAccessKeyId"
-                | "ExpiredToken" => RegionOutcome::BadCredentials(detail),
-                "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+                code if CREDENTIAL_CODES.contains(&code) => RegionOutcome::BadCredentials(detail),
+                code if PERMISSION_CODES.contains(&code) => {
                     RegionOutcome::MissingPermission(detail)
                 }
                 _ => RegionOutcome::Unreachable(detail),

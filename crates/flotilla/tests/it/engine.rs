@@ -376,3 +376,48 @@ async fn a_kill_9_at_every_call_of_an_up_converges_on_the_next_run() {
         "{converged} of {total} crash points converged"
     );
 }
+
+#[tokio::test]
+async fn named_profiles_work_and_missing_credentials_are_named() {
+    let env = Env::new().await;
+    let dir = std::env::temp_dir().join(format!("flotilla-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("credentials"),
+        "[team]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = s\n",
+    )
+    .expect("credentials");
+    std::fs::write(dir.join("config"), "[profile team]\nregion = us-east-1\n").expect("config");
+    let run = |profile: Option<&'static str>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        command.arg("engine");
+        if let Some(profile) = profile {
+            command.args(["--profile", profile]);
+        }
+        command
+            .args(["validate"])
+            .env("FLOTILLA_AWS_ENDPOINT_URL", env.proxy.endpoint())
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("credentials"))
+            .env("AWS_CONFIG_FILE", dir.join("config"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL");
+        command.output()
+    };
+    let with_profile = run(Some("team")).await.expect("run");
+    assert!(
+        with_profile.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_profile.stderr)
+    );
+    let without = run(None).await.expect("run");
+    assert_eq!(without.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        stderr.contains("bad credentials: NoCredentials: no usable AWS credentials"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

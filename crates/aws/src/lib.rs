@@ -16,6 +16,7 @@
 
 pub mod budget;
 mod call;
+mod catalog;
 mod credentials;
 mod instances;
 mod network;
@@ -30,7 +31,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{Credentials, Region};
 use flotilla_core::cloud::{
     AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, LaunchRequest, Network,
-    NetworkRequest, TeardownReport,
+    NetworkRequest, NodeTypeOffering, TeardownReport,
 };
 
 use crate::budget::TokenBucket;
@@ -137,6 +138,10 @@ pub struct Aws {
     counters: Counters,
     zones: Mutex<HashMap<String, Vec<AvailabilityZone>>>,
     images: Mutex<HashMap<(String, Option<String>), Image>>,
+    /// Opted-in regions, once asked (see `catalog`).
+    regions: Mutex<Option<Vec<String>>>,
+    /// Instance type offerings per region, once asked.
+    node_types: Mutex<HashMap<String, Vec<NodeTypeOffering>>>,
 }
 
 impl Aws {
@@ -175,6 +180,8 @@ impl Aws {
             counters: Counters::default(),
             zones: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
+            regions: Mutex::new(None),
+            node_types: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +263,14 @@ impl Cloud for Aws {
 
     async fn availability_zones(&self, region: &str) -> Result<Vec<AvailabilityZone>, CloudError> {
         self.zones_of(region).await
+    }
+
+    async fn regions(&self) -> Result<Vec<String>, CloudError> {
+        catalog::regions(self).await
+    }
+
+    async fn node_types(&self, region: &str) -> Result<Vec<NodeTypeOffering>, CloudError> {
+        catalog::node_types(self, region).await
     }
 
     async fn ensure_network(&self, request: &NetworkRequest) -> Result<Network, CloudError> {

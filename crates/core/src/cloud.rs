@@ -22,6 +22,14 @@ pub struct AvailabilityZone {
     pub available: bool,
 }
 
+/// An instance type offered in a region, with the AZs that offer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTypeOffering {
+    pub name: String,
+    /// Sorted.
+    pub availability_zones: Vec<String>,
+}
+
 /// Which ports the node security group opens to which outside networks. Everything inside the
 /// VPC is always open. No CIDR is opened by default: "no 0.0.0.0/0 unless asked".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +361,15 @@ pub trait Cloud: Send + Sync {
         &self,
         region: &str,
     ) -> impl Future<Output = Result<Vec<AvailabilityZone>, CloudError>> + Send;
+
+    /// The regions the account may use (opted in), sorted by name.
+    fn regions(&self) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send;
+
+    /// The instance types offered in a region, sorted by name, each with the AZs offering it.
+    fn node_types(
+        &self,
+        region: &str,
+    ) -> impl Future<Output = Result<Vec<NodeTypeOffering>, CloudError>> + Send;
 
     /// Finds or creates (auto) or validates (user VPC) the network; safe to repeat.
     fn ensure_network(

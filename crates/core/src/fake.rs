@@ -10,9 +10,12 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::cloud::{
     AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, InstanceState, LaunchRequest,
-    Network, NetworkRequest, RegionCheck, RegionOutcome, Subnet, TeardownReport,
+    Network, NetworkRequest, NodeTypeOffering, RegionCheck, RegionOutcome, Subnet, TeardownReport,
 };
 use crate::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
+
+/// The regions the fake account can use.
+pub const FAKE_REGIONS: [&str; 2] = ["eu-west-1", "us-east-1"];
 
 #[derive(Debug, Default)]
 struct State {
@@ -111,7 +114,7 @@ impl Cloud for FakeCloud {
         let _state = self.count("validate_credentials");
         Ok(CredentialReport {
             instance_type: instance_type.to_owned(),
-            regions: ["eu-west-1", "us-east-1"]
+            regions: FAKE_REGIONS
                 .iter()
                 .map(|r| RegionCheck {
                     region: (*r).into(),
@@ -129,6 +132,32 @@ impl Cloud for FakeCloud {
             .map(|name| AvailabilityZone {
                 name,
                 available: true,
+            })
+            .collect())
+    }
+
+    async fn regions(&self) -> Result<Vec<String>, CloudError> {
+        let _state = self.count("regions");
+        Ok(FAKE_REGIONS.iter().map(|r| (*r).to_owned()).collect())
+    }
+
+    /// A few fixed types; `m5.large` is missing from the last AZ, like real offerings that
+    /// differ between AZs.
+    async fn node_types(&self, region: &str) -> Result<Vec<NodeTypeOffering>, CloudError> {
+        let _state = self.count("node_types");
+        if !FAKE_REGIONS.contains(&region) {
+            return Ok(Vec::new());
+        }
+        let zones = Self::region_azs(region);
+        Ok(["m5.large", "t3.medium", "t3.micro", "t3.small"]
+            .iter()
+            .map(|name| NodeTypeOffering {
+                name: (*name).to_owned(),
+                availability_zones: if *name == "m5.large" {
+                    zones[..zones.len() - 1].to_vec()
+                } else {
+                    zones.clone()
+                },
             })
             .collect())
     }

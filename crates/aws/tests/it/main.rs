@@ -3,6 +3,7 @@
 //! Each test gets its own moto account (the proxy sets `x-moto-account-id`), so tests run in
 //! parallel on one moto server without seeing each other's resources.
 
+mod catalog;
 mod credentials;
 mod harness;
 mod instances;

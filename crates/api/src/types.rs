@@ -1,0 +1,243 @@
+//! The objects of the API, one struct per resource, in the contract's field order (§3).
+//!
+//! Fields are serialized in alphabetical order within each struct for stable diffs of
+//! recorded responses; JSON object order carries no meaning for the clients.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `meta` of a list envelope (§2.3). `next` and `previous` are paths starting with `/api/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub limit: u64,
+    pub next: Option<String>,
+    pub offset: u64,
+    pub previous: Option<String>,
+    pub total_count: u64,
+}
+
+/// Every list answer: `{"meta": {...}, "objects": [...]}`; an empty result is 200 with `[]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListEnvelope<T> {
+    pub meta: Meta,
+    pub objects: Vec<T>,
+}
+
+/// Every error answer: `{"error": "<message naming the field or resource>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// §3.1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provider {
+    pub available: bool,
+    pub label: String,
+    pub name: String,
+    pub regions: Vec<String>,
+    pub resource_uri: String,
+}
+
+/// §3.2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub available: bool,
+    pub availability_zones: Vec<String>,
+    pub label: String,
+    pub name: String,
+    pub node_types: Vec<String>,
+    pub provider: String,
+    pub resource_uri: String,
+}
+
+/// §3.3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AvailabilityZone {
+    pub available: bool,
+    pub name: String,
+    pub region: String,
+    pub resource_uri: String,
+}
+
+/// §3.4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeType {
+    pub available: bool,
+    pub availability_zones: Vec<String>,
+    pub label: String,
+    pub name: String,
+    pub provider: String,
+    pub regions: Vec<String>,
+    pub resource_uri: String,
+}
+
+/// A tag on a cluster or node. The clients echo back whatever they received, so only
+/// `name` is emitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub name: String,
+}
+
+/// §3.5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCluster {
+    pub current_num_nodes: u32,
+    pub deployed_datetime: Option<String>,
+    pub destroyed_datetime: Option<String>,
+    pub disk: u32,
+    pub name: String,
+    pub nickname: String,
+    pub node_type: String,
+    pub nodes: Vec<String>,
+    /// The validated `provider_options` in the Docker Cloud shape (`{}` when none).
+    pub provider_options: Value,
+    pub region: String,
+    pub resource_uri: String,
+    pub state: String,
+    pub tags: Vec<Tag>,
+    pub target_num_nodes: u32,
+    pub uuid: String,
+}
+
+/// One private address of a node (GO `Network`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivateIp {
+    pub cidr: String,
+    pub name: String,
+}
+
+/// §3.6. Fields only an agent can know (Docker version, CPU, memory) are `null` until agents
+/// report them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub availability_zone: Option<String>,
+    pub cpu: Option<u32>,
+    pub current_num_containers: u32,
+    pub deployed_datetime: Option<String>,
+    pub destroyed_datetime: Option<String>,
+    pub disk: u32,
+    pub docker_execdriver: Option<String>,
+    pub docker_graphdriver: Option<String>,
+    pub docker_version: Option<String>,
+    pub external_fqdn: String,
+    pub last_seen: Option<String>,
+    pub memory: Option<u32>,
+    pub nickname: String,
+    pub node_cluster: Option<String>,
+    pub node_type: String,
+    pub private_ips: Vec<PrivateIp>,
+    pub public_ip: Option<String>,
+    pub region: String,
+    pub resource_uri: String,
+    pub state: String,
+    pub tags: Vec<Tag>,
+    pub tunnel: Option<String>,
+    pub uuid: String,
+}
+
+/// §3.7. `object` is always a string (the CLI splits it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub action: String,
+    pub body: String,
+    pub can_be_canceled: bool,
+    pub can_be_retried: bool,
+    pub end_date: Option<String>,
+    pub ip: String,
+    pub is_user_action: bool,
+    pub location: String,
+    pub logs: String,
+    pub method: String,
+    pub object: String,
+    pub path: String,
+    pub resource_uri: String,
+    pub start_date: Option<String>,
+    pub state: String,
+    pub user: String,
+    pub user_agent: String,
+    pub uuid: String,
+}
+
+/// Action states (§4.3), spelled as on the wire.
+pub mod action_state {
+    pub const PENDING: &str = "Pending";
+    pub const IN_PROGRESS: &str = "In progress";
+    pub const CANCELING: &str = "Canceling";
+    pub const CANCELED: &str = "Canceled";
+    pub const SUCCESS: &str = "Success";
+    pub const FAILED: &str = "Failed";
+}
+
+/// §3.8: the BYO-node token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_envelope_has_the_documented_shape() {
+        let envelope = ListEnvelope {
+            meta: Meta {
+                limit: 25,
+                next: Some("/api/infra/v1/nodecluster/?limit=25&offset=25".into()),
+                offset: 0,
+                previous: None,
+                total_count: 30,
+            },
+            objects: vec![Tag { name: "web".into() }],
+        };
+        assert_eq!(
+            serde_json::to_value(&envelope).expect("json"),
+            json!({"meta": {"limit": 25, "next": "/api/infra/v1/nodecluster/?limit=25&offset=25",
+                            "offset": 0, "previous": null, "total_count": 30},
+                   "objects": [{"name": "web"}]})
+        );
+    }
+
+    #[test]
+    fn unknown_values_are_null_not_missing() {
+        let node = Node {
+            availability_zone: None,
+            cpu: None,
+            current_num_containers: 0,
+            deployed_datetime: None,
+            destroyed_datetime: None,
+            disk: 60,
+            docker_execdriver: None,
+            docker_graphdriver: None,
+            docker_version: None,
+            external_fqdn: "x".into(),
+            last_seen: None,
+            memory: None,
+            nickname: "x".into(),
+            node_cluster: None,
+            node_type: "/api/infra/v1/nodetype/aws/t3.micro/".into(),
+            private_ips: vec![],
+            public_ip: None,
+            region: "/api/infra/v1/region/aws/us-east-1/".into(),
+            resource_uri: "/api/infra/v1/node/x/".into(),
+            state: "Deploying".into(),
+            tags: vec![],
+            tunnel: None,
+            uuid: "x".into(),
+        };
+        let value = serde_json::to_value(&node).expect("json");
+        for field in [
+            "uuid",
+            "external_fqdn",
+            "last_seen",
+            "state",
+            "node_cluster",
+            "docker_version",
+        ] {
+            assert!(value.get(field).is_some(), "node ls reads {field}");
+        }
+        assert_eq!(value["docker_version"], Value::Null);
+    }
+}

@@ -1,0 +1,891 @@
+//! The application layer: every operation the API offers, in terms of the store, the cloud
+//! catalogue and the reconciler. HTTP handlers call only this.
+//!
+//! Design decisions:
+//! * Operations validate, then change desired state and record an action in one store
+//!   transaction, then nudge the cluster's reconciler. They never call the cloud to do
+//!   work, so an API call returns in milliseconds and a crash after the commit loses
+//!   nothing: the reconciler resumes from the stored state.
+//! * State checks go through `flotilla_core::state` and are compare-and-set in the store, so
+//!   two concurrent requests (or a request and a reconciler pass) cannot both win.
+//! * Errors are a closed enum that the HTTP edge maps to status codes; every message names
+//!   the field, the object or the state that is wrong, and store failures never leak their
+//!   internals to the caller.
+
+use std::sync::Arc;
+
+use flotilla_api::{self as api, date, uri};
+use flotilla_core::cloud::Cloud;
+use flotilla_core::spec::{ClusterSpec, MAX_NODES, parse_tags_value};
+use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
+use rand::Rng;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::catalog::{self, Catalog, PROVIDER};
+use crate::reconcile::Reconciler;
+use crate::store::{
+    ActionRecord, ClusterRecord, NodeRecord, Store, StoreError, Transition, UserRecord,
+};
+
+/// What went wrong, as the caller should hear it.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Not authorized")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The cloud could not be asked (catalogue); worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[from] StoreError),
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// Who made a request, for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub username: String,
+    pub method: String,
+    pub path: String,
+    pub user_agent: String,
+    pub ip: String,
+    /// The request body as received (recorded in the action).
+    pub body: String,
+}
+
+/// The result of an operation that records an action.
+#[derive(Debug, Clone)]
+pub struct Outcome<T> {
+    pub object: T,
+    pub action_uri: String,
+    /// Work continues in the background (202) rather than being done (200/201).
+    pub accepted: bool,
+}
+
+/// A new user's secret, shown once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings that shape API objects.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// Nodes are named `<uuid>.<node_domain>` (`external_fqdn`).
+    pub node_domain: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::rng().fill(buffer.as_mut_slice());
+    hex::encode(buffer)
+}
+
+fn key_hash(salt: &str, key: &str) -> String {
+    hex::encode(Sha256::digest(format!("{salt}{key}").as_bytes()))
+}
+
+/// A salted hash of a fresh random API key; the key is returned to be shown once.
+pub fn new_user(username: &str) -> (UserRecord, Credentials) {
+    let api_key = random_hex(20);
+    let salt = random_hex(16);
+    let record = UserRecord {
+        username: username.to_owned(),
+        api_key_hash: key_hash(&salt, &api_key),
+        api_key_salt: salt,
+    };
+    (
+        record,
+        Credentials {
+            username: username.to_owned(),
+            api_key,
+        },
+    )
+}
+
+/// Compares without an early exit, so the time taken does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn integer_like(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn tags_of(names: &[String]) -> Vec<api::Tag> {
+    names
+        .iter()
+        .map(|name| api::Tag { name: name.clone() })
+        .collect()
+}
+
+/// The application. Shared by every request handler behind an `Arc`.
+#[derive(Debug)]
+pub struct App<C> {
+    store: Store,
+    cloud: Arc<C>,
+    reconciler: Reconciler,
+    settings: AppSettings,
+    catalog: AsyncMutex<Option<Arc<Catalog>>>,
+}
+
+impl<C: Cloud + 'static> App<C> {
+    pub fn new(store: Store, cloud: Arc<C>, reconciler: Reconciler, settings: AppSettings) -> Self {
+        App {
+            store,
+            cloud,
+            reconciler,
+            settings,
+            catalog: AsyncMutex::new(None),
+        }
+    }
+
+    // ---- authentication ----
+
+    /// The user whose API key this is, if any.
+    pub async fn authenticate(&self, username: &str, api_key: &str) -> AppResult<Option<String>> {
+        let Some(user) = self.store.user(username).await? else {
+            return Ok(None);
+        };
+        let hash = key_hash(&user.api_key_salt, api_key);
+        Ok(
+            constant_time_eq(hash.as_bytes(), user.api_key_hash.as_bytes())
+                .then_some(user.username),
+        )
+    }
+
+    // ---- catalogue ----
+
+    pub async fn catalog(&self) -> AppResult<Arc<Catalog>> {
+        let mut cached = self.catalog.lock().await;
+        if let Some(catalog) = cached.as_ref() {
+            return Ok(catalog.clone());
+        }
+        let catalog = Arc::new(catalog::load(self.cloud.as_ref()).await.map_err(|error| {
+            tracing::warn!(%error, "cannot load the catalogue");
+            AppError::Unavailable(format!("cannot list what the cloud offers: {error}"))
+        })?);
+        *cached = Some(catalog.clone());
+        Ok(catalog)
+    }
+
+    /// Checks that a region exists and offers a node type, naming whichever does not.
+    async fn check_offered(&self, spec: &ClusterSpec) -> AppResult<()> {
+        let regions =
+            self.cloud.regions().await.map_err(|error| {
+                AppError::Unavailable(format!("cannot list the regions: {error}"))
+            })?;
+        if !regions.contains(&spec.region) {
+            return Err(AppError::BadRequest(format!(
+                "region: unknown region '{}' (available: {})",
+                spec.region,
+                regions.join(", ")
+            )));
+        }
+        let types = self.cloud.node_types(&spec.region).await.map_err(|error| {
+            AppError::Unavailable(format!(
+                "cannot list the node types of {}: {error}",
+                spec.region
+            ))
+        })?;
+        if !types.iter().any(|t| t.name == spec.node_type) {
+            return Err(AppError::BadRequest(format!(
+                "node_type: '{}' is not offered in {}",
+                spec.node_type, spec.region
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- rendering ----
+
+    fn render_cluster(&self, cluster: &ClusterRecord, nodes: &[NodeRecord]) -> api::NodeCluster {
+        let live: Vec<&NodeRecord> = nodes
+            .iter()
+            .filter(|n| n.cluster_uuid == cluster.uuid && n.state != NodeState::Terminated)
+            .collect();
+        let provider_options = serde_json::to_value(&cluster.spec.provider_options)
+            .unwrap_or(Value::Object(Map::new()));
+        api::NodeCluster {
+            current_num_nodes: live.len() as u32,
+            deployed_datetime: cluster.deployed_at.map(date::format_unix),
+            destroyed_datetime: cluster.destroyed_at.map(date::format_unix),
+            disk: cluster.spec.disk_gb,
+            name: cluster.name.clone(),
+            nickname: cluster.nickname.clone(),
+            node_type: uri::node_type(PROVIDER, &cluster.spec.node_type),
+            nodes: live.iter().map(|n| uri::node(&n.uuid)).collect(),
+            provider_options,
+            region: uri::region(PROVIDER, &cluster.spec.region),
+            resource_uri: uri::node_cluster(&cluster.uuid),
+            state: cluster.state.to_string(),
+            tags: tags_of(&cluster.tags),
+            target_num_nodes: cluster.target_num_nodes,
+            uuid: cluster.uuid.clone(),
+        }
+    }
+
+    fn render_node(&self, node: &NodeRecord, cluster: &ClusterRecord) -> api::Node {
+        let external_fqdn = format!("{}.{}", node.uuid, self.settings.node_domain);
+        api::Node {
+            availability_zone: Some(uri::availability_zone(
+                PROVIDER,
+                &cluster.spec.region,
+                &node.availability_zone,
+            )),
+            cpu: None,
+            current_num_containers: 0,
+            deployed_datetime: node.deployed_at.map(date::format_unix),
+            destroyed_datetime: node.destroyed_at.map(date::format_unix),
+            disk: cluster.spec.disk_gb,
+            docker_execdriver: None,
+            docker_graphdriver: None,
+            docker_version: None,
+            last_seen: node.last_seen.map(date::format_unix),
+            memory: None,
+            nickname: node
+                .nickname
+                .clone()
+                .unwrap_or_else(|| external_fqdn.clone()),
+            external_fqdn,
+            node_cluster: Some(uri::node_cluster(&cluster.uuid)),
+            node_type: uri::node_type(PROVIDER, &cluster.spec.node_type),
+            private_ips: node
+                .private_ip
+                .iter()
+                .map(|cidr| api::PrivateIp {
+                    cidr: cidr.clone(),
+                    name: "eth0".into(),
+                })
+                .collect(),
+            public_ip: node.public_ip.clone(),
+            region: uri::region(PROVIDER, &cluster.spec.region),
+            resource_uri: uri::node(&node.uuid),
+            state: node.state.to_string(),
+            tags: tags_of(&node.tags),
+            tunnel: None,
+            uuid: node.uuid.clone(),
+        }
+    }
+
+    pub fn render_action(action: &ActionRecord) -> api::Action {
+        api::Action {
+            action: action.label.clone(),
+            body: action.body.clone(),
+            can_be_canceled: action.can_be_canceled,
+            can_be_retried: action.can_be_retried,
+            end_date: action.end_date.map(date::format_unix),
+            ip: action.ip.clone(),
+            is_user_action: true,
+            location: String::new(),
+            logs: action.logs.clone(),
+            method: action.method.clone(),
+            object: action.object_uri.clone(),
+            path: action.path.clone(),
+            resource_uri: uri::action(&action.uuid),
+            start_date: Some(date::format_unix(action.start_date)),
+            state: action.state.clone(),
+            user: action.username.clone(),
+            user_agent: action.user_agent.clone(),
+            uuid: action.uuid.clone(),
+        }
+    }
+
+    fn new_action(caller: &Caller, object_uri: &str, label: &str, state: &str) -> ActionRecord {
+        let now = date::now_unix();
+        let finished = state == api::action_state::SUCCESS;
+        ActionRecord {
+            uuid: new_uuid(),
+            object_uri: object_uri.to_owned(),
+            label: label.to_owned(),
+            method: caller.method.clone(),
+            path: caller.path.clone(),
+            username: caller.username.clone(),
+            user_agent: caller.user_agent.clone(),
+            ip: caller.ip.clone(),
+            state: state.to_owned(),
+            start_date: now,
+            end_date: finished.then_some(now),
+            body: caller.body.clone(),
+            logs: String::new(),
+            can_be_canceled: !finished && label != LABEL_TERMINATE,
+            can_be_retried: false,
+        }
+    }
+
+    // ---- clusters ----
+
+    async fn load_cluster(&self, uuid: &str) -> AppResult<ClusterRecord> {
+        self.store
+            .cluster(uuid)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("node cluster '{uuid}' not found")))
+    }
+
+    async fn rendered_cluster(&self, uuid: &str) -> AppResult<api::NodeCluster> {
+        let cluster = self.load_cluster(uuid).await?;
+        let nodes = self.store.nodes_of(uuid).await?;
+        Ok(self.render_cluster(&cluster, &nodes))
+    }
+
+    pub async fn clusters(&self) -> AppResult<Vec<api::NodeCluster>> {
+        let clusters = self.store.clusters().await?;
+        let nodes = self.store.nodes().await?;
+        Ok(clusters
+            .iter()
+            .map(|c| self.render_cluster(c, &nodes))
+            .collect())
+    }
+
+    pub async fn cluster(&self, uuid: &str) -> AppResult<api::NodeCluster> {
+        self.rendered_cluster(uuid).await
+    }
+
+    /// `POST nodecluster/`: validates and stores a cluster in state `Init`.
+    pub async fn create_cluster(
+        &self,
+        caller: &Caller,
+        body: &Value,
+    ) -> AppResult<Outcome<api::NodeCluster>> {
+        let spec = ClusterSpec::from_json(body).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let nickname = match body.get("nickname") {
+            None | Some(Value::Null) => spec.name.clone(),
+            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 255 => s.trim().to_owned(),
+            Some(_) => {
+                return Err(AppError::BadRequest(
+                    "nickname: must be a string of 1 to 255 characters".into(),
+                ));
+            }
+        };
+        self.check_offered(&spec).await?;
+        let existing = self.store.clusters().await?;
+        if existing
+            .iter()
+            .any(|c| c.name == spec.name && c.state != ClusterState::Terminated)
+        {
+            return Err(AppError::Conflict(format!(
+                "name: a node cluster named '{}' already exists",
+                spec.name
+            )));
+        }
+        let uuid = new_uuid();
+        let action = Self::new_action(
+            caller,
+            &uri::node_cluster(&uuid),
+            "Node Cluster Create",
+            api::action_state::SUCCESS,
+        );
+        let record = ClusterRecord {
+            uuid: uuid.clone(),
+            name: spec.name.clone(),
+            nickname,
+            target_num_nodes: spec.target_num_nodes,
+            tags: spec.tags.clone(),
+            spec,
+            state: ClusterState::Init,
+            generation: 0,
+            next_slot: 0,
+            current_action: None,
+            created_at: date::now_unix(),
+            deployed_at: None,
+            destroyed_at: None,
+        };
+        self.store.insert_cluster(&record, &action).await?;
+        Ok(Outcome {
+            object: self.render_cluster(&record, &[]),
+            action_uri: uri::action(&action.uuid),
+            accepted: false,
+        })
+    }
+
+    /// Applies a state event to a cluster, recording `work.label` as an in-progress action.
+    async fn start_cluster_work(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterRecord,
+        work: ClusterWork<'_>,
+    ) -> AppResult<String> {
+        let ClusterWork {
+            event,
+            label,
+            target,
+            node_state,
+            object_uri,
+        } = work;
+        let next = cluster
+            .state
+            .apply(event)
+            .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let action = Self::new_action(caller, object_uri, label, api::action_state::IN_PROGRESS);
+        let transition = Transition {
+            target_num_nodes: target,
+            bump_generation: true,
+            current_action: Some(Some(&action.uuid)),
+            ..Transition::new(cluster.state, next)
+        };
+        let moved = self
+            .store
+            .transition_cluster(&cluster.uuid, &transition, Some(&action), node_state)
+            .await?;
+        if !moved {
+            return Err(AppError::Conflict(format!(
+                "node cluster '{}' changed state while this request ran; try again",
+                cluster.uuid
+            )));
+        }
+        self.reconciler.nudge(&cluster.uuid);
+        Ok(uri::action(&action.uuid))
+    }
+
+    /// `POST nodecluster/{uuid}/deploy/`.
+    pub async fn deploy_cluster(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+    ) -> AppResult<Outcome<api::NodeCluster>> {
+        let cluster = self.load_cluster(uuid).await?;
+        let action_uri = self
+            .start_cluster_work(
+                caller,
+                &cluster,
+                ClusterWork {
+                    event: ClusterEvent::Deploy,
+                    label: "Node Cluster Deploy",
+                    target: None,
+                    node_state: None,
+                    object_uri: &uri::node_cluster(uuid),
+                },
+            )
+            .await?;
+        Ok(Outcome {
+            object: self.rendered_cluster(uuid).await?,
+            action_uri,
+            accepted: true,
+        })
+    }
+
+    /// `PATCH nodecluster/{uuid}/`: `target_num_nodes` (scale), `tags`, `nickname`.
+    pub async fn patch_cluster(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+        body: &Value,
+    ) -> AppResult<Outcome<api::NodeCluster>> {
+        let cluster = self.load_cluster(uuid).await?;
+        let fields = patch_fields(body, &["target_num_nodes", "tags", "nickname"])?;
+        let target = match fields.get("target_num_nodes") {
+            None => None,
+            Some(value) => match integer_like(value) {
+                Some(n) if (0..=i64::from(MAX_NODES)).contains(&n) => Some(n as u32),
+                _ => {
+                    return Err(AppError::BadRequest(format!(
+                        "target_num_nodes: must be a whole number between 0 and {MAX_NODES}"
+                    )));
+                }
+            },
+        };
+        let tags = match fields.get("tags") {
+            None => None,
+            Some(value) => Some(
+                parse_tags_value(Some(value)).map_err(|e| AppError::BadRequest(e.to_string()))?,
+            ),
+        };
+        let nickname = parse_nickname(fields.get("nickname"))?;
+        if cluster.state == ClusterState::Terminated {
+            return Err(AppError::BadRequest(format!(
+                "node cluster '{uuid}' is Terminated and cannot be changed"
+            )));
+        }
+        let scaling = target.is_some_and(|t| t != cluster.target_num_nodes);
+        if scaling && cluster.state != ClusterState::Init {
+            // Checked before the labels change, so a refused scale changes nothing.
+            cluster
+                .state
+                .apply(ClusterEvent::Scale)
+                .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        }
+        if tags.is_some() || nickname.is_some() {
+            self.store
+                .set_cluster_labels(
+                    uuid,
+                    nickname.as_deref().unwrap_or(&cluster.nickname),
+                    tags.as_deref().unwrap_or(&cluster.tags),
+                )
+                .await?;
+        }
+        if let (true, Some(target)) = (scaling, target) {
+            if cluster.state == ClusterState::Init {
+                if !self
+                    .store
+                    .set_cluster_target(uuid, ClusterState::Init, target)
+                    .await?
+                {
+                    return Err(AppError::Conflict(format!(
+                        "node cluster '{uuid}' changed state while this request ran; try again"
+                    )));
+                }
+            } else {
+                let action_uri = self
+                    .start_cluster_work(
+                        caller,
+                        &cluster,
+                        ClusterWork {
+                            event: ClusterEvent::Scale,
+                            label: "Node Cluster Scale",
+                            target: Some(target),
+                            node_state: None,
+                            object_uri: &uri::node_cluster(uuid),
+                        },
+                    )
+                    .await?;
+                return Ok(Outcome {
+                    object: self.rendered_cluster(uuid).await?,
+                    action_uri,
+                    accepted: true,
+                });
+            }
+        }
+        let action = Self::new_action(
+            caller,
+            &uri::node_cluster(uuid),
+            "Node Cluster Update",
+            api::action_state::SUCCESS,
+        );
+        self.store.insert_action(&action).await?;
+        Ok(Outcome {
+            object: self.rendered_cluster(uuid).await?,
+            action_uri: uri::action(&action.uuid),
+            accepted: false,
+        })
+    }
+
+    /// `DELETE nodecluster/{uuid}/`: terminates every node, then the cluster.
+    pub async fn delete_cluster(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+    ) -> AppResult<Outcome<api::NodeCluster>> {
+        let cluster = self.load_cluster(uuid).await?;
+        let action_uri = self
+            .start_cluster_work(
+                caller,
+                &cluster,
+                ClusterWork {
+                    event: ClusterEvent::Terminate,
+                    label: LABEL_TERMINATE,
+                    target: None,
+                    node_state: None,
+                    object_uri: &uri::node_cluster(uuid),
+                },
+            )
+            .await?;
+        Ok(Outcome {
+            object: self.rendered_cluster(uuid).await?,
+            action_uri,
+            accepted: true,
+        })
+    }
+
+    // ---- nodes ----
+
+    async fn load_node(&self, uuid: &str) -> AppResult<(NodeRecord, ClusterRecord)> {
+        let node = self
+            .store
+            .node(uuid)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("node '{uuid}' not found")))?;
+        let cluster = self.load_cluster(&node.cluster_uuid).await?;
+        Ok((node, cluster))
+    }
+
+    pub async fn nodes(&self) -> AppResult<Vec<api::Node>> {
+        let clusters = self.store.clusters().await?;
+        let nodes = self.store.nodes().await?;
+        Ok(nodes
+            .iter()
+            .filter_map(|n| {
+                clusters
+                    .iter()
+                    .find(|c| c.uuid == n.cluster_uuid)
+                    .map(|c| self.render_node(n, c))
+            })
+            .collect())
+    }
+
+    pub async fn node(&self, uuid: &str) -> AppResult<api::Node> {
+        let (node, cluster) = self.load_node(uuid).await?;
+        Ok(self.render_node(&node, &cluster))
+    }
+
+    /// `PATCH node/{uuid}/`: `tags`, `nickname`.
+    pub async fn patch_node(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+        body: &Value,
+    ) -> AppResult<Outcome<api::Node>> {
+        let (node, _) = self.load_node(uuid).await?;
+        let fields = patch_fields(body, &["tags", "nickname"])?;
+        let tags = match fields.get("tags") {
+            None => node.tags.clone(),
+            Some(value) => {
+                parse_tags_value(Some(value)).map_err(|e| AppError::BadRequest(e.to_string()))?
+            }
+        };
+        let nickname = parse_nickname(fields.get("nickname"))?.or(node.nickname.clone());
+        if node.state == NodeState::Terminated {
+            return Err(AppError::BadRequest(format!(
+                "node '{uuid}' is Terminated and cannot be changed"
+            )));
+        }
+        self.store
+            .set_node_labels(uuid, nickname.as_deref(), &tags)
+            .await?;
+        let action = Self::new_action(
+            caller,
+            &uri::node(uuid),
+            "Node Update",
+            api::action_state::SUCCESS,
+        );
+        self.store.insert_action(&action).await?;
+        Ok(Outcome {
+            object: self.node(uuid).await?,
+            action_uri: uri::action(&action.uuid),
+            accepted: false,
+        })
+    }
+
+    /// `DELETE node/{uuid}/`: the node goes and its cluster's target shrinks by one.
+    pub async fn delete_node(&self, caller: &Caller, uuid: &str) -> AppResult<Outcome<api::Node>> {
+        let (node, cluster) = self.load_node(uuid).await?;
+        node.state
+            .apply(flotilla_core::state::NodeEvent::TerminateRequested)
+            .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let action_uri = self
+            .start_cluster_work(
+                caller,
+                &cluster,
+                ClusterWork {
+                    event: ClusterEvent::Scale,
+                    label: "Node Terminate",
+                    target: Some(cluster.target_num_nodes.saturating_sub(1)),
+                    node_state: Some((uuid, NodeState::Terminating)),
+                    object_uri: &uri::node(uuid),
+                },
+            )
+            .await
+            .map_err(|error| match error {
+                AppError::BadRequest(message) => AppError::BadRequest(format!(
+                    "node '{uuid}' cannot be terminated now: {message}"
+                )),
+                other => other,
+            })?;
+        Ok(Outcome {
+            object: self.node(uuid).await?,
+            action_uri,
+            accepted: true,
+        })
+    }
+
+    // ---- actions ----
+
+    pub async fn actions(&self) -> AppResult<Vec<api::Action>> {
+        Ok(self
+            .store
+            .actions()
+            .await?
+            .iter()
+            .map(Self::render_action)
+            .collect())
+    }
+
+    async fn load_action(&self, uuid: &str) -> AppResult<ActionRecord> {
+        self.store
+            .action(uuid)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("action '{uuid}' not found")))
+    }
+
+    pub async fn action(&self, uuid: &str) -> AppResult<api::Action> {
+        Ok(Self::render_action(&self.load_action(uuid).await?))
+    }
+
+    /// `POST action/{uuid}/cancel/`: the reconciler stops the work at its next step and
+    /// settles the cluster on what exists.
+    pub async fn cancel_action(&self, uuid: &str) -> AppResult<api::Action> {
+        use api::action_state::{CANCELING, IN_PROGRESS, PENDING};
+        let action = self.load_action(uuid).await?;
+        if !action.can_be_canceled {
+            return Err(AppError::BadRequest(format!(
+                "action '{uuid}' ({}, {}) cannot be canceled",
+                action.label, action.state
+            )));
+        }
+        if !self
+            .store
+            .transition_action(uuid, &[PENDING, IN_PROGRESS], CANCELING, None, false, false)
+            .await?
+        {
+            return Err(AppError::BadRequest(format!(
+                "action '{uuid}' is no longer in progress"
+            )));
+        }
+        if let Some(cluster_uuid) = self.cluster_of_action(&action).await? {
+            self.reconciler.nudge(&cluster_uuid);
+        }
+        self.action(uuid).await
+    }
+
+    /// `POST action/{uuid}/retry/`: runs the failed or canceled work again, as the same
+    /// action (it goes back to `In progress`).
+    pub async fn retry_action(&self, uuid: &str) -> AppResult<api::Action> {
+        use api::action_state::{CANCELED, FAILED, IN_PROGRESS};
+        let action = self.load_action(uuid).await?;
+        let cluster_uuid = self.cluster_of_action(&action).await?;
+        let (true, Some(cluster_uuid)) = (action.can_be_retried, cluster_uuid) else {
+            return Err(AppError::BadRequest(format!(
+                "action '{uuid}' ({}, {}) cannot be retried",
+                action.label, action.state
+            )));
+        };
+        let cluster = self.load_cluster(&cluster_uuid).await?;
+        if cluster.state == ClusterState::Terminating {
+            let transition = Transition {
+                current_action: Some(Some(uuid)),
+                ..Transition::new(ClusterState::Terminating, ClusterState::Terminating)
+            };
+            self.store
+                .transition_cluster(&cluster_uuid, &transition, None, None)
+                .await?;
+        } else {
+            let next = cluster
+                .state
+                .apply(ClusterEvent::Scale)
+                .map_err(|e| AppError::BadRequest(format!("cannot retry: {e}")))?;
+            let transition = Transition {
+                bump_generation: true,
+                current_action: Some(Some(uuid)),
+                ..Transition::new(cluster.state, next)
+            };
+            if !self
+                .store
+                .transition_cluster(&cluster_uuid, &transition, None, None)
+                .await?
+            {
+                return Err(AppError::Conflict(format!(
+                    "node cluster '{cluster_uuid}' changed state while this request ran; try again"
+                )));
+            }
+        }
+        let cancelable = action.label != LABEL_TERMINATE;
+        self.store
+            .transition_action(
+                uuid,
+                &[FAILED, CANCELED],
+                IN_PROGRESS,
+                None,
+                cancelable,
+                false,
+            )
+            .await?;
+        self.store.append_action_log(uuid, "Retrying\n").await?;
+        self.reconciler.nudge(&cluster_uuid);
+        self.action(uuid).await
+    }
+
+    async fn cluster_of_action(&self, action: &ActionRecord) -> AppResult<Option<String>> {
+        Ok(match api::uri::Resource::parse(&action.object_uri) {
+            Some(api::uri::Resource::NodeCluster { uuid }) => Some(uuid),
+            Some(api::uri::Resource::Node { uuid }) => {
+                self.store.node(&uuid).await?.map(|n| n.cluster_uuid)
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What [`App::start_cluster_work`] starts.
+struct ClusterWork<'a> {
+    event: ClusterEvent,
+    label: &'a str,
+    target: Option<u32>,
+    node_state: Option<(&'a str, NodeState)>,
+    object_uri: &'a str,
+}
+
+/// The label of a cluster termination (not cancelable: nodes already terminated stay so).
+pub const LABEL_TERMINATE: &str = "Node Cluster Terminate";
+
+/// The keys of a PATCH body, refusing anything not in `allowed`.
+fn patch_fields<'a>(body: &'a Value, allowed: &[&str]) -> AppResult<&'a Map<String, Value>> {
+    let Some(fields) = body.as_object() else {
+        return Err(AppError::BadRequest("body: must be a JSON object".into()));
+    };
+    if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(AppError::BadRequest(format!(
+            "{key}: cannot be changed (changeable: {})",
+            allowed.join(", ")
+        )));
+    }
+    Ok(fields)
+}
+
+fn parse_nickname(value: Option<&Value>) -> AppResult<Option<String>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 255 => {
+            Ok(Some(s.trim().to_owned()))
+        }
+        Some(_) => Err(AppError::BadRequest(
+            "nickname: must be a string of 1 to 255 characters".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_hashed_with_their_salt_and_compared_in_full() {
+        let (record, credentials) = new_user("admin");
+        assert_ne!(record.api_key_hash, credentials.api_key);
+        assert_eq!(
+            key_hash(&record.api_key_salt, &credentials.api_key),
+            record.api_key_hash
+        );
+        let (other, _) = new_user("admin");
+        assert_ne!(record.api_key_salt, other.api_key_salt);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!format!("{credentials:?}").contains(&credentials.api_key));
+    }
+}

@@ -1,0 +1,695 @@
+//! The HTTP edge: Docker Cloud API v1 paths, authentication, pagination, filters, and the
+//! mapping of application errors to status codes.
+//!
+//! Design decisions:
+//! * Routing is a hand-written parse of the path into a closed [`Route`] enum rather than
+//!   an axum route table. The contract asks for every REST path with and without its
+//!   trailing slash (no redirects: a 301 breaks a PATCH), with and without a namespace
+//!   segment, and for 405 on a known path with the wrong method; a plain `match` over path
+//!   segments states all of that in one place and is unit-tested without a server.
+//! * Bodies are read and parsed here, so bad JSON is a 415 with `{"error": ...}` and never
+//!   axum's plain-text rejection. An empty body counts as `{}`: the clients send
+//!   `Content-Type: application/json` with no body on deploy and similar POSTs.
+//! * Lists are filtered generically against the rendered JSON objects (Tastypie style:
+//!   `field`, `field__startswith`, `field__gte`, `field__lte`; a URI field also matches its
+//!   last segment), then paginated with `next`/`previous` as paths starting `/api/`.
+//! * Every answer is a JSON object; errors are `{"error": "..."}`; store failures are
+//!   logged in full and answered with a generic 500.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use flotilla_api::{self as api, date};
+use flotilla_core::cloud::Cloud;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::app::{App, AppError, AppResult, Caller, Outcome};
+
+/// The header that carries the URI of the action a call started.
+pub const ACTION_URI_HEADER: &str = "X-DockerCloud-Action-URI";
+/// Page size when the client does not ask for one.
+pub const DEFAULT_LIMIT: u64 = 25;
+/// Largest page a client may ask for.
+pub const MAX_LIMIT: u64 = 1000;
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+/// Every path the API serves, independent of the method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Ping,
+    Providers,
+    Provider(String),
+    Regions,
+    Region(String, String),
+    AvailabilityZones,
+    AvailabilityZone(String, String, String),
+    NodeTypes,
+    NodeType(String, String),
+    Clusters,
+    Cluster(String),
+    ClusterDeploy(String),
+    Nodes,
+    Node(String),
+    Actions,
+    Action(String),
+    ActionCancel(String),
+    ActionRetry(String),
+    Services,
+}
+
+/// A parsed path: the route and the namespace segment, if the path had one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub route: Route,
+    pub namespace: Option<String>,
+}
+
+/// Parses a request path. `None` for anything the API does not serve.
+pub fn parse_path(path: &str) -> Option<Parsed> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    if trimmed == "/_ping" {
+        return Some(Parsed {
+            route: Route::Ping,
+            namespace: None,
+        });
+    }
+    let rest = trimmed.strip_prefix("/api/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let (subsystem, rest) = match segments.as_slice() {
+        [subsystem, "v1", rest @ ..] => (*subsystem, rest),
+        _ => return None,
+    };
+    // Namespaced resources may be preceded by one namespace segment.
+    let namespaced = match subsystem {
+        "infra" => &["nodecluster", "node"][..],
+        "app" => &["service"][..],
+        _ => &[][..],
+    };
+    let (namespace, rest) = match rest {
+        [ns, resource, ..] if namespaced.contains(resource) && !namespaced.contains(ns) => {
+            (Some((*ns).to_owned()), &rest[1..])
+        }
+        _ => (None, rest),
+    };
+    let s = |x: &&str| (*x).to_owned();
+    let route = match (subsystem, rest) {
+        ("infra", ["provider"]) => Route::Providers,
+        ("infra", ["provider", name]) => Route::Provider(s(name)),
+        ("infra", ["region"]) => Route::Regions,
+        ("infra", ["region", p, name]) => Route::Region(s(p), s(name)),
+        ("infra", ["az"]) => Route::AvailabilityZones,
+        ("infra", ["az", p, r, name]) => Route::AvailabilityZone(s(p), s(r), s(name)),
+        ("infra", ["nodetype"]) => Route::NodeTypes,
+        ("infra", ["nodetype", p, name]) => Route::NodeType(s(p), s(name)),
+        ("infra", ["nodecluster"]) => Route::Clusters,
+        ("infra", ["nodecluster", uuid]) => Route::Cluster(s(uuid)),
+        ("infra", ["nodecluster", uuid, "deploy"]) => Route::ClusterDeploy(s(uuid)),
+        ("infra", ["node"]) => Route::Nodes,
+        ("infra", ["node", uuid]) => Route::Node(s(uuid)),
+        ("audit", ["action"]) => Route::Actions,
+        ("audit", ["action", uuid]) => Route::Action(s(uuid)),
+        ("audit", ["action", uuid, "cancel"]) => Route::ActionCancel(s(uuid)),
+        ("audit", ["action", uuid, "retry"]) => Route::ActionRetry(s(uuid)),
+        ("app", ["service"]) => Route::Services,
+        _ => return None,
+    };
+    Some(Parsed { route, namespace })
+}
+
+/// The methods a route answers.
+fn allowed_methods(route: &Route) -> &'static [Method] {
+    match route {
+        Route::Ping => &[Method::GET, Method::HEAD],
+        Route::Clusters => &[Method::GET, Method::POST],
+        Route::Cluster(_) | Route::Node(_) => &[Method::GET, Method::PATCH, Method::DELETE],
+        Route::ClusterDeploy(_) | Route::ActionCancel(_) | Route::ActionRetry(_) => &[Method::POST],
+        _ => &[Method::GET],
+    }
+}
+
+/// The router: everything goes through one dispatcher (see the module docs).
+pub fn router<C: Cloud + 'static>(app: Arc<App<C>>) -> Router {
+    Router::new().fallback(dispatch::<C>).with_state(app)
+}
+
+fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = (
+        status,
+        axum::Json(api::ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"flotilla\""),
+        );
+    }
+    response
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(error) => {
+                tracing::error!(%error, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        error_response(status, self.to_string())
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T, action_uri: Option<&str>) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(uri) = action_uri
+        && let Ok(value) = HeaderValue::from_str(uri)
+    {
+        response.headers_mut().insert(ACTION_URI_HEADER, value);
+    }
+    response
+}
+
+fn outcome_response<T: Serialize>(outcome: &Outcome<T>, created: bool) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else if outcome.accepted {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, &outcome.object, Some(&outcome.action_uri))
+}
+
+/// `user:secret` from `Authorization: Basic ...`.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, secret) = text.split_once(':')?;
+    Some((user.to_owned(), secret.to_owned()))
+}
+
+/// The JSON body of a POST/PATCH: empty means `{}`; a non-JSON content type or bad JSON
+/// is a 415, as the contract says.
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> AppResult<Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(serde_json::Map::new()));
+    }
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("");
+        if !text.to_ascii_lowercase().contains("json") {
+            return Err(AppError::UnsupportedMediaType(format!(
+                "Content-Type '{text}' is not supported; send application/json"
+            )));
+        }
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| AppError::UnsupportedMediaType(format!("the body is not valid JSON: {e}")))
+}
+
+async fn dispatch<C: Cloud + 'static>(
+    State(app): State<Arc<App<C>>>,
+    request: Request<Body>,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let parsed = parse_path(&path);
+    if let Some(Parsed {
+        route: Route::Ping, ..
+    }) = parsed
+    {
+        return (StatusCode::OK, "OK").into_response();
+    }
+    let username = match basic_credentials(&parts.headers) {
+        Some((user, secret)) => match app.authenticate(&user, &secret).await {
+            Ok(Some(username)) => username,
+            Ok(None) => return AppError::Unauthorized.into_response(),
+            Err(error) => return error.into_response(),
+        },
+        None => return AppError::Unauthorized.into_response(),
+    };
+    let Some(Parsed { route, namespace }) = parsed else {
+        return error_response(StatusCode::NOT_FOUND, format!("Not found: {path}"));
+    };
+    if let Some(namespace) = &namespace
+        && *namespace != username
+    {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("namespace '{namespace}' not found"),
+        );
+    }
+    if !allowed_methods(&route).contains(&parts.method) {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} is not allowed on {path}", parts.method),
+        );
+    }
+    let bytes = match to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("the body is larger than {MAX_BODY} bytes or unreadable"),
+            );
+        }
+    };
+    let caller = Caller {
+        username,
+        method: parts.method.to_string(),
+        path: path.clone(),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        ip: peer,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    let request = Handled {
+        app: &app,
+        caller: &caller,
+        headers: &parts.headers,
+        body: &bytes,
+        path: &path,
+        query: &query,
+    };
+    match request.handle(route, &parts.method).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+struct Handled<'a, C> {
+    app: &'a App<C>,
+    caller: &'a Caller,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    path: &'a str,
+    query: &'a str,
+}
+
+impl<C: Cloud + 'static> Handled<'_, C> {
+    fn body(&self) -> AppResult<Value> {
+        parse_body(self.headers, self.body)
+    }
+
+    fn list<T: Serialize>(&self, objects: Vec<T>) -> AppResult<Response> {
+        let envelope = paginate(objects, self.path, self.query)?;
+        Ok(json_response(StatusCode::OK, &envelope, None))
+    }
+
+    fn one<T: Serialize>(&self, object: Option<T>, what: &str) -> AppResult<Response> {
+        match object {
+            Some(object) => Ok(json_response(StatusCode::OK, &object, None)),
+            None => Err(AppError::NotFound(format!("{what} not found"))),
+        }
+    }
+
+    async fn handle(&self, route: Route, method: &Method) -> AppResult<Response> {
+        let app = self.app;
+        let caller = self.caller;
+        Ok(match (route, method.clone()) {
+            (Route::Ping, _) => (StatusCode::OK, "OK").into_response(),
+            (Route::Providers, _) => self.list(app.catalog().await?.providers.clone())?,
+            (Route::Provider(name), _) => {
+                let catalog = app.catalog().await?;
+                let found = catalog.providers.iter().find(|p| p.name == name).cloned();
+                self.one(found, &format!("provider '{name}'"))?
+            }
+            (Route::Regions, _) => self.list(app.catalog().await?.regions.clone())?,
+            (Route::Region(provider, name), _) => {
+                let uri = api::uri::region(&provider, &name);
+                let catalog = app.catalog().await?;
+                let found = catalog
+                    .regions
+                    .iter()
+                    .find(|r| r.resource_uri == uri)
+                    .cloned();
+                self.one(found, &format!("region '{provider}/{name}'"))?
+            }
+            (Route::AvailabilityZones, _) => {
+                self.list(app.catalog().await?.availability_zones.clone())?
+            }
+            (Route::AvailabilityZone(provider, region, name), _) => {
+                let uri = api::uri::availability_zone(&provider, &region, &name);
+                let catalog = app.catalog().await?;
+                let found = catalog
+                    .availability_zones
+                    .iter()
+                    .find(|z| z.resource_uri == uri)
+                    .cloned();
+                self.one(
+                    found,
+                    &format!("availability zone '{provider}/{region}/{name}'"),
+                )?
+            }
+            (Route::NodeTypes, _) => self.list(app.catalog().await?.node_types.clone())?,
+            (Route::NodeType(provider, name), _) => {
+                let uri = api::uri::node_type(&provider, &name);
+                let catalog = app.catalog().await?;
+                let found = catalog
+                    .node_types
+                    .iter()
+                    .find(|t| t.resource_uri == uri)
+                    .cloned();
+                self.one(found, &format!("node type '{provider}/{name}'"))?
+            }
+            (Route::Clusters, Method::POST) => {
+                let body = self.body()?;
+                outcome_response(&app.create_cluster(caller, &body).await?, true)
+            }
+            (Route::Clusters, _) => self.list(app.clusters().await?)?,
+            (Route::Cluster(uuid), Method::PATCH) => {
+                let body = self.body()?;
+                outcome_response(&app.patch_cluster(caller, &uuid, &body).await?, false)
+            }
+            (Route::Cluster(uuid), Method::DELETE) => {
+                outcome_response(&app.delete_cluster(caller, &uuid).await?, false)
+            }
+            (Route::Cluster(uuid), _) => {
+                json_response(StatusCode::OK, &app.cluster(&uuid).await?, None)
+            }
+            (Route::ClusterDeploy(uuid), _) => {
+                outcome_response(&app.deploy_cluster(caller, &uuid).await?, false)
+            }
+            (Route::Nodes, _) => self.list(app.nodes().await?)?,
+            (Route::Node(uuid), Method::PATCH) => {
+                let body = self.body()?;
+                outcome_response(&app.patch_node(caller, &uuid, &body).await?, false)
+            }
+            (Route::Node(uuid), Method::DELETE) => {
+                outcome_response(&app.delete_node(caller, &uuid).await?, false)
+            }
+            (Route::Node(uuid), _) => json_response(StatusCode::OK, &app.node(&uuid).await?, None),
+            (Route::Actions, _) => self.list(app.actions().await?)?,
+            (Route::Action(uuid), _) => {
+                json_response(StatusCode::OK, &app.action(&uuid).await?, None)
+            }
+            (Route::ActionCancel(uuid), _) => {
+                let action = app.cancel_action(&uuid).await?;
+                json_response(StatusCode::ACCEPTED, &action, Some(&action.resource_uri))
+            }
+            (Route::ActionRetry(uuid), _) => {
+                let action = app.retry_action(&uuid).await?;
+                json_response(StatusCode::ACCEPTED, &action, Some(&action.resource_uri))
+            }
+            (Route::Services, _) => self.list(Vec::<Value>::new())?,
+        })
+    }
+}
+
+/// Query parameters that are not filters.
+const NOT_FILTERS: &[&str] = &["limit", "offset", "format", "include_related"];
+
+fn parse_count(name: &str, value: &str) -> AppResult<u64> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| AppError::BadRequest(format!("{name}: '{value}' is not a whole number")))
+}
+
+/// Filters, then cuts one page, with `next`/`previous` paths that keep the filters.
+fn paginate<T: Serialize>(
+    objects: Vec<T>,
+    path: &str,
+    query: &str,
+) -> AppResult<api::ListEnvelope<Value>> {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let mut limit = DEFAULT_LIMIT;
+    let mut offset = 0;
+    for (name, value) in &params {
+        match name.as_str() {
+            "limit" => limit = parse_count("limit", value)?,
+            "offset" => offset = parse_count("offset", value)?,
+            _ => {}
+        }
+    }
+    if limit > MAX_LIMIT {
+        return Err(AppError::BadRequest(format!(
+            "limit: {limit} is more than the maximum of {MAX_LIMIT}"
+        )));
+    }
+    if limit == 0 {
+        // Tastypie's "as many as allowed".
+        limit = MAX_LIMIT;
+    }
+    let filters: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(name, _)| !NOT_FILTERS.contains(&name.as_str()))
+        .collect();
+    let mut matching = Vec::new();
+    for object in objects {
+        let value = serde_json::to_value(&object)
+            .map_err(|e| AppError::BadRequest(format!("cannot render an object: {e}")))?;
+        let mut keep = true;
+        for (name, wanted) in &filters {
+            if !matches_filter(&value, name, wanted)? {
+                keep = false;
+                break;
+            }
+        }
+        if keep {
+            matching.push(value);
+        }
+    }
+    let total = matching.len() as u64;
+    let page: Vec<Value> = matching
+        .into_iter()
+        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect();
+    let base = if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    };
+    let link = |new_offset: u64| {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in &filters {
+            query.append_pair(name, value);
+        }
+        query.append_pair("limit", &limit.to_string());
+        query.append_pair("offset", &new_offset.to_string());
+        format!("{base}?{}", query.finish())
+    };
+    let next = (offset.saturating_add(limit) < total).then(|| link(offset + limit));
+    let previous = (offset > 0).then(|| link(offset.saturating_sub(limit)));
+    Ok(api::ListEnvelope {
+        meta: api::Meta {
+            limit,
+            next,
+            offset,
+            previous,
+            total_count: total,
+        },
+        objects: page,
+    })
+}
+
+/// A filter value for a date field: the REST format, or RFC 3339 for convenience.
+fn parse_filter_date(name: &str, text: &str) -> AppResult<i64> {
+    if let Ok(instant) = date::parse(text) {
+        return Ok(instant.unix_timestamp());
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|instant| instant.unix_timestamp())
+        .map_err(|_| {
+            AppError::BadRequest(format!(
+                "{name}: '{text}' is not a date like 'Tue, 16 Sep 2014 17:01:15 +0000'"
+            ))
+        })
+}
+
+fn string_matches(field: &str, wanted: &str) -> bool {
+    if field == wanted {
+        return true;
+    }
+    // A resource URI also matches without its trailing slash and by its last segment
+    // (`region=us-east-1`).
+    field.starts_with("/api/")
+        && (field.trim_end_matches('/') == wanted.trim_end_matches('/')
+            || field.trim_end_matches('/').rsplit('/').next() == Some(wanted))
+}
+
+/// Tastypie-style filter on one rendered object. Unknown fields do not filter.
+fn matches_filter(object: &Value, name: &str, wanted: &str) -> AppResult<bool> {
+    let (field, operator) = match name.rsplit_once("__") {
+        Some((field, op @ ("startswith" | "gte" | "lte" | "gt" | "lt"))) => (field, Some(op)),
+        _ => (name, None),
+    };
+    let Some(value) = object.get(field) else {
+        return Ok(true);
+    };
+    Ok(match (operator, value) {
+        (None, Value::String(s)) => string_matches(s, wanted),
+        (None, Value::Array(items)) => items
+            .iter()
+            .any(|item| item.as_str().is_some_and(|s| string_matches(s, wanted))),
+        (None, Value::Bool(b)) => wanted.eq_ignore_ascii_case(if *b { "true" } else { "false" }),
+        (None, Value::Number(n)) => n.to_string() == wanted,
+        (None, _) => false,
+        (Some("startswith"), Value::String(s)) => s.starts_with(wanted),
+        (Some("startswith"), _) => false,
+        (Some(op), value) => {
+            let wanted_time = parse_filter_date(name, wanted)?;
+            let Some(text) = value.as_str() else {
+                return Ok(false);
+            };
+            let Ok(actual) = date::parse(text) else {
+                return Ok(false);
+            };
+            let actual = actual.unix_timestamp();
+            match op {
+                "gte" => actual >= wanted_time,
+                "lte" => actual <= wanted_time,
+                "gt" => actual > wanted_time,
+                _ => actual < wanted_time,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(path: &str) -> Option<Route> {
+        parse_path(path).map(|p| p.route)
+    }
+
+    #[test]
+    fn paths_parse_with_and_without_slash_and_namespace() {
+        let uuid = "5516c8b6-3d4b-4a52-9a1e-0f8f2d7b9c10";
+        for path in ["/api/infra/v1/nodecluster/", "/api/infra/v1/nodecluster"] {
+            assert_eq!(route(path), Some(Route::Clusters));
+        }
+        let namespaced = parse_path(&format!("/api/infra/v1/myorg/nodecluster/{uuid}/deploy/"))
+            .expect("namespaced");
+        assert_eq!(namespaced.route, Route::ClusterDeploy(uuid.into()));
+        assert_eq!(namespaced.namespace.as_deref(), Some("myorg"));
+        assert_eq!(
+            route("/api/infra/v1/region/aws/us-east-1/"),
+            Some(Route::Region("aws".into(), "us-east-1".into()))
+        );
+        assert_eq!(
+            route("/api/infra/v1/az/aws/us-east-1/us-east-1a"),
+            Some(Route::AvailabilityZone(
+                "aws".into(),
+                "us-east-1".into(),
+                "us-east-1a".into()
+            ))
+        );
+        assert_eq!(
+            route("/api/audit/v1/action/x/cancel/"),
+            Some(Route::ActionCancel("x".into()))
+        );
+        assert_eq!(route("/api/app/v1/me/service/"), Some(Route::Services));
+        assert_eq!(route("/_ping"), Some(Route::Ping));
+    }
+
+    #[test]
+    fn unknown_paths_and_misplaced_namespaces_are_not_routes() {
+        for path in [
+            "/",
+            "/api/",
+            "/api/infra/v2/nodecluster/",
+            "/api/infra/v1/myorg/provider/",
+            "/api/audit/v1/myorg/action/",
+            "/api/infra/v1//nodecluster/",
+            "/api/infra/v1/nodecluster/x/y/",
+            "/api/infra/v1/a/b/nodecluster/",
+        ] {
+            assert_eq!(route(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn pages_link_with_paths_under_api_and_keep_filters() {
+        let objects: Vec<Value> = (0..30)
+            .map(|i| json!({"name": format!("c{i}"), "state": "Init"}))
+            .collect();
+        let page =
+            paginate(objects.clone(), "/api/infra/v1/nodecluster/", "state=Init").expect("page");
+        assert_eq!(page.meta.total_count, 30);
+        assert_eq!(page.objects.len(), 25);
+        let next = page.meta.next.expect("next");
+        assert!(next.starts_with("/api/infra/v1/nodecluster/?"), "{next}");
+        assert!(
+            next.contains("state=Init") && next.contains("limit=25") && next.contains("offset=25")
+        );
+        let last = paginate(
+            objects.clone(),
+            "/api/infra/v1/nodecluster",
+            "limit=25&offset=25",
+        )
+        .expect("page");
+        assert_eq!(last.objects.len(), 5);
+        assert_eq!(last.meta.next, None);
+        assert_eq!(
+            last.meta.previous.as_deref(),
+            Some("/api/infra/v1/nodecluster/?limit=25&offset=0")
+        );
+        assert!(paginate(objects.clone(), "/x/", "limit=1001").is_err());
+        assert!(paginate(objects, "/x/", "offset=-1").is_err());
+    }
+
+    #[test]
+    fn filters_match_uris_by_segment_and_dates_by_time() {
+        let object = json!({"region": "/api/infra/v1/region/aws/us-east-1/", "uuid": "abcd-1",
+            "start_date": "Tue, 16 Sep 2014 17:01:15 +0000", "regions": ["/api/infra/v1/region/aws/eu-west-1/"]});
+        assert!(
+            matches_filter(&object, "region", "/api/infra/v1/region/aws/us-east-1/").expect("ok")
+        );
+        assert!(matches_filter(&object, "region", "us-east-1").expect("ok"));
+        assert!(!matches_filter(&object, "region", "us-east-2").expect("ok"));
+        assert!(matches_filter(&object, "regions", "eu-west-1").expect("ok"));
+        assert!(matches_filter(&object, "uuid__startswith", "abc").expect("ok"));
+        assert!(matches_filter(&object, "start_date__gte", "2014-09-16T17:00:00Z").expect("ok"));
+        assert!(
+            !matches_filter(
+                &object,
+                "start_date__lte",
+                "Tue, 16 Sep 2014 17:01:14 +0000"
+            )
+            .expect("ok")
+        );
+        assert!(matches_filter(&object, "start_date__gte", "yesterday").is_err());
+        assert!(matches_filter(&object, "unknown", "x").expect("ignored"));
+    }
+}

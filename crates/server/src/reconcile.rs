@@ -1,0 +1,664 @@
+//! Reconcilers: one level-triggered worker per node cluster that drives the cloud towards
+//! the cluster's stored desired state.
+//!
+//! Design decisions:
+//! * One task per cluster, so there is never more than one pass per cluster at a time,
+//!   without locks. A task wakes on a nudge (a `Notify`, sent by the API after it changes
+//!   desired state) or on its timer: soon while work is under way (instances still pending,
+//!   a transient error), rarely once the cluster is settled.
+//! * A pass takes no input but the cluster's uuid: it reads the cluster from the store,
+//!   observes the cloud and takes the next steps (`flotilla_core::converge::run_pass`). It
+//!   keeps nothing in memory between passes except a count of consecutive transient
+//!   failures, so a restarted server resumes any busy cluster by simply starting its task.
+//! * Every step is written to the log of the cluster's current action as it happens; the
+//!   action ends `Success`, `Failed` (with the reason) or `Canceled`.
+//! * Tasks live in a `JoinSet` owned by the [`Supervisor`], whose future runs inside the
+//!   server's: dropping the server (a test simulating a crash) aborts every pass mid-flight.
+//! * Passes that use a region's auto network hold that region's lock shared; tearing the
+//!   network down holds it exclusively, so a teardown cannot race a deploy's
+//!   `ensure_network`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_api::{action_state, date};
+use flotilla_core::cloud::{
+    Cloud, CloudError, Ingress, Instance, InstanceState, NetworkRequest, NodeSlot,
+};
+use flotilla_core::converge::{PassInput, run_pass};
+use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
+use tokio::sync::{Notify, RwLock, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::store::{ClusterRecord, NodeRecord, Store, StoreError, Transition};
+
+/// What a node's bootstrap script is built from.
+#[derive(Debug, Clone)]
+pub struct UserDataRequest<'a> {
+    pub cluster_uuid: &'a str,
+    pub cluster_name: &'a str,
+    pub region: &'a str,
+    pub nodes: &'a [NodeSlot],
+}
+
+/// Builds the user data of one launch batch.
+pub type UserDataFn = Arc<dyn Fn(&UserDataRequest<'_>) -> String + Send + Sync>;
+
+/// How reconcilers behave.
+#[derive(Clone)]
+pub struct ReconcileSettings {
+    /// Pause between passes while work is under way.
+    pub poll_interval: Duration,
+    /// Pause between observation passes of a settled cluster.
+    pub resync_interval: Duration,
+    /// Consecutive transient failures before an action is marked `Failed`.
+    pub max_transient_failures: u32,
+    pub image_id: Option<String>,
+    /// Restrict auto networks to these AZs (`None`: every AZ of the region).
+    pub allowed_azs: Option<Vec<String>>,
+    pub ingress: Ingress,
+    pub key_name: Option<String>,
+    pub user_data: UserDataFn,
+}
+
+impl fmt::Debug for ReconcileSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReconcileSettings")
+            .field("poll_interval", &self.poll_interval)
+            .field("resync_interval", &self.resync_interval)
+            .field("max_transient_failures", &self.max_transient_failures)
+            .field("image_id", &self.image_id)
+            .field("allowed_azs", &self.allowed_azs)
+            .field("ingress", &self.ingress)
+            .field("key_name", &self.key_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            poll_interval: Duration::from_secs(3),
+            resync_interval: Duration::from_secs(60),
+            max_transient_failures: 5,
+            image_id: None,
+            allowed_azs: None,
+            ingress: Ingress::default(),
+            key_name: None,
+            user_data: Arc::new(|_: &UserDataRequest<'_>| {
+                "#!/bin/sh\n# flotilla node\n".to_owned()
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    start: mpsc::UnboundedSender<(String, Arc<Notify>)>,
+}
+
+/// The API's handle: nudges a cluster's reconciler, starting it if needed.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    shared: Arc<Shared>,
+}
+
+impl Reconciler {
+    /// Asks for a pass of this cluster soon. Cheap; never blocks.
+    pub fn nudge(&self, cluster_uuid: &str) {
+        let mut wakers = self.shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(notify) = wakers.get(cluster_uuid) {
+            notify.notify_one();
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        wakers.insert(cluster_uuid.to_owned(), notify.clone());
+        // Fails only once the supervisor is gone, i.e. the server is shutting down; the
+        // next server resumes the cluster from the store.
+        let _ = self.shared.start.send((cluster_uuid.to_owned(), notify));
+    }
+}
+
+/// Owns the reconciler tasks; run it alongside the HTTP server.
+pub struct Supervisor<C> {
+    engine: Arc<Engine<C>>,
+    starts: mpsc::UnboundedReceiver<(String, Arc<Notify>)>,
+}
+
+impl<C> fmt::Debug for Supervisor<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor").finish_non_exhaustive()
+    }
+}
+
+struct Engine<C> {
+    store: Store,
+    cloud: Arc<C>,
+    settings: ReconcileSettings,
+    shared: Arc<Shared>,
+    region_locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+}
+
+/// Creates the handle and the supervisor that serves it.
+pub fn reconciler<C: Cloud + 'static>(
+    store: Store,
+    cloud: Arc<C>,
+    settings: ReconcileSettings,
+) -> (Reconciler, Supervisor<C>) {
+    let (start, starts) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        wakers: Mutex::new(HashMap::new()),
+        start,
+    });
+    let engine = Arc::new(Engine {
+        store,
+        cloud,
+        settings,
+        shared: shared.clone(),
+        region_locks: Mutex::new(HashMap::new()),
+    });
+    (Reconciler { shared }, Supervisor { engine, starts })
+}
+
+impl<C: Cloud + 'static> Supervisor<C> {
+    /// Runs reconciler tasks until `shutdown` turns true; then aborts them (a pass cut short
+    /// is finished by the next server, like after a crash).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                started = self.starts.recv() => match started {
+                    Some((uuid, notify)) => {
+                        tasks.spawn(worker(self.engine.clone(), uuid, notify));
+                    }
+                    None => break,
+                },
+                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(error) = finished
+                        && error.is_panic()
+                    {
+                        tracing::error!(%error, "a reconciler task panicked");
+                    }
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        tasks.shutdown().await;
+    }
+}
+
+/// When the next pass should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Work under way (pending instances): poll.
+    Soon,
+    /// A transient failure: poll, counting it.
+    Retry,
+    /// Settled: observe now and then.
+    Idle,
+    /// The cluster is gone for good: end the task.
+    Done,
+}
+
+async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify: Arc<Notify>) {
+    let mut failures = 0u32;
+    loop {
+        let next = match engine.pass(&uuid, failures).await {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::warn!(cluster = uuid, %error, "reconcile pass failed on the store");
+                Next::Retry
+            }
+        };
+        failures = if next == Next::Retry { failures + 1 } else { 0 };
+        let pause = match next {
+            Next::Done => break,
+            Next::Soon | Next::Retry => engine.settings.poll_interval,
+            Next::Idle => engine.settings.resync_interval,
+        };
+        // A nudge during the pass left a permit, so it is not lost: the next pass starts
+        // at once.
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+    engine
+        .shared
+        .wakers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&uuid);
+}
+
+fn node_state_of(instance: &Instance) -> NodeState {
+    match instance.state {
+        InstanceState::Running => NodeState::Deployed,
+        InstanceState::Pending => NodeState::Deploying,
+        InstanceState::Stopping | InstanceState::Stopped => NodeState::Unreachable,
+        InstanceState::ShuttingDown | InstanceState::Terminated => NodeState::Terminated,
+    }
+}
+
+impl<C: Cloud + 'static> Engine<C> {
+    fn region_lock(&self, region: &str) -> Arc<RwLock<()>> {
+        self.region_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(region.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Appends a line to the cluster's current action log.
+    async fn note(&self, cluster: &ClusterRecord, line: &str) -> Result<(), StoreError> {
+        tracing::info!(cluster = cluster.uuid, "{line}");
+        if let Some(action) = &cluster.current_action {
+            self.store
+                .append_action_log(action, &format!("{line}\n"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn pass(&self, uuid: &str, failures: u32) -> Result<Next, StoreError> {
+        let Some(cluster) = self.store.cluster(uuid).await? else {
+            return Ok(Next::Done);
+        };
+        match cluster.state {
+            ClusterState::Terminated => Ok(Next::Done),
+            ClusterState::Init => Ok(Next::Idle),
+            ClusterState::Deploying | ClusterState::Scaling => {
+                self.converge(&cluster, failures).await
+            }
+            ClusterState::Terminating => self.terminate(&cluster, failures).await,
+            ClusterState::Deployed | ClusterState::PartlyDeployed | ClusterState::EmptyCluster => {
+                self.observe(&cluster).await
+            }
+        }
+    }
+
+    async fn action_state(&self, cluster: &ClusterRecord) -> Result<Option<String>, StoreError> {
+        Ok(match &cluster.current_action {
+            Some(uuid) => self.store.action(uuid).await?.map(|a| a.state),
+            None => None,
+        })
+    }
+
+    /// Deploying or Scaling: converge to the target, then settle.
+    async fn converge(&self, cluster: &ClusterRecord, failures: u32) -> Result<Next, StoreError> {
+        if self.action_state(cluster).await?.as_deref() == Some(action_state::CANCELING) {
+            self.note(cluster, "Canceled; the cluster keeps the nodes it has")
+                .await?;
+            self.settle(cluster, action_state::CANCELED).await?;
+            return Ok(Next::Idle);
+        }
+        let spec = cluster.desired_spec();
+        let region = spec.region.clone();
+
+        // Nodes a user removed one by one (`DELETE node/{uuid}/`).
+        let doomed: Vec<NodeRecord> = self
+            .store
+            .nodes_of(&cluster.uuid)
+            .await?
+            .into_iter()
+            .filter(|n| n.state == NodeState::Terminating)
+            .collect();
+        if !doomed.is_empty() {
+            let ids: Vec<String> = doomed.iter().map(|n| n.instance_id.clone()).collect();
+            self.note(cluster, &format!("terminating {}", ids.join(", ")))
+                .await?;
+            if let Err(error) = self.cloud.terminate_nodes(&region, &ids).await {
+                return self.converge_failed(cluster, error, failures).await;
+            }
+            let now = date::now_unix();
+            for node in &doomed {
+                self.store.set_node_terminated(&node.uuid, now).await?;
+            }
+        }
+
+        let request = NetworkRequest::for_spec(
+            &spec,
+            self.settings.image_id.clone(),
+            self.settings.allowed_azs.clone(),
+            self.settings.ingress.clone(),
+        );
+        let input = PassInput {
+            cluster_uuid: &cluster.uuid,
+            generation: cluster.generation,
+            spec: &spec,
+            network_request: &request,
+            key_name: self.settings.key_name.as_deref(),
+            next_slot: cluster.next_slot,
+        };
+        let user_data = |nodes: &[NodeSlot]| {
+            (self.settings.user_data)(&UserDataRequest {
+                cluster_uuid: &cluster.uuid,
+                cluster_name: &cluster.name,
+                region: &region,
+                nodes,
+            })
+        };
+        let lock = self.region_lock(&region);
+        let _shared = match spec.provider_options.vpc {
+            None => Some(lock.read().await),
+            Some(_) => None,
+        };
+        // Log lines go to the action while the pass runs, not only at its end.
+        let (sender, mut lines) = mpsc::unbounded_channel::<String>();
+        let log = move |line: String| {
+            let _ = sender.send(line);
+        };
+        let (input, user_data) = (&input, &user_data);
+        let work = async move {
+            let result = run_pass(self.cloud.as_ref(), input, user_data, &log).await;
+            drop(log);
+            result
+        };
+        let writer = async {
+            while let Some(line) = lines.recv().await {
+                self.note(cluster, &line).await?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let (result, written) = tokio::join!(work, writer);
+        written?;
+        let (network, report) = match result {
+            Ok(done) => done,
+            Err(error) => return self.converge_failed(cluster, error, failures).await,
+        };
+        self.store
+            .raise_next_slot(&cluster.uuid, report.next_slot)
+            .await?;
+        let cidrs: BTreeMap<&str, &str> = network
+            .subnets
+            .iter()
+            .map(|s| (s.id.as_str(), s.cidr.as_str()))
+            .collect();
+        self.record(cluster, &report.instances, &report.terminated, &cidrs)
+            .await?;
+        if report
+            .instances
+            .iter()
+            .any(|i| i.state == InstanceState::Pending)
+        {
+            return Ok(Next::Soon);
+        }
+        self.settle(cluster, action_state::SUCCESS).await?;
+        Ok(Next::Idle)
+    }
+
+    async fn converge_failed(
+        &self,
+        cluster: &ClusterRecord,
+        error: CloudError,
+        failures: u32,
+    ) -> Result<Next, StoreError> {
+        if error.is_transient() && failures < self.settings.max_transient_failures {
+            self.note(cluster, &format!("{error}; trying again"))
+                .await?;
+            return Ok(Next::Retry);
+        }
+        self.note(cluster, &format!("Failed: {error}")).await?;
+        self.settle(cluster, action_state::FAILED).await?;
+        Ok(Next::Idle)
+    }
+
+    /// Writes what was observed: live instances, ones this pass terminated, and stored
+    /// nodes the cloud no longer has (terminated out of band).
+    async fn record(
+        &self,
+        cluster: &ClusterRecord,
+        live: &[Instance],
+        terminated: &[Instance],
+        cidrs: &BTreeMap<&str, &str>,
+    ) -> Result<(), StoreError> {
+        let now = date::now_unix();
+        for instance in live.iter().chain(terminated) {
+            let state = if terminated.contains(instance) {
+                NodeState::Terminated
+            } else {
+                node_state_of(instance)
+            };
+            let private_ip = instance.private_ip.as_ref().map(|ip| {
+                match cidrs
+                    .get(instance.subnet_id.as_str())
+                    .and_then(|c| c.split('/').nth(1))
+                {
+                    Some(prefix) => format!("{ip}/{prefix}"),
+                    None => format!("{ip}/32"),
+                }
+            });
+            self.store
+                .upsert_node(&NodeRecord {
+                    uuid: instance.node_uuid.clone(),
+                    cluster_uuid: cluster.uuid.clone(),
+                    slot: instance.slot,
+                    instance_id: instance.instance_id.clone(),
+                    state,
+                    availability_zone: instance.availability_zone.clone(),
+                    subnet_id: instance.subnet_id.clone(),
+                    public_ip: instance.public_ip.clone(),
+                    private_ip,
+                    nickname: None,
+                    tags: Vec::new(),
+                    last_seen: (state == NodeState::Deployed).then_some(now),
+                    created_at: now,
+                    deployed_at: (state == NodeState::Deployed).then_some(now),
+                    destroyed_at: (state == NodeState::Terminated).then_some(now),
+                })
+                .await?;
+        }
+        for node in self.store.nodes_of(&cluster.uuid).await? {
+            let seen = live
+                .iter()
+                .chain(terminated)
+                .any(|i| i.node_uuid == node.uuid);
+            if !seen && node.state != NodeState::Terminated {
+                self.note(
+                    cluster,
+                    &format!("node {} ({}) is gone", node.uuid, node.instance_id),
+                )
+                .await?;
+                self.store.set_node_terminated(&node.uuid, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a Deploying/Scaling cluster's work: the action first (so a crash in between
+    /// leaves a busy cluster that the next pass settles again), then the cluster's state.
+    async fn settle(&self, cluster: &ClusterRecord, outcome: &str) -> Result<(), StoreError> {
+        let nodes = self.store.nodes_of(&cluster.uuid).await?;
+        let deployed = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Deployed)
+            .count() as u32;
+        let target = cluster.target_num_nodes;
+        let next = cluster
+            .state
+            .apply(ClusterEvent::Settled { deployed, target })
+            .unwrap_or(ClusterState::settled(deployed, target));
+        let now = date::now_unix();
+        self.note(
+            cluster,
+            &format!("Node cluster is {next} ({deployed} of {target} nodes deployed)"),
+        )
+        .await?;
+        self.finish_action(cluster, outcome).await?;
+        let transition = Transition {
+            current_action: Some(None),
+            deployed_at: (deployed > 0).then_some(now),
+            ..Transition::new(cluster.state, next)
+        };
+        self.store
+            .transition_cluster(&cluster.uuid, &transition, None, None)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_action(
+        &self,
+        cluster: &ClusterRecord,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(action) = &cluster.current_action {
+            let retriable = outcome != action_state::SUCCESS;
+            self.store
+                .transition_action(
+                    action,
+                    &[
+                        action_state::IN_PROGRESS,
+                        action_state::PENDING,
+                        action_state::CANCELING,
+                    ],
+                    outcome,
+                    Some(date::now_unix()),
+                    false,
+                    retriable,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A settled cluster: refresh the nodes from the cloud and re-evaluate the state.
+    async fn observe(&self, cluster: &ClusterRecord) -> Result<Next, StoreError> {
+        let observed = match self
+            .cloud
+            .describe_cluster(&cluster.spec.region, &cluster.uuid)
+            .await
+        {
+            Ok(observed) => observed,
+            Err(error) => {
+                tracing::warn!(cluster = cluster.uuid, %error, "cannot observe the cluster");
+                return Ok(Next::Idle);
+            }
+        };
+        let live: Vec<Instance> = observed
+            .into_iter()
+            .filter(|i| i.state.is_alive())
+            .collect();
+        self.record(cluster, &live, &[], &BTreeMap::new()).await?;
+        let deployed = live
+            .iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .count() as u32;
+        if let Ok(next) = cluster.state.apply(ClusterEvent::Settled {
+            deployed,
+            target: cluster.target_num_nodes,
+        }) && next != cluster.state
+        {
+            let transition = Transition::new(cluster.state, next);
+            self.store
+                .transition_cluster(&cluster.uuid, &transition, None, None)
+                .await?;
+        }
+        Ok(Next::Idle)
+    }
+
+    /// Terminating: terminate every instance, then tear down the region's auto network when
+    /// no other cluster uses it, then the cluster is Terminated.
+    async fn terminate(&self, cluster: &ClusterRecord, failures: u32) -> Result<Next, StoreError> {
+        let region = cluster.spec.region.clone();
+        let observed = match self.cloud.describe_cluster(&region, &cluster.uuid).await {
+            Ok(observed) => observed,
+            Err(error) => return self.terminate_failed(cluster, error, failures).await,
+        };
+        let alive: Vec<&Instance> = observed.iter().filter(|i| i.state.is_alive()).collect();
+        if !alive.is_empty() {
+            let ids: Vec<String> = alive.iter().map(|i| i.instance_id.clone()).collect();
+            self.note(
+                cluster,
+                &format!("terminating {} node(s): {}", ids.len(), ids.join(", ")),
+            )
+            .await?;
+            if let Err(error) = self.cloud.terminate_nodes(&region, &ids).await {
+                return self.terminate_failed(cluster, error, failures).await;
+            }
+        }
+        let now = date::now_unix();
+        for node in self.store.nodes_of(&cluster.uuid).await? {
+            if node.state != NodeState::Terminated {
+                self.store.set_node_terminated(&node.uuid, now).await?;
+            }
+        }
+
+        if cluster.spec.provider_options.vpc.is_none() {
+            let lock = self.region_lock(&region);
+            let _exclusive = lock.write().await;
+            let users: Vec<String> = self
+                .store
+                .clusters()
+                .await?
+                .into_iter()
+                .filter(|c| {
+                    c.uuid != cluster.uuid
+                        && c.spec.region == region
+                        && c.spec.provider_options.vpc.is_none()
+                        && !matches!(c.state, ClusterState::Init | ClusterState::Terminated)
+                })
+                .map(|c| c.name)
+                .collect();
+            if users.is_empty() {
+                match self.cloud.teardown_network(&region).await {
+                    Ok(report) => {
+                        for line in &report.deleted {
+                            self.note(cluster, line).await?;
+                        }
+                    }
+                    Err(error) => return self.terminate_failed(cluster, error, failures).await,
+                }
+            } else {
+                self.note(
+                    cluster,
+                    &format!(
+                        "keeping the network of {region}: still used by {}",
+                        users.join(", ")
+                    ),
+                )
+                .await?;
+            }
+        }
+
+        self.note(cluster, "Node cluster is Terminated").await?;
+        self.finish_action(cluster, action_state::SUCCESS).await?;
+        let transition = Transition {
+            current_action: Some(None),
+            destroyed_at: Some(date::now_unix()),
+            ..Transition::new(ClusterState::Terminating, ClusterState::Terminated)
+        };
+        self.store
+            .transition_cluster(&cluster.uuid, &transition, None, None)
+            .await?;
+        Ok(Next::Done)
+    }
+
+    /// A termination never gives up: after the transient retries the action is marked
+    /// `Failed` (retriable), and the cluster stays `Terminating` and is tried again at the
+    /// resync interval.
+    async fn terminate_failed(
+        &self,
+        cluster: &ClusterRecord,
+        error: CloudError,
+        failures: u32,
+    ) -> Result<Next, StoreError> {
+        let retry_soon =
+            error.is_transient() || matches!(error, CloudError::DependencyViolation { .. });
+        if retry_soon && failures < self.settings.max_transient_failures {
+            self.note(cluster, &format!("{error}; trying again"))
+                .await?;
+            return Ok(Next::Retry);
+        }
+        self.note(cluster, &format!("Failed: {error}")).await?;
+        self.finish_action(cluster, action_state::FAILED).await?;
+        Ok(Next::Idle)
+    }
+}

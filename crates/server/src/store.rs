@@ -1,0 +1,668 @@
+//! The store: SQLite through sqlx, holding desired state (clusters), observed state (nodes),
+//! the audit trail (actions), users and the installation identity.
+//!
+//! Design decisions:
+//! * SQLite in WAL mode with foreign keys on, migrations embedded in the binary, so a server
+//!   is one file to back up and starts on a fresh machine with nothing to install.
+//! * Only static SQL; every value is bound. Rows are decoded into plain records here and
+//!   nothing above this module sees sqlx.
+//! * No whole-row writes of a cluster. The API and the reconciler update the same rows
+//!   concurrently, so each writes only the columns it owns, and state changes are
+//!   compare-and-set on the current state ([`Store::transition_cluster`]): an API call and a
+//!   reconciler pass can never both win a race on a cluster's state.
+//! * An action is created in the same transaction as the state change it records, so the
+//!   audit trail and the state cannot disagree after a crash.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use flotilla_core::ClusterSpec;
+use flotilla_core::state::{ClusterState, NodeState};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+/// A store failure. Corrupt rows are reported, not panicked on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt {table} row {key}: {message}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+/// A node cluster: desired state plus the reconciler's bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRecord {
+    pub uuid: String,
+    pub name: String,
+    pub nickname: String,
+    /// The validated create body; `target_num_nodes` inside it is the create-time value,
+    /// the live one is [`ClusterRecord::target_num_nodes`].
+    pub spec: ClusterSpec,
+    pub state: ClusterState,
+    pub target_num_nodes: u32,
+    pub generation: u64,
+    pub next_slot: u32,
+    pub tags: Vec<String>,
+    pub current_action: Option<String>,
+    pub created_at: i64,
+    pub deployed_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+impl ClusterRecord {
+    /// The spec with the live target, as the engine needs it.
+    pub fn desired_spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            target_num_nodes: self.target_num_nodes,
+            ..self.spec.clone()
+        }
+    }
+}
+
+/// A node as last observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub uuid: String,
+    pub cluster_uuid: String,
+    pub slot: u32,
+    pub instance_id: String,
+    pub state: NodeState,
+    pub availability_zone: String,
+    pub subnet_id: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub nickname: Option<String>,
+    pub tags: Vec<String>,
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+    pub deployed_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+/// An audit action (§3.7).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ActionRecord {
+    pub uuid: String,
+    pub object_uri: String,
+    pub label: String,
+    pub method: String,
+    pub path: String,
+    pub username: String,
+    pub user_agent: String,
+    pub ip: String,
+    pub state: String,
+    pub start_date: i64,
+    pub end_date: Option<i64>,
+    pub body: String,
+    pub logs: String,
+    pub can_be_canceled: bool,
+    pub can_be_retried: bool,
+}
+
+/// A user's stored credential: a salted hash, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UserRecord {
+    pub username: String,
+    pub api_key_salt: String,
+    pub api_key_hash: String,
+}
+
+/// A compare-and-set change of a cluster's state and the columns that go with it.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub from: ClusterState,
+    pub to: ClusterState,
+    pub target_num_nodes: Option<u32>,
+    pub bump_generation: bool,
+    /// `Some(Some(uuid))` points the log at an action, `Some(None)` detaches it.
+    pub current_action: Option<Option<&'a str>>,
+    /// Set when not yet set.
+    pub deployed_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+impl<'a> Transition<'a> {
+    pub fn new(from: ClusterState, to: ClusterState) -> Transition<'a> {
+        Transition {
+            from,
+            to,
+            target_num_nodes: None,
+            bump_generation: false,
+            current_action: None,
+            deployed_at: None,
+            destroyed_at: None,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClusterRow {
+    uuid: String,
+    name: String,
+    nickname: String,
+    spec: String,
+    state: String,
+    target_num_nodes: i64,
+    generation: i64,
+    next_slot: i64,
+    tags: String,
+    current_action: Option<String>,
+    created_at: i64,
+    deployed_at: Option<i64>,
+    destroyed_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct NodeRow {
+    uuid: String,
+    cluster_uuid: String,
+    slot: i64,
+    instance_id: String,
+    state: String,
+    availability_zone: String,
+    subnet_id: String,
+    public_ip: Option<String>,
+    private_ip: Option<String>,
+    nickname: Option<String>,
+    tags: String,
+    last_seen: Option<i64>,
+    created_at: i64,
+    deployed_at: Option<i64>,
+    destroyed_at: Option<i64>,
+}
+
+fn corrupt(table: &'static str, key: &str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+impl TryFrom<ClusterRow> for ClusterRecord {
+    type Error = StoreError;
+    fn try_from(row: ClusterRow) -> Result<Self, StoreError> {
+        let spec: ClusterSpec =
+            serde_json::from_str(&row.spec).map_err(|e| corrupt("clusters", &row.uuid, e))?;
+        let state = ClusterState::parse(&row.state)
+            .ok_or_else(|| corrupt("clusters", &row.uuid, format!("state '{}'", row.state)))?;
+        let tags: Vec<String> =
+            serde_json::from_str(&row.tags).map_err(|e| corrupt("clusters", &row.uuid, e))?;
+        Ok(ClusterRecord {
+            name: row.name,
+            nickname: row.nickname,
+            spec,
+            state,
+            target_num_nodes: u32::try_from(row.target_num_nodes)
+                .map_err(|e| corrupt("clusters", &row.uuid, e))?,
+            generation: u64::try_from(row.generation)
+                .map_err(|e| corrupt("clusters", &row.uuid, e))?,
+            next_slot: u32::try_from(row.next_slot)
+                .map_err(|e| corrupt("clusters", &row.uuid, e))?,
+            tags,
+            current_action: row.current_action,
+            created_at: row.created_at,
+            deployed_at: row.deployed_at,
+            destroyed_at: row.destroyed_at,
+            uuid: row.uuid,
+        })
+    }
+}
+
+impl TryFrom<NodeRow> for NodeRecord {
+    type Error = StoreError;
+    fn try_from(row: NodeRow) -> Result<Self, StoreError> {
+        let state = NodeState::parse(&row.state)
+            .ok_or_else(|| corrupt("nodes", &row.uuid, format!("state '{}'", row.state)))?;
+        let tags: Vec<String> =
+            serde_json::from_str(&row.tags).map_err(|e| corrupt("nodes", &row.uuid, e))?;
+        Ok(NodeRecord {
+            cluster_uuid: row.cluster_uuid,
+            slot: u32::try_from(row.slot).map_err(|e| corrupt("nodes", &row.uuid, e))?,
+            instance_id: row.instance_id,
+            state,
+            availability_zone: row.availability_zone,
+            subnet_id: row.subnet_id,
+            public_ip: row.public_ip,
+            private_ip: row.private_ip,
+            nickname: row.nickname,
+            tags,
+            last_seen: row.last_seen,
+            created_at: row.created_at,
+            deployed_at: row.deployed_at,
+            destroyed_at: row.destroyed_at,
+            uuid: row.uuid,
+        })
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing plain data structs (strings, numbers, vectors) cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+/// The control plane's database. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies the migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Closes every connection (the WAL is checkpointed by SQLite on the last close).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- installation and users ----
+
+    pub async fn owner_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT owner_id FROM installation WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records the installation id unless one exists; returns the one in effect.
+    pub async fn ensure_owner_id(&self, candidate: &str, now: i64) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO installation (id, owner_id, created_at) VALUES (1, ?, ?)",
+        )
+        .bind(candidate)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.owner_id()
+            .await?
+            .ok_or_else(|| corrupt("installation", "1", "missing after insert"))
+    }
+
+    /// Inserts a user unless the name is taken; true when inserted.
+    pub async fn insert_user(&self, user: &UserRecord, now: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT OR IGNORE INTO users (username, api_key_salt, api_key_hash, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&user.username)
+        .bind(&user.api_key_salt)
+        .bind(&user.api_key_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRecord>(
+            "SELECT username, api_key_salt, api_key_hash FROM users WHERE username = ?",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn user_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    // ---- clusters ----
+
+    /// Inserts a new cluster and its create action in one transaction.
+    pub async fn insert_cluster(
+        &self,
+        cluster: &ClusterRecord,
+        action: &ActionRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at, deployed_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&cluster.uuid)
+        .bind(&cluster.name)
+        .bind(&cluster.nickname)
+        .bind(to_json(&cluster.spec))
+        .bind(cluster.state.as_str())
+        .bind(i64::from(cluster.target_num_nodes))
+        .bind(cluster.generation as i64)
+        .bind(i64::from(cluster.next_slot))
+        .bind(to_json(&cluster.tags))
+        .bind(&cluster.current_action)
+        .bind(cluster.created_at)
+        .bind(cluster.deployed_at)
+        .bind(cluster.destroyed_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_action_in(&mut tx, action).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn cluster(&self, uuid: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        let row = sqlx::query_as::<_, ClusterRow>(
+            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at, deployed_at, destroyed_at FROM clusters WHERE uuid = ?",
+        )
+        .bind(uuid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ClusterRecord::try_from).transpose()
+    }
+
+    /// Every cluster, oldest first.
+    pub async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        let rows = sqlx::query_as::<_, ClusterRow>(
+            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at, deployed_at, destroyed_at FROM clusters ORDER BY created_at, rowid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ClusterRecord::try_from).collect()
+    }
+
+    /// Moves a cluster from `transition.from` to `transition.to` if it is still in `from`,
+    /// inserting `action` and changing `node_state` in the same transaction. False (and no
+    /// change at all) when the cluster was not in `from`.
+    pub async fn transition_cluster(
+        &self,
+        uuid: &str,
+        transition: &Transition<'_>,
+        action: Option<&ActionRecord>,
+        node_state: Option<(&str, NodeState)>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (set_action, action_uuid) = match transition.current_action {
+            Some(value) => (true, value),
+            None => (false, None),
+        };
+        let result = sqlx::query(
+            "UPDATE clusters SET state = ?1,
+                target_num_nodes = COALESCE(?2, target_num_nodes),
+                generation = generation + ?3,
+                current_action = CASE WHEN ?4 THEN ?5 ELSE current_action END,
+                deployed_at = COALESCE(deployed_at, ?6),
+                destroyed_at = COALESCE(destroyed_at, ?7)
+             WHERE uuid = ?8 AND state = ?9",
+        )
+        .bind(transition.to.as_str())
+        .bind(transition.target_num_nodes.map(i64::from))
+        .bind(i64::from(transition.bump_generation))
+        .bind(set_action)
+        .bind(action_uuid)
+        .bind(transition.deployed_at)
+        .bind(transition.destroyed_at)
+        .bind(uuid)
+        .bind(transition.from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(action) = action {
+            insert_action_in(&mut tx, action).await?;
+        }
+        if let Some((node_uuid, state)) = node_state {
+            sqlx::query("UPDATE nodes SET state = ? WHERE uuid = ?")
+                .bind(state.as_str())
+                .bind(node_uuid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Changes only the target of a cluster that is still in `state` (an `Init` cluster's
+    /// target is edited without scaling).
+    pub async fn set_cluster_target(
+        &self,
+        uuid: &str,
+        state: ClusterState,
+        target: u32,
+    ) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE clusters SET target_num_nodes = ? WHERE uuid = ? AND state = ?")
+                .bind(i64::from(target))
+                .bind(uuid)
+                .bind(state.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn set_cluster_labels(
+        &self,
+        uuid: &str,
+        nickname: &str,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE clusters SET nickname = ?, tags = ? WHERE uuid = ?")
+            .bind(nickname)
+            .bind(to_json(&tags))
+            .bind(uuid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The reconciler's slot high-water mark; it only ever grows.
+    pub async fn raise_next_slot(&self, uuid: &str, next_slot: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE clusters SET next_slot = MAX(next_slot, ?) WHERE uuid = ?")
+            .bind(i64::from(next_slot))
+            .bind(uuid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- nodes ----
+
+    /// Inserts or refreshes a node from an observation. Dates already set are kept; the
+    /// user's nickname and tags are never touched.
+    pub async fn upsert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT(uuid) DO UPDATE SET
+                instance_id = excluded.instance_id,
+                state = excluded.state,
+                availability_zone = excluded.availability_zone,
+                subnet_id = excluded.subnet_id,
+                public_ip = COALESCE(excluded.public_ip, nodes.public_ip),
+                private_ip = COALESCE(excluded.private_ip, nodes.private_ip),
+                last_seen = COALESCE(excluded.last_seen, nodes.last_seen),
+                deployed_at = COALESCE(nodes.deployed_at, excluded.deployed_at),
+                destroyed_at = COALESCE(nodes.destroyed_at, excluded.destroyed_at)",
+        )
+        .bind(&node.uuid)
+        .bind(&node.cluster_uuid)
+        .bind(i64::from(node.slot))
+        .bind(&node.instance_id)
+        .bind(node.state.as_str())
+        .bind(&node.availability_zone)
+        .bind(&node.subnet_id)
+        .bind(&node.public_ip)
+        .bind(&node.private_ip)
+        .bind(&node.nickname)
+        .bind(to_json(&node.tags))
+        .bind(node.last_seen)
+        .bind(node.created_at)
+        .bind(node.deployed_at)
+        .bind(node.destroyed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn node(&self, uuid: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let row = sqlx::query_as::<_, NodeRow>(
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at FROM nodes WHERE uuid = ?",
+        )
+        .bind(uuid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(NodeRecord::try_from).transpose()
+    }
+
+    /// Every node, by cluster creation and slot.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query_as::<_, NodeRow>(
+            "SELECT n.uuid, n.cluster_uuid, n.slot, n.instance_id, n.state, n.availability_zone, n.subnet_id, n.public_ip, n.private_ip, n.nickname, n.tags, n.last_seen, n.created_at, n.deployed_at, n.destroyed_at
+             FROM nodes n JOIN clusters c ON c.uuid = n.cluster_uuid ORDER BY c.created_at, c.rowid, n.slot",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(NodeRecord::try_from).collect()
+    }
+
+    pub async fn nodes_of(&self, cluster_uuid: &str) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query_as::<_, NodeRow>(
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
+        )
+        .bind(cluster_uuid)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(NodeRecord::try_from).collect()
+    }
+
+    pub async fn set_node_labels(
+        &self,
+        uuid: &str,
+        nickname: Option<&str>,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET nickname = ?, tags = ? WHERE uuid = ?")
+            .bind(nickname)
+            .bind(to_json(&tags))
+            .bind(uuid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a node gone (terminated by us or out of band).
+    pub async fn set_node_terminated(&self, uuid: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE nodes SET state = ?, destroyed_at = COALESCE(destroyed_at, ?) WHERE uuid = ?",
+        )
+        .bind(NodeState::Terminated.as_str())
+        .bind(now)
+        .bind(uuid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ---- actions ----
+
+    pub async fn insert_action(&self, action: &ActionRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_action_in(&mut tx, action).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn action(&self, uuid: &str) -> Result<Option<ActionRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, ActionRecord>(
+            "SELECT uuid, object_uri, label, method, path, username, user_agent, ip, state, start_date, end_date, body, logs, can_be_canceled, can_be_retried FROM actions WHERE uuid = ?",
+        )
+        .bind(uuid)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Every action, newest first.
+    pub async fn actions(&self) -> Result<Vec<ActionRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, ActionRecord>(
+            "SELECT uuid, object_uri, label, method, path, username, user_agent, ip, state, start_date, end_date, body, '' AS logs, can_be_canceled, can_be_retried FROM actions ORDER BY seq DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn append_action_log(&self, uuid: &str, text: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE actions SET logs = logs || ? WHERE uuid = ?")
+            .bind(text)
+            .bind(uuid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves an action to `to` if it is in one of `from`; true when it did.
+    pub async fn transition_action(
+        &self,
+        uuid: &str,
+        from: &[&str],
+        to: &str,
+        end_date: Option<i64>,
+        can_be_canceled: bool,
+        can_be_retried: bool,
+    ) -> Result<bool, StoreError> {
+        for state in from {
+            let result = sqlx::query(
+                "UPDATE actions SET state = ?, end_date = ?, can_be_canceled = ?, can_be_retried = ? WHERE uuid = ? AND state = ?",
+            )
+            .bind(to)
+            .bind(end_date)
+            .bind(can_be_canceled)
+            .bind(can_be_retried)
+            .bind(uuid)
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
+            if result.rows_affected() == 1 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+async fn insert_action_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    action: &ActionRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO actions (uuid, object_uri, label, method, path, username, user_agent, ip, state, start_date, end_date, body, logs, can_be_canceled, can_be_retried) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&action.uuid)
+    .bind(&action.object_uri)
+    .bind(&action.label)
+    .bind(&action.method)
+    .bind(&action.path)
+    .bind(&action.username)
+    .bind(&action.user_agent)
+    .bind(&action.ip)
+    .bind(&action.state)
+    .bind(action.start_date)
+    .bind(action.end_date)
+    .bind(&action.body)
+    .bind(&action.logs)
+    .bind(action.can_be_canceled)
+    .bind(action.can_be_retried)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

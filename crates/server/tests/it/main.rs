@@ -1,0 +1,7 @@
+//! Integration tests of the control plane through its public HTTP API: a real server on
+//! port 0 driven by a real HTTP client, against `FakeCloud` for the contract (fast) and
+//! against the AWS engine on moto for the end-to-end lifecycle and crash recovery.
+
+mod contract;
+mod harness;
+mod lifecycle;

@@ -1,13 +1,14 @@
 //! `flotilla`: the one binary.
 //!
-//! Today it carries the engine commands (`flotilla engine …`), which drive AWS directly with
-//! no server and no database: a cluster is named by (owner, region, name) and everything about
-//! it is rediscovered from AWS tags on every run, so each command is an idempotent "make it
-//! so". The server, the agent and the Docker Cloud-style client commands join this binary as
-//! their own subcommands.
+//! `flotilla server` runs the control plane. The engine commands (`flotilla engine …`) drive
+//! AWS directly with no server and no database: a cluster is named by (owner, region, name)
+//! and everything about it is rediscovered from AWS tags on every run, so each command is an
+//! idempotent "make it so". The agent and the Docker Cloud-style client commands join this
+//! binary as their own subcommands.
 
 mod engine;
 mod output;
+mod server_cmd;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the control plane: the Docker Cloud API v1, the store and the reconcilers.
+    Server(server_cmd::ServerArgs),
     /// Drive AWS directly, with no server: validate credentials, create, scale and remove clusters.
     Engine(engine::EngineArgs),
 }
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Server(args) => server_cmd::run(args).await,
             Command::Engine(args) => engine::run(args).await,
         }
     });

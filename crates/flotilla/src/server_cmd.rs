@@ -1,0 +1,123 @@
+//! `flotilla server`: the control plane — the Docker Cloud API v1 over HTTP, the SQLite store
+//! and the reconcilers — for one AWS account.
+//!
+//! State lives in `--data-dir` (default `$XDG_DATA_HOME/flotilla`, else
+//! `~/.local/share/flotilla`), created owner-only. The first start creates the admin user and
+//! prints its API key once; only a hash is stored.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use flotilla_aws::{Aws, AwsSettings};
+use flotilla_core::bootstrap::{AgentSource, user_data};
+use flotilla_core::cloud::Ingress;
+use flotilla_server::{ServerConfig, UserDataRequest};
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Directory for the database and keys.
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The URL nodes reach this server at (written into their user data).
+    #[arg(long, env = "FLOTILLA_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// AWS endpoint for every service (an emulator such as moto).
+    #[arg(long, env = "FLOTILLA_AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// Named AWS profile; without it the standard credential chain is used.
+    #[arg(long, env = "AWS_PROFILE")]
+    profile: Option<String>,
+    /// Restrict auto networks to these AZs (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    azs: Vec<String>,
+    /// Image to launch (default: the newest official Ubuntu image of the region).
+    #[arg(long)]
+    image_id: Option<String>,
+    /// EC2 key pair for SSH into nodes.
+    #[arg(long)]
+    key_name: Option<String>,
+    /// Networks allowed to reach the nodes' management ports (none by default).
+    #[arg(long = "ingress-cidr")]
+    ingress_cidrs: Vec<String>,
+    /// Management ports opened to `--ingress-cidr`.
+    #[arg(long = "ingress-port", default_values_t = vec![22u16])]
+    ingress_ports: Vec<u16>,
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(base) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(base).join("flotilla"));
+    }
+    let home =
+        std::env::var_os("HOME").context("neither --data-dir, XDG_DATA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/flotilla"))
+}
+
+fn create_private_dir(path: &PathBuf) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+    }
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "data directory is readable by others");
+    }
+    Ok(())
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    create_private_dir(&data_dir)?;
+    let mut config = ServerConfig::new(data_dir.join("flotilla.db"));
+    config.listen = args.listen;
+    let public_url = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let agent = AgentSource {
+        server_url: public_url,
+    };
+    config.reconcile.user_data = Arc::new(move |request: &UserDataRequest<'_>| {
+        user_data(
+            request.cluster_uuid,
+            request.nodes.first().map(|n| n.slot).unwrap_or(0),
+            Some(&agent),
+        )
+    });
+    config.reconcile.allowed_azs = (!args.azs.is_empty()).then_some(args.azs);
+    config.reconcile.image_id = args.image_id;
+    config.reconcile.key_name = args.key_name;
+    config.reconcile.ingress = Ingress {
+        ports: args.ingress_ports,
+        cidrs: args.ingress_cidrs,
+    };
+
+    let installation = flotilla_server::initialize(&config).await?;
+    let aws = Aws::connect(AwsSettings {
+        owner: installation.owner_id.clone(),
+        endpoint_url: args.endpoint_url,
+        profile: args.profile,
+        ..AwsSettings::default()
+    })
+    .await;
+    eprintln!(
+        "flotilla server: data in {}, listening on http://{}",
+        data_dir.display(),
+        config.listen
+    );
+    flotilla_server::serve(config, installation, Arc::new(aws)).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -6,6 +6,7 @@
 //! idempotent "make it so". The agent and the Docker Cloud-style client commands join this
 //! binary as their own subcommands.
 
+mod client;
 mod engine;
 mod output;
 mod server_cmd;
@@ -31,6 +32,14 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Drive AWS directly, with no server: validate credentials, create, scale and remove clusters.
     Engine(engine::EngineArgs),
+    /// Node clusters on a Flotilla server (like `docker-cloud nodecluster`).
+    Nodecluster(client::commands::NodeClusterArgs),
+    /// Nodes on a Flotilla server (like `docker-cloud node`).
+    Node(client::commands::NodeArgs),
+    /// The audit trail: actions and their logs (like `docker-cloud action`).
+    Action(client::commands::ActionArgs),
+    /// Print the events stream (like `docker-cloud event`).
+    Event(client::commands::EventArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +65,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Engine(args) => engine::run(args).await,
+            Command::Nodecluster(args) => client::commands::nodecluster(args).await,
+            Command::Node(args) => client::commands::node(args).await,
+            Command::Action(args) => client::commands::action(args).await,
+            Command::Event(args) => client::commands::event(args).await,
         }
     });
     match result {

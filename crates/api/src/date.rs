@@ -3,7 +3,7 @@
 //! The CLI parses `deployed_datetime`, `last_seen`, `start_date` and `end_date` with exactly
 //! `"%a, %d %b %Y %H:%M:%S +0000"`; an ISO 8601 value makes `nodecluster ls` exit 3. So the
 //! format is fixed here, English names and a literal `+0000`, and parsing accepts only it.
-//! (The events websocket uses ISO 8601 instead; that is not this module's concern.)
+//! The events websocket uses ISO 8601 instead ([`format_iso_unix`]).
 
 use time::format_description::FormatItem;
 use time::macros::format_description;
@@ -53,6 +53,19 @@ pub fn parse(text: &str) -> Result<OffsetDateTime, DateError> {
         .map_err(|_| DateError(text.to_owned()))
 }
 
+const ISO_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+/// The events websocket's datetime (§6): ISO 8601 in UTC, e.g. `2016-02-01T16:47:28Z`.
+pub fn format_iso_unix(seconds: i64) -> String {
+    let instant =
+        OffsetDateTime::from_unix_timestamp(seconds).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    instant
+        .format(ISO_FORMAT)
+        // As for `format`: no component can fail for a UTC date in years 0..=9999.
+        .unwrap_or_else(|_| seconds.to_string())
+}
+
 /// The current time as seconds since the epoch.
 pub fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -80,6 +93,12 @@ mod tests {
             .expect("epoch")
             .to_offset(UtcOffset::from_hms(2, 0, 0).expect("offset"));
         assert_eq!(format(plus_two), "Thu, 01 Jan 1970 00:00:00 +0000");
+    }
+
+    #[test]
+    fn event_datetimes_are_iso_8601_utc() {
+        assert_eq!(format_iso_unix(1_454_345_248), "2016-02-01T16:47:28Z");
+        assert_eq!(format_iso_unix(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]

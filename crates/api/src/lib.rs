@@ -11,6 +11,7 @@
 //! * Cross-references are resource URIs built and parsed in one place ([`uri`]), because
 //!   the CLI splits them by position and a misplaced segment breaks it silently.
 
+pub mod agent;
 pub mod date;
 pub mod types;
 pub mod uri;

@@ -175,6 +175,34 @@ pub struct Token {
     pub token: String,
 }
 
+/// One message of the events websocket (§6). Unlike REST objects, `datetime` is ISO 8601
+/// (`2016-02-01T16:47:28Z`) and `uuid` names the event, not the object. The CLI prints
+/// these frames verbatim, so the fields keep the documented order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `nodecluster`, `node` or `action`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    pub resource_uri: String,
+    pub state: String,
+    /// Node: its cluster; action: the object it acts on; cluster: none.
+    pub parents: Vec<String>,
+    pub uuid: String,
+    pub datetime: String,
+}
+
+/// One frame of the action logs websocket (§2.2): `{"type": "log", "log", "timestamp"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFrame {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub log: String,
+    /// Seconds since the Unix epoch.
+    pub timestamp: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

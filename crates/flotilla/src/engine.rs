@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_aws::{Aws, AwsSettings};
-use flotilla_core::bootstrap::{AgentSource, user_data};
+use flotilla_core::bootstrap::user_data;
 use flotilla_core::cloud::{Cloud, Ingress, Instance, Network, NetworkRequest};
 use flotilla_core::converge::{PassInput, run_pass};
 use flotilla_core::placement::{PlacedNode, nodes_per_az};
@@ -126,9 +126,6 @@ struct UpArgs {
     /// Management ports opened to `--ingress-cidr`.
     #[arg(long = "ingress-port", default_values_t = vec![22u16])]
     ingress_ports: Vec<u16>,
-    /// URL of a Flotilla server the nodes' agents report to.
-    #[arg(long)]
-    server_url: Option<String>,
 }
 
 pub async fn run(args: EngineArgs) -> anyhow::Result<ExitCode> {
@@ -261,10 +258,6 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         cidrs: args.ingress_cidrs.clone(),
     };
     let request = NetworkRequest::for_spec(&spec, args.image_id.clone(), allowed, ingress);
-    let agent = args
-        .server_url
-        .clone()
-        .map(|server_url| AgentSource { server_url });
     let started = Instant::now();
     eprintln!(
         "cluster {} ({cluster_uuid}): {} x {} in {}",
@@ -279,10 +272,13 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         next_slot: 0,
     };
     let user_data = |nodes: &[flotilla_core::cloud::NodeSlot]| {
+        // No server, so no agent: only a server holds the secret that registration
+        // tokens are derived from.
         user_data(
             &cluster_uuid,
             nodes.first().map(|n| n.slot).unwrap_or(0),
-            agent.as_ref(),
+            u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            None,
         )
     };
     let log = |line: String| eprintln!("  {line}");

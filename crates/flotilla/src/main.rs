@@ -6,6 +6,7 @@
 //! idempotent "make it so". The agent and the Docker Cloud-style client commands join this
 //! binary as their own subcommands.
 
+mod agent_cmd;
 mod client;
 mod engine;
 mod output;
@@ -32,6 +33,8 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Drive AWS directly, with no server: validate credentials, create, scale and remove clusters.
     Engine(engine::EngineArgs),
+    /// Run a node's agent: register the node with its server and send heartbeats.
+    Agent(agent_cmd::AgentArgs),
     /// Node clusters on a Flotilla server (like `docker-cloud nodecluster`).
     Nodecluster(client::commands::NodeClusterArgs),
     /// Nodes on a Flotilla server (like `docker-cloud node`).
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Engine(args) => engine::run(args).await,
+            Command::Agent(args) => agent_cmd::run(args).await,
             Command::Nodecluster(args) => client::commands::nodecluster(args).await,
             Command::Node(args) => client::commands::node(args).await,
             Command::Action(args) => client::commands::action(args).await,

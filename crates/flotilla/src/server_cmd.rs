@@ -15,7 +15,7 @@ use clap::Args;
 use flotilla_aws::{Aws, AwsSettings};
 use flotilla_core::bootstrap::{AgentSource, user_data};
 use flotilla_core::cloud::Ingress;
-use flotilla_server::{ServerConfig, UserDataRequest};
+use flotilla_server::{NodeReady, ServerConfig, UserDataRequest};
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
@@ -49,6 +49,16 @@ pub struct ServerArgs {
     /// Management ports opened to `--ingress-cidr`.
     #[arg(long = "ingress-port", default_values_t = vec![22u16])]
     ingress_ports: Vec<u16>,
+    /// When a node counts as Deployed: when its agent registers (`agent`), or as soon as its
+    /// instance runs (`running`, for set-ups without agents).
+    #[arg(long, env = "FLOTILLA_NODE_READY", value_enum, default_value_t = NodeReadyArg::Agent)]
+    node_ready: NodeReadyArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NodeReadyArg {
+    Agent,
+    Running,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -87,16 +97,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let public_url = args
         .public_url
         .unwrap_or_else(|| format!("http://{}", args.listen));
-    let agent = AgentSource {
-        server_url: public_url,
-    };
     config.reconcile.user_data = Arc::new(move |request: &UserDataRequest<'_>| {
+        let agent = AgentSource {
+            server_url: public_url.clone(),
+            token: request.registration_token.to_owned(),
+        };
         user_data(
             request.cluster_uuid,
             request.nodes.first().map(|n| n.slot).unwrap_or(0),
+            u32::try_from(request.nodes.len()).unwrap_or(u32::MAX),
             Some(&agent),
         )
     });
+    config.reconcile.node_ready = match args.node_ready {
+        NodeReadyArg::Agent => NodeReady::AgentRegistered,
+        NodeReadyArg::Running => NodeReady::InstanceRunning,
+    };
     config.reconcile.allowed_azs = (!args.azs.is_empty()).then_some(args.azs);
     config.reconcile.image_id = args.image_id;
     config.reconcile.key_name = args.key_name;

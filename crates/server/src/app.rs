@@ -149,11 +149,13 @@ fn tags_of(names: &[String]) -> Vec<api::Tag> {
 /// The application. Shared by every request handler behind an `Arc`.
 #[derive(Debug)]
 pub struct App<C> {
-    store: Store,
+    pub(crate) store: Store,
     cloud: Arc<C>,
-    reconciler: Reconciler,
-    settings: AppSettings,
+    pub(crate) reconciler: Reconciler,
+    pub(crate) settings: AppSettings,
     catalog: AsyncMutex<Option<Arc<Catalog>>>,
+    /// The agent API's in-memory state (`crate::agent_api`).
+    pub(crate) agents: crate::agent_api::AgentState,
 }
 
 impl<C: Cloud + 'static> App<C> {
@@ -164,6 +166,7 @@ impl<C: Cloud + 'static> App<C> {
             reconciler,
             settings,
             catalog: AsyncMutex::new(None),
+            agents: Default::default(),
         }
     }
 
@@ -829,6 +832,38 @@ impl<C: Cloud + 'static> App<C> {
             _ => None,
         })
     }
+}
+
+/// Bring-your-own-node tokens and the event stream.
+impl<C: Cloud + 'static> App<C> {
+    /// The bus of every committed change (the events websocket listens here).
+    pub fn events(&self) -> &crate::events::EventBus {
+        self.store.events()
+    }
+
+    /// `POST token/`: a new single-use token for registering a node of one's own. Only its
+    /// hash is stored; the token is returned to be shown once.
+    pub async fn create_byo_token(&self, caller: &Caller) -> AppResult<api::Token> {
+        let token = random_hex(16);
+        self.store
+            .insert_byo_token(&token_hash(&token), &caller.username, date::now_unix())
+            .await?;
+        Ok(api::Token { token })
+    }
+
+    /// Checks a BYO token and uses it up: the user who created it when it was valid and
+    /// unused, `None` otherwise (unknown, or used before). For agent registration.
+    pub async fn consume_byo_token(&self, token: &str) -> AppResult<Option<String>> {
+        Ok(self
+            .store
+            .consume_byo_token(&token_hash(token.trim()), date::now_unix())
+            .await?)
+    }
+}
+
+/// How a BYO token is stored (128 random bits need no salt).
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// What [`App::start_cluster_work`] starts.

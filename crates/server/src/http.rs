@@ -63,6 +63,18 @@ pub enum Route {
     ActionCancel(String),
     ActionRetry(String),
     Services,
+    /// `POST token/`: a bring-your-own-node token.
+    Token,
+    /// The events websocket (`stream`).
+    Events,
+    /// An action's logs websocket (`stream`).
+    ActionLogs(String),
+    /// `/api/agent/v1/node/`: agent registration (served by `agent_api`).
+    AgentNodes,
+    AgentNode(String),
+    AgentNodePing(String),
+    /// `/download/flotilla`: the server's own binary, for nodes (no auth).
+    Download,
 }
 
 /// A parsed path: the route and the namespace segment, if the path had one.
@@ -75,6 +87,12 @@ pub struct Parsed {
 /// Parses a request path. `None` for anything the API does not serve.
 pub fn parse_path(path: &str) -> Option<Parsed> {
     let trimmed = path.strip_suffix('/').unwrap_or(path);
+    if trimmed == "/download/flotilla" {
+        return Some(Parsed {
+            route: Route::Download,
+            namespace: None,
+        });
+    }
     if trimmed == "/_ping" {
         return Some(Parsed {
             route: Route::Ping,
@@ -92,7 +110,8 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     };
     // Namespaced resources may be preceded by one namespace segment.
     let namespaced = match subsystem {
-        "infra" => &["nodecluster", "node"][..],
+        "infra" => &["nodecluster", "node", "token"][..],
+        "audit" => &["events"][..],
         "app" => &["service"][..],
         _ => &[][..],
     };
@@ -100,6 +119,8 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         [ns, resource, ..] if namespaced.contains(resource) && !namespaced.contains(ns) => {
             (Some((*ns).to_owned()), &rest[1..])
         }
+        // Action REST is never namespaced, but its logs websocket is (§2.2).
+        [ns, "action", _, "logs"] if subsystem == "audit" => (Some((*ns).to_owned()), &rest[1..]),
         _ => (None, rest),
     };
     let s = |x: &&str| (*x).to_owned();
@@ -122,6 +143,12 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("audit", ["action", uuid, "cancel"]) => Route::ActionCancel(s(uuid)),
         ("audit", ["action", uuid, "retry"]) => Route::ActionRetry(s(uuid)),
         ("app", ["service"]) => Route::Services,
+        ("infra", ["token"]) => Route::Token,
+        ("audit", ["events"]) => Route::Events,
+        ("audit", ["action", uuid, "logs"]) => Route::ActionLogs(s(uuid)),
+        ("agent", ["node"]) => Route::AgentNodes,
+        ("agent", ["node", uuid]) => Route::AgentNode(s(uuid)),
+        ("agent", ["node", uuid, "ping"]) => Route::AgentNodePing(s(uuid)),
         _ => return None,
     };
     Some(Parsed { route, namespace })
@@ -133,7 +160,9 @@ fn allowed_methods(route: &Route) -> &'static [Method] {
         Route::Ping => &[Method::GET, Method::HEAD],
         Route::Clusters => &[Method::GET, Method::POST],
         Route::Cluster(_) | Route::Node(_) => &[Method::GET, Method::PATCH, Method::DELETE],
-        Route::ClusterDeploy(_) | Route::ActionCancel(_) | Route::ActionRetry(_) => &[Method::POST],
+        Route::ClusterDeploy(_) | Route::ActionCancel(_) | Route::ActionRetry(_) | Route::Token => {
+            &[Method::POST]
+        }
         _ => &[Method::GET],
     }
 }
@@ -236,7 +265,7 @@ async fn dispatch<C: Cloud + 'static>(
     State(app): State<Arc<App<C>>>,
     request: Request<Body>,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -250,6 +279,20 @@ async fn dispatch<C: Cloud + 'static>(
     }) = parsed
     {
         return (StatusCode::OK, "OK").into_response();
+    }
+    // Agents authenticate with their own scheme (`TutumAgentToken`), not Basic.
+    if let Some(Parsed { route, .. }) = &parsed
+        && crate::agent_api::is_agent_route(route)
+    {
+        return crate::agent_api::dispatch(
+            &app,
+            route.clone(),
+            &parts.method,
+            &parts.headers,
+            body,
+            &peer,
+        )
+        .await;
     }
     let username = match basic_credentials(&parts.headers) {
         Some((user, secret)) => match app.authenticate(&user, &secret).await {
@@ -275,6 +318,11 @@ async fn dispatch<C: Cloud + 'static>(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {} is not allowed on {path}", parts.method),
         );
+    }
+    if let Some(response) =
+        crate::stream::upgrade(&app, &route, &mut parts, &username, &query).await
+    {
+        return response;
     }
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
@@ -427,6 +475,22 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 json_response(StatusCode::ACCEPTED, &action, Some(&action.resource_uri))
             }
             (Route::Services, _) => self.list(Vec::<Value>::new())?,
+            (Route::Token, _) => json_response(
+                StatusCode::CREATED,
+                &app.create_byo_token(caller).await?,
+                None,
+            ),
+            // Answered by `stream::upgrade` before the body is read.
+            (Route::Events | Route::ActionLogs(_), _) => {
+                return Err(AppError::BadRequest(format!(
+                    "{} is a websocket; connect with an Upgrade request",
+                    self.path
+                )));
+            }
+            (
+                Route::AgentNodes | Route::AgentNode(_) | Route::AgentNodePing(_) | Route::Download,
+                _,
+            ) => return Err(AppError::NotFound(format!("Not found: {}", self.path))),
         })
     }
 }
@@ -621,6 +685,31 @@ mod tests {
         );
         assert_eq!(route("/api/app/v1/me/service/"), Some(Route::Services));
         assert_eq!(route("/_ping"), Some(Route::Ping));
+        for path in ["/api/audit/v1/events", "/api/audit/v1/events/"] {
+            assert_eq!(route(path), Some(Route::Events));
+        }
+        let events = parse_path("/api/audit/v1/me/events").expect("namespaced events");
+        assert_eq!(
+            (events.route, events.namespace.as_deref()),
+            (Route::Events, Some("me"))
+        );
+        let logs = parse_path("/api/audit/v1/me/action/x/logs/").expect("namespaced logs");
+        assert_eq!(
+            (logs.route, logs.namespace.as_deref()),
+            (Route::ActionLogs("x".into()), Some("me"))
+        );
+        assert_eq!(
+            route("/api/audit/v1/action/x/logs/"),
+            Some(Route::ActionLogs("x".into()))
+        );
+        assert_eq!(route("/api/infra/v1/token/"), Some(Route::Token));
+        assert_eq!(route("/api/infra/v1/me/token"), Some(Route::Token));
+        assert_eq!(route("/api/agent/v1/node/"), Some(Route::AgentNodes));
+        assert_eq!(
+            route("/api/agent/v1/node/x/ping/"),
+            Some(Route::AgentNodePing("x".into()))
+        );
+        assert_eq!(route("/download/flotilla"), Some(Route::Download));
     }
 
     #[test]

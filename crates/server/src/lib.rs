@@ -4,7 +4,8 @@
 //! Layers, each only calling the next: [`http`] (paths, auth, status codes) → [`app`]
 //! (operations, validation, actions) → [`store`] (SQLite). The [`reconcile`] workers read
 //! desired state from the store and drive a [`flotilla_core::Cloud`]; the API only nudges
-//! them, so no request waits for AWS to act.
+//! them, so no request waits for AWS to act. Nodes' agents use their own endpoints and
+//! credentials ([`agent_api`]); a node is `Deployed` once its agent has registered.
 //!
 //! Design decisions:
 //! * [`run`] takes a bound listener and a shutdown future (as in mini-redis), so tests run
@@ -15,11 +16,14 @@
 //! * The server is generic over the cloud, so the whole API runs against `FakeCloud` in
 //!   milliseconds and against the real engine (on moto) in the end-to-end tests.
 
+pub mod agent_api;
 pub mod app;
 pub mod catalog;
+pub mod events;
 pub mod http;
 pub mod reconcile;
 pub mod store;
+pub mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use app::Credentials;
-pub use reconcile::{ReconcileSettings, UserDataFn, UserDataRequest};
+pub use reconcile::{NodeReady, ReconcileSettings, UserDataFn, UserDataRequest};
 
 use crate::app::{App, AppSettings};
 use crate::store::Store;
@@ -84,6 +88,7 @@ pub async fn initialize(config: &ServerConfig) -> anyhow::Result<Installation> {
     let owner_id = store
         .ensure_owner_id(&uuid::Uuid::new_v4().to_string(), now)
         .await?;
+    agent_api::load_secret(&store).await?;
     let mut new_admin = None;
     if store.user_count().await? == 0 {
         let (record, credentials) = app::new_user(&config.admin_username);
@@ -134,8 +139,9 @@ pub async fn run<C: Cloud + 'static>(
             node_domain: config.node_domain.clone(),
         },
     ));
-    let router = http::router(app);
+    let router = http::router(app.clone());
     let (stop_reconcilers, stopped) = watch::channel(false);
+    let heartbeats = agent_api::flush_heartbeats(app, stopped.clone());
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -147,7 +153,7 @@ pub async fn run<C: Cloud + 'static>(
         let _ = stop_reconcilers.send(true);
         served
     };
-    let (served, ()) = tokio::join!(serve_then_stop, supervisor.run(stopped));
+    let (served, (), ()) = tokio::join!(serve_then_stop, supervisor.run(stopped), heartbeats);
     store.close().await;
     served.context("HTTP server")
 }

@@ -17,6 +17,15 @@
 //! * Passes that use a region's auto network hold that region's lock shared; tearing the
 //!   network down holds it exclusively, so a teardown cannot race a deploy's
 //!   `ensure_network`.
+//! * A node is `Deployed` when its agent registers ([`NodeReady::AgentRegistered`], see
+//!   `agent_api`), not when EC2 says its instance runs: a running instance whose bootstrap
+//!   failed is no use. A deploy therefore waits (polling, and nudged by each registration)
+//!   until every running node has registered, or until the registration timeout, then
+//!   settles on what registered. [`NodeReady::InstanceRunning`] keeps the old rule for
+//!   set-ups without agents (tests, the CLI-compatibility work).
+//! * Each launch batch's user data carries its registration token, derived here from the
+//!   installation's agent secret (the reconciler and the agent API share the store, so
+//!   whoever builds user data never sees the secret).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -41,6 +50,19 @@ pub struct UserDataRequest<'a> {
     pub cluster_name: &'a str,
     pub region: &'a str,
     pub nodes: &'a [NodeSlot],
+    /// The batch's registration token (hex), for `first_slot = nodes[0].slot` and
+    /// `count = nodes.len()`; see `agent_api::batch_token`.
+    pub registration_token: &'a str,
+}
+
+/// When a node counts as `Deployed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeReady {
+    /// When its agent registers (production).
+    #[default]
+    AgentRegistered,
+    /// As soon as its instance runs (set-ups without agents).
+    InstanceRunning,
 }
 
 /// Builds the user data of one launch batch.
@@ -61,6 +83,10 @@ pub struct ReconcileSettings {
     pub ingress: Ingress,
     pub key_name: Option<String>,
     pub user_data: UserDataFn,
+    pub node_ready: NodeReady,
+    /// How long a deploy waits for a running node's agent to register before it settles
+    /// without it (the node stays `Deploying` and is counted when it registers).
+    pub registration_timeout: Duration,
 }
 
 impl fmt::Debug for ReconcileSettings {
@@ -73,6 +99,8 @@ impl fmt::Debug for ReconcileSettings {
             .field("allowed_azs", &self.allowed_azs)
             .field("ingress", &self.ingress)
             .field("key_name", &self.key_name)
+            .field("node_ready", &self.node_ready)
+            .field("registration_timeout", &self.registration_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +118,8 @@ impl Default for ReconcileSettings {
             user_data: Arc::new(|_: &UserDataRequest<'_>| {
                 "#!/bin/sh\n# flotilla node\n".to_owned()
             }),
+            node_ready: NodeReady::default(),
+            registration_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -238,9 +268,11 @@ async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify
         .remove(&uuid);
 }
 
-fn node_state_of(instance: &Instance) -> NodeState {
+fn node_state_of(instance: &Instance, ready: NodeReady) -> NodeState {
     match instance.state {
-        InstanceState::Running => NodeState::Deployed,
+        InstanceState::Running if ready == NodeReady::InstanceRunning => NodeState::Deployed,
+        // The store keeps a node its agent brought up (see `Store::upsert_node`).
+        InstanceState::Running => NodeState::Deploying,
         InstanceState::Pending => NodeState::Deploying,
         InstanceState::Stopping | InstanceState::Stopped => NodeState::Unreachable,
         InstanceState::ShuttingDown | InstanceState::Terminated => NodeState::Terminated,
@@ -338,12 +370,17 @@ impl<C: Cloud + 'static> Engine<C> {
             key_name: self.settings.key_name.as_deref(),
             next_slot: cluster.next_slot,
         };
+        let secret = crate::agent_api::load_secret(&self.store).await?;
         let user_data = |nodes: &[NodeSlot]| {
+            let first_slot = nodes.first().map(|n| n.slot).unwrap_or(0);
+            let count = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
+            let token = crate::agent_api::batch_token(&secret, &cluster.uuid, first_slot, count);
             (self.settings.user_data)(&UserDataRequest {
                 cluster_uuid: &cluster.uuid,
                 cluster_name: &cluster.name,
                 region: &region,
                 nodes,
+                registration_token: &token,
             })
         };
         let lock = self.region_lock(&region);
@@ -391,8 +428,28 @@ impl<C: Cloud + 'static> Engine<C> {
         {
             return Ok(Next::Soon);
         }
+        if self.awaiting_agents(cluster).await? {
+            return Ok(Next::Soon);
+        }
         self.settle(cluster, action_state::SUCCESS).await?;
         Ok(Next::Idle)
+    }
+
+    /// Some running node's agent has not registered yet, and it may still: the deploy
+    /// waits for it.
+    async fn awaiting_agents(&self, cluster: &ClusterRecord) -> Result<bool, StoreError> {
+        if self.settings.node_ready != NodeReady::AgentRegistered {
+            return Ok(false);
+        }
+        let now = date::now_unix();
+        let timeout =
+            i64::try_from(self.settings.registration_timeout.as_secs()).unwrap_or(i64::MAX);
+        Ok(self
+            .store
+            .nodes_of(&cluster.uuid)
+            .await?
+            .iter()
+            .any(|n| n.state == NodeState::Deploying && now.saturating_sub(n.created_at) < timeout))
     }
 
     async fn converge_failed(
@@ -425,7 +482,7 @@ impl<C: Cloud + 'static> Engine<C> {
             let state = if terminated.contains(instance) {
                 NodeState::Terminated
             } else {
-                node_state_of(instance)
+                node_state_of(instance, self.settings.node_ready)
             };
             let private_ip = instance.private_ip.as_ref().map(|ip| {
                 match cidrs
@@ -547,9 +604,14 @@ impl<C: Cloud + 'static> Engine<C> {
             .filter(|i| i.state.is_alive())
             .collect();
         self.record(cluster, &live, &[], &BTreeMap::new()).await?;
-        let deployed = live
+        // What the store says, not what EC2 says: a node counts once it is Deployed by
+        // the rule in force (its agent registered, or its instance runs).
+        let deployed = self
+            .store
+            .nodes_of(&cluster.uuid)
+            .await?
             .iter()
-            .filter(|i| i.state == InstanceState::Running)
+            .filter(|n| n.state == NodeState::Deployed)
             .count() as u32;
         if let Ok(next) = cluster.state.apply(ClusterEvent::Settled {
             deployed,

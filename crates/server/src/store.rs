@@ -12,6 +12,12 @@
 //!   reconciler pass can never both win a race on a cluster's state.
 //! * An action is created in the same transaction as the state change it records, so the
 //!   audit trail and the state cannot disagree after a crash.
+//! * The store is the one publishing point of the events websocket ([`crate::events`]):
+//!   every method that changes a cluster's, a node's or an action's state (or labels)
+//!   publishes on [`Store::events`] after its transaction commits.
+
+mod agents;
+mod tokens;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,6 +26,10 @@ use std::time::Duration;
 use flotilla_core::ClusterSpec;
 use flotilla_core::state::{ClusterState, NodeState};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::events::{EventBus, Verb};
+
+pub use agents::{NodeAgentRecord, NodeRegistration, Registered};
 
 /// A store failure. Corrupt rows are reported, not panicked on.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +262,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    events: EventBus,
 }
 
 impl Store {
@@ -268,7 +279,15 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            events: EventBus::new(),
+        })
+    }
+
+    /// The bus every committed change is published on.
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// Closes every connection (the WAL is checkpointed by SQLite on the last close).
@@ -358,6 +377,9 @@ impl Store {
         .await?;
         insert_action_in(&mut tx, action).await?;
         tx.commit().await?;
+        self.events
+            .cluster(Verb::Create, &cluster.uuid, cluster.state.as_str());
+        self.publish_action_created(action);
         Ok(())
     }
 
@@ -430,6 +452,21 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        if transition.from != transition.to {
+            let state = transition.to.as_str();
+            self.events.cluster(Verb::for_state(state), uuid, state);
+        }
+        if let Some(action) = action {
+            self.publish_action_created(action);
+        }
+        if let Some((node_uuid, state)) = node_state {
+            self.events.node(
+                Verb::for_state(state.as_str()),
+                node_uuid,
+                uuid,
+                state.as_str(),
+            );
+        }
         Ok(true)
     }
 
@@ -457,12 +494,17 @@ impl Store {
         nickname: &str,
         tags: &[String],
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE clusters SET nickname = ?, tags = ? WHERE uuid = ?")
-            .bind(nickname)
-            .bind(to_json(&tags))
-            .bind(uuid)
-            .execute(&self.pool)
-            .await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "UPDATE clusters SET nickname = ?, tags = ? WHERE uuid = ? RETURNING state",
+        )
+        .bind(nickname)
+        .bind(to_json(&tags))
+        .bind(uuid)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(state) = state {
+            self.events.cluster(Verb::Update, uuid, &state);
+        }
         Ok(())
     }
 
@@ -479,17 +521,27 @@ impl Store {
     // ---- nodes ----
 
     /// Inserts or refreshes a node from an observation. Dates already set are kept; the
-    /// user's nickname and tags are never touched.
+    /// user's nickname and tags are never touched. Observing a node as `Deploying` (its
+    /// instance is up but no agent has said so) never demotes a node its agent brought up,
+    /// and once an agent has registered, its source address is the node's public IP.
     pub async fn upsert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<String> = sqlx::query_scalar("SELECT state FROM nodes WHERE uuid = ?")
+            .bind(&node.uuid)
+            .fetch_optional(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT(uuid) DO UPDATE SET
                 instance_id = excluded.instance_id,
-                state = excluded.state,
+                state = CASE WHEN excluded.state = 'Deploying'
+                    AND nodes.state IN ('Deployed', 'Unreachable', 'Upgrading')
+                    THEN nodes.state ELSE excluded.state END,
                 availability_zone = excluded.availability_zone,
                 subnet_id = excluded.subnet_id,
-                public_ip = COALESCE(excluded.public_ip, nodes.public_ip),
+                public_ip = CASE WHEN EXISTS (SELECT 1 FROM node_agents a WHERE a.node_uuid = nodes.uuid)
+                    THEN nodes.public_ip ELSE COALESCE(excluded.public_ip, nodes.public_ip) END,
                 private_ip = COALESCE(excluded.private_ip, nodes.private_ip),
                 last_seen = COALESCE(excluded.last_seen, nodes.last_seen),
                 deployed_at = COALESCE(nodes.deployed_at, excluded.deployed_at),
@@ -510,8 +562,22 @@ impl Store {
         .bind(node.created_at)
         .bind(node.deployed_at)
         .bind(node.destroyed_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let after: String = sqlx::query_scalar("SELECT state FROM nodes WHERE uuid = ?")
+            .bind(&node.uuid)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let verb = match before {
+            None => Some(Verb::Create),
+            Some(before) if before != after => Some(Verb::for_state(&after)),
+            Some(_) => None,
+        };
+        if let Some(verb) = verb {
+            self.events
+                .node(verb, &node.uuid, &node.cluster_uuid, &after);
+        }
         Ok(())
     }
 
@@ -552,25 +618,44 @@ impl Store {
         nickname: Option<&str>,
         tags: &[String],
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET nickname = ?, tags = ? WHERE uuid = ?")
-            .bind(nickname)
-            .bind(to_json(&tags))
-            .bind(uuid)
-            .execute(&self.pool)
-            .await?;
+        let row: Option<(String, String)> = sqlx::query_as(
+            "UPDATE nodes SET nickname = ?, tags = ? WHERE uuid = ? RETURNING state, cluster_uuid",
+        )
+        .bind(nickname)
+        .bind(to_json(&tags))
+        .bind(uuid)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((state, cluster_uuid)) = row {
+            self.events.node(Verb::Update, uuid, &cluster_uuid, &state);
+        }
         Ok(())
     }
 
     /// Marks a node gone (terminated by us or out of band).
     pub async fn set_node_terminated(&self, uuid: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<(String, String)> =
+            sqlx::query_as("SELECT state, cluster_uuid FROM nodes WHERE uuid = ?")
+                .bind(uuid)
+                .fetch_optional(&mut *tx)
+                .await?;
         sqlx::query(
             "UPDATE nodes SET state = ?, destroyed_at = COALESCE(destroyed_at, ?) WHERE uuid = ?",
         )
         .bind(NodeState::Terminated.as_str())
         .bind(now)
         .bind(uuid)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        if let Some((state, cluster_uuid)) = before
+            && state != NodeState::Terminated.as_str()
+        {
+            let terminated = NodeState::Terminated.as_str();
+            self.events
+                .node(Verb::Delete, uuid, &cluster_uuid, terminated);
+        }
         Ok(())
     }
 
@@ -580,7 +665,17 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         insert_action_in(&mut tx, action).await?;
         tx.commit().await?;
+        self.publish_action_created(action);
         Ok(())
+    }
+
+    fn publish_action_created(&self, action: &ActionRecord) {
+        self.events.action(
+            Verb::Create,
+            &action.uuid,
+            &action.object_uri,
+            &action.state,
+        );
     }
 
     pub async fn action(&self, uuid: &str) -> Result<Option<ActionRecord>, StoreError> {
@@ -621,8 +716,8 @@ impl Store {
         can_be_retried: bool,
     ) -> Result<bool, StoreError> {
         for state in from {
-            let result = sqlx::query(
-                "UPDATE actions SET state = ?, end_date = ?, can_be_canceled = ?, can_be_retried = ? WHERE uuid = ? AND state = ?",
+            let object_uri: Option<String> = sqlx::query_scalar(
+                "UPDATE actions SET state = ?, end_date = ?, can_be_canceled = ?, can_be_retried = ? WHERE uuid = ? AND state = ? RETURNING object_uri",
             )
             .bind(to)
             .bind(end_date)
@@ -630,9 +725,10 @@ impl Store {
             .bind(can_be_retried)
             .bind(uuid)
             .bind(state)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
-            if result.rows_affected() == 1 {
+            if let Some(object_uri) = object_uri {
+                self.events.action(Verb::Update, uuid, &object_uri, to);
                 return Ok(true);
             }
         }

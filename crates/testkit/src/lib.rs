@@ -1,13 +1,17 @@
-//! Test-only helpers for Flotilla: a moto server on a free loopback port and a
-//! fault/latency proxy to put in front of it.
+//! Test-only helpers for Flotilla: a moto server on a free loopback port, a
+//! fault/latency proxy to put in front of it, and an instance runner that starts a real
+//! `flotilla agent` for every emulated instance ([`runner`]).
 //!
 //! Tests drive the real AWS SDK against moto instead of mocking the SDK, so
 //! that request serialisation, error parsing and retry classification are the
 //! production ones; the proxy adds what moto cannot do (observing calls and
 //! failing them the way AWS does).
 
+pub mod inspect;
 pub mod moto;
 pub mod proxy;
+pub mod runner;
 
 pub use moto::Moto;
 pub use proxy::{CallRecord, Fault, FaultProxy, Rule};
+pub use runner::{InstanceRunner, RunnerConfig};

@@ -1,4 +1,6 @@
 //! End-to-end tests of the `flotilla` binary as a user runs it, against moto through the
 //! testkit proxy (one moto account per test).
 
+mod agents;
+mod dockercloud_cli;
 mod engine;

@@ -30,6 +30,8 @@ pub fn config(dir: &tempfile::TempDir) -> ServerConfig {
     let mut config = ServerConfig::new(dir.path().join("flotilla.db"));
     config.reconcile.poll_interval = Duration::from_millis(50);
     config.reconcile.resync_interval = Duration::from_secs(2);
+    // These servers have no agents; `agents` opts back in to registration.
+    config.reconcile.node_ready = flotilla_server::NodeReady::InstanceRunning;
     config
 }
 

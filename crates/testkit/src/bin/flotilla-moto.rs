@@ -1,18 +1,50 @@
 //! `flotilla-moto`: runs the pinned moto emulator on a free loopback port for demos and
 //! manual testing, with the same install logic the tests use (one mechanism, one pin).
 //! Prints `endpoint=http://127.0.0.1:PORT` and serves until SIGINT/SIGTERM; moto stops with it.
+//!
+//! With `--agents PATH_TO_FLOTILLA`, it also plays the machines: for every instance launched
+//! in us-east-1 it starts a real `flotilla agent` (the testkit's instance runner), configured
+//! from the instance's user data, so a server's nodes register as they would on EC2.
 
-use flotilla_testkit::Moto;
+use std::path::PathBuf;
+use std::time::Duration;
 
-#[tokio::main(flavor = "current_thread")]
+use flotilla_testkit::{InstanceRunner, Moto, RunnerConfig};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut agents: Option<PathBuf> = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--agents" => {
+                agents = Some(
+                    args.next()
+                        .map(PathBuf::from)
+                        .ok_or_else(|| anyhow::anyhow!("--agents needs the flotilla binary"))?,
+                )
+            }
+            other => anyhow::bail!(
+                "unknown argument {other}; usage: flotilla-moto [--agents PATH_TO_FLOTILLA]"
+            ),
+        }
+    }
     let moto = Moto::start_dedicated();
     println!("endpoint={}", moto.endpoint());
+    let runner = match agents {
+        Some(binary) => {
+            let mut config = RunnerConfig::new(moto.endpoint(), binary);
+            config.heartbeat = Duration::from_secs(2);
+            Some(InstanceRunner::start(config).await)
+        }
+        None => None,
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+    drop(runner);
     drop(moto);
     Ok(())
 }

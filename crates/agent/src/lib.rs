@@ -1,0 +1,391 @@
+//! `flotilla agent`: the daemon on every node. It registers the node with the Flotilla
+//! server and keeps telling it the node is alive.
+//!
+//! Design decisions:
+//! * The agent talks only to the server's agent API (`flotilla_api::agent`); it never calls
+//!   AWS and never opens the database.
+//! * Its configuration is what the node's bootstrap wrote to `/etc/flotilla/node.env`
+//!   (cluster, slot, the batch's first slot and count, the batch registration token and the
+//!   server's URL). The batch token is good once per node; what registration returns (the
+//!   node's uuid and its own long-lived credential) is kept in a state file (mode 0600), so
+//!   a restarted agent re-registers with its credential and keeps its identity.
+//! * A 401 on the credential (the server lost or never had it) falls back to the batch token
+//!   once; a refused batch token (401/403) ends the agent with an error — retrying cannot
+//!   help. Any other failure is retried with back-off 1, 2, 4 … 60 s, forever: the node is
+//!   useless without the server, and the server may simply be restarting.
+//! * Heartbeats go every `heartbeat_interval`; a 401, 403 or 404 on one sends the agent back
+//!   to registration.
+//! * The Docker version comes from the `docker` CLI, when there is one, rather than from a
+//!   Docker API client: it is all registration needs today.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flotilla_api::agent::{
+    AGENT_NODES, AgentNode, PingReply, Registration, TOKEN_SCHEME, agent_node_ping,
+};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// The version agents report.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Longest pause between registration attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Everything an agent needs.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The server's base URL (`FLOTILLA_SERVER`).
+    pub server: String,
+    pub cluster: String,
+    pub slot: u32,
+    pub first_slot: u32,
+    pub count: u32,
+    /// The batch registration token; not needed once a credential is saved.
+    pub token: Option<String>,
+    /// Where the node's uuid and credential are kept.
+    pub state_file: PathBuf,
+    /// Source address of outgoing connections (tests give each agent its own 127.0.0.x).
+    pub bind_ip: Option<IpAddr>,
+    pub heartbeat_interval: Duration,
+    /// Addresses reported as the node's private IPs; empty: the bind address, else the
+    /// host's addresses (`hostname -I`).
+    pub private_ips: Vec<String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field("cluster", &self.cluster)
+            .field("slot", &self.slot)
+            .field("first_slot", &self.first_slot)
+            .field("count", &self.count)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("state_file", &self.state_file)
+            .field("bind_ip", &self.bind_ip)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("private_ips", &self.private_ips)
+            .finish()
+    }
+}
+
+/// What the agent keeps between runs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub uuid: String,
+    pub credential: String,
+    pub cluster: String,
+    pub slot: u32,
+}
+
+impl std::fmt::Debug for SavedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedState")
+            .field("uuid", &self.uuid)
+            .field("cluster", &self.cluster)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the state file; a missing, unreadable or foreign (other cluster or slot) file
+/// counts as no state.
+pub fn load_state(path: &Path, cluster: &str, slot: u32) -> Option<SavedState> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let state: SavedState = match serde_json::from_str(&text) {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "ignoring an unreadable state file");
+            return None;
+        }
+    };
+    (state.cluster == cluster && state.slot == slot).then_some(state)
+}
+
+/// Writes the state file owner-only, atomically (temporary file, then rename).
+pub fn save_state(path: &Path, state: &SavedState) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The Docker engine's version, if a `docker` CLI answers within a few seconds.
+pub async fn docker_version() -> Option<String> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (output.status.success() && !version.is_empty()).then_some(version)
+}
+
+async fn host_addresses() -> Vec<String> {
+    let Ok(output) = tokio::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .await
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter(|a| a.parse::<IpAddr>().is_ok())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The next pause of the back-off 1, 2, 4 … [`MAX_BACKOFF`].
+pub fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(MAX_BACKOFF)
+}
+
+/// An answer the agent understood: the status and the body's `error`, if any.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+struct Agent {
+    config: AgentConfig,
+    client: reqwest::Client,
+    base: String,
+    saved: Option<SavedState>,
+    private_ips: Vec<String>,
+}
+
+impl Agent {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn refusal(response: reqwest::Response) -> Refusal {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        Refusal { status, message }
+    }
+
+    /// One registration attempt. `Ok(Err(refusal))` is an answer other than success.
+    async fn register_once(&self, token: &str) -> anyhow::Result<Result<AgentNode, Refusal>> {
+        let body = Registration {
+            agent_version: AGENT_VERSION.to_owned(),
+            cluster: self.config.cluster.clone(),
+            slot: self.config.slot,
+            first_slot: self.config.first_slot,
+            count: self.config.count,
+            private_ips: self.private_ips.clone(),
+            docker_version: docker_version().await,
+        };
+        let response = self
+            .client
+            .post(self.url(AGENT_NODES))
+            .header("Authorization", format!("{TOKEN_SCHEME} {token}"))
+            .json(&body)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            return Ok(Ok(response.json().await?));
+        }
+        Ok(Err(Self::refusal(response).await))
+    }
+
+    /// Registers (or re-registers), retrying until it succeeds or is refused for good.
+    async fn register(&mut self) -> anyhow::Result<AgentNode> {
+        let mut delay = Duration::from_secs(1);
+        let mut fell_back = false;
+        loop {
+            let (token, with_credential) = match (&self.saved, &self.config.token) {
+                (Some(saved), _) => (saved.credential.clone(), true),
+                (None, Some(token)) => (token.clone(), false),
+                (None, None) => bail!(
+                    "no saved credential in {} and no registration token (FLOTILLA_TOKEN)",
+                    self.config.state_file.display()
+                ),
+            };
+            let refusal = match self.register_once(&token).await {
+                Ok(Ok(node)) => {
+                    match (&node.credential, with_credential) {
+                        (Some(credential), _) => {
+                            let state = SavedState {
+                                uuid: node.uuid.clone(),
+                                credential: credential.clone(),
+                                cluster: self.config.cluster.clone(),
+                                slot: self.config.slot,
+                            };
+                            save_state(&self.config.state_file, &state)?;
+                            self.saved = Some(state);
+                        }
+                        (None, true) => {}
+                        (None, false) => {
+                            bail!("the server registered the node but sent no credential")
+                        }
+                    }
+                    tracing::info!(node = node.uuid, state = node.state, public_ip = ?node.public_ip, "registered");
+                    return Ok(node);
+                }
+                Ok(Err(refusal)) => refusal,
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "registration failed; retrying in {delay:?}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = next_backoff(delay);
+                    continue;
+                }
+            };
+            match refusal.status {
+                StatusCode::UNAUTHORIZED if with_credential && !fell_back => {
+                    tracing::warn!(
+                        message = refusal.message,
+                        "the saved credential was refused; registering with the batch token"
+                    );
+                    fell_back = true;
+                    self.saved = None;
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => bail!(
+                    "registration refused ({}): {}",
+                    refusal.status,
+                    refusal.message
+                ),
+                status => {
+                    tracing::warn!(%status, message = refusal.message, "registration failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = next_backoff(delay);
+                }
+            }
+        }
+    }
+
+    /// Sends heartbeats until the server no longer accepts the credential.
+    async fn heartbeats(&self, uuid: &str) -> anyhow::Result<()> {
+        let Some(saved) = &self.saved else {
+            return Ok(());
+        };
+        let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let sent = self
+                .client
+                .post(self.url(&agent_node_ping(uuid)))
+                .header(
+                    "Authorization",
+                    format!("{TOKEN_SCHEME} {}", saved.credential),
+                )
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    if let Err(error) = response.json::<PingReply>().await {
+                        tracing::warn!(%error, "unexpected heartbeat answer");
+                    }
+                }
+                Ok(response) => {
+                    let refusal = Self::refusal(response).await;
+                    if matches!(
+                        refusal.status,
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+                    ) {
+                        tracing::warn!(status = %refusal.status, message = refusal.message, "heartbeat refused; registering again");
+                        return Ok(());
+                    }
+                    tracing::warn!(status = %refusal.status, message = refusal.message, "heartbeat failed");
+                }
+                Err(error) => tracing::warn!(%error, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+/// Runs the agent until a registration is refused for good (an error); otherwise forever.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(format!("flotilla-agent/{AGENT_VERSION}"))
+        .timeout(Duration::from_secs(30));
+    if let Some(ip) = config.bind_ip {
+        builder = builder.local_address(ip);
+    }
+    let client = builder.build().context("building the HTTP client")?;
+    let private_ips = if !config.private_ips.is_empty() {
+        config.private_ips.clone()
+    } else if let Some(ip) = config.bind_ip {
+        vec![ip.to_string()]
+    } else {
+        host_addresses().await
+    };
+    let saved = load_state(&config.state_file, &config.cluster, config.slot);
+    let mut agent = Agent {
+        base: config.server.trim_end_matches('/').to_owned(),
+        config,
+        client,
+        saved,
+        private_ips,
+    };
+    loop {
+        let node = agent.register().await?;
+        agent.heartbeats(&node.uuid).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        let mut delay = Duration::from_secs(1);
+        let mut seen = vec![delay.as_secs()];
+        for _ in 0..8 {
+            delay = next_backoff(delay);
+            seen.push(delay.as_secs());
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn state_is_private_and_belongs_to_its_node() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("sub/agent.json");
+        let state = SavedState {
+            uuid: "u".into(),
+            credential: "secret".into(),
+            cluster: "c".into(),
+            slot: 2,
+        };
+        save_state(&path, &state).expect("save");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_state(&path, "c", 2), Some(state.clone()));
+        assert_eq!(load_state(&path, "c", 3), None, "another slot's state");
+        assert!(!format!("{state:?}").contains("secret"));
+    }
+}

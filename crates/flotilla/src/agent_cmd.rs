@@ -1,0 +1,89 @@
+//! `flotilla agent`: the node daemon ([`flotilla_agent`]) as a subcommand of the one binary,
+//! so a node downloads a single file from its server (`GET /download/flotilla`).
+//!
+//! Every setting comes from a flag or from the environment variable the node's bootstrap
+//! writes to `/etc/flotilla/node.env` (which the systemd unit loads), so the unit's command
+//! line is just `flotilla agent`. The agent stops cleanly on Ctrl-C or SIGTERM.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use flotilla_agent::AgentConfig;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The Flotilla server's URL.
+    #[arg(long, env = "FLOTILLA_SERVER")]
+    server: String,
+    /// The node's cluster uuid.
+    #[arg(long, env = "FLOTILLA_CLUSTER")]
+    cluster: String,
+    /// The node's slot in its cluster.
+    #[arg(long, env = "FLOTILLA_SLOT")]
+    slot: u32,
+    /// First slot of the node's launch batch.
+    #[arg(long, env = "FLOTILLA_FIRST_SLOT")]
+    first_slot: u32,
+    /// Number of nodes in the node's launch batch.
+    #[arg(long, env = "FLOTILLA_COUNT")]
+    count: u32,
+    /// The batch's registration token (not needed once a credential is saved).
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where the node's uuid and credential are kept (created with mode 0600).
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_STATE",
+        default_value = "/var/lib/flotilla/agent.json"
+    )]
+    state_file: PathBuf,
+    /// Source address of connections to the server.
+    #[arg(long, env = "FLOTILLA_BIND_IP")]
+    bind_ip: Option<IpAddr>,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "FLOTILLA_HEARTBEAT_SECONDS", default_value_t = 10.0)]
+    heartbeat_seconds: f64,
+    /// The node's private addresses (repeat; default: the bind address, else the host's).
+    #[arg(long = "private-ip")]
+    private_ips: Vec<String>,
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if !(args.heartbeat_seconds.is_finite() && args.heartbeat_seconds > 0.0) {
+        anyhow::bail!("--heartbeat-seconds must be a positive number");
+    }
+    let config = AgentConfig {
+        server: args.server,
+        cluster: args.cluster,
+        slot: args.slot,
+        first_slot: args.first_slot,
+        count: args.count,
+        token: args.token.filter(|t| !t.is_empty()),
+        state_file: args.state_file,
+        bind_ip: args.bind_ip,
+        heartbeat_interval: Duration::from_secs_f64(args.heartbeat_seconds),
+        private_ips: args.private_ips,
+    };
+    tokio::select! {
+        result = flotilla_agent::run(config) => result.map(|()| ExitCode::SUCCESS),
+        () = shutdown_signal() => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = interrupt.await;
+        }
+    }
+}

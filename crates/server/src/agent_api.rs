@@ -1,0 +1,614 @@
+//! The agent API (`/api/agent/v1/node/…`): how a node's `flotilla agent` registers, reports
+//! and sends heartbeats, plus `GET /download/flotilla`, the binary the bootstrap fetches.
+//!
+//! Design decisions:
+//! * **Batch registration tokens.** One launch gives every instance of a batch the same user
+//!   data, so a token cannot name a node. The server holds a random *agent secret*, created
+//!   at [`crate::initialize`] and kept in the store in the clear — it must stay usable, since
+//!   the server derives every batch's token from it: `hex(HMAC-SHA256(secret,
+//!   "cluster:first_slot:count"))`. The token is good for slots `first_slot..first_slot +
+//!   count` of that cluster only, and only once per slot: the first registration of a node
+//!   inserts its `node_agents` row, and a second one is refused (403). A leaked token is
+//!   therefore worth at most the not-yet-registered nodes of one batch.
+//! * **Node credentials.** Registration issues a random 256-bit credential, shown once and
+//!   stored only as its SHA-256 (no salt: it is random and high-entropy, and the hash is the
+//!   lookup key). A restarted agent re-registers with it on the same endpoint — the server
+//!   tells the two apart by looking the token up as a credential first — and gets the same
+//!   node back, with its `public_ip` refreshed from the request's source address. A
+//!   credential acts only on its own node (403 elsewhere); a token that is neither a known
+//!   credential nor a valid batch token is a 401.
+//! * **Heartbeats stay in memory.** `ping/` records the time in a map that a background task
+//!   ([`flush_heartbeats`]) writes to the store every few seconds in one transaction, so a
+//!   thousand agents pinging every ten seconds cost one write per flush, not a hundred per
+//!   second. Credentials already checked are cached (hash → node) for the same reason.
+//! * The handlers use their own small error type, mapped to `{"error": ...}` with the status
+//!   the agent acts on (401: wrong token; 403: right token, wrong node or used up), so the
+//!   user API's error enum stays as it is.
+//! * HMAC-SHA256 is written out here over `sha2` (RFC 2104, checked against RFC 4231's test
+//!   vectors) rather than pulling a second `digest` generation into the build.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flotilla_api::agent::{AgentNode, NodeUpdate, PingReply, Registration, TOKEN_SCHEME};
+use flotilla_api::{self as api, date};
+use flotilla_core::cloud::Cloud;
+use flotilla_core::state::NodeEvent;
+use flotilla_core::tags::node_uuid;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OnceCell, watch};
+
+use crate::app::{App, AppError};
+use crate::http::Route;
+use crate::store::{NodeAgentRecord, NodeRecord, NodeRegistration, Registered, Store, StoreError};
+
+/// How often heartbeats are written to the store.
+pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Largest agent request body.
+const MAX_AGENT_BODY: usize = 64 * 1024;
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block_key = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block_key[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block_key[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block_key.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(block_key.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// The registration token of the launch batch `first_slot..first_slot + count` of a cluster.
+pub fn batch_token(secret: &str, cluster_uuid: &str, first_slot: u32, count: u32) -> String {
+    hex::encode(hmac_sha256(
+        secret.as_bytes(),
+        format!("{cluster_uuid}:{first_slot}:{count}").as_bytes(),
+    ))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::rng().fill(buffer.as_mut_slice());
+    hex::encode(buffer)
+}
+
+/// The installation's agent secret, created on first use.
+pub async fn load_secret(store: &Store) -> Result<String, StoreError> {
+    store
+        .ensure_agent_secret(&random_hex(32), date::now_unix())
+        .await
+}
+
+fn credential_hash(credential: &str) -> String {
+    hex::encode(Sha256::digest(credential.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The agent API's in-memory state, owned by the [`App`].
+#[derive(Debug, Default)]
+pub struct AgentState {
+    secret: OnceCell<String>,
+    /// Heartbeats not yet written: node uuid → unix time.
+    heartbeats: Mutex<HashMap<String, i64>>,
+    /// Credentials already checked: hash → node uuid.
+    credentials: Mutex<HashMap<String, String>>,
+}
+
+impl AgentState {
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_heartbeats(&self) -> Vec<(String, i64)> {
+        Self::lock(&self.heartbeats).drain().collect()
+    }
+}
+
+/// What went wrong, as an agent should hear it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No token, or one that is neither a credential nor a valid batch token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token used for something it does not allow (403).
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(Method),
+    #[error("internal error")]
+    Internal(#[from] StoreError),
+}
+
+impl From<AppError> for AgentError {
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::Internal(error) => AgentError::Internal(error),
+            AppError::NotFound(message) => AgentError::NotFound(message),
+            AppError::Unauthorized => AgentError::Unauthorized("Not authorized".into()),
+            AppError::Conflict(message) => AgentError::Conflict(message),
+            other => AgentError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AgentError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AgentError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+            AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AgentError::Internal(error) => {
+                tracing::error!(%error, "agent request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut response = (
+            status,
+            axum::Json(api::ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(TOKEN_SCHEME),
+            );
+        }
+        response
+    }
+}
+
+pub type AgentResult<T> = Result<T, AgentError>;
+
+/// The outcome of a registration: the node, and whether this call created its credential.
+#[derive(Debug, Clone)]
+pub struct RegisteredNode {
+    pub node: AgentNode,
+    pub first: bool,
+}
+
+impl<C: Cloud + 'static> App<C> {
+    async fn agent_secret(&self) -> Result<&str, StoreError> {
+        self.agents
+            .secret
+            .get_or_try_init(|| load_secret(&self.store))
+            .await
+            .map(String::as_str)
+    }
+
+    fn render_agent_node(&self, node: &NodeRecord, agent: Option<&NodeAgentRecord>) -> AgentNode {
+        AgentNode {
+            uuid: node.uuid.clone(),
+            external_fqdn: format!("{}.{}", node.uuid, self.settings.node_domain),
+            public_ip: node.public_ip.clone(),
+            resource_uri: api::agent::agent_node(&node.uuid),
+            state: node.state.to_string(),
+            agent_version: agent.and_then(|a| a.agent_version.clone()),
+            docker_version: agent.and_then(|a| a.docker_version.clone()),
+            private_ips: agent.map(|a| a.private_ips.clone()).unwrap_or_default(),
+            credential: None,
+        }
+    }
+
+    /// The node a credential belongs to, if it is one.
+    async fn node_of_credential(&self, credential: &str) -> AgentResult<Option<String>> {
+        let hash = credential_hash(credential);
+        if let Some(uuid) = AgentState::lock(&self.agents.credentials).get(&hash) {
+            return Ok(Some(uuid.clone()));
+        }
+        let Some(agent) = self.store.node_agent_by_credential(&hash).await? else {
+            return Ok(None);
+        };
+        AgentState::lock(&self.agents.credentials).insert(hash, agent.node_uuid.clone());
+        Ok(Some(agent.node_uuid))
+    }
+
+    /// Checks that `credential` is the credential of node `uuid`.
+    pub async fn agent_authenticate(&self, credential: &str, uuid: &str) -> AgentResult<()> {
+        match self.node_of_credential(credential).await? {
+            None => Err(AgentError::Unauthorized(
+                "the agent token is not a node credential".into(),
+            )),
+            Some(own) if own == uuid => Ok(()),
+            Some(own) => Err(AgentError::Forbidden(format!(
+                "the credential of node '{own}' cannot act on node '{uuid}'"
+            ))),
+        }
+    }
+
+    async fn agent_load_node(&self, uuid: &str) -> AgentResult<NodeRecord> {
+        self.store
+            .node(uuid)
+            .await?
+            .ok_or_else(|| AgentError::NotFound(format!("node '{uuid}' not found")))
+    }
+
+    /// `POST /api/agent/v1/node/`: registration with the batch token, or re-registration
+    /// with the node's credential.
+    pub async fn agent_register(
+        &self,
+        token: &str,
+        registration: &Registration,
+        public_ip: &str,
+    ) -> AgentResult<RegisteredNode> {
+        let claimed = node_uuid(&registration.cluster, registration.slot);
+        let now = date::now_unix();
+        let (node_uuid, credential, first) = match self.node_of_credential(token).await? {
+            Some(own) if own != claimed => {
+                return Err(AgentError::Forbidden(format!(
+                    "this credential belongs to node '{own}', not to slot {} of cluster '{}'",
+                    registration.slot, registration.cluster
+                )));
+            }
+            Some(own) => (own, None, false),
+            None => {
+                self.check_batch_token(token, registration).await?;
+                (claimed, Some(random_hex(32)), true)
+            }
+        };
+        let node = self.agent_load_node(&node_uuid).await?;
+        if node.cluster_uuid != registration.cluster {
+            return Err(AgentError::Forbidden(format!(
+                "node '{node_uuid}' is not in cluster '{}'",
+                registration.cluster
+            )));
+        }
+        let next = node.state.apply(NodeEvent::AgentRegistered).map_err(|e| {
+            AgentError::Conflict(format!("node '{node_uuid}' cannot register now: {e}"))
+        })?;
+        let hash = match &credential {
+            Some(credential) => credential_hash(credential),
+            None => credential_hash(token),
+        };
+        let record = NodeAgentRecord {
+            node_uuid: node_uuid.clone(),
+            credential_hash: hash,
+            agent_version: Some(registration.agent_version.clone()),
+            docker_version: registration.docker_version.clone(),
+            private_ips: registration.private_ips.clone(),
+            registered_at: now,
+            updated_at: now,
+        };
+        let change = NodeRegistration {
+            cluster_uuid: &node.cluster_uuid,
+            from: node.state,
+            to: next,
+            public_ip,
+            now,
+        };
+        match self.store.register_agent(&record, first, &change).await? {
+            Registered::Done => {}
+            Registered::AlreadyRegistered if first => {
+                return Err(AgentError::Forbidden(format!(
+                    "node '{node_uuid}' has already registered; its registration token is used up"
+                )));
+            }
+            Registered::AlreadyRegistered => {
+                return Err(AgentError::Unauthorized(
+                    "the agent token is not a node credential".into(),
+                ));
+            }
+            Registered::StateChanged => {
+                return Err(AgentError::Conflict(format!(
+                    "node '{node_uuid}' changed state while it registered; try again"
+                )));
+            }
+        }
+        tracing::info!(
+            node = node_uuid,
+            public_ip,
+            first,
+            "agent registered; node is {next}"
+        );
+        self.reconciler.nudge(&node.cluster_uuid);
+        let node = self.agent_load_node(&node_uuid).await?;
+        let agent = self.store.node_agent(&node_uuid).await?;
+        let mut rendered = self.render_agent_node(&node, agent.as_ref());
+        rendered.credential = credential;
+        Ok(RegisteredNode {
+            node: rendered,
+            first,
+        })
+    }
+
+    async fn check_batch_token(&self, token: &str, registration: &Registration) -> AgentResult<()> {
+        let secret = self.agent_secret().await?;
+        let expected = batch_token(
+            secret,
+            &registration.cluster,
+            registration.first_slot,
+            registration.count,
+        );
+        if !constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+            return Err(AgentError::Unauthorized(
+                "the agent token is neither a node credential nor this batch's registration token"
+                    .into(),
+            ));
+        }
+        let end = u64::from(registration.first_slot) + u64::from(registration.count);
+        if !(registration.first_slot..).contains(&registration.slot)
+            || u64::from(registration.slot) >= end
+        {
+            return Err(AgentError::Forbidden(format!(
+                "slot {} is not in the batch of this token (slots {} to {})",
+                registration.slot,
+                registration.first_slot,
+                end.saturating_sub(1)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `GET /api/agent/v1/node/{uuid}/`.
+    pub async fn agent_node(&self, uuid: &str) -> AgentResult<AgentNode> {
+        let node = self.agent_load_node(uuid).await?;
+        let agent = self.store.node_agent(uuid).await?;
+        Ok(self.render_agent_node(&node, agent.as_ref()))
+    }
+
+    /// `PATCH /api/agent/v1/node/{uuid}/`.
+    pub async fn agent_update(&self, uuid: &str, update: &NodeUpdate) -> AgentResult<AgentNode> {
+        self.store
+            .update_node_agent(
+                uuid,
+                update.agent_version.as_deref(),
+                update.docker_version.as_deref(),
+                update.private_ips.as_deref(),
+                date::now_unix(),
+            )
+            .await?;
+        self.agent_node(uuid).await
+    }
+
+    /// `POST /api/agent/v1/node/{uuid}/ping/`: remembered in memory, written by
+    /// [`flush_heartbeats`].
+    pub fn agent_ping(&self, uuid: &str) -> PingReply {
+        AgentState::lock(&self.agents.heartbeats).insert(uuid.to_owned(), date::now_unix());
+        PingReply { reachable: true }
+    }
+
+    /// Writes the heartbeats received since the last flush.
+    pub async fn flush_heartbeats_once(&self) -> Result<(), StoreError> {
+        let seen = self.agents.take_heartbeats();
+        self.store.flush_last_seen(&seen).await
+    }
+}
+
+/// Flushes heartbeats every [`HEARTBEAT_FLUSH_INTERVAL`] until `stop` turns true, then once
+/// more.
+pub async fn flush_heartbeats<C: Cloud + 'static>(
+    app: std::sync::Arc<App<C>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_FLUSH_INTERVAL) => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+        if let Err(error) = app.flush_heartbeats_once().await {
+            tracing::warn!(%error, "cannot write heartbeats");
+        }
+    }
+    if let Err(error) = app.flush_heartbeats_once().await {
+        tracing::warn!(%error, "cannot write heartbeats");
+    }
+}
+
+/// The routes this module serves (no Basic auth).
+pub fn is_agent_route(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::AgentNodes | Route::AgentNode(_) | Route::AgentNodePing(_) | Route::Download
+    )
+}
+
+/// The token of `Authorization: TutumAgentToken <token>`.
+fn agent_token(headers: &HeaderMap) -> AgentResult<String> {
+    let missing =
+        || AgentError::Unauthorized(format!("send 'Authorization: {TOKEN_SCHEME} <token>'"));
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(missing)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case(TOKEN_SCHEME) || token.is_empty() {
+        return Err(missing());
+    }
+    Ok(token.to_owned())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> AgentResult<T> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| AgentError::BadRequest(format!("the body is not a valid request: {e}")))
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// Serves one agent route (see [`is_agent_route`]); `peer_ip` is the request's source
+/// address.
+pub async fn dispatch<C: Cloud + 'static>(
+    app: &App<C>,
+    route: Route,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+    peer_ip: &str,
+) -> Response {
+    match handle(app, route, method, headers, body, peer_ip).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle<C: Cloud + 'static>(
+    app: &App<C>,
+    route: Route,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+    peer_ip: &str,
+) -> AgentResult<Response> {
+    if route == Route::Download {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(AgentError::MethodNotAllowed(method.clone()));
+        }
+        return download().await;
+    }
+    let allowed: &[Method] = match &route {
+        Route::AgentNodes | Route::AgentNodePing(_) => &[Method::POST],
+        _ => &[Method::GET, Method::PATCH],
+    };
+    if !allowed.contains(method) {
+        return Err(AgentError::MethodNotAllowed(method.clone()));
+    }
+    let token = agent_token(headers)?;
+    let bytes = to_bytes(body, MAX_AGENT_BODY).await.map_err(|_| {
+        AgentError::BadRequest(format!(
+            "the body is larger than {MAX_AGENT_BODY} bytes or unreadable"
+        ))
+    })?;
+    match route {
+        Route::AgentNodes => {
+            let registration: Registration = parse_json(&bytes)?;
+            let registered = app.agent_register(&token, &registration, peer_ip).await?;
+            let status = if registered.first {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json(status, &registered.node))
+        }
+        Route::AgentNode(uuid) => {
+            app.agent_authenticate(&token, &uuid).await?;
+            if *method == Method::PATCH {
+                let update: NodeUpdate = parse_json(&bytes)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &app.agent_update(&uuid, &update).await?,
+                ))
+            } else {
+                Ok(json(StatusCode::OK, &app.agent_node(&uuid).await?))
+            }
+        }
+        Route::AgentNodePing(uuid) => {
+            app.agent_authenticate(&token, &uuid).await?;
+            Ok(json(StatusCode::OK, &app.agent_ping(&uuid)))
+        }
+        other => Err(AgentError::NotFound(format!(
+            "not an agent route: {other:?}"
+        ))),
+    }
+}
+
+/// `GET /download/flotilla`: this server's own executable, which nodes run as their agent.
+async fn download() -> AgentResult<Response> {
+    let unavailable = |error: std::io::Error| {
+        tracing::error!(%error, "cannot read the server's executable");
+        AgentError::NotFound("the flotilla binary is not available".into())
+    };
+    let path = std::env::current_exe().map_err(unavailable)?;
+    let file = tokio::fs::File::open(&path).await.map_err(unavailable)?;
+    let length = file.metadata().await.map_err(unavailable)?.len();
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2.
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block is hashed first.
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn batch_tokens_bind_secret_cluster_and_batch() {
+        let token = batch_token("s", "c", 3, 2);
+        assert_eq!(token.len(), 64);
+        assert_eq!(token, batch_token("s", "c", 3, 2));
+        for other in [
+            batch_token("t", "c", 3, 2),
+            batch_token("s", "d", 3, 2),
+            batch_token("s", "c", 4, 2),
+            batch_token("s", "c", 3, 3),
+            // The separator keeps "1:23" and "12:3" apart.
+            batch_token("s", "c", 1, 23),
+        ] {
+            assert_ne!(token, other);
+        }
+        assert_ne!(batch_token("s", "c", 1, 23), batch_token("s", "c", 12, 3));
+    }
+
+    #[test]
+    fn the_agent_scheme_is_required() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(
+            agent_token(&headers),
+            Err(AgentError::Unauthorized(_))
+        ));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(agent_token(&headers).is_err());
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("TutumAgentToken  abc "),
+        );
+        assert_eq!(agent_token(&headers).expect("token"), "abc");
+    }
+}

@@ -1,0 +1,427 @@
+//! The store's part of agent registration: the installation's agent secret and the
+//! `node_agents` rows (one per node whose agent has registered).
+//!
+//! Design decisions:
+//! * A child module of [`crate::store`], so it shares the pool and the row-decoding rules
+//!   but keeps the agent tables out of the cluster/node code.
+//! * Registration is single-use by construction: the first registration of a node is an
+//!   `INSERT` keyed on the node, in the same transaction as the node's compare-and-set
+//!   state change, so two agents racing with the same batch token cannot both win.
+//! * Heartbeats are not written one by one: the server batches them in memory and flushes
+//!   them here in one transaction ([`Store::flush_last_seen`]).
+
+use flotilla_core::state::NodeState;
+
+use super::{Store, StoreError, corrupt, to_json};
+
+/// A node's registered agent. The credential itself is never stored, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAgentRecord {
+    pub node_uuid: String,
+    pub credential_hash: String,
+    pub agent_version: Option<String>,
+    pub docker_version: Option<String>,
+    pub private_ips: Vec<String>,
+    pub registered_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct NodeAgentRow {
+    node_uuid: String,
+    credential_hash: String,
+    agent_version: Option<String>,
+    docker_version: Option<String>,
+    private_ips: String,
+    registered_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<NodeAgentRow> for NodeAgentRecord {
+    type Error = StoreError;
+    fn try_from(row: NodeAgentRow) -> Result<Self, StoreError> {
+        let private_ips: Vec<String> = serde_json::from_str(&row.private_ips)
+            .map_err(|e| corrupt("node_agents", &row.node_uuid, e))?;
+        Ok(NodeAgentRecord {
+            node_uuid: row.node_uuid,
+            credential_hash: row.credential_hash,
+            agent_version: row.agent_version,
+            docker_version: row.docker_version,
+            private_ips,
+            registered_at: row.registered_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// The node-side change that goes with a registration.
+#[derive(Debug, Clone)]
+pub struct NodeRegistration<'a> {
+    pub cluster_uuid: &'a str,
+    /// Compare-and-set: the node must still be in this state.
+    pub from: NodeState,
+    pub to: NodeState,
+    pub public_ip: &'a str,
+    pub now: i64,
+}
+
+/// How a registration went in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Done,
+    /// The node already has an agent (first registration) or another credential
+    /// (re-registration).
+    AlreadyRegistered,
+    /// The node's state changed while the request ran.
+    StateChanged,
+}
+
+impl Store {
+    /// Records the agent secret unless one exists; returns the one in effect.
+    pub async fn ensure_agent_secret(
+        &self,
+        candidate: &str,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO agent_secret (id, secret, created_at) VALUES (1, ?, ?)")
+            .bind(candidate)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query_scalar::<_, String>("SELECT secret FROM agent_secret WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| corrupt("agent_secret", "1", "missing after insert"))
+    }
+
+    pub async fn node_agent(&self, node_uuid: &str) -> Result<Option<NodeAgentRecord>, StoreError> {
+        let row = sqlx::query_as::<_, NodeAgentRow>(
+            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE node_uuid = ?",
+        )
+        .bind(node_uuid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(NodeAgentRecord::try_from).transpose()
+    }
+
+    pub async fn node_agent_by_credential(
+        &self,
+        credential_hash: &str,
+    ) -> Result<Option<NodeAgentRecord>, StoreError> {
+        let row = sqlx::query_as::<_, NodeAgentRow>(
+            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE credential_hash = ?",
+        )
+        .bind(credential_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(NodeAgentRecord::try_from).transpose()
+    }
+
+    /// Records a registration and moves the node to `node.to`, in one transaction.
+    /// `first` inserts the agent row (refused if the node has one: registration tokens are
+    /// single-use); otherwise the existing row with the same credential hash is updated.
+    pub async fn register_agent(
+        &self,
+        agent: &NodeAgentRecord,
+        first: bool,
+        node: &NodeRegistration<'_>,
+    ) -> Result<Registered, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let written = if first {
+            sqlx::query(
+                "INSERT INTO node_agents (node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node_uuid) DO NOTHING",
+            )
+            .bind(&agent.node_uuid)
+            .bind(&agent.credential_hash)
+            .bind(&agent.agent_version)
+            .bind(&agent.docker_version)
+            .bind(to_json(&agent.private_ips))
+            .bind(agent.registered_at)
+            .bind(agent.updated_at)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE node_agents SET agent_version = COALESCE(?, agent_version),
+                    docker_version = COALESCE(?, docker_version), private_ips = ?, updated_at = ?
+                 WHERE node_uuid = ? AND credential_hash = ?",
+            )
+            .bind(&agent.agent_version)
+            .bind(&agent.docker_version)
+            .bind(to_json(&agent.private_ips))
+            .bind(agent.updated_at)
+            .bind(&agent.node_uuid)
+            .bind(&agent.credential_hash)
+            .execute(&mut *tx)
+            .await?
+        };
+        if written.rows_affected() != 1 {
+            return Ok(Registered::AlreadyRegistered);
+        }
+        let moved = sqlx::query(
+            "UPDATE nodes SET state = ?, public_ip = ?, last_seen = ?,
+                deployed_at = COALESCE(deployed_at, ?)
+             WHERE uuid = ? AND state = ?",
+        )
+        .bind(node.to.as_str())
+        .bind(node.public_ip)
+        .bind(node.now)
+        .bind(node.now)
+        .bind(&agent.node_uuid)
+        .bind(node.from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(Registered::StateChanged);
+        }
+        tx.commit().await?;
+        if node.from != node.to {
+            let state = node.to.as_str();
+            self.events.node(
+                crate::events::Verb::for_state(state),
+                &agent.node_uuid,
+                node.cluster_uuid,
+                state,
+            );
+        }
+        Ok(Registered::Done)
+    }
+
+    /// Applies a `PATCH` from a node's agent; absent fields keep their value.
+    pub async fn update_node_agent(
+        &self,
+        node_uuid: &str,
+        agent_version: Option<&str>,
+        docker_version: Option<&str>,
+        private_ips: Option<&[String]>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE node_agents SET agent_version = COALESCE(?, agent_version),
+                docker_version = COALESCE(?, docker_version),
+                private_ips = COALESCE(?, private_ips), updated_at = ?
+             WHERE node_uuid = ?",
+        )
+        .bind(agent_version)
+        .bind(docker_version)
+        .bind(private_ips.map(|ips| to_json(&ips)))
+        .bind(now)
+        .bind(node_uuid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes a batch of heartbeats (node uuid, time) in one transaction; a time never
+    /// moves backwards.
+    pub async fn flush_last_seen(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (uuid, at) in seen {
+            sqlx::query(
+                "UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE uuid = ?",
+            )
+            .bind(at)
+            .bind(uuid)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_core::ClusterSpec;
+    use flotilla_core::state::ClusterState;
+
+    use super::*;
+    use crate::store::{ActionRecord, ClusterRecord, NodeRecord};
+
+    async fn store_with_node(dir: &tempfile::TempDir) -> Store {
+        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+        let spec = ClusterSpec::from_json(&serde_json::json!({
+            "name": "c", "target_num_nodes": 1, "region": "/api/infra/v1/region/aws/us-east-1/",
+            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"
+        }))
+        .expect("spec");
+        let cluster = ClusterRecord {
+            uuid: "c1".into(),
+            name: "c".into(),
+            nickname: "c".into(),
+            spec,
+            state: ClusterState::Deploying,
+            target_num_nodes: 1,
+            generation: 1,
+            next_slot: 1,
+            tags: Vec::new(),
+            current_action: None,
+            created_at: 0,
+            deployed_at: None,
+            destroyed_at: None,
+        };
+        let action = ActionRecord {
+            uuid: "a1".into(),
+            object_uri: "/x/".into(),
+            label: "l".into(),
+            method: "POST".into(),
+            path: "/".into(),
+            username: "u".into(),
+            user_agent: String::new(),
+            ip: String::new(),
+            state: "Success".into(),
+            start_date: 0,
+            end_date: None,
+            body: String::new(),
+            logs: String::new(),
+            can_be_canceled: false,
+            can_be_retried: false,
+        };
+        store
+            .insert_cluster(&cluster, &action)
+            .await
+            .expect("cluster");
+        store
+            .upsert_node(&NodeRecord {
+                uuid: "n1".into(),
+                cluster_uuid: "c1".into(),
+                slot: 0,
+                instance_id: "i-1".into(),
+                state: NodeState::Deploying,
+                availability_zone: "us-east-1a".into(),
+                subnet_id: "s".into(),
+                public_ip: None,
+                private_ip: None,
+                nickname: None,
+                tags: Vec::new(),
+                last_seen: None,
+                created_at: 0,
+                deployed_at: None,
+                destroyed_at: None,
+            })
+            .await
+            .expect("node");
+        store
+    }
+
+    fn agent(hash: &str) -> NodeAgentRecord {
+        NodeAgentRecord {
+            node_uuid: "n1".into(),
+            credential_hash: hash.into(),
+            agent_version: Some("1".into()),
+            docker_version: None,
+            private_ips: vec!["10.0.0.1".into()],
+            registered_at: 5,
+            updated_at: 5,
+        }
+    }
+
+    fn change(from: NodeState, ip: &str) -> NodeRegistration<'_> {
+        NodeRegistration {
+            cluster_uuid: "c1",
+            from,
+            to: NodeState::Deployed,
+            public_ip: ip,
+            now: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_registers_once_then_only_with_its_credential() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store_with_node(&dir).await;
+        let secret = store.ensure_agent_secret("s1", 0).await.expect("secret");
+        assert_eq!(
+            store.ensure_agent_secret("s2", 0).await.expect("again"),
+            secret
+        );
+
+        let first = store
+            .register_agent(&agent("h1"), true, &change(NodeState::Deploying, "1.2.3.4"))
+            .await
+            .expect("register");
+        assert_eq!(first, Registered::Done);
+        let node = store.node("n1").await.expect("read").expect("node");
+        assert_eq!(node.state, NodeState::Deployed);
+        assert_eq!(node.public_ip.as_deref(), Some("1.2.3.4"));
+
+        // The batch token is used up, whatever credential the second try would get.
+        let again = store
+            .register_agent(&agent("h2"), true, &change(NodeState::Deployed, "1.2.3.5"))
+            .await
+            .expect("second");
+        assert_eq!(again, Registered::AlreadyRegistered);
+        // Re-registration needs the node's own credential.
+        let wrong = store
+            .register_agent(&agent("h2"), false, &change(NodeState::Deployed, "1.2.3.5"))
+            .await
+            .expect("wrong");
+        assert_eq!(wrong, Registered::AlreadyRegistered);
+        let right = store
+            .register_agent(&agent("h1"), false, &change(NodeState::Deployed, "1.2.3.6"))
+            .await
+            .expect("right");
+        assert_eq!(right, Registered::Done);
+        let node = store.node("n1").await.expect("read").expect("node");
+        assert_eq!(node.public_ip.as_deref(), Some("1.2.3.6"));
+        // A stale compare-and-set changes nothing.
+        let stale = store
+            .register_agent(
+                &agent("h1"),
+                false,
+                &change(NodeState::Deploying, "9.9.9.9"),
+            )
+            .await
+            .expect("stale");
+        assert_eq!(stale, Registered::StateChanged);
+        assert_eq!(
+            store
+                .node_agent_by_credential("h1")
+                .await
+                .expect("lookup")
+                .map(|a| a.node_uuid),
+            Some("n1".into())
+        );
+        assert_eq!(
+            store.node_agent_by_credential("h2").await.expect("lookup"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn observations_do_not_demote_registered_nodes_and_heartbeats_only_advance() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store_with_node(&dir).await;
+        store
+            .register_agent(&agent("h1"), true, &change(NodeState::Deploying, "1.2.3.4"))
+            .await
+            .expect("register");
+        let mut observed = store.node("n1").await.expect("read").expect("node");
+        observed.state = NodeState::Deploying;
+        store.upsert_node(&observed).await.expect("upsert");
+        assert_eq!(
+            store.node("n1").await.expect("read").expect("node").state,
+            NodeState::Deployed
+        );
+        store
+            .flush_last_seen(&[("n1".into(), 50)])
+            .await
+            .expect("flush");
+        store
+            .flush_last_seen(&[("n1".into(), 40)])
+            .await
+            .expect("flush");
+        assert_eq!(
+            store
+                .node("n1")
+                .await
+                .expect("read")
+                .expect("node")
+                .last_seen,
+            Some(50)
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Looking at moto directly, to check what the code under test did in "AWS".
+//!
+//! Tests inspect through their own fault-free proxy on the same moto account, so inspection
+//! calls never count in, or get faults from, the proxy the code under test uses. Counting is
+//! done with real describe calls filtered by tag: moto keeps the tags of deleted resources in
+//! `DescribeTags`, so that call cannot tell what still exists.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::types::Filter;
+
+/// A plain EC2 client on `endpoint` (usually an inspection proxy) in `region`.
+pub async fn ec2_client(endpoint: &str, region: &str) -> aws_sdk_ec2::Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "AKIAINSPECT",
+            "inspect-secret",
+            None,
+            None,
+            "flotilla-testkit",
+        ))
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&config)
+}
+
+fn filter(name: &str, values: &[&str]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| (*v).to_owned()).collect()))
+        .build()
+}
+
+/// Instances in the given states (e.g. `["running"]`), counted per AZ.
+pub async fn instances_per_zone(
+    ec2: &aws_sdk_ec2::Client,
+    states: &[&str],
+) -> BTreeMap<String, usize> {
+    let output = ec2
+        .describe_instances()
+        .filters(filter("instance-state-name", states))
+        .send()
+        .await
+        .expect("DescribeInstances on moto");
+    let mut counts = BTreeMap::new();
+    for instance in output.reservations().iter().flat_map(|r| r.instances()) {
+        let zone = instance
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or("?")
+            .to_owned();
+        *counts.entry(zone).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A kind of network resource Flotilla creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Vpc,
+    Subnet,
+    InternetGateway,
+    RouteTable,
+    SecurityGroup,
+}
+
+/// Ids of the existing resources of one kind whose `flotilla:owner` tag is `owner`, sorted.
+pub async fn owned(ec2: &aws_sdk_ec2::Client, owner: &str, kind: Kind) -> Vec<String> {
+    let by_owner = filter("tag:flotilla:owner", &[owner]);
+    let mut ids: Vec<String> = match kind {
+        Kind::Vpc => ec2
+            .describe_vpcs()
+            .filters(by_owner)
+            .send()
+            .await
+            .expect("DescribeVpcs")
+            .vpcs()
+            .iter()
+            .filter_map(|v| v.vpc_id().map(str::to_owned))
+            .collect(),
+        Kind::Subnet => ec2
+            .describe_subnets()
+            .filters(by_owner)
+            .send()
+            .await
+            .expect("DescribeSubnets")
+            .subnets()
+            .iter()
+            .filter_map(|s| s.subnet_id().map(str::to_owned))
+            .collect(),
+        Kind::InternetGateway => ec2
+            .describe_internet_gateways()
+            .filters(by_owner)
+            .send()
+            .await
+            .expect("DescribeInternetGateways")
+            .internet_gateways()
+            .iter()
+            .filter_map(|g| g.internet_gateway_id().map(str::to_owned))
+            .collect(),
+        Kind::RouteTable => ec2
+            .describe_route_tables()
+            .filters(by_owner)
+            .send()
+            .await
+            .expect("DescribeRouteTables")
+            .route_tables()
+            .iter()
+            .filter_map(|t| t.route_table_id().map(str::to_owned))
+            .collect(),
+        Kind::SecurityGroup => ec2
+            .describe_security_groups()
+            .filters(by_owner)
+            .send()
+            .await
+            .expect("DescribeSecurityGroups")
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_owned))
+            .collect(),
+    };
+    ids.sort();
+    ids
+}

@@ -1,0 +1,445 @@
+//! The instance runner: a real `flotilla agent` process for every running EC2 instance that
+//! moto holds for Flotilla, so end-to-end tests see nodes register as they would on AWS.
+//!
+//! Design decisions:
+//! * The runner reads only what a real node would have: the instance's user data (fetched
+//!   with `DescribeInstanceAttribute userData`, base64) and EC2's `AmiLaunchIndex`. It takes
+//!   the `FLOTILLA_*=value` assignments at the top of the bootstrap script and computes
+//!   slot = `FLOTILLA_FIRST_SLOT` + launch index, exactly as the script does with IMDSv2. So
+//!   a wrong token, slot or server URL in the user data fails the test.
+//! * Each agent binds its own loopback source address 127.0.0.N (`--bind-ip`; N unique per
+//!   instance within a runner), so the server sees a distinct "public IP" per node. The
+//!   whole 127.0.0.0/8 block is local on Linux, so no set-up is needed.
+//! * Polling (every ~200 ms) rather than hooking into moto: instances started by anything
+//!   (the server, a test, a retried launch) get an agent, and one that stops or terminates
+//!   loses it, which is how a node's agent dies with its machine.
+//! * Agents are plain `std::process::Child`ren, killed and reaped in [`Drop`], with their
+//!   output in per-instance log files inside the runner's temporary directory
+//!   ([`InstanceRunner::log`]), which goes with it.
+//! * This is test-only code, so it may name `aws_sdk_ec2` types; production code reaches
+//!   AWS only through `flotilla-aws`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName, InstanceStateName};
+use base64::Engine as _;
+use tokio::task::JoinHandle;
+
+use crate::FaultProxy;
+
+/// What the runner needs to know.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The EC2 endpoint to watch: moto itself (with `account`) or a proxy already pinned
+    /// to the test's account.
+    pub endpoint: String,
+    /// Pins requests to this moto account (through a proxy of the runner's own).
+    pub account: Option<String>,
+    pub region: String,
+    /// The `flotilla` executable the agents run.
+    pub flotilla_bin: PathBuf,
+    /// Overrides `FLOTILLA_SERVER` from the user data.
+    pub server_url: Option<String>,
+    /// The agents' heartbeat interval.
+    pub heartbeat: Duration,
+    pub poll_interval: Duration,
+}
+
+impl RunnerConfig {
+    pub fn new(endpoint: impl Into<String>, flotilla_bin: impl Into<PathBuf>) -> RunnerConfig {
+        RunnerConfig {
+            endpoint: endpoint.into(),
+            account: None,
+            region: "us-east-1".into(),
+            flotilla_bin: flotilla_bin.into(),
+            server_url: None,
+            heartbeat: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The `FLOTILLA_*` values of a bootstrap script, plus the instance's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBoot {
+    pub server: String,
+    pub cluster: String,
+    pub first_slot: u32,
+    pub count: u32,
+    pub token: String,
+    pub slot: u32,
+}
+
+/// Reads the `FLOTILLA_X=value` assignments of a bootstrap script (see
+/// `flotilla_core::bootstrap`). `None` when one is missing.
+pub fn parse_user_data(script: &str, launch_index: u32) -> Option<NodeBoot> {
+    let values: HashMap<&str, &str> = script
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(name, value)| name.starts_with("FLOTILLA_") && !value.starts_with("$("))
+        .collect();
+    let number = |name: &str| values.get(name)?.trim().parse::<u32>().ok();
+    let first_slot = number("FLOTILLA_FIRST_SLOT")?;
+    Some(NodeBoot {
+        server: (*values.get("FLOTILLA_SERVER")?).to_owned(),
+        cluster: (*values.get("FLOTILLA_CLUSTER")?).to_owned(),
+        first_slot,
+        count: number("FLOTILLA_COUNT")?,
+        token: (*values.get("FLOTILLA_TOKEN")?).to_owned(),
+        slot: first_slot + launch_index,
+    })
+}
+
+#[derive(Debug)]
+struct AgentProcess {
+    child: Child,
+    ip: Ipv4Addr,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Instance id → its agent (running or exited).
+    agents: HashMap<String, AgentProcess>,
+    /// Instance id → what its user data says (fetched once).
+    boots: HashMap<String, NodeBoot>,
+    /// Instances whose agent a test stopped: not restarted by the poller.
+    held: HashSet<String>,
+    next_host: u32,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: RunnerConfig,
+    dir: tempfile::TempDir,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_ip(state: &mut State) -> Ipv4Addr {
+        // 127.0.0.2, 127.0.0.3, … skipping .0, .1 and .255 of every /24.
+        loop {
+            state.next_host += 1;
+            let n = state.next_host + 1;
+            let ip = Ipv4Addr::new(127, 0, (n >> 8) as u8, (n & 0xff) as u8);
+            if !matches!(n & 0xff, 0 | 1 | 255) {
+                return ip;
+            }
+        }
+    }
+
+    fn state_file(&self, instance_id: &str) -> PathBuf {
+        self.dir.path().join(format!("{instance_id}.json"))
+    }
+
+    fn log_file(&self, instance_id: &str) -> PathBuf {
+        self.dir.path().join(format!("{instance_id}.log"))
+    }
+
+    fn spawn(&self, instance_id: &str, boot: &NodeBoot, ip: Ipv4Addr) -> std::io::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(instance_id))?;
+        let server = self.config.server_url.as_deref().unwrap_or(&boot.server);
+        Command::new(&self.config.flotilla_bin)
+            .arg("agent")
+            .args(["--server", server, "--cluster", &boot.cluster])
+            .args(["--slot", &boot.slot.to_string()])
+            .args(["--first-slot", &boot.first_slot.to_string()])
+            .args(["--count", &boot.count.to_string()])
+            .arg("--state-file")
+            .arg(self.state_file(instance_id))
+            .args(["--bind-ip", &ip.to_string()])
+            .args([
+                "--heartbeat-seconds",
+                &self.config.heartbeat.as_secs_f64().to_string(),
+            ])
+            // The token stays off the command line, as on a node (EnvironmentFile).
+            .env("FLOTILLA_TOKEN", &boot.token)
+            .env("FLOTILLA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+    }
+
+    fn start_agent(&self, instance_id: &str, ip: Option<Ipv4Addr>) {
+        let mut state = self.state();
+        let Some(boot) = state.boots.get(instance_id).cloned() else {
+            return;
+        };
+        let ip = ip.unwrap_or_else(|| Self::next_ip(&mut state));
+        match self.spawn(instance_id, &boot, ip) {
+            Ok(child) => {
+                state
+                    .agents
+                    .insert(instance_id.to_owned(), AgentProcess { child, ip });
+            }
+            Err(error) => {
+                eprintln!("instance runner: cannot start an agent for {instance_id}: {error}")
+            }
+        }
+    }
+
+    fn kill(&self, instance_id: &str) {
+        let agent = self.state().agents.remove(instance_id);
+        if let Some(mut agent) = agent {
+            let _ = agent.child.kill();
+            let _ = agent.child.wait();
+        }
+    }
+}
+
+/// See the module docs. Kills every agent when dropped.
+#[derive(Debug)]
+pub struct InstanceRunner {
+    shared: Arc<Shared>,
+    poller: JoinHandle<()>,
+    _proxy: Option<FaultProxy>,
+}
+
+impl InstanceRunner {
+    /// Starts watching moto. Needs a tokio runtime.
+    pub async fn start(config: RunnerConfig) -> InstanceRunner {
+        let proxy = match &config.account {
+            Some(account) => Some(FaultProxy::start(&config.endpoint, Some(account.clone())).await),
+            None => None,
+        };
+        let endpoint = proxy
+            .as_ref()
+            .map(FaultProxy::endpoint)
+            .unwrap_or_else(|| config.endpoint.clone());
+        let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new(
+                "AKIARUNNER",
+                "runner-secret",
+                None,
+                None,
+                "instance-runner",
+            ))
+            .load()
+            .await;
+        let ec2 = aws_sdk_ec2::Client::new(&sdk_config);
+        let shared = Arc::new(Shared {
+            config,
+            dir: tempfile::Builder::new()
+                .prefix("flotilla-runner-")
+                .tempdir()
+                .expect("a temporary directory for the agents"),
+            state: Mutex::new(State::default()),
+        });
+        let poller = tokio::spawn(poll(shared.clone(), ec2));
+        InstanceRunner {
+            shared,
+            poller,
+            _proxy: proxy,
+        }
+    }
+
+    /// Instances with a live agent, and the agent's address.
+    pub fn agents(&self) -> BTreeMap<String, Ipv4Addr> {
+        let mut state = self.shared.state();
+        state
+            .agents
+            .iter_mut()
+            .filter_map(|(id, agent)| {
+                matches!(agent.child.try_wait(), Ok(None)).then(|| (id.clone(), agent.ip))
+            })
+            .collect()
+    }
+
+    /// Instances whose agent exited on its own (for example, refused registration).
+    pub fn exited(&self) -> Vec<String> {
+        let mut state = self.shared.state();
+        state
+            .agents
+            .iter_mut()
+            .filter_map(|(id, agent)| {
+                matches!(agent.child.try_wait(), Ok(Some(_))).then(|| id.clone())
+            })
+            .collect()
+    }
+
+    /// Kills an instance's agent and keeps it down (the node goes silent).
+    pub fn stop(&self, instance_id: &str) {
+        self.shared.state().held.insert(instance_id.to_owned());
+        self.shared.kill(instance_id);
+    }
+
+    /// Restarts an instance's agent, with its saved state, from a new address (`None`:
+    /// the next free one).
+    pub fn restart(&self, instance_id: &str, new_ip: Option<Ipv4Addr>) {
+        self.shared.state().held.insert(instance_id.to_owned());
+        self.shared.kill(instance_id);
+        self.shared.start_agent(instance_id, new_ip);
+        self.shared.state().held.remove(instance_id);
+    }
+
+    /// What an instance's agent wrote so far.
+    pub fn log(&self, instance_id: &str) -> String {
+        std::fs::read_to_string(self.shared.log_file(instance_id)).unwrap_or_default()
+    }
+
+    /// Every agent's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let ids: Vec<String> = self.shared.state().boots.keys().cloned().collect();
+        ids.iter()
+            .map(|id| format!("--- {id}\n{}", self.log(id)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for InstanceRunner {
+    fn drop(&mut self) {
+        self.poller.abort();
+        let agents: Vec<String> = self.shared.state().agents.keys().cloned().collect();
+        for id in agents {
+            self.shared.kill(&id);
+        }
+    }
+}
+
+async fn poll(shared: Arc<Shared>, ec2: aws_sdk_ec2::Client) {
+    loop {
+        if let Err(error) = poll_once(&shared, &ec2).await {
+            eprintln!("instance runner: {error}");
+        }
+        tokio::time::sleep(shared.config.poll_interval).await;
+    }
+}
+
+async fn user_data(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> anyhow::Result<String> {
+    let attribute = ec2
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await?;
+    let encoded = attribute
+        .user_data()
+        .and_then(|v| v.value())
+        .unwrap_or_default();
+    Ok(
+        match base64::engine::general_purpose::STANDARD.decode(encoded.trim()) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(_) => encoded.to_owned(),
+        },
+    )
+}
+
+async fn poll_once(shared: &Shared, ec2: &aws_sdk_ec2::Client) -> anyhow::Result<()> {
+    let mut running: BTreeMap<String, u32> = BTreeMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag-key")
+                    .values("flotilla:cluster")
+                    .build(),
+            )
+            .set_next_token(token.take())
+            .send()
+            .await?;
+        for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+            let (Some(id), Some(state)) = (
+                instance.instance_id(),
+                instance.state().and_then(|s| s.name()),
+            ) else {
+                continue;
+            };
+            if *state == InstanceStateName::Running {
+                let index = instance.ami_launch_index().unwrap_or(0);
+                running.insert(id.to_owned(), u32::try_from(index).unwrap_or(0));
+            }
+        }
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    // Agents of instances that are no longer running die with them.
+    let gone: Vec<String> = shared
+        .state()
+        .agents
+        .keys()
+        .filter(|id| !running.contains_key(*id))
+        .cloned()
+        .collect();
+    for id in gone {
+        shared.kill(&id);
+    }
+    for (id, index) in running {
+        let (known, has_agent, held) = {
+            let state = shared.state();
+            (
+                state.boots.contains_key(&id),
+                state.agents.contains_key(&id),
+                state.held.contains(&id),
+            )
+        };
+        if has_agent || held {
+            continue;
+        }
+        if !known {
+            let script = user_data(ec2, &id).await?;
+            let Some(boot) = parse_user_data(&script, index) else {
+                // Not a node with an agent (no server in its user data): nothing to run.
+                shared.state().held.insert(id.clone());
+                continue;
+            };
+            shared.state().boots.insert(id.clone(), boot);
+        }
+        shared.start_agent(&id, None);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_values_and_the_slot_are_read_from_the_script() {
+        let script = "#!/bin/sh\nset -eu\nFLOTILLA_CLUSTER=c-1\nFLOTILLA_FIRST_SLOT=4\nFLOTILLA_COUNT=3\nFLOTILLA_SERVER=http://127.0.0.1:9\nFLOTILLA_TOKEN=ab\nFLOTILLA_SLOT=$(( FLOTILLA_FIRST_SLOT + $(imds ami-launch-index) ))\n";
+        assert_eq!(
+            parse_user_data(script, 2),
+            Some(NodeBoot {
+                server: "http://127.0.0.1:9".into(),
+                cluster: "c-1".into(),
+                first_slot: 4,
+                count: 3,
+                token: "ab".into(),
+                slot: 6,
+            })
+        );
+        assert_eq!(parse_user_data("#!/bin/sh\nFLOTILLA_CLUSTER=c\n", 0), None);
+    }
+
+    #[test]
+    fn addresses_are_distinct_loopback_hosts() {
+        let mut state = State::default();
+        let ips: Vec<Ipv4Addr> = (0..600).map(|_| Shared::next_ip(&mut state)).collect();
+        assert_eq!(ips[0], Ipv4Addr::new(127, 0, 0, 2));
+        let unique: HashSet<&Ipv4Addr> = ips.iter().collect();
+        assert_eq!(unique.len(), ips.len());
+        assert!(
+            ips.iter()
+                .all(|ip| ip.octets()[3] != 0 && ip.octets()[3] != 255)
+        );
+    }
+}

@@ -5,126 +5,19 @@
 //! the cluster takes the agents with the instances. A restarted agent keeps its node.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use flotilla_testkit::{FaultProxy, InstanceRunner, Moto, RunnerConfig};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
 
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A `flotilla server` process, killed on drop.
-struct Server {
-    base: String,
-    user: String,
-    key: String,
-    client: reqwest::Client,
-    _process: tokio::process::Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(aws_endpoint: &str) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = dir.path().join("server.log");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--endpoint-url", aws_endpoint, "--node-ready", "agent"])
-            .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
-            .env("AWS_ACCESS_KEY_ID", "AKIAE2EAGENTS")
-            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("FLOTILLA_LOG", "info")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("FLOTILLA_PUBLIC_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start flotilla server");
-        let stdout = process.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut user, mut key) = (None, None);
-        let started = Instant::now();
-        while user.is_none() || key.is_none() {
-            let line = tokio::time::timeout(LIMIT, lines.next_line())
-                .await
-                .expect("the server prints the admin's key")
-                .expect("read stdout")
-                .unwrap_or_else(|| {
-                    panic!(
-                        "server exited: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    )
-                });
-            if let Some(value) = line.trim().strip_prefix("export DOCKERCLOUD_USER=") {
-                user = Some(value.to_owned());
-            }
-            if let Some(value) = line.trim().strip_prefix("export DOCKERCLOUD_APIKEY=") {
-                key = Some(value.to_owned());
-            }
-            assert!(started.elapsed() < LIMIT);
-        }
-        // Keep draining stdout so the server never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let server = Server {
-            base: format!("http://127.0.0.1:{port}"),
-            user: user.expect("user"),
-            key: key.expect("key"),
-            client: reqwest::Client::new(),
-            _process: process,
-            log,
-            _dir: dir,
-        };
-        let started = Instant::now();
-        while server
-            .client
-            .get(format!("{}/_ping", server.base))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(started.elapsed() < LIMIT, "server never answered");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.key));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
+use crate::support::{LIMIT, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployed_cluster_has_a_registered_agent_on_every_node() {
     let moto = Moto::shared();
     let account = Moto::new_account_id();
     let proxy = FaultProxy::start(&moto.endpoint(), Some(account)).await;
-    let server = Server::start(&proxy.endpoint()).await;
+    let server = Server::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
     let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
     runner_config.heartbeat = Duration::from_millis(300);
     let runner = InstanceRunner::start(runner_config).await;

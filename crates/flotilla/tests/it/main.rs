@@ -2,5 +2,7 @@
 //! testkit proxy (one moto account per test).
 
 mod agents;
+mod client;
 mod dockercloud_cli;
 mod engine;
+mod support;

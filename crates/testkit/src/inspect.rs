@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::Filter;
 
-/// A plain EC2 client on `endpoint` (usually an inspection proxy) in `region`.
-pub async fn ec2_client(endpoint: &str, region: &str) -> aws_sdk_ec2::Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
+/// SDK configuration for any AWS client on `endpoint` (usually an inspection proxy).
+pub async fn sdk_config(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
@@ -23,8 +23,12 @@ pub async fn ec2_client(endpoint: &str, region: &str) -> aws_sdk_ec2::Client {
             "flotilla-testkit",
         ))
         .load()
-        .await;
-    aws_sdk_ec2::Client::new(&config)
+        .await
+}
+
+/// A plain EC2 client on `endpoint` in `region`.
+pub async fn ec2_client(endpoint: &str, region: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config(endpoint, region).await)
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {

@@ -1,14 +1,15 @@
 //! A test environment: a fresh moto account behind a fault proxy, an `Aws` engine pointed at
 //! it, and a second, fault-free proxy on the same account to inspect moto directly.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use flotilla_aws::{Aws, AwsSettings, StaticCredentials};
 use flotilla_core::cloud::{Ingress, Network, NetworkRequest};
 use flotilla_core::converge::{ConvergeReport, PassInput, run_pass};
 use flotilla_core::{CloudError, ClusterSpec};
+use flotilla_testkit::inspect::{self, Kind};
 use flotilla_testkit::{FaultProxy, Moto};
 
 pub const OWNER: &str = "flotilla-test";
@@ -54,132 +55,29 @@ impl Env {
 
     /// A raw EC2 client on the inspection proxy.
     pub async fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(region.to_owned()))
-            .endpoint_url(self.inspect.endpoint())
-            .credentials_provider(Credentials::new(
-                "AKIAINSPECT",
-                "inspect-secret",
-                None,
-                None,
-                "test",
-            ))
-            .load()
-            .await;
-        aws_sdk_ec2::Client::new(&config)
+        inspect::ec2_client(&self.inspect.endpoint(), region).await
     }
 
     pub async fn iam(&self) -> aws_sdk_iam::Client {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(self.inspect.endpoint())
-            .credentials_provider(Credentials::new(
-                "AKIAINSPECT",
-                "inspect-secret",
-                None,
-                None,
-                "test",
-            ))
-            .load()
-            .await;
-        aws_sdk_iam::Client::new(&config)
+        aws_sdk_iam::Client::new(&inspect::sdk_config(&self.inspect.endpoint(), "us-east-1").await)
     }
 
-    /// Ids of the existing resources of one kind that carry our owner tag. (Not DescribeTags:
-    /// moto keeps the tags of deleted resources.)
+    /// Ids of the existing resources of one kind that carry our owner tag.
     pub async fn owned(&self, region: &str, resource_type: &str) -> Vec<String> {
-        let ec2 = self.ec2(region).await;
-        let owner = || {
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:flotilla:owner")
-                .values(OWNER)
-                .build()
-        };
-        let mut ids: Vec<String> = match resource_type {
-            "vpc" => ec2
-                .describe_vpcs()
-                .filters(owner())
-                .send()
-                .await
-                .expect("vpcs")
-                .vpcs()
-                .iter()
-                .filter_map(|v| v.vpc_id().map(str::to_owned))
-                .collect(),
-            "subnet" => ec2
-                .describe_subnets()
-                .filters(owner())
-                .send()
-                .await
-                .expect("subnets")
-                .subnets()
-                .iter()
-                .filter_map(|v| v.subnet_id().map(str::to_owned))
-                .collect(),
-            "internet-gateway" => ec2
-                .describe_internet_gateways()
-                .filters(owner())
-                .send()
-                .await
-                .expect("igws")
-                .internet_gateways()
-                .iter()
-                .filter_map(|v| v.internet_gateway_id().map(str::to_owned))
-                .collect(),
-            "route-table" => ec2
-                .describe_route_tables()
-                .filters(owner())
-                .send()
-                .await
-                .expect("rts")
-                .route_tables()
-                .iter()
-                .filter_map(|v| v.route_table_id().map(str::to_owned))
-                .collect(),
-            "security-group" => ec2
-                .describe_security_groups()
-                .filters(owner())
-                .send()
-                .await
-                .expect("sgs")
-                .security_groups()
-                .iter()
-                .filter_map(|v| v.group_id().map(str::to_owned))
-                .collect(),
+        let kind = match resource_type {
+            "vpc" => Kind::Vpc,
+            "subnet" => Kind::Subnet,
+            "internet-gateway" => Kind::InternetGateway,
+            "route-table" => Kind::RouteTable,
+            "security-group" => Kind::SecurityGroup,
             other => panic!("unknown resource type {other}"),
         };
-        ids.sort();
-        ids
+        inspect::owned(&self.ec2(region).await, OWNER, kind).await
     }
 
-    /// Live instances per AZ, as moto sees them.
-    pub async fn running_per_zone(
-        &self,
-        region: &str,
-    ) -> std::collections::BTreeMap<String, usize> {
-        let output = self
-            .ec2(region)
-            .await
-            .describe_instances()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("instance-state-name")
-                    .values("running")
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("describe instances");
-        let mut counts = std::collections::BTreeMap::new();
-        for instance in output.reservations().iter().flat_map(|r| r.instances()) {
-            let zone = instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .unwrap_or("?")
-                .to_owned();
-            *counts.entry(zone).or_insert(0) += 1;
-        }
-        counts
+    /// Running instances per AZ, as moto sees them.
+    pub async fn running_per_zone(&self, region: &str) -> BTreeMap<String, usize> {
+        inspect::instances_per_zone(&self.ec2(region).await, &["running"]).await
     }
 }
 

@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use flotilla_testkit::inspect::{self, Kind};
 use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+
+const OWNER: &str = "flotilla-e2e";
 use serde_json::Value;
 
 struct Env {
@@ -29,7 +31,7 @@ impl Env {
             .env("AWS_ACCESS_KEY_ID", "AKIAE2E")
             .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
             .env("AWS_REGION", "us-east-1")
-            .env("FLOTILLA_OWNER", "flotilla-e2e")
+            .env("FLOTILLA_OWNER", OWNER)
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_ENDPOINT_URL")
             .output()
@@ -50,67 +52,16 @@ impl Env {
     }
 
     async fn ec2(&self) -> aws_sdk_ec2::Client {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(self.inspect.endpoint())
-            .credentials_provider(Credentials::new(
-                "AKIAINSPECT",
-                "inspect",
-                None,
-                None,
-                "test",
-            ))
-            .load()
-            .await;
-        aws_sdk_ec2::Client::new(&config)
+        inspect::ec2_client(&self.inspect.endpoint(), "us-east-1").await
     }
 
     /// Running instances per AZ and the number of owned VPCs and subnets, as moto sees them.
     async fn state(&self) -> (BTreeMap<String, usize>, usize, usize) {
         let ec2 = self.ec2().await;
-        let owner = || {
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:flotilla:owner")
-                .values("flotilla-e2e")
-                .build()
-        };
-        let running = ec2
-            .describe_instances()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("instance-state-name")
-                    .values("running")
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("instances");
-        let mut per_az = BTreeMap::new();
-        for instance in running.reservations().iter().flat_map(|r| r.instances()) {
-            let az = instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .unwrap_or("?")
-                .to_owned();
-            *per_az.entry(az).or_insert(0) += 1;
-        }
-        let vpcs = ec2
-            .describe_vpcs()
-            .filters(owner())
-            .send()
-            .await
-            .expect("vpcs")
-            .vpcs()
-            .len();
-        let subnets = ec2
-            .describe_subnets()
-            .filters(owner())
-            .send()
-            .await
-            .expect("subnets")
-            .subnets()
-            .len();
-        (per_az, vpcs, subnets)
+        let running = inspect::instances_per_zone(&ec2, &["running"]).await;
+        let vpcs = inspect::owned(&ec2, OWNER, Kind::Vpc).await.len();
+        let subnets = inspect::owned(&ec2, OWNER, Kind::Subnet).await.len();
+        (running, vpcs, subnets)
     }
 }
 
@@ -318,7 +269,7 @@ async fn a_kill_9_at_every_call_of_an_up_converges_on_the_next_run() {
             .env("FLOTILLA_AWS_ENDPOINT_URL", env.proxy.endpoint())
             .env("AWS_ACCESS_KEY_ID", "AKIAE2E")
             .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-            .env("FLOTILLA_OWNER", "flotilla-e2e")
+            .env("FLOTILLA_OWNER", OWNER)
             .env_remove("AWS_ENDPOINT_URL")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -344,31 +295,13 @@ async fn a_kill_9_at_every_call_of_an_up_converges_on_the_next_run() {
         assert_eq!(running.values().sum::<usize>(), 6, "k={k}");
         assert_eq!((vpcs, subnets), (1, 3), "k={k}: nothing created twice");
         let ec2 = env.ec2().await;
-        let owner = aws_sdk_ec2::types::Filter::builder()
-            .name("tag:flotilla:owner")
-            .values("flotilla-e2e")
-            .build();
-        let gateways = ec2
-            .describe_internet_gateways()
-            .filters(owner.clone())
-            .send()
-            .await
-            .expect("igw");
-        let tables = ec2
-            .describe_route_tables()
-            .filters(owner.clone())
-            .send()
-            .await
-            .expect("rtb");
-        let groups = ec2
-            .describe_security_groups()
-            .filters(owner)
-            .send()
-            .await
-            .expect("sg");
-        assert_eq!(gateways.internet_gateways().len(), 1, "k={k}");
-        assert_eq!(tables.route_tables().len(), 1, "k={k}");
-        assert_eq!(groups.security_groups().len(), 1, "k={k}");
+        for kind in [Kind::InternetGateway, Kind::RouteTable, Kind::SecurityGroup] {
+            assert_eq!(
+                inspect::owned(&ec2, OWNER, kind).await.len(),
+                1,
+                "k={k}: {kind:?}"
+            );
+        }
         converged += 1;
     }
     assert_eq!(

@@ -22,7 +22,7 @@ use aws_sdk_ec2::types::{Filter, InstanceType, IpPermission, IpRange, Placement,
 use flotilla_core::cloud::{
     CloudError, Network, NetworkRequest, SkippedAz, Subnet, TeardownReport,
 };
-use flotilla_core::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
+use flotilla_core::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, SubnetPlan, plan_subnets};
 use flotilla_core::spec::VpcOptions;
 use flotilla_core::tags;
 use futures::future::join_all;
@@ -511,20 +511,29 @@ async fn create_security_group(
     })
 }
 
-/// One subnet per AZ (the lowest id wins if a crash ever left two), restricted to `zones`.
+/// One subnet per AZ, restricted to `zones`. If an AZ has two (a crashed run, or a subnet
+/// the user tagged as ours), the one in the AZ's planned block wins, then the lowest id.
 fn one_per_zone(
     found: &[FoundSubnet],
     vpc_id: &str,
     zones: &[String],
+    plan: Option<&SubnetPlan>,
 ) -> BTreeMap<String, FoundSubnet> {
-    let mut by_zone = BTreeMap::new();
+    let planned = |s: &FoundSubnet| {
+        plan.and_then(|p| p.for_az(&s.availability_zone))
+            .is_some_and(|p| p.cidr.to_string() == s.cidr)
+    };
+    let mut by_zone: BTreeMap<String, FoundSubnet> = BTreeMap::new();
     for subnet in found
         .iter()
         .filter(|s| s.vpc_id == vpc_id && zones.contains(&s.availability_zone))
     {
-        by_zone
-            .entry(subnet.availability_zone.clone())
-            .or_insert_with(|| subnet.clone());
+        match by_zone.get(&subnet.availability_zone) {
+            Some(kept) if planned(kept) || !planned(subnet) => {}
+            _ => {
+                by_zone.insert(subnet.availability_zone.clone(), subnet.clone());
+            }
+        }
     }
     by_zone
 }
@@ -569,12 +578,40 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
         .collect();
     existing_vpcs.sort();
     let existing_vpc = existing_vpcs.first().cloned();
-    let gateway = gateways.first().cloned();
+    // A create still in flight when an earlier run crashed can land after this run looked:
+    // then there are two. Keep one (the attached gateway, the lowest VPC id) and remove the
+    // others in round 4 if nothing uses them.
+    let gateway = existing_vpc
+        .as_ref()
+        .and_then(|(vpc, _)| gateways.iter().find(|g| g.attached_to.contains(vpc)))
+        .or_else(|| gateways.iter().find(|g| g.attached_to.is_empty()))
+        .or(gateways.first())
+        .cloned();
+    let existing_plan = existing_vpc
+        .as_ref()
+        .and_then(|(_, cidr)| cidr.parse::<Ipv4Cidr>().ok())
+        .and_then(|cidr| plan_subnets(cidr, &region_zones).ok());
+    let mut duplicates: Vec<(&'static str, String)> = Vec::new();
+    duplicates.extend(
+        existing_vpcs
+            .iter()
+            .skip(1)
+            .filter(|(id, _)| !subnets.iter().any(|s| &s.vpc_id == id))
+            .map(|(id, _)| ("VPC", id.clone())),
+    );
+    duplicates.extend(
+        gateways
+            .iter()
+            .filter(|g| {
+                g.attached_to.is_empty() && gateway.as_ref().is_some_and(|kept| kept.id != g.id)
+            })
+            .map(|g| ("internet gateway", g.id.clone())),
+    );
 
     // Round 2: the VPC and the gateway; dry runs; details of what hangs off an existing VPC.
     let missing_zones: Vec<String> = match &existing_vpc {
         Some((vpc_id, _)) => {
-            let have = one_per_zone(&subnets, vpc_id, &candidates);
+            let have = one_per_zone(&subnets, vpc_id, &candidates, existing_plan.as_ref());
             candidates
                 .iter()
                 .filter(|z| !have.contains_key(*z))
@@ -668,8 +705,41 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
     let (vpc_id, vpc_cidr_text, vpc_created) = vpc?;
     let (gateway, gateway_created) = gateway?;
     let (zones_to_create, mut skipped) = dry_runs?;
-    let table = tables.map_err(cloud_error)?.into_iter().next();
-    let group = groups.map_err(cloud_error)?.into_iter().next();
+    let tables = tables.map_err(cloud_error)?;
+    let groups = groups.map_err(cloud_error)?;
+    // Keep the route table that already routes or is associated, and the first group.
+    let table = tables
+        .iter()
+        .find(|t| t.has_default_route || !t.associations.is_empty())
+        .or(tables.first())
+        .cloned();
+    let group = groups.first().cloned();
+    duplicates.extend(
+        tables
+            .iter()
+            .filter(|t| {
+                t.associations.is_empty() && table.as_ref().is_some_and(|kept| kept.id != t.id)
+            })
+            .map(|t| ("route table", t.id.clone())),
+    );
+    duplicates.extend(
+        groups
+            .iter()
+            .skip(1)
+            .map(|g| ("security group", g.id.clone())),
+    );
+    if let Some((vpc_id, _)) = &existing_vpc {
+        let kept = one_per_zone(&subnets, vpc_id, &candidates, existing_plan.as_ref());
+        duplicates.extend(
+            subnets
+                .iter()
+                .filter(|s| {
+                    &s.vpc_id == vpc_id
+                        && kept.get(&s.availability_zone).is_some_and(|k| k.id != s.id)
+                })
+                .map(|s| ("subnet", s.id.clone())),
+        );
+    }
     if vpc_created {
         changes.push(format!(
             "created VPC {vpc_id} ({vpc_cidr_text}, {})",
@@ -797,16 +867,17 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
             subnet.id, subnet.cidr, subnet.availability_zone
         ));
     }
-    let mut usable: Vec<Subnet> = one_per_zone(&subnets, &vpc_id, &candidates)
-        .into_values()
-        .map(|s| Subnet {
-            id: s.id,
-            availability_zone: s.availability_zone,
-            cidr: s.cidr,
-            managed: true,
-        })
-        .chain(created_subnets)
-        .collect();
+    let mut usable: Vec<Subnet> =
+        one_per_zone(&subnets, &vpc_id, &candidates, existing_plan.as_ref())
+            .into_values()
+            .map(|s| Subnet {
+                id: s.id,
+                availability_zone: s.availability_zone,
+                cidr: s.cidr,
+                managed: true,
+            })
+            .chain(created_subnets)
+            .collect();
     usable.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
 
     // Round 4: default route, associations, security group rules.
@@ -815,7 +886,7 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
         .iter()
         .filter(|s| !table.associations.iter().any(|(_, subnet)| *subnet == s.id))
         .collect();
-    let (route, associations, rules) = tokio::join!(
+    let (route, associations, rules, removed) = tokio::join!(
         async {
             if table.has_default_route {
                 return Ok(false);
@@ -858,7 +929,9 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
             }
         })),
         authorize_missing(aws, region, &group, &wanted),
+        remove_duplicates(aws, region, &duplicates),
     );
+    changes.extend(removed);
     if route? {
         changes.push(format!(
             "added route 0.0.0.0/0 -> {} to {}",
@@ -881,6 +954,29 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
         skipped_azs: skipped,
         changes,
     })
+}
+
+/// Deletes duplicates left by a crashed run; one that is still in use (an instance in a
+/// duplicate subnet, a route table association) is left alone and reported, never forced.
+async fn remove_duplicates(
+    aws: &Aws,
+    region: &str,
+    duplicates: &[(&'static str, String)],
+) -> Vec<String> {
+    let results = join_all(
+        duplicates
+            .iter()
+            .map(|(kind, id)| delete_simple(aws, region, kind, id)),
+    )
+    .await;
+    duplicates
+        .iter()
+        .zip(results)
+        .map(|((kind, id), result)| match result {
+            Ok(_) => format!("removed duplicate {kind} {id} (left by an interrupted run)"),
+            Err(error) => format!("kept duplicate {kind} {id}: {error}"),
+        })
+        .collect()
 }
 
 fn invalid(field: &str, message: String) -> CloudError {

@@ -60,7 +60,7 @@ enum EngineCommand {
         instance_type: String,
     },
     /// Create the cluster, or bring an existing one to the asked node count.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Show a cluster's network and nodes.
     Show(ClusterRef),
     /// Terminate a cluster's nodes and remove the auto network when nothing uses it.
@@ -140,7 +140,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<ExitCode> {
         EngineCommand::Validate { instance_type } => {
             validate(&aws, &instance_type, args.format).await
         }
-        EngineCommand::Up(up_args) => up(&aws, &args.owner, up_args, args.format).await,
+        EngineCommand::Up(up_args) => up(&aws, &args.owner, *up_args, args.format).await,
         EngineCommand::Show(cluster) => show(&aws, &args.owner, &cluster, args.format).await,
         EngineCommand::Down {
             cluster,

@@ -492,3 +492,71 @@ async fn chosen_user_security_groups_must_belong_to_the_vpc() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn duplicates_left_by_a_crashed_run_are_removed_when_unused() {
+    let env = Env::new().await;
+    let spec = spec(0);
+    let request = network_request(&spec);
+    let network = env.aws.ensure_network(&request).await.expect("network");
+    // What a create that was still in flight during a crash leaves behind: a second gateway,
+    // route table and subnet, all with our tags.
+    let ec2 = env.ec2("us-east-1").await;
+    let tags = |kind: ResourceType| {
+        TagSpecification::builder()
+            .resource_type(kind)
+            .tags(
+                Tag::builder()
+                    .key("flotilla:owner")
+                    .value(crate::harness::OWNER)
+                    .build(),
+            )
+            .build()
+    };
+    ec2.create_internet_gateway()
+        .tag_specifications(tags(ResourceType::InternetGateway))
+        .send()
+        .await
+        .expect("igw");
+    ec2.create_route_table()
+        .vpc_id(&network.vpc_id)
+        .tag_specifications(tags(ResourceType::RouteTable))
+        .send()
+        .await
+        .expect("rtb");
+    ec2.create_subnet()
+        .vpc_id(&network.vpc_id)
+        .cidr_block("10.78.224.0/20")
+        .availability_zone("us-east-1a")
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Subnet)
+                .tags(
+                    Tag::builder()
+                        .key("flotilla:owner")
+                        .value(crate::harness::OWNER)
+                        .build(),
+                )
+                .tags(Tag::builder().key("Name").value("dc-subnet").build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("subnet");
+    assert_eq!(env.owned("us-east-1", "internet-gateway").await.len(), 2);
+
+    let again = env.aws.ensure_network(&request).await.expect("again");
+    let removed: Vec<&String> = again
+        .changes
+        .iter()
+        .filter(|c| c.starts_with("removed duplicate"))
+        .collect();
+    assert_eq!(removed.len(), 3, "{:?}", again.changes);
+    assert_eq!(env.owned("us-east-1", "internet-gateway").await.len(), 1);
+    assert_eq!(env.owned("us-east-1", "route-table").await.len(), 1);
+    assert_eq!(env.owned("us-east-1", "subnet").await.len(), 3);
+    assert_eq!(
+        again.subnets, network.subnets,
+        "the kept subnets are the ones in use"
+    );
+}

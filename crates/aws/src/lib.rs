@@ -5,6 +5,7 @@
 //! dependency on SDK details.
 //!
 //! Design decisions:
+//! * One [`Aws`] per set of AWS keys; [`AwsAccount`] swaps it when a user links new keys.
 //! * One [`Aws`] per AWS account. It owns one EC2 client per region and one request budget
 //!   per region ([`budget`]), so every cluster of the account shares the budget.
 //! * Every request goes through [`Aws::send`](call) — budget, retries, counting — so call
@@ -14,6 +15,7 @@
 //! * Independent calls run concurrently (`tokio::join!`/`join_all`); the number of sequential
 //!   round trips from nothing to running nodes is fixed, whatever the node count.
 
+mod account;
 pub mod budget;
 mod call;
 mod catalog;
@@ -34,6 +36,7 @@ use flotilla_core::cloud::{
     NetworkRequest, NodeTypeOffering, TeardownReport,
 };
 
+pub use crate::account::{AwsAccount, resolve_keys};
 use crate::budget::TokenBucket;
 
 /// How to reach an AWS account, and how hard to push it.
@@ -300,5 +303,9 @@ impl Cloud for Aws {
 
     async fn teardown_network(&self, region: &str) -> Result<TeardownReport, CloudError> {
         network::teardown(self, region).await
+    }
+
+    async fn has_credentials(&self) -> bool {
+        account::resolves(&self.sdk_config).await
     }
 }

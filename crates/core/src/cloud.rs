@@ -304,6 +304,24 @@ impl CredentialReport {
     }
 }
 
+/// An AWS access key pair (and session token for temporary keys), as a user links it.
+/// `Debug` never shows the secret or the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for AccessKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessKeys")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Errors from a cloud operation, classified by what the caller can do about them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CloudError {
@@ -403,6 +421,30 @@ pub trait Cloud: Send + Sync {
         &self,
         region: &str,
     ) -> impl Future<Output = Result<TeardownReport, CloudError>> + Send;
+
+    /// Validates `keys` (as [`Cloud::validate_credentials`], but with these keys) and, only
+    /// when the report is valid, makes every later call use them. An invalid report is
+    /// returned as `Ok` and changes nothing. Clouds whose account cannot be switched at run
+    /// time keep this default, which refuses.
+    fn link_credentials(
+        &self,
+        keys: &AccessKeys,
+        instance_type: &str,
+    ) -> impl Future<Output = Result<CredentialReport, CloudError>> + Send {
+        let _ = (keys, instance_type);
+        async {
+            Err(CloudError::Other {
+                operation: "link credentials".into(),
+                message: "this cloud cannot switch credentials at run time".into(),
+            })
+        }
+    }
+
+    /// Whether the cloud has credentials it can sign requests with (linked keys, or keys
+    /// the standard chain resolves). Says nothing about their permissions.
+    fn has_credentials(&self) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
 }
 
 impl fmt::Display for InstanceState {

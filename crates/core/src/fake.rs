@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::cloud::{
-    AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, InstanceState, LaunchRequest,
-    Network, NetworkRequest, NodeTypeOffering, RegionCheck, RegionOutcome, Subnet, TeardownReport,
+    AccessKeys, AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, InstanceState,
+    LaunchRequest, Network, NetworkRequest, NodeTypeOffering, RegionCheck, RegionOutcome, Subnet,
+    TeardownReport,
 };
 use crate::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
 
@@ -26,6 +27,10 @@ struct State {
     launches: usize,
     calls: BTreeMap<&'static str, usize>,
     next_id: u64,
+    /// No usable credentials until valid keys are linked (`set_no_credentials`).
+    no_credentials: bool,
+    /// The access key id of the last linked keys.
+    linked_key_id: Option<String>,
 }
 
 /// See the module documentation.
@@ -68,6 +73,16 @@ impl FakeCloud {
         state.fail_launch_after = Some(state.launches + k);
     }
 
+    /// While `on`, the account has no usable credentials (until valid keys are linked).
+    pub fn set_no_credentials(&self, on: bool) {
+        self.lock().no_credentials = on;
+    }
+
+    /// The access key id of the keys last linked, if any.
+    pub fn linked_key_id(&self) -> Option<String> {
+        self.lock().linked_key_id.clone()
+    }
+
     /// How many times an operation was called.
     pub fn calls(&self, operation: &str) -> usize {
         self.lock().calls.get(operation).copied().unwrap_or(0)
@@ -107,6 +122,43 @@ impl FakeCloud {
 }
 
 impl Cloud for FakeCloud {
+    /// Keys whose id starts with `AKIA` (and that have a secret) are valid in every region;
+    /// any other keys are refused everywhere with `AuthFailure`, like AWS does.
+    async fn link_credentials(
+        &self,
+        keys: &AccessKeys,
+        instance_type: &str,
+    ) -> Result<CredentialReport, CloudError> {
+        let mut state = self.count("link_credentials");
+        let valid = keys.access_key_id.starts_with("AKIA") && !keys.secret_access_key.is_empty();
+        let outcome = if valid {
+            RegionOutcome::Ok
+        } else {
+            RegionOutcome::BadCredentials(
+                "AuthFailure: AWS was not able to validate the provided access credentials".into(),
+            )
+        };
+        if valid {
+            state.linked_key_id = Some(keys.access_key_id.clone());
+            state.no_credentials = false;
+        }
+        Ok(CredentialReport {
+            instance_type: instance_type.to_owned(),
+            regions: FAKE_REGIONS
+                .iter()
+                .map(|r| RegionCheck {
+                    region: (*r).into(),
+                    outcome: outcome.clone(),
+                    image_id: "ami-fake".into(),
+                })
+                .collect(),
+        })
+    }
+
+    async fn has_credentials(&self) -> bool {
+        !self.lock().no_credentials
+    }
+
     async fn validate_credentials(
         &self,
         instance_type: &str,

@@ -43,6 +43,8 @@ enum Command {
     Action(client::commands::ActionArgs),
     /// Print the events stream (like `docker-cloud event`).
     Event(client::commands::EventArgs),
+    /// Link an AWS account to a Flotilla server (`provider link aws`).
+    Provider(client::provider::ProviderArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             Command::Node(args) => client::commands::node(args).await,
             Command::Action(args) => client::commands::action(args).await,
             Command::Event(args) => client::commands::event(args).await,
+            Command::Provider(args) => client::provider::provider(args).await,
         }
     });
     match result {

@@ -4,6 +4,11 @@
 //! State lives in `--data-dir` (default `$XDG_DATA_HOME/flotilla`, else
 //! `~/.local/share/flotilla`), created owner-only. The first start creates the admin user and
 //! prints its API key once; only a hash is stored.
+//!
+//! AWS credentials: keys linked through the API (`flotilla provider link aws`), stored
+//! encrypted with `secret.key` in the data directory, take precedence; without them the
+//! server uses `--profile` or the standard chain. A link replaces the keys while the
+//! server runs ([`flotilla_aws::AwsAccount`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use flotilla_aws::{Aws, AwsSettings};
+use flotilla_aws::{AwsAccount, AwsSettings, StaticCredentials};
 use flotilla_core::bootstrap::{AgentSource, user_data};
 use flotilla_core::cloud::Ingress;
 use flotilla_server::{NodeReady, ServerConfig, UserDataRequest};
@@ -122,10 +127,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     };
 
     let installation = flotilla_server::initialize(&config).await?;
-    let aws = Aws::connect(AwsSettings {
+    let static_credentials = installation.aws_keys.as_ref().map(|keys| {
+        // The access key id is not printed: logs are often shipped where keys must not go.
+        eprintln!("flotilla server: using the AWS keys linked through the API");
+        StaticCredentials {
+            access_key_id: keys.access_key_id.clone(),
+            secret_access_key: keys.secret_access_key.clone(),
+            session_token: keys.session_token.clone(),
+        }
+    });
+    let aws = AwsAccount::connect(AwsSettings {
         owner: installation.owner_id.clone(),
         endpoint_url: args.endpoint_url,
         profile: args.profile,
+        static_credentials,
         ..AwsSettings::default()
     })
     .await;

@@ -11,11 +11,17 @@
 //! * Errors are a closed enum that the HTTP edge maps to status codes; every message names
 //!   the field, the object or the state that is wrong, and store failures never leak their
 //!   internals to the caller.
+//! * Linking AWS keys is the one operation that waits for the cloud: the caller needs the
+//!   validation's verdict. The cloud validates the new keys and switches to them only when
+//!   they are valid; then the keys are sealed ([`crate::secrets`]) and stored. Links are
+//!   serialized, record no action (its body would hold the secret), and the request body
+//!   is never logged. If storing fails after the switch, the server runs with the new keys
+//!   until it restarts and the caller gets a 500 telling it to link again.
 
 use std::sync::Arc;
 
 use flotilla_api::{self as api, date, uri};
-use flotilla_core::cloud::Cloud;
+use flotilla_core::cloud::{AccessKeys, Cloud, CloudError};
 use flotilla_core::spec::{ClusterSpec, MAX_NODES, parse_tags_value};
 use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use rand::Rng;
@@ -156,6 +162,42 @@ pub struct App<C> {
     catalog: AsyncMutex<Option<Arc<Catalog>>>,
     /// The agent API's in-memory state (`crate::agent_api`).
     pub(crate) agents: crate::agent_api::AgentState,
+    /// Seals linked keys; `None` refuses links (an app built without a key file).
+    secret_key: Option<crate::secrets::SecretKey>,
+    /// The access key id of the keys linked through the API; the lock serializes links.
+    linked: AsyncMutex<Option<String>>,
+}
+
+/// The instance type of the dry-run launch that validates linked keys.
+pub const LINK_INSTANCE_TYPE: &str = "t3.micro";
+
+/// Decrypts the provider's linked keys, if any were stored.
+pub async fn linked_keys(
+    store: &Store,
+    key: &crate::secrets::SecretKey,
+    provider: &str,
+) -> anyhow::Result<Option<AccessKeys>> {
+    let Some((nonce, ciphertext)) = store.provider_credentials(provider).await? else {
+        return Ok(None);
+    };
+    let plaintext = key.open(crate::secrets::PROVIDER_KEYS, &nonce, &ciphertext)?;
+    let keys = serde_json::from_slice(&plaintext)
+        .map_err(|_| anyhow::anyhow!("the linked {provider} credentials are not readable"))?;
+    Ok(Some(keys))
+}
+
+/// A required, non-empty string field of a body.
+fn required_text(body: &Value, field: &str) -> AppResult<String> {
+    match body.get(field) {
+        None | Some(Value::Null) => Err(AppError::BadRequest(format!(
+            "{field}: this field is required"
+        ))),
+        Some(Value::String(text)) if text.trim().is_empty() => Err(AppError::BadRequest(format!(
+            "{field}: this field may not be empty"
+        ))),
+        Some(Value::String(text)) => Ok(text.trim().to_owned()),
+        Some(_) => Err(AppError::BadRequest(format!("{field}: must be a string"))),
+    }
 }
 
 impl<C: Cloud + 'static> App<C> {
@@ -167,7 +209,118 @@ impl<C: Cloud + 'static> App<C> {
             settings,
             catalog: AsyncMutex::new(None),
             agents: Default::default(),
+            secret_key: None,
+            linked: AsyncMutex::new(None),
         }
+    }
+
+    /// Enables linking keys: `key` seals them, `linked` is the id of the keys already linked.
+    pub fn with_secret_key(
+        mut self,
+        key: crate::secrets::SecretKey,
+        linked: Option<String>,
+    ) -> Self {
+        self.secret_key = Some(key);
+        self.linked = AsyncMutex::new(linked);
+        self
+    }
+
+    // ---- provider credentials ----
+
+    fn credentials_object(provider: &str, linked: Option<&str>) -> Value {
+        serde_json::json!({
+            "provider": uri::provider(provider),
+            "linked": linked.is_some(),
+            "access_key_id": linked,
+            "resource_uri": format!("{}credentials/", uri::provider(provider)),
+        })
+    }
+
+    fn check_provider(provider: &str) -> AppResult<()> {
+        if provider == PROVIDER {
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!(
+                "provider '{provider}' not found"
+            )))
+        }
+    }
+
+    /// Whether keys are linked, and their access key id (never the secret).
+    pub async fn provider_credentials(&self, provider: &str) -> AppResult<Value> {
+        Self::check_provider(provider)?;
+        let linked = self.linked.lock().await;
+        Ok(Self::credentials_object(provider, linked.as_deref()))
+    }
+
+    /// Validates the keys of `body` with the cloud; when valid, the cloud uses them from
+    /// now on and they are stored sealed. Invalid keys are a 400 with the validation's
+    /// failure message, and nothing changes.
+    pub async fn link_provider_credentials(
+        &self,
+        provider: &str,
+        body: &Value,
+    ) -> AppResult<Value> {
+        Self::check_provider(provider)?;
+        if !body.is_object() {
+            return Err(AppError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let keys = AccessKeys {
+            access_key_id: required_text(body, "access_key_id")?,
+            secret_access_key: required_text(body, "secret_access_key")?,
+            session_token: match body.get("session_token") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) if t.trim().is_empty() => None,
+                Some(Value::String(t)) => Some(t.trim().to_owned()),
+                Some(_) => {
+                    return Err(AppError::BadRequest(
+                        "session_token: must be a string".into(),
+                    ));
+                }
+            },
+        };
+        let Some(secret_key) = &self.secret_key else {
+            return Err(AppError::Unavailable(
+                "this server has no key to store credentials with".into(),
+            ));
+        };
+        let mut linked = self.linked.lock().await;
+        let report = match self.cloud.link_credentials(&keys, LINK_INSTANCE_TYPE).await {
+            Ok(report) => report,
+            Err(error @ CloudError::InvalidCredentials { .. }) => {
+                return Err(AppError::BadRequest(error.to_string()));
+            }
+            Err(error) => {
+                return Err(AppError::Unavailable(format!(
+                    "cannot validate the keys: {error}"
+                )));
+            }
+        };
+        if !report.is_valid() {
+            return Err(AppError::BadRequest(report.failure_message()));
+        }
+        let plaintext = serde_json::to_vec(&keys)
+            .map_err(|_| AppError::Unavailable("cannot encode the keys".into()))?;
+        let (nonce, ciphertext) = secret_key
+            .seal(crate::secrets::PROVIDER_KEYS, &plaintext)
+            .map_err(|error| AppError::Unavailable(error.to_string()))?;
+        self.store
+            .put_provider_credentials(provider, &nonce, &ciphertext, date::now_unix())
+            .await?;
+        *linked = Some(keys.access_key_id.clone());
+        // Availability and offerings may differ for the new account.
+        *self.catalog.lock().await = None;
+        let mut object = Self::credentials_object(provider, linked.as_deref());
+        object["validation"] = serde_json::json!({
+            "instance_type": report.instance_type,
+            "regions": report.regions.iter().map(|r| serde_json::json!({
+                "region": r.region, "result": r.outcome.label(), "detail": r.outcome.detail(),
+            })).collect::<Vec<_>>(),
+            "table": report.table(),
+        });
+        Ok(object)
     }
 
     // ---- authentication ----

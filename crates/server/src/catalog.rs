@@ -5,6 +5,8 @@
 //! CLI fetches a region and a node type per cluster on every `nodecluster ls`. A region the
 //! cloud cannot describe is listed as unavailable instead of failing the whole list; a
 //! failure to list regions at all is not cached, so the next request tries again.
+//! The provider is `available` when the cloud has credentials to sign with (linked keys or
+//! the standard chain); linking keys drops the cached catalogue.
 
 use std::collections::BTreeMap;
 
@@ -119,7 +121,7 @@ pub async fn load<C: Cloud>(cloud: &C) -> Result<Catalog, CloudError> {
         })
         .collect();
     catalog.providers = vec![api::Provider {
-        available: true,
+        available: cloud.has_credentials().await,
         label: PROVIDER_LABEL.to_owned(),
         name: PROVIDER.to_owned(),
         regions: catalog

@@ -47,6 +47,8 @@ pub enum Route {
     Ping,
     Providers,
     Provider(String),
+    /// `provider/<name>/credentials/`: GET whether keys are linked, PUT links new keys.
+    ProviderCredentials(String),
     Regions,
     Region(String, String),
     AvailabilityZones,
@@ -75,6 +77,8 @@ pub enum Route {
     AgentNodePing(String),
     /// `/download/flotilla`: the server's own binary, for nodes (no auth).
     Download,
+    /// `/api/openapi.json`: the OpenAPI document of every route ([`crate::openapi`]).
+    OpenApi,
 }
 
 /// A parsed path: the route and the namespace segment, if the path had one.
@@ -90,6 +94,12 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     if trimmed == "/download/flotilla" {
         return Some(Parsed {
             route: Route::Download,
+            namespace: None,
+        });
+    }
+    if trimmed == crate::openapi::PATH {
+        return Some(Parsed {
+            route: Route::OpenApi,
             namespace: None,
         });
     }
@@ -127,6 +137,7 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     let route = match (subsystem, rest) {
         ("infra", ["provider"]) => Route::Providers,
         ("infra", ["provider", name]) => Route::Provider(s(name)),
+        ("infra", ["provider", name, "credentials"]) => Route::ProviderCredentials(s(name)),
         ("infra", ["region"]) => Route::Regions,
         ("infra", ["region", p, name]) => Route::Region(s(p), s(name)),
         ("infra", ["az"]) => Route::AvailabilityZones,
@@ -159,6 +170,7 @@ fn allowed_methods(route: &Route) -> &'static [Method] {
     match route {
         Route::Ping => &[Method::GET, Method::HEAD],
         Route::Clusters => &[Method::GET, Method::POST],
+        Route::ProviderCredentials(_) => &[Method::GET, Method::PUT],
         Route::Cluster(_) | Route::Node(_) => &[Method::GET, Method::PATCH, Method::DELETE],
         Route::ClusterDeploy(_) | Route::ActionCancel(_) | Route::ActionRetry(_) | Route::Token => {
             &[Method::POST]
@@ -397,6 +409,16 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 let found = catalog.providers.iter().find(|p| p.name == name).cloned();
                 self.one(found, &format!("provider '{name}'"))?
             }
+            (Route::ProviderCredentials(name), Method::PUT) => {
+                let body = self.body()?;
+                let linked = app.link_provider_credentials(&name, &body).await?;
+                json_response(StatusCode::OK, &linked, None)
+            }
+            (Route::ProviderCredentials(name), _) => json_response(
+                StatusCode::OK,
+                &app.provider_credentials(&name).await?,
+                None,
+            ),
             (Route::Regions, _) => self.list(app.catalog().await?.regions.clone())?,
             (Route::Region(provider, name), _) => {
                 let uri = api::uri::region(&provider, &name);
@@ -475,6 +497,7 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 json_response(StatusCode::ACCEPTED, &action, Some(&action.resource_uri))
             }
             (Route::Services, _) => self.list(Vec::<Value>::new())?,
+            (Route::OpenApi, _) => json_response(StatusCode::OK, &crate::openapi::document(), None),
             (Route::Token, _) => json_response(
                 StatusCode::CREATED,
                 &app.create_byo_token(caller).await?,
@@ -710,6 +733,173 @@ mod tests {
             Some(Route::AgentNodePing("x".into()))
         );
         assert_eq!(route("/download/flotilla"), Some(Route::Download));
+    }
+
+    /// Every route's path template (without namespace) and methods, as the OpenAPI document
+    /// must list them. Exhaustive on purpose: a new `Route` variant does not compile until it
+    /// is listed here, and then `every_route_is_in_the_openapi_document` checks the document.
+    fn template(route: &Route) -> (&'static str, &'static [&'static str]) {
+        match route {
+            Route::Ping => ("/_ping", &["get", "head"]),
+            Route::OpenApi => ("/api/openapi.json", &["get"]),
+            Route::Download => ("/download/flotilla", &["get", "head"]),
+            Route::Providers => ("/api/infra/v1/provider/", &["get"]),
+            Route::Provider(_) => ("/api/infra/v1/provider/{name}/", &["get"]),
+            Route::ProviderCredentials(_) => (
+                "/api/infra/v1/provider/{name}/credentials/",
+                &["get", "put"],
+            ),
+            Route::Regions => ("/api/infra/v1/region/", &["get"]),
+            Route::Region(..) => ("/api/infra/v1/region/{provider}/{name}/", &["get"]),
+            Route::AvailabilityZones => ("/api/infra/v1/az/", &["get"]),
+            Route::AvailabilityZone(..) => {
+                ("/api/infra/v1/az/{provider}/{region}/{name}/", &["get"])
+            }
+            Route::NodeTypes => ("/api/infra/v1/nodetype/", &["get"]),
+            Route::NodeType(..) => ("/api/infra/v1/nodetype/{provider}/{name}/", &["get"]),
+            Route::Clusters => ("/api/infra/v1/nodecluster/", &["get", "post"]),
+            Route::Cluster(_) => (
+                "/api/infra/v1/nodecluster/{uuid}/",
+                &["get", "patch", "delete"],
+            ),
+            Route::ClusterDeploy(_) => ("/api/infra/v1/nodecluster/{uuid}/deploy/", &["post"]),
+            Route::Nodes => ("/api/infra/v1/node/", &["get"]),
+            Route::Node(_) => ("/api/infra/v1/node/{uuid}/", &["get", "patch", "delete"]),
+            Route::Token => ("/api/infra/v1/token/", &["post"]),
+            Route::Actions => ("/api/audit/v1/action/", &["get"]),
+            Route::Action(_) => ("/api/audit/v1/action/{uuid}/", &["get"]),
+            Route::ActionCancel(_) => ("/api/audit/v1/action/{uuid}/cancel/", &["post"]),
+            Route::ActionRetry(_) => ("/api/audit/v1/action/{uuid}/retry/", &["post"]),
+            Route::ActionLogs(_) => ("/api/audit/v1/action/{uuid}/logs/", &["get"]),
+            Route::Events => ("/api/audit/v1/events", &["get"]),
+            Route::Services => ("/api/app/v1/service/", &["get"]),
+            Route::AgentNodes => ("/api/agent/v1/node/", &["post"]),
+            Route::AgentNode(_) => ("/api/agent/v1/node/{uuid}/", &["get", "patch"]),
+            Route::AgentNodePing(_) => ("/api/agent/v1/node/{uuid}/ping/", &["post"]),
+        }
+    }
+
+    /// A concrete path for a template: every `{param}` becomes `x`.
+    fn concrete(template: &str) -> String {
+        template
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "x"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let text = serde_json::to_string(&crate::openapi::document()).expect("serializes");
+        let document: Value = serde_json::from_str(&text).expect("the document is JSON");
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
+        assert!(document["info"]["title"].is_string() && document["info"]["version"].is_string());
+        let paths = document["paths"].as_object().expect("paths");
+        let schemes = &document["components"]["securitySchemes"];
+        assert_eq!(schemes["basic"]["scheme"], "basic");
+        assert_eq!(schemes["agentToken"]["name"], "Authorization");
+        let schemas = &document["components"]["schemas"];
+        assert_eq!(schemas["Error"]["required"], json!(["error"]));
+        for name in [
+            "ListEnvelope",
+            "NodeClusterCreate",
+            "NodeClusterPatch",
+            "NodePatch",
+        ] {
+            assert!(schemas[name].is_object(), "{name}");
+        }
+        // Every document path is a route, and that route's template (namespace removed).
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, item) in paths {
+            let parsed = parse_path(&concrete(path))
+                .unwrap_or_else(|| panic!("{path} is in the document but not a route"));
+            let (expected, methods) = template(&parsed.route);
+            assert_eq!(path.replace("/{namespace}", ""), expected, "{path}");
+            assert_eq!(
+                parsed.namespace.is_some(),
+                path.contains("{namespace}"),
+                "{path}"
+            );
+            let listed: Vec<&str> = item
+                .as_object()
+                .expect("item")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut wanted = methods.to_vec();
+            wanted.sort_unstable();
+            let mut listed = listed;
+            listed.sort_unstable();
+            assert_eq!(listed, wanted, "{path}");
+            seen.insert(expected);
+        }
+        // Every route is in the document, with the methods the dispatcher allows. One sample
+        // per variant: a variant documented but missing here fails the count check below.
+        let x = || "x".to_owned();
+        let every_route = [
+            Route::Ping,
+            Route::OpenApi,
+            Route::Download,
+            Route::Providers,
+            Route::Provider(x()),
+            Route::ProviderCredentials(x()),
+            Route::Regions,
+            Route::Region(x(), x()),
+            Route::AvailabilityZones,
+            Route::AvailabilityZone(x(), x(), x()),
+            Route::NodeTypes,
+            Route::NodeType(x(), x()),
+            Route::Clusters,
+            Route::Cluster(x()),
+            Route::ClusterDeploy(x()),
+            Route::Nodes,
+            Route::Node(x()),
+            Route::Token,
+            Route::Actions,
+            Route::Action(x()),
+            Route::ActionCancel(x()),
+            Route::ActionRetry(x()),
+            Route::ActionLogs(x()),
+            Route::Events,
+            Route::Services,
+            Route::AgentNodes,
+            Route::AgentNode(x()),
+            Route::AgentNodePing(x()),
+        ];
+        for route in &every_route {
+            let (path, methods) = template(route);
+            assert!(
+                seen.contains(path),
+                "{route:?} ({path}) is not in the document"
+            );
+            assert_eq!(
+                parse_path(&concrete(path)).map(|p| p.route).as_ref(),
+                Some(route)
+            );
+            if !crate::agent_api::is_agent_route(route) && *route != Route::Ping {
+                let allowed: Vec<String> = allowed_methods(route)
+                    .iter()
+                    .map(|m| m.as_str().to_ascii_lowercase())
+                    .collect();
+                assert_eq!(allowed, methods.to_vec(), "{route:?}");
+            }
+        }
+        assert_eq!(seen.len(), every_route.len(), "one template per route");
+        assert_eq!(
+            document["paths"]["/_ping"]["get"]["security"],
+            json!([]),
+            "ping needs no auth"
+        );
     }
 
     #[test]

@@ -15,13 +15,19 @@
 //!   runs, and the admin's API key can only be shown by whoever creates it.
 //! * The server is generic over the cloud, so the whole API runs against `FakeCloud` in
 //!   milliseconds and against the real engine (on moto) in the end-to-end tests.
+//! * AWS keys linked through the API are sealed with the installation's `secret.key`
+//!   ([`secrets`]); [`initialize`] creates the key (0600) and returns the decrypted keys so
+//!   the binary can build its cloud client with them, and [`run`] hands the key to the app
+//!   for later links.
 
 pub mod agent_api;
 pub mod app;
 pub mod catalog;
 pub mod events;
 pub mod http;
+pub mod openapi;
 pub mod reconcile;
+pub mod secrets;
 pub mod store;
 pub mod stream;
 
@@ -54,13 +60,17 @@ pub struct ServerConfig {
     /// Nodes are named `<uuid>.<node_domain>`.
     pub node_domain: String,
     pub reconcile: ReconcileSettings,
+    /// The key that encrypts linked provider keys (`secrets`); created 0600 if missing.
+    pub secret_key_path: PathBuf,
 }
 
 impl ServerConfig {
     pub fn new(database_path: impl Into<PathBuf>) -> ServerConfig {
+        let database_path: PathBuf = database_path.into();
         ServerConfig {
+            secret_key_path: database_path.with_file_name("secret.key"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            database_path: database_path.into(),
+            database_path,
             admin_username: "admin".into(),
             node_domain: "node.flotilla.internal".into(),
             reconcile: ReconcileSettings::default(),
@@ -76,6 +86,8 @@ pub struct Installation {
     /// The admin's credentials when this call created the admin (first start only); the
     /// key is not stored anywhere and cannot be shown again.
     pub new_admin: Option<Credentials>,
+    /// AWS keys linked through the API, decrypted (`None`: use the standard chain).
+    pub aws_keys: Option<flotilla_core::cloud::AccessKeys>,
 }
 
 /// Creates the database, the installation id and the admin user if missing. Safe to call
@@ -89,6 +101,8 @@ pub async fn initialize(config: &ServerConfig) -> anyhow::Result<Installation> {
         .ensure_owner_id(&uuid::Uuid::new_v4().to_string(), now)
         .await?;
     agent_api::load_secret(&store).await?;
+    let secret_key = secrets::SecretKey::load_or_create(&config.secret_key_path)?;
+    let aws_keys = app::linked_keys(&store, &secret_key, catalog::PROVIDER).await?;
     let mut new_admin = None;
     if store.user_count().await? == 0 {
         let (record, credentials) = app::new_user(&config.admin_username);
@@ -100,6 +114,7 @@ pub async fn initialize(config: &ServerConfig) -> anyhow::Result<Installation> {
     Ok(Installation {
         owner_id,
         new_admin,
+        aws_keys,
     })
 }
 
@@ -123,6 +138,8 @@ pub async fn run<C: Cloud + 'static>(
     }
     let (reconciler, supervisor) =
         reconcile::reconciler(store.clone(), cloud.clone(), config.reconcile.clone());
+    let secret_key = secrets::SecretKey::load(&config.secret_key_path)?;
+    let linked = app::linked_keys(&store, &secret_key, catalog::PROVIDER).await?;
     for cluster in store.clusters().await? {
         if !matches!(cluster.state, ClusterState::Init | ClusterState::Terminated) {
             if cluster.state.is_busy() {
@@ -131,14 +148,17 @@ pub async fn run<C: Cloud + 'static>(
             reconciler.nudge(&cluster.uuid);
         }
     }
-    let app = Arc::new(App::new(
-        store.clone(),
-        cloud,
-        reconciler,
-        AppSettings {
-            node_domain: config.node_domain.clone(),
-        },
-    ));
+    let app = Arc::new(
+        App::new(
+            store.clone(),
+            cloud,
+            reconciler,
+            AppSettings {
+                node_domain: config.node_domain.clone(),
+            },
+        )
+        .with_secret_key(secret_key, linked.map(|k| k.access_key_id)),
+    );
     let router = http::router(app.clone());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = agent_api::flush_heartbeats(app, stopped.clone());

@@ -17,6 +17,7 @@
 //!   publishes on [`Store::events`] after its transaction commits.
 
 mod agents;
+mod credentials;
 mod tokens;
 
 use std::path::Path;

@@ -31,9 +31,9 @@ const ACTIONS: &str = "/api/audit/v1/action/";
 pub struct Common {
     /// Server URL (default: FLOTILLA_HOST, DOCKERCLOUD_REST_HOST, or http://127.0.0.1:8000).
     #[arg(long, global = true)]
-    host: Option<String>,
+    pub(crate) host: Option<String>,
     #[arg(long, value_enum, default_value = "table", global = true)]
-    format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 //! so a field added to the API never breaks an older client.
 
 pub mod commands;
+pub mod provider;
 
 use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};

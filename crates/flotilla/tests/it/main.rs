@@ -5,4 +5,6 @@ mod agents;
 mod client;
 mod dockercloud_cli;
 mod engine;
+mod link;
+mod server_crash;
 mod support;

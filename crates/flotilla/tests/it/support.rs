@@ -116,6 +116,11 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The server's `--data-dir` (database, WAL, `secret.key`).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

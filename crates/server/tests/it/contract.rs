@@ -54,6 +54,7 @@ async fn authentication_is_required_everywhere_but_ping() {
             "/api/infra/v1/nodecluster/",
             "/api/audit/v1/action/",
             "/api/nothing/",
+            "/api/openapi.json",
         ] {
             let reply = server.raw(Method::GET, path, None, auth).await;
             assert_eq!(reply.status, 401, "{path}");
@@ -61,6 +62,15 @@ async fn authentication_is_required_everywhere_but_ping() {
         }
     }
     assert_eq!(server.get("/api/infra/v1/nodecluster/").await.status, 200);
+    // The OpenAPI document is served with auth, like the API it describes.
+    let document = server.get("/api/openapi.json").await;
+    assert_eq!(document.status, 200);
+    assert!(
+        document.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    assert!(document.body["paths"]["/api/infra/v1/nodecluster/"]["post"].is_object());
     server.stop().await;
 }
 

@@ -6,4 +6,5 @@ mod agents;
 mod contract;
 mod harness;
 mod lifecycle;
+mod link;
 mod stream;

@@ -1,0 +1,285 @@
+//! A `flotilla server` killed with SIGKILL finishes the work it had accepted.
+//!
+//! For a handful of crash points K, a fresh moto account and a fresh server deploy a 6-node
+//! cluster through the HTTP API; the proxy holds the deploy's K-th AWS call, and once every
+//! earlier call has finished the server is killed with SIGKILL while that call is in flight.
+//! A new server process on the same data directory and port, with no faults, must resume the
+//! busy cluster on its own (nothing is called again by the test) and end with it `Deployed`
+//! with 6 nodes, one network and 6 running instances balanced 2/2/2, and the deploy action
+//! `Success`. The restart itself proves the SQLite database survives a SIGKILL.
+//!
+//! Design decisions:
+//! * This file has its own small process harness rather than `support::Server`: it needs to
+//!   kill the process, keep the data directory and restart on the same port, with the
+//!   credentials printed only by the first start.
+//! * The crash points are a sample (not every call as in `engine.rs`): each costs a server
+//!   start, a partial deploy and a restart, and the engine's every-call matrix already covers
+//!   the pass itself; this test covers the server's resume-on-start path.
+//! * Crash points run two at a time, each in its own moto account, to stay well under the
+//!   time budget on two cores.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use flotilla_testkit::inspect::{self, Kind};
+use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+use serde_json::{Value, json};
+
+/// Crash points: the K-th AWS call of the deploy (a deploy from nothing makes about 25).
+const CRASH_POINTS: &[u64] = &[2, 5, 9, 13, 17, 20];
+const START_LIMIT: Duration = Duration::from_secs(30);
+const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
+
+struct Server {
+    process: tokio::process::Child,
+}
+
+/// Starts `flotilla server` on `port` with its state in `dir`; `run` names its log files.
+async fn start(dir: &Path, port: u16, aws_endpoint: &str, run: u32) -> Server {
+    let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.log"))).expect("log");
+    let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).expect("log");
+    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--endpoint-url", aws_endpoint, "--node-ready", "running"])
+        .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
+        .env("AWS_ACCESS_KEY_ID", "AKIAE2ECRASH")
+        .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("FLOTILLA_LOG", "info")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("FLOTILLA_PUBLIC_URL")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start flotilla server");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client
+        .get(format!("http://127.0.0.1:{port}/_ping"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < START_LIMIT,
+            "server never answered: {}",
+            logs(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Server { process }
+}
+
+fn logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for run in 0..2 {
+        for stream in ["stdout", "stderr"] {
+            let path = dir.join(format!("{stream}-{run}.log"));
+            all.push_str(&format!(
+                "--- {stream} {run}\n{}\n",
+                std::fs::read_to_string(path).unwrap_or_default()
+            ));
+        }
+    }
+    all
+}
+
+/// The admin's credentials, printed by the first start.
+fn credentials(dir: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(dir.join("stdout-0.log")).expect("stdout");
+    let value = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    (
+        value("export DOCKERCLOUD_USER="),
+        value("export DOCKERCLOUD_APIKEY="),
+    )
+}
+
+struct Api {
+    base: String,
+    user: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, Option<String>) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth(&self.user, Some(&self.key))
+            .timeout(Duration::from_secs(10));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let action = response
+            .headers()
+            .get("X-DockerCloud-Action-URI")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, response.json().await.unwrap_or(Value::Null), action)
+    }
+}
+
+/// One crash point, from a fresh account to the checks; panics with the reason on failure.
+async fn crash_at(k: u64) {
+    let moto = Moto::shared();
+    let account = Moto::new_account_id();
+    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
+    let inspector = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+    // Removed when this function returns or unwinds; failures print the logs first.
+    let dir_guard = tempfile::tempdir().expect("temp dir");
+    let dir: PathBuf = dir_guard.path().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut server = start(&dir, port, &proxy.endpoint(), 0).await;
+    let (user, key) = credentials(&dir);
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        user,
+        key,
+        client: reqwest::Client::new(),
+    };
+    let (status, created, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/infra/v1/nodecluster/",
+            Some(json!({"name": format!("crash{k}"), "target_num_nodes": 6,
+                "region": "/api/infra/v1/region/aws/us-east-1/",
+                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
+        )
+        .await;
+    assert_eq!(status, 201, "k={k}: {created}");
+    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+
+    proxy.clear_log();
+    proxy.add_rule(
+        Rule::any()
+            .nth(k)
+            .fault(Fault::Delay(Duration::from_secs(60))),
+    );
+    let (status, body, action_uri) = api
+        .call(reqwest::Method::POST, &format!("{path}deploy/"), None)
+        .await;
+    assert_eq!(status, 202, "k={k}: {body}");
+    let action_uri = action_uri.expect("the deploy's action");
+    // Wait until every call before the K-th has finished and nothing moves any more.
+    let started = Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = proxy.total();
+        if done as u64 >= k - 1 && done == last {
+            break;
+        }
+        last = done;
+        assert!(
+            started.elapsed() < CONVERGE_LIMIT,
+            "k={k}: the deploy stalled at {done} calls: {}",
+            logs(&dir)
+        );
+    }
+    // The held call keeps the deploy from finishing: this is a crash mid-deploy.
+    let (_, before, _) = api.call(reqwest::Method::GET, &path, None).await;
+    assert_eq!(before["state"], "Deploying", "k={k}: {before:#}");
+    server.process.start_kill().expect("SIGKILL");
+    server.process.wait().await.expect("reaped");
+    proxy.clear_rules();
+
+    // A new process on the same database and port resumes the deploy by itself.
+    let _server = start(&dir, port, &proxy.endpoint(), 1).await;
+    let started = Instant::now();
+    let cluster = loop {
+        let (status, cluster, _) = api.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "k={k}: {cluster}");
+        if cluster["state"] == "Deployed" && cluster["current_num_nodes"] == 6 {
+            break cluster;
+        }
+        assert!(
+            started.elapsed() < CONVERGE_LIMIT,
+            "k={k}: never Deployed with 6 nodes: {cluster:#}\n{}",
+            logs(&dir)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(cluster["target_num_nodes"], 6, "k={k}");
+    let (_, action, _) = api.call(reqwest::Method::GET, &action_uri, None).await;
+    assert_eq!(action["state"], "Success", "k={k}: {action:#}");
+
+    let ec2 = inspect::ec2_client(&inspector.endpoint(), "us-east-1").await;
+    let per_zone = inspect::instances_per_zone(&ec2, &["running"]).await;
+    assert_eq!(
+        per_zone.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "k={k}: {per_zone:?}"
+    );
+    let owner = owner_of_instances(&ec2).await;
+    for (kind, count) in [
+        (Kind::Vpc, 1),
+        (Kind::Subnet, 3),
+        (Kind::InternetGateway, 1),
+        (Kind::RouteTable, 1),
+        (Kind::SecurityGroup, 1),
+    ] {
+        let ids = inspect::owned(&ec2, &owner, kind).await;
+        assert_eq!(ids.len(), count, "k={k}: {kind:?} {ids:?}");
+    }
+}
+
+/// The `flotilla:owner` tag of the account's running instances (exactly one installation).
+async fn owner_of_instances(ec2: &aws_sdk_ec2::Client) -> String {
+    let output = ec2
+        .describe_instances()
+        .send()
+        .await
+        .expect("DescribeInstances");
+    let owners: std::collections::BTreeSet<String> = output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .filter(|t| t.key() == Some("flotilla:owner"))
+        .filter_map(|t| t.value().map(str::to_owned))
+        .collect();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    owners.into_iter().next().expect("one owner")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_deploy_finishes_it_after_a_restart() {
+    let mut converged = 0;
+    for pair in CRASH_POINTS.chunks(2) {
+        let runs: Vec<_> = pair.iter().map(|&k| tokio::spawn(crash_at(k))).collect();
+        for (run, k) in runs.into_iter().zip(pair) {
+            match run.await {
+                Ok(()) => converged += 1,
+                Err(error) => eprintln!("crash point {k} failed: {error}"),
+            }
+        }
+    }
+    assert_eq!(
+        converged,
+        CRASH_POINTS.len(),
+        "{converged} of {} crash points converged",
+        CRASH_POINTS.len()
+    );
+}

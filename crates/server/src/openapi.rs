@@ -1,0 +1,528 @@
+//! The OpenAPI 3.1 document of everything the server serves, answered at
+//! `GET /api/openapi.json` ([`PATH`]).
+//!
+//! Design decisions:
+//! * The document is data written by hand with `serde_json::json!`, not derived from the
+//!   handlers (utoipa): the dispatcher is one `match` over [`crate::http::Route`], not one
+//!   annotated function per path, and the wire types live in `flotilla-api`, which would
+//!   otherwise have to depend on a schema crate. Drift is caught by a test in `http`: an
+//!   exhaustive `match` over `Route` (a new variant does not compile until it is listed) whose
+//!   path templates and methods must all be in this document, and every path of this
+//!   document must parse back to a route.
+//! * It is served **with** Basic auth, like every route but `/_ping` and the agent's own
+//!   routes: an installation's API is private, the document tells a scanner exactly what to
+//!   try, and the tools that read it (Swagger UI, generators) can send credentials. It is
+//!   built per request; it is small and rarely asked for.
+//! * Namespaced resources (`nodecluster`, `node`, `token`, `events`, `service`, and the
+//!   action-logs websocket) appear twice, without and with the `{namespace}` segment, as the
+//!   contract requires both. REST paths are written with their trailing slash, as the
+//!   clients send them; the server also accepts them without it (said in `info`).
+//! * Objects are described loosely (`type: object` with their key fields): the contract
+//!   (`dockercloud-api.md` §3) and `flotilla-api` are the reference for every field; what
+//!   the document pins down is paths, methods, auth, request bodies, the list envelope and
+//!   the error body.
+
+use serde_json::{Map, Value, json};
+
+/// Where the document is served.
+pub const PATH: &str = "/api/openapi.json";
+
+/// How a path authenticates.
+#[derive(Clone, Copy)]
+enum Auth {
+    None,
+    Basic,
+    Agent,
+}
+
+/// One operation: method, summary, auth, request body schema, success status and body.
+struct Op {
+    method: &'static str,
+    summary: &'static str,
+    auth: Auth,
+    request: Option<Value>,
+    status: &'static str,
+    response: Value,
+}
+
+fn op(method: &'static str, summary: &'static str, status: &'static str, response: Value) -> Op {
+    Op {
+        method,
+        summary,
+        auth: Auth::Basic,
+        request: None,
+        status,
+        response,
+    }
+}
+
+impl Op {
+    fn auth(mut self, auth: Auth) -> Op {
+        self.auth = auth;
+        self
+    }
+    fn body(mut self, schema: &str) -> Op {
+        self.request = Some(schema_ref(schema));
+        self
+    }
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn list_of(name: &str) -> Value {
+    json!({"allOf": [schema_ref("ListEnvelope"),
+        {"type": "object", "properties": {"objects": {"type": "array", "items": schema_ref(name)}}}]})
+}
+
+fn parameters(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect()
+}
+
+fn operation(path: &str, op: &Op, tag: &str) -> Value {
+    let mut object = Map::new();
+    object.insert("summary".into(), json!(op.summary));
+    object.insert("tags".into(), json!([tag]));
+    object.insert("parameters".into(), Value::Array(parameters(path)));
+    let security = match op.auth {
+        Auth::None => json!([]),
+        Auth::Basic => json!([{"basic": []}]),
+        Auth::Agent => json!([{"agentToken": []}]),
+    };
+    object.insert("security".into(), security);
+    if let Some(schema) = &op.request {
+        object.insert(
+            "requestBody".into(),
+            json!({"required": false, "content": {"application/json": {"schema": schema}}}),
+        );
+    }
+    let error = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("Error")}}});
+    let success = if op.response.is_null() {
+        json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}})
+    } else {
+        json!({"description": "success", "content": {"application/json": {"schema": op.response}}})
+    };
+    let mut responses = Map::new();
+    responses.insert(op.status.into(), success);
+    responses.insert("default".into(), error);
+    object.insert("responses".into(), Value::Object(responses));
+    Value::Object(object)
+}
+
+/// `(path, tag, namespaced, operations)` for every path, non-namespaced form.
+fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
+    let ws = || json!({"description": "a websocket of JSON messages (101 Switching Protocols)"});
+    vec![
+        (
+            "/_ping",
+            "meta",
+            false,
+            vec![
+                op("get", "liveness; no auth", "200", Value::Null).auth(Auth::None),
+                op("head", "liveness; no auth", "200", Value::Null).auth(Auth::None),
+            ],
+        ),
+        (
+            PATH,
+            "meta",
+            false,
+            vec![op("get", "this document", "200", json!({"type": "object"}))],
+        ),
+        (
+            "/download/flotilla",
+            "agent",
+            false,
+            vec![
+                op(
+                    "get",
+                    "the server's own binary, for nodes; no auth",
+                    "200",
+                    json!({"type": "string", "format": "binary"}),
+                )
+                .auth(Auth::None),
+                op(
+                    "head",
+                    "the binary's size; no auth",
+                    "200",
+                    json!({"type": "string", "format": "binary"}),
+                )
+                .auth(Auth::None),
+            ],
+        ),
+        (
+            "/api/infra/v1/provider/",
+            "infra",
+            false,
+            vec![op("get", "list providers", "200", list_of("Provider"))],
+        ),
+        (
+            "/api/infra/v1/provider/{name}/",
+            "infra",
+            false,
+            vec![op("get", "get a provider", "200", schema_ref("Provider"))],
+        ),
+        (
+            "/api/infra/v1/provider/{name}/credentials/",
+            "infra",
+            false,
+            vec![
+                op(
+                    "get",
+                    "whether AWS keys are linked (never the secret)",
+                    "200",
+                    schema_ref("ProviderCredentials"),
+                ),
+                op(
+                    "put",
+                    "validate and link AWS keys (400 with the reasons when invalid)",
+                    "200",
+                    schema_ref("ProviderCredentials"),
+                )
+                .body("AccessKeys"),
+            ],
+        ),
+        (
+            "/api/infra/v1/region/",
+            "infra",
+            false,
+            vec![op("get", "list regions", "200", list_of("Region"))],
+        ),
+        (
+            "/api/infra/v1/region/{provider}/{name}/",
+            "infra",
+            false,
+            vec![op("get", "get a region", "200", schema_ref("Region"))],
+        ),
+        (
+            "/api/infra/v1/az/",
+            "infra",
+            false,
+            vec![op(
+                "get",
+                "list availability zones",
+                "200",
+                list_of("AvailabilityZone"),
+            )],
+        ),
+        (
+            "/api/infra/v1/az/{provider}/{region}/{name}/",
+            "infra",
+            false,
+            vec![op(
+                "get",
+                "get an availability zone",
+                "200",
+                schema_ref("AvailabilityZone"),
+            )],
+        ),
+        (
+            "/api/infra/v1/nodetype/",
+            "infra",
+            false,
+            vec![op("get", "list node types", "200", list_of("NodeType"))],
+        ),
+        (
+            "/api/infra/v1/nodetype/{provider}/{name}/",
+            "infra",
+            false,
+            vec![op("get", "get a node type", "200", schema_ref("NodeType"))],
+        ),
+        (
+            "/api/infra/v1/nodecluster/",
+            "infra",
+            true,
+            vec![
+                op("get", "list node clusters", "200", list_of("NodeCluster")),
+                op(
+                    "post",
+                    "create a node cluster (state Init)",
+                    "201",
+                    schema_ref("NodeCluster"),
+                )
+                .body("NodeClusterCreate"),
+            ],
+        ),
+        (
+            "/api/infra/v1/nodecluster/{uuid}/",
+            "infra",
+            true,
+            vec![
+                op(
+                    "get",
+                    "get a node cluster",
+                    "200",
+                    schema_ref("NodeCluster"),
+                ),
+                op(
+                    "patch",
+                    "scale, retag or rename a node cluster",
+                    "202",
+                    schema_ref("NodeCluster"),
+                )
+                .body("NodeClusterPatch"),
+                op(
+                    "delete",
+                    "terminate a node cluster and its nodes",
+                    "202",
+                    schema_ref("NodeCluster"),
+                ),
+            ],
+        ),
+        (
+            "/api/infra/v1/nodecluster/{uuid}/deploy/",
+            "infra",
+            true,
+            vec![op(
+                "post",
+                "deploy an Init node cluster",
+                "202",
+                schema_ref("NodeCluster"),
+            )],
+        ),
+        (
+            "/api/infra/v1/node/",
+            "infra",
+            true,
+            vec![op("get", "list nodes", "200", list_of("Node"))],
+        ),
+        (
+            "/api/infra/v1/node/{uuid}/",
+            "infra",
+            true,
+            vec![
+                op("get", "get a node", "200", schema_ref("Node")),
+                op("patch", "retag or rename a node", "200", schema_ref("Node")).body("NodePatch"),
+                op("delete", "terminate a node", "202", schema_ref("Node")),
+            ],
+        ),
+        (
+            "/api/infra/v1/token/",
+            "infra",
+            true,
+            vec![op(
+                "post",
+                "create a bring-your-own-node token",
+                "201",
+                json!({"type": "object", "properties": {"token": {"type": "string"}}}),
+            )],
+        ),
+        (
+            "/api/audit/v1/action/",
+            "audit",
+            false,
+            vec![op("get", "list actions", "200", list_of("Action"))],
+        ),
+        (
+            "/api/audit/v1/action/{uuid}/",
+            "audit",
+            false,
+            vec![op("get", "get an action", "200", schema_ref("Action"))],
+        ),
+        (
+            "/api/audit/v1/action/{uuid}/cancel/",
+            "audit",
+            false,
+            vec![op(
+                "post",
+                "cancel a pending or running action",
+                "202",
+                schema_ref("Action"),
+            )],
+        ),
+        (
+            "/api/audit/v1/action/{uuid}/retry/",
+            "audit",
+            false,
+            vec![op(
+                "post",
+                "retry a finished action",
+                "202",
+                schema_ref("Action"),
+            )],
+        ),
+        (
+            "/api/audit/v1/action/{uuid}/logs/",
+            "audit",
+            true,
+            vec![op(
+                "get",
+                "websocket: an action's log lines (?follow=, ?tail=)",
+                "101",
+                ws(),
+            )],
+        ),
+        (
+            "/api/audit/v1/events",
+            "audit",
+            true,
+            vec![op(
+                "get",
+                "websocket: the event stream (also /events/)",
+                "101",
+                ws(),
+            )],
+        ),
+        (
+            "/api/app/v1/service/",
+            "app",
+            true,
+            vec![op(
+                "get",
+                "list services (always empty: Flotilla runs no services)",
+                "200",
+                list_of("Object"),
+            )],
+        ),
+        (
+            "/api/agent/v1/node/",
+            "agent",
+            false,
+            vec![
+                op(
+                    "post",
+                    "register a node's agent with a batch token or its node credential",
+                    "201",
+                    schema_ref("AgentNode"),
+                )
+                .auth(Auth::Agent)
+                .body("AgentRegistration"),
+            ],
+        ),
+        (
+            "/api/agent/v1/node/{uuid}/",
+            "agent",
+            false,
+            vec![
+                op("get", "the agent's node", "200", schema_ref("AgentNode")).auth(Auth::Agent),
+                op(
+                    "patch",
+                    "report what the agent learned",
+                    "200",
+                    schema_ref("AgentNode"),
+                )
+                .auth(Auth::Agent)
+                .body("AgentNodeUpdate"),
+            ],
+        ),
+        (
+            "/api/agent/v1/node/{uuid}/ping/",
+            "agent",
+            false,
+            vec![
+                op(
+                    "post",
+                    "heartbeat",
+                    "200",
+                    json!({"type": "object", "properties": {"reachable": {"type": "boolean"}}}),
+                )
+                .auth(Auth::Agent),
+            ],
+        ),
+    ]
+}
+
+/// `/api/<sub>/v1/<rest>` → `/api/<sub>/v1/{namespace}/<rest>`.
+fn namespaced(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/api/")?;
+    let (subsystem, rest) = rest.split_once("/v1/")?;
+    Some(format!("/api/{subsystem}/v1/{{namespace}}/{rest}"))
+}
+
+fn schemas() -> Value {
+    let object = |properties: Value| json!({"type": "object", "properties": properties, "additionalProperties": true});
+    let tags = json!({"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"name": {"type": "string"}}}]}});
+    json!({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "ListEnvelope": {"type": "object", "required": ["meta", "objects"], "properties": {
+            "meta": {"type": "object", "required": ["limit", "offset", "total_count"], "properties": {
+                "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                "total_count": {"type": "integer"},
+                "next": {"type": ["string", "null"], "description": "a path starting /api/"},
+                "previous": {"type": ["string", "null"]}}},
+            "objects": {"type": "array", "items": {}}}},
+        "Object": {"type": "object"},
+        "AccessKeys": {"type": "object", "required": ["access_key_id", "secret_access_key"], "properties": {
+            "access_key_id": {"type": "string"}, "secret_access_key": {"type": "string"},
+            "session_token": {"type": "string"}}},
+        "ProviderCredentials": object(json!({"provider": {"type": "string"}, "linked": {"type": "boolean"},
+            "access_key_id": {"type": ["string", "null"]}, "resource_uri": {"type": "string"},
+            "validation": {"type": "object"}})),
+        "Provider": object(json!({"name": {"type": "string"}, "label": {"type": "string"}, "resource_uri": {"type": "string"}})),
+        "Region": object(json!({"name": {"type": "string"}, "provider": {"type": "string"}, "resource_uri": {"type": "string"}})),
+        "AvailabilityZone": object(json!({"name": {"type": "string"}, "region": {"type": "string"}, "resource_uri": {"type": "string"}})),
+        "NodeType": object(json!({"name": {"type": "string"}, "provider": {"type": "string"}, "regions": {"type": "array", "items": {"type": "string"}}, "resource_uri": {"type": "string"}})),
+        "NodeCluster": object(json!({"uuid": {"type": "string"}, "name": {"type": "string"}, "state": {"type": "string"},
+            "target_num_nodes": {"type": "integer"}, "current_num_nodes": {"type": "integer"},
+            "nodes": {"type": "array", "items": {"type": "string"}}, "region": {"type": "string"},
+            "node_type": {"type": "string"}, "disk": {"type": "integer"}, "resource_uri": {"type": "string"}})),
+        "NodeClusterCreate": {"type": "object", "required": ["name", "region", "node_type"], "properties": {
+            "name": {"type": "string"}, "nickname": {"type": "string"},
+            "region": {"type": "string", "description": "/api/infra/v1/region/{provider}/{name}/"},
+            "node_type": {"type": "string", "description": "/api/infra/v1/nodetype/{provider}/{name}/"},
+            "target_num_nodes": {"type": "integer", "minimum": 1},
+            "disk": {"type": ["integer", "string"], "description": "GB"},
+            "tags": tags.clone(), "provider_options": {"type": "object"}}},
+        "NodeClusterPatch": {"type": "object", "properties": {
+            "target_num_nodes": {"type": "integer"}, "tags": tags.clone(), "nickname": {"type": "string"}}},
+        "Node": object(json!({"uuid": {"type": "string"}, "state": {"type": "string"}, "node_cluster": {"type": ["string", "null"]},
+            "external_fqdn": {"type": "string"}, "public_ip": {"type": ["string", "null"]}, "resource_uri": {"type": "string"}})),
+        "NodePatch": {"type": "object", "properties": {"tags": tags, "nickname": {"type": "string"}}},
+        "Action": object(json!({"uuid": {"type": "string"}, "state": {"type": "string"}, "action": {"type": "string"},
+            "object": {"type": "string"}, "logs": {"type": "string"}, "resource_uri": {"type": "string"}})),
+        "AgentRegistration": {"type": "object", "required": ["agent_version", "cluster", "slot", "first_slot", "count"], "properties": {
+            "agent_version": {"type": "string"}, "cluster": {"type": "string"}, "slot": {"type": "integer"},
+            "first_slot": {"type": "integer"}, "count": {"type": "integer"},
+            "private_ips": {"type": "array", "items": {"type": "string"}}, "docker_version": {"type": "string"}}},
+        "AgentNodeUpdate": {"type": "object", "properties": {"agent_version": {"type": "string"},
+            "docker_version": {"type": "string"}, "private_ips": {"type": "array", "items": {"type": "string"}}}},
+        "AgentNode": object(json!({"uuid": {"type": "string"}, "external_fqdn": {"type": "string"},
+            "public_ip": {"type": ["string", "null"]}, "state": {"type": "string"}, "resource_uri": {"type": "string"},
+            "credential": {"type": "string", "description": "only in the answer to a first registration"}})),
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (path, tag, is_namespaced, ops) in table() {
+        let mut item = Map::new();
+        for op in &ops {
+            item.insert(op.method.into(), operation(path, op, tag));
+        }
+        if is_namespaced && let Some(with_namespace) = namespaced(path) {
+            let mut namespaced_item = Map::new();
+            for op in &ops {
+                namespaced_item.insert(op.method.into(), operation(&with_namespace, op, tag));
+            }
+            paths.insert(with_namespace, Value::Object(namespaced_item));
+        }
+        paths.insert(path.into(), Value::Object(item));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Flotilla API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The Docker Cloud API v1 (infra, audit) as served by Flotilla, plus the node agent API. \
+                Every REST path is also served without its trailing slash. Asynchronous calls answer 202 \
+                with the header X-DockerCloud-Action-URI. Lists take limit, offset and Tastypie-style filters \
+                (field, field__startswith, field__gte, field__lte)."
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"basic": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic",
+                    "description": "user name and API key (or password)"},
+                "agentToken": {"type": "apiKey", "in": "header", "name": "Authorization",
+                    "description": "TutumAgentToken <token>: a batch registration token or a node credential"}
+            },
+            "schemas": schemas(),
+        }
+    })
+}

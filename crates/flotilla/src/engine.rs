@@ -14,13 +14,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_aws::{Aws, AwsSettings};
 use flotilla_core::bootstrap::user_data;
-use flotilla_core::cloud::{Cloud, Ingress, Instance, Network, NetworkRequest};
+use flotilla_core::cloud::{Cloud, Instance, Network, NetworkRequest};
 use flotilla_core::converge::{PassInput, run_pass};
 use flotilla_core::placement::{PlacedNode, nodes_per_az};
 use flotilla_core::tags::engine_cluster_uuid;
 use flotilla_core::{CloudError, ClusterSpec};
 use serde_json::{Value, json};
 
+use crate::launch_options::LaunchOptions;
 use crate::output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,21 +112,8 @@ struct UpArgs {
     /// IAM instance profile (`provider_options.iam.instance_profile_name`).
     #[arg(long)]
     instance_profile: Option<String>,
-    /// Restrict the auto network to these AZs (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    azs: Vec<String>,
-    /// Image to launch (default: the newest official Ubuntu image of the region).
-    #[arg(long)]
-    image_id: Option<String>,
-    /// EC2 key pair for SSH.
-    #[arg(long)]
-    key_name: Option<String>,
-    /// Networks allowed to reach the management ports (none by default).
-    #[arg(long = "ingress-cidr")]
-    ingress_cidrs: Vec<String>,
-    /// Management ports opened to `--ingress-cidr`.
-    #[arg(long = "ingress-port", default_values_t = vec![22u16])]
-    ingress_ports: Vec<u16>,
+    #[command(flatten)]
+    launch: LaunchOptions,
 }
 
 pub async fn run(args: EngineArgs) -> anyhow::Result<ExitCode> {
@@ -252,12 +240,12 @@ fn spec_from(args: &UpArgs) -> anyhow::Result<ClusterSpec> {
 async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Result<ExitCode> {
     let spec = spec_from(&args)?;
     let cluster_uuid = engine_cluster_uuid(owner, &spec.region, &spec.name);
-    let allowed = (!args.azs.is_empty()).then(|| args.azs.clone());
-    let ingress = Ingress {
-        ports: args.ingress_ports.clone(),
-        cidrs: args.ingress_cidrs.clone(),
-    };
-    let request = NetworkRequest::for_spec(&spec, args.image_id.clone(), allowed, ingress);
+    let request = NetworkRequest::for_spec(
+        &spec,
+        args.launch.image_id.clone(),
+        args.launch.allowed_azs(),
+        args.launch.ingress(),
+    );
     let started = Instant::now();
     eprintln!(
         "cluster {} ({cluster_uuid}): {} x {} in {}",
@@ -268,7 +256,7 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         generation: 0,
         spec: &spec,
         network_request: &request,
-        key_name: args.key_name.as_deref(),
+        key_name: args.launch.key_name.as_deref(),
         next_slot: 0,
     };
     let user_data = |nodes: &[flotilla_core::cloud::NodeSlot]| {

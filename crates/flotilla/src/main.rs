@@ -9,6 +9,7 @@
 mod agent_cmd;
 mod client;
 mod engine;
+mod launch_options;
 mod output;
 mod server_cmd;
 

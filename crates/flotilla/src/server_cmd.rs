@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::launch_options::LaunchOptions;
 use anyhow::Context;
 use clap::Args;
 use flotilla_aws::{AwsAccount, AwsSettings, StaticCredentials};
 use flotilla_core::bootstrap::{AgentSource, user_data};
-use flotilla_core::cloud::Ingress;
 use flotilla_server::{NodeReady, ServerConfig, UserDataRequest};
 
 #[derive(Debug, Args)]
@@ -39,21 +39,8 @@ pub struct ServerArgs {
     /// Named AWS profile; without it the standard credential chain is used.
     #[arg(long, env = "AWS_PROFILE")]
     profile: Option<String>,
-    /// Restrict auto networks to these AZs (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    azs: Vec<String>,
-    /// Image to launch (default: the newest official Ubuntu image of the region).
-    #[arg(long)]
-    image_id: Option<String>,
-    /// EC2 key pair for SSH into nodes.
-    #[arg(long)]
-    key_name: Option<String>,
-    /// Networks allowed to reach the nodes' management ports (none by default).
-    #[arg(long = "ingress-cidr")]
-    ingress_cidrs: Vec<String>,
-    /// Management ports opened to `--ingress-cidr`.
-    #[arg(long = "ingress-port", default_values_t = vec![22u16])]
-    ingress_ports: Vec<u16>,
+    #[command(flatten)]
+    launch: LaunchOptions,
     /// When a node counts as Deployed: when its agent registers (`agent`), or as soon as its
     /// instance runs (`running`, for set-ups without agents).
     #[arg(long, env = "FLOTILLA_NODE_READY", value_enum, default_value_t = NodeReadyArg::Agent)]
@@ -118,13 +105,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         NodeReadyArg::Agent => NodeReady::AgentRegistered,
         NodeReadyArg::Running => NodeReady::InstanceRunning,
     };
-    config.reconcile.allowed_azs = (!args.azs.is_empty()).then_some(args.azs);
-    config.reconcile.image_id = args.image_id;
-    config.reconcile.key_name = args.key_name;
-    config.reconcile.ingress = Ingress {
-        ports: args.ingress_ports,
-        cidrs: args.ingress_cidrs,
-    };
+    config.reconcile.allowed_azs = args.launch.allowed_azs();
+    config.reconcile.ingress = args.launch.ingress();
+    config.reconcile.image_id = args.launch.image_id;
+    config.reconcile.key_name = args.launch.key_name;
 
     let installation = flotilla_server::initialize(&config).await?;
     let static_credentials = installation.aws_keys.as_ref().map(|keys| {

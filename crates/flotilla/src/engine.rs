@@ -293,21 +293,33 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// The uuid of a named cluster and its live instances, as AWS has them now.
+async fn live_instances(
+    aws: &Aws,
+    owner: &str,
+    cluster: &ClusterRef,
+) -> anyhow::Result<(String, Vec<Instance>)> {
+    let cluster_uuid = engine_cluster_uuid(owner, &cluster.region, &cluster.name);
+    let instances = aws
+        .describe_cluster(&cluster.region, &cluster_uuid)
+        .await
+        .map_err(explain)?;
+    Ok((
+        cluster_uuid,
+        instances
+            .into_iter()
+            .filter(|i| i.state.is_alive())
+            .collect(),
+    ))
+}
+
 async fn show(
     aws: &Aws,
     owner: &str,
     cluster: &ClusterRef,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let cluster_uuid = engine_cluster_uuid(owner, &cluster.region, &cluster.name);
-    let instances = aws
-        .describe_cluster(&cluster.region, &cluster_uuid)
-        .await
-        .map_err(explain)?;
-    let alive: Vec<Instance> = instances
-        .into_iter()
-        .filter(|i| i.state.is_alive())
-        .collect();
+    let (cluster_uuid, alive) = live_instances(aws, owner, cluster).await?;
     let calls: u64 = aws.call_counts().values().sum();
     print_cluster(
         &cluster.name,
@@ -328,16 +340,8 @@ async fn down(
     keep_network: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let cluster_uuid = engine_cluster_uuid(owner, &cluster.region, &cluster.name);
-    let instances = aws
-        .describe_cluster(&cluster.region, &cluster_uuid)
-        .await
-        .map_err(explain)?;
-    let ids: Vec<String> = instances
-        .iter()
-        .filter(|i| i.state.is_alive())
-        .map(|i| i.instance_id.clone())
-        .collect();
+    let (cluster_uuid, alive) = live_instances(aws, owner, cluster).await?;
+    let ids: Vec<String> = alive.iter().map(|i| i.instance_id.clone()).collect();
     eprintln!(
         "cluster {} ({cluster_uuid}): terminating {} node(s)",
         cluster.name,

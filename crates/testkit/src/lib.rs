@@ -7,6 +7,7 @@
 //! production ones; the proxy adds what moto cannot do (observing calls and
 //! failing them the way AWS does).
 
+pub mod cache;
 pub mod inspect;
 pub mod moto;
 pub mod proxy;

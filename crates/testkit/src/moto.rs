@@ -23,7 +23,7 @@
 //!   `~/.cache/flotilla`) and guarded by an exclusive file lock, because
 //!   several test binaries may start at the same time on a fresh machine.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -210,40 +210,23 @@ fn ensure_moto_python() -> PathBuf {
             None => panic!("FLOTILLA_MOTO_PYTHON={py:?} cannot `import moto.server`"),
         }
     }
-    let home = std::env::var_os("HOME").expect("HOME must be set to locate the moto venv");
-    let cache = PathBuf::from(home).join(".cache/flotilla");
-    let venv = cache.join("moto-venv");
+    let venv = crate::cache::cache_dir().join("moto-venv");
     let py = venv.join("bin/python");
-    if installed_moto_version(&py).as_deref() == Some(MOTO_VERSION) {
-        return py;
-    }
-
-    fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("cannot create {cache:?}: {e}"));
-    let lock_path = cache.join("moto-venv.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap_or_else(|e| panic!("cannot open {lock_path:?}: {e}"));
-    // Blocks while another test binary installs; released when `lock` drops.
-    lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {lock_path:?}: {e}"));
-    if installed_moto_version(&py).as_deref() == Some(MOTO_VERSION) {
-        return py;
-    }
-    if !py.exists() {
+    let ready = || installed_moto_version(&py).as_deref() == Some(MOTO_VERSION);
+    crate::cache::install_once("moto-venv", ready, || {
+        if !py.exists() {
+            run(
+                Command::new("python3").arg("-m").arg("venv").arg(&venv),
+                "create the moto venv",
+            );
+        }
         run(
-            Command::new("python3").arg("-m").arg("venv").arg(&venv),
-            "create the moto venv",
+            Command::new(&py)
+                .args(["-m", "pip", "install", "--quiet"])
+                .arg(format!("moto[server]=={MOTO_VERSION}")),
+            "pip install moto",
         );
-    }
-    run(
-        Command::new(&py)
-            .args(["-m", "pip", "install", "--quiet"])
-            .arg(format!("moto[server]=={MOTO_VERSION}")),
-        "pip install moto",
-    );
+    });
     match installed_moto_version(&py) {
         Some(v) if v == MOTO_VERSION => py,
         other => panic!("after installing, {py:?} reports moto {other:?}, wanted {MOTO_VERSION}"),

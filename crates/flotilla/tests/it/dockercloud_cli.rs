@@ -11,7 +11,7 @@
 //! user data, so no agent ever registers.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -32,9 +32,7 @@ fn workspace_root() -> PathBuf {
 
 /// `docker-cloud` from the cached venv, installing it first if needed.
 fn ensure_cli() -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME must be set to locate the CLI venv");
-    let cache = PathBuf::from(home).join(".cache/flotilla");
-    let venv = cache.join("dockercloud-venv");
+    let venv = flotilla_testkit::cache::cache_dir().join("dockercloud-venv");
     let cli = venv.join("bin/docker-cloud");
     let script_path = workspace_root().join("scripts/install-dockercloud-cli");
     let script = fs::read_to_string(&script_path)
@@ -42,40 +40,25 @@ fn ensure_cli() -> PathBuf {
     // The stamp holds the script that made the venv: a changed script (new pins) reinstalls.
     let stamp = venv.join(".flotilla-installed");
     let current = || fs::read_to_string(&stamp).is_ok_and(|s| s == script) && cli.exists();
-    if current() {
-        return cli;
-    }
-    fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("cannot create {cache:?}: {e}"));
-    let lock_path = cache.join("dockercloud-venv.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap_or_else(|e| panic!("cannot open {lock_path:?}: {e}"));
-    // Blocks while another test binary installs; released when `lock` drops.
-    lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {lock_path:?}: {e}"));
-    if current() {
-        return cli;
-    }
-    if venv.exists() {
-        fs::remove_dir_all(&venv).unwrap_or_else(|e| panic!("cannot remove {venv:?}: {e}"));
-    }
-    let output = std::process::Command::new("bash")
-        .arg(&script_path)
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script_path:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "installing the docker-cloud CLI failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    fs::write(&stamp, &script).unwrap_or_else(|e| panic!("cannot write {stamp:?}: {e}"));
+    flotilla_testkit::cache::install_once("dockercloud-venv", current, || {
+        if venv.exists() {
+            fs::remove_dir_all(&venv).unwrap_or_else(|e| panic!("cannot remove {venv:?}: {e}"));
+        }
+        let output = std::process::Command::new("bash")
+            .arg(&script_path)
+            .arg(&venv)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script_path:?}: {e}"));
+        assert!(
+            output.status.success(),
+            "installing the docker-cloud CLI failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        fs::write(&stamp, &script).unwrap_or_else(|e| panic!("cannot write {stamp:?}: {e}"));
+    });
     cli
 }
 

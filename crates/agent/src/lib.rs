@@ -17,6 +17,9 @@
 //!   to registration.
 //! * The Docker version comes from the `docker` CLI, when there is one, rather than from a
 //!   Docker API client: it is all registration needs today.
+//! * An `https` server is verified against the system's roots plus `ca_cert` ([`tls`]); a
+//!   certificate that does not verify ends the agent at start with an error saying so,
+//!   rather than being retried forever or skipped.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,8 @@ use flotilla_api::agent::{
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
+pub mod tls;
+
 /// The version agents report.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest pause between registration attempts.
@@ -39,7 +44,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct AgentConfig {
     /// The server's base URL (`FLOTILLA_SERVER`).
     pub server: String,
-    pub cluster: String,
+    /// The node's cluster; `None` for a bring-your-own node (whose token is a single-use
+    /// `POST token/` token, and which has no slot or batch).
+    pub cluster: Option<String>,
     pub slot: u32,
     pub first_slot: u32,
     pub count: u32,
@@ -53,6 +60,9 @@ pub struct AgentConfig {
     /// Addresses reported as the node's private IPs; empty: the bind address, else the
     /// host's addresses (`hostname -I`).
     pub private_ips: Vec<String>,
+    /// A PEM file of certificates to trust besides the system's roots (`FLOTILLA_CA_CERT`),
+    /// for a server with a private CA or a self-signed certificate ([`tls`]).
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -68,6 +78,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("bind_ip", &self.bind_ip)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("private_ips", &self.private_ips)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -236,7 +247,7 @@ impl Agent {
                             let state = SavedState {
                                 uuid: node.uuid.clone(),
                                 credential: credential.clone(),
-                                cluster: self.config.cluster.clone(),
+                                cluster: self.config.cluster.clone().unwrap_or_default(),
                                 slot: self.config.slot,
                             };
                             save_state(&self.config.state_file, &state)?;
@@ -325,15 +336,35 @@ impl Agent {
     }
 }
 
+/// Ends the agent when the server's certificate does not verify: retrying cannot help, and
+/// verification is never skipped. Any other failure (the server is down) is left to the
+/// registration loop and its back-off.
+async fn check_certificate(client: &reqwest::Client, server: &str) -> anyhow::Result<()> {
+    if !server.starts_with("https:") {
+        return Ok(());
+    }
+    let url = format!("{}/_ping", server.trim_end_matches('/'));
+    if let Err(error) = client.get(&url).send().await
+        && let Some(reason) = tls::certificate_error(&error)
+    {
+        bail!(
+            "the server's TLS certificate at {server} is not trusted ({reason}); give the CA that signed it with --ca-cert (FLOTILLA_CA_CERT)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the agent until a registration is refused for good (an error); otherwise forever.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut builder = reqwest::Client::builder()
         .user_agent(format!("flotilla-agent/{AGENT_VERSION}"))
-        .timeout(Duration::from_secs(30));
+        .timeout(Duration::from_secs(30))
+        .use_preconfigured_tls(tls::client_config(config.ca_cert.as_deref())?);
     if let Some(ip) = config.bind_ip {
         builder = builder.local_address(ip);
     }
     let client = builder.build().context("building the HTTP client")?;
+    check_certificate(&client, &config.server).await?;
     let private_ips = if !config.private_ips.is_empty() {
         config.private_ips.clone()
     } else if let Some(ip) = config.bind_ip {
@@ -341,7 +372,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     } else {
         host_addresses().await
     };
-    let saved = load_state(&config.state_file, &config.cluster, config.slot);
+    let saved = load_state(
+        &config.state_file,
+        config.cluster.as_deref().unwrap_or_default(),
+        config.slot,
+    );
     let mut agent = Agent {
         base: config.server.trim_end_matches('/').to_owned(),
         config,

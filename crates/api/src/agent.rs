@@ -26,16 +26,21 @@ pub fn agent_node_ping(uuid: &str) -> String {
     format!("{AGENT_NODES}{uuid}/ping/")
 }
 
-/// `POST /api/agent/v1/node/`: first registration (with the batch token) or
-/// re-registration (with the node's credential).
+/// `POST /api/agent/v1/node/`: first registration (with the batch token, or a
+/// bring-your-own-node token) or re-registration (with the node's credential).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
     pub agent_version: String,
-    /// The cluster's uuid.
-    pub cluster: String,
+    /// The cluster's uuid; absent for a bring-your-own node (which then has no slot or
+    /// batch either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default)]
     pub slot: u32,
     /// The batch the token was made for: slots `first_slot .. first_slot + count`.
+    #[serde(default)]
     pub first_slot: u32,
+    #[serde(default)]
     pub count: u32,
     #[serde(default)]
     pub private_ips: Vec<String>,

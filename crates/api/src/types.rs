@@ -82,6 +82,9 @@ pub struct Tag {
 /// §3.5.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeCluster {
+    /// Flotilla's addition: replace nodes whose instance disappears out of band.
+    #[serde(default)]
+    pub auto_replace: bool,
     pub current_num_nodes: u32,
     pub deployed_datetime: Option<String>,
     pub destroyed_datetime: Option<String>,

@@ -111,6 +111,10 @@ impl Cloud for AwsAccount {
         self.current().describe_cluster(region, cluster_uuid).await
     }
 
+    async fn describe_region(&self, region: &str) -> Result<Vec<Instance>, CloudError> {
+        self.current().describe_region(region).await
+    }
+
     async fn terminate_nodes(
         &self,
         region: &str,

@@ -9,41 +9,60 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A token bucket; `acquire` waits until a token is free.
+///
+/// It adapts like the AWS SDKs' adaptive retry mode: a throttling answer halves the refill
+/// rate (down to a twentieth of the configured one) and spends the saved-up tokens, each
+/// success raises it back by a tenth of the configured rate. Retries alone back off per
+/// call; under a storm of `RequestLimitExceeded` the many calls of many clusters would still
+/// fill the whole budget with attempts that are all refused.
 #[derive(Debug)]
 pub struct TokenBucket {
     rate_per_second: f64,
     burst: f64,
-    state: Mutex<(f64, Instant)>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    tokens: f64,
+    last: Instant,
+    /// The current refill rate: the configured one, lowered after throttling.
+    rate: f64,
 }
 
 impl TokenBucket {
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
+        let rate_per_second = rate_per_second.max(0.001);
         TokenBucket {
-            rate_per_second: rate_per_second.max(0.001),
+            rate_per_second,
             burst,
-            state: Mutex::new((burst, Instant::now())),
+            state: Mutex::new(State {
+                tokens: burst,
+                last: Instant::now(),
+                rate: rate_per_second,
+            }),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes a token if one is free, else says how long until one is.
     fn try_take(&self) -> Result<(), Duration> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (tokens, last) = &mut *state;
+        let mut state = self.state();
         let now = Instant::now();
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_second)
+        state.tokens = (state.tokens + now.duration_since(state.last).as_secs_f64() * state.rate)
             .min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        state.last = now;
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - *tokens) / self.rate_per_second,
-            ))
+            Err(Duration::from_secs_f64((1.0 - state.tokens) / state.rate))
         }
     }
 
@@ -51,6 +70,25 @@ impl TokenBucket {
         while let Err(wait) = self.try_take() {
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// AWS answered "slow down": halve the rate and spend what was saved up.
+    pub fn throttled(&self) {
+        let floor = self.rate_per_second / 20.0;
+        let mut state = self.state();
+        state.rate = (state.rate / 2.0).max(floor);
+        state.tokens = state.tokens.min(0.0);
+    }
+
+    /// A call went through: recover towards the configured rate.
+    pub fn succeeded(&self) {
+        let mut state = self.state();
+        state.rate = (state.rate + self.rate_per_second / 10.0).min(self.rate_per_second);
+    }
+
+    /// The current refill rate.
+    pub fn rate(&self) -> f64 {
+        self.state().rate
     }
 }
 
@@ -70,5 +108,26 @@ mod tests {
             wait <= Duration::from_millis(100),
             "one token takes 1/rate: {wait:?}"
         );
+    }
+
+    #[test]
+    fn throttling_slows_the_rate_and_successes_restore_it() {
+        let bucket = TokenBucket::new(20.0, 10);
+        for _ in 0..10 {
+            bucket.throttled();
+        }
+        assert_eq!(
+            bucket.rate(),
+            1.0,
+            "a twentieth of the configured rate at least"
+        );
+        assert!(
+            bucket.try_take().is_err(),
+            "the burst is spent by throttling"
+        );
+        for _ in 0..10 {
+            bucket.succeeded();
+        }
+        assert_eq!(bucket.rate(), 20.0, "never above the configured rate");
     }
 }

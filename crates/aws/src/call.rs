@@ -247,15 +247,22 @@ impl Aws {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         self.counters.count_call(operation);
+        let budget = self.budget(region);
         let mut tries = 0u32;
         loop {
             tries += 1;
-            self.budget(region).acquire().await;
+            budget.acquire().await;
             self.counters.count_attempt(operation);
             let error = match attempt().await {
-                Ok(output) => return Ok(output),
+                Ok(output) => {
+                    budget.succeeded();
+                    return Ok(output);
+                }
                 Err(error) => classify(operation, region, &error),
             };
+            if THROTTLING.contains(&error.code()) {
+                budget.throttled();
+            }
             let may_retry = if error.transport {
                 idempotency == Idempotency::Safe
             } else {

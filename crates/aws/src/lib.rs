@@ -22,6 +22,7 @@ mod catalog;
 mod credentials;
 mod instances;
 mod network;
+pub mod route53;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -138,6 +139,8 @@ pub struct Aws {
     sdk_config: aws_config::SdkConfig,
     ec2_clients: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     budgets: Mutex<HashMap<String, Arc<TokenBucket>>>,
+    /// One auto-network ensure per region at a time (see `network::ensure`).
+    network_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     counters: Counters,
     zones: Mutex<HashMap<String, Vec<AvailabilityZone>>>,
     images: Mutex<HashMap<(String, Option<String>), Image>>,
@@ -180,6 +183,7 @@ impl Aws {
             sdk_config,
             ec2_clients: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            network_locks: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             zones: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
@@ -208,6 +212,15 @@ impl Aws {
 
     pub(crate) fn iam(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk_config)
+    }
+
+    pub(crate) fn network_lock(&self, region: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.network_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(region.to_owned())
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn budget(&self, region: &str) -> Arc<TokenBucket> {
@@ -291,6 +304,10 @@ impl Cloud for Aws {
     ) -> Result<Vec<Instance>, CloudError> {
         self.describe_instances_by_tag(region, Some(cluster_uuid))
             .await
+    }
+
+    async fn describe_region(&self, region: &str) -> Result<Vec<Instance>, CloudError> {
+        self.describe_owned_instances(region).await
     }
 
     async fn terminate_nodes(

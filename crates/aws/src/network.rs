@@ -88,7 +88,15 @@ fn cloud_error(error: CallError) -> CloudError {
 /// Finds, creates or validates the network `request` asks for.
 pub(crate) async fn ensure(aws: &Aws, request: &NetworkRequest) -> Result<Network, CloudError> {
     match &request.vpc {
-        None => ensure_auto(aws, request).await,
+        None => {
+            // Two clusters deploying at once in a region would otherwise both find no
+            // network and each create one; the loser's pass then fails on the gateway
+            // attached to the other VPC. One ensure at a time per region: the second one
+            // finds what the first made (by tag) and only describes.
+            let lock = aws.network_lock(&request.region);
+            let _one_at_a_time = lock.lock().await;
+            ensure_auto(aws, request).await
+        }
         Some(vpc) => ensure_user_vpc(aws, request, vpc).await,
     }
 }

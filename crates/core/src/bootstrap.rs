@@ -13,6 +13,12 @@
 //! The script starts with plain `FLOTILLA_*=value` assignments (the values an agent needs,
 //! written to `/etc/flotilla/node.env` for systemd) so tools can read them back without
 //! running the script.
+//!
+//! A server with a private CA (`flotilla server --agent-ca-cert`) sends that CA's PEM with
+//! the script: it is written to `/etc/flotilla/ca.pem`, used by `curl` to fetch the agent
+//! and named by `FLOTILLA_CA_CERT` in `node.env` so the agent trusts it too. It is public
+//! data (a certificate, no key); the caller passes only re-encoded PEM, so the quoted
+//! here-document cannot be broken out of.
 
 use std::fmt::Write;
 
@@ -23,7 +29,12 @@ pub struct AgentSource {
     pub server_url: String,
     /// The batch's registration token (hex), good once per slot of the batch.
     pub token: String,
+    /// PEM certificates the node must trust for `server_url` (a private CA), if any.
+    pub ca_cert_pem: Option<String>,
 }
+
+/// Where nodes keep the server's CA certificate.
+pub const NODE_CA_PATH: &str = "/etc/flotilla/ca.pem";
 
 /// The bootstrap script for one launch batch of `count` nodes from `first_slot`.
 pub fn user_data(
@@ -70,10 +81,24 @@ if ! command -v docker >/dev/null 2>&1; then
 fi
 "#,
     );
-    if agent.is_some() {
+    if let Some(agent) = agent {
+        let mut curl_ca = String::new();
+        if let Some(pem) = &agent.ca_cert_pem {
+            let _ = writeln!(script, "cat > {NODE_CA_PATH} <<'PEM'");
+            script.push_str(pem.trim_end());
+            script.push_str("\nPEM\n");
+            let _ = writeln!(
+                script,
+                "printf 'FLOTILLA_CA_CERT=%s\\n' {NODE_CA_PATH} >> /etc/flotilla/node.env"
+            );
+            curl_ca = format!(" --cacert {NODE_CA_PATH}");
+        }
+        let _ = writeln!(
+            script,
+            r#"curl -fsSL{curl_ca} "$FLOTILLA_SERVER/download/flotilla" -o /usr/local/bin/flotilla"#
+        );
         script.push_str(
-            r#"curl -fsSL "$FLOTILLA_SERVER/download/flotilla" -o /usr/local/bin/flotilla
-chmod 0755 /usr/local/bin/flotilla
+            r#"chmod 0755 /usr/local/bin/flotilla
 printf 'FLOTILLA_SERVER=%s\nFLOTILLA_TOKEN=%s\n' "$FLOTILLA_SERVER" "$FLOTILLA_TOKEN" >> /etc/flotilla/node.env
 cat > /etc/systemd/system/flotilla-agent.service <<'UNIT'
 [Unit]
@@ -125,6 +150,7 @@ mod tests {
         let source = AgentSource {
             server_url: "https://flotilla.example.com/".into(),
             token: "00ff".into(),
+            ca_cert_pem: None,
         };
         let script = user_data("c-1", 0, 2, Some(&source));
         assert!(script.contains("\nFLOTILLA_SERVER=https://flotilla.example.com\n"));
@@ -135,5 +161,27 @@ mod tests {
             "the token reaches node.env"
         );
         assert!(script.contains("ExecStart=/usr/local/bin/flotilla agent"));
+        assert!(!script.contains("ca.pem"), "no CA unless given");
+    }
+
+    #[test]
+    fn a_private_ca_reaches_curl_and_the_agent() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let source = AgentSource {
+            server_url: "https://10.0.0.1:8000".into(),
+            token: "00ff".into(),
+            ca_cert_pem: Some(pem.into()),
+        };
+        let script = user_data("c-1", 0, 2, Some(&source));
+        let written = format!("cat > /etc/flotilla/ca.pem <<'PEM'\n{pem}PEM\n");
+        let at = script.find(&written).expect("the CA is written");
+        let fetch = script
+            .find("curl -fsSL --cacert /etc/flotilla/ca.pem \"$FLOTILLA_SERVER/download/flotilla\"")
+            .expect("curl trusts it");
+        assert!(at < fetch, "written before it is used");
+        assert!(
+            script
+                .contains("FLOTILLA_CA_CERT=%s\\n' /etc/flotilla/ca.pem >> /etc/flotilla/node.env")
+        );
     }
 }

@@ -408,6 +408,13 @@ pub trait Cloud: Send + Sync {
         cluster_uuid: &str,
     ) -> impl Future<Output = Result<Vec<Instance>, CloudError>> + Send;
 
+    /// Every instance Flotilla owns in a region, of every cluster (recently terminated ones
+    /// included): one batched observation, whatever the number of clusters and nodes.
+    fn describe_region(
+        &self,
+        region: &str,
+    ) -> impl Future<Output = Result<Vec<Instance>, CloudError>> + Send;
+
     /// Terminates instances; ones already gone are not an error.
     fn terminate_nodes(
         &self,

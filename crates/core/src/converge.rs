@@ -45,6 +45,8 @@ pub struct ConvergeReport {
     pub unusable_azs: Vec<SkippedAz>,
     /// The next unused slot after this pass.
     pub next_slot: u32,
+    /// Everything [`run_pass`] observed at its start, terminating instances included.
+    pub observed: Vec<Instance>,
 }
 
 fn placed(instance: &Instance) -> PlacedNode {
@@ -65,6 +67,9 @@ pub struct PassInput<'a> {
     pub network_request: &'a NetworkRequest,
     pub key_name: Option<&'a str>,
     pub next_slot: u32,
+    /// Instances the caller has asked to terminate (a node removed by hand): they no longer
+    /// count towards the target, even while EC2 still shows them running.
+    pub terminating: &'a [String],
 }
 
 /// A whole pass: ensure the network and observe the cluster concurrently, then converge.
@@ -80,7 +85,12 @@ pub async fn run_pass<C: Cloud>(
         cloud.describe_cluster(&pass.spec.region, pass.cluster_uuid)
     );
     let network = network?;
-    let observed = observed?;
+    let all_observed = observed?;
+    let observed: Vec<Instance> = all_observed
+        .iter()
+        .filter(|i| !pass.terminating.contains(&i.instance_id))
+        .cloned()
+        .collect();
     for change in &network.changes {
         log(change.clone());
     }
@@ -98,7 +108,8 @@ pub async fn run_pass<C: Cloud>(
         key_name: pass.key_name,
         next_slot: pass.next_slot,
     };
-    let report = converge_cluster(cloud, &input, &observed, user_data, log).await?;
+    let mut report = converge_cluster(cloud, &input, &observed, user_data, log).await?;
+    report.observed = all_observed;
     Ok((network, report))
 }
 

@@ -322,6 +322,17 @@ impl Cloud for FakeCloud {
             .collect())
     }
 
+    async fn describe_region(&self, region: &str) -> Result<Vec<Instance>, CloudError> {
+        let state = self.count("describe_region");
+        let network = state.networks.get(region);
+        Ok(state
+            .instances
+            .iter()
+            .filter(|i| network.is_some_and(|n| n.subnets.iter().any(|s| s.id == i.subnet_id)))
+            .cloned()
+            .collect())
+    }
+
     async fn terminate_nodes(
         &self,
         _region: &str,

@@ -38,6 +38,11 @@ pub struct ClusterSpec {
     pub disk_gb: u32,
     pub tags: Vec<String>,
     pub provider_options: ProviderOptions,
+    /// Replace a node whose instance disappears out of band (terminated in the console).
+    /// Off by default, like Docker Cloud: the cluster is then `Partly deployed` until the
+    /// user scales or deploys.
+    #[serde(default)]
+    pub auto_replace: bool,
 }
 
 /// `provider_options` in the exact Docker Cloud shape.
@@ -210,6 +215,14 @@ impl ClusterSpec {
             },
         };
         let tags = parse_tags(object.get("tags"), "tags", &mut errors);
+        let auto_replace = match object.get("auto_replace") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(value)) => *value,
+            Some(_) => {
+                errors.push("auto_replace", "must be true or false");
+                false
+            }
+        };
         let provider_options = match object.get("provider_options") {
             None | Some(Value::Null) => ProviderOptions::default(),
             Some(value) => parse_provider_options(value, &mut errors),
@@ -225,6 +238,7 @@ impl ClusterSpec {
                 disk_gb,
                 tags,
                 provider_options,
+                auto_replace,
             })
         } else {
             Err(SpecErrors(errors.0))

@@ -18,19 +18,21 @@ pub struct AgentArgs {
     /// The Flotilla server's URL.
     #[arg(long, env = "FLOTILLA_SERVER")]
     server: String,
-    /// The node's cluster uuid.
-    #[arg(long, env = "FLOTILLA_CLUSTER")]
-    cluster: String,
+    /// The node's cluster uuid; without it the node registers as a bring-your-own node
+    /// (with a token from `flotilla node byo`).
+    #[arg(long, env = "FLOTILLA_CLUSTER", requires_all = ["slot", "first_slot", "count"])]
+    cluster: Option<String>,
     /// The node's slot in its cluster.
-    #[arg(long, env = "FLOTILLA_SLOT")]
-    slot: u32,
+    #[arg(long, env = "FLOTILLA_SLOT", requires = "cluster")]
+    slot: Option<u32>,
     /// First slot of the node's launch batch.
-    #[arg(long, env = "FLOTILLA_FIRST_SLOT")]
-    first_slot: u32,
+    #[arg(long, env = "FLOTILLA_FIRST_SLOT", requires = "cluster")]
+    first_slot: Option<u32>,
     /// Number of nodes in the node's launch batch.
-    #[arg(long, env = "FLOTILLA_COUNT")]
-    count: u32,
-    /// The batch's registration token (not needed once a credential is saved).
+    #[arg(long, env = "FLOTILLA_COUNT", requires = "cluster")]
+    count: Option<u32>,
+    /// The registration token: the launch batch's, or a bring-your-own-node token (not
+    /// needed once a credential is saved).
     #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Where the node's uuid and credential are kept (created with mode 0600).
@@ -49,6 +51,10 @@ pub struct AgentArgs {
     /// The node's private addresses (repeat; default: the bind address, else the host's).
     #[arg(long = "private-ip")]
     private_ips: Vec<String>,
+    /// PEM certificates to trust for an https server, besides the system's roots (for a
+    /// private CA or a self-signed server certificate).
+    #[arg(long, env = "FLOTILLA_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -58,14 +64,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let config = AgentConfig {
         server: args.server,
         cluster: args.cluster,
-        slot: args.slot,
-        first_slot: args.first_slot,
-        count: args.count,
+        slot: args.slot.unwrap_or(0),
+        first_slot: args.first_slot.unwrap_or(0),
+        count: args.count.unwrap_or(0),
         token: args.token.filter(|t| !t.is_empty()),
         state_file: args.state_file,
         bind_ip: args.bind_ip,
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_seconds),
         private_ips: args.private_ips,
+        ca_cert: args.ca_cert,
     };
     tokio::select! {
         result = flotilla_agent::run(config) => result.map(|()| ExitCode::SUCCESS),

@@ -258,6 +258,7 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         network_request: &request,
         key_name: args.launch.key_name.as_deref(),
         next_slot: 0,
+        terminating: &[],
     };
     let user_data = |nodes: &[flotilla_core::cloud::NodeSlot]| {
         // No server, so no agent: only a server holds the secret that registration

@@ -10,6 +10,7 @@ mod agent_cmd;
 mod client;
 mod engine;
 mod launch_options;
+mod lifecycle_options;
 mod output;
 mod server_cmd;
 

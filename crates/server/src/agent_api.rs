@@ -17,10 +17,26 @@
 //!   node back, with its `public_ip` refreshed from the request's source address. A
 //!   credential acts only on its own node (403 elsewhere); a token that is neither a known
 //!   credential nor a valid batch token is a 401.
-//! * **Heartbeats stay in memory.** `ping/` records the time in a map that a background task
-//!   ([`flush_heartbeats`]) writes to the store every few seconds in one transaction, so a
-//!   thousand agents pinging every ten seconds cost one write per flush, not a hundred per
-//!   second. Credentials already checked are cached (hash → node) for the same reason.
+//! * **Heartbeats are short requests on a kept-alive connection**, not a protocol of their
+//!   own: `POST …/ping/` every interval (10 s) over the agent's HTTP/1.1 keep-alive
+//!   connection costs one small request and no handshake, stays inside the one HTTP stack
+//!   (auth, TLS, limits), and needs no per-connection state on the server beyond the socket.
+//!   10,000 agents make 1,000 requests a second.
+//! * **Heartbeats stay in memory.** `ping/` updates the node's entry in one map (monotonic
+//!   time for the verdict, Unix time for `last_seen`); a background task
+//!   ([`flush_heartbeats`]) writes the times that moved to the store every few seconds in one
+//!   transaction, so heartbeats cost one write per flush, not one per ping. The API shows
+//!   the in-memory time, so `last_seen` is exact to the second. Credentials already checked
+//!   are cached (hash → node) for the same reason; a node's termination (an event on the
+//!   bus) evicts its credential at once.
+//! * **Health verdicts** ([`watch_health`]): a sweep every [`HEALTH_TICK`] marks every watched
+//!   node not heard from for the grace period (default 3 × 10 s) `Unreachable`; the first
+//!   heartbeat or registration after that makes it `Deployed` again. Only transitions write
+//!   (the node's state, an event, a line in its history). After a server start every node
+//!   gets a full grace period: silence while the server was down proves nothing.
+//! * **Bring-your-own nodes** register with a single-use token from `POST token/` and no
+//!   cluster; the token is used up and the node and its credential created in one
+//!   transaction.
 //! * The handlers use their own small error type, mapped to `{"error": ...}` with the status
 //!   the agent acts on (401: wrong token; 403: right token, wrong node or used up), so the
 //!   user API's error enum stays as it is.
@@ -28,27 +44,35 @@
 //!   vectors) rather than pulling a second `digest` generation into the build.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_api::agent::{AgentNode, NodeUpdate, PingReply, Registration, TOKEN_SCHEME};
+use flotilla_api::uri;
 use flotilla_api::{self as api, date};
 use flotilla_core::cloud::Cloud;
-use flotilla_core::state::NodeEvent;
+use flotilla_core::state::{NodeEvent, NodeState};
 use flotilla_core::tags::node_uuid;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::{OnceCell, broadcast, watch};
 
 use crate::app::{App, AppError};
 use crate::http::Route;
-use crate::store::{NodeAgentRecord, NodeRecord, NodeRegistration, Registered, Store, StoreError};
+use crate::store::{
+    IpChange, NodeAgentRecord, NodeRecord, NodeRegistration, Registered, Store, StoreError,
+};
 
 /// How often heartbeats are written to the store.
 pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the health sweep runs: a verdict comes at most this late after the grace
+/// period.
+pub const HEALTH_TICK: Duration = Duration::from_millis(250);
+/// The default grace period: three missed heartbeats of 10 s.
+pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(30);
 /// Largest agent request body.
 const MAX_AGENT_BODY: usize = 64 * 1024;
 
@@ -99,23 +123,111 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the server remembers of a watched node between heartbeats.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    /// When it was last heard from (monotonic: the verdict must not follow clock jumps).
+    heard: Instant,
+    /// The same moment as a Unix time (the node's `last_seen`).
+    unix: i64,
+    /// `unix` is in the store.
+    flushed: bool,
+    /// The last verdict was `Unreachable`.
+    unreachable: bool,
+}
+
 /// The agent API's in-memory state, owned by the [`App`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentState {
     secret: OnceCell<String>,
-    /// Heartbeats not yet written: node uuid → unix time.
-    heartbeats: Mutex<HashMap<String, i64>>,
+    /// Watched nodes (registered agents of `Deployed`/`Unreachable` nodes): uuid → watch.
+    watches: Mutex<HashMap<String, Watch>>,
     /// Credentials already checked: hash → node uuid.
     credentials: Mutex<HashMap<String, String>>,
+    /// Silence longer than this makes a node `Unreachable`.
+    grace: Duration,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState::new(DEFAULT_HEARTBEAT_GRACE)
+    }
 }
 
 impl AgentState {
+    pub fn new(grace: Duration) -> AgentState {
+        AgentState {
+            secret: OnceCell::new(),
+            watches: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
+            grace,
+        }
+    }
+
     fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         mutex.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records that `uuid` was heard from now; true when its last verdict was
+    /// `Unreachable` (the caller turns it back to `Deployed`).
+    fn heard(&self, uuid: &str) -> bool {
+        let now = Watch {
+            heard: Instant::now(),
+            unix: date::now_unix(),
+            flushed: false,
+            unreachable: false,
+        };
+        let mut watches = Self::lock(&self.watches);
+        match watches.get_mut(uuid) {
+            Some(watch) => {
+                let was = watch.unreachable;
+                *watch = now;
+                was
+            }
+            None => {
+                watches.insert(uuid.to_owned(), now);
+                false
+            }
+        }
+    }
+
+    /// The heartbeats not yet in the store, marked as written.
     fn take_heartbeats(&self) -> Vec<(String, i64)> {
-        Self::lock(&self.heartbeats).drain().collect()
+        let mut watches = Self::lock(&self.watches);
+        watches
+            .iter_mut()
+            .filter(|(_, w)| !w.flushed)
+            .map(|(uuid, w)| {
+                w.flushed = true;
+                (uuid.clone(), w.unix)
+            })
+            .collect()
+    }
+
+    /// Nodes silent for longer than the grace period and not yet judged so; they are
+    /// marked `Unreachable` here so that a slow store does not judge them twice.
+    fn overdue(&self) -> Vec<String> {
+        let mut watches = Self::lock(&self.watches);
+        let grace = self.grace;
+        watches
+            .iter_mut()
+            .filter(|(_, w)| !w.unreachable && w.heard.elapsed() > grace)
+            .map(|(uuid, w)| {
+                w.unreachable = true;
+                uuid.clone()
+            })
+            .collect()
+    }
+
+    /// When the node was last heard from (Unix time), if it is watched.
+    pub fn last_heard(&self, uuid: &str) -> Option<i64> {
+        Self::lock(&self.watches).get(uuid).map(|w| w.unix)
+    }
+
+    /// Forgets a node: it stops being watched and its credential must be looked up again.
+    fn forget(&self, uuid: &str) {
+        Self::lock(&self.watches).remove(uuid);
+        Self::lock(&self.credentials).retain(|_, node| node != uuid);
     }
 }
 
@@ -204,7 +316,7 @@ impl<C: Cloud + 'static> App<C> {
     fn render_agent_node(&self, node: &NodeRecord, agent: Option<&NodeAgentRecord>) -> AgentNode {
         AgentNode {
             uuid: node.uuid.clone(),
-            external_fqdn: format!("{}.{}", node.uuid, self.settings.node_domain),
+            external_fqdn: self.settings.node_fqdn(&node.uuid),
             public_ip: node.public_ip.clone(),
             resource_uri: api::agent::agent_node(&node.uuid),
             state: node.state.to_string(),
@@ -248,39 +360,58 @@ impl<C: Cloud + 'static> App<C> {
             .ok_or_else(|| AgentError::NotFound(format!("node '{uuid}' not found")))
     }
 
-    /// `POST /api/agent/v1/node/`: registration with the batch token, or re-registration
-    /// with the node's credential.
+    /// `POST /api/agent/v1/node/`: first registration (with the batch token, or with a
+    /// bring-your-own-node token when the body names no cluster), or re-registration with
+    /// the node's credential.
     pub async fn agent_register(
         &self,
         token: &str,
         registration: &Registration,
         public_ip: &str,
     ) -> AgentResult<RegisteredNode> {
-        let claimed = node_uuid(&registration.cluster, registration.slot);
-        let now = date::now_unix();
+        let claimed = registration
+            .cluster
+            .as_deref()
+            .map(|cluster| node_uuid(cluster, registration.slot));
         let (node_uuid, credential, first) = match self.node_of_credential(token).await? {
-            Some(own) if own != claimed => {
+            Some(own) if claimed.as_ref().is_some_and(|claimed| *claimed != own) => {
                 return Err(AgentError::Forbidden(format!(
                     "this credential belongs to node '{own}', not to slot {} of cluster '{}'",
-                    registration.slot, registration.cluster
+                    registration.slot,
+                    registration.cluster.as_deref().unwrap_or_default()
                 )));
             }
             Some(own) => (own, None, false),
-            None => {
-                self.check_batch_token(token, registration).await?;
-                (claimed, Some(random_hex(32)), true)
-            }
+            None => match &claimed {
+                Some(claimed) => {
+                    self.check_batch_token(token, registration).await?;
+                    (claimed.clone(), Some(random_hex(32)), true)
+                }
+                None => return self.register_byo(token, registration, public_ip).await,
+            },
         };
         let node = self.agent_load_node(&node_uuid).await?;
         if node.cluster_uuid != registration.cluster {
+            return Err(AgentError::Forbidden(match &registration.cluster {
+                Some(cluster) => format!("node '{node_uuid}' is not in cluster '{cluster}'"),
+                None => format!(
+                    "node '{node_uuid}' belongs to a cluster; its agent must name it and its slot"
+                ),
+            }));
+        }
+        if node.state == NodeState::Terminated {
             return Err(AgentError::Forbidden(format!(
-                "node '{node_uuid}' is not in cluster '{}'",
-                registration.cluster
+                "node '{node_uuid}' is terminated; it cannot register again"
             )));
         }
         let next = node.state.apply(NodeEvent::AgentRegistered).map_err(|e| {
             AgentError::Conflict(format!("node '{node_uuid}' cannot register now: {e}"))
         })?;
+        let previous = match first {
+            true => None,
+            false => self.store.node_agent(&node_uuid).await?,
+        };
+        let now = date::now_unix();
         let hash = match &credential {
             Some(credential) => credential_hash(credential),
             None => credential_hash(token),
@@ -295,14 +426,14 @@ impl<C: Cloud + 'static> App<C> {
             updated_at: now,
         };
         let change = NodeRegistration {
-            cluster_uuid: &node.cluster_uuid,
+            cluster_uuid: node.cluster_uuid.as_deref(),
             from: node.state,
             to: next,
             public_ip,
             now,
         };
-        match self.store.register_agent(&record, first, &change).await? {
-            Registered::Done => {}
+        let ip_change = match self.store.register_agent(&record, first, &change).await? {
+            Registered::Done(ip_change) => ip_change,
             Registered::AlreadyRegistered if first => {
                 return Err(AgentError::Forbidden(format!(
                     "node '{node_uuid}' has already registered; its registration token is used up"
@@ -318,14 +449,44 @@ impl<C: Cloud + 'static> App<C> {
                     "node '{node_uuid}' changed state while it registered; try again"
                 )));
             }
-        }
+        };
+        self.agents.heard(&node_uuid);
         tracing::info!(
             node = node_uuid,
             public_ip,
             first,
             "agent registered; node is {next}"
         );
-        self.reconciler.nudge(&node.cluster_uuid);
+        let mut changes = Vec::new();
+        if let (false, Some(IpChange { from, to })) = (first, &ip_change) {
+            changes.push(format!(
+                "public IP {} -> {}",
+                from.as_deref().unwrap_or("none"),
+                to.as_deref().unwrap_or("none")
+            ));
+        }
+        if let Some(previous) = &previous
+            && previous.private_ips != registration.private_ips
+        {
+            changes.push(format!(
+                "private IPs {} -> {}",
+                previous.private_ips.join(","),
+                registration.private_ips.join(",")
+            ));
+        }
+        if !changes.is_empty() {
+            let line = format!("Agent re-registered: {}", changes.join("; "));
+            self.store
+                .record_history(&uri::node(&node_uuid), LABEL_IP_CHANGE, &line, now)
+                .await?;
+        }
+        if node.state != next {
+            self.note_health(&node_uuid, node.state, next, "its agent registered")
+                .await?;
+        }
+        if let Some(cluster) = &node.cluster_uuid {
+            self.reconciler.nudge(cluster);
+        }
         let node = self.agent_load_node(&node_uuid).await?;
         let agent = self.store.node_agent(&node_uuid).await?;
         let mut rendered = self.render_agent_node(&node, agent.as_ref());
@@ -336,11 +497,77 @@ impl<C: Cloud + 'static> App<C> {
         })
     }
 
+    /// A bring-your-own node's first registration: `token` must be an unused token from
+    /// `POST token/`.
+    async fn register_byo(
+        &self,
+        token: &str,
+        registration: &Registration,
+        public_ip: &str,
+    ) -> AgentResult<RegisteredNode> {
+        let now = date::now_unix();
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let credential = random_hex(32);
+        let node = NodeRecord {
+            uuid: uuid.clone(),
+            cluster_uuid: None,
+            slot: 0,
+            instance_id: String::new(),
+            state: NodeState::Deployed,
+            availability_zone: String::new(),
+            subnet_id: String::new(),
+            public_ip: Some(public_ip.to_owned()),
+            private_ip: None,
+            nickname: None,
+            tags: Vec::new(),
+            last_seen: Some(now),
+            created_at: now,
+            deployed_at: Some(now),
+            destroyed_at: None,
+        };
+        let agent = NodeAgentRecord {
+            node_uuid: uuid.clone(),
+            credential_hash: credential_hash(&credential),
+            agent_version: Some(registration.agent_version.clone()),
+            docker_version: registration.docker_version.clone(),
+            private_ips: registration.private_ips.clone(),
+            registered_at: now,
+            updated_at: now,
+        };
+        if !self
+            .store
+            .register_byo_node(&crate::app::token_hash(token.trim()), &node, &agent)
+            .await?
+        {
+            return Err(AgentError::Unauthorized(
+                "the agent token is neither a node credential nor an unused bring-your-own-node token (POST /api/infra/v1/token/)"
+                    .into(),
+            ));
+        }
+        self.agents.heard(&uuid);
+        tracing::info!(node = uuid, public_ip, "bring-your-own node registered");
+        self.store
+            .record_history(
+                &uri::node(&uuid),
+                LABEL_BYO_REGISTERED,
+                &format!("Bring-your-own node registered from {public_ip}"),
+                now,
+            )
+            .await?;
+        let stored = self.agent_load_node(&uuid).await?;
+        let mut rendered = self.render_agent_node(&stored, Some(&agent));
+        rendered.credential = Some(credential);
+        Ok(RegisteredNode {
+            node: rendered,
+            first: true,
+        })
+    }
+
     async fn check_batch_token(&self, token: &str, registration: &Registration) -> AgentResult<()> {
         let secret = self.agent_secret().await?;
         let expected = batch_token(
             secret,
-            &registration.cluster,
+            registration.cluster.as_deref().unwrap_or_default(),
             registration.first_slot,
             registration.count,
         );
@@ -386,16 +613,190 @@ impl<C: Cloud + 'static> App<C> {
     }
 
     /// `POST /api/agent/v1/node/{uuid}/ping/`: remembered in memory, written by
-    /// [`flush_heartbeats`].
-    pub fn agent_ping(&self, uuid: &str) -> PingReply {
-        AgentState::lock(&self.agents.heartbeats).insert(uuid.to_owned(), date::now_unix());
-        PingReply { reachable: true }
+    /// [`flush_heartbeats`]; an `Unreachable` node is `Deployed` again at once.
+    pub async fn agent_ping(&self, uuid: &str) -> AgentResult<PingReply> {
+        if self.agents.heard(uuid) {
+            self.set_reachability(uuid, NodeState::Unreachable, NodeState::Deployed)
+                .await?;
+        }
+        Ok(PingReply { reachable: true })
     }
 
     /// Writes the heartbeats received since the last flush.
     pub async fn flush_heartbeats_once(&self) -> Result<(), StoreError> {
         let seen = self.agents.take_heartbeats();
         self.store.flush_last_seen(&seen).await
+    }
+
+    /// When the node was last heard from: the in-memory heartbeat, else the store's.
+    pub fn last_seen(&self, node: &NodeRecord) -> Option<i64> {
+        match (self.agents.last_heard(&node.uuid), node.last_seen) {
+            (Some(heard), Some(stored)) => Some(heard.max(stored)),
+            (heard, stored) => heard.or(stored),
+        }
+    }
+
+    /// Starts watching the health of every node that has a live agent (server start).
+    pub async fn load_watches(&self) -> Result<usize, StoreError> {
+        let nodes = self.store.watched_nodes().await?;
+        let started = Instant::now();
+        let mut watches = AgentState::lock(&self.agents.watches);
+        for (uuid, state, last_seen) in &nodes {
+            watches.insert(
+                uuid.clone(),
+                Watch {
+                    heard: started,
+                    unix: last_seen.unwrap_or_else(date::now_unix),
+                    flushed: true,
+                    unreachable: *state == NodeState::Unreachable,
+                },
+            );
+        }
+        Ok(nodes.len())
+    }
+
+    /// One health sweep: every node silent for longer than the grace period becomes
+    /// `Unreachable`.
+    pub async fn sweep_health(&self) -> Result<(), StoreError> {
+        for uuid in self.agents.overdue() {
+            self.set_reachability(&uuid, NodeState::Deployed, NodeState::Unreachable)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `POST node/{uuid}/health-check/`: the verdict now, from the last heartbeat. Returns
+    /// the line written to the action's log.
+    pub async fn health_check(&self, node: &NodeRecord) -> Result<String, StoreError> {
+        let silent_for = {
+            let watches = AgentState::lock(&self.agents.watches);
+            watches.get(&node.uuid).map(|w| w.heard.elapsed())
+        };
+        let Some(silent_for) = silent_for else {
+            return Ok(format!(
+                "Node is {}: it has no agent reporting to this server",
+                node.state
+            ));
+        };
+        let healthy = silent_for <= self.agents.grace;
+        let target = if healthy {
+            NodeState::Deployed
+        } else {
+            NodeState::Unreachable
+        };
+        if node.state != target
+            && matches!(node.state, NodeState::Deployed | NodeState::Unreachable)
+        {
+            if let Some(watch) = AgentState::lock(&self.agents.watches).get_mut(&node.uuid) {
+                watch.unreachable = !healthy;
+            }
+            self.set_reachability(&node.uuid, node.state, target)
+                .await?;
+        }
+        Ok(format!(
+            "Agent last heard from {} s ago (grace {} s): node is {}",
+            silent_for.as_secs(),
+            self.agents.grace.as_secs(),
+            if matches!(node.state, NodeState::Deployed | NodeState::Unreachable) {
+                target
+            } else {
+                node.state
+            }
+        ))
+    }
+
+    /// Moves a node between `Deployed` and `Unreachable` if it is still in `from`: its
+    /// state, an event, a line in its history, and its cluster re-evaluated.
+    async fn set_reachability(
+        &self,
+        uuid: &str,
+        from: NodeState,
+        to: NodeState,
+    ) -> Result<(), StoreError> {
+        match self.store.set_node_state(uuid, from, to).await? {
+            Some(cluster) => {
+                let reason = match to {
+                    NodeState::Unreachable => format!(
+                        "no heartbeat for more than {} s",
+                        self.agents.grace.as_secs()
+                    ),
+                    _ => "its agent is heard from again".to_owned(),
+                };
+                self.note_health(uuid, from, to, &reason).await?;
+                if let Some(cluster) = cluster {
+                    self.reconciler.nudge(&cluster);
+                }
+            }
+            None => {
+                // Not in `from` any more: terminated nodes are no longer watched.
+                if let Some(node) = self.store.node(uuid).await?
+                    && !matches!(node.state, NodeState::Deployed | NodeState::Unreachable)
+                {
+                    self.agents.forget(uuid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A line in the node's history for a state change.
+    async fn note_health(
+        &self,
+        uuid: &str,
+        from: NodeState,
+        to: NodeState,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        tracing::info!(node = uuid, %from, %to, reason, "node health");
+        self.store
+            .record_history(
+                &uri::node(uuid),
+                &format!("Node {to}"),
+                &format!("Node {from} -> {to}: {reason}"),
+                date::now_unix(),
+            )
+            .await
+    }
+}
+
+/// Runs the health sweep every [`HEALTH_TICK`] until `stop` turns true. Also forgets nodes
+/// as they terminate (their credential stops working at once).
+pub async fn watch_health<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch::Receiver<bool>) {
+    match app.load_watches().await {
+        Ok(count) => tracing::info!(nodes = count, "watching node health"),
+        Err(error) => tracing::warn!(%error, "cannot load the watched nodes"),
+    }
+    let mut events = app.events().subscribe();
+    let mut ticker = tokio::time::interval(HEALTH_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(error) = app.sweep_health().await {
+                    tracing::warn!(%error, "health sweep failed");
+                }
+            }
+            event = events.recv() => match event {
+                Ok(event) => {
+                    if event.kind == "node" && event.state == NodeState::Terminated.as_str()
+                        && let Some(uri::Resource::Node { uuid }) =
+                            uri::Resource::parse(&event.resource_uri)
+                    {
+                        app.agents.forget(&uuid);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Some terminations may have been missed: check every credential again.
+                    AgentState::lock(&app.agents.credentials).clear();
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -422,6 +823,10 @@ pub async fn flush_heartbeats<C: Cloud + 'static>(
         tracing::warn!(%error, "cannot write heartbeats");
     }
 }
+
+/// History labels.
+const LABEL_IP_CHANGE: &str = "Node IP Change";
+const LABEL_BYO_REGISTERED: &str = "Node Register";
 
 /// The routes this module serves (no Basic auth).
 pub fn is_agent_route(route: &Route) -> bool {
@@ -529,7 +934,7 @@ async fn handle<C: Cloud + 'static>(
         }
         Route::AgentNodePing(uuid) => {
             app.agent_authenticate(&token, &uuid).await?;
-            Ok(json(StatusCode::OK, &app.agent_ping(&uuid)))
+            Ok(json(StatusCode::OK, &app.agent_ping(&uuid).await?))
         }
         other => Err(AgentError::NotFound(format!(
             "not an agent route: {other:?}"

@@ -78,6 +78,14 @@ pub struct Outcome<T> {
     pub accepted: bool,
 }
 
+/// The outcome of [`App::login`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    Accepted(String),
+    WrongKey,
+    UnknownUser,
+}
+
 /// A new user's secret, shown once.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -96,8 +104,18 @@ impl std::fmt::Debug for Credentials {
 /// Settings that shape API objects.
 #[derive(Debug, Clone)]
 pub struct AppSettings {
-    /// Nodes are named `<uuid>.<node_domain>` (`external_fqdn`).
-    pub node_domain: String,
+    /// The DNS domain: nodes are `<uuid>.node.<domain>` (`external_fqdn`), clusters
+    /// `<name>.cluster.<domain>`.
+    pub dns_domain: String,
+    /// Silence after which a node is `Unreachable`.
+    pub heartbeat_grace: std::time::Duration,
+}
+
+impl AppSettings {
+    /// A node's `external_fqdn`.
+    pub fn node_fqdn(&self, node_uuid: &str) -> String {
+        format!("{node_uuid}.node.{}", self.dns_domain)
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -202,13 +220,14 @@ fn required_text(body: &Value, field: &str) -> AppResult<String> {
 
 impl<C: Cloud + 'static> App<C> {
     pub fn new(store: Store, cloud: Arc<C>, reconciler: Reconciler, settings: AppSettings) -> Self {
+        let grace = settings.heartbeat_grace;
         App {
             store,
             cloud,
             reconciler,
             settings,
             catalog: AsyncMutex::new(None),
-            agents: Default::default(),
+            agents: crate::agent_api::AgentState::new(grace),
             secret_key: None,
             linked: AsyncMutex::new(None),
         }
@@ -327,13 +346,27 @@ impl<C: Cloud + 'static> App<C> {
 
     /// The user whose API key this is, if any.
     pub async fn authenticate(&self, username: &str, api_key: &str) -> AppResult<Option<String>> {
+        Ok(match self.login(username, api_key).await? {
+            Login::Accepted(username) => Some(username),
+            Login::WrongKey | Login::UnknownUser => None,
+        })
+    }
+
+    /// Checks a user name and API key, telling a wrong key from an unknown user (for the
+    /// login throttle, `crate::login`; callers answer both with the same 401).
+    pub async fn login(&self, username: &str, api_key: &str) -> AppResult<Login> {
         let Some(user) = self.store.user(username).await? else {
-            return Ok(None);
+            // Hash anyway, so the time taken does not tell which user names exist.
+            let _ = key_hash("00000000000000000000000000000000", api_key);
+            return Ok(Login::UnknownUser);
         };
         let hash = key_hash(&user.api_key_salt, api_key);
         Ok(
-            constant_time_eq(hash.as_bytes(), user.api_key_hash.as_bytes())
-                .then_some(user.username),
+            if constant_time_eq(hash.as_bytes(), user.api_key_hash.as_bytes()) {
+                Login::Accepted(user.username)
+            } else {
+                Login::WrongKey
+            },
         )
     }
 
@@ -385,11 +418,15 @@ impl<C: Cloud + 'static> App<C> {
     fn render_cluster(&self, cluster: &ClusterRecord, nodes: &[NodeRecord]) -> api::NodeCluster {
         let live: Vec<&NodeRecord> = nodes
             .iter()
-            .filter(|n| n.cluster_uuid == cluster.uuid && n.state != NodeState::Terminated)
+            .filter(|n| {
+                n.cluster_uuid.as_deref() == Some(cluster.uuid.as_str())
+                    && n.state != NodeState::Terminated
+            })
             .collect();
         let provider_options = serde_json::to_value(&cluster.spec.provider_options)
             .unwrap_or(Value::Object(Map::new()));
         api::NodeCluster {
+            auto_replace: cluster.spec.auto_replace,
             current_num_nodes: live.len() as u32,
             deployed_datetime: cluster.deployed_at.map(date::format_unix),
             destroyed_datetime: cluster.destroyed_at.map(date::format_unix),
@@ -408,31 +445,36 @@ impl<C: Cloud + 'static> App<C> {
         }
     }
 
-    fn render_node(&self, node: &NodeRecord, cluster: &ClusterRecord) -> api::Node {
-        let external_fqdn = format!("{}.{}", node.uuid, self.settings.node_domain);
+    /// A node on the wire; `cluster` is `None` for a bring-your-own node.
+    fn render_node(&self, node: &NodeRecord, cluster: Option<&ClusterRecord>) -> api::Node {
+        let external_fqdn = self.settings.node_fqdn(&node.uuid);
+        let region = cluster
+            .map(|c| c.spec.region.as_str())
+            .unwrap_or(BYON_REGION);
         api::Node {
-            availability_zone: Some(uri::availability_zone(
-                PROVIDER,
-                &cluster.spec.region,
-                &node.availability_zone,
-            )),
+            availability_zone: cluster
+                .filter(|_| !node.availability_zone.is_empty())
+                .map(|c| uri::availability_zone(PROVIDER, &c.spec.region, &node.availability_zone)),
             cpu: None,
             current_num_containers: 0,
             deployed_datetime: node.deployed_at.map(date::format_unix),
             destroyed_datetime: node.destroyed_at.map(date::format_unix),
-            disk: cluster.spec.disk_gb,
+            disk: cluster.map(|c| c.spec.disk_gb).unwrap_or(0),
             docker_execdriver: None,
             docker_graphdriver: None,
             docker_version: None,
-            last_seen: node.last_seen.map(date::format_unix),
+            last_seen: self.last_seen(node).map(date::format_unix),
             memory: None,
             nickname: node
                 .nickname
                 .clone()
                 .unwrap_or_else(|| external_fqdn.clone()),
             external_fqdn,
-            node_cluster: Some(uri::node_cluster(&cluster.uuid)),
-            node_type: uri::node_type(PROVIDER, &cluster.spec.node_type),
+            node_cluster: cluster.map(|c| uri::node_cluster(&c.uuid)),
+            node_type: match cluster {
+                Some(c) => uri::node_type(PROVIDER, &c.spec.node_type),
+                None => uri::node_type(BYON_PROVIDER, BYON_NODE_TYPE),
+            },
             private_ips: node
                 .private_ip
                 .iter()
@@ -442,7 +484,10 @@ impl<C: Cloud + 'static> App<C> {
                 })
                 .collect(),
             public_ip: node.public_ip.clone(),
-            region: uri::region(PROVIDER, &cluster.spec.region),
+            region: match cluster {
+                Some(_) => uri::region(PROVIDER, region),
+                None => uri::region(BYON_PROVIDER, region),
+            },
             resource_uri: uri::node(&node.uuid),
             state: node.state.to_string(),
             tags: tags_of(&node.tags),
@@ -647,7 +692,8 @@ impl<C: Cloud + 'static> App<C> {
         })
     }
 
-    /// `PATCH nodecluster/{uuid}/`: `target_num_nodes` (scale), `tags`, `nickname`.
+    /// `PATCH nodecluster/{uuid}/`: `target_num_nodes` (scale), `tags`, `nickname`,
+    /// `auto_replace`.
     pub async fn patch_cluster(
         &self,
         caller: &Caller,
@@ -655,7 +701,19 @@ impl<C: Cloud + 'static> App<C> {
         body: &Value,
     ) -> AppResult<Outcome<api::NodeCluster>> {
         let cluster = self.load_cluster(uuid).await?;
-        let fields = patch_fields(body, &["target_num_nodes", "tags", "nickname"])?;
+        let fields = patch_fields(
+            body,
+            &["target_num_nodes", "tags", "nickname", "auto_replace"],
+        )?;
+        let auto_replace = match fields.get("auto_replace") {
+            None => None,
+            Some(Value::Bool(value)) => Some(*value),
+            Some(_) => {
+                return Err(AppError::BadRequest(
+                    "auto_replace: must be true or false".into(),
+                ));
+            }
+        };
         let target = match fields.get("target_num_nodes") {
             None => None,
             Some(value) => match integer_like(value) {
@@ -686,6 +744,12 @@ impl<C: Cloud + 'static> App<C> {
                 .state
                 .apply(ClusterEvent::Scale)
                 .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        }
+        if let Some(auto_replace) = auto_replace {
+            self.store
+                .set_cluster_auto_replace(uuid, auto_replace)
+                .await?;
+            self.reconciler.nudge(uuid);
         }
         if tags.is_some() || nickname.is_some() {
             self.store
@@ -771,33 +835,71 @@ impl<C: Cloud + 'static> App<C> {
 
     // ---- nodes ----
 
-    async fn load_node(&self, uuid: &str) -> AppResult<(NodeRecord, ClusterRecord)> {
+    async fn load_node(&self, uuid: &str) -> AppResult<(NodeRecord, Option<ClusterRecord>)> {
         let node = self
             .store
             .node(uuid)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("node '{uuid}' not found")))?;
-        let cluster = self.load_cluster(&node.cluster_uuid).await?;
+        let cluster = match &node.cluster_uuid {
+            Some(cluster) => Some(self.load_cluster(cluster).await?),
+            None => None,
+        };
         Ok((node, cluster))
     }
 
     pub async fn nodes(&self) -> AppResult<Vec<api::Node>> {
-        let clusters = self.store.clusters().await?;
+        let clusters: std::collections::HashMap<String, ClusterRecord> = self
+            .store
+            .clusters()
+            .await?
+            .into_iter()
+            .map(|c| (c.uuid.clone(), c))
+            .collect();
         let nodes = self.store.nodes().await?;
         Ok(nodes
             .iter()
-            .filter_map(|n| {
-                clusters
-                    .iter()
-                    .find(|c| c.uuid == n.cluster_uuid)
-                    .map(|c| self.render_node(n, c))
+            .filter_map(|n| match &n.cluster_uuid {
+                None => Some(self.render_node(n, None)),
+                Some(cluster) => clusters.get(cluster).map(|c| self.render_node(n, Some(c))),
             })
             .collect())
     }
 
     pub async fn node(&self, uuid: &str) -> AppResult<api::Node> {
         let (node, cluster) = self.load_node(uuid).await?;
-        Ok(self.render_node(&node, &cluster))
+        Ok(self.render_node(&node, cluster.as_ref()))
+    }
+
+    /// `POST node/{uuid}/health-check/`: judges the node's health now from its agent's last
+    /// heartbeat (`Deployed` or `Unreachable`), recorded as a finished action.
+    pub async fn health_check_node(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+    ) -> AppResult<Outcome<api::Node>> {
+        let (node, _) = self.load_node(uuid).await?;
+        if !matches!(node.state, NodeState::Deployed | NodeState::Unreachable) {
+            return Err(AppError::BadRequest(format!(
+                "node '{uuid}' is {}; only a Deployed or Unreachable node can be health-checked",
+                node.state
+            )));
+        }
+        let line = self.health_check(&node).await?;
+        let mut action = Self::new_action(
+            caller,
+            &uri::node(uuid),
+            "Node Health Check",
+            api::action_state::SUCCESS,
+        );
+        action.logs = format!("{line}\n");
+        action.end_date = Some(date::now_unix());
+        self.store.insert_action(&action).await?;
+        Ok(Outcome {
+            object: self.node(uuid).await?,
+            action_uri: uri::action(&action.uuid),
+            accepted: true,
+        })
     }
 
     /// `PATCH node/{uuid}/`: `tags`, `nickname`.
@@ -838,12 +940,34 @@ impl<C: Cloud + 'static> App<C> {
         })
     }
 
-    /// `DELETE node/{uuid}/`: the node goes and its cluster's target shrinks by one.
+    /// `DELETE node/{uuid}/`: the node goes and its cluster's target shrinks by one (the
+    /// reconciler terminates the instance and waits for EC2 to confirm). A bring-your-own
+    /// node is only deregistered: Flotilla cannot terminate a machine it did not create.
+    /// Either way the node's credential is revoked when it reaches `Terminated`.
     pub async fn delete_node(&self, caller: &Caller, uuid: &str) -> AppResult<Outcome<api::Node>> {
         let (node, cluster) = self.load_node(uuid).await?;
         node.state
             .apply(flotilla_core::state::NodeEvent::TerminateRequested)
             .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let Some(cluster) = cluster else {
+            let now = date::now_unix();
+            self.store.set_node_terminated(uuid, now).await?;
+            let mut action = Self::new_action(
+                caller,
+                &uri::node(uuid),
+                "Node Terminate",
+                api::action_state::SUCCESS,
+            );
+            action.logs =
+                "Bring-your-own node deregistered; its agent's credential is revoked\n".to_owned();
+            action.end_date = Some(now);
+            self.store.insert_action(&action).await?;
+            return Ok(Outcome {
+                object: self.node(uuid).await?,
+                action_uri: uri::action(&action.uuid),
+                accepted: true,
+            });
+        };
         let action_uri = self
             .start_cluster_work(
                 caller,
@@ -980,7 +1104,7 @@ impl<C: Cloud + 'static> App<C> {
         Ok(match api::uri::Resource::parse(&action.object_uri) {
             Some(api::uri::Resource::NodeCluster { uuid }) => Some(uuid),
             Some(api::uri::Resource::Node { uuid }) => {
-                self.store.node(&uuid).await?.map(|n| n.cluster_uuid)
+                self.store.node(&uuid).await?.and_then(|n| n.cluster_uuid)
             }
             _ => None,
         })
@@ -1015,7 +1139,7 @@ impl<C: Cloud + 'static> App<C> {
 }
 
 /// How a BYO token is stored (128 random bits need no salt).
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -1027,6 +1151,12 @@ struct ClusterWork<'a> {
     node_state: Option<(&'a str, NodeState)>,
     object_uri: &'a str,
 }
+
+/// What bring-your-own nodes show as their provider, region and node type: Flotilla knows
+/// nothing of the machine.
+pub const BYON_PROVIDER: &str = "byon";
+pub const BYON_REGION: &str = "unknown";
+pub const BYON_NODE_TYPE: &str = "unknown";
 
 /// The label of a cluster termination (not cancelable: nodes already terminated stay so).
 pub const LABEL_TERMINATE: &str = "Node Cluster Terminate";

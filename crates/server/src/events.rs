@@ -122,13 +122,14 @@ impl EventBus {
         );
     }
 
-    pub fn node(&self, verb: Verb, uuid: &str, cluster_uuid: &str, state: &str) {
+    /// A node's change; `cluster_uuid` is `None` for a bring-your-own node.
+    pub fn node(&self, verb: Verb, uuid: &str, cluster_uuid: Option<&str>, state: &str) {
         self.publish(
             Kind::Node,
             verb,
             uri::node(uuid),
             state,
-            vec![uri::node_cluster(cluster_uuid)],
+            cluster_uuid.map(uri::node_cluster).into_iter().collect(),
         );
     }
 
@@ -206,7 +207,7 @@ mod tests {
     async fn events_carry_the_documented_fields_and_parents() {
         let bus = EventBus::new();
         let mut listener = bus.subscribe();
-        bus.node(Verb::Update, NODE, CLUSTER, "Deployed");
+        bus.node(Verb::Update, NODE, Some(CLUSTER), "Deployed");
         let event = listener.recv().await.expect("event");
         let json = serde_json::to_value(event.as_ref()).expect("json");
         assert_eq!(json["type"], "node");
@@ -243,7 +244,7 @@ mod tests {
     fn filters_match_type_object_and_parents() {
         let bus = EventBus::new();
         let mut listener = bus.subscribe();
-        bus.node(Verb::Create, NODE, CLUSTER, "Deploying");
+        bus.node(Verb::Create, NODE, Some(CLUSTER), "Deploying");
         let event = listener.try_recv().expect("event");
         assert!(Filter::from_query("").matches(&event));
         assert!(Filter::from_query("type=node").matches(&event));

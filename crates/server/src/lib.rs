@@ -22,14 +22,19 @@
 
 pub mod agent_api;
 pub mod app;
+pub mod backup;
 pub mod catalog;
+pub mod dns;
 pub mod events;
 pub mod http;
+pub mod login;
 pub mod openapi;
 pub mod reconcile;
 pub mod secrets;
 pub mod store;
 pub mod stream;
+pub mod tls;
+pub mod zone;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,11 +62,24 @@ pub struct ServerConfig {
     pub database_path: PathBuf,
     /// The user created on first start.
     pub admin_username: String,
-    /// Nodes are named `<uuid>.<node_domain>`.
-    pub node_domain: String,
+    /// The DNS domain: nodes are `<uuid>.node.<domain>`, clusters `<name>.cluster.<domain>`.
+    pub dns_domain: String,
+    /// Silence after which a node is `Unreachable`.
+    pub heartbeat_grace: std::time::Duration,
+    /// Where the built-in DNS server answers for the domain (UDP and TCP); `None`: no
+    /// DNS server (the zone is still kept, for the mirror).
+    pub dns_listen: Option<SocketAddr>,
+    /// A DNS address that cannot be bound fails the start; otherwise (the default address)
+    /// the server runs without its DNS server and says so.
+    pub dns_required: bool,
+    /// A copy of the zone kept elsewhere (Route 53).
+    pub dns_mirror: Option<zone::Mirror>,
     pub reconcile: ReconcileSettings,
     /// The key that encrypts linked provider keys (`secrets`); created 0600 if missing.
     pub secret_key_path: PathBuf,
+    /// Serve HTTPS with this configuration ([`tls::load_server_config`]); `None`: plain
+    /// HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerConfig {
@@ -72,8 +90,13 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_path,
             admin_username: "admin".into(),
-            node_domain: "node.flotilla.internal".into(),
+            dns_domain: "flotilla.internal".into(),
+            heartbeat_grace: agent_api::DEFAULT_HEARTBEAT_GRACE,
+            dns_listen: None,
+            dns_required: false,
+            dns_mirror: None,
             reconcile: ReconcileSettings::default(),
+            tls: None,
         }
     }
 }
@@ -136,6 +159,21 @@ pub async fn run<C: Cloud + 'static>(
             config.database_path.display()
         );
     }
+    let zone = Arc::new(dns::DnsZone::new(&config.dns_domain)?);
+    let dns_sockets = match config.dns_listen {
+        Some(address) => match bind_dns(address).await {
+            Ok(sockets) => Some(sockets),
+            Err(error) if !config.dns_required => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "no built-in DNS server (set --dns-listen to choose another address)"
+                );
+                None
+            }
+            Err(error) => return Err(error),
+        },
+        None => None,
+    };
     let (reconciler, supervisor) =
         reconcile::reconciler(store.clone(), cloud.clone(), config.reconcile.clone());
     let secret_key = secrets::SecretKey::load(&config.secret_key_path)?;
@@ -154,28 +192,91 @@ pub async fn run<C: Cloud + 'static>(
             cloud,
             reconciler,
             AppSettings {
-                node_domain: config.node_domain.clone(),
+                dns_domain: config.dns_domain.clone(),
+                heartbeat_grace: config.heartbeat_grace,
             },
         )
         .with_secret_key(secret_key, linked.map(|k| k.access_key_id)),
     );
     let router = http::router(app.clone());
     let (stop_reconcilers, stopped) = watch::channel(false);
-    let heartbeats = agent_api::flush_heartbeats(app, stopped.clone());
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown);
+    let heartbeats = futures::future::join(
+        agent_api::flush_heartbeats(app.clone(), stopped.clone()),
+        agent_api::watch_health(app, stopped.clone()),
+    );
+    let dns = {
+        let mut stop = stopped.clone();
+        let zone = zone.clone();
+        async move {
+            let Some((udp, tcp)) = dns_sockets else {
+                return;
+            };
+            let stopping = async move { while stop.changed().await.is_ok() && !*stop.borrow() {} };
+            if let Err(error) = dns::serve(zone, udp, tcp, stopping).await {
+                tracing::error!(error = format!("{error:#}"), "the DNS server stopped");
+            }
+        }
+    };
+    let background = futures::future::join3(
+        heartbeats,
+        dns,
+        zone::maintain(
+            store.clone(),
+            zone,
+            config.dns_mirror.clone(),
+            stopped.clone(),
+        ),
+    );
+    let server = serve_http(listener, config.tls.clone(), router, shutdown);
     // Not spawned: if this future is dropped (a crash, in tests), the reconcilers go too.
     let serve_then_stop = async {
         let served = server.await;
         let _ = stop_reconcilers.send(true);
         served
     };
-    let (served, (), ()) = tokio::join!(serve_then_stop, supervisor.run(stopped), heartbeats);
+    let (served, (), _) = tokio::join!(serve_then_stop, supervisor.run(stopped), background);
     store.close().await;
     served.context("HTTP server")
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is set (see [`tls`]), until `shutdown`
+/// completes; either way the handlers see the peer's address (`ConnectInfo<SocketAddr>`).
+fn serve_http(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> {
+    use axum::serve::ListenerExt as _;
+    use std::future::IntoFuture as _;
+    let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => Box::pin(
+            axum::serve(listener, make_service)
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        ),
+        // `tap_io` is what gives a custom listener axum's `ConnectInfo<SocketAddr>`.
+        Some(tls) => Box::pin(
+            axum::serve(
+                tls::TlsListener::new(listener, tls).tap_io(|_| {}),
+                make_service,
+            )
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
+        ),
+    }
+}
+
+async fn bind_dns(address: SocketAddr) -> anyhow::Result<(tokio::net::UdpSocket, TcpListener)> {
+    Ok((
+        tokio::net::UdpSocket::bind(address)
+            .await
+            .with_context(|| format!("DNS: listening on udp {address}"))?,
+        TcpListener::bind(address)
+            .await
+            .with_context(|| format!("DNS: listening on tcp {address}"))?,
+    ))
 }
 
 /// The binary's entry point: prints the admin's credentials if this start created them,
@@ -194,7 +295,7 @@ pub async fn serve<C: Cloud + 'static>(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    tracing::info!(address = %config.listen, "serving the Docker Cloud API");
+    tracing::info!(address = %config.listen, tls = config.tls.is_some(), "serving the Docker Cloud API");
     run(listener, config, cloud, shutdown_signal()).await
 }
 

@@ -21,6 +21,13 @@
 //!   (`dockercloud-api.md` §3) and `flotilla-api` are the reference for every field; what
 //!   the document pins down is paths, methods, auth, request bodies, the list envelope and
 //!   the error body.
+//! * It is accurate enough to fuzz from (`tests/it/fuzz.rs` runs schemathesis on it and
+//!   checks status codes, content types and bodies against it): every status an operation
+//!   can succeed with is listed (200 *and* 202 where an action may finish at once), every
+//!   error is the `default` response with the `Error` body, lists declare `limit` (0 to
+//!   [`crate::http::MAX_LIMIT`]) and `offset`, and path parameters and request bodies carry
+//!   examples that exist on a fresh installation (`aws`, `us-east-1`, `t3.micro`, the
+//!   default admin namespace), so generated requests reach real objects, not only 404s.
 
 use serde_json::{Map, Value, json};
 
@@ -42,7 +49,11 @@ struct Op {
     auth: Auth,
     request: Option<Value>,
     status: &'static str,
+    /// Another success status with the same body (200 when a change was a no-op).
+    also: Option<&'static str>,
     response: Value,
+    /// A list: takes `limit` and `offset`.
+    list: bool,
 }
 
 fn op(method: &'static str, summary: &'static str, status: &'static str, response: Value) -> Op {
@@ -52,6 +63,8 @@ fn op(method: &'static str, summary: &'static str, status: &'static str, respons
         auth: Auth::Basic,
         request: None,
         status,
+        also: None,
+        list: response.get("allOf").is_some(),
         response,
     }
 }
@@ -65,6 +78,16 @@ impl Op {
         self.request = Some(schema_ref(schema));
         self
     }
+    /// An operation that records an action: 202 while work goes on, 200 when done at once.
+    fn or_200(mut self) -> Op {
+        self.also = Some("200");
+        self
+    }
+    /// An answer that is usually done at once (200) but may start work (202).
+    fn also_202(mut self) -> Op {
+        self.also = Some("202");
+        self
+    }
 }
 
 fn schema_ref(name: &str) -> Value {
@@ -76,18 +99,49 @@ fn list_of(name: &str) -> Value {
         {"type": "object", "properties": {"objects": {"type": "array", "items": schema_ref(name)}}}]})
 }
 
-fn parameters(path: &str) -> Vec<Value> {
-    path.split('/')
+/// A value of a path parameter that names something real on a fresh installation, so
+/// generated tests (schemathesis's examples phase) also reach found objects.
+fn example(path: &str, parameter: &str) -> Option<&'static str> {
+    Some(match parameter {
+        "provider" => "aws",
+        "region" => "us-east-1",
+        "namespace" => "admin",
+        "name" if path.contains("/provider/") => "aws",
+        "name" if path.contains("/region/") => "us-east-1",
+        "name" if path.contains("/az/") => "us-east-1a",
+        "name" if path.contains("/nodetype/") => "t3.micro",
+        _ => return None,
+    })
+}
+
+fn parameters(path: &str, list: bool) -> Vec<Value> {
+    let mut parameters: Vec<Value> = path
+        .split('/')
         .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
-        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-        .collect()
+        .map(|name| {
+            let mut parameter = json!({"name": name, "in": "path", "required": true,
+                "schema": {"type": "string"}});
+            if let Some(value) = example(path, name) {
+                parameter["example"] = json!(value);
+            }
+            parameter
+        })
+        .collect();
+    if list {
+        parameters.push(json!({"name": "limit", "in": "query", "required": false,
+            "description": "page size; 0 means the maximum",
+            "schema": {"type": "integer", "minimum": 0, "maximum": crate::http::MAX_LIMIT}}));
+        parameters.push(json!({"name": "offset", "in": "query", "required": false,
+            "schema": {"type": "integer", "minimum": 0}}));
+    }
+    parameters
 }
 
 fn operation(path: &str, op: &Op, tag: &str) -> Value {
     let mut object = Map::new();
     object.insert("summary".into(), json!(op.summary));
     object.insert("tags".into(), json!([tag]));
-    object.insert("parameters".into(), Value::Array(parameters(path)));
+    object.insert("parameters".into(), Value::Array(parameters(path, op.list)));
     let security = match op.auth {
         Auth::None => json!([]),
         Auth::Basic => json!([{"basic": []}]),
@@ -107,6 +161,9 @@ fn operation(path: &str, op: &Op, tag: &str) -> Value {
         json!({"description": "success", "content": {"application/json": {"schema": op.response}}})
     };
     let mut responses = Map::new();
+    if let Some(also) = op.also {
+        responses.insert(also.into(), success.clone());
+    }
     responses.insert(op.status.into(), success);
     responses.insert("default".into(), error);
     object.insert("responses".into(), Value::Object(responses));
@@ -263,25 +320,30 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                     "202",
                     schema_ref("NodeCluster"),
                 )
-                .body("NodeClusterPatch"),
+                .body("NodeClusterPatch")
+                .or_200(),
                 op(
                     "delete",
                     "terminate a node cluster and its nodes",
                     "202",
                     schema_ref("NodeCluster"),
-                ),
+                )
+                .or_200(),
             ],
         ),
         (
             "/api/infra/v1/nodecluster/{uuid}/deploy/",
             "infra",
             true,
-            vec![op(
-                "post",
-                "deploy an Init node cluster",
-                "202",
-                schema_ref("NodeCluster"),
-            )],
+            vec![
+                op(
+                    "post",
+                    "deploy an Init node cluster",
+                    "202",
+                    schema_ref("NodeCluster"),
+                )
+                .or_200(),
+            ],
         ),
         (
             "/api/infra/v1/node/",
@@ -295,8 +357,24 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
             true,
             vec![
                 op("get", "get a node", "200", schema_ref("Node")),
-                op("patch", "retag or rename a node", "200", schema_ref("Node")).body("NodePatch"),
-                op("delete", "terminate a node", "202", schema_ref("Node")),
+                op("patch", "retag or rename a node", "200", schema_ref("Node"))
+                    .body("NodePatch")
+                    .also_202(),
+                op("delete", "terminate a node", "202", schema_ref("Node")).or_200(),
+            ],
+        ),
+        (
+            "/api/infra/v1/node/{uuid}/health-check/",
+            "infra",
+            true,
+            vec![
+                op(
+                    "post",
+                    "check a node's health now (its agent's last heartbeat)",
+                    "202",
+                    schema_ref("Node"),
+                )
+                .or_200(),
             ],
         ),
         (
@@ -447,7 +525,8 @@ fn schemas() -> Value {
         "Object": {"type": "object"},
         "AccessKeys": {"type": "object", "required": ["access_key_id", "secret_access_key"], "properties": {
             "access_key_id": {"type": "string"}, "secret_access_key": {"type": "string"},
-            "session_token": {"type": "string"}}},
+            "session_token": {"type": "string"}},
+            "example": {"access_key_id": "AKIAEXAMPLEEXAMPLE00", "secret_access_key": "example/secret/key"}},
         "ProviderCredentials": object(json!({"provider": {"type": "string"}, "linked": {"type": "boolean"},
             "access_key_id": {"type": ["string", "null"]}, "resource_uri": {"type": "string"},
             "validation": {"type": "object"}})),
@@ -465,7 +544,10 @@ fn schemas() -> Value {
             "node_type": {"type": "string", "description": "/api/infra/v1/nodetype/{provider}/{name}/"},
             "target_num_nodes": {"type": "integer", "minimum": 1},
             "disk": {"type": ["integer", "string"], "description": "GB"},
-            "tags": tags.clone(), "provider_options": {"type": "object"}}},
+            "tags": tags.clone(), "provider_options": {"type": "object"}},
+            "example": {"name": "example", "target_num_nodes": 1,
+                "region": "/api/infra/v1/region/aws/us-east-1/",
+                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"}},
         "NodeClusterPatch": {"type": "object", "properties": {
             "target_num_nodes": {"type": "integer"}, "tags": tags.clone(), "nickname": {"type": "string"}}},
         "Node": object(json!({"uuid": {"type": "string"}, "state": {"type": "string"}, "node_cluster": {"type": ["string", "null"]},

@@ -23,6 +23,21 @@
 //!   until every running node has registered, or until the registration timeout, then
 //!   settles on what registered. [`NodeReady::InstanceRunning`] keeps the old rule for
 //!   set-ups without agents (tests, the CLI-compatibility work).
+//! * Settled clusters are observed per region, not per cluster: one task
+//!   ([`Supervisor::run`]'s region observer) describes every owned instance of a region in
+//!   one call each `resync_interval`, records what changed for every settled cluster of that
+//!   region (instances terminated out of band become `Terminated` nodes; a new public IP
+//!   after a stop/start or an elastic IP is picked up), and checks the region's network for
+//!   drift with the same find-or-create `ensure_network` a deploy uses (an auto network is
+//!   repaired and the repair is written to each cluster's history; a user's VPC is only
+//!   reported on, since `ensure_network` never changes what it does not own). AWS calls per
+//!   period are therefore a constant per region, whatever the number of clusters and nodes.
+//!   A settled cluster's own task then only re-evaluates its state from the store.
+//! * `auto_replace`: a settled cluster with fewer live nodes than its target and
+//!   `auto_replace` on starts a Scaling pass of its own (a system action), which places the
+//!   replacements in the least-populated AZs like any scale.
+//! * A node removed by hand (`Terminating`) is terminated, no longer counts towards the
+//!   target, and becomes `Terminated` only once EC2 shows its instance shutting down or gone.
 //! * Each launch batch's user data carries its registration token, derived here from the
 //!   installation's agent secret (the reconciler and the agent API share the store, so
 //!   whoever builds user data never sees the secret).
@@ -41,7 +56,7 @@ use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use tokio::sync::{Notify, RwLock, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::store::{ClusterRecord, NodeRecord, Store, StoreError, Transition};
+use crate::store::{ActionRecord, ClusterRecord, NodeRecord, Store, StoreError, Transition};
 
 /// What a node's bootstrap script is built from.
 #[derive(Debug, Clone)]
@@ -170,6 +185,16 @@ struct Engine<C> {
     settings: ReconcileSettings,
     shared: Arc<Shared>,
     region_locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+    /// The last full pass of each busy cluster: its generation, when it ended, and whether
+    /// it left instances pending. See [`Engine::converge`].
+    last_pass: Mutex<HashMap<String, LastPass>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastPass {
+    generation: u64,
+    at: std::time::Instant,
+    pending: bool,
 }
 
 /// Creates the handle and the supervisor that serves it.
@@ -189,6 +214,7 @@ pub fn reconciler<C: Cloud + 'static>(
         settings,
         shared: shared.clone(),
         region_locks: Mutex::new(HashMap::new()),
+        last_pass: Mutex::new(HashMap::new()),
     });
     (Reconciler { shared }, Supervisor { engine, starts })
 }
@@ -198,6 +224,7 @@ impl<C: Cloud + 'static> Supervisor<C> {
     /// is finished by the next server, like after a crash).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
+        tasks.spawn(region_observer(self.engine.clone()));
         loop {
             tokio::select! {
                 started = self.starts.recv() => match started {
@@ -268,6 +295,17 @@ async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify
         .remove(&uuid);
 }
 
+/// Observes every region with settled clusters, every `resync_interval`, forever.
+async fn region_observer<C: Cloud + 'static>(engine: Arc<Engine<C>>) {
+    let mut reported: HashMap<String, String> = HashMap::new();
+    loop {
+        tokio::time::sleep(engine.settings.resync_interval).await;
+        if let Err(error) = engine.observe_regions(&mut reported).await {
+            tracing::warn!(%error, "region observation failed on the store");
+        }
+    }
+}
+
 fn node_state_of(instance: &Instance, ready: NodeReady) -> NodeState {
     match instance.state {
         InstanceState::Running if ready == NodeReady::InstanceRunning => NodeState::Deployed,
@@ -312,7 +350,7 @@ impl<C: Cloud + 'static> Engine<C> {
             }
             ClusterState::Terminating => self.terminate(&cluster, failures).await,
             ClusterState::Deployed | ClusterState::PartlyDeployed | ClusterState::EmptyCluster => {
-                self.observe(&cluster).await
+                self.resettle(&cluster).await
             }
         }
     }
@@ -332,10 +370,36 @@ impl<C: Cloud + 'static> Engine<C> {
             self.settle(cluster, action_state::CANCELED).await?;
             return Ok(Next::Idle);
         }
+        // Agents registering nudge the cluster one by one. After a full pass that left
+        // nothing pending, the cloud has nothing new to say until the resync interval: only
+        // the store is checked, so registrations cost no AWS call (N registrations are not
+        // N passes). With instances pending, full passes come at the poll interval.
+        let recent = self
+            .last_pass
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cluster.uuid)
+            .copied()
+            .filter(|p| {
+                let window = if p.pending {
+                    self.settings.poll_interval
+                } else {
+                    self.settings.resync_interval
+                };
+                p.generation == cluster.generation && p.at.elapsed() < window
+            });
+        if let Some(last) = recent {
+            if last.pending || self.awaiting_agents(cluster).await? {
+                return Ok(Next::Soon);
+            }
+            self.settle(cluster, action_state::SUCCESS).await?;
+            return Ok(Next::Idle);
+        }
         let spec = cluster.desired_spec();
         let region = spec.region.clone();
 
-        // Nodes a user removed one by one (`DELETE node/{uuid}/`).
+        // Nodes a user removed one by one (`DELETE node/{uuid}/`): terminated here, out of
+        // the count from now on, `Terminated` once EC2 confirms (below).
         let doomed: Vec<NodeRecord> = self
             .store
             .nodes_of(&cluster.uuid)
@@ -343,16 +407,16 @@ impl<C: Cloud + 'static> Engine<C> {
             .into_iter()
             .filter(|n| n.state == NodeState::Terminating)
             .collect();
-        if !doomed.is_empty() {
-            let ids: Vec<String> = doomed.iter().map(|n| n.instance_id.clone()).collect();
-            self.note(cluster, &format!("terminating {}", ids.join(", ")))
+        let doomed_ids: Vec<String> = doomed
+            .iter()
+            .map(|n| n.instance_id.clone())
+            .filter(|id| !id.is_empty())
+            .collect();
+        if !doomed_ids.is_empty() {
+            self.note(cluster, &format!("terminating {}", doomed_ids.join(", ")))
                 .await?;
-            if let Err(error) = self.cloud.terminate_nodes(&region, &ids).await {
+            if let Err(error) = self.cloud.terminate_nodes(&region, &doomed_ids).await {
                 return self.converge_failed(cluster, error, failures).await;
-            }
-            let now = date::now_unix();
-            for node in &doomed {
-                self.store.set_node_terminated(&node.uuid, now).await?;
             }
         }
 
@@ -369,6 +433,7 @@ impl<C: Cloud + 'static> Engine<C> {
             network_request: &request,
             key_name: self.settings.key_name.as_deref(),
             next_slot: cluster.next_slot,
+            terminating: &doomed_ids,
         };
         let secret = crate::agent_api::load_secret(&self.store).await?;
         let user_data = |nodes: &[NodeSlot]| {
@@ -419,13 +484,59 @@ impl<C: Cloud + 'static> Engine<C> {
             .iter()
             .map(|s| (s.id.as_str(), s.cidr.as_str()))
             .collect();
-        self.record(cluster, &report.instances, &report.terminated, &cidrs)
-            .await?;
-        if report
-            .instances
-            .iter()
-            .any(|i| i.state == InstanceState::Pending)
-        {
+        let observed_at = date::now_unix();
+        self.record(
+            cluster,
+            &report.instances,
+            &report.terminated,
+            &cidrs,
+            observed_at,
+        )
+        .await?;
+        let mut awaiting_termination = false;
+        for node in &doomed {
+            let alive = report
+                .observed
+                .iter()
+                .any(|i| i.instance_id == node.instance_id && i.state.is_alive());
+            if alive {
+                awaiting_termination = true;
+            } else {
+                self.note(
+                    cluster,
+                    &format!(
+                        "node {} ({}) is terminated",
+                        node.uuid,
+                        if node.instance_id.is_empty() {
+                            "no instance"
+                        } else {
+                            &node.instance_id
+                        }
+                    ),
+                )
+                .await?;
+                self.store
+                    .set_node_terminated(&node.uuid, date::now_unix())
+                    .await?;
+            }
+        }
+        let pending = awaiting_termination
+            || report
+                .instances
+                .iter()
+                .any(|i| i.state == InstanceState::Pending);
+        self.last_pass
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                cluster.uuid.clone(),
+                LastPass {
+                    generation: cluster.generation,
+                    at: std::time::Instant::now(),
+                    pending,
+                },
+            );
+        if pending {
             return Ok(Next::Soon);
         }
         if self.awaiting_agents(cluster).await? {
@@ -476,6 +587,7 @@ impl<C: Cloud + 'static> Engine<C> {
         live: &[Instance],
         terminated: &[Instance],
         cidrs: &BTreeMap<&str, &str>,
+        observed_at: i64,
     ) -> Result<(), StoreError> {
         let now = date::now_unix();
         for instance in live.iter().chain(terminated) {
@@ -493,10 +605,11 @@ impl<C: Cloud + 'static> Engine<C> {
                     None => format!("{ip}/32"),
                 }
             });
-            self.store
+            let ip_change = self
+                .store
                 .upsert_node(&NodeRecord {
                     uuid: instance.node_uuid.clone(),
-                    cluster_uuid: cluster.uuid.clone(),
+                    cluster_uuid: Some(cluster.uuid.clone()),
                     slot: instance.slot,
                     instance_id: instance.instance_id.clone(),
                     state,
@@ -512,19 +625,51 @@ impl<C: Cloud + 'static> Engine<C> {
                     destroyed_at: (state == NodeState::Terminated).then_some(now),
                 })
                 .await?;
+            if let Some(change) = ip_change
+                && state != NodeState::Terminated
+            {
+                let line = format!(
+                    "EC2 reports a new public IP for {}: {} -> {}",
+                    instance.instance_id,
+                    change.from.as_deref().unwrap_or("none"),
+                    change.to.as_deref().unwrap_or("none")
+                );
+                self.note(cluster, &line).await?;
+                self.store
+                    .record_history(
+                        &flotilla_api::uri::node(&instance.node_uuid),
+                        "Node IP Change",
+                        &line,
+                        now,
+                    )
+                    .await?;
+            }
         }
         for node in self.store.nodes_of(&cluster.uuid).await? {
             let seen = live
                 .iter()
                 .chain(terminated)
                 .any(|i| i.node_uuid == node.uuid);
-            if !seen && node.state != NodeState::Terminated {
-                self.note(
-                    cluster,
-                    &format!("node {} ({}) is gone", node.uuid, node.instance_id),
-                )
-                .await?;
+            // Nodes being removed by hand are settled by `converge`; nodes recorded after
+            // this observation was taken may simply be too new to be in it.
+            if !seen
+                && !matches!(node.state, NodeState::Terminated | NodeState::Terminating)
+                && node.created_at < observed_at
+            {
+                let line = format!(
+                    "node {} ({}) is gone: its instance was terminated outside Flotilla",
+                    node.uuid, node.instance_id
+                );
+                self.note(cluster, &line).await?;
                 self.store.set_node_terminated(&node.uuid, now).await?;
+                self.store
+                    .record_history(
+                        &flotilla_api::uri::node(&node.uuid),
+                        "Node Terminated",
+                        &line,
+                        now,
+                    )
+                    .await?;
             }
         }
         Ok(())
@@ -586,30 +731,20 @@ impl<C: Cloud + 'static> Engine<C> {
         Ok(())
     }
 
-    /// A settled cluster: refresh the nodes from the cloud and re-evaluate the state.
-    async fn observe(&self, cluster: &ClusterRecord) -> Result<Next, StoreError> {
-        let observed = match self
-            .cloud
-            .describe_cluster(&cluster.spec.region, &cluster.uuid)
-            .await
-        {
-            Ok(observed) => observed,
-            Err(error) => {
-                tracing::warn!(cluster = cluster.uuid, %error, "cannot observe the cluster");
-                return Ok(Next::Idle);
-            }
-        };
-        let live: Vec<Instance> = observed
-            .into_iter()
-            .filter(|i| i.state.is_alive())
-            .collect();
-        self.record(cluster, &live, &[], &BTreeMap::new()).await?;
+    /// A settled cluster: re-evaluate its state from the store (the region observer feeds
+    /// the store), and start replacing lost nodes when `auto_replace` is on.
+    async fn resettle(&self, cluster: &ClusterRecord) -> Result<Next, StoreError> {
+        let nodes = self.store.nodes_of(&cluster.uuid).await?;
+        let alive = nodes
+            .iter()
+            .filter(|n| !matches!(n.state, NodeState::Terminated | NodeState::Terminating))
+            .count() as u32;
+        if cluster.spec.auto_replace && alive < cluster.target_num_nodes {
+            return self.start_replacement(cluster, alive).await;
+        }
         // What the store says, not what EC2 says: a node counts once it is Deployed by
         // the rule in force (its agent registered, or its instance runs).
-        let deployed = self
-            .store
-            .nodes_of(&cluster.uuid)
-            .await?
+        let deployed = nodes
             .iter()
             .filter(|n| n.state == NodeState::Deployed)
             .count() as u32;
@@ -624,6 +759,177 @@ impl<C: Cloud + 'static> Engine<C> {
                 .await?;
         }
         Ok(Next::Idle)
+    }
+
+    /// `auto_replace`: a Scaling pass to the unchanged target, as a system action.
+    async fn start_replacement(
+        &self,
+        cluster: &ClusterRecord,
+        alive: u32,
+    ) -> Result<Next, StoreError> {
+        let Ok(next) = cluster.state.apply(ClusterEvent::Scale) else {
+            return Ok(Next::Idle);
+        };
+        let now = date::now_unix();
+        let missing = cluster.target_num_nodes - alive;
+        let action = ActionRecord {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            object_uri: flotilla_api::uri::node_cluster(&cluster.uuid),
+            label: "Node Cluster Replace Nodes".into(),
+            method: String::new(),
+            path: String::new(),
+            username: crate::store::SYSTEM_USER.into(),
+            user_agent: String::new(),
+            ip: String::new(),
+            state: action_state::IN_PROGRESS.into(),
+            start_date: now,
+            end_date: None,
+            body: String::new(),
+            logs: format!(
+                "auto_replace: {alive} of {} nodes are left; replacing {missing}\n",
+                cluster.target_num_nodes
+            ),
+            can_be_canceled: true,
+            can_be_retried: false,
+        };
+        let transition = Transition {
+            bump_generation: true,
+            current_action: Some(Some(&action.uuid)),
+            ..Transition::new(cluster.state, next)
+        };
+        if self
+            .store
+            .transition_cluster(&cluster.uuid, &transition, Some(&action), None)
+            .await?
+        {
+            tracing::info!(
+                cluster = cluster.uuid,
+                missing,
+                "replacing nodes lost out of band"
+            );
+        }
+        Ok(Next::Soon)
+    }
+
+    /// One observation of every region that has settled clusters: one Describe of all
+    /// owned instances per region, recorded for each settled cluster, and a drift check of
+    /// the region's networks. `reported` remembers the last drift report per cluster, so an
+    /// unchanged problem is not written to the history every period.
+    async fn observe_regions(
+        &self,
+        reported: &mut HashMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let mut regions: BTreeMap<String, Vec<ClusterRecord>> = BTreeMap::new();
+        for cluster in self.store.clusters().await? {
+            if matches!(
+                cluster.state,
+                ClusterState::Deployed | ClusterState::PartlyDeployed | ClusterState::EmptyCluster
+            ) {
+                regions
+                    .entry(cluster.spec.region.clone())
+                    .or_default()
+                    .push(cluster);
+            }
+        }
+        for (region, clusters) in regions {
+            let observed_at = date::now_unix();
+            let observed = match self.cloud.describe_region(&region).await {
+                Ok(observed) => observed,
+                Err(error) => {
+                    tracing::warn!(region, %error, "cannot observe the region");
+                    continue;
+                }
+            };
+            for cluster in &clusters {
+                // Skip a cluster that became busy meanwhile: its own pass observes it.
+                let Some(current) = self.store.cluster(&cluster.uuid).await? else {
+                    continue;
+                };
+                if current.state.is_busy() || current.state == ClusterState::Terminated {
+                    continue;
+                }
+                let live: Vec<Instance> = observed
+                    .iter()
+                    .filter(|i| i.cluster_uuid == cluster.uuid && i.state.is_alive())
+                    .cloned()
+                    .collect();
+                self.record(&current, &live, &[], &BTreeMap::new(), observed_at)
+                    .await?;
+                if let Some(current) = self.store.cluster(&cluster.uuid).await?
+                    && !current.state.is_busy()
+                {
+                    self.resettle(&current).await?;
+                }
+            }
+            self.check_drift(&region, &clusters, reported).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the network ensure of each distinct network the region's settled clusters use:
+    /// an auto network is repaired (and the repair written to the clusters' history); a
+    /// problem with a user's VPC is reported on its clusters.
+    async fn check_drift(
+        &self,
+        region: &str,
+        clusters: &[ClusterRecord],
+        reported: &mut HashMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let mut checked: BTreeMap<Option<String>, Result<Vec<String>, String>> = BTreeMap::new();
+        for cluster in clusters {
+            let vpc = cluster
+                .spec
+                .provider_options
+                .vpc
+                .as_ref()
+                .map(|v| v.id.clone());
+            if !checked.contains_key(&vpc) {
+                let request = NetworkRequest::for_spec(
+                    &cluster.spec,
+                    self.settings.image_id.clone(),
+                    self.settings.allowed_azs.clone(),
+                    self.settings.ingress.clone(),
+                );
+                let lock = self.region_lock(region);
+                let _shared = match vpc {
+                    None => Some(lock.read().await),
+                    Some(_) => None,
+                };
+                let outcome = match self.cloud.ensure_network(&request).await {
+                    Ok(network) => Ok(network.changes),
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(region, %error, "cannot check the network");
+                        continue;
+                    }
+                    Err(error) => Err(error.to_string()),
+                };
+                checked.insert(vpc.clone(), outcome);
+            }
+            let line = match checked.get(&vpc) {
+                Some(Ok(changes)) if !changes.is_empty() => {
+                    format!("Repaired the network: {}", changes.join("; "))
+                }
+                Some(Err(problem)) => format!("The network is not usable: {problem}"),
+                _ => {
+                    reported.remove(&cluster.uuid);
+                    continue;
+                }
+            };
+            if reported.get(&cluster.uuid) == Some(&line) {
+                continue;
+            }
+            tracing::warn!(cluster = cluster.uuid, region, "{line}");
+            self.store
+                .record_history(
+                    &flotilla_api::uri::node_cluster(&cluster.uuid),
+                    "Node Cluster Network Check",
+                    &line,
+                    date::now_unix(),
+                )
+                .await?;
+            reported.insert(cluster.uuid.clone(), line);
+        }
+        Ok(())
     }
 
     /// Terminating: terminate every instance, then tear down the region's auto network when

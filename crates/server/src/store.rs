@@ -81,7 +81,8 @@ impl ClusterRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
     pub uuid: String,
-    pub cluster_uuid: String,
+    /// `None` for a bring-your-own node.
+    pub cluster_uuid: Option<String>,
     pub slot: u32,
     pub instance_id: String,
     pub state: NodeState,
@@ -96,6 +97,25 @@ pub struct NodeRecord {
     pub deployed_at: Option<i64>,
     pub destroyed_at: Option<i64>,
 }
+
+/// A node's public IP moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpChange {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// One node as the DNS zone needs it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DnsRow {
+    pub node_uuid: String,
+    pub public_ip: Option<String>,
+    pub state: String,
+    pub cluster_name: Option<String>,
+}
+
+/// The `user` of actions the system records by itself (history lines).
+pub const SYSTEM_USER: &str = "flotilla";
 
 /// An audit action (§3.7).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -173,7 +193,7 @@ struct ClusterRow {
 #[derive(sqlx::FromRow)]
 struct NodeRow {
     uuid: String,
-    cluster_uuid: String,
+    cluster_uuid: Option<String>,
     slot: i64,
     instance_id: String,
     state: String,
@@ -273,6 +293,9 @@ impl Store {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL keeps the database consistent after a crash or power loss
+            // (only the last commits may be lost) and avoids an fsync per transaction.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
@@ -464,7 +487,7 @@ impl Store {
             self.events.node(
                 Verb::for_state(state.as_str()),
                 node_uuid,
-                uuid,
+                Some(uuid),
                 state.as_str(),
             );
         }
@@ -509,6 +532,21 @@ impl Store {
         Ok(())
     }
 
+    /// Turns the replacement of nodes lost out of band on or off.
+    pub async fn set_cluster_auto_replace(&self, uuid: &str, on: bool) -> Result<(), StoreError> {
+        let state: Option<String> = sqlx::query_scalar(
+            "UPDATE clusters SET spec = json_set(spec, '$.auto_replace', json(?)) WHERE uuid = ? RETURNING state",
+        )
+        .bind(if on { "true" } else { "false" })
+        .bind(uuid)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(state) = state {
+            self.events.cluster(Verb::Update, uuid, &state);
+        }
+        Ok(())
+    }
+
     /// The reconciler's slot high-water mark; it only ever grows.
     pub async fn raise_next_slot(&self, uuid: &str, next_slot: u32) -> Result<(), StoreError> {
         sqlx::query("UPDATE clusters SET next_slot = MAX(next_slot, ?) WHERE uuid = ?")
@@ -523,26 +561,35 @@ impl Store {
 
     /// Inserts or refreshes a node from an observation. Dates already set are kept; the
     /// user's nickname and tags are never touched. Observing a node as `Deploying` (its
-    /// instance is up but no agent has said so) never demotes a node its agent brought up,
-    /// and once an agent has registered, its source address is the node's public IP.
-    pub async fn upsert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+    /// instance is up but no agent has said so) never demotes a node its agent brought up.
+    ///
+    /// The public IP follows whichever source changed last: EC2 reporting an address other
+    /// than the one it reported before (a stop/start, an elastic IP) wins; otherwise the
+    /// address a registered agent connected from stays. Returns the IP change, if any.
+    pub async fn upsert_node(&self, node: &NodeRecord) -> Result<Option<IpChange>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let before: Option<String> = sqlx::query_scalar("SELECT state FROM nodes WHERE uuid = ?")
-            .bind(&node.uuid)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let before: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
+                .bind(&node.uuid)
+                .fetch_optional(&mut *tx)
+                .await?;
         sqlx::query(
-            "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+            "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, instance_public_ip)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?8)
              ON CONFLICT(uuid) DO UPDATE SET
                 instance_id = excluded.instance_id,
                 state = CASE WHEN excluded.state = 'Deploying'
-                    AND nodes.state IN ('Deployed', 'Unreachable', 'Upgrading')
+                    AND nodes.state IN ('Deployed', 'Unreachable', 'Upgrading', 'Terminating')
                     THEN nodes.state ELSE excluded.state END,
                 availability_zone = excluded.availability_zone,
                 subnet_id = excluded.subnet_id,
-                public_ip = CASE WHEN EXISTS (SELECT 1 FROM node_agents a WHERE a.node_uuid = nodes.uuid)
-                    THEN nodes.public_ip ELSE COALESCE(excluded.public_ip, nodes.public_ip) END,
+                public_ip = CASE
+                    WHEN excluded.public_ip IS NOT NULL
+                        AND excluded.public_ip IS NOT nodes.instance_public_ip THEN excluded.public_ip
+                    WHEN EXISTS (SELECT 1 FROM node_agents a WHERE a.node_uuid = nodes.uuid)
+                        THEN nodes.public_ip
+                    ELSE COALESCE(excluded.public_ip, nodes.public_ip) END,
+                instance_public_ip = COALESCE(excluded.public_ip, nodes.instance_public_ip),
                 private_ip = COALESCE(excluded.private_ip, nodes.private_ip),
                 last_seen = COALESCE(excluded.last_seen, nodes.last_seen),
                 deployed_at = COALESCE(nodes.deployed_at, excluded.deployed_at),
@@ -565,21 +612,40 @@ impl Store {
         .bind(node.destroyed_at)
         .execute(&mut *tx)
         .await?;
-        let after: String = sqlx::query_scalar("SELECT state FROM nodes WHERE uuid = ?")
-            .bind(&node.uuid)
-            .fetch_one(&mut *tx)
+        let (after, ip_after): (String, Option<String>) =
+            sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
+                .bind(&node.uuid)
+                .fetch_one(&mut *tx)
+                .await?;
+        if after == NodeState::Terminated.as_str() {
+            revoke_agent_in(
+                &mut tx,
+                &node.uuid,
+                node.destroyed_at.unwrap_or(node.created_at),
+            )
             .await?;
+        }
         tx.commit().await?;
-        let verb = match before {
-            None => Some(Verb::Create),
-            Some(before) if before != after => Some(Verb::for_state(&after)),
-            Some(_) => None,
+        let cluster = node.cluster_uuid.as_deref();
+        let (verb, ip_change) = match before {
+            None => (Some(Verb::Create), None),
+            Some((before, ip_before)) => {
+                let ip_change = (ip_before != ip_after).then(|| IpChange {
+                    from: ip_before,
+                    to: ip_after.clone(),
+                });
+                let verb = if before != after {
+                    Some(Verb::for_state(&after))
+                } else {
+                    ip_change.as_ref().map(|_| Verb::Update)
+                };
+                (verb, ip_change)
+            }
         };
         if let Some(verb) = verb {
-            self.events
-                .node(verb, &node.uuid, &node.cluster_uuid, &after);
+            self.events.node(verb, &node.uuid, cluster, &after);
         }
-        Ok(())
+        Ok(ip_change)
     }
 
     pub async fn node(&self, uuid: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -592,11 +658,12 @@ impl Store {
         row.map(NodeRecord::try_from).transpose()
     }
 
-    /// Every node, by cluster creation and slot.
+    /// Every node, by cluster creation and slot (bring-your-own nodes by registration).
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query_as::<_, NodeRow>(
             "SELECT n.uuid, n.cluster_uuid, n.slot, n.instance_id, n.state, n.availability_zone, n.subnet_id, n.public_ip, n.private_ip, n.nickname, n.tags, n.last_seen, n.created_at, n.deployed_at, n.destroyed_at
-             FROM nodes n JOIN clusters c ON c.uuid = n.cluster_uuid ORDER BY c.created_at, c.rowid, n.slot",
+             FROM nodes n LEFT JOIN clusters c ON c.uuid = n.cluster_uuid
+             ORDER BY COALESCE(c.created_at, n.created_at), COALESCE(c.rowid, 0), n.slot, n.rowid",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -619,7 +686,7 @@ impl Store {
         nickname: Option<&str>,
         tags: &[String],
     ) -> Result<(), StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as(
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
             "UPDATE nodes SET nickname = ?, tags = ? WHERE uuid = ? RETURNING state, cluster_uuid",
         )
         .bind(nickname)
@@ -628,15 +695,17 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some((state, cluster_uuid)) = row {
-            self.events.node(Verb::Update, uuid, &cluster_uuid, &state);
+            self.events
+                .node(Verb::Update, uuid, cluster_uuid.as_deref(), &state);
         }
         Ok(())
     }
 
-    /// Marks a node gone (terminated by us or out of band).
+    /// Marks a node gone (terminated by us, out of band, or a bring-your-own node removed)
+    /// and revokes its agent's credential in the same transaction.
     pub async fn set_node_terminated(&self, uuid: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let before: Option<(String, String)> =
+        let before: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT state, cluster_uuid FROM nodes WHERE uuid = ?")
                 .bind(uuid)
                 .fetch_optional(&mut *tx)
@@ -649,15 +718,73 @@ impl Store {
         .bind(uuid)
         .execute(&mut *tx)
         .await?;
+        revoke_agent_in(&mut tx, uuid, now).await?;
         tx.commit().await?;
         if let Some((state, cluster_uuid)) = before
             && state != NodeState::Terminated.as_str()
         {
             let terminated = NodeState::Terminated.as_str();
             self.events
-                .node(Verb::Delete, uuid, &cluster_uuid, terminated);
+                .node(Verb::Delete, uuid, cluster_uuid.as_deref(), terminated);
         }
         Ok(())
+    }
+
+    /// Moves a node from `from` to `to` (compare-and-set; health verdicts between
+    /// `Deployed` and `Unreachable`). `None` when the node was not in `from`; otherwise its
+    /// cluster (`Some(None)` for a bring-your-own node).
+    pub async fn set_node_state(
+        &self,
+        uuid: &str,
+        from: NodeState,
+        to: NodeState,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let moved: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE nodes SET state = ? WHERE uuid = ? AND state = ? RETURNING cluster_uuid",
+        )
+        .bind(to.as_str())
+        .bind(uuid)
+        .bind(from.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(cluster) = &moved {
+            self.events.node(
+                Verb::for_state(to.as_str()),
+                uuid,
+                cluster.as_deref(),
+                to.as_str(),
+            );
+        }
+        Ok(moved)
+    }
+
+    /// Nodes whose health is watched: an agent with a live credential, and `Deployed` or
+    /// `Unreachable`. (uuid, state, last_seen.)
+    pub async fn watched_nodes(&self) -> Result<Vec<(String, NodeState, Option<i64>)>, StoreError> {
+        let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT n.uuid, n.state, n.last_seen FROM nodes n JOIN node_agents a ON a.node_uuid = n.uuid
+             WHERE a.revoked_at IS NULL AND n.state IN ('Deployed', 'Unreachable')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(uuid, state, seen)| match NodeState::parse(&state) {
+                Some(state) => Ok((uuid, state, seen)),
+                None => Err(corrupt("nodes", &uuid, format!("state '{state}'"))),
+            })
+            .collect()
+    }
+
+    /// What the DNS zone is built from: every node that is not terminated and has a public
+    /// IP, with its cluster's name (`None` for a bring-your-own node).
+    pub async fn dns_rows(&self) -> Result<Vec<DnsRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DnsRow>(
+            "SELECT n.uuid AS node_uuid, n.public_ip, n.state, c.name AS cluster_name
+             FROM nodes n LEFT JOIN clusters c ON c.uuid = n.cluster_uuid
+             WHERE n.state != 'Terminated' AND n.public_ip IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     // ---- actions ----
@@ -668,6 +795,35 @@ impl Store {
         tx.commit().await?;
         self.publish_action_created(action);
         Ok(())
+    }
+
+    /// Adds a line to an object's history: a finished action by the system (health
+    /// verdicts, IP changes, out-of-band terminations, network repairs).
+    pub async fn record_history(
+        &self,
+        object_uri: &str,
+        label: &str,
+        line: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.insert_action(&ActionRecord {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            object_uri: object_uri.to_owned(),
+            label: label.to_owned(),
+            method: String::new(),
+            path: String::new(),
+            username: SYSTEM_USER.to_owned(),
+            user_agent: String::new(),
+            ip: String::new(),
+            state: flotilla_api::action_state::SUCCESS.to_owned(),
+            start_date: now,
+            end_date: Some(now),
+            body: String::new(),
+            logs: format!("{line}\n"),
+            can_be_canceled: false,
+            can_be_retried: false,
+        })
+        .await
     }
 
     fn publish_action_created(&self, action: &ActionRecord) {
@@ -735,6 +891,20 @@ impl Store {
         }
         Ok(false)
     }
+}
+
+/// Revokes a node's agent credential (no-op without an agent).
+async fn revoke_agent_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    node_uuid: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE node_agents SET revoked_at = COALESCE(revoked_at, ?) WHERE node_uuid = ?")
+        .bind(now)
+        .bind(node_uuid)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn insert_action_in(

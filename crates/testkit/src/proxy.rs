@@ -27,11 +27,22 @@
 //! * Upstream connections are not pooled: werkzeug may close idle keep-alive
 //!   connections, and a stale pooled connection would surface as a spurious
 //!   failure that looks like an injected fault. Loopback connects are cheap.
+//! * Crash tests need "the code under test has made exactly K calls, now kill
+//!   it" ([`FaultProxy::hold_after`]): calls after the K-th are held before
+//!   they reach moto, and released ones are dropped unanswered, never
+//!   forwarded — a killed process's late request must not act after its
+//!   successor started.
+//! * Eventual consistency ([`FaultProxy::set_eventual_consistency`]) is
+//!   emulated on the response side: ids from successful `Create*` and
+//!   `RunInstances` answers are remembered, and the matching `<item>` elements
+//!   are cut out of `Describe*` answers until the delay has passed. The cut is
+//!   by the item's own id element (`<vpcId>` directly inside a VPC item), so a
+//!   subnet of a hidden VPC stays visible.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -64,6 +75,10 @@ pub struct CallRecord {
     pub injected: Option<String>,
     /// Decoded query-string and form-body parameters, in order.
     pub params: Vec<(String, String)>,
+    /// When the request arrived at the proxy.
+    pub at: Instant,
+    /// The access key id from the SigV4 credential scope; `""` when absent.
+    pub access_key: String,
 }
 
 /// What a matching [`Rule`] does to a request.
@@ -149,6 +164,8 @@ pub struct Rule {
     pub availability_zone: Option<String>,
     /// Only the proxy's K-th call (1-based `seq`).
     pub nth: Option<u64>,
+    /// Only requests signed with this access key id.
+    pub access_key: Option<String>,
     pub skip_dry_run: bool,
     pub only_dry_run: bool,
     /// Fire at most this many times; `None` = forever.
@@ -166,6 +183,7 @@ impl Rule {
             param_present: None,
             availability_zone: None,
             nth: None,
+            access_key: None,
             skip_dry_run: false,
             only_dry_run: false,
             times: None,
@@ -196,6 +214,11 @@ impl Rule {
     }
     pub fn nth(mut self, seq: u64) -> Rule {
         self.nth = Some(seq);
+        self
+    }
+    /// Only requests signed with `access_key_id` (e.g. revoked keys).
+    pub fn with_access_key(mut self, access_key_id: impl Into<String>) -> Rule {
+        self.access_key = Some(access_key_id.into());
         self
     }
     pub fn skip_dry_run(mut self) -> Rule {
@@ -231,6 +254,10 @@ impl Rule {
                 .as_ref()
                 .is_none_or(|p| call.params.iter().any(|(n, _)| n.contains(p.as_str())))
             && self.nth.is_none_or(|k| k == seq)
+            && self
+                .access_key
+                .as_ref()
+                .is_none_or(|k| *k == call.access_key)
             && !(self.skip_dry_run && dry_run)
             && (!self.only_dry_run || dry_run)
     }
@@ -240,6 +267,7 @@ impl Rule {
 struct Call {
     action: String,
     region: String,
+    access_key: String,
     params: Vec<(String, String)>,
 }
 
@@ -269,6 +297,17 @@ struct RandomFaults {
     internal_error_rate: f64,
 }
 
+/// An armed [`FaultProxy::hold_after`].
+struct Hold {
+    /// Calls with `first <= seq <= last` are let through; later ones are held.
+    first: u64,
+    last: u64,
+    /// How many of the let-through calls have been answered.
+    answered: u64,
+    /// Identifies this hold, so a held call notices its release.
+    id: u64,
+}
+
 #[derive(Default)]
 struct Control {
     next_seq: u64,
@@ -278,6 +317,24 @@ struct Control {
     /// Each rule with how often it has fired.
     rules: Vec<(Rule, u32)>,
     subnet_azs: HashMap<String, String>,
+    hold: Option<Hold>,
+    holds_made: u64,
+    /// How long a new resource stays hidden from describes (zero: off).
+    consistency_delay: Duration,
+    /// Ids of new resources and when they become visible.
+    hidden: HashMap<String, Instant>,
+}
+
+impl Control {
+    /// Logs a finished call and counts it against an armed hold.
+    fn finish(&mut self, record: CallRecord) {
+        if let Some(hold) = self.hold.as_mut()
+            && (hold.first..=hold.last).contains(&record.seq)
+        {
+            hold.answered += 1;
+        }
+        self.calls.push(record);
+    }
 }
 
 struct Shared {
@@ -407,6 +464,78 @@ impl FaultProxy {
         self.shared.control().rules.push((rule, 0));
     }
 
+    /// Lets the next `k` calls through and holds every later one before it reaches moto,
+    /// until [`FaultProxy::release_held`]. [`FaultProxy::wait_held`] says when the `k`
+    /// calls have been answered: a crash test kills the process under test then, right
+    /// after its K-th call. Replaces an earlier hold (its held calls are dropped).
+    pub fn hold_after(&self, k: u64) {
+        let mut control = self.shared.control();
+        control.holds_made += 1;
+        let first = control.next_seq + 1;
+        control.hold = Some(Hold {
+            first,
+            last: first + k.max(1) - 1,
+            answered: 0,
+            id: control.holds_made,
+        });
+    }
+
+    /// Waits until the calls [`FaultProxy::hold_after`] lets through have all been
+    /// answered; `false` if that did not happen within `limit` (or nothing is armed).
+    pub async fn wait_held(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let done = match &self.shared.control().hold {
+                Some(hold) => hold.answered > hold.last - hold.first,
+                None => return false,
+            };
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The number of calls the armed hold has let through and that were answered.
+    pub fn held_progress(&self) -> Option<u64> {
+        self.shared.control().hold.as_ref().map(|h| h.answered)
+    }
+
+    /// Disarms the hold. Calls it held are dropped unanswered (logged with injected
+    /// `"Held"`), never forwarded: they came from the process the test killed.
+    pub fn release_held(&self) {
+        self.shared.control().hold = None;
+    }
+
+    /// Hides each resource a later `Create*`/`RunInstances` call makes (VPC, subnet,
+    /// internet gateway, route table, security group, instance) from `Describe*` answers
+    /// for `delay`, as EC2's eventual consistency may. Zero turns it off.
+    pub fn set_eventual_consistency(&self, delay: Duration) {
+        let mut control = self.shared.control();
+        control.consistency_delay = delay;
+        if delay.is_zero() {
+            control.hidden.clear();
+        }
+    }
+
+    /// Ids currently hidden by [`FaultProxy::set_eventual_consistency`].
+    pub fn hidden_ids(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut ids: Vec<String> = self
+            .shared
+            .control()
+            .hidden
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub fn clear_rules(&self) {
         self.shared.control().rules.clear();
     }
@@ -477,7 +606,8 @@ async fn handle(
         headers.insert(HeaderName::from_static(ACCOUNT_HEADER), v);
     }
 
-    let (seq, latency, needs_azs) = {
+    let at = Instant::now();
+    let (seq, latency, needs_azs, held_by) = {
         let mut control = shared.control();
         control.next_seq += 1;
         let seq = control.next_seq;
@@ -486,8 +616,27 @@ async fn handle(
             .rules
             .iter()
             .any(|(r, _)| r.availability_zone.is_some() && r.matches_static(&call, seq));
-        (seq, control.latency, needs_azs)
+        let held_by = control.hold.as_ref().filter(|h| seq > h.last).map(|h| h.id);
+        (seq, control.latency, needs_azs, held_by)
     };
+    let record = |status: u16, injected: Option<String>| CallRecord {
+        seq,
+        action: call.action.clone(),
+        region: call.region.clone(),
+        status,
+        injected,
+        params: call.params.clone(),
+        at,
+        access_key: call.access_key.clone(),
+    };
+    if let Some(id) = held_by {
+        // Held until released, then dropped: never forwarded.
+        while shared.control().hold.as_ref().is_some_and(|h| h.id == id) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shared.control().finish(record(0, Some("Held".to_string())));
+        return Err(DroppedByFault);
+    }
     let subnet_azs = if needs_azs {
         resolve_subnet_azs(&shared, &call, &headers).await
     } else {
@@ -498,29 +647,15 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
 
-    let record = |status: u16, injected: Option<String>| CallRecord {
-        seq,
-        action: call.action.clone(),
-        region: call.region.clone(),
-        status,
-        injected,
-        params: call.params.clone(),
-    };
     match &fault {
         Some(Fault::Drop) => {
-            shared
-                .control()
-                .calls
-                .push(record(0, Some("Drop".to_string())));
+            shared.control().finish(record(0, Some("Drop".to_string())));
             return Err(DroppedByFault);
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
         Some(f) => {
             if let Some((status, code, message)) = f.error() {
-                shared
-                    .control()
-                    .calls
-                    .push(record(status, Some(code.clone())));
+                shared.control().finish(record(status, Some(code.clone())));
                 return Ok(error_response(status, &code, &message, seq));
             }
         }
@@ -542,8 +677,7 @@ async fn handle(
     };
     shared
         .control()
-        .calls
-        .push(record(response.status().as_u16(), None));
+        .finish(record(response.status().as_u16(), None));
     Ok(response)
 }
 
@@ -626,7 +760,152 @@ async fn forward(
     ] {
         parts.headers.remove(h);
     }
+    let body = if parts.status.is_success() {
+        apply_consistency(shared, action, body)
+    } else {
+        body
+    };
     Response::from_parts(parts, Full::new(body))
+}
+
+/// The id element of the resources a create call makes, for eventual consistency.
+fn created_id_tag(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "CreateVpc" => "vpcId",
+        "CreateSubnet" => "subnetId",
+        "CreateInternetGateway" => "internetGatewayId",
+        "CreateRouteTable" => "routeTableId",
+        "CreateSecurityGroup" => "groupId",
+        "RunInstances" => "instanceId",
+        _ => return None,
+    })
+}
+
+/// The id element of the items a describe call lists, for eventual consistency.
+fn described_id_tag(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "DescribeVpcs" => "vpcId",
+        "DescribeSubnets" => "subnetId",
+        "DescribeInternetGateways" => "internetGatewayId",
+        "DescribeRouteTables" => "routeTableId",
+        "DescribeSecurityGroups" => "groupId",
+        "DescribeInstances" => "instanceId",
+        _ => return None,
+    })
+}
+
+/// Remembers what a create made, or hides what is still new from a describe.
+fn apply_consistency(shared: &Shared, action: &str, body: Bytes) -> Bytes {
+    let mut control = shared.control();
+    let delay = control.consistency_delay;
+    if delay.is_zero() {
+        return body;
+    }
+    let xml = String::from_utf8_lossy(&body);
+    if let Some(tag) = created_id_tag(action) {
+        let until = Instant::now() + delay;
+        for id in xml_tags(&xml, tag) {
+            control.hidden.insert(id, until);
+        }
+        return body;
+    }
+    let Some(tag) = described_id_tag(action) else {
+        return body;
+    };
+    let now = Instant::now();
+    control.hidden.retain(|_, until| *until > now);
+    if control.hidden.is_empty() {
+        return body;
+    }
+    let hidden = &control.hidden;
+    match strip_items(&xml, tag, &|id| hidden.contains_key(id)) {
+        Some(stripped) => Bytes::from(stripped),
+        None => body,
+    }
+}
+
+/// Every `<tag>` value in `xml`, in order.
+fn xml_tags(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}>");
+    let mut values = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        rest = &rest[start + open.len()..];
+        if let Some(end) = rest.find('<') {
+            values.push(rest[..end].trim().to_string());
+            rest = &rest[end..];
+        }
+    }
+    values
+}
+
+/// `xml` without the `<item>` elements whose own `<id_tag>` child names a hidden id;
+/// `None` when nothing is cut. Query-protocol XML has no CDATA, comments or attributes
+/// that matter here, so a tag scanner is enough.
+fn strip_items(xml: &str, id_tag: &str, hidden: &dyn Fn(&str) -> bool) -> Option<String> {
+    struct Open<'a> {
+        name: &'a str,
+        start: usize,
+        id: Option<&'a str>,
+    }
+    let mut stack: Vec<Open<'_>> = Vec::new();
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0;
+    while let Some(offset) = xml[pos..].find('<') {
+        let start = pos + offset;
+        let Some(len) = xml[start..].find('>') else {
+            break;
+        };
+        let end = start + len + 1;
+        let inner = &xml[start + 1..end - 1];
+        pos = end;
+        if inner.starts_with('?') || inner.starts_with('!') || inner.ends_with('/') {
+            continue;
+        }
+        if let Some(name) = inner.strip_prefix('/') {
+            let name = name.trim();
+            // Pop to the matching open tag (tolerating unbalanced input).
+            while let Some(open) = stack.pop() {
+                if open.name == name {
+                    if name == "item" && open.id.is_some_and(hidden) {
+                        cuts.push((open.start, end));
+                    }
+                    break;
+                }
+            }
+            continue;
+        }
+        let name = inner.split_whitespace().next().unwrap_or("");
+        if name == id_tag
+            && let Some(parent) = stack.last_mut()
+            && parent.name == "item"
+            && parent.id.is_none()
+        {
+            let text_end = xml[end..].find('<').map_or(xml.len(), |i| end + i);
+            parent.id = Some(xml[end..text_end].trim());
+        }
+        stack.push(Open {
+            name,
+            start,
+            id: None,
+        });
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    // Inner items close first; keep only the outermost cuts.
+    cuts.sort();
+    let mut out = String::with_capacity(xml.len());
+    let mut copied = 0;
+    for (start, end) in cuts {
+        if start < copied {
+            continue;
+        }
+        out.push_str(&xml[copied..start]);
+        copied = end;
+    }
+    out.push_str(&xml[copied..]);
+    Some(out)
 }
 
 /// The AZs of the subnets the call names, asking moto for uncached ones.
@@ -701,16 +980,31 @@ fn parse_call(uri: &hyper::Uri, headers: &HeaderMap, body: &[u8]) -> Call {
         .find(|(n, _)| n == "Action")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let region = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.to_str().ok());
+    let region = authorization
         .and_then(region_from_authorization)
         .unwrap_or_else(|| "unknown".to_string());
+    let access_key = authorization
+        .and_then(access_key_from_authorization)
+        .unwrap_or_default();
     Call {
         action,
         region,
+        access_key,
         params,
     }
+}
+
+/// `... Credential=AKID/20261121/us-east-1/ec2/aws4_request, ...` -> `AKID`.
+fn access_key_from_authorization(auth: &str) -> Option<String> {
+    let scope = auth.split("Credential=").nth(1)?;
+    scope
+        .split('/')
+        .next()
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
 }
 
 /// `... Credential=AKID/20261121/us-east-1/ec2/aws4_request, ...` -> `us-east-1`.
@@ -794,6 +1088,39 @@ mod tests {
             Some("eu-west-2")
         );
         assert_eq!(region_from_authorization("Bearer x"), None);
+    }
+
+    #[test]
+    fn access_key_is_read_from_the_credential_scope() {
+        let auth = "AWS4-HMAC-SHA256 Credential=AKID/20261121/eu-west-2/ec2/aws4_request, \
+                    SignedHeaders=host, Signature=abc";
+        assert_eq!(access_key_from_authorization(auth).as_deref(), Some("AKID"));
+        assert_eq!(access_key_from_authorization("Bearer x"), None);
+    }
+
+    #[test]
+    fn strip_items_cuts_only_items_whose_own_id_is_hidden() {
+        let xml = "<?xml version=\"1.0\"?><R><subnetSet>\
+                   <item><subnetId>subnet-1</subnetId><vpcId>vpc-1</vpcId>\
+                   <tagSet><item><key>k</key></item></tagSet></item>\
+                   <item><subnetId>subnet-2</subnetId><vpcId>vpc-1</vpcId></item>\
+                   </subnetSet></R>";
+        let hide = |id: &str| id == "subnet-1" || id == "vpc-1";
+        let out = strip_items(xml, "subnetId", &hide).expect("something cut");
+        assert!(!out.contains("subnet-1"), "{out}");
+        assert!(out.contains("<subnetId>subnet-2</subnetId><vpcId>vpc-1</vpcId>"));
+        assert!(strip_items(xml, "subnetId", &|_: &str| false).is_none());
+        // Nested items: an instance inside a reservation.
+        let xml = "<reservationSet><item><reservationId>r-1</reservationId><instancesSet>\
+                   <item><instanceId>i-1</instanceId><groupSet><item><groupId>sg-1</groupId>\
+                   </item></groupSet></item><item><instanceId>i-2</instanceId></item>\
+                   </instancesSet></item></reservationSet>";
+        let out = strip_items(xml, "instanceId", &|id: &str| id == "i-1").expect("cut");
+        assert!(
+            !out.contains("i-1") && out.contains("i-2") && out.contains("r-1"),
+            "{out}"
+        );
+        assert_eq!(xml_tags(xml, "instanceId"), vec!["i-1", "i-2"]);
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub async fn pass(
         network_request: request,
         key_name: None,
         next_slot: 0,
+        terminating: &[],
     };
     let result = run_pass(
         aws,

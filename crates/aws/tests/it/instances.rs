@@ -66,6 +66,24 @@ async fn six_nodes_from_nothing_take_one_launch_per_subnet_and_few_calls() {
         .filter_map(|l| param(&l.params, "ClientToken"))
         .collect();
     assert_eq!(tokens.len(), 3, "each batch has its own token");
+    // And the instances as EC2 describes them: IMDSv2 only.
+    let ec2 = env.ec2("us-east-1").await;
+    let described = ec2.describe_instances().send().await.expect("describe");
+    let instances: Vec<_> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .collect();
+    assert_eq!(instances.len(), 6);
+    for instance in instances {
+        let options = instance.metadata_options().expect("metadata options");
+        assert_eq!(
+            options.http_tokens(),
+            Some(&aws_sdk_ec2::types::HttpTokensState::Required),
+            "{:?}",
+            instance.instance_id()
+        );
+    }
 
     // Observation rebuilds every node's identity from tags and launch index.
     env.proxy.clear_log();

@@ -8,4 +8,5 @@ mod credentials;
 mod harness;
 mod instances;
 mod network;
+mod route53;
 mod teardown;

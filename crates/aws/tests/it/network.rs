@@ -560,3 +560,73 @@ async fn duplicates_left_by_a_crashed_run_are_removed_when_unused() {
         "the kept subnets are the ones in use"
     );
 }
+
+/// Every ingress rule of the cluster's security group as `protocol:port:cidr`, IPv4 and
+/// IPv6.
+async fn ingress_rules(env: &Env, group: &str) -> Vec<String> {
+    let ec2 = env.ec2("us-east-1").await;
+    let groups = ec2
+        .describe_security_groups()
+        .group_ids(group)
+        .send()
+        .await
+        .expect("sg");
+    let mut rules: Vec<String> = groups.security_groups()[0]
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| {
+            let rule = |cidr: &str| {
+                format!(
+                    "{}:{}:{cidr}",
+                    p.ip_protocol().unwrap_or("?"),
+                    p.from_port().unwrap_or(-1)
+                )
+            };
+            p.ip_ranges()
+                .iter()
+                .map(|r| rule(r.cidr_ip().unwrap_or("?")))
+                .chain(
+                    p.ipv6_ranges()
+                        .iter()
+                        .map(|r| rule(r.cidr_ipv6().unwrap_or("?"))),
+                )
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rules.sort();
+    rules
+}
+
+#[tokio::test]
+async fn the_world_is_let_in_only_when_asked_and_only_on_management_ports() {
+    // Management ports configured but no network: nothing from outside the VPC, on any
+    // port, over IPv4 or IPv6.
+    let env = Env::new().await;
+    let spec = spec(0);
+    let mut request = network_request(&spec);
+    request.ingress = Ingress {
+        ports: vec![22, 2376],
+        cidrs: Vec::new(),
+    };
+    let network = env.aws.ensure_network(&request).await.expect("network");
+    let rules = ingress_rules(&env, &network.security_groups[0]).await;
+    assert_eq!(rules, vec!["-1:-1:10.78.0.0/16"], "only the VPC itself");
+
+    // 0.0.0.0/0 when explicitly asked: then on the management ports only, never all ports.
+    let env = Env::new().await;
+    let mut request = network_request(&spec);
+    request.ingress = Ingress {
+        ports: vec![22, 2376],
+        cidrs: vec!["0.0.0.0/0".into()],
+    };
+    let network = env.aws.ensure_network(&request).await.expect("network");
+    let rules = ingress_rules(&env, &network.security_groups[0]).await;
+    assert_eq!(
+        rules,
+        vec![
+            "-1:-1:10.78.0.0/16",
+            "tcp:22:0.0.0.0/0",
+            "tcp:2376:0.0.0.0/0"
+        ]
+    );
+}

@@ -137,6 +137,8 @@ enum NodeCommand {
     },
     /// Print the command that brings a host you run under Flotilla's management.
     Byo,
+    /// Judge nodes' health now from their agents' last heartbeats.
+    HealthCheck { identifiers: Vec<String> },
 }
 
 #[derive(Debug, Args)]
@@ -490,6 +492,13 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The one line that installs and starts the agent of a bring-your-own node.
+pub fn byo_install_command(server: &str, token: &str) -> String {
+    format!(
+        "curl -fsSL {server}/download/flotilla -o /usr/local/bin/flotilla && chmod 0755 /usr/local/bin/flotilla && mkdir -p /var/lib/flotilla && FLOTILLA_SERVER={server} FLOTILLA_TOKEN={token} FLOTILLA_AGENT_STATE=/var/lib/flotilla/agent.json nohup /usr/local/bin/flotilla agent >>/var/log/flotilla-agent.log 2>&1 &"
+    )
+}
+
 pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env(args.common.host)?;
     let format = args.common.format;
@@ -551,6 +560,17 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(code)
         }
+        NodeCommand::HealthCheck { identifiers } => {
+            for id in &identifiers {
+                let node = client.find(NODES, "node", id, false).await?;
+                let uuid = text(&node, "uuid");
+                let answer = client
+                    .call(Method::POST, &format!("{NODES}{uuid}/health-check/"), None)
+                    .await?;
+                crate::out!("{uuid} {}", text(&answer.body, "state"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         NodeCommand::Byo => {
             let answer = client
                 .call(Method::POST, "/api/infra/v1/token/", None)
@@ -562,14 +582,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             crate::out!(
                 "Run this on the host (Linux, with Docker or able to install it) as root:\n"
             );
-            crate::out!(
-                "  curl -fsSL {}/download/flotilla -o /usr/local/bin/flotilla && chmod 0755 /usr/local/bin/flotilla",
-                client.base()
-            );
-            crate::out!(
-                "  FLOTILLA_SERVER={} FLOTILLA_TOKEN={token} /usr/local/bin/flotilla agent\n",
-                client.base()
-            );
+            crate::out!("  {}\n", byo_install_command(client.base(), &token));
             crate::out!(
                 "The token works once. The host appears in `flotilla node ls` when its agent registers."
             );

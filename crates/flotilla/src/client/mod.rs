@@ -5,6 +5,10 @@
 //! `DOCKERCLOUD_REST_HOST`, `DOCKERCLOUD_USER`, `DOCKERCLOUD_APIKEY`. Objects are handled as
 //! JSON values: the commands print what the server sends and read only the fields they show,
 //! so a field added to the API never breaks an older client.
+//!
+//! An `https` host is verified against the system's roots (which honour `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR`) plus the PEM certificates of `FLOTILLA_CA_CERT` when set, as for the
+//! agent ([`flotilla_agent::tls`]); verification cannot be turned off.
 
 pub mod commands;
 pub mod provider;
@@ -44,9 +48,11 @@ impl ApiClient {
             .context("set FLOTILLA_USER (or DOCKERCLOUD_USER) to your user name")?;
         let api_key = first_env(&["FLOTILLA_APIKEY", "DOCKERCLOUD_APIKEY"])
             .context("set FLOTILLA_APIKEY (or DOCKERCLOUD_APIKEY) to your API key")?;
+        let ca_cert = first_env(&["FLOTILLA_CA_CERT"]).map(std::path::PathBuf::from);
         let http = reqwest::Client::builder()
             .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")))
             .timeout(std::time::Duration::from_secs(60))
+            .use_preconfigured_tls(flotilla_agent::tls::client_config(ca_cert.as_deref())?)
             .build()
             .context("building the HTTP client")?;
         Ok(ApiClient {
@@ -77,10 +83,19 @@ impl ApiClient {
         if let Some(body) = body {
             request = request.body(body.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {} ({method} {path})", self.base))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                if let Some(reason) = flotilla_agent::tls::certificate_error(&error) {
+                    bail!(
+                        "the TLS certificate of {} is not trusted ({reason}); set FLOTILLA_CA_CERT to the CA that signed it",
+                        self.base
+                    );
+                }
+                return Err(error)
+                    .with_context(|| format!("cannot reach {} ({method} {path})", self.base));
+            }
+        };
         let status = response.status();
         let action_uri = response
             .headers()

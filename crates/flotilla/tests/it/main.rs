@@ -2,9 +2,15 @@
 //! testkit proxy (one moto account per test).
 
 mod agents;
+mod aws_faults;
+mod backup;
 mod client;
+mod crash_matrix;
 mod dockercloud_cli;
 mod engine;
+mod lifecycle;
 mod link;
+mod ops;
 mod server_crash;
 mod support;
+mod tls;

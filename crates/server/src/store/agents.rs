@@ -57,7 +57,7 @@ impl TryFrom<NodeAgentRow> for NodeAgentRecord {
 /// The node-side change that goes with a registration.
 #[derive(Debug, Clone)]
 pub struct NodeRegistration<'a> {
-    pub cluster_uuid: &'a str,
+    pub cluster_uuid: Option<&'a str>,
     /// Compare-and-set: the node must still be in this state.
     pub from: NodeState,
     pub to: NodeState,
@@ -66,9 +66,10 @@ pub struct NodeRegistration<'a> {
 }
 
 /// How a registration went in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registered {
-    Done,
+    /// Registered; the node's public IP before, when this registration changed it.
+    Done(Option<super::IpChange>),
     /// The node already has an agent (first registration) or another credential
     /// (re-registration).
     AlreadyRegistered,
@@ -109,7 +110,7 @@ impl Store {
         credential_hash: &str,
     ) -> Result<Option<NodeAgentRecord>, StoreError> {
         let row = sqlx::query_as::<_, NodeAgentRow>(
-            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE credential_hash = ?",
+            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE credential_hash = ? AND revoked_at IS NULL",
         )
         .bind(credential_hash)
         .fetch_optional(&self.pool)
@@ -158,6 +159,12 @@ impl Store {
         if written.rows_affected() != 1 {
             return Ok(Registered::AlreadyRegistered);
         }
+        let ip_before: Option<String> =
+            sqlx::query_scalar("SELECT public_ip FROM nodes WHERE uuid = ?")
+                .bind(&agent.node_uuid)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
         let moved = sqlx::query(
             "UPDATE nodes SET state = ?, public_ip = ?, last_seen = ?,
                 deployed_at = COALESCE(deployed_at, ?)
@@ -175,7 +182,11 @@ impl Store {
             return Ok(Registered::StateChanged);
         }
         tx.commit().await?;
-        if node.from != node.to {
+        let ip_change = (ip_before.as_deref() != Some(node.public_ip)).then(|| super::IpChange {
+            from: ip_before,
+            to: Some(node.public_ip.to_owned()),
+        });
+        if node.from != node.to || ip_change.is_some() {
             let state = node.to.as_str();
             self.events.node(
                 crate::events::Verb::for_state(state),
@@ -184,7 +195,62 @@ impl Store {
                 state,
             );
         }
-        Ok(Registered::Done)
+        Ok(Registered::Done(ip_change))
+    }
+
+    /// Registers a bring-your-own node: uses up the token with this hash and inserts the
+    /// node and its agent, in one transaction (a crash cannot burn the token without
+    /// creating the node). False when the token is unknown or used.
+    pub async fn register_byo_node(
+        &self,
+        token_hash: &str,
+        node: &super::NodeRecord,
+        agent: &NodeAgentRecord,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let used: Option<String> = sqlx::query_scalar(
+            "UPDATE byo_tokens SET used = 1, used_at = ? WHERE token_hash = ? AND used = 0 RETURNING username",
+        )
+        .bind(agent.registered_at)
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if used.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at)
+             VALUES (?, NULL, 0, '', ?, '', '', ?, ?, NULL, '[]', ?, ?, ?, NULL)",
+        )
+        .bind(&node.uuid)
+        .bind(node.state.as_str())
+        .bind(&node.public_ip)
+        .bind(&node.private_ip)
+        .bind(node.last_seen)
+        .bind(node.created_at)
+        .bind(node.deployed_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO node_agents (node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&agent.node_uuid)
+        .bind(&agent.credential_hash)
+        .bind(&agent.agent_version)
+        .bind(&agent.docker_version)
+        .bind(to_json(&agent.private_ips))
+        .bind(agent.registered_at)
+        .bind(agent.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.events.node(
+            crate::events::Verb::Create,
+            &node.uuid,
+            None,
+            node.state.as_str(),
+        );
+        Ok(true)
     }
 
     /// Applies a `PATCH` from a node's agent; absent fields keep their value.
@@ -287,7 +353,7 @@ mod tests {
         store
             .upsert_node(&NodeRecord {
                 uuid: "n1".into(),
-                cluster_uuid: "c1".into(),
+                cluster_uuid: Some("c1".into()),
                 slot: 0,
                 instance_id: "i-1".into(),
                 state: NodeState::Deploying,
@@ -321,7 +387,7 @@ mod tests {
 
     fn change(from: NodeState, ip: &str) -> NodeRegistration<'_> {
         NodeRegistration {
-            cluster_uuid: "c1",
+            cluster_uuid: Some("c1"),
             from,
             to: NodeState::Deployed,
             public_ip: ip,
@@ -343,7 +409,7 @@ mod tests {
             .register_agent(&agent("h1"), true, &change(NodeState::Deploying, "1.2.3.4"))
             .await
             .expect("register");
-        assert_eq!(first, Registered::Done);
+        assert!(matches!(first, Registered::Done(_)), "{first:?}");
         let node = store.node("n1").await.expect("read").expect("node");
         assert_eq!(node.state, NodeState::Deployed);
         assert_eq!(node.public_ip.as_deref(), Some("1.2.3.4"));
@@ -364,7 +430,14 @@ mod tests {
             .register_agent(&agent("h1"), false, &change(NodeState::Deployed, "1.2.3.6"))
             .await
             .expect("right");
-        assert_eq!(right, Registered::Done);
+        assert_eq!(
+            right,
+            Registered::Done(Some(crate::store::IpChange {
+                from: Some("1.2.3.4".into()),
+                to: Some("1.2.3.6".into()),
+            })),
+            "the new address is reported"
+        );
         let node = store.node("n1").await.expect("read").expect("node");
         assert_eq!(node.public_ip.as_deref(), Some("1.2.3.6"));
         // A stale compare-and-set changes nothing.

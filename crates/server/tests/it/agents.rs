@@ -435,3 +435,85 @@ async fn a_deploy_settles_without_agents_once_the_registration_timeout_passes() 
     }
     server.stop().await;
 }
+
+/// `node rm` revokes the node's credential: its agent is refused on every route, and its
+/// batch token cannot bring the terminated node back.
+#[tokio::test]
+async fn a_removed_nodes_credential_is_revoked() {
+    let (server, batches, _dir) = env().await;
+    let server = &server;
+    let cluster = deployed_cluster(server, 2).await;
+    let batches = batches.lock().expect("batches").clone();
+    let mut credentials = Vec::new();
+    for batch in &batches {
+        for slot in batch.first_slot..batch.first_slot + batch.count {
+            let (status, body) = agent_call(
+                server,
+                "127.0.0.31",
+                Method::POST,
+                "/api/agent/v1/node/",
+                Some(&batch.token),
+                Some(registration(batch, slot)),
+            )
+            .await;
+            assert_eq!(status, 201, "{body}");
+            credentials.push((
+                batch.clone(),
+                slot,
+                body["uuid"].as_str().expect("uuid").to_owned(),
+                body["credential"].as_str().expect("credential").to_owned(),
+            ));
+        }
+    }
+    server.wait_for_cluster(&cluster, "Deployed", LIMIT).await;
+    let (batch, slot, uuid, credential) = credentials[0].clone();
+    let removed = server
+        .call(Method::DELETE, &format!("/api/infra/v1/node/{uuid}/"), None)
+        .await;
+    assert_eq!(removed.status, 202, "{:?}", removed.body);
+    let settled = server.wait_for_cluster(&cluster, "Deployed", LIMIT).await;
+    assert_eq!(settled["target_num_nodes"], 1);
+    let node = server.get(&format!("/api/infra/v1/node/{uuid}/")).await;
+    assert_eq!(node.body["state"], "Terminated");
+
+    for (method, path) in [
+        (Method::POST, format!("/api/agent/v1/node/{uuid}/ping/")),
+        (Method::GET, format!("/api/agent/v1/node/{uuid}/")),
+    ] {
+        let (status, body) =
+            agent_call(server, "127.0.0.31", method, &path, Some(&credential), None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    let (status, body) = agent_call(
+        server,
+        "127.0.0.31",
+        Method::POST,
+        "/api/agent/v1/node/",
+        Some(&credential),
+        Some(registration(&batch, slot)),
+    )
+    .await;
+    assert_eq!(status, 401, "the revoked credential: {body}");
+    let (status, body) = agent_call(
+        server,
+        "127.0.0.31",
+        Method::POST,
+        "/api/agent/v1/node/",
+        Some(&batch.token),
+        Some(registration(&batch, slot)),
+    )
+    .await;
+    assert_eq!(status, 403, "the batch token of a terminated node: {body}");
+    // The other node's credential still works.
+    let (_, _, other, other_credential) = credentials[1].clone();
+    let (status, _) = agent_call(
+        server,
+        "127.0.0.32",
+        Method::POST,
+        &format!("/api/agent/v1/node/{other}/ping/"),
+        Some(&other_credential),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}

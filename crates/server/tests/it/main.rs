@@ -4,7 +4,10 @@
 
 mod agents;
 mod contract;
+mod dns;
+mod fuzz;
 mod harness;
 mod lifecycle;
 mod link;
+mod security;
 mod stream;

@@ -424,3 +424,163 @@ async fn without_account_requests_use_the_callers_account() {
         .expect("forwarded");
     assert_eq!(proxy.count("DescribeVpcs"), 1);
 }
+
+#[tokio::test]
+async fn hold_after_lets_k_calls_through_and_drops_the_held_ones() {
+    let (proxy, client) = isolated().await;
+    client.describe_vpcs().send().await.expect("setup call");
+    proxy.hold_after(2);
+    assert!(!proxy.wait_held(Duration::from_millis(50)).await);
+    client.describe_vpcs().send().await.expect("call 1");
+    let vpc = client
+        .create_vpc()
+        .cidr_block("10.9.0.0/16")
+        .send()
+        .await
+        .expect("call 2");
+    assert!(proxy.wait_held(Duration::from_secs(5)).await);
+    assert_eq!(proxy.held_progress(), Some(2));
+    // The third call is held: it does not reach moto while held, and is dropped on release.
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.create_vpc().cidr_block("10.10.0.0/16").send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "a held call is not answered");
+    proxy.release_held();
+    let dropped = held.await.expect("joined");
+    assert!(
+        dropped.is_err(),
+        "a released held call is dropped: {dropped:?}"
+    );
+    let calls = proxy.calls();
+    let last = calls.last().expect("logged");
+    assert_eq!(last.injected.as_deref(), Some("Held"));
+    assert_eq!(last.status, 0);
+    // Only one VPC was created: the held CreateVpc never reached moto.
+    let vpcs = client.describe_vpcs().send().await.expect("after release");
+    let ours: Vec<_> = vpcs
+        .vpcs()
+        .iter()
+        .filter(|v| v.cidr_block().is_some_and(|c| c.starts_with("10.")))
+        .filter(|v| v.vpc_id() != Some("") && !v.is_default().unwrap_or(false))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(
+        ours[0].vpc_id(),
+        vpc.vpc().and_then(|v| v.vpc_id()),
+        "the VPC of call 2"
+    );
+}
+
+#[tokio::test]
+async fn eventual_consistency_hides_new_resources_from_describes() {
+    let (proxy, client) = isolated().await;
+    let old = client
+        .create_vpc()
+        .cidr_block("10.20.0.0/16")
+        .send()
+        .await
+        .expect("old vpc");
+    let old_id = old.vpc().and_then(|v| v.vpc_id()).expect("id").to_string();
+    proxy.set_eventual_consistency(Duration::from_secs(2));
+    let new = client
+        .create_vpc()
+        .cidr_block("10.21.0.0/16")
+        .send()
+        .await
+        .expect("new vpc");
+    let new_id = new.vpc().and_then(|v| v.vpc_id()).expect("id").to_string();
+    let subnet = client
+        .create_subnet()
+        .vpc_id(&old_id)
+        .cidr_block("10.20.1.0/24")
+        .send()
+        .await
+        .expect("subnet");
+    let subnet_id = subnet
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("id")
+        .to_string();
+    let launched = client
+        .run_instances()
+        .image_id(AMI)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(2)
+        .max_count(2)
+        .send()
+        .await
+        .expect("launch");
+    assert_eq!(launched.instances().len(), 2);
+    assert_eq!(proxy.hidden_ids().len(), 4, "{:?}", proxy.hidden_ids());
+
+    let vpc_ids = |out: aws_sdk_ec2::operation::describe_vpcs::DescribeVpcsOutput| -> Vec<String> {
+        out.vpcs()
+            .iter()
+            .filter_map(|v| v.vpc_id().map(str::to_string))
+            .collect()
+    };
+    let seen = vpc_ids(client.describe_vpcs().send().await.expect("describe"));
+    assert!(seen.contains(&old_id), "{seen:?}");
+    assert!(!seen.contains(&new_id), "the new VPC is hidden: {seen:?}");
+    let subnets = client.describe_subnets().send().await.expect("subnets");
+    assert!(
+        subnets
+            .subnets()
+            .iter()
+            .all(|s| s.subnet_id() != Some(subnet_id.as_str())),
+        "the new subnet is hidden"
+    );
+    let running = client.describe_instances().send().await.expect("instances");
+    assert_eq!(
+        running
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .count(),
+        0,
+        "new instances are hidden"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let seen = vpc_ids(client.describe_vpcs().send().await.expect("describe"));
+    assert!(seen.contains(&new_id), "visible after the delay: {seen:?}");
+    let running = client.describe_instances().send().await.expect("instances");
+    assert_eq!(
+        running
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .count(),
+        2
+    );
+    assert!(proxy.hidden_ids().is_empty());
+}
+
+#[tokio::test]
+async fn access_key_rule_and_call_timestamps() {
+    let (proxy, client) = isolated().await;
+    proxy.add_rule(
+        Rule::any()
+            .with_access_key("AKIDOTHER")
+            .fault(Fault::AuthFailure),
+    );
+    let before = Instant::now();
+    client
+        .describe_vpcs()
+        .send()
+        .await
+        .expect("other keys pass");
+    proxy.clear_rules();
+    proxy.add_rule(
+        Rule::any()
+            .with_access_key("AKIDTESTKIT")
+            .fault(Fault::AuthFailure),
+    );
+    assert_eq!(code(client.describe_vpcs().send().await), "AuthFailure");
+    let calls = proxy.calls();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.access_key == "AKIDTESTKIT"));
+    assert!(calls[0].at >= before && calls[1].at >= calls[0].at);
+}

@@ -1,0 +1,341 @@
+//! Item 2: control-plane scale. M simulated bring-your-own agents (tasks in this process,
+//! each with its own keep-alive connection) register with one server, then heartbeat every
+//! `interval` with random phases. Over `duration`: heartbeat latency as the agents see it,
+//! the server's CPU (from `/proc/<pid>/stat`), resident memory (`/proc/<pid>/status`) and
+//! database size. Then `silence` random agents stop, and the events websocket tells when
+//! each became `Unreachable`, measured from its last answered heartbeat.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_testkit::{FaultProxy, Moto};
+use rand::Rng as _;
+use rand::seq::SliceRandom as _;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::Ctx;
+use crate::agents::{PingLog, heartbeat, register_byo_many};
+use crate::report::{Table, Target, ms};
+use crate::server::ServerProcess;
+use crate::stats::{Summary, summarize};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Numbers of agents, one run (and one fresh server) each.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1000usize, 10_000])]
+    agents: Vec<usize>,
+    /// Seconds of steady heartbeating measured per run.
+    #[arg(long, default_value_t = 120)]
+    duration: u64,
+    /// Seconds between heartbeats of one agent.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    /// Agents silenced after the steady phase.
+    #[arg(long, default_value_t = 100)]
+    silence: usize,
+    /// The server's `--heartbeat-grace` (seconds).
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+    /// Registrations in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Agents close their connection after each heartbeat instead of keeping it open (to
+    /// tell the server's per-connection memory from its per-node memory).
+    #[arg(long)]
+    reconnect: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RunResult {
+    agents: usize,
+    registration: Summary,
+    registration_s: f64,
+    heartbeats: Summary,
+    heartbeat_errors: u64,
+    heartbeats_per_s: f64,
+    server_cpu_percent: f64,
+    server_rss_mib_end: f64,
+    server_rss_mib_peak: f64,
+    server_threads: u64,
+    database_mib: f64,
+    silenced: usize,
+    unreachable_seen: usize,
+    unreachable_delay: Summary,
+    /// Silenced nodes never reported `Unreachable` within grace + 30 s.
+    unreachable_missing: usize,
+    /// Nodes that kept heartbeating but were reported `Unreachable`.
+    false_unreachable: usize,
+    /// What `GET node/{uuid}/` says of the silenced nodes never seen on the stream.
+    missing_states: std::collections::BTreeMap<String, usize>,
+    /// Frames the events listener received while it waited.
+    frames_received: usize,
+}
+
+fn mib(kib: u64) -> f64 {
+    (kib as f64 / 1024.0 * 10.0).round() / 10.0
+}
+
+async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> {
+    let moto = tokio::task::spawn_blocking(Moto::shared).await?;
+    let fault = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
+    let grace: Vec<String> = if crate::server::supports(&ctx.bin, "--heartbeat-grace") {
+        vec!["--heartbeat-grace".to_owned(), args.grace.to_string()]
+    } else {
+        eprintln!("this server has no --heartbeat-grace; its default applies");
+        Vec::new()
+    };
+    let server = ServerProcess::start(&ctx.bin, &fault.endpoint(), &grace).await?;
+    eprintln!("M = {m}: registering");
+    let started = Instant::now();
+    let (agents, registration) = register_byo_many(&server, m, args.concurrency).await?;
+    let registration_s = started.elapsed().as_secs_f64();
+    eprintln!("M = {m}: {m} registered in {registration_s:.1} s");
+
+    let interval = Duration::from_secs(args.interval);
+    let epoch = Instant::now();
+    let log = Arc::new(PingLog::default());
+    let mut flags: Vec<(String, Arc<AtomicBool>, Arc<Mutex<Option<Instant>>>)> =
+        Vec::with_capacity(m);
+    let mut tasks = Vec::with_capacity(m);
+    for (conn, node) in agents {
+        let silenced = Arc::new(AtomicBool::new(false));
+        let last_ok = Arc::new(Mutex::new(Some(Instant::now())));
+        flags.push((node.uuid.clone(), silenced.clone(), last_ok.clone()));
+        let phase = Duration::from_millis(rand::rng().random_range(0..interval.as_millis() as u64));
+        let conn = if args.reconnect {
+            conn.closing_after_each_request()
+        } else {
+            conn
+        };
+        tasks.push(tokio::spawn(heartbeat(
+            conn,
+            node,
+            interval,
+            phase,
+            epoch,
+            log.clone(),
+            silenced,
+            last_ok,
+        )));
+    }
+    // One interval to warm up (every agent has pinged once), then the measured window.
+    tokio::time::sleep(interval).await;
+    let window_start = epoch.elapsed().as_secs_f64();
+    let before = crate::sys::sample(server.pid);
+    let t_window = Instant::now();
+    let mut peak_rss = 0;
+    while t_window.elapsed() < Duration::from_secs(args.duration) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some(s) = crate::sys::sample(server.pid) {
+            peak_rss = peak_rss.max(s.rss_kib);
+        }
+    }
+    let after = crate::sys::sample(server.pid);
+    let seconds = t_window.elapsed().as_secs_f64();
+    let samples: Vec<f64> = log
+        .samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(at, _)| *at >= window_start && *at <= window_start + seconds)
+        .map(|(_, ms)| *ms)
+        .collect();
+    let heartbeats = summarize(&samples);
+    let heartbeat_errors = *log.errors.lock().unwrap_or_else(|p| p.into_inner());
+    let cpu = match (&before, &after) {
+        (Some(b), Some(a)) => crate::sys::cpu_percent(b, a, seconds),
+        _ => 0.0,
+    };
+    let database_mib = (server.database_bytes() as f64 / 1_048_576.0 * 10.0).round() / 10.0;
+    eprintln!(
+        "M = {m}: heartbeats {heartbeats:?}, CPU {cpu} %, RSS {} MiB",
+        mib(after.map(|a| a.rss_kib).unwrap_or(0))
+    );
+
+    // Silence some agents and watch the events stream.
+    let (sink, mut events) = mpsc::unbounded_channel();
+    let listener = crate::ws::listen(&server, 0, sink).await?;
+    let mut chosen: Vec<usize> = (0..flags.len()).collect();
+    chosen.shuffle(&mut rand::rng());
+    chosen.truncate(args.silence.min(flags.len()));
+    let silenced: HashSet<String> = chosen.iter().map(|&i| flags[i].0.clone()).collect();
+    for &i in &chosen {
+        flags[i].1.store(true, Ordering::Relaxed);
+    }
+    let silenced_at = Instant::now();
+    let by_uuid: HashMap<&str, &Arc<Mutex<Option<Instant>>>> =
+        flags.iter().map(|(u, _, l)| (u.as_str(), l)).collect();
+    let mut delays: HashMap<String, f64> = HashMap::new();
+    let mut false_unreachable: HashSet<String> = HashSet::new();
+    let deadline = silenced_at + Duration::from_secs(args.grace + 30);
+    let mut frames_received = 0;
+    while delays.len() < silenced.len() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((_, at, event))) = tokio::time::timeout(remaining, events.recv()).await else {
+            break;
+        };
+        frames_received += 1;
+        if event["type"] != "node" || event["state"] != "Unreachable" {
+            continue;
+        }
+        let uuid = crate::ws::uri_uuid(event["resource_uri"].as_str().unwrap_or("")).to_owned();
+        if silenced.contains(&uuid) {
+            // The last heartbeat the agent had answered before it went silent.
+            let last = by_uuid
+                .get(uuid.as_str())
+                .and_then(|l| *l.lock().unwrap_or_else(|p| p.into_inner()))
+                .unwrap_or(silenced_at);
+            delays
+                .entry(uuid)
+                .or_insert((at - last).as_secs_f64() * 1000.0);
+        } else {
+            false_unreachable.insert(uuid);
+        }
+    }
+    listener.abort();
+    let mut missing_states = std::collections::BTreeMap::new();
+    for uuid in silenced.iter().filter(|u| !delays.contains_key(*u)) {
+        let (_, node) = server
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/infra/v1/node/{uuid}/"),
+                None,
+            )
+            .await?;
+        let state = node["state"].as_str().unwrap_or("?").to_owned();
+        *missing_states.entry(state).or_insert(0) += 1;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    let delay_samples: Vec<f64> = delays.values().copied().collect();
+    let result = RunResult {
+        agents: m,
+        registration: summarize(&registration),
+        registration_s: (registration_s * 10.0).round() / 10.0,
+        heartbeats,
+        heartbeat_errors,
+        heartbeats_per_s: ((samples.len() as f64 / seconds) * 10.0).round() / 10.0,
+        server_cpu_percent: cpu,
+        server_rss_mib_end: mib(after.map(|a| a.rss_kib).unwrap_or(0)),
+        server_rss_mib_peak: mib(peak_rss.max(after.map(|a| a.hwm_kib).unwrap_or(0))),
+        server_threads: after.map(|a| a.threads).unwrap_or(0),
+        database_mib,
+        silenced: silenced.len(),
+        unreachable_seen: delays.len(),
+        unreachable_delay: summarize(&delay_samples),
+        unreachable_missing: silenced.len() - delays.len(),
+        false_unreachable: false_unreachable.len(),
+        missing_states,
+        frames_received,
+    };
+    eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
+    server.stop().await;
+    Ok(result)
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for &m in &args.agents {
+        runs.push(one_run(ctx, &args, m).await?);
+    }
+    let mut table = Table::new(
+        "Heartbeats and server resources",
+        &[
+            "agents",
+            "heartbeats/s",
+            "p50 (ms)",
+            "p99 (ms)",
+            "max (ms)",
+            "errors",
+            "server CPU %",
+            "RSS end / peak (MiB)",
+            "DB (MiB)",
+            "registration (s, p99 ms)",
+        ],
+    );
+    let mut silence = Table::new(
+        "Silenced agents until Unreachable (from the last answered heartbeat)",
+        &[
+            "agents",
+            "grace (s)",
+            "silenced",
+            "seen Unreachable",
+            "p50 (s)",
+            "p99 (s)",
+            "max (s)",
+            "false Unreachable",
+        ],
+    );
+    for r in &runs {
+        table.row(vec![
+            r.agents.to_string(),
+            format!("{:.1}", r.heartbeats_per_s),
+            ms(r.heartbeats.p50_ms),
+            ms(r.heartbeats.p99_ms),
+            ms(r.heartbeats.max_ms),
+            r.heartbeat_errors.to_string(),
+            format!("{:.1}", r.server_cpu_percent),
+            format!("{:.1} / {:.1}", r.server_rss_mib_end, r.server_rss_mib_peak),
+            format!("{:.1}", r.database_mib),
+            format!("{:.1}, {}", r.registration_s, ms(r.registration.p99_ms)),
+        ]);
+        silence.row(vec![
+            r.agents.to_string(),
+            args.grace.to_string(),
+            r.silenced.to_string(),
+            r.unreachable_seen.to_string(),
+            format!("{:.2}", r.unreachable_delay.p50_ms / 1000.0),
+            format!("{:.2}", r.unreachable_delay.p99_ms / 1000.0),
+            format!("{:.2}", r.unreachable_delay.max_ms / 1000.0),
+            r.false_unreachable.to_string(),
+        ]);
+    }
+    let mut targets = Vec::new();
+    if let Some(r) = runs.iter().find(|r| r.agents == 10_000) {
+        targets.push(Target {
+            name: "heartbeat p99, M = 10,000".into(),
+            target: "< 25 ms".into(),
+            value: format!("{} ms", ms(r.heartbeats.p99_ms)),
+            met: Some(r.heartbeats.p99_ms < 25.0),
+        });
+        targets.push(Target {
+            name: "server RSS, M = 10,000".into(),
+            target: "< 300 MB".into(),
+            value: format!("{:.1} MiB peak", r.server_rss_mib_peak),
+            met: Some(r.server_rss_mib_peak * 1.048_576 < 300.0),
+        });
+    }
+    for r in &runs {
+        let limit_ms = (args.grace as f64 + 1.0) * 1000.0;
+        targets.push(Target {
+            name: format!("silent → Unreachable, M = {}", r.agents),
+            target: format!("≤ grace + 1 s = {} s, all {}", args.grace + 1, r.silenced),
+            value: format!(
+                "max {:.2} s, {} of {} seen, {} false",
+                r.unreachable_delay.max_ms / 1000.0,
+                r.unreachable_seen,
+                r.silenced,
+                r.false_unreachable
+            ),
+            met: Some(
+                r.unreachable_missing == 0
+                    && r.unreachable_delay.max_ms <= limit_ms
+                    && r.false_unreachable == 0,
+            ),
+        });
+    }
+    let report = ctx.report(
+        "scale",
+        "2. Control-plane scale (simulated bring-your-own agents)",
+        json!({"reconnect": args.reconnect, "agents": args.agents, "duration_s": args.duration, "interval_s": args.interval, "silence": args.silence, "grace_s": args.grace, "registration_concurrency": args.concurrency, "connections": "one keep-alive HTTP/1.1 connection per agent"}),
+        targets,
+        vec![table, silence],
+        json!({"runs": runs}),
+    );
+    ctx.write(&report)
+}

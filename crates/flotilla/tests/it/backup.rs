@@ -1,0 +1,456 @@
+//! `flotilla server backup` and `flotilla server restore` end to end on moto.
+//!
+//! A server deploys a 2-node cluster; a backup is taken while it runs and while clusters are
+//! being created through the API; the server is killed and the backup restored into a fresh
+//! data directory. A server started there with the same AWS account keeps managing the
+//! cluster: the API lists it with its nodes, a scale to 3 launches exactly one instance (the
+//! restored server recognises the running ones by their tags) and a removal terminates them
+//! all. Restore refuses a non-empty directory without `--force`, and a corrupted or
+//! truncated backup file.
+//!
+//! Design decisions:
+//! * Its own process harness, as in `server_crash.rs`: the restored server must run on a
+//!   directory this test prepared, and prints no credentials (the admin already exists, and
+//!   the restored key is the one the first server printed).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_testkit::inspect::{ec2_client, instances_per_zone};
+use flotilla_testkit::{FaultProxy, Moto};
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+struct Api {
+    base: String,
+    user: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth(&self.user, Some(&self.key))
+            .timeout(Duration::from_secs(10));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The cluster once `done` holds for it and its nodes.
+    async fn wait_for(
+        &self,
+        uuid: &str,
+        what: &str,
+        done: impl Fn(&Value, &[Value]) -> bool,
+        logs: &dyn Fn() -> String,
+    ) -> (Value, Vec<Value>) {
+        let started = Instant::now();
+        loop {
+            let (_, cluster) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/infra/v1/nodecluster/{uuid}/"),
+                    None,
+                )
+                .await;
+            let (_, listed) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                    None,
+                )
+                .await;
+            let nodes: Vec<Value> = listed["objects"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n["state"] != "Terminated")
+                .collect();
+            if done(&cluster, &nodes) {
+                return (cluster, nodes);
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "{what}: cluster {cluster:#}\nnodes {nodes:#?}\n{}",
+                logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Starts `flotilla server` on `data` and waits until it answers; `run` names its logs.
+async fn start(dir: &Path, data: &Path, port: u16, aws: &str, run: u32) -> tokio::process::Child {
+    let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.log"))).expect("log");
+    let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).expect("log");
+    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--endpoint-url", aws, "--node-ready", "running"])
+        .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
+        .env("AWS_ACCESS_KEY_ID", "AKIAE2EBACKUP")
+        .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("FLOTILLA_LOG", "info")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("FLOTILLA_PUBLIC_URL")
+        .env_remove("FLOTILLA_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start flotilla server");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client
+        .get(format!("http://127.0.0.1:{port}/_ping"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < LIMIT,
+            "server never answered: {}",
+            logs(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process
+}
+
+fn logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for run in 0..2 {
+        for stream in ["stdout", "stderr"] {
+            let path = dir.join(format!("{stream}-{run}.log"));
+            all.push_str(&format!(
+                "--- {stream} {run}\n{}\n",
+                std::fs::read_to_string(path).unwrap_or_default()
+            ));
+        }
+    }
+    all
+}
+
+fn credentials(dir: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(dir.join("stdout-0.log")).expect("stdout");
+    let value = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    (
+        value("export DOCKERCLOUD_USER="),
+        value("export DOCKERCLOUD_APIKEY="),
+    )
+}
+
+async fn flotilla(args: &[&str], paths: &[&Path]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    command.args(args).env_remove("FLOTILLA_DATA_DIR");
+    for path in paths {
+        command.arg(path);
+    }
+    tokio::time::timeout(LIMIT, command.output())
+        .await
+        .expect("flotilla exits in time")
+        .expect("run flotilla")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn running_instances(ec2: &aws_sdk_ec2::Client) -> usize {
+    instances_per_zone(ec2, &["running", "pending"])
+        .await
+        .values()
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_server_keeps_managing_the_clusters_it_had() {
+    let moto = Moto::shared();
+    let account = Moto::new_account_id();
+    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
+    let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+    let ec2 = ec2_client(&inspect.endpoint(), "us-east-1").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let dir = dir.path();
+    let original = dir.join("original");
+    let first_port = port();
+    let mut server = start(dir, &original, first_port, &proxy.endpoint(), 0).await;
+    let (user, key) = credentials(dir);
+    let api = Api {
+        base: format!("http://127.0.0.1:{first_port}"),
+        user: user.clone(),
+        key: key.clone(),
+        client: reqwest::Client::new(),
+    };
+    let show_logs = || logs(dir);
+
+    let (status, created) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/infra/v1/nodecluster/",
+            Some(json!({"name": "kept", "target_num_nodes": 2,
+                "region": "/api/infra/v1/region/aws/us-east-1/",
+                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, nodes) = api
+        .wait_for(
+            &uuid,
+            "deployed",
+            |c, n| c["state"] == "Deployed" && n.len() == 2,
+            &show_logs,
+        )
+        .await;
+    let mut node_uuids: Vec<String> = nodes
+        .iter()
+        .map(|n| n["uuid"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    node_uuids.sort();
+    assert_eq!(running_instances(&ec2).await, 2);
+
+    // The backup, while the server runs and clusters are being created.
+    let writer = {
+        let api = Api {
+            base: api.base.clone(),
+            user: user.clone(),
+            key: key.clone(),
+            client: reqwest::Client::new(),
+        };
+        tokio::spawn(async move {
+            let mut created = 0u32;
+            while created < 100_000 {
+                let (status, _) = api
+                    .call(
+                        reqwest::Method::POST,
+                        "/api/infra/v1/nodecluster/",
+                        Some(
+                            json!({"name": format!("churn-{created}"), "target_num_nodes": 1,
+                            "region": "/api/infra/v1/region/aws/us-east-1/",
+                            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"}),
+                        ),
+                    )
+                    .await;
+                assert_eq!(status, 201);
+                created += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let backup = dir.join("flotilla.backup");
+    let output = flotilla(
+        &["server", "backup", "--data-dir"],
+        &[&original, Path::new("--output"), &backup],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "backup: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.abort();
+    let joined = writer.await;
+    assert!(
+        joined.as_ref().is_err_and(|e| e.is_cancelled()),
+        "the writer failed: {joined:?}"
+    );
+    assert_eq!(mode(&backup), 0o600, "the backup holds secret.key");
+    let envelope: Value =
+        serde_json::from_slice(&std::fs::read(&backup).expect("backup")).expect("JSON envelope");
+    assert_eq!(envelope["format"], "flotilla-backup");
+    assert_eq!(envelope["secret_key"]["size"], 32);
+
+    server.kill().await.expect("kill the server");
+
+    // Restore into a fresh directory.
+    let restored = dir.join("restored");
+    let output = flotilla(
+        &["server", "restore", "--data-dir"],
+        &[&restored, Path::new("--input"), &backup],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(mode(&restored), 0o700);
+    assert_eq!(mode(&restored.join("flotilla.db")), 0o600);
+    assert_eq!(mode(&restored.join("secret.key")), 0o600);
+    assert_eq!(
+        std::fs::read(restored.join("secret.key")).expect("key"),
+        std::fs::read(original.join("secret.key")).expect("key"),
+    );
+
+    // Not again over it without --force; with --force, yes.
+    let output = flotilla(
+        &["server", "restore", "--data-dir"],
+        &[&restored, Path::new("--input"), &backup],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--force"), "{stderr}");
+    let output = flotilla(
+        &["server", "restore", "--force", "--data-dir"],
+        &[&restored, Path::new("--input"), &backup],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "restore --force: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A corrupted or truncated backup is refused, and nothing is written.
+    let text = std::fs::read_to_string(&backup).expect("backup");
+    let data_at = text.find("\"data\":\"").expect("data") + 8 + 200;
+    let mut altered = text.clone().into_bytes();
+    altered[data_at] = if altered[data_at] == b'A' { b'B' } else { b'A' };
+    let bad: [(&str, Vec<u8>); 2] = [
+        ("altered", altered),
+        ("truncated", text.as_bytes()[..text.len() / 2].to_vec()),
+    ];
+    for (name, bytes) in bad {
+        let file = dir.join(format!("{name}.backup"));
+        std::fs::write(&file, bytes).expect("write");
+        let target = dir.join(format!("from-{name}"));
+        let output = flotilla(
+            &["server", "restore", "--data-dir"],
+            &[&target, Path::new("--input"), &file],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: {stderr}");
+        assert!(
+            stderr.contains("not a usable Flotilla backup"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            !target.join("flotilla.db").exists() && !target.join("secret.key").exists(),
+            "{name}: nothing restored"
+        );
+    }
+
+    // The restored server: same account, same credentials, same clusters.
+    let second_port = port();
+    let _server = start(dir, &restored, second_port, &proxy.endpoint(), 1).await;
+    let api = Api {
+        base: format!("http://127.0.0.1:{second_port}"),
+        ..api
+    };
+    let (status, listed) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/infra/v1/nodecluster/?limit=1000",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "the admin's key still works: {listed}");
+    let clusters = listed["objects"].as_array().cloned().unwrap_or_default();
+    assert!(
+        clusters.iter().any(|c| c["uuid"] == uuid.as_str()),
+        "{listed:#}"
+    );
+    assert!(
+        clusters
+            .iter()
+            .any(|c| c["name"].as_str().is_some_and(|n| n.starts_with("churn-"))),
+        "the backup caught writes made while it ran: {listed:#}"
+    );
+    let (_, nodes) = api
+        .wait_for(
+            &uuid,
+            "restored",
+            |c, n| c["state"] == "Deployed" && n.len() == 2,
+            &show_logs,
+        )
+        .await;
+    let mut restored_uuids: Vec<String> = nodes
+        .iter()
+        .map(|n| n["uuid"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    restored_uuids.sort();
+    assert_eq!(restored_uuids, node_uuids, "the same nodes");
+
+    // Scale to 3: one more instance, none duplicated.
+    let (status, body) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/infra/v1/nodecluster/{uuid}/"),
+            Some(json!({"target_num_nodes": 3})),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    api.wait_for(
+        &uuid,
+        "scaled",
+        |c, n| c["state"] == "Deployed" && n.len() == 3,
+        &show_logs,
+    )
+    .await;
+    assert_eq!(running_instances(&ec2).await, 3, "no duplicate instances");
+
+    // Remove: every instance goes.
+    let (status, body) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/infra/v1/nodecluster/{uuid}/"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    api.wait_for(
+        &uuid,
+        "terminated",
+        |c, _| c["state"] == "Terminated",
+        &show_logs,
+    )
+    .await;
+    let started = Instant::now();
+    while running_instances(&ec2).await != 0 {
+        assert!(started.elapsed() < LIMIT, "instances left running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,514 @@
+//! HTTPS end to end: `flotilla server --tls-cert --tls-key` with a CA and a certificate for
+//! 127.0.0.1 made in the test (rcgen).
+//!
+//! * The API answers over https for a client that trusts the CA (`/_ping`, an authenticated
+//!   GET, the events websocket over TLS), refuses plain http on the same port, and a client
+//!   without the CA fails with a certificate error; the `flotilla` client commands work with
+//!   `FLOTILLA_CA_CERT` and name the certificate problem without it.
+//! * Bad settings stop the server with an error naming the flag or the file.
+//! * A node's agent (run here by hand from the user data the server gave the instance in
+//!   moto, which carries the CA of `--agent-ca-cert`) stops with a certificate error without
+//!   `--ca-cert` and registers with it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use flotilla_testkit::inspect::ec2_client;
+use flotilla_testkit::runner::parse_user_data;
+use flotilla_testkit::{FaultProxy, Moto};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+use crate::support::LIMIT;
+
+/// A CA, a server certificate for 127.0.0.1 and localhost signed by it, and an unrelated CA.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params("Flotilla test CA"), ca_key).expect("CA");
+        let server_key = rcgen::KeyPair::generate().expect("server key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "flotilla test server");
+        let server = params.signed_by(&server_key, &ca).expect("server cert");
+        let other_key = rcgen::KeyPair::generate().expect("other key");
+        let other = rcgen::CertifiedIssuer::self_signed(ca_params("Another CA"), other_key)
+            .expect("other CA");
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.path().join(name), text).expect("write PEM");
+        };
+        write("ca.pem", ca.pem());
+        write("other-ca.pem", other.pem());
+        write("server.pem", server.pem());
+        write("server.key", server_key.serialize_pem());
+        write("garbage.pem", "not a certificate\n".to_owned());
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn ca_params(name: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params
+}
+
+fn https_client(ca: Option<&Path>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(flotilla_agent::tls::client_config(ca).expect("TLS config"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `flotilla server` over TLS, killed on drop.
+struct TlsServer {
+    base: String,
+    user: String,
+    key: String,
+    client: reqwest::Client,
+    _process: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+fn server_command(dir: &Path, port: u16, aws_endpoint: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    command
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--endpoint-url", aws_endpoint])
+        .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
+        .env("AWS_ACCESS_KEY_ID", "AKIAE2ETLS")
+        .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("FLOTILLA_LOG", "info")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("FLOTILLA_PUBLIC_URL")
+        .env_remove("FLOTILLA_TLS_CERT")
+        .env_remove("FLOTILLA_TLS_KEY")
+        .env_remove("FLOTILLA_AGENT_CA_CERT")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+impl TlsServer {
+    async fn start(pki: &Pki, aws_endpoint: &str, extra: &[&str]) -> TlsServer {
+        let dir = tempfile::tempdir().expect("dir");
+        let port = free_port();
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("log");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
+        let process = server_command(dir.path(), port, aws_endpoint)
+            .arg("--tls-cert")
+            .arg(pki.path("server.pem"))
+            .arg("--tls-key")
+            .arg(pki.path("server.key"))
+            .args(extra)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start flotilla server");
+        let client = https_client(Some(&pki.path("ca.pem")));
+        let base = format!("https://127.0.0.1:{port}");
+        let started = Instant::now();
+        while client.get(format!("{base}/_ping")).send().await.is_err() {
+            assert!(
+                started.elapsed() < LIMIT,
+                "server never answered over https: {}",
+                std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let text = std::fs::read_to_string(dir.path().join("stdout.log")).expect("stdout");
+        let value = |prefix: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
+                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+        };
+        TlsServer {
+            base,
+            user: value("export DOCKERCLOUD_USER="),
+            key: value("export DOCKERCLOUD_APIKEY="),
+            client,
+            _process: process,
+            dir,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth(&self.user, Some(&self.key));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
+    let pki = Pki::new();
+    let moto = Moto::shared();
+    let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
+    let server = TlsServer::start(&pki, &proxy.endpoint(), &["--node-ready", "running"]).await;
+
+    let ping = server
+        .client
+        .get(format!("{}/_ping", server.base))
+        .send()
+        .await
+        .expect("ping");
+    assert_eq!(ping.status().as_u16(), 200);
+    let (status, listed) = server
+        .call(reqwest::Method::GET, "/api/infra/v1/nodecluster/", None)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["meta"]["total_count"], 0);
+
+    // Plain http to the TLS port gets no answer.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+        .get(format!(
+            "{}/_ping",
+            server.base.replacen("https://", "http://", 1)
+        ))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain http answered: {plain:?}");
+
+    // A client that trusts only the system's roots, or another CA, refuses the server.
+    for ca in [None, Some(pki.path("other-ca.pem"))] {
+        let error = https_client(ca.as_deref())
+            .get(format!("{}/_ping", server.base))
+            .send()
+            .await
+            .expect_err("untrusted certificate");
+        assert!(
+            flotilla_agent::tls::certificate_error(&error).is_some(),
+            "a certificate error: {error:?}"
+        );
+    }
+
+    // The events websocket works over TLS (upgrade on a rustls stream).
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        flotilla_agent::tls::client_config(Some(&pki.path("ca.pem"))).expect("config"),
+    ));
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("wss://127.0.0.1:{port}/api/audit/v1/events/")
+        .into_client_request()
+        .expect("request");
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", server.user, server.key));
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Basic {basic}").parse().expect("header"),
+    );
+    let (mut socket, response) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .expect("websocket over TLS");
+    assert_eq!(response.status().as_u16(), 101);
+    let (status, created) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/infra/v1/nodecluster/",
+            Some(json!({"name": "tls", "target_num_nodes": 1,
+                "region": "/api/infra/v1/region/aws/us-east-1/",
+                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    loop {
+        let frame = tokio::time::timeout(LIMIT, socket.next())
+            .await
+            .expect("an event in time")
+            .expect("open socket")
+            .expect("frame");
+        let Ok(text) = frame.to_text() else { continue };
+        let event: Value = serde_json::from_str(text).expect("JSON");
+        if event["type"] == "nodecluster" {
+            break;
+        }
+    }
+
+    // The client commands: with FLOTILLA_CA_CERT they work, without it they say why not.
+    let cli = |ca: Option<&Path>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        command
+            .args(["nodecluster", "ls"])
+            .env("FLOTILLA_HOST", &server.base)
+            .env("FLOTILLA_USER", &server.user)
+            .env("FLOTILLA_APIKEY", &server.key)
+            .env_remove("DOCKERCLOUD_REST_HOST")
+            .env_remove("FLOTILLA_CA_CERT");
+        if let Some(ca) = ca {
+            command.env("FLOTILLA_CA_CERT", ca);
+        }
+        command
+    };
+    let output = cli(Some(&pki.path("ca.pem"))).output().await.expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("tls"));
+    let output = cli(None).output().await.expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not trusted"), "{stderr}");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_settings_stop_the_server_with_the_flag_or_file_named() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = pki.path("server.pem");
+    let key = pki.path("server.key");
+    let garbage = pki.path("garbage.pem");
+    let missing = pki.path("missing.pem");
+    let cases: Vec<(Vec<&Path>, Vec<&str>, String)> = vec![
+        (vec![&cert], vec!["--tls-cert"], "--tls-key".to_owned()),
+        (vec![&key], vec!["--tls-key"], "--tls-cert".to_owned()),
+        (
+            vec![&garbage, &key],
+            vec!["--tls-cert", "--tls-key"],
+            garbage.display().to_string(),
+        ),
+        (
+            vec![&cert, &garbage],
+            vec!["--tls-cert", "--tls-key"],
+            garbage.display().to_string(),
+        ),
+        (
+            vec![&missing, &key],
+            vec!["--tls-cert", "--tls-key"],
+            missing.display().to_string(),
+        ),
+        (
+            vec![&cert, &key, &garbage],
+            vec!["--tls-cert", "--tls-key", "--agent-ca-cert"],
+            garbage.display().to_string(),
+        ),
+    ];
+    for (files, flags, named) in cases {
+        let mut command = server_command(dir.path(), free_port(), "http://127.0.0.1:9");
+        for (flag, file) in flags.iter().zip(&files) {
+            command.arg(flag).arg(file);
+        }
+        let output = tokio::time::timeout(LIMIT, command.output())
+            .await
+            .expect("exits in time")
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flags:?} started: {stderr}");
+        assert!(stderr.contains(&named), "{flags:?}: {named} in {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registers_over_https_only_when_it_trusts_the_ca() {
+    let pki = Pki::new();
+    let moto = Moto::shared();
+    let account = Moto::new_account_id();
+    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
+    let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+    let ca = pki.path("ca.pem");
+    let ca_arg = ca.to_str().expect("UTF-8 path");
+    let server = TlsServer::start(
+        &pki,
+        &proxy.endpoint(),
+        &["--node-ready", "agent", "--agent-ca-cert", ca_arg],
+    )
+    .await;
+    assert!(server.base.starts_with("https://"));
+
+    let (status, created) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/infra/v1/nodecluster/",
+            Some(json!({"name": "secure", "target_num_nodes": 1,
+                "region": "/api/infra/v1/region/aws/us-east-1/",
+                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // The instance's user data: the https URL, the token and the CA for the node.
+    let ec2 = ec2_client(&inspect.endpoint(), "us-east-1").await;
+    let started = Instant::now();
+    let (instance_id, script) = loop {
+        let reservations = ec2
+            .describe_instances()
+            .send()
+            .await
+            .expect("describe")
+            .reservations
+            .unwrap_or_default();
+        let instance = reservations
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.instance_id().map(str::to_owned));
+        if let Some(id) = instance {
+            let attribute = ec2
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send()
+                .await
+                .expect("user data");
+            let encoded = attribute
+                .user_data()
+                .and_then(|v| v.value())
+                .unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .expect("base64 user data");
+            break (id, String::from_utf8(bytes).expect("UTF-8 user data"));
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "no instance launched: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let boot = parse_user_data(&script, 0).expect("FLOTILLA_* values");
+    assert_eq!(
+        boot.server, server.base,
+        "nodes reach the server over https"
+    );
+    let ca_pem = std::fs::read_to_string(&ca).expect("CA");
+    let ca_body: String = ca_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let script_body: String = script.lines().collect();
+    assert!(
+        script.contains("cat > /etc/flotilla/ca.pem <<'PEM'") && script_body.contains(&ca_body),
+        "the CA travels in the user data:\n{script}"
+    );
+    assert!(script.contains("--cacert /etc/flotilla/ca.pem"), "{script}");
+
+    let state_dir = tempfile::tempdir().expect("dir");
+    let agent = |ca: Option<&Path>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        command
+            .arg("agent")
+            .args(["--server", &boot.server, "--cluster", &boot.cluster])
+            .args(["--slot", &boot.slot.to_string()])
+            .args(["--first-slot", &boot.first_slot.to_string()])
+            .args(["--count", &boot.count.to_string()])
+            .arg("--state-file")
+            .arg(state_dir.path().join(format!("{instance_id}.json")))
+            .args(["--bind-ip", "127.0.0.61", "--heartbeat-seconds", "0.3"])
+            .env("FLOTILLA_TOKEN", &boot.token)
+            .env("FLOTILLA_LOG", "info")
+            .env_remove("FLOTILLA_CA_CERT")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(ca) = ca {
+            command.arg("--ca-cert").arg(ca);
+        }
+        command
+    };
+
+    // Without the CA: the agent stops at once and says why.
+    let output = tokio::time::timeout(LIMIT, agent(None).output())
+        .await
+        .expect("the agent gives up")
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not trusted") && stderr.contains("--ca-cert"),
+        "{stderr}"
+    );
+
+    // With it: the node registers.
+    let mut running = agent(Some(&ca))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let started = Instant::now();
+    loop {
+        let (_, listed) = server
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                None,
+            )
+            .await;
+        let nodes = listed["objects"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 1 && nodes[0]["state"] == "Deployed" {
+            assert_eq!(nodes[0]["public_ip"], "127.0.0.61", "{nodes:#?}");
+            break;
+        }
+        if let Ok(Some(status)) = running.try_wait() {
+            panic!("the agent exited ({status}): {}", server.log());
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "never Deployed: {nodes:#?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = running.kill().await;
+}

@@ -246,6 +246,8 @@ pub enum AgentError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(Method),
     #[error("internal error")]
@@ -272,6 +274,7 @@ impl IntoResponse for AgentError {
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::NotFound(_) => StatusCode::NOT_FOUND,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AgentError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AgentError::Internal(error) => {
                 tracing::error!(%error, "agent request failed");
@@ -896,6 +899,8 @@ async fn handle<C: Cloud + 'static>(
         }
         return download().await;
     }
+    // Authentication first: an unauthenticated caller learns nothing about the route.
+    let token = agent_token(headers)?;
     let allowed: &[Method] = match &route {
         Route::AgentNodes | Route::AgentNodePing(_) => &[Method::POST],
         _ => &[Method::GET, Method::PATCH],
@@ -903,9 +908,8 @@ async fn handle<C: Cloud + 'static>(
     if !allowed.contains(method) {
         return Err(AgentError::MethodNotAllowed(method.clone()));
     }
-    let token = agent_token(headers)?;
     let bytes = to_bytes(body, MAX_AGENT_BODY).await.map_err(|_| {
-        AgentError::BadRequest(format!(
+        AgentError::TooLarge(format!(
             "the body is larger than {MAX_AGENT_BODY} bytes or unreadable"
         ))
     })?;

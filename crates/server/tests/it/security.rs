@@ -221,8 +221,9 @@ async fn every_route_but_ping_and_the_binary_requires_credentials() {
                 }
                 let documented = methods.contains(&method.as_str().to_ascii_lowercase().as_str());
                 if agent && !documented && answer.status == 405 {
-                    // The agent API checks the method before the token (`agent_api`); its
-                    // paths are public knowledge (the contract), so a 405 reveals nothing.
+                    // The agent API checks that a token is present, then the method, then
+                    // the token itself; its paths are public knowledge (the contract), so a
+                    // 405 to a caller with some token reveals nothing.
                     continue;
                 }
                 assert_eq!(

@@ -40,9 +40,7 @@ impl ServerProcess {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-bench-")
             .tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = flotilla_testkit::free_port();
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let mut args: Vec<String> = vec![
             "server".into(),

@@ -10,9 +10,11 @@
 pub mod cache;
 pub mod inspect;
 pub mod moto;
+pub mod ports;
 pub mod proxy;
 pub mod runner;
 
 pub use moto::Moto;
+pub use ports::free_port;
 pub use proxy::{CallRecord, Fault, FaultProxy, Rule};
 pub use runner::{InstanceRunner, RunnerConfig};

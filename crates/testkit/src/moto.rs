@@ -25,7 +25,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,10 +116,7 @@ impl Drop for Moto {
 
 fn try_start(python: &Path) -> Result<Moto, String> {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("cannot pick a free port: {e}"))?
-        .port();
+    let port = crate::free_port();
     let log_path = std::env::temp_dir().join(format!(
         "flotilla-moto-{}-{}.log",
         std::process::id(),

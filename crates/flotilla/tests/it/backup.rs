@@ -179,13 +179,6 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 async fn running_instances(ec2: &aws_sdk_ec2::Client) -> usize {
     instances_per_zone(ec2, &["running", "pending"])
         .await
@@ -203,7 +196,7 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     let dir = tempfile::tempdir().expect("dir");
     let dir = dir.path();
     let original = dir.join("original");
-    let first_port = port();
+    let first_port = flotilla_testkit::free_port();
     let mut server = start(dir, &original, first_port, &proxy.endpoint(), 0).await;
     let (user, key) = credentials(dir);
     let api = Api {
@@ -374,7 +367,7 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     }
 
     // The restored server: same account, same credentials, same clusters.
-    let second_port = port();
+    let second_port = flotilla_testkit::free_port();
     let _server = start(dir, &restored, second_port, &proxy.endpoint(), 1).await;
     let api = Api {
         base: format!("http://127.0.0.1:{second_port}"),

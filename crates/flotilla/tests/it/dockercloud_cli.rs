@@ -107,10 +107,7 @@ impl Env {
         let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
         let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
         let dir = TempDir::new();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = flotilla_testkit::free_port();
         let log = File::create(dir.0.join("server.log")).expect("server log");
         let mut server = Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .args(["server", "--data-dir"])

@@ -31,13 +31,6 @@ const DOMAIN: &str = "flotilla.internal";
 /// The grace period the servers here run with (seconds).
 const GRACE: u64 = 2;
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Polls `probe` until it returns `Some`, failing with `what` after `limit`.
 async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
 where
@@ -220,7 +213,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
     let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
     let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
     let ec2 = flotilla_testkit::inspect::ec2_client(&inspect.endpoint(), "us-east-1").await;
-    let dns_address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dns_address = SocketAddr::from(([127, 0, 0, 1], flotilla_testkit::free_port()));
     let grace = GRACE.to_string();
     let dns_listen = dns_address.to_string();
     let server = Server::start(
@@ -546,7 +539,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
 async fn a_bring_your_own_node_registers_goes_silent_and_is_removed() {
     let moto = Moto::shared();
     let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
-    let dns_address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dns_address = SocketAddr::from(([127, 0, 0, 1], flotilla_testkit::free_port()));
     let grace = GRACE.to_string();
     let dns_listen = dns_address.to_string();
     let server = Server::start(

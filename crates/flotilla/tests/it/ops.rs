@@ -64,10 +64,7 @@ impl Harness {
         let account = Moto::new_account_id();
         let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
         let inspector = FaultProxy::start(&moto.endpoint(), Some(account)).await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = flotilla_testkit::free_port();
         let mut harness = Harness {
             proxy,
             inspector,

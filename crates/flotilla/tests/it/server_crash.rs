@@ -146,10 +146,7 @@ async fn crash_at(k: u64) {
     // Removed when this function returns or unwinds; failures print the logs first.
     let dir_guard = tempfile::tempdir().expect("temp dir");
     let dir: PathBuf = dir_guard.path().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = flotilla_testkit::free_port();
     let mut server = start(&dir, port, &proxy.endpoint(), 0).await;
     let (user, key) = credentials(&dir);
     let api = Api {

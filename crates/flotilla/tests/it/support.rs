@@ -24,10 +24,7 @@ impl Server {
     /// arguments (e.g. `--node-ready running`), and waits until it answers.
     pub async fn start(aws_endpoint: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = flotilla_testkit::free_port();
         let log = dir.path().join("server.log");
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -75,7 +72,7 @@ impl Server {
         }
         // Keep draining stdout so the server never blocks on it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let server = Server {
+        let mut server = Server {
             base: format!("http://127.0.0.1:{port}"),
             user: user.expect("user"),
             key: key.expect("key"),
@@ -92,7 +89,14 @@ impl Server {
             .await
             .is_err()
         {
-            assert!(started.elapsed() < LIMIT, "server never answered");
+            if let Ok(Some(status)) = server._process.try_wait() {
+                panic!("the server exited ({status}) before answering:\n{}", server.log());
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "server never answered:\n{}",
+                server.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server

@@ -83,13 +83,6 @@ fn https_client(ca: Option<&Path>) -> reqwest::Client {
         .expect("client")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// `flotilla server` over TLS, killed on drop.
 struct TlsServer {
     base: String,
@@ -126,7 +119,7 @@ fn server_command(dir: &Path, port: u16, aws_endpoint: &str) -> tokio::process::
 impl TlsServer {
     async fn start(pki: &Pki, aws_endpoint: &str, extra: &[&str]) -> TlsServer {
         let dir = tempfile::tempdir().expect("dir");
-        let port = free_port();
+        let port = flotilla_testkit::free_port();
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("log");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
         let process = server_command(dir.path(), port, aws_endpoint)
@@ -339,7 +332,7 @@ async fn bad_tls_settings_stop_the_server_with_the_flag_or_file_named() {
         ),
     ];
     for (files, flags, named) in cases {
-        let mut command = server_command(dir.path(), free_port(), "http://127.0.0.1:9");
+        let mut command = server_command(dir.path(), flotilla_testkit::free_port(), "http://127.0.0.1:9");
         for (flag, file) in flags.iter().zip(&files) {
             command.arg(flag).arg(file);
         }

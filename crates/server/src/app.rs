@@ -18,6 +18,7 @@
 //!   is never logged. If storing fails after the switch, the server runs with the new keys
 //!   until it restarts and the caller gets a 500 telling it to link again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use flotilla_api::{self as api, date, uri};
@@ -32,7 +33,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::catalog::{self, Catalog, PROVIDER};
 use crate::reconcile::Reconciler;
 use crate::store::{
-    ActionRecord, ClusterRecord, NodeRecord, Store, StoreError, Transition, UserRecord,
+    ActionRecord, ClusterRecord, NodeFilter, NodeRecord, Store, StoreError, Transition, UserRecord,
 };
 
 /// What went wrong, as the caller should hear it.
@@ -558,7 +559,7 @@ impl<C: Cloud + 'static> App<C> {
 
     pub async fn clusters(&self) -> AppResult<Vec<api::NodeCluster>> {
         let clusters = self.store.clusters().await?;
-        let nodes = self.store.nodes().await?;
+        let nodes = self.store.find_nodes(&NodeFilter::default(), None).await?;
         Ok(clusters
             .iter()
             .map(|c| self.render_cluster(c, &nodes))
@@ -848,22 +849,35 @@ impl<C: Cloud + 'static> App<C> {
         Ok((node, cluster))
     }
 
-    pub async fn nodes(&self) -> AppResult<Vec<api::Node>> {
-        let clusters: std::collections::HashMap<String, ClusterRecord> = self
-            .store
-            .clusters()
-            .await?
-            .into_iter()
-            .map(|c| (c.uuid.clone(), c))
-            .collect();
-        let nodes = self.store.nodes().await?;
+    /// `GET node/`: the nodes `filter` selects, oldest first, one page of them when `page` =
+    /// `(limit, offset)` is given. Only the clusters of the rows returned are loaded.
+    pub async fn find_nodes(
+        &self,
+        filter: &NodeFilter,
+        page: Option<(u64, u64)>,
+    ) -> AppResult<Vec<api::Node>> {
+        let nodes = self.store.find_nodes(filter, page).await?;
+        let mut clusters: HashMap<&str, Option<ClusterRecord>> = HashMap::new();
+        for uuid in nodes.iter().filter_map(|n| n.cluster_uuid.as_deref()) {
+            if !clusters.contains_key(uuid) {
+                clusters.insert(uuid, self.store.cluster(uuid).await?);
+            }
+        }
         Ok(nodes
             .iter()
-            .filter_map(|n| match &n.cluster_uuid {
+            .filter_map(|n| match n.cluster_uuid.as_deref() {
                 None => Some(self.render_node(n, None)),
-                Some(cluster) => clusters.get(cluster).map(|c| self.render_node(n, Some(c))),
+                // A foreign key keeps the cluster; a node without one is not listed.
+                Some(cluster) => clusters
+                    .get(cluster)
+                    .and_then(Option::as_ref)
+                    .map(|c| self.render_node(n, Some(c))),
             })
             .collect())
+    }
+
+    pub async fn count_nodes(&self, filter: &NodeFilter) -> AppResult<u64> {
+        Ok(self.store.count_nodes(filter).await?)
     }
 
     pub async fn node(&self, uuid: &str) -> AppResult<api::Node> {

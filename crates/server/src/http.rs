@@ -46,6 +46,7 @@ use serde_json::Value;
 
 use crate::app::{App, AppError, AppResult, Caller, Login, Outcome};
 use crate::login::{Client, LoginThrottle};
+use crate::store::NodeFilter;
 
 /// The header that carries the URI of the action a call started.
 pub const ACTION_URI_HEADER: &str = "X-DockerCloud-Action-URI";
@@ -399,7 +400,7 @@ async fn dispatch<C: Cloud + 'static>(
         && crate::agent_api::is_agent_route(route)
     {
         return crate::agent_api::dispatch(
-            &app,
+            app,
             route.clone(),
             &parts.method,
             &parts.headers,
@@ -429,8 +430,7 @@ async fn dispatch<C: Cloud + 'static>(
             format!("method {} is not allowed on {path}", parts.method),
         );
     }
-    if let Some(response) =
-        crate::stream::upgrade(&app, &route, &mut parts, &username, &query).await
+    if let Some(response) = crate::stream::upgrade(app, &route, &mut parts, &username, &query).await
     {
         return as_json_error(response).await;
     }
@@ -457,7 +457,7 @@ async fn dispatch<C: Cloud + 'static>(
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
     let request = Handled {
-        app: &app,
+        app,
         caller: &caller,
         headers: &parts.headers,
         body: &bytes,
@@ -573,7 +573,21 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             (Route::ClusterDeploy(uuid), _) => {
                 outcome_response(&app.deploy_cluster(caller, &uuid).await?, false)
             }
-            (Route::Nodes, _) => self.list(app.nodes().await?)?,
+            (Route::Nodes, _) => {
+                // The common filters and the page go to SQL, so a page costs its rows; any
+                // other filter takes the generic in-memory path over every node.
+                let list = ListQuery::parse(self.query)?;
+                match list.node_filter() {
+                    Some(filter) => {
+                        let total = app.count_nodes(&filter).await?;
+                        let page = app
+                            .find_nodes(&filter, Some((list.limit, list.offset)))
+                            .await?;
+                        json_response(StatusCode::OK, &list.envelope(self.path, total, page), None)
+                    }
+                    None => self.list(app.find_nodes(&NodeFilter::default(), None).await?)?,
+                }
+            }
             (Route::Node(uuid), Method::PATCH) => {
                 let body = self.body()?;
                 outcome_response(&app.patch_node(caller, &uuid, &body).await?, false)
@@ -629,43 +643,118 @@ fn parse_count(name: &str, value: &str) -> AppResult<u64> {
         .map_err(|_| AppError::BadRequest(format!("{name}: '{value}' is not a whole number")))
 }
 
-/// Filters, then cuts one page, with `next`/`previous` paths that keep the filters.
+/// A list request's query: the page asked for and the filters, in their order.
+struct ListQuery {
+    limit: u64,
+    offset: u64,
+    filters: Vec<(String, String)>,
+}
+
+impl ListQuery {
+    fn parse(query: &str) -> AppResult<ListQuery> {
+        let mut limit = DEFAULT_LIMIT;
+        let mut offset = 0;
+        let mut filters = Vec::new();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()).into_owned() {
+            match name.as_str() {
+                "limit" => limit = parse_count("limit", &value)?,
+                "offset" => offset = parse_count("offset", &value)?,
+                _ if NOT_FILTERS.contains(&name.as_str()) => {}
+                _ => filters.push((name, value)),
+            }
+        }
+        if limit > MAX_LIMIT {
+            return Err(AppError::BadRequest(format!(
+                "limit: {limit} is more than the maximum of {MAX_LIMIT}"
+            )));
+        }
+        if limit == 0 {
+            // Tastypie's "as many as allowed".
+            limit = MAX_LIMIT;
+        }
+        Ok(ListQuery {
+            limit,
+            offset,
+            filters,
+        })
+    }
+
+    /// The envelope of one page of `total` matching objects, with `next`/`previous` paths
+    /// that keep the filters.
+    fn envelope<T>(&self, path: &str, total: u64, page: Vec<T>) -> api::ListEnvelope<T> {
+        let (limit, offset) = (self.limit, self.offset);
+        let base = if path.ends_with('/') {
+            path.to_owned()
+        } else {
+            format!("{path}/")
+        };
+        let link = |new_offset: u64| {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            for (name, value) in &self.filters {
+                query.append_pair(name, value);
+            }
+            query.append_pair("limit", &limit.to_string());
+            query.append_pair("offset", &new_offset.to_string());
+            format!("{base}?{}", query.finish())
+        };
+        let next = (offset.saturating_add(limit) < total).then(|| link(offset + limit));
+        let previous = (offset > 0).then(|| link(offset.saturating_sub(limit)));
+        api::ListEnvelope {
+            meta: api::Meta {
+                limit,
+                next,
+                offset,
+                previous,
+                total_count: total,
+            },
+            objects: page,
+        }
+    }
+
+    /// The node filters SQL can apply, or `None` when another filter (or a repeated one)
+    /// needs the generic in-memory matching of [`paginate`].
+    fn node_filter(&self) -> Option<NodeFilter> {
+        let mut filter = NodeFilter::default();
+        for (name, value) in &self.filters {
+            let slot = match name.as_str() {
+                "node_cluster" => {
+                    // A uuid, or the cluster's resource URI (with or without the slash).
+                    let uuid = value.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                    let as_uri = api::uri::node_cluster(uuid);
+                    if value.contains('/')
+                        && value.trim_end_matches('/') != as_uri.trim_end_matches('/')
+                    {
+                        return None;
+                    }
+                    (&mut filter.cluster_uuid, uuid.to_owned())
+                }
+                "state" => (&mut filter.state, value.clone()),
+                "uuid" => (&mut filter.uuid, value.clone()),
+                "uuid__startswith" => (&mut filter.uuid_prefix, value.clone()),
+                _ => return None,
+            };
+            if slot.0.replace(slot.1).is_some() {
+                return None;
+            }
+        }
+        Some(filter)
+    }
+}
+
+/// Filters rendered objects, then cuts one page: the generic list, for tables that are small
+/// (clusters, actions) or filters SQL does not know.
 fn paginate<T: Serialize>(
     objects: Vec<T>,
     path: &str,
     query: &str,
 ) -> AppResult<api::ListEnvelope<Value>> {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let mut limit = DEFAULT_LIMIT;
-    let mut offset = 0;
-    for (name, value) in &params {
-        match name.as_str() {
-            "limit" => limit = parse_count("limit", value)?,
-            "offset" => offset = parse_count("offset", value)?,
-            _ => {}
-        }
-    }
-    if limit > MAX_LIMIT {
-        return Err(AppError::BadRequest(format!(
-            "limit: {limit} is more than the maximum of {MAX_LIMIT}"
-        )));
-    }
-    if limit == 0 {
-        // Tastypie's "as many as allowed".
-        limit = MAX_LIMIT;
-    }
-    let filters: Vec<&(String, String)> = params
-        .iter()
-        .filter(|(name, _)| !NOT_FILTERS.contains(&name.as_str()))
-        .collect();
+    let list = ListQuery::parse(query)?;
     let mut matching = Vec::new();
     for object in objects {
         let value = serde_json::to_value(&object)
             .map_err(|e| AppError::BadRequest(format!("cannot render an object: {e}")))?;
         let mut keep = true;
-        for (name, wanted) in &filters {
+        for (name, wanted) in &list.filters {
             if !matches_filter(&value, name, wanted)? {
                 keep = false;
                 break;
@@ -678,35 +767,10 @@ fn paginate<T: Serialize>(
     let total = matching.len() as u64;
     let page: Vec<Value> = matching
         .into_iter()
-        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .skip(usize::try_from(list.offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(list.limit).unwrap_or(usize::MAX))
         .collect();
-    let base = if path.ends_with('/') {
-        path.to_owned()
-    } else {
-        format!("{path}/")
-    };
-    let link = |new_offset: u64| {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        for (name, value) in &filters {
-            query.append_pair(name, value);
-        }
-        query.append_pair("limit", &limit.to_string());
-        query.append_pair("offset", &new_offset.to_string());
-        format!("{base}?{}", query.finish())
-    };
-    let next = (offset.saturating_add(limit) < total).then(|| link(offset + limit));
-    let previous = (offset > 0).then(|| link(offset.saturating_sub(limit)));
-    Ok(api::ListEnvelope {
-        meta: api::Meta {
-            limit,
-            next,
-            offset,
-            previous,
-            total_count: total,
-        },
-        objects: page,
-    })
+    Ok(list.envelope(path, total, page))
 }
 
 /// A filter value for a date field: the REST format, or RFC 3339 for convenience.

@@ -190,6 +190,28 @@ struct ClusterRow {
     destroyed_at: Option<i64>,
 }
 
+/// The node filters `GET node/` pushes into SQL; `None` selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFilter {
+    pub cluster_uuid: Option<String>,
+    pub state: Option<String>,
+    pub uuid: Option<String>,
+    /// Case-sensitive prefix of the uuid: a range on the primary key.
+    pub uuid_prefix: Option<String>,
+}
+
+/// `NodeFilter` as SQL over parameters ?1..?4 (a macro, for `concat!`: sqlx takes only
+/// static SQL). `x'ff'` sorts after every UTF-8 text, so `[prefix, prefix || x'ff')` is
+/// exactly the uuids starting with `prefix`.
+macro_rules! node_filter_sql {
+    () => {
+        "(?1 IS NULL OR cluster_uuid = ?1)
+         AND (?2 IS NULL OR state = ?2)
+         AND (?3 IS NULL OR uuid = ?3)
+         AND (?4 IS NULL OR (uuid >= ?4 AND uuid < CAST(?4 || x'ff' AS TEXT)))"
+    };
+}
+
 #[derive(sqlx::FromRow)]
 struct NodeRow {
     uuid: String,
@@ -659,15 +681,46 @@ impl Store {
     }
 
     /// Every node, by cluster creation and slot (bring-your-own nodes by registration).
-    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let rows = sqlx::query_as::<_, NodeRow>(
-            "SELECT n.uuid, n.cluster_uuid, n.slot, n.instance_id, n.state, n.availability_zone, n.subnet_id, n.public_ip, n.private_ip, n.nickname, n.tags, n.last_seen, n.created_at, n.deployed_at, n.destroyed_at
-             FROM nodes n LEFT JOIN clusters c ON c.uuid = n.cluster_uuid
-             ORDER BY COALESCE(c.created_at, n.created_at), COALESCE(c.rowid, 0), n.slot, n.rowid",
-        )
+    /// The nodes `filter` selects, oldest first (creation time, then insertion order: the
+    /// "chronological order" of Docker Cloud's lists, and an index scan — see migration
+    /// 0006); `page` = `(limit, offset)` cuts one page in SQL, so a page costs its rows, not
+    /// the table.
+    pub async fn find_nodes(
+        &self,
+        filter: &NodeFilter,
+        page: Option<(u64, u64)>,
+    ) -> Result<Vec<NodeRecord>, StoreError> {
+        let (limit, offset) = page.unwrap_or((u64::MAX >> 1, 0));
+        let rows = sqlx::query_as::<_, NodeRow>(concat!(
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at
+             FROM nodes WHERE ",
+            node_filter_sql!(),
+            " ORDER BY created_at, rowid LIMIT ?5 OFFSET ?6"
+        ))
+        .bind(&filter.cluster_uuid)
+        .bind(&filter.state)
+        .bind(&filter.uuid)
+        .bind(&filter.uuid_prefix)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(NodeRecord::try_from).collect()
+    }
+
+    /// How many nodes `filter` selects (a page's `total_count`).
+    pub async fn count_nodes(&self, filter: &NodeFilter) -> Result<u64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as(concat!(
+            "SELECT COUNT(*) FROM nodes WHERE ",
+            node_filter_sql!()
+        ))
+        .bind(&filter.cluster_uuid)
+        .bind(&filter.state)
+        .bind(&filter.uuid)
+        .bind(&filter.uuid_prefix)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     pub async fn nodes_of(&self, cluster_uuid: &str) -> Result<Vec<NodeRecord>, StoreError> {

@@ -90,7 +90,10 @@ impl Server {
             .is_err()
         {
             if let Ok(Some(status)) = server._process.try_wait() {
-                panic!("the server exited ({status}) before answering:\n{}", server.log());
+                panic!(
+                    "the server exited ({status}) before answering:\n{}",
+                    server.log()
+                );
             }
             assert!(
                 started.elapsed() < LIMIT,

@@ -332,7 +332,11 @@ async fn bad_tls_settings_stop_the_server_with_the_flag_or_file_named() {
         ),
     ];
     for (files, flags, named) in cases {
-        let mut command = server_command(dir.path(), flotilla_testkit::free_port(), "http://127.0.0.1:9");
+        let mut command = server_command(
+            dir.path(),
+            flotilla_testkit::free_port(),
+            "http://127.0.0.1:9",
+        );
         for (flag, file) in flags.iter().zip(&files) {
             command.arg(flag).arg(file);
         }

@@ -455,7 +455,10 @@ async fn hostile_input_is_a_4xx_naming_the_problem() {
     let text_plain = server
         .client
         .post(format!("{}{clusters}", server.base))
-        .basic_auth(auth.expect("auth").0, Some(auth.expect("auth").1))
+        .basic_auth(
+            &server.credentials.username,
+            Some(&server.credentials.api_key),
+        )
         .header("Content-Type", "text/plain")
         .body("name=x")
         .send()

@@ -301,10 +301,93 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
-/// The control plane's database. Cheap to clone (a pool handle).
+/// One node's upsert inside `tx`: the event verb to publish after the commit (if the state
+/// or IP changed), the state after, and the IP change.
+async fn upsert_node_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    node: &NodeRecord,
+) -> Result<(Option<Verb>, String, Option<IpChange>), StoreError> {
+    let before: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
+            .bind(&node.uuid)
+            .fetch_optional(&mut **tx)
+            .await?;
+    sqlx::query(
+            "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, instance_public_ip)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?8)
+             ON CONFLICT(uuid) DO UPDATE SET
+                instance_id = excluded.instance_id,
+                state = CASE WHEN excluded.state = 'Deploying'
+                    AND nodes.state IN ('Deployed', 'Unreachable', 'Upgrading', 'Terminating')
+                    THEN nodes.state ELSE excluded.state END,
+                availability_zone = excluded.availability_zone,
+                subnet_id = excluded.subnet_id,
+                public_ip = CASE
+                    WHEN excluded.public_ip IS NOT NULL
+                        AND excluded.public_ip IS NOT nodes.instance_public_ip THEN excluded.public_ip
+                    WHEN EXISTS (SELECT 1 FROM node_agents a WHERE a.node_uuid = nodes.uuid)
+                        THEN nodes.public_ip
+                    ELSE COALESCE(excluded.public_ip, nodes.public_ip) END,
+                instance_public_ip = COALESCE(excluded.public_ip, nodes.instance_public_ip),
+                private_ip = COALESCE(excluded.private_ip, nodes.private_ip),
+                last_seen = COALESCE(excluded.last_seen, nodes.last_seen),
+                deployed_at = COALESCE(nodes.deployed_at, excluded.deployed_at),
+                destroyed_at = COALESCE(nodes.destroyed_at, excluded.destroyed_at)",
+        )
+        .bind(&node.uuid)
+        .bind(&node.cluster_uuid)
+        .bind(i64::from(node.slot))
+        .bind(&node.instance_id)
+        .bind(node.state.as_str())
+        .bind(&node.availability_zone)
+        .bind(&node.subnet_id)
+        .bind(&node.public_ip)
+        .bind(&node.private_ip)
+        .bind(&node.nickname)
+        .bind(to_json(&node.tags))
+        .bind(node.last_seen)
+        .bind(node.created_at)
+        .bind(node.deployed_at)
+        .bind(node.destroyed_at)
+        .execute(&mut **tx)
+        .await?;
+    let (after, ip_after): (String, Option<String>) =
+        sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
+            .bind(&node.uuid)
+            .fetch_one(&mut **tx)
+            .await?;
+    if after == NodeState::Terminated.as_str() {
+        revoke_agent_in(tx, &node.uuid, node.destroyed_at.unwrap_or(node.created_at)).await?;
+    }
+    let (verb, ip_change) = match before {
+        None => (Some(Verb::Create), None),
+        Some((before, ip_before)) => {
+            let ip_change = (ip_before != ip_after).then(|| IpChange {
+                from: ip_before,
+                to: ip_after.clone(),
+            });
+            let verb = if before != after {
+                Some(Verb::for_state(&after))
+            } else {
+                ip_change.as_ref().map(|_| Verb::Update)
+            };
+            (verb, ip_change)
+        }
+    };
+    Ok((verb, after, ip_change))
+}
+
+/// The control plane's database. Cheap to clone (pool handles).
+///
+/// SQLite has one writer at a time, so writes go through a pool of exactly one connection
+/// (`writer`): they queue in the pool, first come first served, instead of several
+/// connections polling SQLite's lock in its busy handler (which sleeps up to 100 ms a try)
+/// while holding connections that reads need. Reads use `pool`, opened read-only, so a
+/// write sent there by mistake fails in the tests instead of contending.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    writer: SqlitePool,
     events: EventBus,
 }
 
@@ -320,15 +403,27 @@ impl Store {
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store {
             pool,
+            writer,
             events: EventBus::new(),
         })
+    }
+
+    /// A write transaction on the writer connection. `BEGIN IMMEDIATE` takes SQLite's write
+    /// lock up front, so another process writing the file (`sqlite3`, a backup tool) makes
+    /// it wait under the busy timeout rather than fail on a stale snapshot.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// The bus every committed change is published on.
@@ -339,6 +434,7 @@ impl Store {
     /// Closes every connection (the WAL is checkpointed by SQLite on the last close).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     // ---- installation and users ----
@@ -358,7 +454,7 @@ impl Store {
         )
         .bind(candidate)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.owner_id()
             .await?
@@ -374,7 +470,7 @@ impl Store {
         .bind(&user.api_key_salt)
         .bind(&user.api_key_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -402,7 +498,7 @@ impl Store {
         cluster: &ClusterRecord,
         action: &ActionRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at, deployed_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -459,7 +555,7 @@ impl Store {
         action: Option<&ActionRecord>,
         node_state: Option<(&str, NodeState)>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let (set_action, action_uuid) = match transition.current_action {
             Some(value) => (true, value),
             None => (false, None),
@@ -529,7 +625,7 @@ impl Store {
                 .bind(i64::from(target))
                 .bind(uuid)
                 .bind(state.as_str())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -546,7 +642,7 @@ impl Store {
         .bind(nickname)
         .bind(to_json(&tags))
         .bind(uuid)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         if let Some(state) = state {
             self.events.cluster(Verb::Update, uuid, &state);
@@ -561,7 +657,7 @@ impl Store {
         )
         .bind(if on { "true" } else { "false" })
         .bind(uuid)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         if let Some(state) = state {
             self.events.cluster(Verb::Update, uuid, &state);
@@ -574,7 +670,7 @@ impl Store {
         sqlx::query("UPDATE clusters SET next_slot = MAX(next_slot, ?) WHERE uuid = ?")
             .bind(i64::from(next_slot))
             .bind(uuid)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -588,86 +684,27 @@ impl Store {
     /// The public IP follows whichever source changed last: EC2 reporting an address other
     /// than the one it reported before (a stop/start, an elastic IP) wins; otherwise the
     /// address a registered agent connected from stays. Returns the IP change, if any.
-    pub async fn upsert_node(&self, node: &NodeRecord) -> Result<Option<IpChange>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let before: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
-                .bind(&node.uuid)
-                .fetch_optional(&mut *tx)
-                .await?;
-        sqlx::query(
-            "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, instance_public_ip)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?8)
-             ON CONFLICT(uuid) DO UPDATE SET
-                instance_id = excluded.instance_id,
-                state = CASE WHEN excluded.state = 'Deploying'
-                    AND nodes.state IN ('Deployed', 'Unreachable', 'Upgrading', 'Terminating')
-                    THEN nodes.state ELSE excluded.state END,
-                availability_zone = excluded.availability_zone,
-                subnet_id = excluded.subnet_id,
-                public_ip = CASE
-                    WHEN excluded.public_ip IS NOT NULL
-                        AND excluded.public_ip IS NOT nodes.instance_public_ip THEN excluded.public_ip
-                    WHEN EXISTS (SELECT 1 FROM node_agents a WHERE a.node_uuid = nodes.uuid)
-                        THEN nodes.public_ip
-                    ELSE COALESCE(excluded.public_ip, nodes.public_ip) END,
-                instance_public_ip = COALESCE(excluded.public_ip, nodes.instance_public_ip),
-                private_ip = COALESCE(excluded.private_ip, nodes.private_ip),
-                last_seen = COALESCE(excluded.last_seen, nodes.last_seen),
-                deployed_at = COALESCE(nodes.deployed_at, excluded.deployed_at),
-                destroyed_at = COALESCE(nodes.destroyed_at, excluded.destroyed_at)",
-        )
-        .bind(&node.uuid)
-        .bind(&node.cluster_uuid)
-        .bind(i64::from(node.slot))
-        .bind(&node.instance_id)
-        .bind(node.state.as_str())
-        .bind(&node.availability_zone)
-        .bind(&node.subnet_id)
-        .bind(&node.public_ip)
-        .bind(&node.private_ip)
-        .bind(&node.nickname)
-        .bind(to_json(&node.tags))
-        .bind(node.last_seen)
-        .bind(node.created_at)
-        .bind(node.deployed_at)
-        .bind(node.destroyed_at)
-        .execute(&mut *tx)
-        .await?;
-        let (after, ip_after): (String, Option<String>) =
-            sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
-                .bind(&node.uuid)
-                .fetch_one(&mut *tx)
-                .await?;
-        if after == NodeState::Terminated.as_str() {
-            revoke_agent_in(
-                &mut tx,
-                &node.uuid,
-                node.destroyed_at.unwrap_or(node.created_at),
-            )
-            .await?;
+    pub async fn upsert_nodes(
+        &self,
+        nodes: &[NodeRecord],
+    ) -> Result<Vec<Option<IpChange>>, StoreError> {
+        // One transaction for the whole observation: a pass over 300 nodes is one commit,
+        // not 300, and registrations wait for the writer once rather than 300 times.
+        let mut tx = self.write().await?;
+        let mut changes = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            changes.push(upsert_node_in(&mut tx, node).await?);
         }
         tx.commit().await?;
-        let cluster = node.cluster_uuid.as_deref();
-        let (verb, ip_change) = match before {
-            None => (Some(Verb::Create), None),
-            Some((before, ip_before)) => {
-                let ip_change = (ip_before != ip_after).then(|| IpChange {
-                    from: ip_before,
-                    to: ip_after.clone(),
-                });
-                let verb = if before != after {
-                    Some(Verb::for_state(&after))
-                } else {
-                    ip_change.as_ref().map(|_| Verb::Update)
-                };
-                (verb, ip_change)
+        let mut ip_changes = Vec::with_capacity(nodes.len());
+        for (node, (verb, after, ip_change)) in nodes.iter().zip(changes) {
+            if let Some(verb) = verb {
+                self.events
+                    .node(verb, &node.uuid, node.cluster_uuid.as_deref(), &after);
             }
-        };
-        if let Some(verb) = verb {
-            self.events.node(verb, &node.uuid, cluster, &after);
+            ip_changes.push(ip_change);
         }
-        Ok(ip_change)
+        Ok(ip_changes)
     }
 
     pub async fn node(&self, uuid: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -745,7 +782,7 @@ impl Store {
         .bind(nickname)
         .bind(to_json(&tags))
         .bind(uuid)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         if let Some((state, cluster_uuid)) = row {
             self.events
@@ -757,7 +794,7 @@ impl Store {
     /// Marks a node gone (terminated by us, out of band, or a bring-your-own node removed)
     /// and revokes its agent's credential in the same transaction.
     pub async fn set_node_terminated(&self, uuid: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let before: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT state, cluster_uuid FROM nodes WHERE uuid = ?")
                 .bind(uuid)
@@ -798,7 +835,7 @@ impl Store {
         .bind(to.as_str())
         .bind(uuid)
         .bind(from.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         if let Some(cluster) = &moved {
             self.events.node(
@@ -843,7 +880,7 @@ impl Store {
     // ---- actions ----
 
     pub async fn insert_action(&self, action: &ActionRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         insert_action_in(&mut tx, action).await?;
         tx.commit().await?;
         self.publish_action_created(action);
@@ -910,7 +947,7 @@ impl Store {
         sqlx::query("UPDATE actions SET logs = logs || ? WHERE uuid = ?")
             .bind(text)
             .bind(uuid)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -935,7 +972,7 @@ impl Store {
             .bind(can_be_retried)
             .bind(uuid)
             .bind(state)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
             if let Some(object_uri) = object_uri {
                 self.events.action(Verb::Update, uuid, &object_uri, to);

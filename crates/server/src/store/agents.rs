@@ -87,7 +87,7 @@ impl Store {
         sqlx::query("INSERT OR IGNORE INTO agent_secret (id, secret, created_at) VALUES (1, ?, ?)")
             .bind(candidate)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         sqlx::query_scalar::<_, String>("SELECT secret FROM agent_secret WHERE id = 1")
             .fetch_optional(&self.pool)
@@ -127,7 +127,7 @@ impl Store {
         first: bool,
         node: &NodeRegistration<'_>,
     ) -> Result<Registered, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let written = if first {
             sqlx::query(
                 "INSERT INTO node_agents (node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node_uuid) DO NOTHING",
@@ -207,7 +207,7 @@ impl Store {
         node: &super::NodeRecord,
         agent: &NodeAgentRecord,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let used: Option<String> = sqlx::query_scalar(
             "UPDATE byo_tokens SET used = 1, used_at = ? WHERE token_hash = ? AND used = 0 RETURNING username",
         )
@@ -273,7 +273,7 @@ impl Store {
         .bind(private_ips.map(|ips| to_json(&ips)))
         .bind(now)
         .bind(node_uuid)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -284,7 +284,7 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for (uuid, at) in seen {
             sqlx::query(
                 "UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE uuid = ?",
@@ -351,7 +351,7 @@ mod tests {
             .await
             .expect("cluster");
         store
-            .upsert_node(&NodeRecord {
+            .upsert_nodes(&[NodeRecord {
                 uuid: "n1".into(),
                 cluster_uuid: Some("c1".into()),
                 slot: 0,
@@ -367,7 +367,7 @@ mod tests {
                 created_at: 0,
                 deployed_at: None,
                 destroyed_at: None,
-            })
+            }])
             .await
             .expect("node");
         store
@@ -474,7 +474,10 @@ mod tests {
             .expect("register");
         let mut observed = store.node("n1").await.expect("read").expect("node");
         observed.state = NodeState::Deploying;
-        store.upsert_node(&observed).await.expect("upsert");
+        store
+            .upsert_nodes(std::slice::from_ref(&observed))
+            .await
+            .expect("upsert");
         assert_eq!(
             store.node("n1").await.expect("read").expect("node").state,
             NodeState::Deployed

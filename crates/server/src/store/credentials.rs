@@ -22,7 +22,7 @@ impl Store {
         .bind(nonce)
         .bind(ciphertext)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -23,7 +23,7 @@ impl Store {
         .bind(token_hash)
         .bind(username)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -40,7 +40,7 @@ impl Store {
         )
         .bind(now)
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?)
     }
 }

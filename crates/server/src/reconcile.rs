@@ -194,7 +194,10 @@ struct Engine<C> {
 struct LastPass {
     generation: u64,
     at: std::time::Instant,
-    pending: bool,
+    /// Instances it saw still starting.
+    pending_instances: bool,
+    /// Nodes removed by hand whose termination EC2 had not confirmed.
+    awaiting_termination: bool,
 }
 
 /// Creates the handle and the supervisor that serves it.
@@ -373,7 +376,9 @@ impl<C: Cloud + 'static> Engine<C> {
         // Agents registering nudge the cluster one by one. After a full pass that left
         // nothing pending, the cloud has nothing new to say until the resync interval: only
         // the store is checked, so registrations cost no AWS call (N registrations are not
-        // N passes). With instances pending, full passes come at the poll interval.
+        // N passes). With instances pending, full passes come at the poll interval — but an
+        // agent registering proves its instance runs, so when agents decide readiness, the
+        // deploy settles as soon as the last awaited agent registers, without another pass.
         let recent = self
             .last_pass
             .lock()
@@ -381,7 +386,7 @@ impl<C: Cloud + 'static> Engine<C> {
             .get(&cluster.uuid)
             .copied()
             .filter(|p| {
-                let window = if p.pending {
+                let window = if p.pending_instances || p.awaiting_termination {
                     self.settings.poll_interval
                 } else {
                     self.settings.resync_interval
@@ -389,7 +394,10 @@ impl<C: Cloud + 'static> Engine<C> {
                 p.generation == cluster.generation && p.at.elapsed() < window
             });
         if let Some(last) = recent {
-            if last.pending || self.awaiting_agents(cluster).await? {
+            let observe_again = last.awaiting_termination
+                || (last.pending_instances
+                    && self.settings.node_ready != NodeReady::AgentRegistered);
+            if observe_again || self.awaiting_agents(cluster).await? {
                 return Ok(Next::Soon);
             }
             self.settle(cluster, action_state::SUCCESS).await?;
@@ -520,11 +528,10 @@ impl<C: Cloud + 'static> Engine<C> {
                     .await?;
             }
         }
-        let pending = awaiting_termination
-            || report
-                .instances
-                .iter()
-                .any(|i| i.state == InstanceState::Pending);
+        let pending_instances = report
+            .instances
+            .iter()
+            .any(|i| i.state == InstanceState::Pending);
         self.last_pass
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -533,13 +540,14 @@ impl<C: Cloud + 'static> Engine<C> {
                 LastPass {
                     generation: cluster.generation,
                     at: std::time::Instant::now(),
-                    pending,
+                    pending_instances,
+                    awaiting_termination,
                 },
             );
-        if pending {
-            return Ok(Next::Soon);
-        }
-        if self.awaiting_agents(cluster).await? {
+        if awaiting_termination
+            || (pending_instances && self.settings.node_ready != NodeReady::AgentRegistered)
+            || self.awaiting_agents(cluster).await?
+        {
             return Ok(Next::Soon);
         }
         self.settle(cluster, action_state::SUCCESS).await?;
@@ -590,24 +598,25 @@ impl<C: Cloud + 'static> Engine<C> {
         observed_at: i64,
     ) -> Result<(), StoreError> {
         let now = date::now_unix();
-        for instance in live.iter().chain(terminated) {
-            let state = if terminated.contains(instance) {
-                NodeState::Terminated
-            } else {
-                node_state_of(instance, self.settings.node_ready)
-            };
-            let private_ip = instance.private_ip.as_ref().map(|ip| {
-                match cidrs
-                    .get(instance.subnet_id.as_str())
-                    .and_then(|c| c.split('/').nth(1))
-                {
-                    Some(prefix) => format!("{ip}/{prefix}"),
-                    None => format!("{ip}/32"),
-                }
-            });
-            let ip_change = self
-                .store
-                .upsert_node(&NodeRecord {
+        let observed: Vec<&Instance> = live.iter().chain(terminated).collect();
+        let records: Vec<NodeRecord> = observed
+            .iter()
+            .map(|instance| {
+                let state = if terminated.contains(instance) {
+                    NodeState::Terminated
+                } else {
+                    node_state_of(instance, self.settings.node_ready)
+                };
+                let private_ip = instance.private_ip.as_ref().map(|ip| {
+                    match cidrs
+                        .get(instance.subnet_id.as_str())
+                        .and_then(|c| c.split('/').nth(1))
+                    {
+                        Some(prefix) => format!("{ip}/{prefix}"),
+                        None => format!("{ip}/32"),
+                    }
+                });
+                NodeRecord {
                     uuid: instance.node_uuid.clone(),
                     cluster_uuid: Some(cluster.uuid.clone()),
                     slot: instance.slot,
@@ -623,8 +632,12 @@ impl<C: Cloud + 'static> Engine<C> {
                     created_at: now,
                     deployed_at: (state == NodeState::Deployed).then_some(now),
                     destroyed_at: (state == NodeState::Terminated).then_some(now),
-                })
-                .await?;
+                }
+            })
+            .collect();
+        let ip_changes = self.store.upsert_nodes(&records).await?;
+        for ((instance, record), ip_change) in observed.iter().zip(&records).zip(ip_changes) {
+            let state = record.state;
             if let Some(change) = ip_change
                 && state != NodeState::Terminated
             {

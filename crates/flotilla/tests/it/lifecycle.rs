@@ -233,7 +233,6 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
     let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
     runner_config.heartbeat = Duration::from_millis(300);
     let runner = InstanceRunner::start(runner_config).await;
-    let mut dns = Dns::new(dns_address);
 
     let (status, created) = server
         .call(
@@ -287,8 +286,15 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
     let cluster_fqdn = format!("life.cluster.{DOMAIN}");
     let ip_a: Ipv4Addr = a["public_ip"].as_str().expect("ip").parse().expect("ip");
     let ip_b: Ipv4Addr = b["public_ip"].as_str().expect("ip").parse().expect("ip");
-    assert_eq!(dns.a(&fqdn_a).await, BTreeSet::from([ip_a]));
-    assert_eq!(dns.a(&cluster_fqdn).await, BTreeSet::from([ip_a, ip_b]));
+    // The zone is rebuilt 100 ms after the registrations' events, which may be just after
+    // the cluster settles.
+    wait_for(Duration::from_secs(5), "both nodes in DNS", || async {
+        let mut dns = Dns::new(dns_address);
+        (dns.a(&fqdn_a).await == BTreeSet::from([ip_a])
+            && dns.a(&cluster_fqdn).await == BTreeSet::from([ip_a, ip_b]))
+        .then_some(())
+    })
+    .await;
 
     // 1. A killed agent: Unreachable within the grace period (plus the sweep), then
     //    Deployed again from a new address when it restarts.

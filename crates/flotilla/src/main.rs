@@ -49,12 +49,6 @@ enum Command {
     Provider(client::provider::ProviderArgs),
 }
 
-/// mimalloc instead of glibc's malloc: the server keeps one connection per agent, and with
-/// 10,000 of them the server peaked at 289 MiB with glibc's malloc and 254 MiB with
-/// mimalloc, for the same work (bench/notes/scale.md has both measurements).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

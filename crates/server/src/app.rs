@@ -542,6 +542,21 @@ impl<C: Cloud + 'static> App<C> {
         }
     }
 
+    /// Records a finished (`Success`) action on `object_uri`, with `log` as its log, and
+    /// returns its URI: what every synchronous change leaves in the history.
+    async fn record_finished(
+        &self,
+        caller: &Caller,
+        object_uri: &str,
+        label: &str,
+        log: &str,
+    ) -> AppResult<String> {
+        let mut action = Self::new_action(caller, object_uri, label, api::action_state::SUCCESS);
+        action.logs = log.to_owned();
+        self.store.insert_action(&action).await?;
+        Ok(uri::action(&action.uuid))
+    }
+
     // ---- clusters ----
 
     async fn load_cluster(&self, uuid: &str) -> AppResult<ClusterRecord> {
@@ -793,16 +808,12 @@ impl<C: Cloud + 'static> App<C> {
                 });
             }
         }
-        let action = Self::new_action(
-            caller,
-            &uri::node_cluster(uuid),
-            "Node Cluster Update",
-            api::action_state::SUCCESS,
-        );
-        self.store.insert_action(&action).await?;
+        let action_uri = self
+            .record_finished(caller, &uri::node_cluster(uuid), "Node Cluster Update", "")
+            .await?;
         Ok(Outcome {
             object: self.rendered_cluster(uuid).await?,
-            action_uri: uri::action(&action.uuid),
+            action_uri,
             accepted: false,
         })
     }
@@ -900,18 +911,17 @@ impl<C: Cloud + 'static> App<C> {
             )));
         }
         let line = self.health_check(&node).await?;
-        let mut action = Self::new_action(
-            caller,
-            &uri::node(uuid),
-            "Node Health Check",
-            api::action_state::SUCCESS,
-        );
-        action.logs = format!("{line}\n");
-        action.end_date = Some(date::now_unix());
-        self.store.insert_action(&action).await?;
+        let action_uri = self
+            .record_finished(
+                caller,
+                &uri::node(uuid),
+                "Node Health Check",
+                &format!("{line}\n"),
+            )
+            .await?;
         Ok(Outcome {
             object: self.node(uuid).await?,
-            action_uri: uri::action(&action.uuid),
+            action_uri,
             accepted: true,
         })
     }
@@ -940,16 +950,12 @@ impl<C: Cloud + 'static> App<C> {
         self.store
             .set_node_labels(uuid, nickname.as_deref(), &tags)
             .await?;
-        let action = Self::new_action(
-            caller,
-            &uri::node(uuid),
-            "Node Update",
-            api::action_state::SUCCESS,
-        );
-        self.store.insert_action(&action).await?;
+        let action_uri = self
+            .record_finished(caller, &uri::node(uuid), "Node Update", "")
+            .await?;
         Ok(Outcome {
             object: self.node(uuid).await?,
-            action_uri: uri::action(&action.uuid),
+            action_uri,
             accepted: false,
         })
     }
@@ -964,21 +970,20 @@ impl<C: Cloud + 'static> App<C> {
             .apply(flotilla_core::state::NodeEvent::TerminateRequested)
             .map_err(|e| AppError::BadRequest(e.to_string()))?;
         let Some(cluster) = cluster else {
-            let now = date::now_unix();
-            self.store.set_node_terminated(uuid, now).await?;
-            let mut action = Self::new_action(
-                caller,
-                &uri::node(uuid),
-                "Node Terminate",
-                api::action_state::SUCCESS,
-            );
-            action.logs =
-                "Bring-your-own node deregistered; its agent's credential is revoked\n".to_owned();
-            action.end_date = Some(now);
-            self.store.insert_action(&action).await?;
+            self.store
+                .set_node_terminated(uuid, date::now_unix())
+                .await?;
+            let action_uri = self
+                .record_finished(
+                    caller,
+                    &uri::node(uuid),
+                    "Node Terminate",
+                    "Bring-your-own node deregistered; its agent's credential is revoked\n",
+                )
+                .await?;
             return Ok(Outcome {
                 object: self.node(uuid).await?,
-                action_uri: uri::action(&action.uuid),
+                action_uri,
                 accepted: true,
             });
         };

@@ -203,23 +203,47 @@ fn bad_gateway(message: &str) -> Response<Full<Bytes>> {
 /// The number of sequential round trips: the longest chain of calls each of which started
 /// after the previous one had answered.
 pub fn critical_path(calls: &[(f64, f64)]) -> usize {
+    longest_chain(calls, |_| 1.0).round() as usize
+}
+
+/// The AWS time on the critical path: the chain of calls that ran one after another with the
+/// largest total time inside the calls (latency plus the emulator's own service time). A
+/// control plane that only ever waited for AWS would take exactly this long, so wall time
+/// over it is the control plane's own overhead.
+pub fn critical_path_seconds(calls: &[(f64, f64)]) -> f64 {
+    longest_chain(calls, |(start, end)| end - start)
+}
+
+/// The heaviest chain of calls each starting after the previous one ended, each weighing
+/// `weight(call)`.
+fn longest_chain(calls: &[(f64, f64)], weight: impl Fn((f64, f64)) -> f64) -> f64 {
     let mut sorted: Vec<(f64, f64)> = calls.to_vec();
     sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let mut depth: Vec<usize> = Vec::with_capacity(sorted.len());
-    for (i, (start, _)) in sorted.iter().enumerate() {
+    let mut chain: Vec<f64> = Vec::with_capacity(sorted.len());
+    for (i, &call) in sorted.iter().enumerate() {
         let before = (0..i)
-            .filter(|&j| sorted[j].1 <= *start)
-            .map(|j| depth[j])
-            .max()
-            .unwrap_or(0);
-        depth.push(before + 1);
+            .filter(|&j| sorted[j].1 <= call.0)
+            .map(|j| chain[j])
+            .fold(0.0, f64::max);
+        chain.push(before + weight(call));
     }
-    depth.into_iter().max().unwrap_or(0)
+    chain.into_iter().fold(0.0, f64::max)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_critical_path_time_sums_the_longest_sequential_chain() {
+        assert_eq!(critical_path_seconds(&[]), 0.0);
+        // 1.0 then 0.5 in sequence beats a lone 1.4 overlapping both.
+        let calls = [(0.0, 1.0), (1.0, 1.5), (0.0, 1.4)];
+        assert!((critical_path_seconds(&calls) - 1.5).abs() < 1e-9);
+        // Concurrent calls count once: the slowest of the round.
+        let calls = [(0.0, 0.2), (0.0, 0.3), (0.4, 0.5)];
+        assert!((critical_path_seconds(&calls) - 0.4).abs() < 1e-9);
+    }
 
     #[test]
     fn the_critical_path_counts_sequential_rounds() {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::Ctx;
-use crate::awsproxy::{TimingProxy, critical_path};
+use crate::awsproxy::{TimingProxy, critical_path, critical_path_seconds};
 use crate::fleet::Fleet;
 use crate::report::{Table, Target};
 use crate::server::ServerProcess;
@@ -50,6 +50,8 @@ pub struct Step {
     /// The `FaultProxy`'s own count over the same window, as a cross-check.
     pub fault_proxy_calls: usize,
     pub critical_path_round_trips: usize,
+    /// Time inside AWS calls along the critical path (latency + emulator service time).
+    pub critical_path_aws_s: f64,
     pub lower_bound_s: f64,
     /// Wall time (nodes Deployed, else settled) over the lower bound.
     pub ratio: Option<f64>,
@@ -168,7 +170,9 @@ impl Run {
             .filter(|at| *at >= t0)
             .min()
             .map(|at| round3((at - t0).as_secs_f64()));
-        let rounds = critical_path(&calls.iter().map(|c| (c.start, c.end)).collect::<Vec<_>>());
+        let spans: Vec<(f64, f64)> = calls.iter().map(|c| (c.start, c.end)).collect();
+        let rounds = critical_path(&spans);
+        let aws_path = critical_path_seconds(&spans);
         let lower = rounds as f64 * latency_ms as f64 / 1000.0;
         let nodes_s = nodes_at.map(|t| (t - t0).as_secs_f64());
         let settled_s = (settled_at - t0).as_secs_f64();
@@ -183,6 +187,7 @@ impl Run {
             aws_errors: calls.iter().filter(|c| c.status >= 400).count(),
             fault_proxy_calls,
             critical_path_round_trips: rounds,
+            critical_path_aws_s: round3(aws_path),
             lower_bound_s: round3(lower),
             ratio: (lower > 0.0).then(|| round3(wall / lower)),
             agent_errors: self.fleet.errors(),
@@ -372,6 +377,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                 met: Some(ratio <= 1.5),
             });
         }
+        // The same ratio against the time actually spent inside AWS calls along the
+        // critical path: the bound above leaves out the emulator's service time.
+        if s.critical_path_aws_s > 0.0 {
+            let wall = s.nodes_deployed_s.unwrap_or(s.settled_s);
+            let ratio = wall / s.critical_path_aws_s;
+            targets.push(Target {
+                name: format!(
+                    "wall / AWS time on the critical path, L = 50 ms, {}",
+                    s.operation
+                ),
+                target: "≤ 1.5".into(),
+                value: format!("{ratio:.2} ({wall:.3} s / {:.3} s)", s.critical_path_aws_s),
+                met: Some(ratio <= 1.5),
+            });
+        }
     }
     let mut table = Table::new(
         "Wall time, AWS calls and critical path",
@@ -384,6 +404,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             "round trips",
             "lower bound (s)",
             "ratio",
+            "AWS time on critical path (s)",
+            "wall / AWS time",
         ],
     );
     let mut actions = Table::new(
@@ -408,6 +430,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             s.ratio
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or_else(|| "–".into()),
+            format!("{:.3}", s.critical_path_aws_s),
+            if s.critical_path_aws_s > 0.0 {
+                format!(
+                    "{:.2}",
+                    s.nodes_deployed_s.unwrap_or(s.settled_s) / s.critical_path_aws_s
+                )
+            } else {
+                "–".into()
+            },
         ]);
         actions.row(vec![
             format!("{} ms", s.latency_ms),

@@ -32,8 +32,9 @@ pub struct Args {
     /// Seconds to wait after the last cluster is Deployed before counting.
     #[arg(long, default_value_t = 20)]
     settle: u64,
-    /// Clusters created concurrently. The default is one at a time: concurrent first
-    /// deploys in one region race in the shared network's ensure (see bench/notes/steady.md).
+    /// Clusters created concurrently. One at a time by default: with ~1,000 instances moto
+    /// (one Python process) takes seconds per `DescribeInstances`, and five concurrent
+    /// deploys push it past the SDK's timeouts (bench/notes/steady.md).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
 }

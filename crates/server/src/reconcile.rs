@@ -56,7 +56,9 @@ use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use tokio::sync::{Notify, RwLock, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::store::{ActionRecord, ClusterRecord, NodeRecord, Store, StoreError, Transition};
+use crate::store::{
+    ActionRecord, ClusterRecord, FinishAction, NodeRecord, Store, StoreError, Transition,
+};
 
 /// What a node's bootstrap script is built from.
 #[derive(Debug, Clone)]
@@ -688,8 +690,9 @@ impl<C: Cloud + 'static> Engine<C> {
         Ok(())
     }
 
-    /// Ends a Deploying/Scaling cluster's work: the action first (so a crash in between
-    /// leaves a busy cluster that the next pass settles again), then the cluster's state.
+    /// Ends a Deploying/Scaling cluster's work: the cluster's settled state and the end of
+    /// its action commit together, so a client never sees the action finished while the
+    /// cluster is still busy, and a crash leaves either both or neither.
     async fn settle(&self, cluster: &ClusterRecord, outcome: &str) -> Result<(), StoreError> {
         let nodes = self.store.nodes_of(&cluster.uuid).await?;
         let deployed = nodes
@@ -707,10 +710,15 @@ impl<C: Cloud + 'static> Engine<C> {
             &format!("Node cluster is {next} ({deployed} of {target} nodes deployed)"),
         )
         .await?;
-        self.finish_action(cluster, outcome).await?;
         let transition = Transition {
             current_action: Some(None),
             deployed_at: (deployed > 0).then_some(now),
+            finish_action: cluster.current_action.as_deref().map(|uuid| FinishAction {
+                uuid,
+                state: outcome,
+                end_date: now,
+                can_be_retried: outcome != action_state::SUCCESS,
+            }),
             ..Transition::new(cluster.state, next)
         };
         self.store
@@ -1010,10 +1018,16 @@ impl<C: Cloud + 'static> Engine<C> {
         }
 
         self.note(cluster, "Node cluster is Terminated").await?;
-        self.finish_action(cluster, action_state::SUCCESS).await?;
+        let now = date::now_unix();
         let transition = Transition {
             current_action: Some(None),
-            destroyed_at: Some(date::now_unix()),
+            destroyed_at: Some(now),
+            finish_action: cluster.current_action.as_deref().map(|uuid| FinishAction {
+                uuid,
+                state: action_state::SUCCESS,
+                end_date: now,
+                can_be_retried: false,
+            }),
             ..Transition::new(ClusterState::Terminating, ClusterState::Terminated)
         };
         self.store

@@ -157,6 +157,18 @@ pub struct Transition<'a> {
     /// Set when not yet set.
     pub deployed_at: Option<i64>,
     pub destroyed_at: Option<i64>,
+    /// Ends the cluster's running action in the same transaction, so no client ever sees
+    /// the action finished while the cluster is still busy (nor the reverse after a crash).
+    pub finish_action: Option<FinishAction<'a>>,
+}
+
+/// How [`Transition::finish_action`] ends an action that is still running.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishAction<'a> {
+    pub uuid: &'a str,
+    pub state: &'a str,
+    pub end_date: i64,
+    pub can_be_retried: bool,
 }
 
 impl<'a> Transition<'a> {
@@ -169,6 +181,7 @@ impl<'a> Transition<'a> {
             current_action: None,
             deployed_at: None,
             destroyed_at: None,
+            finish_action: None,
         }
     }
 }
@@ -586,6 +599,22 @@ impl Store {
         if let Some(action) = action {
             insert_action_in(&mut tx, action).await?;
         }
+        let mut finished = None;
+        if let Some(finish) = &transition.finish_action {
+            finished = sqlx::query_scalar::<_, String>(
+                "UPDATE actions SET state = ?, end_date = ?, can_be_canceled = 0, can_be_retried = ?
+                 WHERE uuid = ? AND state IN (?, ?, ?) RETURNING object_uri",
+            )
+            .bind(finish.state)
+            .bind(finish.end_date)
+            .bind(finish.can_be_retried)
+            .bind(finish.uuid)
+            .bind(flotilla_api::action_state::IN_PROGRESS)
+            .bind(flotilla_api::action_state::PENDING)
+            .bind(flotilla_api::action_state::CANCELING)
+            .fetch_optional(&mut *tx)
+            .await?;
+        }
         if let Some((node_uuid, state)) = node_state {
             sqlx::query("UPDATE nodes SET state = ? WHERE uuid = ?")
                 .bind(state.as_str())
@@ -594,6 +623,10 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        if let (Some(finish), Some(object_uri)) = (&transition.finish_action, finished) {
+            self.events
+                .action(Verb::Update, finish.uuid, &object_uri, finish.state);
+        }
         if transition.from != transition.to {
             let state = transition.to.as_str();
             self.events.cluster(Verb::for_state(state), uuid, state);

@@ -532,6 +532,9 @@ async fn a_cluster_deploys_scales_is_tagged_and_terminates() {
         "{action:#}"
     );
     date::parse(action["end_date"].as_str().expect("end date")).expect("date");
+    // The action ends in the same transaction as the cluster's state change.
+    let at_once = server.get(&path).await.body;
+    assert_eq!(at_once["state"], "Deployed", "{at_once:#}");
     let cluster = server.wait_for_cluster(&uuid, "Deployed", LIMIT).await;
     assert_eq!(cluster["current_num_nodes"], 6);
     assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(6));

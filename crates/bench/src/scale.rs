@@ -23,6 +23,11 @@ use crate::report::{Table, Target, ms};
 use crate::server::ServerProcess;
 use crate::stats::{Summary, summarize};
 
+/// Set to silence one agent.
+type SilenceFlag = Arc<AtomicBool>;
+/// When the agent's last heartbeat was answered.
+type LastAnswer = Arc<Mutex<Option<Instant>>>;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Numbers of agents, one run (and one fresh server) each.
@@ -98,8 +103,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
     let interval = Duration::from_secs(args.interval);
     let epoch = Instant::now();
     let log = Arc::new(PingLog::default());
-    let mut flags: Vec<(String, Arc<AtomicBool>, Arc<Mutex<Option<Instant>>>)> =
-        Vec::with_capacity(m);
+    let mut flags: Vec<(String, SilenceFlag, LastAnswer)> = Vec::with_capacity(m);
     let mut tasks = Vec::with_capacity(m);
     for (conn, node) in agents {
         let silenced = Arc::new(AtomicBool::new(false));

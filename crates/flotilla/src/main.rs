@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control plane: the Docker Cloud API v1, the store and the reconcilers.
-    Server(server_cmd::ServerArgs),
+    Server(Box<server_cmd::ServerArgs>),
     /// Drive AWS directly, with no server: validate credentials, create, scale and remove clusters.
     Engine(engine::EngineArgs),
     /// Run a node's agent: register the node with its server and send heartbeats.
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server_cmd::run(args).await,
+            Command::Server(args) => server_cmd::run(*args).await,
             Command::Engine(args) => engine::run(args).await,
             Command::Agent(args) => agent_cmd::run(args).await,
             Command::Nodecluster(args) => client::commands::nodecluster(args).await,

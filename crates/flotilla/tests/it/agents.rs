@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use flotilla_testkit::{FaultProxy, InstanceRunner, Moto, RunnerConfig};
-use serde_json::json;
 
 use crate::support::{LIMIT, Server};
 
@@ -22,22 +21,8 @@ async fn a_deployed_cluster_has_a_registered_agent_on_every_node() {
     runner_config.heartbeat = Duration::from_millis(300);
     let runner = InstanceRunner::start(runner_config).await;
 
-    let (status, created) = server
-        .call(
-            reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": "agents", "target_num_nodes": 3,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let uuid = server.create_and_deploy("agents", 3).await;
     let path = format!("/api/infra/v1/nodecluster/{uuid}/");
-    let (status, body) = server
-        .call(reqwest::Method::POST, &format!("{path}deploy/"), None)
-        .await;
-    assert_eq!(status, 202, "{body}");
 
     let started = Instant::now();
     let nodes = loop {

@@ -22,71 +22,50 @@ use flotilla_testkit::inspect::{ec2_client, instances_per_zone};
 use flotilla_testkit::{FaultProxy, Moto};
 use serde_json::{Value, json};
 
+use crate::support::{Api, printed_credentials, run_logs};
+
 const LIMIT: Duration = Duration::from_secs(90);
 
-struct Api {
-    base: String,
-    user: String,
-    key: String,
-    client: reqwest::Client,
-}
-
-impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.key))
-            .timeout(Duration::from_secs(10));
-        if let Some(body) = body {
-            request = request.json(&body);
+/// The cluster once `done` holds for it and its nodes.
+async fn wait_for(
+    api: &Api,
+    uuid: &str,
+    what: &str,
+    done: impl Fn(&Value, &[Value]) -> bool,
+    logs: &dyn Fn() -> String,
+) -> (Value, Vec<Value>) {
+    let started = Instant::now();
+    loop {
+        let (_, cluster) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/infra/v1/nodecluster/{uuid}/"),
+                None,
+            )
+            .await;
+        let (_, listed) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                None,
+            )
+            .await;
+        let nodes: Vec<Value> = listed["objects"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n["state"] != "Terminated")
+            .collect();
+        if done(&cluster, &nodes) {
+            return (cluster, nodes);
         }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// The cluster once `done` holds for it and its nodes.
-    async fn wait_for(
-        &self,
-        uuid: &str,
-        what: &str,
-        done: impl Fn(&Value, &[Value]) -> bool,
-        logs: &dyn Fn() -> String,
-    ) -> (Value, Vec<Value>) {
-        let started = Instant::now();
-        loop {
-            let (_, cluster) = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/api/infra/v1/nodecluster/{uuid}/"),
-                    None,
-                )
-                .await;
-            let (_, listed) = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/api/infra/v1/node/?node_cluster={uuid}"),
-                    None,
-                )
-                .await;
-            let nodes: Vec<Value> = listed["objects"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|n| n["state"] != "Terminated")
-                .collect();
-            if done(&cluster, &nodes) {
-                return (cluster, nodes);
-            }
-            assert!(
-                started.elapsed() < LIMIT,
-                "{what}: cluster {cluster:#}\nnodes {nodes:#?}\n{}",
-                logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "{what}: cluster {cluster:#}\nnodes {nodes:#?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -125,38 +104,11 @@ async fn start(dir: &Path, data: &Path, port: u16, aws: &str, run: u32) -> tokio
         assert!(
             started.elapsed() < LIMIT,
             "server never answered: {}",
-            logs(dir)
+            run_logs(dir)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     process
-}
-
-fn logs(dir: &Path) -> String {
-    let mut all = String::new();
-    for run in 0..2 {
-        for stream in ["stdout", "stderr"] {
-            let path = dir.join(format!("{stream}-{run}.log"));
-            all.push_str(&format!(
-                "--- {stream} {run}\n{}\n",
-                std::fs::read_to_string(path).unwrap_or_default()
-            ));
-        }
-    }
-    all
-}
-
-fn credentials(dir: &Path) -> (String, String) {
-    let text = std::fs::read_to_string(dir.join("stdout-0.log")).expect("stdout");
-    let value = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
-            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-    };
-    (
-        value("export DOCKERCLOUD_USER="),
-        value("export DOCKERCLOUD_APIKEY="),
-    )
 }
 
 async fn flotilla(args: &[&str], paths: &[&Path]) -> Output {
@@ -198,42 +150,24 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     let original = dir.join("original");
     let first_port = flotilla_testkit::free_port();
     let mut server = start(dir, &original, first_port, &proxy.endpoint(), 0).await;
-    let (user, key) = credentials(dir);
+    let (user, key) = printed_credentials(&dir.join("stdout-0.log"));
     let api = Api {
         base: format!("http://127.0.0.1:{first_port}"),
         user: user.clone(),
         key: key.clone(),
         client: reqwest::Client::new(),
     };
-    let show_logs = || logs(dir);
+    let show_logs = || run_logs(dir);
 
-    let (status, created) = api
-        .call(
-            reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": "kept", "target_num_nodes": 2,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
-    let (status, body) = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let (_, nodes) = api
-        .wait_for(
-            &uuid,
-            "deployed",
-            |c, n| c["state"] == "Deployed" && n.len() == 2,
-            &show_logs,
-        )
-        .await;
+    let uuid = api.create_and_deploy("kept", 2).await;
+    let (_, nodes) = wait_for(
+        &api,
+        &uuid,
+        "deployed",
+        |c, n| c["state"] == "Deployed" && n.len() == 2,
+        &show_logs,
+    )
+    .await;
     let mut node_uuids: Vec<String> = nodes
         .iter()
         .map(|n| n["uuid"].as_str().unwrap_or_default().to_owned())
@@ -392,14 +326,14 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
             .any(|c| c["name"].as_str().is_some_and(|n| n.starts_with("churn-"))),
         "the backup caught writes made while it ran: {listed:#}"
     );
-    let (_, nodes) = api
-        .wait_for(
-            &uuid,
-            "restored",
-            |c, n| c["state"] == "Deployed" && n.len() == 2,
-            &show_logs,
-        )
-        .await;
+    let (_, nodes) = wait_for(
+        &api,
+        &uuid,
+        "restored",
+        |c, n| c["state"] == "Deployed" && n.len() == 2,
+        &show_logs,
+    )
+    .await;
     let mut restored_uuids: Vec<String> = nodes
         .iter()
         .map(|n| n["uuid"].as_str().unwrap_or_default().to_owned())
@@ -416,7 +350,8 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
         )
         .await;
     assert!((200..300).contains(&status), "{status} {body}");
-    api.wait_for(
+    wait_for(
+        &api,
         &uuid,
         "scaled",
         |c, n| c["state"] == "Deployed" && n.len() == 3,
@@ -434,7 +369,8 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    api.wait_for(
+    wait_for(
+        &api,
         &uuid,
         "terminated",
         |c, _| c["state"] == "Terminated",

@@ -234,22 +234,8 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
     runner_config.heartbeat = Duration::from_millis(300);
     let runner = InstanceRunner::start(runner_config).await;
 
-    let (status, created) = server
-        .call(
-            Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": "life", "target_num_nodes": 2,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let cluster = created["uuid"].as_str().expect("uuid").to_owned();
+    let cluster = server.create_and_deploy("life", 2).await;
     let cluster_path = format!("/api/infra/v1/nodecluster/{cluster}/");
-    let (status, body) = server
-        .call(Method::POST, &format!("{cluster_path}deploy/"), None)
-        .await;
-    assert_eq!(status, 202, "{body}");
     let cluster_state = |state: &'static str| {
         let server = &server;
         let path = cluster_path.clone();

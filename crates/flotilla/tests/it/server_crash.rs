@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_testkit::inspect::{self, Kind};
 use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
-use serde_json::{Value, json};
+
+use crate::support::{Api, printed_credentials, run_logs};
 
 /// Crash points: the K-th AWS call of the deploy (a deploy from nothing makes about 25).
 const CRASH_POINTS: &[u64] = &[2, 5, 9, 13, 17, 20];
@@ -69,72 +70,11 @@ async fn start(dir: &Path, port: u16, aws_endpoint: &str, run: u32) -> Server {
         assert!(
             started.elapsed() < START_LIMIT,
             "server never answered: {}",
-            logs(dir)
+            run_logs(dir)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Server { process }
-}
-
-fn logs(dir: &Path) -> String {
-    let mut all = String::new();
-    for run in 0..2 {
-        for stream in ["stdout", "stderr"] {
-            let path = dir.join(format!("{stream}-{run}.log"));
-            all.push_str(&format!(
-                "--- {stream} {run}\n{}\n",
-                std::fs::read_to_string(path).unwrap_or_default()
-            ));
-        }
-    }
-    all
-}
-
-/// The admin's credentials, printed by the first start.
-fn credentials(dir: &Path) -> (String, String) {
-    let text = std::fs::read_to_string(dir.join("stdout-0.log")).expect("stdout");
-    let value = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
-            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-    };
-    (
-        value("export DOCKERCLOUD_USER="),
-        value("export DOCKERCLOUD_APIKEY="),
-    )
-}
-
-struct Api {
-    base: String,
-    user: String,
-    key: String,
-    client: reqwest::Client,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value, Option<String>) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.key))
-            .timeout(Duration::from_secs(10));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let action = response
-            .headers()
-            .get("X-DockerCloud-Action-URI")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (status, response.json().await.unwrap_or(Value::Null), action)
-    }
 }
 
 /// One crash point, from a fresh account to the checks; panics with the reason on failure.
@@ -148,24 +88,14 @@ async fn crash_at(k: u64) {
     let dir: PathBuf = dir_guard.path().to_owned();
     let port = flotilla_testkit::free_port();
     let mut server = start(&dir, port, &proxy.endpoint(), 0).await;
-    let (user, key) = credentials(&dir);
+    let (user, key) = printed_credentials(&dir.join("stdout-0.log"));
     let api = Api {
         base: format!("http://127.0.0.1:{port}"),
         user,
         key,
         client: reqwest::Client::new(),
     };
-    let (status, created, _) = api
-        .call(
-            reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": format!("crash{k}"), "target_num_nodes": 6,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-        )
-        .await;
-    assert_eq!(status, 201, "k={k}: {created}");
-    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let uuid = api.create_cluster(&format!("crash{k}"), 6).await;
     let path = format!("/api/infra/v1/nodecluster/{uuid}/");
 
     proxy.clear_log();
@@ -175,7 +105,7 @@ async fn crash_at(k: u64) {
             .fault(Fault::Delay(Duration::from_secs(60))),
     );
     let (status, body, action_uri) = api
-        .call(reqwest::Method::POST, &format!("{path}deploy/"), None)
+        .call_with_action(reqwest::Method::POST, &format!("{path}deploy/"), None)
         .await;
     assert_eq!(status, 202, "k={k}: {body}");
     let action_uri = action_uri.expect("the deploy's action");
@@ -192,11 +122,11 @@ async fn crash_at(k: u64) {
         assert!(
             started.elapsed() < CONVERGE_LIMIT,
             "k={k}: the deploy stalled at {done} calls: {}",
-            logs(&dir)
+            run_logs(&dir)
         );
     }
     // The held call keeps the deploy from finishing: this is a crash mid-deploy.
-    let (_, before, _) = api.call(reqwest::Method::GET, &path, None).await;
+    let (_, before) = api.call(reqwest::Method::GET, &path, None).await;
     assert_eq!(before["state"], "Deploying", "k={k}: {before:#}");
     server.process.start_kill().expect("SIGKILL");
     server.process.wait().await.expect("reaped");
@@ -206,7 +136,7 @@ async fn crash_at(k: u64) {
     let _server = start(&dir, port, &proxy.endpoint(), 1).await;
     let started = Instant::now();
     let cluster = loop {
-        let (status, cluster, _) = api.call(reqwest::Method::GET, &path, None).await;
+        let (status, cluster) = api.call(reqwest::Method::GET, &path, None).await;
         assert_eq!(status, 200, "k={k}: {cluster}");
         if cluster["state"] == "Deployed" && cluster["current_num_nodes"] == 6 {
             break cluster;
@@ -214,12 +144,12 @@ async fn crash_at(k: u64) {
         assert!(
             started.elapsed() < CONVERGE_LIMIT,
             "k={k}: never Deployed with 6 nodes: {cluster:#}\n{}",
-            logs(&dir)
+            run_logs(&dir)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(cluster["target_num_nodes"], 6, "k={k}");
-    let (_, action, _) = api.call(reqwest::Method::GET, &action_uri, None).await;
+    let (_, action) = api.call(reqwest::Method::GET, &action_uri, None).await;
     assert_eq!(action["state"], "Success", "k={k}: {action:#}");
 
     let ec2 = inspect::ec2_client(&inspector.endpoint(), "us-east-1").await;

@@ -19,9 +19,9 @@ use flotilla_testkit::inspect::ec2_client;
 use flotilla_testkit::runner::parse_user_data;
 use flotilla_testkit::{FaultProxy, Moto};
 use futures::StreamExt as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::support::LIMIT;
+use crate::support::{Api, LIMIT, printed_credentials};
 
 /// A CA, a server certificate for 127.0.0.1 and localhost signed by it, and an unrelated CA.
 struct Pki {
@@ -85,10 +85,7 @@ fn https_client(ca: Option<&Path>) -> reqwest::Client {
 
 /// `flotilla server` over TLS, killed on drop.
 struct TlsServer {
-    base: String,
-    user: String,
-    key: String,
-    client: reqwest::Client,
+    api: Api,
     _process: tokio::process::Child,
     dir: tempfile::TempDir,
 }
@@ -143,37 +140,29 @@ impl TlsServer {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let text = std::fs::read_to_string(dir.path().join("stdout.log")).expect("stdout");
-        let value = |prefix: &str| {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
-                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-        };
+        let (user, key) = printed_credentials(&dir.path().join("stdout.log"));
         TlsServer {
-            base,
-            user: value("export DOCKERCLOUD_USER="),
-            key: value("export DOCKERCLOUD_APIKEY="),
-            client,
+            api: Api {
+                base,
+                user,
+                key,
+                client,
+            },
             _process: process,
             dir,
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.key));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for TlsServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
@@ -247,16 +236,7 @@ async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
         .await
         .expect("websocket over TLS");
     assert_eq!(response.status().as_u16(), 101);
-    let (status, created) = server
-        .call(
-            reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": "tls", "target_num_nodes": 1,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
+    server.create_cluster("tls", 1).await;
     loop {
         let frame = tokio::time::timeout(LIMIT, socket.next())
             .await
@@ -367,25 +347,7 @@ async fn an_agent_registers_over_https_only_when_it_trusts_the_ca() {
     .await;
     assert!(server.base.starts_with("https://"));
 
-    let (status, created) = server
-        .call(
-            reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": "secure", "target_num_nodes": 1,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
-    let (status, body) = server
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    let uuid = server.create_and_deploy("secure", 1).await;
 
     // The instance's user data: the https URL, the token and the CA for the node.
     let ec2 = ec2_client(&inspect.endpoint(), "us-east-1").await;

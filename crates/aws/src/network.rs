@@ -25,6 +25,7 @@ use flotilla_core::cloud::{
 use flotilla_core::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, SubnetPlan, plan_subnets};
 use flotilla_core::spec::VpcOptions;
 use flotilla_core::tags;
+use flotilla_core::plan::network::usable_zones;
 use futures::future::join_all;
 
 use crate::call::CallError;
@@ -101,32 +102,12 @@ pub(crate) async fn ensure(aws: &Aws, request: &NetworkRequest) -> Result<Networ
     }
 }
 
-/// The AZs the network may use: the region's available AZs, limited to `allowed_azs`.
+/// The AZs the network may use (`flotilla_core::plan::network::usable_zones`).
 async fn candidate_zones(
     aws: &Aws,
     request: &NetworkRequest,
 ) -> Result<(Vec<String>, Vec<String>), CloudError> {
-    let zones = aws.zones_of(&request.region).await?;
-    let all: Vec<String> = zones.iter().map(|z| z.name.clone()).collect();
-    let mut candidates: Vec<String> = zones
-        .iter()
-        .filter(|z| z.available)
-        .map(|z| z.name.clone())
-        .collect();
-    if let Some(allowed) = &request.allowed_azs {
-        if let Some(unknown) = allowed.iter().find(|az| !all.contains(az)) {
-            return Err(CloudError::InvalidResource {
-                field: "availability_zones".into(),
-                message: format!(
-                    "{unknown} is not an availability zone of {} (it has: {})",
-                    request.region,
-                    all.join(", ")
-                ),
-            });
-        }
-        candidates.retain(|az| allowed.contains(az));
-    }
-    Ok((all, candidates))
+    usable_zones(request, &aws.zones_of(&request.region).await?)
 }
 
 async fn describe_subnets(

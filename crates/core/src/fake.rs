@@ -234,11 +234,18 @@ impl Cloud for FakeCloud {
             operation: "plan".into(),
             message: e.to_string(),
         })?;
-        let allowed = request.allowed_azs.clone().unwrap_or(all);
+        let zones: Vec<AvailabilityZone> = all
+            .iter()
+            .map(|name| AvailabilityZone {
+                name: name.clone(),
+                available: true,
+            })
+            .collect();
+        let (_, usable) = crate::plan::network::usable_zones(request, &zones)?;
         let subnets: Vec<Subnet> = plan
             .subnets
             .iter()
-            .filter(|p| allowed.contains(&p.availability_zone))
+            .filter(|p| usable.contains(&p.availability_zone))
             .map(|p| Subnet {
                 id: format!("subnet-{}", p.availability_zone),
                 availability_zone: p.availability_zone.clone(),

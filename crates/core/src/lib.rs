@@ -5,18 +5,18 @@
 //! decisions that matter — where a node goes, which node is removed, which subnet CIDR an
 //! AZ gets, whether a state change is legal — are unit- and property-tested in milliseconds.
 //!
-//! The [`cloud::Cloud`] trait names the operations Flotilla needs from a cloud in terms of
-//! intent (`ensure_network`, `launch_nodes`, …). The real implementation lives in the `aws`
-//! crate; [`fake::FakeCloud`] is an in-memory one for fast tests. [`converge`] is the one
-//! engine that drives any `Cloud` from desired state to observed state: it holds no state of
-//! its own between calls, so a crash at any point is recovered by simply calling it again.
+//! Every choice about the cloud is made by a planner in [`plan`]: `plan(desired, observed)`,
+//! synchronous and deterministic. The [`cloud::Cloud`] trait names the operations an
+//! executor carries plans out with, in terms of intent (`ensure_network`, `launch_nodes`,
+//! …). The real implementation lives in the `aws` crate; [`fake::FakeCloud`] is an
+//! in-memory one for fast tests. The executor itself is the server's `execute` module.
 
 pub mod bootstrap;
 pub mod cloud;
-pub mod converge;
 pub mod fake;
 pub mod network;
 pub mod placement;
+pub mod plan;
 pub mod spec;
 pub mod state;
 pub mod tags;

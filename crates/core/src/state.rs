@@ -82,10 +82,12 @@ impl ClusterState {
         )
     }
 
-    /// The state a settled cluster with `deployed` of `target` nodes is in.
+    /// The state a settled cluster with `deployed` of `target` nodes is in. With none
+    /// deployed it is `Empty cluster` ("no nodes deployed"), whatever the target: `Partly
+    /// deployed` means "some nodes deployed and running".
     pub fn settled(deployed: u32, target: u32) -> ClusterState {
         match (deployed, target) {
-            (0, 0) => ClusterState::EmptyCluster,
+            (0, _) => ClusterState::EmptyCluster,
             (d, t) if d >= t => ClusterState::Deployed,
             _ => ClusterState::PartlyDeployed,
         }
@@ -251,6 +253,14 @@ mod tests {
                 target: 0
             }),
             Ok(CS::EmptyCluster)
+        );
+        assert_eq!(
+            CS::Deploying.apply(CE::Settled {
+                deployed: 0,
+                target: 2
+            }),
+            Ok(CS::EmptyCluster),
+            "a deploy with no node up is not Partly deployed"
         );
         let s = CS::Deployed.apply(CE::Terminate).expect("terminate");
         assert_eq!(s.apply(CE::TerminationFinished), Ok(CS::Terminated));

@@ -15,10 +15,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use flotilla_aws::{Aws, AwsSettings};
 use flotilla_core::bootstrap::user_data;
 use flotilla_core::cloud::{Cloud, Instance, Network, NetworkRequest};
-use flotilla_core::converge::{PassInput, run_pass};
+use flotilla_core::plan::cluster::{Desired, NetworkUse};
 use flotilla_core::placement::{PlacedNode, nodes_per_az};
 use flotilla_core::tags::engine_cluster_uuid;
 use flotilla_core::{CloudError, ClusterSpec};
+use flotilla_server::execute;
 use serde_json::{Value, json};
 
 use crate::launch_options::LaunchOptions;
@@ -251,14 +252,12 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         "cluster {} ({cluster_uuid}): {} x {} in {}",
         spec.name, spec.target_num_nodes, spec.node_type, spec.region
     );
-    let input = PassInput {
+    let desired = Desired {
         cluster_uuid: &cluster_uuid,
         generation: 0,
         spec: &spec,
-        network_request: &request,
         key_name: args.launch.key_name.as_deref(),
         next_slot: 0,
-        terminating: &[],
     };
     let user_data = |nodes: &[flotilla_core::cloud::NodeSlot]| {
         // No server, so no agent: only a server holds the secret that registration
@@ -271,7 +270,7 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         )
     };
     let log = |line: String| eprintln!("  {line}");
-    let (network, report) = run_pass(aws, &input, &user_data, &log)
+    let report = execute::converge(aws, &desired, &request, &[], &user_data, &log)
         .await
         .map_err(explain)?;
     let calls: u64 = aws.call_counts().values().sum();
@@ -286,8 +285,8 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         &spec.name,
         &cluster_uuid,
         &spec.region,
-        Some(&network),
-        &report.instances,
+        Some(&report.network),
+        &report.instances(),
         calls,
         format,
     );
@@ -341,33 +340,29 @@ async fn down(
     keep_network: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let (cluster_uuid, alive) = live_instances(aws, owner, cluster).await?;
-    let ids: Vec<String> = alive.iter().map(|i| i.instance_id.clone()).collect();
-    eprintln!(
-        "cluster {} ({cluster_uuid}): terminating {} node(s)",
-        cluster.name,
-        ids.len()
-    );
-    for id in &ids {
-        eprintln!("  terminating {id}");
-    }
-    aws.terminate_nodes(&cluster.region, &ids)
-        .await
-        .map_err(explain)?;
-    let mut deleted = Vec::new();
-    if !keep_network {
-        match aws.teardown_network(&cluster.region).await {
-            Ok(report) => deleted = report.deleted,
-            // Another cluster still runs on the network: that is the point of sharing it.
-            Err(CloudError::DependencyViolation { blocking, .. }) => {
+    let cluster_uuid = engine_cluster_uuid(owner, &cluster.region, &cluster.name);
+    eprintln!("cluster {} ({cluster_uuid}): removing", cluster.name);
+    // The engine keeps no list of clusters: the teardown itself refuses while another
+    // cluster's instances use the network, and that refusal only means "kept".
+    let network = if keep_network {
+        NetworkUse::Keep
+    } else {
+        NetworkUse::Auto {
+            other_clusters: Vec::new(),
+        }
+    };
+    let log = |line: String| eprintln!("  {line}");
+    let removed =
+        match execute::remove(aws, &cluster.region, &cluster_uuid, &network, &log).await {
+            Ok(removed) => removed,
+            Err((removed, CloudError::DependencyViolation { blocking, .. })) => {
                 eprintln!("  network kept: {blocking}");
+                removed
             }
-            Err(error) => return Err(explain(error)),
-        }
-        for line in &deleted {
-            eprintln!("  {line}");
-        }
-    }
+            Err((_, error)) => return Err(explain(error)),
+        };
+    let ids = removed.terminated;
+    let deleted = removed.teardown.map(|t| t.deleted).unwrap_or_default();
     let calls: u64 = aws.call_counts().values().sum();
     match format {
         Format::Json => output::print_json(&json!({

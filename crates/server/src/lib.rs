@@ -26,6 +26,7 @@ pub mod backup;
 pub mod catalog;
 pub mod dns;
 pub mod events;
+pub mod execute;
 pub mod http;
 pub mod login;
 pub mod openapi;

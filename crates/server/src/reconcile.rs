@@ -48,14 +48,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_api::{action_state, date};
-use flotilla_core::cloud::{
-    Cloud, CloudError, Ingress, Instance, InstanceState, NetworkRequest, NodeSlot,
+use flotilla_core::cloud::{Cloud, CloudError, Ingress, Instance, InstanceState, NetworkRequest, NodeSlot};
+pub use flotilla_core::plan::cluster::NodeReady;
+use flotilla_core::plan::cluster::{
+    Desired, NetworkUse, NodeProgress, Outcome, Progress, Verdict, node_state_of, settle, verdict,
 };
-use flotilla_core::converge::{PassInput, run_pass};
 use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use tokio::sync::{Notify, RwLock, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::execute;
 use crate::store::{
     ActionRecord, ClusterRecord, FinishAction, NodeRecord, Store, StoreError, Transition,
 };
@@ -70,16 +72,6 @@ pub struct UserDataRequest<'a> {
     /// The batch's registration token (hex), for `first_slot = nodes[0].slot` and
     /// `count = nodes.len()`; see `agent_api::batch_token`.
     pub registration_token: &'a str,
-}
-
-/// When a node counts as `Deployed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NodeReady {
-    /// When its agent registers (production).
-    #[default]
-    AgentRegistered,
-    /// As soon as its instance runs (set-ups without agents).
-    InstanceRunning,
 }
 
 /// Builds the user data of one launch batch.
@@ -187,19 +179,32 @@ struct Engine<C> {
     settings: ReconcileSettings,
     shared: Arc<Shared>,
     region_locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
-    /// The last full pass of each busy cluster: its generation, when it ended, and whether
-    /// it left instances pending. See [`Engine::converge`].
-    last_pass: Mutex<HashMap<String, LastPass>>,
+}
+
+/// What a cluster's worker remembers of its last full pass, and why it needs to.
+///
+/// A pass is level-triggered and needs none of this to be correct: a restarted server has
+/// none and simply observes again. It exists for cost. While a deploy waits for agents,
+/// every registration nudges the cluster; without this, each nudge would be a full cloud
+/// observation (N registrations, N `DescribeInstances`). With it, a nudge within the window
+/// after a full pass that found every instance launched only re-reads the store. And while
+/// instances are starting, it counts the observations so far, for the planner's growing
+/// re-observation delay.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassMemory {
+    last: Option<LastPass>,
+    /// Consecutive full passes of this generation that left the work unfinished.
+    unfinished: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct LastPass {
     generation: u64,
     at: std::time::Instant,
-    /// Instances it saw still starting.
+    /// It saw instances still starting.
     pending_instances: bool,
-    /// Nodes removed by hand whose termination EC2 had not confirmed.
-    awaiting_termination: bool,
+    /// It ended waiting for agents only: nothing more to ask the cloud.
+    awaiting_agents_only: bool,
 }
 
 /// Creates the handle and the supervisor that serves it.
@@ -219,7 +224,6 @@ pub fn reconciler<C: Cloud + 'static>(
         settings,
         shared: shared.clone(),
         region_locks: Mutex::new(HashMap::new()),
-        last_pass: Mutex::new(HashMap::new()),
     });
     (Reconciler { shared }, Supervisor { engine, starts })
 }
@@ -259,8 +263,10 @@ impl<C: Cloud + 'static> Supervisor<C> {
 /// When the next pass should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
-    /// Work under way (pending instances): poll.
+    /// Work under way: poll.
     Soon,
+    /// Instances are starting: observe again after this pause (at most the poll interval).
+    After(Duration),
     /// A transient failure: poll, counting it.
     Retry,
     /// Settled: observe now and then.
@@ -271,8 +277,9 @@ enum Next {
 
 async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify: Arc<Notify>) {
     let mut failures = 0u32;
+    let mut memory = PassMemory::default();
     loop {
-        let next = match engine.pass(&uuid, failures).await {
+        let next = match engine.pass(&uuid, failures, &mut memory).await {
             Ok(next) => next,
             Err(error) => {
                 tracing::warn!(cluster = uuid, %error, "reconcile pass failed on the store");
@@ -283,6 +290,7 @@ async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify
         let pause = match next {
             Next::Done => break,
             Next::Soon | Next::Retry => engine.settings.poll_interval,
+            Next::After(pause) => pause.min(engine.settings.poll_interval),
             Next::Idle => engine.settings.resync_interval,
         };
         // A nudge during the pass left a permit, so it is not lost: the next pass starts
@@ -311,17 +319,6 @@ async fn region_observer<C: Cloud + 'static>(engine: Arc<Engine<C>>) {
     }
 }
 
-fn node_state_of(instance: &Instance, ready: NodeReady) -> NodeState {
-    match instance.state {
-        InstanceState::Running if ready == NodeReady::InstanceRunning => NodeState::Deployed,
-        // The store keeps a node its agent brought up (see `Store::upsert_node`).
-        InstanceState::Running => NodeState::Deploying,
-        InstanceState::Pending => NodeState::Deploying,
-        InstanceState::Stopping | InstanceState::Stopped => NodeState::Unreachable,
-        InstanceState::ShuttingDown | InstanceState::Terminated => NodeState::Terminated,
-    }
-}
-
 impl<C: Cloud + 'static> Engine<C> {
     fn region_lock(&self, region: &str) -> Arc<RwLock<()>> {
         self.region_locks
@@ -343,7 +340,12 @@ impl<C: Cloud + 'static> Engine<C> {
         Ok(())
     }
 
-    async fn pass(&self, uuid: &str, failures: u32) -> Result<Next, StoreError> {
+    async fn pass(
+        &self,
+        uuid: &str,
+        failures: u32,
+        memory: &mut PassMemory,
+    ) -> Result<Next, StoreError> {
         let Some(cluster) = self.store.cluster(uuid).await? else {
             return Ok(Next::Done);
         };
@@ -351,7 +353,7 @@ impl<C: Cloud + 'static> Engine<C> {
             ClusterState::Terminated => Ok(Next::Done),
             ClusterState::Init => Ok(Next::Idle),
             ClusterState::Deploying | ClusterState::Scaling => {
-                self.converge(&cluster, failures).await
+                self.converge(&cluster, failures, memory).await
             }
             ClusterState::Terminating => self.terminate(&cluster, failures).await,
             ClusterState::Deployed | ClusterState::PartlyDeployed | ClusterState::EmptyCluster => {
@@ -367,49 +369,46 @@ impl<C: Cloud + 'static> Engine<C> {
         })
     }
 
-    /// Deploying or Scaling: converge to the target, then settle.
-    async fn converge(&self, cluster: &ClusterRecord, failures: u32) -> Result<Next, StoreError> {
-        if self.action_state(cluster).await?.as_deref() == Some(action_state::CANCELING) {
+    /// Deploying or Scaling: observe, plan and apply through `execute::converge`, record
+    /// what was observed, then let the planner's verdict settle the cluster or say when to
+    /// look again.
+    async fn converge(
+        &self,
+        cluster: &ClusterRecord,
+        failures: u32,
+        memory: &mut PassMemory,
+    ) -> Result<Next, StoreError> {
+        if memory.last.is_some_and(|l| l.generation != cluster.generation) {
+            *memory = PassMemory::default();
+        }
+        let canceling =
+            self.action_state(cluster).await?.as_deref() == Some(action_state::CANCELING);
+        if canceling {
             self.note(cluster, "Canceled; the cluster keeps the nodes it has")
                 .await?;
-            self.settle(cluster, action_state::CANCELED).await?;
-            return Ok(Next::Idle);
+            return self.conclude(cluster, Outcome::Canceled, memory).await;
         }
-        // Agents registering nudge the cluster one by one. After a full pass that left
-        // nothing pending, the cloud has nothing new to say until the resync interval: only
-        // the store is checked, so registrations cost no AWS call (N registrations are not
-        // N passes). With instances pending, full passes come at the poll interval — but an
-        // agent registering proves its instance runs, so when agents decide readiness, the
-        // deploy settles as soon as the last awaited agent registers, without another pass.
-        let recent = self
-            .last_pass
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&cluster.uuid)
-            .copied()
-            .filter(|p| {
-                let window = if p.pending_instances || p.awaiting_termination {
-                    self.settings.poll_interval
-                } else {
-                    self.settings.resync_interval
-                };
-                p.generation == cluster.generation && p.at.elapsed() < window
-            });
+        // See `PassMemory`: registrations nudge the cluster one by one; after a full pass
+        // that left only agents to wait for, a nudge re-reads the store, not the cloud.
+        let recent = memory.last.filter(|last| {
+            let window = if last.pending_instances {
+                self.settings.poll_interval
+            } else {
+                self.settings.resync_interval
+            };
+            last.awaiting_agents_only && last.at.elapsed() < window
+        });
         if let Some(last) = recent {
-            let observe_again = last.awaiting_termination
-                || (last.pending_instances
-                    && self.settings.node_ready != NodeReady::AgentRegistered);
-            if observe_again || self.awaiting_agents(cluster).await? {
-                return Ok(Next::Soon);
-            }
-            self.settle(cluster, action_state::SUCCESS).await?;
-            return Ok(Next::Idle);
+            let progress = self
+                .progress(cluster, last.pending_instances, false, memory.unfinished)
+                .await?;
+            return self.act_on(cluster, &progress, memory).await;
         }
         let spec = cluster.desired_spec();
         let region = spec.region.clone();
 
-        // Nodes a user removed one by one (`DELETE node/{uuid}/`): terminated here, out of
-        // the count from now on, `Terminated` once EC2 confirms (below).
+        // Nodes a user removed one by one (`DELETE node/{uuid}/`): out of the count from
+        // now on, terminated by the plan, `Terminated` once EC2 confirms (below).
         let doomed: Vec<NodeRecord> = self
             .store
             .nodes_of(&cluster.uuid)
@@ -422,28 +421,18 @@ impl<C: Cloud + 'static> Engine<C> {
             .map(|n| n.instance_id.clone())
             .filter(|id| !id.is_empty())
             .collect();
-        if !doomed_ids.is_empty() {
-            self.note(cluster, &format!("terminating {}", doomed_ids.join(", ")))
-                .await?;
-            if let Err(error) = self.cloud.terminate_nodes(&region, &doomed_ids).await {
-                return self.converge_failed(cluster, error, failures).await;
-            }
-        }
-
         let request = NetworkRequest::for_spec(
             &spec,
             self.settings.image_id.clone(),
             self.settings.allowed_azs.clone(),
             self.settings.ingress.clone(),
         );
-        let input = PassInput {
+        let desired = Desired {
             cluster_uuid: &cluster.uuid,
             generation: cluster.generation,
             spec: &spec,
-            network_request: &request,
             key_name: self.settings.key_name.as_deref(),
             next_slot: cluster.next_slot,
-            terminating: &doomed_ids,
         };
         let secret = crate::agent_api::load_secret(&self.store).await?;
         let user_data = |nodes: &[NodeSlot]| {
@@ -463,50 +452,42 @@ impl<C: Cloud + 'static> Engine<C> {
             None => Some(lock.read().await),
             Some(_) => None,
         };
-        // Log lines go to the action while the pass runs, not only at its end.
-        let (sender, mut lines) = mpsc::unbounded_channel::<String>();
-        let log = move |line: String| {
-            let _ = sender.send(line);
-        };
-        let (input, user_data) = (&input, &user_data);
-        let work = async move {
-            let result = run_pass(self.cloud.as_ref(), input, user_data, &log).await;
-            drop(log);
-            result
-        };
-        let writer = async {
-            while let Some(line) = lines.recv().await {
-                self.note(cluster, &line).await?;
-            }
-            Ok::<(), StoreError>(())
-        };
-        let (result, written) = tokio::join!(work, writer);
-        written?;
-        let (network, report) = match result {
-            Ok(done) => done,
-            Err(error) => return self.converge_failed(cluster, error, failures).await,
+        let (desired, request, doomed_ids, user_data) =
+            (&desired, &request, &doomed_ids, &user_data);
+        let result = self
+            .streamed(cluster, |log| async move {
+                execute::converge(
+                    self.cloud.as_ref(),
+                    desired,
+                    request,
+                    doomed_ids,
+                    user_data,
+                    &log,
+                )
+                .await
+            })
+            .await?;
+        let report = match result {
+            Ok(report) => report,
+            Err(error) => return self.converge_failed(cluster, error, failures, memory).await,
         };
         self.store
             .raise_next_slot(&cluster.uuid, report.next_slot)
             .await?;
-        let cidrs: BTreeMap<&str, &str> = network
+        let cidrs: BTreeMap<&str, &str> = report
+            .network
             .subnets
             .iter()
             .map(|s| (s.id.as_str(), s.cidr.as_str()))
             .collect();
-        let observed_at = date::now_unix();
-        self.record(
-            cluster,
-            &report.instances,
-            &report.terminated,
-            &cidrs,
-            observed_at,
-        )
-        .await?;
+        let live = report.instances();
+        self.record(cluster, &live, &report.terminated, &cidrs, date::now_unix())
+            .await?;
         let mut awaiting_termination = false;
         for node in &doomed {
             let alive = report
                 .observed
+                .instances
                 .iter()
                 .any(|i| i.instance_id == node.instance_id && i.state.is_alive());
             if alive {
@@ -530,47 +511,129 @@ impl<C: Cloud + 'static> Engine<C> {
                     .await?;
             }
         }
-        let pending_instances = report
-            .instances
-            .iter()
-            .any(|i| i.state == InstanceState::Pending);
-        self.last_pass
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                cluster.uuid.clone(),
-                LastPass {
-                    generation: cluster.generation,
-                    at: std::time::Instant::now(),
-                    pending_instances,
-                    awaiting_termination,
-                },
-            );
-        if awaiting_termination
-            || (pending_instances && self.settings.node_ready != NodeReady::AgentRegistered)
-            || self.awaiting_agents(cluster).await?
-        {
-            return Ok(Next::Soon);
-        }
-        self.settle(cluster, action_state::SUCCESS).await?;
-        Ok(Next::Idle)
+        let pending_instances = live.iter().any(|i| i.state == InstanceState::Pending);
+        let progress = self
+            .progress(
+                cluster,
+                pending_instances,
+                awaiting_termination,
+                memory.unfinished,
+            )
+            .await?;
+        memory.last = Some(LastPass {
+            generation: cluster.generation,
+            at: std::time::Instant::now(),
+            pending_instances,
+            awaiting_agents_only: !awaiting_termination,
+        });
+        self.act_on(cluster, &progress, memory).await
     }
 
-    /// Some running node's agent has not registered yet, and it may still: the deploy
-    /// waits for it.
-    async fn awaiting_agents(&self, cluster: &ClusterRecord) -> Result<bool, StoreError> {
-        if self.settings.node_ready != NodeReady::AgentRegistered {
-            return Ok(false);
-        }
+    /// Runs `work` with a log function whose lines go to the cluster's action as they come,
+    /// not only when the work ends.
+    async fn streamed<'a, T, F, Fut>(&'a self, cluster: &ClusterRecord, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Box<dyn Fn(String) + Send + Sync + 'a>) -> Fut,
+        Fut: std::future::Future<Output = T> + 'a,
+    {
+        let (sender, mut lines) = mpsc::unbounded_channel::<String>();
+        let log: Box<dyn Fn(String) + Send + Sync + 'a> = Box::new(move |line: String| {
+            let _ = sender.send(line);
+        });
+        // The log (and with it the sender) is dropped when `work` ends, which ends `writer`.
+        let work = work(log);
+        let writer = async {
+            while let Some(line) = lines.recv().await {
+                self.note(cluster, &line).await?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let (result, written) = tokio::join!(work, writer);
+        written?;
+        Ok(result)
+    }
+
+    /// Where the cluster's work stands, from the store and the last observation.
+    async fn progress(
+        &self,
+        cluster: &ClusterRecord,
+        pending_instances: bool,
+        awaiting_termination: bool,
+        unfinished_observations: u32,
+    ) -> Result<Progress, StoreError> {
         let now = date::now_unix();
-        let timeout =
-            i64::try_from(self.settings.registration_timeout.as_secs()).unwrap_or(i64::MAX);
-        Ok(self
+        let nodes = self
             .store
             .nodes_of(&cluster.uuid)
             .await?
             .iter()
-            .any(|n| n.state == NodeState::Deploying && now.saturating_sub(n.created_at) < timeout))
+            .map(|n| NodeProgress {
+                state: n.state,
+                age_secs: now.saturating_sub(n.created_at),
+            })
+            .collect();
+        Ok(Progress {
+            state: cluster.state,
+            target: cluster.target_num_nodes,
+            canceling: false,
+            nodes,
+            pending_instances,
+            awaiting_termination,
+            node_ready: self.settings.node_ready,
+            registration_timeout_secs: i64::try_from(self.settings.registration_timeout.as_secs())
+                .unwrap_or(i64::MAX),
+            unfinished_observations,
+        })
+    }
+
+    /// Carries out the planner's verdict on a busy cluster.
+    async fn act_on(
+        &self,
+        cluster: &ClusterRecord,
+        progress: &Progress,
+        memory: &mut PassMemory,
+    ) -> Result<Next, StoreError> {
+        match verdict(progress) {
+            Ok(Verdict::ObserveAgain { after_ms }) => {
+                memory.unfinished = memory.unfinished.saturating_add(1);
+                Ok(Next::After(Duration::from_millis(after_ms)))
+            }
+            Ok(Verdict::AwaitAgents) => Ok(Next::Soon),
+            Ok(Verdict::Settle {
+                next,
+                deployed,
+                outcome,
+            }) => {
+                self.settle(cluster, next, deployed, outcome).await?;
+                *memory = PassMemory::default();
+                Ok(Next::Idle)
+            }
+            Err(illegal) => {
+                tracing::warn!(cluster = cluster.uuid, %illegal, "cannot settle the cluster");
+                Ok(Next::Idle)
+            }
+        }
+    }
+
+    /// Ends a busy cluster's work with `outcome`, whatever its nodes are doing.
+    async fn conclude(
+        &self,
+        cluster: &ClusterRecord,
+        outcome: Outcome,
+        memory: &mut PassMemory,
+    ) -> Result<Next, StoreError> {
+        let progress = self.progress(cluster, false, false, 0).await?;
+        *memory = PassMemory::default();
+        match settle(&progress, outcome) {
+            Ok(Verdict::Settle {
+                next, deployed, ..
+            }) => self.settle(cluster, next, deployed, outcome).await?,
+            Ok(_) => {}
+            Err(illegal) => {
+                tracing::warn!(cluster = cluster.uuid, %illegal, "cannot settle the cluster");
+            }
+        }
+        Ok(Next::Idle)
     }
 
     async fn converge_failed(
@@ -578,6 +641,7 @@ impl<C: Cloud + 'static> Engine<C> {
         cluster: &ClusterRecord,
         error: CloudError,
         failures: u32,
+        memory: &mut PassMemory,
     ) -> Result<Next, StoreError> {
         if error.is_transient() && failures < self.settings.max_transient_failures {
             self.note(cluster, &format!("{error}; trying again"))
@@ -585,8 +649,7 @@ impl<C: Cloud + 'static> Engine<C> {
             return Ok(Next::Retry);
         }
         self.note(cluster, &format!("Failed: {error}")).await?;
-        self.settle(cluster, action_state::FAILED).await?;
-        Ok(Next::Idle)
+        self.conclude(cluster, Outcome::Failed, memory).await
     }
 
     /// Writes what was observed: live instances, ones this pass terminated, and stored
@@ -607,7 +670,7 @@ impl<C: Cloud + 'static> Engine<C> {
                 let state = if terminated.contains(instance) {
                     NodeState::Terminated
                 } else {
-                    node_state_of(instance, self.settings.node_ready)
+                    node_state_of(instance.state, self.settings.node_ready)
                 };
                 let private_ip = instance.private_ip.as_ref().map(|ip| {
                     match cidrs
@@ -690,20 +753,23 @@ impl<C: Cloud + 'static> Engine<C> {
         Ok(())
     }
 
-    /// Ends a Deploying/Scaling cluster's work: the cluster's settled state and the end of
-    /// its action commit together, so a client never sees the action finished while the
-    /// cluster is still busy, and a crash leaves either both or neither.
-    async fn settle(&self, cluster: &ClusterRecord, outcome: &str) -> Result<(), StoreError> {
-        let nodes = self.store.nodes_of(&cluster.uuid).await?;
-        let deployed = nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Deployed)
-            .count() as u32;
+    /// Ends a Deploying/Scaling cluster's work in the state the planner chose: the cluster's
+    /// settled state and the end of its action commit together, so a client never sees the
+    /// action finished while the cluster is still busy, and a crash leaves either both or
+    /// neither.
+    async fn settle(
+        &self,
+        cluster: &ClusterRecord,
+        next: ClusterState,
+        deployed: u32,
+        outcome: Outcome,
+    ) -> Result<(), StoreError> {
         let target = cluster.target_num_nodes;
-        let next = cluster
-            .state
-            .apply(ClusterEvent::Settled { deployed, target })
-            .unwrap_or(ClusterState::settled(deployed, target));
+        let outcome = match outcome {
+            Outcome::Success => action_state::SUCCESS,
+            Outcome::Failed => action_state::FAILED,
+            Outcome::Canceled => action_state::CANCELED,
+        };
         let now = date::now_unix();
         self.note(
             cluster,
@@ -953,72 +1019,68 @@ impl<C: Cloud + 'static> Engine<C> {
         Ok(())
     }
 
-    /// Terminating: terminate every instance, then tear down the region's auto network when
-    /// no other cluster uses it, then the cluster is Terminated.
+    /// Terminating: `execute::remove` terminates every instance and tears the region's auto
+    /// network down when the planner finds no other cluster on it; then the cluster is
+    /// Terminated.
     async fn terminate(&self, cluster: &ClusterRecord, failures: u32) -> Result<Next, StoreError> {
         let region = cluster.spec.region.clone();
-        let observed = match self.cloud.describe_cluster(&region, &cluster.uuid).await {
-            Ok(observed) => observed,
-            Err(error) => return self.terminate_failed(cluster, error, failures).await,
+        let lock = self.region_lock(&region);
+        // Held exclusively for an auto network: a teardown must not race a deploy's
+        // `ensure_network`, and the other users are counted under it.
+        let (_exclusive, network) = match cluster.spec.provider_options.vpc {
+            Some(_) => (None, NetworkUse::UserVpc),
+            None => {
+                let guard = lock.write().await;
+                let other_clusters: Vec<String> = self
+                    .store
+                    .clusters()
+                    .await?
+                    .into_iter()
+                    .filter(|c| {
+                        c.uuid != cluster.uuid
+                            && c.spec.region == region
+                            && c.spec.provider_options.vpc.is_none()
+                            && !matches!(c.state, ClusterState::Init | ClusterState::Terminated)
+                    })
+                    .map(|c| c.name)
+                    .collect();
+                (Some(guard), NetworkUse::Auto { other_clusters })
+            }
         };
-        let alive: Vec<&Instance> = observed.iter().filter(|i| i.state.is_alive()).collect();
-        if !alive.is_empty() {
-            let ids: Vec<String> = alive.iter().map(|i| i.instance_id.clone()).collect();
-            self.note(
-                cluster,
-                &format!("terminating {} node(s): {}", ids.len(), ids.join(", ")),
-            )
-            .await?;
-            if let Err(error) = self.cloud.terminate_nodes(&region, &ids).await {
-                return self.terminate_failed(cluster, error, failures).await;
-            }
-        }
-        let now = date::now_unix();
-        for node in self.store.nodes_of(&cluster.uuid).await? {
-            if node.state != NodeState::Terminated {
-                self.store.set_node_terminated(&node.uuid, now).await?;
-            }
-        }
-
-        if cluster.spec.provider_options.vpc.is_none() {
-            let lock = self.region_lock(&region);
-            let _exclusive = lock.write().await;
-            let users: Vec<String> = self
-                .store
-                .clusters()
-                .await?
-                .into_iter()
-                .filter(|c| {
-                    c.uuid != cluster.uuid
-                        && c.spec.region == region
-                        && c.spec.provider_options.vpc.is_none()
-                        && !matches!(c.state, ClusterState::Init | ClusterState::Terminated)
-                })
-                .map(|c| c.name)
-                .collect();
-            if users.is_empty() {
-                match self.cloud.teardown_network(&region).await {
-                    Ok(report) => {
-                        for line in &report.deleted {
-                            self.note(cluster, line).await?;
-                        }
-                    }
-                    Err(error) => return self.terminate_failed(cluster, error, failures).await,
-                }
-            } else {
-                self.note(
-                    cluster,
-                    &format!(
-                        "keeping the network of {region}: still used by {}",
-                        users.join(", ")
-                    ),
+        let (region_ref, network_ref) = (&region, &network);
+        let result = self
+            .streamed(cluster, |log| async move {
+                execute::remove(
+                    self.cloud.as_ref(),
+                    region_ref,
+                    &cluster.uuid,
+                    network_ref,
+                    &log,
                 )
-                .await?;
+                .await
+            })
+            .await?;
+        let (removed, error) = match result {
+            Ok(removed) => (removed, None),
+            Err((removed, error)) => (removed, Some(error)),
+        };
+        if removed.instances_terminated {
+            let now = date::now_unix();
+            for node in self.store.nodes_of(&cluster.uuid).await? {
+                if node.state != NodeState::Terminated {
+                    self.store.set_node_terminated(&node.uuid, now).await?;
+                }
             }
+        }
+        if let Some(error) = error {
+            return self.terminate_failed(cluster, error, failures).await;
         }
 
         self.note(cluster, "Node cluster is Terminated").await?;
         let now = date::now_unix();
+        let Ok(next) = cluster.state.apply(ClusterEvent::TerminationFinished) else {
+            return Ok(Next::Done);
+        };
         let transition = Transition {
             current_action: Some(None),
             destroyed_at: Some(now),
@@ -1028,7 +1090,7 @@ impl<C: Cloud + 'static> Engine<C> {
                 end_date: now,
                 can_be_retried: false,
             }),
-            ..Transition::new(ClusterState::Terminating, ClusterState::Terminated)
+            ..Transition::new(cluster.state, next)
         };
         self.store
             .transition_cluster(&cluster.uuid, &transition, None, None)

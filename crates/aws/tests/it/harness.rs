@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use flotilla_aws::{Aws, AwsSettings, StaticCredentials};
 use flotilla_core::cloud::{Ingress, Network, NetworkRequest};
-use flotilla_core::converge::{ConvergeReport, PassInput, run_pass};
+use flotilla_core::plan::cluster::Desired;
+use flotilla_server::execute::{Converged, converge};
 use flotilla_core::{CloudError, ClusterSpec};
 use flotilla_testkit::inspect::{self, Kind};
 use flotilla_testkit::{FaultProxy, Moto};
@@ -103,24 +104,24 @@ pub async fn pass(
     cluster: &str,
     spec: &ClusterSpec,
     request: &NetworkRequest,
-) -> Result<(Network, ConvergeReport, Vec<String>), CloudError> {
+) -> Result<(Network, Converged, Vec<String>), CloudError> {
     let lines = Mutex::new(Vec::new());
-    let input = PassInput {
+    let desired = Desired {
         cluster_uuid: cluster,
         generation: 1,
         spec,
-        network_request: request,
         key_name: None,
         next_slot: 0,
-        terminating: &[],
     };
-    let result = run_pass(
+    let result = converge(
         aws,
-        &input,
+        &desired,
+        request,
+        &[],
         &|_| "#!/bin/sh\necho flotilla\n".into(),
         &|line| lines.lock().expect("lock").push(line),
     )
     .await;
     let lines = lines.into_inner().expect("lock");
-    result.map(|(network, report)| (network, report, lines))
+    result.map(|report| (report.network.clone(), report, lines))
 }

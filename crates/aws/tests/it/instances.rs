@@ -236,7 +236,7 @@ async fn a_capacity_error_in_one_az_moves_its_nodes_to_the_others() {
         .await
         .expect("deploy");
     assert_eq!(report.launched.len(), 6);
-    assert_eq!(report.unusable_azs.len(), 1);
+    assert_eq!(report.refused_azs().len(), 1);
     let counts = env.running_per_zone("us-east-1").await;
     assert_eq!(counts.get("us-east-1a"), Some(&3));
     assert_eq!(counts.get("us-east-1b"), None);

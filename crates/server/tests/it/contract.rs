@@ -661,8 +661,10 @@ async fn a_failed_deploy_fails_its_action_with_the_reason_and_can_be_retried() {
             .contains("no capacity"),
         "{action:#}"
     );
+    // No node came up: "Empty cluster" (no nodes deployed), not "Partly deployed" (some
+    // nodes deployed and running).
     let cluster = server
-        .wait_for_cluster(&uuid, "Partly deployed", LIMIT)
+        .wait_for_cluster(&uuid, "Empty cluster", LIMIT)
         .await;
     assert_eq!(cluster["current_num_nodes"], 0);
 

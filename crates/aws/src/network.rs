@@ -22,10 +22,10 @@ use aws_sdk_ec2::types::{Filter, InstanceType, IpPermission, IpRange, Placement,
 use flotilla_core::cloud::{
     CloudError, Network, NetworkRequest, SkippedAz, Subnet, TeardownReport,
 };
-use flotilla_core::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, SubnetPlan, plan_subnets};
+use flotilla_core::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
+use flotilla_core::plan::network::usable_zones;
 use flotilla_core::spec::VpcOptions;
 use flotilla_core::tags;
-use flotilla_core::plan::network::usable_zones;
 use futures::future::join_all;
 
 use crate::call::CallError;
@@ -33,36 +33,13 @@ use crate::call::Idempotency::{CreatesSomething, Safe};
 use crate::instances::{filter, tag, tag_filter, tag_spec};
 use crate::{Aws, Image};
 
-#[derive(Debug, Clone)]
-struct FoundSubnet {
-    id: String,
-    availability_zone: String,
-    cidr: String,
-    vpc_id: String,
-    owned: bool,
-}
-
-#[derive(Debug, Clone)]
-struct FoundGateway {
-    id: String,
-    attached_to: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-struct FoundRouteTable {
-    id: String,
-    has_default_route: bool,
-    /// (association id, subnet id) of explicit subnet associations.
-    associations: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone)]
-struct FoundSecurityGroup {
-    id: String,
-    vpc_id: String,
-    /// (protocol, from port, to port, cidr) of every ingress rule.
-    rules: BTreeSet<(String, i32, i32, String)>,
-}
+// What the describes found, in the planner's terms.
+use flotilla_core::plan::network::{
+    DescribedGateway as FoundGateway, DescribedRouteTable as FoundRouteTable,
+    DescribedSecurityGroup as FoundSecurityGroup, DescribedSubnet as FoundSubnet, DescribedVpc,
+    Rule, first_round_duplicates, keep_gateway, keep_route_table, keep_vpc, missing_rules,
+    one_per_zone, second_round_duplicates, unassociated, wanted_rules, zones_without_subnet,
+};
 
 fn name_tags(aws: &Aws, name: &str, role: &str) -> Vec<aws_sdk_ec2::types::Tag> {
     vec![
@@ -404,30 +381,13 @@ async fn create_subnets(
     Ok((created, skipped))
 }
 
-/// The rules the node security group must have: everything from inside the VPC, and the
-/// management ports from the configured outside networks only.
-fn wanted_rules(request: &NetworkRequest, vpc_cidr: &str) -> BTreeSet<(String, i32, i32, String)> {
-    let mut rules = BTreeSet::from([("-1".to_owned(), -1, -1, vpc_cidr.to_owned())]);
-    for cidr in &request.ingress.cidrs {
-        for port in &request.ingress.ports {
-            rules.insert((
-                "tcp".to_owned(),
-                i32::from(*port),
-                i32::from(*port),
-                cidr.clone(),
-            ));
-        }
-    }
-    rules
-}
-
 async fn authorize_missing(
     aws: &Aws,
     region: &str,
     group: &FoundSecurityGroup,
-    wanted: &BTreeSet<(String, i32, i32, String)>,
+    wanted: &BTreeSet<Rule>,
 ) -> Result<Vec<String>, CloudError> {
-    let missing: Vec<&(String, i32, i32, String)> = wanted.difference(&group.rules).collect();
+    let missing = missing_rules(wanted, group);
     if missing.is_empty() {
         return Ok(Vec::new());
     }
@@ -479,10 +439,11 @@ async fn create_security_group(
     vpc_id: &str,
 ) -> Result<FoundSecurityGroup, CloudError> {
     let ec2 = aws.ec2(region);
-    let output = aws
+    let name = format!("{}-{}", tags::NAME_SECURITY_GROUP, vpc_id);
+    let result = aws
         .send(region, "CreateSecurityGroup", CreatesSomething, || {
             ec2.create_security_group()
-                .group_name(format!("{}-{}", tags::NAME_SECURITY_GROUP, vpc_id))
+                .group_name(&name)
                 .description("Flotilla nodes: open inside the VPC, management ports only from configured networks")
                 .vpc_id(vpc_id)
                 .tag_specifications(tag_spec(
@@ -491,40 +452,36 @@ async fn create_security_group(
                 ))
                 .send()
         })
-        .await
-        .map_err(cloud_error)?;
+        .await;
+    let output = match result {
+        Ok(output) => output,
+        // Another deploy into the same VPC created it since we looked (the name is ours
+        // and deterministic): use that one.
+        Err(error) if error.is("InvalidGroup.Duplicate") => {
+            let found = describe_security_groups(
+                aws,
+                region,
+                vec![filter("vpc-id", &[vpc_id]), filter("group-name", &[&name])],
+                Vec::new(),
+            )
+            .await
+            .map_err(cloud_error)?;
+            return found.into_iter().next().ok_or_else(|| CloudError::Other {
+                operation: format!("CreateSecurityGroup in {region}"),
+                message: format!("{name} exists in {vpc_id} but cannot be described"),
+            });
+        }
+        Err(error) => return Err(cloud_error(error)),
+    };
+    let id = output.group_id().ok_or_else(|| CloudError::Other {
+        operation: format!("CreateSecurityGroup in {region}"),
+        message: "AWS returned no group id".into(),
+    })?;
     Ok(FoundSecurityGroup {
-        id: output.group_id().unwrap_or_default().to_owned(),
+        id: id.to_owned(),
         vpc_id: vpc_id.to_owned(),
         rules: BTreeSet::new(),
     })
-}
-
-/// One subnet per AZ, restricted to `zones`. If an AZ has two (a crashed run, or a subnet
-/// the user tagged as ours), the one in the AZ's planned block wins, then the lowest id.
-fn one_per_zone(
-    found: &[FoundSubnet],
-    vpc_id: &str,
-    zones: &[String],
-    plan: Option<&SubnetPlan>,
-) -> BTreeMap<String, FoundSubnet> {
-    let planned = |s: &FoundSubnet| {
-        plan.and_then(|p| p.for_az(&s.availability_zone))
-            .is_some_and(|p| p.cidr.to_string() == s.cidr)
-    };
-    let mut by_zone: BTreeMap<String, FoundSubnet> = BTreeMap::new();
-    for subnet in found
-        .iter()
-        .filter(|s| s.vpc_id == vpc_id && zones.contains(&s.availability_zone))
-    {
-        match by_zone.get(&subnet.availability_zone) {
-            Some(kept) if planned(kept) || !planned(subnet) => {}
-            _ => {
-                by_zone.insert(subnet.availability_zone.clone(), subnet.clone());
-            }
-        }
-    }
-    by_zone
 }
 
 async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, CloudError> {
@@ -560,53 +517,39 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
     let vpcs = vpcs.map_err(cloud_error)?;
     let subnets = subnets.map_err(cloud_error)?;
     let gateways = gateways.map_err(cloud_error)?;
-    let mut existing_vpcs: Vec<(String, String)> = vpcs
+    let existing_vpcs: Vec<DescribedVpc> = vpcs
         .vpcs()
         .iter()
-        .filter_map(|v| Some((v.vpc_id()?.to_owned(), v.cidr_block()?.to_owned())))
+        .filter_map(|v| {
+            Some(DescribedVpc {
+                id: v.vpc_id()?.to_owned(),
+                cidr: v.cidr_block()?.to_owned(),
+            })
+        })
         .collect();
-    existing_vpcs.sort();
-    let existing_vpc = existing_vpcs.first().cloned();
+    let kept_vpc = keep_vpc(&existing_vpcs);
+    let existing_vpc = kept_vpc.as_ref().map(|v| (v.id.clone(), v.cidr.clone()));
     // A create still in flight when an earlier run crashed can land after this run looked:
-    // then there are two. Keep one (the attached gateway, the lowest VPC id) and remove the
-    // others in round 4 if nothing uses them.
-    let gateway = existing_vpc
-        .as_ref()
-        .and_then(|(vpc, _)| gateways.iter().find(|g| g.attached_to.contains(vpc)))
-        .or_else(|| gateways.iter().find(|g| g.attached_to.is_empty()))
-        .or(gateways.first())
-        .cloned();
+    // then there are two. The planner keeps one; the others go in round 4 if unused.
+    let gateway = keep_gateway(kept_vpc.as_ref(), &gateways);
     let existing_plan = existing_vpc
         .as_ref()
         .and_then(|(_, cidr)| cidr.parse::<Ipv4Cidr>().ok())
         .and_then(|cidr| plan_subnets(cidr, &region_zones).ok());
-    let mut duplicates: Vec<(&'static str, String)> = Vec::new();
-    duplicates.extend(
-        existing_vpcs
-            .iter()
-            .skip(1)
-            .filter(|(id, _)| !subnets.iter().any(|s| &s.vpc_id == id))
-            .map(|(id, _)| ("VPC", id.clone())),
-    );
-    duplicates.extend(
-        gateways
-            .iter()
-            .filter(|g| {
-                g.attached_to.is_empty() && gateway.as_ref().is_some_and(|kept| kept.id != g.id)
-            })
-            .map(|g| ("internet gateway", g.id.clone())),
+    let mut duplicates = first_round_duplicates(
+        &existing_vpcs,
+        &subnets,
+        &gateways,
+        kept_vpc.as_ref(),
+        gateway.as_ref(),
     );
 
     // Round 2: the VPC and the gateway; dry runs; details of what hangs off an existing VPC.
     let missing_zones: Vec<String> = match &existing_vpc {
-        Some((vpc_id, _)) => {
-            let have = one_per_zone(&subnets, vpc_id, &candidates, existing_plan.as_ref());
-            candidates
-                .iter()
-                .filter(|z| !have.contains_key(*z))
-                .cloned()
-                .collect()
-        }
+        Some((vpc_id, _)) => zones_without_subnet(
+            &candidates,
+            &one_per_zone(&subnets, vpc_id, &candidates, existing_plan.as_ref()),
+        ),
         None => candidates.clone(),
     };
     let vpc_known = existing_vpc.as_ref().map(|(id, _)| id.clone());
@@ -696,39 +639,20 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
     let (zones_to_create, mut skipped) = dry_runs?;
     let tables = tables.map_err(cloud_error)?;
     let groups = groups.map_err(cloud_error)?;
-    // Keep the route table that already routes or is associated, and the first group.
-    let table = tables
-        .iter()
-        .find(|t| t.has_default_route || !t.associations.is_empty())
-        .or(tables.first())
-        .cloned();
+    let table = keep_route_table(&tables);
     let group = groups.first().cloned();
-    duplicates.extend(
-        tables
-            .iter()
-            .filter(|t| {
-                t.associations.is_empty() && table.as_ref().is_some_and(|kept| kept.id != t.id)
-            })
-            .map(|t| ("route table", t.id.clone())),
-    );
-    duplicates.extend(
-        groups
-            .iter()
-            .skip(1)
-            .map(|g| ("security group", g.id.clone())),
-    );
-    if let Some((vpc_id, _)) = &existing_vpc {
-        let kept = one_per_zone(&subnets, vpc_id, &candidates, existing_plan.as_ref());
-        duplicates.extend(
-            subnets
-                .iter()
-                .filter(|s| {
-                    &s.vpc_id == vpc_id
-                        && kept.get(&s.availability_zone).is_some_and(|k| k.id != s.id)
-                })
-                .map(|s| ("subnet", s.id.clone())),
-        );
-    }
+    let kept_subnets = match &existing_vpc {
+        Some((vpc_id, _)) => one_per_zone(&subnets, vpc_id, &candidates, existing_plan.as_ref()),
+        None => BTreeMap::new(),
+    };
+    duplicates.extend(second_round_duplicates(
+        &tables,
+        table.as_ref(),
+        &groups,
+        &subnets,
+        existing_vpc.as_ref().map(|(id, _)| id.as_str()),
+        &kept_subnets,
+    ));
     if vpc_created {
         changes.push(format!(
             "created VPC {vpc_id} ({vpc_cidr_text}, {})",
@@ -871,10 +795,7 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
 
     // Round 4: default route, associations, security group rules.
     let wanted = wanted_rules(request, &vpc_cidr_text);
-    let unassociated: Vec<&Subnet> = usable
-        .iter()
-        .filter(|s| !table.associations.iter().any(|(_, subnet)| *subnet == s.id))
-        .collect();
+    let unassociated: Vec<&Subnet> = unassociated(&usable, |s| s.id.as_str(), &table);
     let (route, associations, rules, removed) = tokio::join!(
         async {
             if table.has_default_route {

@@ -15,8 +15,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use flotilla_aws::{Aws, AwsSettings};
 use flotilla_core::bootstrap::user_data;
 use flotilla_core::cloud::{Cloud, Instance, Network, NetworkRequest};
-use flotilla_core::plan::cluster::{Desired, NetworkUse};
 use flotilla_core::placement::{PlacedNode, nodes_per_az};
+use flotilla_core::plan::cluster::{Desired, NetworkUse};
 use flotilla_core::tags::engine_cluster_uuid;
 use flotilla_core::{CloudError, ClusterSpec};
 use flotilla_server::execute;
@@ -352,15 +352,14 @@ async fn down(
         }
     };
     let log = |line: String| eprintln!("  {line}");
-    let removed =
-        match execute::remove(aws, &cluster.region, &cluster_uuid, &network, &log).await {
-            Ok(removed) => removed,
-            Err((removed, CloudError::DependencyViolation { blocking, .. })) => {
-                eprintln!("  network kept: {blocking}");
-                removed
-            }
-            Err((_, error)) => return Err(explain(error)),
-        };
+    let removed = match execute::remove(aws, &cluster.region, &cluster_uuid, &network, &log).await {
+        Ok(removed) => removed,
+        Err((removed, CloudError::DependencyViolation { blocking, .. })) => {
+            eprintln!("  network kept: {blocking}");
+            removed
+        }
+        Err((_, error)) => return Err(explain(error)),
+    };
     let ids = removed.terminated;
     let deleted = removed.teardown.map(|t| t.deleted).unwrap_or_default();
     let calls: u64 = aws.call_counts().values().sum();

@@ -102,7 +102,15 @@ pub async fn converge<C: Cloud>(
                 continue;
             }
         }
-        terminate(cloud, &desired.spec.region, &plan, &mut observed, &mut done, log).await?;
+        terminate(
+            cloud,
+            &desired.spec.region,
+            &plan,
+            &mut observed,
+            &mut done,
+            log,
+        )
+        .await?;
     }
     Err(CloudError::Other {
         operation: "plan".into(),
@@ -444,7 +452,11 @@ mod tests {
         .expect("pass");
         assert_eq!(report.next_slot, 10);
         assert_eq!(
-            report.instances().iter().map(|i| i.slot).collect::<Vec<_>>(),
+            report
+                .instances()
+                .iter()
+                .map(|i| i.slot)
+                .collect::<Vec<_>>(),
             vec![7, 8, 9]
         );
         let lines = lines.into_inner().expect("lock");

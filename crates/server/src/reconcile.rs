@@ -48,7 +48,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_api::{action_state, date};
-use flotilla_core::cloud::{Cloud, CloudError, Ingress, Instance, InstanceState, NetworkRequest, NodeSlot};
+use flotilla_core::cloud::{
+    Cloud, CloudError, Ingress, Instance, InstanceState, NetworkRequest, NodeSlot,
+};
 pub use flotilla_core::plan::cluster::NodeReady;
 use flotilla_core::plan::cluster::{
     Desired, NetworkUse, NodeProgress, Outcome, Progress, Verdict, node_state_of, settle, verdict,
@@ -378,7 +380,10 @@ impl<C: Cloud + 'static> Engine<C> {
         failures: u32,
         memory: &mut PassMemory,
     ) -> Result<Next, StoreError> {
-        if memory.last.is_some_and(|l| l.generation != cluster.generation) {
+        if memory
+            .last
+            .is_some_and(|l| l.generation != cluster.generation)
+        {
             *memory = PassMemory::default();
         }
         let canceling =
@@ -531,7 +536,11 @@ impl<C: Cloud + 'static> Engine<C> {
 
     /// Runs `work` with a log function whose lines go to the cluster's action as they come,
     /// not only when the work ends.
-    async fn streamed<'a, T, F, Fut>(&'a self, cluster: &ClusterRecord, work: F) -> Result<T, StoreError>
+    async fn streamed<'a, T, F, Fut>(
+        &'a self,
+        cluster: &ClusterRecord,
+        work: F,
+    ) -> Result<T, StoreError>
     where
         F: FnOnce(Box<dyn Fn(String) + Send + Sync + 'a>) -> Fut,
         Fut: std::future::Future<Output = T> + 'a,
@@ -625,9 +634,9 @@ impl<C: Cloud + 'static> Engine<C> {
         let progress = self.progress(cluster, false, false, 0).await?;
         *memory = PassMemory::default();
         match settle(&progress, outcome) {
-            Ok(Verdict::Settle {
-                next, deployed, ..
-            }) => self.settle(cluster, next, deployed, outcome).await?,
+            Ok(Verdict::Settle { next, deployed, .. }) => {
+                self.settle(cluster, next, deployed, outcome).await?
+            }
             Ok(_) => {}
             Err(illegal) => {
                 tracing::warn!(cluster = cluster.uuid, %illegal, "cannot settle the cluster");
@@ -953,9 +962,11 @@ impl<C: Cloud + 'static> Engine<C> {
         Ok(())
     }
 
-    /// Runs the network ensure of each distinct network the region's settled clusters use:
-    /// an auto network is repaired (and the repair written to the clusters' history); a
-    /// problem with a user's VPC is reported on its clusters.
+    /// Runs the network ensure of each distinct network the region's settled clusters ask
+    /// for: the region's auto network once (it is shared, and repaired; the repair is written
+    /// to the history of each cluster on it), and a user's VPC once per distinct
+    /// `provider_options`, so each cluster is judged by its own subnets, security groups and
+    /// instance profile, never by another cluster's.
     async fn check_drift(
         &self,
         region: &str,
@@ -964,21 +975,19 @@ impl<C: Cloud + 'static> Engine<C> {
     ) -> Result<(), StoreError> {
         let mut checked: BTreeMap<Option<String>, Result<Vec<String>, String>> = BTreeMap::new();
         for cluster in clusters {
-            let vpc = cluster
-                .spec
-                .provider_options
+            let request = NetworkRequest::for_spec(
+                &cluster.spec,
+                self.settings.image_id.clone(),
+                self.settings.allowed_azs.clone(),
+                self.settings.ingress.clone(),
+            );
+            let key = request
                 .vpc
                 .as_ref()
-                .map(|v| v.id.clone());
-            if !checked.contains_key(&vpc) {
-                let request = NetworkRequest::for_spec(
-                    &cluster.spec,
-                    self.settings.image_id.clone(),
-                    self.settings.allowed_azs.clone(),
-                    self.settings.ingress.clone(),
-                );
+                .map(|vpc| serde_json::json!([vpc, request.instance_profile_name]).to_string());
+            if !checked.contains_key(&key) {
                 let lock = self.region_lock(region);
-                let _shared = match vpc {
+                let _shared = match key {
                     None => Some(lock.read().await),
                     Some(_) => None,
                 };
@@ -990,9 +999,9 @@ impl<C: Cloud + 'static> Engine<C> {
                     }
                     Err(error) => Err(error.to_string()),
                 };
-                checked.insert(vpc.clone(), outcome);
+                checked.insert(key.clone(), outcome);
             }
-            let line = match checked.get(&vpc) {
+            let line = match checked.get(&key) {
                 Some(Ok(changes)) if !changes.is_empty() => {
                     format!("Repaired the network: {}", changes.join("; "))
                 }

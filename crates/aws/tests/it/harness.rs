@@ -8,8 +8,8 @@ use std::time::Duration;
 use flotilla_aws::{Aws, AwsSettings, StaticCredentials};
 use flotilla_core::cloud::{Ingress, Network, NetworkRequest};
 use flotilla_core::plan::cluster::Desired;
-use flotilla_server::execute::{Converged, converge};
 use flotilla_core::{CloudError, ClusterSpec};
+use flotilla_server::execute::{Converged, converge};
 use flotilla_testkit::inspect::{self, Kind};
 use flotilla_testkit::{FaultProxy, Moto};
 

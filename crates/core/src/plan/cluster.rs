@@ -243,9 +243,11 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Result<Plan, NoUsable
         }
     }
 
-    for instance in observed.instances.iter().filter(|i| {
-        i.state.is_alive() && observed.removed_by_hand.contains(&i.instance_id)
-    }) {
+    for instance in observed
+        .instances
+        .iter()
+        .filter(|i| i.state.is_alive() && observed.removed_by_hand.contains(&i.instance_id))
+    {
         plan.terminations
             .push(termination(instance, Reason::RemovedByHand));
     }
@@ -399,11 +401,10 @@ pub fn verdict(progress: &Progress) -> Result<Verdict, IllegalTransition> {
     if progress.canceling {
         return settle(Outcome::Canceled);
     }
-    let starting =
-        progress.pending_instances && progress.node_ready == NodeReady::InstanceRunning;
+    let starting = progress.pending_instances && progress.node_ready == NodeReady::InstanceRunning;
     if progress.awaiting_termination || starting {
-        let after_ms = FIRST_REOBSERVE_MS
-            .saturating_mul(1u64 << progress.unfinished_observations.min(16));
+        let after_ms =
+            FIRST_REOBSERVE_MS.saturating_mul(1u64 << progress.unfinished_observations.min(16));
         return Ok(Verdict::ObserveAgain { after_ms });
     }
     let awaiting_agents = progress.node_ready == NodeReady::AgentRegistered
@@ -525,7 +526,11 @@ mod tests {
         assert_eq!(plan.next_slot, 6);
         apply(&mut observed, &plan, &mut 0);
         assert_eq!(per_az(&observed), vec![2, 2, 2]);
-        assert!(super::plan(&desired(&spec), &observed).expect("again").is_empty());
+        assert!(
+            super::plan(&desired(&spec), &observed)
+                .expect("again")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -586,11 +591,7 @@ mod tests {
         let mut observed = Observed::new(network());
         let mut counter = 0;
         let deploy = plan(&desired(&spec), &observed).expect("deploy");
-        apply(
-            &mut observed,
-            &deploy,
-            &mut counter,
-        );
+        apply(&mut observed, &deploy, &mut counter);
         let removed = observed.instances[1].instance_id.clone();
         observed.removed_by_hand.insert(removed.clone());
         let plan = plan(&desired(&spec), &observed).expect("replace");
@@ -600,7 +601,11 @@ mod tests {
             vec![termination(&observed.instances[1], Reason::RemovedByHand)]
         );
         apply(&mut observed, &plan, &mut counter);
-        assert!(super::plan(&desired(&spec), &observed).expect("again").is_empty());
+        assert!(
+            super::plan(&desired(&spec), &observed)
+                .expect("again")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -608,11 +613,7 @@ mod tests {
         let spec = spec(2);
         let mut observed = Observed::new(network());
         let deploy = plan(&desired(&spec), &observed).expect("deploy");
-        apply(
-            &mut observed,
-            &deploy,
-            &mut 0,
-        );
+        apply(&mut observed, &deploy, &mut 0);
         let shared = plan_removal(
             "us-east-1",
             &observed.instances,
@@ -634,8 +635,16 @@ mod tests {
             },
         );
         assert!(alone.teardown_network);
-        assert!(!plan_removal("us-east-1", &observed.instances, &NetworkUse::UserVpc).teardown_network);
-        observed.terminated(&alone.terminations.iter().map(|t| t.instance_id.clone()).collect::<Vec<_>>());
+        assert!(
+            !plan_removal("us-east-1", &observed.instances, &NetworkUse::UserVpc).teardown_network
+        );
+        observed.terminated(
+            &alone
+                .terminations
+                .iter()
+                .map(|t| t.instance_id.clone())
+                .collect::<Vec<_>>(),
+        );
         assert!(
             plan_removal("us-east-1", &observed.instances, &NetworkUse::Keep)
                 .terminations
@@ -728,7 +737,10 @@ mod tests {
             }
         ));
         p.state = ClusterState::Terminating;
-        assert!(verdict(&p).is_err(), "a cluster being removed does not settle");
+        assert!(
+            verdict(&p).is_err(),
+            "a cluster being removed does not settle"
+        );
     }
 
     /// A random scale operation: a new target, and possibly nodes removed by hand, lost out

@@ -455,20 +455,44 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
         .expect("our route table")
         .clone();
     let table_id = table.route_table_id().expect("id").to_owned();
-    for association in table.associations() {
-        if let Some(id) = association.route_table_association_id() {
-            ec2.disassociate_route_table()
-                .association_id(id)
-                .send()
-                .await
-                .expect("DisassociateRouteTable");
+    // The server's own drift repair may re-associate the table between our disassociation
+    // and the delete (DependencyViolation): then disassociate what it added and try again,
+    // until the table is gone.
+    wait_for(LIMIT, "the route table deleted", || async {
+        let current = ec2
+            .describe_route_tables()
+            .route_table_ids(&table_id)
+            .send()
+            .await
+            .ok()?;
+        for association in current.route_tables().iter().flat_map(|t| t.associations()) {
+            if let Some(id) = association.route_table_association_id() {
+                // Already gone is fine: the repair and this loop race on purpose.
+                let _ = ec2
+                    .disassociate_route_table()
+                    .association_id(id)
+                    .send()
+                    .await;
+            }
         }
-    }
-    ec2.delete_route_table()
-        .route_table_id(&table_id)
-        .send()
-        .await
-        .expect("DeleteRouteTable");
+        match ec2
+            .delete_route_table()
+            .route_table_id(&table_id)
+            .send()
+            .await
+        {
+            Ok(_) => Some(()),
+            Err(error) => {
+                let text = format!("{error:?}");
+                assert!(
+                    text.contains("DependencyViolation"),
+                    "DeleteRouteTable: {text}"
+                );
+                None
+            }
+        }
+    })
+    .await;
     wait_for(
         LIMIT,
         "a new route table with the default route",

@@ -423,9 +423,7 @@ async fn a_deploy_settles_without_agents_once_the_registration_timeout_passes() 
     config.reconcile.registration_timeout = Duration::ZERO;
     let server = TestServer::start(config, Arc::new(FakeCloud::new()), None).await;
     let uuid = deployed_cluster(&server, 2).await;
-    let cluster = server
-        .wait_for_cluster(&uuid, "Empty cluster", LIMIT)
-        .await;
+    let cluster = server.wait_for_cluster(&uuid, "Empty cluster", LIMIT).await;
     assert_eq!(cluster["current_num_nodes"], 2);
     let nodes = server
         .get(&format!("/api/infra/v1/node/?node_cluster={uuid}"))

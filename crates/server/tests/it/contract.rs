@@ -663,9 +663,7 @@ async fn a_failed_deploy_fails_its_action_with_the_reason_and_can_be_retried() {
     );
     // No node came up: "Empty cluster" (no nodes deployed), not "Partly deployed" (some
     // nodes deployed and running).
-    let cluster = server
-        .wait_for_cluster(&uuid, "Empty cluster", LIMIT)
-        .await;
+    let cluster = server.wait_for_cluster(&uuid, "Empty cluster", LIMIT).await;
     assert_eq!(cluster["current_num_nodes"], 0);
 
     let cancel = server

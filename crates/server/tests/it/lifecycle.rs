@@ -283,3 +283,142 @@ async fn server_state(dir: &tempfile::TempDir) -> String {
         .map(|c| c.state.to_string())
         .unwrap_or_default()
 }
+
+/// The logs of the cluster's "Node Cluster Network Check" history entries.
+async fn network_checks(server: &TestServer, uuid: &str) -> Vec<String> {
+    let object = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let listed = server.get("/api/audit/v1/action/?limit=1000").await.body;
+    let mut logs = Vec::new();
+    for action in listed["objects"].as_array().into_iter().flatten() {
+        if action["object"] == object.as_str() && action["action"] == "Node Cluster Network Check" {
+            let uri = action["resource_uri"].as_str().unwrap_or_default();
+            let detail = server.get(uri).await.body;
+            logs.push(detail["logs"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    logs
+}
+
+/// Two clusters in one user VPC, each on its own subnet: when one cluster's subnet is
+/// deleted, the periodic network check reports it on that cluster only — each cluster is
+/// judged by its own `provider_options`, not by the first cluster's of the VPC.
+#[tokio::test]
+async fn each_cluster_in_a_shared_vpc_is_judged_by_its_own_subnets() {
+    let env = Env::new().await;
+    let ec2 = env.ec2().await;
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.40.0.0/16")
+        .send()
+        .await
+        .expect("CreateVpc");
+    let vpc_id = vpc
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("vpc id")
+        .to_owned();
+    let mut subnets = Vec::new();
+    for (cidr, zone) in [("10.40.1.0/24", ZONES[0]), ("10.40.2.0/24", ZONES[1])] {
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(cidr)
+            .availability_zone(zone)
+            .send()
+            .await
+            .expect("CreateSubnet");
+        subnets.push(
+            subnet
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("subnet id")
+                .to_owned(),
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = moto_config(&dir);
+    let installation = flotilla_server::initialize(&config)
+        .await
+        .expect("initialize");
+    let owner = installation.owner_id.clone();
+    let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
+
+    let mut uuids = Vec::new();
+    for (name, subnet) in [("one", &subnets[0]), ("two", &subnets[1])] {
+        let mut spec = body(1);
+        spec["name"] = json!(name);
+        spec["provider_options"] = json!({"vpc": {"id": vpc_id, "subnets": [subnet]}});
+        let created = server
+            .call(Method::POST, "/api/infra/v1/nodecluster/", Some(spec))
+            .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        let uuid = created.body["uuid"].as_str().expect("uuid").to_owned();
+        let deploy = server
+            .call(
+                Method::POST,
+                &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
+                None,
+            )
+            .await;
+        assert_eq!(deploy.status, 202);
+        uuids.push(uuid);
+    }
+    for uuid in &uuids {
+        server.wait_for_cluster(uuid, "Deployed", LIMIT).await;
+    }
+
+    // Cluster two's instance and then its subnet disappear in the console.
+    let instances = ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("subnet-id")
+                .values(&subnets[1])
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeInstances");
+    let ids: Vec<String> = instances
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 1, "cluster two's one node");
+    ec2.terminate_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .expect("TerminateInstances");
+    ec2.delete_subnet()
+        .subnet_id(&subnets[1])
+        .send()
+        .await
+        .expect("DeleteSubnet");
+
+    let started = std::time::Instant::now();
+    loop {
+        let reports = network_checks(&server, &uuids[1]).await;
+        if reports
+            .iter()
+            .any(|log| log.contains("not usable") && log.contains(subnets[1].as_str()))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "cluster two was never told its subnet is gone: {reports:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The check that reported on cluster two judged cluster one in the same observation;
+    // two more observation periods make sure no later one blames cluster one either.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let one = network_checks(&server, &uuids[0]).await;
+    assert!(
+        one.iter().all(|log| !log.contains("not usable")),
+        "cluster one was blamed for another cluster's subnet: {one:?}"
+    );
+    server.stop().await;
+}

@@ -33,6 +33,11 @@ pub struct Args {
     /// Skip 30→60, 60→30 and rm.
     #[arg(long)]
     no_scale: bool,
+    /// When the server counts a node `Deployed`: when its agent registers (`agent`), or
+    /// as soon as EC2 says its instance runs (`running`, no agents; results go to
+    /// `provisioning-running`).
+    #[arg(long, default_value = "agent", value_parser = ["agent", "running"])]
+    node_ready: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,14 +77,14 @@ struct Run {
     fleet: Fleet,
 }
 
-async fn start_run(ctx: &Ctx, latency: Duration) -> anyhow::Result<Run> {
+async fn start_run(ctx: &Ctx, latency: Duration, node_ready: &str) -> anyhow::Result<Run> {
     let moto = tokio::task::spawn_blocking(Moto::shared).await?;
     let fault = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
     let timing = Arc::new(TimingProxy::start(fault.endpoint()).await?);
     let server = ServerProcess::start(
         &ctx.bin,
         &timing.endpoint(),
-        &["--node-ready".into(), "agent".into()],
+        &["--node-ready".into(), node_ready.into()],
     )
     .await?;
     // The catalogue (regions, zones, node types) is loaded once per server; load it before
@@ -266,12 +271,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     for &latency_ms in &args.latencies {
         let latency = Duration::from_millis(latency_ms);
         for &n in &args.nodes {
-            let run = start_run(ctx, latency).await?;
+            let run = start_run(ctx, latency, &args.node_ready).await?;
+            // Without agents, "every node Deployed" is the cluster reading Deployed.
+            let with_agents = args.node_ready == "agent";
+            let expect = |n: usize| with_agents.then_some(n);
             let (step, uuid) = run
                 .measure(
                     latency_ms,
                     &format!("create {n}"),
-                    Some(n as usize),
+                    expect(n as usize),
                     create(&run.server, n),
                     "Deployed",
                     Some(n),
@@ -283,7 +291,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                     .measure(
                         latency_ms,
                         "scale 30→60",
-                        Some(60),
+                        expect(60),
                         patch(&run.server, &uuid, 60),
                         "Deployed",
                         Some(60),
@@ -478,10 +486,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             ]);
         }
     }
+    let (name, title) = if args.node_ready == "agent" {
+        (
+            "provisioning",
+            "1. Provisioning (moto behind the testkit proxy, us-east-1, 3 AZs)",
+        )
+    } else {
+        (
+            "provisioning-running",
+            "1b. Provisioning with `--node-ready running` (no agents: Deployed when EC2 says running)",
+        )
+    };
     let report = ctx.report(
-        "provisioning",
-        "1. Provisioning (moto behind the testkit proxy, us-east-1, 3 AZs)",
-        json!({"latencies_ms": args.latencies, "nodes": args.nodes, "node_ready": "agent", "agents": "simulated in-process, boot at RunInstances answer", "poll_ms": POLL.as_millis() as u64}),
+        name,
+        title,
+        json!({"latencies_ms": args.latencies, "nodes": args.nodes, "node_ready": args.node_ready, "agents": if args.node_ready == "agent" { "simulated in-process, boot at RunInstances answer" } else { "none" }, "poll_ms": POLL.as_millis() as u64}),
         targets,
         vec![table, attributable, actions],
         json!({"steps": steps}),

@@ -529,7 +529,7 @@ impl<C: Cloud + 'static> Engine<C> {
             generation: cluster.generation,
             at: std::time::Instant::now(),
             pending_instances,
-            awaiting_agents_only: !awaiting_termination,
+            awaiting_agents_only: verdict(&progress) == Ok(Verdict::AwaitAgents),
         });
         self.act_on(cluster, &progress, memory).await
     }

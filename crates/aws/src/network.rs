@@ -37,8 +37,9 @@ use crate::{Aws, Image};
 use flotilla_core::plan::network::{
     DescribedGateway as FoundGateway, DescribedRouteTable as FoundRouteTable,
     DescribedSecurityGroup as FoundSecurityGroup, DescribedSubnet as FoundSubnet, DescribedVpc,
-    Rule, first_round_duplicates, keep_gateway, keep_route_table, keep_vpc, missing_rules,
-    one_per_zone, second_round_duplicates, unassociated, wanted_rules, zones_without_subnet,
+    Rule, TeardownStep, first_round_duplicates, keep_gateway, keep_route_table, keep_vpc,
+    missing_rules, one_per_zone, second_round_duplicates, teardown_phases, unassociated,
+    wanted_rules, zones_without_subnet,
 };
 
 fn name_tags(aws: &Aws, name: &str, role: &str) -> Vec<aws_sdk_ec2::types::Tag> {
@@ -1205,94 +1206,65 @@ pub(crate) async fn teardown(aws: &Aws, region: &str) -> Result<TeardownReport, 
         waited += Duration::from_secs(2);
     }
 
+    // The order is the planner's: phases whose steps run concurrently.
     let mut deleted = Vec::new();
-    // 1. Associations, security groups, gateway attachments.
-    let disassociations =
-        tables
-            .iter()
-            .flat_map(|t| t.associations.iter())
-            .map(|(association, subnet)| {
-                let ec2 = ec2.clone();
-                async move {
-                    let result = aws
-                        .send(region, "DisassociateRouteTable", Safe, || {
-                            ec2.disassociate_route_table()
-                                .association_id(association)
-                                .send()
-                        })
-                        .await;
-                    ignore_missing(result, "InvalidAssociationID")
-                        .map(|_| format!("route table association {association} ({subnet})"))
-                }
-            });
-    let group_deletions = groups
-        .iter()
-        .map(|g| delete_security_group(aws, region, &g.id));
-    let detachments = gateways
-        .iter()
-        .flat_map(|g| {
-            g.attached_to
-                .iter()
-                .map(move |vpc| (g.id.clone(), vpc.clone()))
-        })
-        .map(|(gateway, vpc)| {
-            let ec2 = ec2.clone();
-            async move {
-                let result = aws
-                    .send(region, "DetachInternetGateway", Safe, || {
-                        ec2.detach_internet_gateway()
-                            .internet_gateway_id(&gateway)
-                            .vpc_id(&vpc)
-                            .send()
-                    })
-                    .await;
-                ignore_missing(result, "Gateway.NotAttached")
-                    .or_else(|e| {
-                        if e.starts_with("InvalidInternetGatewayID") {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map(|_| format!("gateway attachment {gateway} -> {vpc}"))
-            }
-        });
-    let (a, b, c) = tokio::join!(
-        join_all(disassociations),
-        join_all(group_deletions),
-        join_all(detachments)
-    );
-    for line in a.into_iter().chain(c) {
-        deleted.push(format!("detached {}", line.map_err(cloud_error)?));
-    }
-    for result in b {
-        deleted.push(result?);
-    }
-
-    // 2. Route tables, subnets, gateways.
-    let table_deletions = tables
-        .iter()
-        .map(|t| delete_simple(aws, region, "route table", &t.id));
-    let subnet_deletions = subnets
-        .iter()
-        .map(|s| delete_simple(aws, region, "subnet", &s.id));
-    let gateway_deletions = gateways
-        .iter()
-        .map(|g| delete_simple(aws, region, "internet gateway", &g.id));
-    let (a, b, c) = tokio::join!(
-        join_all(table_deletions),
-        join_all(subnet_deletions),
-        join_all(gateway_deletions)
-    );
-    for result in a.into_iter().chain(b).chain(c) {
-        deleted.push(result?);
-    }
-
-    // 3. The VPCs.
-    for result in join_all(vpcs.iter().map(|v| delete_simple(aws, region, "VPC", v))).await {
-        deleted.push(result?);
+    for phase in teardown_phases(&vpcs, &subnets, &gateways, &tables, &groups) {
+        let results = join_all(phase.iter().map(|step| teardown_step(aws, region, step))).await;
+        for result in results {
+            deleted.push(result?);
+        }
     }
     Ok(TeardownReport { deleted })
+}
+
+/// Carries out one teardown step; "already gone" is success.
+async fn teardown_step(aws: &Aws, region: &str, step: &TeardownStep) -> Result<String, CloudError> {
+    let ec2 = aws.ec2(region);
+    match step {
+        TeardownStep::Disassociate {
+            association,
+            subnet,
+        } => {
+            let result = aws
+                .send(region, "DisassociateRouteTable", Safe, || {
+                    ec2.disassociate_route_table()
+                        .association_id(association)
+                        .send()
+                })
+                .await;
+            ignore_missing(result, "InvalidAssociationID").map_err(cloud_error)?;
+            Ok(format!(
+                "detached route table association {association} ({subnet})"
+            ))
+        }
+        TeardownStep::DetachGateway { gateway, vpc } => {
+            let result = aws
+                .send(region, "DetachInternetGateway", Safe, || {
+                    ec2.detach_internet_gateway()
+                        .internet_gateway_id(gateway)
+                        .vpc_id(vpc)
+                        .send()
+                })
+                .await;
+            ignore_missing(result, "Gateway.NotAttached")
+                .or_else(|e| {
+                    if e.starts_with("InvalidInternetGatewayID") {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(cloud_error)?;
+            Ok(format!("detached gateway attachment {gateway} -> {vpc}"))
+        }
+        TeardownStep::DeleteSecurityGroup(id) => {
+            delete_simple(aws, region, "security group", id).await
+        }
+        TeardownStep::DeleteRouteTable(id) => delete_simple(aws, region, "route table", id).await,
+        TeardownStep::DeleteSubnet(id) => delete_simple(aws, region, "subnet", id).await,
+        TeardownStep::DeleteGateway(id) => delete_simple(aws, region, "internet gateway", id).await,
+        TeardownStep::DeleteVpc(id) => delete_simple(aws, region, "VPC", id).await,
+    }
 }
 
 fn ignore_missing<T>(result: Result<T, CallError>, code_prefix: &str) -> Result<(), CallError> {
@@ -1301,10 +1273,6 @@ fn ignore_missing<T>(result: Result<T, CallError>, code_prefix: &str) -> Result<
         Err(error) if error.starts_with(code_prefix) => Ok(()),
         Err(error) => Err(error),
     }
-}
-
-async fn delete_security_group(aws: &Aws, region: &str, id: &str) -> Result<String, CloudError> {
-    delete_simple(aws, region, "security group", id).await
 }
 
 /// Deletes one resource by id; "not found" is success, a dependency violation names what

@@ -259,6 +259,90 @@ pub fn usable_zones(
     Ok((all, usable))
 }
 
+/// One step of tearing a network down.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TeardownStep {
+    Disassociate { association: String, subnet: String },
+    DetachGateway { gateway: String, vpc: String },
+    DeleteSecurityGroup(String),
+    DeleteRouteTable(String),
+    DeleteSubnet(String),
+    DeleteGateway(String),
+    DeleteVpc(String),
+}
+
+impl TeardownStep {
+    /// What must be gone or detached before this step can succeed.
+    pub fn depends_on(&self, other: &TeardownStep) -> bool {
+        use TeardownStep as T;
+        match (self, other) {
+            (T::DeleteRouteTable(_), T::Disassociate { .. }) => true,
+            (T::DeleteSubnet(subnet), T::Disassociate { subnet: s, .. }) => subnet == s,
+            (T::DeleteGateway(gateway), T::DetachGateway { gateway: g, .. }) => gateway == g,
+            (T::DeleteVpc(vpc), T::DetachGateway { vpc: v, .. }) => vpc == v,
+            (
+                T::DeleteVpc(_),
+                T::DeleteSecurityGroup(_) | T::DeleteRouteTable(_) | T::DeleteSubnet(_),
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The teardown of everything of ours in a region, as phases: the steps of one phase run
+/// concurrently, and a phase starts once the one before it succeeded. A step comes only
+/// after every step it depends on (associations before route tables and subnets,
+/// attachments before gateways, everything inside a VPC before the VPC).
+pub fn teardown_phases(
+    vpcs: &[String],
+    subnets: &[DescribedSubnet],
+    gateways: &[DescribedGateway],
+    tables: &[DescribedRouteTable],
+    groups: &[DescribedSecurityGroup],
+) -> Vec<Vec<TeardownStep>> {
+    let first: Vec<TeardownStep> = tables
+        .iter()
+        .flat_map(|t| t.associations.iter())
+        .map(|(association, subnet)| TeardownStep::Disassociate {
+            association: association.clone(),
+            subnet: subnet.clone(),
+        })
+        .chain(
+            groups
+                .iter()
+                .map(|g| TeardownStep::DeleteSecurityGroup(g.id.clone())),
+        )
+        .chain(gateways.iter().flat_map(|g| {
+            g.attached_to.iter().map(|vpc| TeardownStep::DetachGateway {
+                gateway: g.id.clone(),
+                vpc: vpc.clone(),
+            })
+        }))
+        .collect();
+    let second: Vec<TeardownStep> = tables
+        .iter()
+        .map(|t| TeardownStep::DeleteRouteTable(t.id.clone()))
+        .chain(
+            subnets
+                .iter()
+                .map(|s| TeardownStep::DeleteSubnet(s.id.clone())),
+        )
+        .chain(
+            gateways
+                .iter()
+                .map(|g| TeardownStep::DeleteGateway(g.id.clone())),
+        )
+        .collect();
+    let third: Vec<TeardownStep> = vpcs
+        .iter()
+        .map(|v| TeardownStep::DeleteVpc(v.clone()))
+        .collect();
+    [first, second, third]
+        .into_iter()
+        .filter(|phase| !phase.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +430,86 @@ mod tests {
             ]
         );
         assert_eq!(zones_without_subnet(&zones, &kept), Vec::<String>::new());
+    }
+
+    fn described() -> impl proptest::strategy::Strategy<
+        Value = (
+            Vec<String>,
+            Vec<DescribedSubnet>,
+            Vec<DescribedGateway>,
+            Vec<DescribedRouteTable>,
+            Vec<DescribedSecurityGroup>,
+        ),
+    > {
+        use proptest::prelude::*;
+        (1usize..3, 0usize..4, 0usize..3, 0usize..3, 0usize..3).prop_map(
+            |(vpcs, subnets, gateways, tables, groups)| {
+                let vpc_ids: Vec<String> = (0..vpcs).map(|i| format!("vpc-{i}")).collect();
+                let subnet_list: Vec<DescribedSubnet> = (0..subnets)
+                    .map(|i| DescribedSubnet {
+                        vpc_id: vpc_ids[i % vpcs].clone(),
+                        ..subnet(&format!("subnet-{i}"), "us-east-1a", "10.0.0.0/24")
+                    })
+                    .collect();
+                let gateway_list = (0..gateways)
+                    .map(|i| DescribedGateway {
+                        id: format!("igw-{i}"),
+                        attached_to: if i == 0 {
+                            vec![vpc_ids[0].clone()]
+                        } else {
+                            vec![]
+                        },
+                    })
+                    .collect();
+                let table_list = (0..tables)
+                    .map(|i| DescribedRouteTable {
+                        id: format!("rtb-{i}"),
+                        has_default_route: i == 0,
+                        associations: subnet_list
+                            .iter()
+                            .filter(|_| i == 0)
+                            .enumerate()
+                            .map(|(k, s)| (format!("rtbassoc-{k}"), s.id.clone()))
+                            .collect(),
+                    })
+                    .collect();
+                let group_list = (0..groups)
+                    .map(|i| DescribedSecurityGroup {
+                        id: format!("sg-{i}"),
+                        vpc_id: vpc_ids[0].clone(),
+                        rules: BTreeSet::new(),
+                    })
+                    .collect();
+                (vpc_ids, subnet_list, gateway_list, table_list, group_list)
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// Every resource is in the teardown exactly once, and no step runs in a phase
+        /// before (or beside) a step it depends on.
+        #[test]
+        fn teardown_order_respects_dependencies((vpcs, subnets, gateways, tables, groups) in described()) {
+            let phases = teardown_phases(&vpcs, &subnets, &gateways, &tables, &groups);
+            let steps: Vec<(usize, &TeardownStep)> = phases
+                .iter()
+                .enumerate()
+                .flat_map(|(i, phase)| phase.iter().map(move |s| (i, s)))
+                .collect();
+            for (phase, step) in &steps {
+                for (other_phase, other) in &steps {
+                    if step.depends_on(other) {
+                        proptest::prop_assert!(other_phase < phase, "{:?} runs with or before {:?}", step, other);
+                    }
+                }
+            }
+            let deletions = steps.iter().filter(|(_, s)| matches!(s,
+                TeardownStep::DeleteVpc(_) | TeardownStep::DeleteSubnet(_) | TeardownStep::DeleteGateway(_)
+                | TeardownStep::DeleteRouteTable(_) | TeardownStep::DeleteSecurityGroup(_))).count();
+            proptest::prop_assert_eq!(deletions, vpcs.len() + subnets.len() + gateways.len() + tables.len() + groups.len());
+            let unique: BTreeSet<&TeardownStep> = steps.iter().map(|(_, s)| *s).collect();
+            proptest::prop_assert_eq!(unique.len(), steps.len());
+        }
     }
 
     #[test]

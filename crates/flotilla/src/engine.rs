@@ -16,7 +16,7 @@ use flotilla_aws::{Aws, AwsSettings};
 use flotilla_core::bootstrap::user_data;
 use flotilla_core::cloud::{Cloud, Instance, Network, NetworkRequest};
 use flotilla_core::placement::{PlacedNode, nodes_per_az};
-use flotilla_core::plan::cluster::{Desired, NetworkUse};
+use flotilla_core::plan::cluster::{Desired, NetworkUse, placed};
 use flotilla_core::tags::engine_cluster_uuid;
 use flotilla_core::{CloudError, ClusterSpec};
 use flotilla_server::execute;
@@ -400,15 +400,7 @@ fn print_cluster(
     calls: u64,
     format: Format,
 ) {
-    let placed: Vec<PlacedNode> = instances
-        .iter()
-        .map(|i| PlacedNode {
-            availability_zone: i.availability_zone.clone(),
-            subnet_id: i.subnet_id.clone(),
-            slot: i.slot,
-            healthy: true,
-        })
-        .collect();
+    let placed: Vec<PlacedNode> = instances.iter().map(placed).collect();
     let zones: Vec<&str> = network
         .map(|n| {
             n.subnets

@@ -292,6 +292,7 @@ mod tests {
     use flotilla_core::cloud::Ingress;
     use flotilla_core::fake::FakeCloud;
     use flotilla_core::placement::{PlacedNode, nodes_per_az};
+    use flotilla_core::plan::cluster::placed;
     use futures::executor::block_on;
     use serde_json::json;
     use std::collections::BTreeSet;
@@ -343,16 +344,7 @@ mod tests {
     }
 
     fn per_az(cloud: &FakeCloud) -> Vec<usize> {
-        let alive: Vec<PlacedNode> = cloud
-            .alive("c1")
-            .iter()
-            .map(|i| PlacedNode {
-                availability_zone: i.availability_zone.clone(),
-                subnet_id: i.subnet_id.clone(),
-                slot: i.slot,
-                healthy: true,
-            })
-            .collect();
+        let alive: Vec<PlacedNode> = cloud.alive("c1").iter().map(placed).collect();
         nodes_per_az(["us-east-1a", "us-east-1b", "us-east-1c"], &alive)
             .into_values()
             .collect()

@@ -151,7 +151,8 @@ pub struct NoUsableAz {
     pub reasons: String,
 }
 
-fn placed(instance: &Instance) -> PlacedNode {
+/// An instance as placement sees it (healthy while running).
+pub fn placed(instance: &Instance) -> PlacedNode {
     PlacedNode {
         availability_zone: instance.availability_zone.clone(),
         subnet_id: instance.subnet_id.clone(),

@@ -40,8 +40,9 @@
 //! * The handlers use their own small error type, mapped to `{"error": ...}` with the status
 //!   the agent acts on (401: wrong token; 403: right token, wrong node or used up), so the
 //!   user API's error enum stays as it is.
-//! * HMAC-SHA256 is written out here over `sha2` (RFC 2104, checked against RFC 4231's test
-//!   vectors) rather than pulling a second `digest` generation into the build.
+//! * Cryptography comes from crates, not from this file: HMAC-SHA256 from `hmac` (RFC 2104,
+//!   checked here against RFC 4231's test vectors) and token comparison from `subtle`
+//!   (constant time, so the time taken does not reveal a matching prefix).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,8 +57,10 @@ use flotilla_api::{self as api, date};
 use flotilla_core::cloud::Cloud;
 use flotilla_core::state::{NodeEvent, NodeState};
 use flotilla_core::tags::node_uuid;
+use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::{OnceCell, broadcast, watch};
 
 use crate::app::{App, AppError};
@@ -78,20 +81,12 @@ const MAX_AGENT_BODY: usize = 64 * 1024;
 
 /// HMAC-SHA256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block_key = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block_key[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block_key[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block_key.map(|b| b ^ 0x36));
-    inner.update(message);
-    let mut outer = Sha256::new();
-    outer.update(block_key.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    // HMAC accepts a key of any length (a long one is hashed first), so `new_from_slice`
+    // cannot fail.
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 /// The registration token of the launch batch `first_slot..first_slot + count` of a cluster.
@@ -117,10 +112,6 @@ pub async fn load_secret(store: &Store) -> Result<String, StoreError> {
 
 fn credential_hash(credential: &str) -> String {
     hex::encode(Sha256::digest(credential.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What the server remembers of a watched node between heartbeats.
@@ -574,7 +565,7 @@ impl<C: Cloud + 'static> App<C> {
             registration.first_slot,
             registration.count,
         );
-        if !constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+        if !bool::from(expected.as_bytes().ct_eq(token.as_bytes())) {
             return Err(AgentError::Unauthorized(
                 "the agent token is neither a node credential nor this batch's registration token"
                     .into(),
@@ -990,6 +981,21 @@ mod tests {
     #[test]
     fn batch_tokens_bind_secret_cluster_and_batch() {
         let token = batch_token("s", "c", 3, 2);
+    #[test]
+    fn batch_token_values_do_not_change() {
+        // Tokens already handed to launched instances must stay valid across upgrades:
+        // this value was computed by an independent HMAC implementation (Python's `hmac`).
+        assert_eq!(
+            batch_token(
+                "installation-secret",
+                "5516df0b-721e-4470-b350-741ff22e63a0",
+                3,
+                2
+            ),
+            "e0a87b42c7cc0d250866c7cd0919ddf0d7d4714c04eba4ec5d27d20fb23d9204"
+        );
+    }
+
         assert_eq!(token.len(), 64);
         assert_eq!(token, batch_token("s", "c", 3, 2));
         for other in [

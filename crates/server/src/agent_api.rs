@@ -502,12 +502,16 @@ impl<C: Cloud + 'static> App<C> {
         let now = date::now_unix();
         let uuid = uuid::Uuid::new_v4().to_string();
         let credential = random_hex(32);
+        // A bring-your-own node is born by its agent's registration.
+        let state = NodeState::Deploying
+            .apply(NodeEvent::AgentRegistered)
+            .map_err(|e| AgentError::Conflict(e.to_string()))?;
         let node = NodeRecord {
             uuid: uuid.clone(),
             cluster_uuid: None,
             slot: 0,
             instance_id: String::new(),
-            state: NodeState::Deployed,
+            state,
             availability_zone: String::new(),
             subnet_id: String::new(),
             public_ip: Some(public_ip.to_owned()),
@@ -610,7 +614,7 @@ impl<C: Cloud + 'static> App<C> {
     /// [`flush_heartbeats`]; an `Unreachable` node is `Deployed` again at once.
     pub async fn agent_ping(&self, uuid: &str) -> AgentResult<PingReply> {
         if self.agents.heard(uuid) {
-            self.set_reachability(uuid, NodeState::Unreachable, NodeState::Deployed)
+            self.set_reachability(uuid, NodeState::Unreachable, NodeEvent::HeardFrom)
                 .await?;
         }
         Ok(PingReply { reachable: true })
@@ -653,7 +657,7 @@ impl<C: Cloud + 'static> App<C> {
     /// `Unreachable`.
     pub async fn sweep_health(&self) -> Result<(), StoreError> {
         for uuid in self.agents.overdue() {
-            self.set_reachability(&uuid, NodeState::Deployed, NodeState::Unreachable)
+            self.set_reachability(&uuid, NodeState::Deployed, NodeEvent::HeartbeatLost)
                 .await?;
         }
         Ok(())
@@ -673,44 +677,43 @@ impl<C: Cloud + 'static> App<C> {
             ));
         };
         let healthy = silent_for <= self.agents.grace;
-        let target = if healthy {
-            NodeState::Deployed
+        let event = if healthy {
+            NodeEvent::HeardFrom
         } else {
-            NodeState::Unreachable
+            NodeEvent::HeartbeatLost
         };
-        if node.state != target
-            && matches!(node.state, NodeState::Deployed | NodeState::Unreachable)
-        {
-            if let Some(watch) = AgentState::lock(&self.agents.watches).get_mut(&node.uuid) {
-                watch.unreachable = !healthy;
+        // Only a verdict the state machine accepts moves the node: `HeardFrom` an
+        // `Unreachable` one, `HeartbeatLost` a `Deployed` one; any other state stays.
+        let now = match node.state.apply(event) {
+            Ok(next) => {
+                if let Some(watch) = AgentState::lock(&self.agents.watches).get_mut(&node.uuid) {
+                    watch.unreachable = !healthy;
+                }
+                self.set_reachability(&node.uuid, node.state, event).await?;
+                next
             }
-            self.set_reachability(&node.uuid, node.state, target)
-                .await?;
-        }
+            Err(_) => node.state,
+        };
         Ok(format!(
-            "Agent last heard from {} s ago (grace {} s): node is {}",
+            "Agent last heard from {} s ago (grace {} s): node is {now}",
             silent_for.as_secs(),
             self.agents.grace.as_secs(),
-            if matches!(node.state, NodeState::Deployed | NodeState::Unreachable) {
-                target
-            } else {
-                node.state
-            }
         ))
     }
 
-    /// Moves a node between `Deployed` and `Unreachable` if it is still in `from`: its
-    /// state, an event, a line in its history, and its cluster re-evaluated.
+    /// Applies a health verdict (`HeartbeatLost`, `HeardFrom`) to a node if it is still in
+    /// `from`: its state (through the state machine), an event, a line in its history, and
+    /// its cluster re-evaluated.
     async fn set_reachability(
         &self,
         uuid: &str,
         from: NodeState,
-        to: NodeState,
+        event: NodeEvent,
     ) -> Result<(), StoreError> {
-        match self.store.set_node_state(uuid, from, to).await? {
-            Some(cluster) => {
-                let reason = match to {
-                    NodeState::Unreachable => format!(
+        match self.store.apply_node_event(uuid, from, event).await? {
+            Some((to, cluster)) => {
+                let reason = match event {
+                    NodeEvent::HeartbeatLost => format!(
                         "no heartbeat for more than {} s",
                         self.agents.grace.as_secs()
                     ),
@@ -979,9 +982,6 @@ mod tests {
     }
 
     #[test]
-    fn batch_tokens_bind_secret_cluster_and_batch() {
-        let token = batch_token("s", "c", 3, 2);
-    #[test]
     fn batch_token_values_do_not_change() {
         // Tokens already handed to launched instances must stay valid across upgrades:
         // this value was computed by an independent HMAC implementation (Python's `hmac`).
@@ -996,6 +996,9 @@ mod tests {
         );
     }
 
+    #[test]
+    fn batch_tokens_bind_secret_cluster_and_batch() {
+        let token = batch_token("s", "c", 3, 2);
         assert_eq!(token.len(), 64);
         assert_eq!(token, batch_token("s", "c", 3, 2));
         for other in [

@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flotilla_core::ClusterSpec;
-use flotilla_core::state::{ClusterState, NodeState};
+use flotilla_core::state::{ClusterState, IllegalTransition, NodeEvent, NodeState};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::events::{EventBus, Verb};
@@ -39,6 +39,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A state change the state machine does not allow ([`flotilla_core::state`]).
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
     #[error("corrupt {table} row {key}: {message}")]
     Corrupt {
         table: &'static str,
@@ -853,15 +856,18 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a node from `from` to `to` (compare-and-set; health verdicts between
-    /// `Deployed` and `Unreachable`). `None` when the node was not in `from`; otherwise its
-    /// cluster (`Some(None)` for a bring-your-own node).
-    pub async fn set_node_state(
+    /// Applies `event` to a node that is in `from` (compare-and-set; health verdicts between
+    /// `Deployed` and `Unreachable`). The next state comes from [`NodeState::apply`], so an
+    /// event the state machine refuses in `from` is an error and writes nothing. `None` when
+    /// the node was not in `from`; otherwise its new state and its cluster (`None` for a
+    /// bring-your-own node).
+    pub async fn apply_node_event(
         &self,
         uuid: &str,
         from: NodeState,
-        to: NodeState,
-    ) -> Result<Option<Option<String>>, StoreError> {
+        event: NodeEvent,
+    ) -> Result<Option<(NodeState, Option<String>)>, StoreError> {
+        let to = from.apply(event)?;
         let moved: Option<Option<String>> = sqlx::query_scalar(
             "UPDATE nodes SET state = ? WHERE uuid = ? AND state = ? RETURNING cluster_uuid",
         )
@@ -878,7 +884,7 @@ impl Store {
                 to.as_str(),
             );
         }
-        Ok(moved)
+        Ok(moved.map(|cluster| (to, cluster)))
     }
 
     /// Nodes whose health is watched: an agent with a live credential, and `Deployed` or

@@ -500,4 +500,44 @@ mod tests {
             Some(50)
         );
     }
+
+    #[tokio::test]
+    async fn node_states_move_only_by_the_state_machine() {
+        use flotilla_core::state::NodeEvent;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store_with_node(&dir).await;
+        let state = |store: Store| async move {
+            store.node("n1").await.expect("read").expect("node").state
+        };
+        // A `Deploying` node has no heartbeat to lose: refused, nothing written.
+        let refused = store
+            .apply_node_event("n1", NodeState::Deploying, NodeEvent::HeartbeatLost)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::IllegalTransition(_))),
+            "{refused:?}"
+        );
+        assert_eq!(state(store.clone()).await, NodeState::Deploying);
+        // Compare-and-set: an event for a state the node is not in moves nothing.
+        let moved = store
+            .apply_node_event("n1", NodeState::Deployed, NodeEvent::HeartbeatLost)
+            .await
+            .expect("apply");
+        assert_eq!(moved, None);
+        store
+            .register_agent(&agent("h1"), true, &change(NodeState::Deploying, "1.2.3.4"))
+            .await
+            .expect("register");
+        let moved = store
+            .apply_node_event("n1", NodeState::Deployed, NodeEvent::HeartbeatLost)
+            .await
+            .expect("apply");
+        assert_eq!(moved, Some((NodeState::Unreachable, Some("c1".to_owned()))));
+        let moved = store
+            .apply_node_event("n1", NodeState::Unreachable, NodeEvent::HeardFrom)
+            .await
+            .expect("apply");
+        assert_eq!(moved, Some((NodeState::Deployed, Some("c1".to_owned()))));
+        assert_eq!(state(store.clone()).await, NodeState::Deployed);
+    }
 }

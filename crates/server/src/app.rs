@@ -148,6 +148,18 @@ pub fn new_user(username: &str) -> (UserRecord, Credentials) {
     )
 }
 
+/// A node counted in `current_num_nodes`, the cluster's "actual count" of nodes
+/// (dockercloud-api.md §3.5): one that is up — `Deployed`, `Unreachable` (up, its agent
+/// silent) or `Upgrading` (up, its engine being upgraded). A node still `Deploying` is not
+/// up yet and one `Terminating` is on its way out, so a scale from 6 to 8 shows 6 until
+/// the new nodes are up.
+fn is_up(state: NodeState) -> bool {
+    matches!(
+        state,
+        NodeState::Deployed | NodeState::Unreachable | NodeState::Upgrading
+    )
+}
+
 fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -425,7 +437,7 @@ impl<C: Cloud + 'static> App<C> {
             .unwrap_or(Value::Object(Map::new()));
         api::NodeCluster {
             auto_replace: cluster.spec.auto_replace,
-            current_num_nodes: live.len() as u32,
+            current_num_nodes: live.iter().filter(|n| is_up(n.state)).count() as u32,
             deployed_datetime: cluster.deployed_at.map(date::format_unix),
             destroyed_datetime: cluster.destroyed_at.map(date::format_unix),
             disk: cluster.spec.disk_gb,

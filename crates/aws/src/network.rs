@@ -1015,20 +1015,46 @@ async fn check_instance_profile(aws: &Aws, name: &str) -> Result<(), CloudError>
     }
 }
 
-async fn ensure_user_vpc(
+/// Checks, with describe calls only, that every resource `request` names exists and fits:
+/// the user's VPC with its chosen subnets and security groups, and the instance profile.
+pub(crate) async fn check(aws: &Aws, request: &NetworkRequest) -> Result<(), CloudError> {
+    match &request.vpc {
+        Some(options) => check_user_vpc(aws, request, options).await.map(|_| ()),
+        None => match &request.instance_profile_name {
+            Some(name) => check_instance_profile(aws, name).await,
+            None => Ok(()),
+        },
+    }
+}
+
+/// A user's VPC in which everything the request names exists and belongs to it.
+struct CheckedUserVpc {
+    cidr: Ipv4Cidr,
+    /// The chosen security groups, or (none chosen) ours in this VPC, if any.
+    groups: Vec<FoundSecurityGroup>,
+    subnets: UserSubnets,
+}
+
+/// Which subnets of a user's VPC nodes go to.
+enum UserSubnets {
+    /// The chosen ones, or ours from an earlier pass.
+    Use(Vec<Subnet>),
+    /// The VPC has no subnet at all: plan and create dc-subnets in it.
+    CreateInEmptyVpc,
+}
+
+/// The describe-only half of [`ensure_user_vpc`], shared with [`check`]: the VPC, its
+/// subnets, the chosen or our security groups and the instance profile, each missing or
+/// misplaced id named in a [`CloudError::InvalidResource`].
+async fn check_user_vpc(
     aws: &Aws,
     request: &NetworkRequest,
     options: &VpcOptions,
-) -> Result<Network, CloudError> {
+) -> Result<CheckedUserVpc, CloudError> {
     let region = request.region.as_str();
     let ec2 = aws.ec2(region);
-    let mut changes = Vec::new();
-    let chosen_groups = options.security_groups.clone();
-
-    // Round 1: the VPC, its subnets, the chosen or our security groups, the instance profile.
-    let (zones, image, vpcs, subnets, groups, profile) = tokio::join!(
-        candidate_zones(aws, request),
-        aws.image_for(region, request.image_id.as_deref()),
+    let chosen_groups = &options.security_groups;
+    let (vpcs, subnets, groups, profile) = tokio::join!(
         aws.send(region, "DescribeVpcs", Safe, || ec2
             .describe_vpcs()
             .vpc_ids(&options.id)
@@ -1068,8 +1094,6 @@ async fn ensure_user_vpc(
     let vpc_cidr: Ipv4Cidr = vpc.cidr_block().unwrap_or_default().parse().map_err(
         |e: flotilla_core::network::CidrError| invalid("provider_options.vpc.id", e.to_string()),
     )?;
-    let (region_zones, candidates) = zones?;
-    let image = image?;
     let subnets = subnets.map_err(cloud_error)?;
     profile?;
     let groups = match groups {
@@ -1087,7 +1111,7 @@ async fn ensure_user_vpc(
         }
         Err(error) => return Err(cloud_error(error)),
     };
-    for id in &chosen_groups {
+    for id in chosen_groups {
         match groups.iter().find(|g| &g.id == id) {
             None => {
                 return Err(invalid(
@@ -1109,8 +1133,7 @@ async fn ensure_user_vpc(
     }
 
     // The subnets: the chosen ones, or ours in this VPC, or new dc-subnets in an empty VPC.
-    let mut skipped = Vec::new();
-    let usable: Vec<Subnet> = if !options.subnets.is_empty() {
+    let chosen = if !options.subnets.is_empty() {
         let mut chosen = Vec::new();
         for id in &options.subnets {
             match subnets.iter().find(|s| &s.id == id) {
@@ -1136,31 +1159,22 @@ async fn ensure_user_vpc(
                 }
             }
         }
-        chosen
+        UserSubnets::Use(chosen)
     } else if subnets.iter().any(|s| s.owned) {
-        subnets
-            .iter()
-            .filter(|s| s.owned)
-            .map(|s| Subnet {
-                id: s.id.clone(),
-                availability_zone: s.availability_zone.clone(),
-                cidr: s.cidr.clone(),
-                managed: true,
-            })
-            .collect()
+        UserSubnets::Use(
+            subnets
+                .iter()
+                .filter(|s| s.owned)
+                .map(|s| Subnet {
+                    id: s.id.clone(),
+                    availability_zone: s.availability_zone.clone(),
+                    cidr: s.cidr.clone(),
+                    managed: true,
+                })
+                .collect(),
+        )
     } else if subnets.is_empty() {
-        let (passed, dry_run_skipped) = dry_run_zones(aws, request, &image, &candidates).await?;
-        skipped.extend(dry_run_skipped);
-        let (created, refused) =
-            create_subnets(aws, region, &options.id, vpc_cidr, &region_zones, &passed).await?;
-        skipped.extend(refused);
-        for subnet in &created {
-            changes.push(format!(
-                "created subnet {} ({}) in {} of {}",
-                subnet.id, subnet.cidr, subnet.availability_zone, options.id
-            ));
-        }
-        created
+        UserSubnets::CreateInEmptyVpc
     } else {
         let ids: Vec<&str> = subnets.iter().map(|s| s.id.as_str()).collect();
         return Err(invalid(
@@ -1171,6 +1185,55 @@ async fn ensure_user_vpc(
                 ids.join(", ")
             ),
         ));
+    };
+    Ok(CheckedUserVpc {
+        cidr: vpc_cidr,
+        groups,
+        subnets: chosen,
+    })
+}
+
+async fn ensure_user_vpc(
+    aws: &Aws,
+    request: &NetworkRequest,
+    options: &VpcOptions,
+) -> Result<Network, CloudError> {
+    let region = request.region.as_str();
+    let mut changes = Vec::new();
+    let chosen_groups = options.security_groups.clone();
+
+    // Round 1: the zones and the image, with the checks of everything the user named.
+    let (zones, image, checked) = tokio::join!(
+        candidate_zones(aws, request),
+        aws.image_for(region, request.image_id.as_deref()),
+        check_user_vpc(aws, request, options),
+    );
+    let CheckedUserVpc {
+        cidr: vpc_cidr,
+        groups,
+        subnets,
+    } = checked?;
+    let (region_zones, candidates) = zones?;
+    let image = image?;
+
+    let mut skipped = Vec::new();
+    let usable: Vec<Subnet> = match subnets {
+        UserSubnets::Use(subnets) => subnets,
+        UserSubnets::CreateInEmptyVpc => {
+            let (passed, dry_run_skipped) =
+                dry_run_zones(aws, request, &image, &candidates).await?;
+            skipped.extend(dry_run_skipped);
+            let (created, refused) =
+                create_subnets(aws, region, &options.id, vpc_cidr, &region_zones, &passed).await?;
+            skipped.extend(refused);
+            for subnet in &created {
+                changes.push(format!(
+                    "created subnet {} ({}) in {} of {}",
+                    subnet.id, subnet.cidr, subnet.availability_zone, options.id
+                ));
+            }
+            created
+        }
     };
 
     // Security groups: the chosen ones, else ours in this VPC (created when missing).

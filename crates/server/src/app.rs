@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use flotilla_api::{self as api, date, uri};
-use flotilla_core::cloud::{AccessKeys, Cloud, CloudError};
+use flotilla_core::cloud::{AccessKeys, Cloud, CloudError, Ingress, NetworkRequest};
 use flotilla_core::spec::{ClusterSpec, MAX_NODES, parse_tags_value};
 use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use rand::Rng;
@@ -423,6 +423,28 @@ impl<C: Cloud + 'static> App<C> {
         Ok(())
     }
 
+    /// Checks the user's resources `provider_options` names (VPC, subnets, security
+    /// groups, instance profile) against the cloud, with describe calls only, so a cluster
+    /// naming a missing one is refused at creation (400 naming the field and the id) instead
+    /// of failing in the background once deployed.
+    async fn check_provider_options(&self, spec: &ClusterSpec) -> AppResult<()> {
+        let options = &spec.provider_options;
+        if options.vpc.is_none() && options.iam.is_none() {
+            return Ok(());
+        }
+        let request = NetworkRequest::for_spec(spec, None, None, Ingress::default());
+        match self.cloud.check_network(&request).await {
+            Ok(()) => Ok(()),
+            Err(error @ CloudError::InvalidResource { .. }) => {
+                Err(AppError::BadRequest(error.to_string()))
+            }
+            Err(error) => Err(AppError::Unavailable(format!(
+                "cannot check provider_options in {}: {error}",
+                spec.region
+            ))),
+        }
+    }
+
     // ---- rendering ----
 
     fn render_cluster(&self, cluster: &ClusterRecord, nodes: &[NodeRecord]) -> api::NodeCluster {
@@ -621,6 +643,7 @@ impl<C: Cloud + 'static> App<C> {
                 spec.name
             )));
         }
+        self.check_provider_options(&spec).await?;
         let uuid = new_uuid();
         let action = Self::new_action(
             caller,

@@ -206,6 +206,64 @@ async fn create_returns_201_init_and_a_finished_action() {
 }
 
 #[tokio::test]
+async fn provider_options_are_checked_against_the_cloud_at_create() {
+    let (server, cloud, _dir) = server().await;
+    cloud.add_user_vpc("vpc-0000000a", &["subnet-0000000a"], &["sg-0000000a"]);
+    cloud.add_instance_profile("nodes");
+    let with = |options: Value| {
+        let mut body = create_body("own", 1);
+        body["provider_options"] = options;
+        body
+    };
+    for (options, needle) in [
+        (
+            json!({"vpc": {"id": "vpc-0000000b"}}),
+            "provider_options.vpc.id: VPC vpc-0000000b",
+        ),
+        (
+            json!({"vpc": {"id": "vpc-0000000a", "subnets": ["subnet-0000000b"]}}),
+            "provider_options.vpc.subnets: subnet subnet-0000000b",
+        ),
+        (
+            json!({"vpc": {"id": "vpc-0000000a", "security_groups": ["sg-0000000b"]}}),
+            "provider_options.vpc.security_groups: security group sg-0000000b",
+        ),
+        (
+            json!({"iam": {"instance_profile_name": "other"}}),
+            "provider_options.iam.instance_profile_name: instance profile 'other'",
+        ),
+    ] {
+        let reply = server
+            .call(
+                Method::POST,
+                "/api/infra/v1/nodecluster/",
+                Some(with(options.clone())),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{options}: {:?}", reply.body);
+        let error = reply.body["error"].as_str().expect("error message");
+        assert!(error.contains(needle), "{needle} not in {error}");
+    }
+    let listed = server.get("/api/infra/v1/nodecluster/").await.body;
+    assert_eq!(
+        listed["meta"]["total_count"], 0,
+        "nothing stored: {listed:#}"
+    );
+    let good = with(
+        json!({"vpc": {"id": "vpc-0000000a", "subnets": ["subnet-0000000a"],
+        "security_groups": ["sg-0000000a"]}, "iam": {"instance_profile_name": "nodes"}}),
+    );
+    let created = server
+        .call(Method::POST, "/api/infra/v1/nodecluster/", Some(good))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(cloud.calls("check_network"), 5);
+    create(&server, "auto", 1).await;
+    assert_eq!(cloud.calls("check_network"), 5, "nothing to check");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_input_is_a_4xx_naming_what_is_wrong() {
     let (server, _, _dir) = server().await;
     let cases = [

@@ -221,6 +221,124 @@ async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
 }
 
 #[tokio::test]
+async fn provider_options_naming_missing_resources_are_refused_at_create_and_nothing_is_stored() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = moto_config(&dir);
+    let installation = flotilla_server::initialize(&config)
+        .await
+        .expect("initialize");
+    let owner = installation.owner_id.clone();
+    let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
+
+    // The user's own VPC with one subnet, and a security group of another VPC.
+    let ec2 = flotilla_testkit::inspect::ec2_client(&env.inspect.endpoint(), "us-east-1").await;
+    let create_vpc = |cidr: &'static str| {
+        let ec2 = ec2.clone();
+        async move {
+            let vpc = ec2.create_vpc().cidr_block(cidr).send().await.expect("vpc");
+            vpc.vpc().and_then(|v| v.vpc_id()).expect("id").to_owned()
+        }
+    };
+    let vpc = create_vpc("172.31.0.0/16").await;
+    let other = create_vpc("172.30.0.0/16").await;
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("172.31.0.0/24")
+        .availability_zone("us-east-1a")
+        .send()
+        .await
+        .expect("subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("id")
+        .to_owned();
+    let foreign_group = ec2
+        .create_security_group()
+        .vpc_id(&other)
+        .group_name("elsewhere")
+        .description("a group of another VPC")
+        .send()
+        .await
+        .expect("group")
+        .group_id()
+        .expect("id")
+        .to_owned();
+
+    let with = |options: Value| {
+        let mut body = body(1);
+        body["provider_options"] = options;
+        body
+    };
+    let missing = "vpc-0123456789abcdef0";
+    let cases = [
+        (
+            with(json!({"vpc": {"id": missing}})),
+            "provider_options.vpc.id",
+            missing.to_owned(),
+        ),
+        (
+            with(json!({"vpc": {"id": vpc, "subnets": ["subnet-0123456789abcdef0"]}})),
+            "provider_options.vpc.subnets",
+            "subnet-0123456789abcdef0".to_owned(),
+        ),
+        (
+            with(
+                json!({"vpc": {"id": vpc, "subnets": [subnet], "security_groups": ["sg-0123456789abcdef0"]}}),
+            ),
+            "provider_options.vpc.security_groups",
+            "sg-0123456789abcdef0".to_owned(),
+        ),
+        (
+            with(
+                json!({"vpc": {"id": vpc, "subnets": [subnet], "security_groups": [foreign_group]}}),
+            ),
+            "provider_options.vpc.security_groups",
+            foreign_group.clone(),
+        ),
+        (
+            with(json!({"iam": {"instance_profile_name": "no-such-profile"}})),
+            "provider_options.iam.instance_profile_name",
+            "no-such-profile".to_owned(),
+        ),
+    ];
+    for (body, field, id) in cases {
+        let reply = server
+            .call(
+                Method::POST,
+                "/api/infra/v1/nodecluster/",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{body}: {:?}", reply.body);
+        let error = reply.body["error"].as_str().expect("error message");
+        assert!(
+            error.starts_with(&format!("{field}: ")) && error.contains(&id),
+            "{field} and {id} not in {error}"
+        );
+        assert_eq!(reply.action_uri, None, "no action for a refused create");
+    }
+    let listed = server.get("/api/infra/v1/nodecluster/").await.body;
+    assert_eq!(
+        listed["meta"]["total_count"], 0,
+        "nothing stored: {listed:#}"
+    );
+    let actions = server.get("/api/audit/v1/action/").await.body;
+    assert_eq!(actions["meta"]["total_count"], 0, "no action: {actions:#}");
+
+    // The same VPC and subnet, all existing: accepted.
+    let good = with(json!({"vpc": {"id": vpc, "subnets": [subnet]}}));
+    let created = server
+        .call(Method::POST, "/api/infra/v1/nodecluster/", Some(good))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let listed = server.get("/api/infra/v1/nodecluster/").await.body;
+    assert_eq!(listed["meta"]["total_count"], 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_server_killed_mid_deploy_is_finished_by_the_next_one() {
     let env = Env::new().await;
     let dir = tempfile::tempdir().expect("temp dir");

@@ -34,7 +34,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::catalog::{self, Catalog, PROVIDER};
 use crate::reconcile::Reconciler;
 use crate::store::{
-    ActionRecord, ClusterRecord, NodeFilter, NodeRecord, Store, StoreError, Transition, UserRecord,
+    ActionRecord, ClusterPatch, ClusterRecord, NodeFilter, NodeRecord, Store, StoreError,
+    TargetChange, Transition, UserRecord,
 };
 
 /// What went wrong, as the caller should hear it.
@@ -463,7 +464,7 @@ impl<C: Cloud + 'static> App<C> {
             deployed_datetime: cluster.deployed_at.map(date::format_unix),
             destroyed_datetime: cluster.destroyed_at.map(date::format_unix),
             disk: cluster.spec.disk_gb,
-            name: cluster.name.clone(),
+            name: cluster.spec.name.clone(),
             nickname: cluster.nickname.clone(),
             node_type: uri::node_type(PROVIDER, &cluster.spec.node_type),
             nodes: live.iter().map(|n| uri::node(&n.uuid)).collect(),
@@ -471,8 +472,8 @@ impl<C: Cloud + 'static> App<C> {
             region: uri::region(PROVIDER, &cluster.spec.region),
             resource_uri: uri::node_cluster(&cluster.uuid),
             state: cluster.state.to_string(),
-            tags: tags_of(&cluster.tags),
-            target_num_nodes: cluster.target_num_nodes,
+            tags: tags_of(&cluster.spec.tags),
+            target_num_nodes: cluster.spec.target_num_nodes,
             uuid: cluster.uuid.clone(),
         }
     }
@@ -636,7 +637,7 @@ impl<C: Cloud + 'static> App<C> {
         let existing = self.store.clusters().await?;
         if existing
             .iter()
-            .any(|c| c.name == spec.name && c.state != ClusterState::Terminated)
+            .any(|c| c.spec.name == spec.name && c.state != ClusterState::Terminated)
         {
             return Err(AppError::Conflict(format!(
                 "name: a node cluster named '{}' already exists",
@@ -653,10 +654,7 @@ impl<C: Cloud + 'static> App<C> {
         );
         let record = ClusterRecord {
             uuid: uuid.clone(),
-            name: spec.name.clone(),
             nickname,
-            target_num_nodes: spec.target_num_nodes,
-            tags: spec.tags.clone(),
             spec,
             state: ClusterState::Init,
             generation: 0,
@@ -785,68 +783,63 @@ impl<C: Cloud + 'static> App<C> {
                 "node cluster '{uuid}' is Terminated and cannot be changed"
             )));
         }
-        let scaling = target.is_some_and(|t| t != cluster.target_num_nodes);
-        if scaling && cluster.state != ClusterState::Init {
-            // Checked before the labels change, so a refused scale changes nothing.
-            cluster
-                .state
-                .apply(ClusterEvent::Scale)
-                .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let scaling = target.filter(|t| *t != cluster.spec.target_num_nodes);
+        // The target's change (checked before anything is written, so a refused scale
+        // changes nothing), then everything in one transaction.
+        let change = match scaling {
+            None => None,
+            Some(target) if cluster.state == ClusterState::Init => Some(TargetChange {
+                from: ClusterState::Init,
+                to: ClusterState::Init,
+                target,
+            }),
+            Some(target) => Some(TargetChange {
+                from: cluster.state,
+                to: cluster
+                    .state
+                    .apply(ClusterEvent::Scale)
+                    .map_err(|e| AppError::BadRequest(e.to_string()))?,
+                target,
+            }),
+        };
+        let starts_work = change.is_some_and(|c| c.from != c.to);
+        let object_uri = uri::node_cluster(uuid);
+        let action = if starts_work {
+            Self::new_action(
+                caller,
+                &object_uri,
+                "Node Cluster Scale",
+                api::action_state::IN_PROGRESS,
+            )
+        } else {
+            Self::new_action(
+                caller,
+                &object_uri,
+                "Node Cluster Update",
+                api::action_state::SUCCESS,
+            )
+        };
+        let patch = ClusterPatch {
+            nickname: nickname.as_deref(),
+            tags: tags.as_deref(),
+            auto_replace,
+        };
+        if !self
+            .store
+            .patch_cluster(uuid, &patch, change, &action)
+            .await?
+        {
+            return Err(AppError::Conflict(format!(
+                "node cluster '{uuid}' changed state while this request ran; try again"
+            )));
         }
-        if let Some(auto_replace) = auto_replace {
-            self.store
-                .set_cluster_auto_replace(uuid, auto_replace)
-                .await?;
+        if starts_work || auto_replace.is_some() {
             self.reconciler.nudge(uuid);
         }
-        if tags.is_some() || nickname.is_some() {
-            self.store
-                .set_cluster_labels(
-                    uuid,
-                    nickname.as_deref().unwrap_or(&cluster.nickname),
-                    tags.as_deref().unwrap_or(&cluster.tags),
-                )
-                .await?;
-        }
-        if let (true, Some(target)) = (scaling, target) {
-            if cluster.state == ClusterState::Init {
-                if !self
-                    .store
-                    .set_cluster_target(uuid, ClusterState::Init, target)
-                    .await?
-                {
-                    return Err(AppError::Conflict(format!(
-                        "node cluster '{uuid}' changed state while this request ran; try again"
-                    )));
-                }
-            } else {
-                let action_uri = self
-                    .start_cluster_work(
-                        caller,
-                        &cluster,
-                        ClusterWork {
-                            event: ClusterEvent::Scale,
-                            label: "Node Cluster Scale",
-                            target: Some(target),
-                            node_state: None,
-                            object_uri: &uri::node_cluster(uuid),
-                        },
-                    )
-                    .await?;
-                return Ok(Outcome {
-                    object: self.rendered_cluster(uuid).await?,
-                    action_uri,
-                    accepted: true,
-                });
-            }
-        }
-        let action_uri = self
-            .record_finished(caller, &uri::node_cluster(uuid), "Node Cluster Update", "")
-            .await?;
         Ok(Outcome {
             object: self.rendered_cluster(uuid).await?,
-            action_uri,
-            accepted: false,
+            action_uri: uri::action(&action.uuid),
+            accepted: starts_work,
         })
     }
 
@@ -1026,7 +1019,7 @@ impl<C: Cloud + 'static> App<C> {
                 ClusterWork {
                     event: ClusterEvent::Scale,
                     label: "Node Terminate",
-                    target: Some(cluster.target_num_nodes.saturating_sub(1)),
+                    target: Some(cluster.spec.target_num_nodes.saturating_sub(1)),
                     node_state: Some((uuid, NodeState::Terminating)),
                     object_uri: &uri::node(uuid),
                 },

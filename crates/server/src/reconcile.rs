@@ -405,7 +405,7 @@ impl<C: Cloud + 'static> Engine<C> {
             self.settle(cluster, action_state::SUCCESS).await?;
             return Ok(Next::Idle);
         }
-        let spec = cluster.desired_spec();
+        let spec = cluster.spec.clone();
         let region = spec.region.clone();
 
         // Nodes a user removed one by one (`DELETE node/{uuid}/`): terminated here, out of
@@ -452,7 +452,7 @@ impl<C: Cloud + 'static> Engine<C> {
             let token = crate::agent_api::batch_token(&secret, &cluster.uuid, first_slot, count);
             (self.settings.user_data)(&UserDataRequest {
                 cluster_uuid: &cluster.uuid,
-                cluster_name: &cluster.name,
+                cluster_name: &cluster.spec.name,
                 region: &region,
                 nodes,
                 registration_token: &token,
@@ -699,7 +699,7 @@ impl<C: Cloud + 'static> Engine<C> {
             .iter()
             .filter(|n| n.state == NodeState::Deployed)
             .count() as u32;
-        let target = cluster.target_num_nodes;
+        let target = cluster.spec.target_num_nodes;
         let next = cluster
             .state
             .apply(ClusterEvent::Settled { deployed, target })
@@ -760,7 +760,7 @@ impl<C: Cloud + 'static> Engine<C> {
             .iter()
             .filter(|n| !matches!(n.state, NodeState::Terminated | NodeState::Terminating))
             .count() as u32;
-        if cluster.spec.auto_replace && alive < cluster.target_num_nodes {
+        if cluster.spec.auto_replace && alive < cluster.spec.target_num_nodes {
             return self.start_replacement(cluster, alive).await;
         }
         // What the store says, not what EC2 says: a node counts once it is Deployed by
@@ -771,7 +771,7 @@ impl<C: Cloud + 'static> Engine<C> {
             .count() as u32;
         if let Ok(next) = cluster.state.apply(ClusterEvent::Settled {
             deployed,
-            target: cluster.target_num_nodes,
+            target: cluster.spec.target_num_nodes,
         }) && next != cluster.state
         {
             let transition = Transition::new(cluster.state, next);
@@ -792,7 +792,7 @@ impl<C: Cloud + 'static> Engine<C> {
             return Ok(Next::Idle);
         };
         let now = date::now_unix();
-        let missing = cluster.target_num_nodes - alive;
+        let missing = cluster.spec.target_num_nodes - alive;
         let action = ActionRecord {
             uuid: uuid::Uuid::new_v4().to_string(),
             object_uri: flotilla_api::uri::node_cluster(&cluster.uuid),
@@ -808,7 +808,7 @@ impl<C: Cloud + 'static> Engine<C> {
             body: String::new(),
             logs: format!(
                 "auto_replace: {alive} of {} nodes are left; replacing {missing}\n",
-                cluster.target_num_nodes
+                cluster.spec.target_num_nodes
             ),
             can_be_canceled: true,
             can_be_retried: false,
@@ -994,7 +994,7 @@ impl<C: Cloud + 'static> Engine<C> {
                         && c.spec.provider_options.vpc.is_none()
                         && !matches!(c.state, ClusterState::Init | ClusterState::Terminated)
                 })
-                .map(|c| c.name)
+                .map(|c| c.spec.name)
                 .collect();
             if users.is_empty() {
                 match self.cloud.teardown_network(&region).await {

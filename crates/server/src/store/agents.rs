@@ -316,14 +316,11 @@ mod tests {
         .expect("spec");
         let cluster = ClusterRecord {
             uuid: "c1".into(),
-            name: "c".into(),
             nickname: "c".into(),
             spec,
             state: ClusterState::Deploying,
-            target_num_nodes: 1,
             generation: 1,
             next_slot: 1,
-            tags: Vec::new(),
             current_action: None,
             created_at: 0,
             deployed_at: None,

@@ -85,6 +85,14 @@ fn cloud_error(error: CallError) -> CloudError {
     error.into_cloud_error()
 }
 
+/// The id of a resource AWS just created: its absence is an error, never an empty id.
+pub(crate) fn returned_id(id: Option<&str>, operation: &str) -> Result<String, CloudError> {
+    id.map(str::to_owned).ok_or_else(|| CloudError::Other {
+        operation: operation.to_owned(),
+        message: "AWS answered without the new resource's id".to_owned(),
+    })
+}
+
 /// Finds, creates or validates the network `request` asks for.
 pub(crate) async fn ensure(aws: &Aws, request: &NetworkRequest) -> Result<Network, CloudError> {
     match &request.vpc {
@@ -145,12 +153,14 @@ async fn describe_subnets(
     let mut subnets: Vec<FoundSubnet> = output
         .subnets()
         .iter()
-        .map(|s| FoundSubnet {
-            id: s.subnet_id().unwrap_or_default().to_owned(),
-            availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
-            cidr: s.cidr_block().unwrap_or_default().to_owned(),
-            vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
-            owned: has_owner_tag(aws, s.tags()),
+        .filter_map(|s| {
+            Some(FoundSubnet {
+                id: s.subnet_id()?.to_owned(),
+                availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
+                cidr: s.cidr_block().unwrap_or_default().to_owned(),
+                vpc_id: s.vpc_id()?.to_owned(),
+                owned: has_owner_tag(aws, s.tags()),
+            })
         })
         .collect();
     subnets.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
@@ -173,13 +183,15 @@ async fn describe_gateways(
     let mut gateways: Vec<FoundGateway> = output
         .internet_gateways()
         .iter()
-        .map(|g| FoundGateway {
-            id: g.internet_gateway_id().unwrap_or_default().to_owned(),
-            attached_to: g
-                .attachments()
-                .iter()
-                .filter_map(|a| a.vpc_id().map(str::to_owned))
-                .collect(),
+        .filter_map(|g| {
+            Some(FoundGateway {
+                id: g.internet_gateway_id()?.to_owned(),
+                attached_to: g
+                    .attachments()
+                    .iter()
+                    .filter_map(|a| a.vpc_id().map(str::to_owned))
+                    .collect(),
+            })
         })
         .collect();
     gateways.sort_by(|a, b| a.id.cmp(&b.id));
@@ -202,23 +214,25 @@ async fn describe_route_tables(
     let mut tables: Vec<FoundRouteTable> = output
         .route_tables()
         .iter()
-        .map(|t| FoundRouteTable {
-            id: t.route_table_id().unwrap_or_default().to_owned(),
-            has_default_route: t.routes().iter().any(|r| {
-                r.destination_cidr_block() == Some("0.0.0.0/0")
-                    && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
-            }),
-            associations: t
-                .associations()
-                .iter()
-                .filter(|a| a.main() != Some(true))
-                .filter_map(|a| {
-                    Some((
-                        a.route_table_association_id()?.to_owned(),
-                        a.subnet_id()?.to_owned(),
-                    ))
-                })
-                .collect(),
+        .filter_map(|t| {
+            Some(FoundRouteTable {
+                id: t.route_table_id()?.to_owned(),
+                has_default_route: t.routes().iter().any(|r| {
+                    r.destination_cidr_block() == Some("0.0.0.0/0")
+                        && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
+                }),
+                associations: t
+                    .associations()
+                    .iter()
+                    .filter(|a| a.main() != Some(true))
+                    .filter_map(|a| {
+                        Some((
+                            a.route_table_association_id()?.to_owned(),
+                            a.subnet_id()?.to_owned(),
+                        ))
+                    })
+                    .collect(),
+            })
         })
         .collect();
     tables.sort_by(|a, b| a.id.cmp(&b.id));
@@ -243,23 +257,25 @@ async fn describe_security_groups(
     let mut groups: Vec<FoundSecurityGroup> = output
         .security_groups()
         .iter()
-        .map(|g| FoundSecurityGroup {
-            id: g.group_id().unwrap_or_default().to_owned(),
-            vpc_id: g.vpc_id().unwrap_or_default().to_owned(),
-            rules: g
-                .ip_permissions()
-                .iter()
-                .flat_map(|p| {
-                    let protocol = p.ip_protocol().unwrap_or("-1").to_owned();
-                    let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
-                    p.ip_ranges()
-                        .iter()
-                        .filter_map(move |r| {
-                            Some((protocol.clone(), from, to, r.cidr_ip()?.to_owned()))
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
+        .filter_map(|g| {
+            Some(FoundSecurityGroup {
+                id: g.group_id()?.to_owned(),
+                vpc_id: g.vpc_id()?.to_owned(),
+                rules: g
+                    .ip_permissions()
+                    .iter()
+                    .flat_map(|p| {
+                        let protocol = p.ip_protocol().unwrap_or("-1").to_owned();
+                        let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
+                        p.ip_ranges()
+                            .iter()
+                            .filter_map(move |r| {
+                                Some((protocol.clone(), from, to, r.cidr_ip()?.to_owned()))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+            })
         })
         .collect();
     groups.sort_by(|a, b| a.id.cmp(&b.id));
@@ -392,11 +408,7 @@ async fn create_subnets(
     for (planned, result) in join_all(creations).await {
         match result {
             Ok(output) => {
-                let id = output
-                    .subnet()
-                    .and_then(|s| s.subnet_id())
-                    .unwrap_or_default()
-                    .to_owned();
+                let id = returned_id(output.subnet().and_then(|s| s.subnet_id()), "CreateSubnet")?;
                 created.push(Subnet {
                     id,
                     availability_zone: planned.availability_zone.clone(),
@@ -513,7 +525,7 @@ async fn create_security_group(
         .await
         .map_err(cloud_error)?;
     Ok(FoundSecurityGroup {
-        id: output.group_id().unwrap_or_default().to_owned(),
+        id: returned_id(output.group_id(), "CreateSecurityGroup")?,
         vpc_id: vpc_id.to_owned(),
         rules: BTreeSet::new(),
     })
@@ -646,11 +658,8 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
                 })
                 .await
                 .map_err(cloud_error)?;
-            let id = output
-                .vpc()
-                .and_then(|v| v.vpc_id())
-                .unwrap_or_default()
-                .to_owned();
+            let id = output.vpc().and_then(|v| v.vpc_id());
+            let id = returned_id(id, "CreateVpc")?;
             Ok::<_, CloudError>((id, DEFAULT_VPC_CIDR.to_owned(), true))
         },
         async {
@@ -670,9 +679,8 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
                 .map_err(cloud_error)?;
             let id = output
                 .internet_gateway()
-                .and_then(|g| g.internet_gateway_id())
-                .unwrap_or_default()
-                .to_owned();
+                .and_then(|g| g.internet_gateway_id());
+            let id = returned_id(id, "CreateInternetGateway")?;
             Ok::<_, CloudError>((
                 FoundGateway {
                     id,
@@ -804,11 +812,8 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
                 })
                 .await
                 .map_err(cloud_error)?;
-            let id = output
-                .route_table()
-                .and_then(|t| t.route_table_id())
-                .unwrap_or_default()
-                .to_owned();
+            let id = output.route_table().and_then(|t| t.route_table_id());
+            let id = returned_id(id, "CreateRouteTable")?;
             Ok::<_, CloudError>((
                 FoundRouteTable {
                     id,
@@ -1333,7 +1338,9 @@ pub(crate) async fn teardown(aws: &Aws, region: &str) -> Result<TeardownReport, 
                 .await
                 .map_err(cloud_error)?;
             for instance in output.reservations().iter().flat_map(|r| r.instances()) {
-                let id = instance.instance_id().unwrap_or_default().to_owned();
+                let Some(id) = instance.instance_id().map(str::to_owned) else {
+                    continue;
+                };
                 let state = instance
                     .state()
                     .and_then(|s| s.name())

@@ -496,6 +496,40 @@ impl Store {
     }
 
     /// Closes every connection (the WAL is checkpointed by SQLite on the last close).
+    /// Copies the database file `database` to `snapshot` with `VACUUM INTO`: a consistent
+    /// copy even while a server writes to it (the backup's snapshot).
+    pub async fn snapshot_file(database: &Path, snapshot: &str) -> Result<(), StoreError> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let mut connection = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(database)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30))
+            .connect()
+            .await?;
+        let vacuumed = sqlx::query("VACUUM INTO ?")
+            .bind(snapshot)
+            .execute(&mut connection)
+            .await;
+        let _ = connection.close().await;
+        vacuumed?;
+        Ok(())
+    }
+
+    /// SQLite's integrity check of the database file at `path` ("ok" when sound), without
+    /// migrating it.
+    pub async fn integrity_check(path: &Path) -> Result<String, StoreError> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let mut connection = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .connect()
+            .await?;
+        let verdict = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&mut connection)
+            .await;
+        let _ = connection.close().await;
+        Ok(verdict?)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;

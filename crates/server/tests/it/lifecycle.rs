@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use flotilla_aws::{Aws, AwsSettings, StaticCredentials};
-use flotilla_testkit::{FaultProxy, Moto};
+use flotilla_testkit::{FaultProxy, Moto, inspect};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -51,65 +50,15 @@ impl Env {
         )
     }
 
-    async fn ec2(&self) -> aws_sdk_ec2::Client {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(self.inspect.endpoint())
-            .credentials_provider(Credentials::new(
-                "AKIAINSPECT",
-                "inspect",
-                None,
-                None,
-                "test",
-            ))
-            .load()
-            .await;
-        aws_sdk_ec2::Client::new(&config)
-    }
-
     /// Running or pending instances per AZ.
     async fn live_per_zone(&self) -> std::collections::BTreeMap<String, usize> {
-        let output = self
-            .ec2()
-            .await
-            .describe_instances()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("instance-state-name")
-                    .values("running")
-                    .values("pending")
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("describe instances");
-        let mut counts = std::collections::BTreeMap::new();
-        for instance in output.reservations().iter().flat_map(|r| r.instances()) {
-            let zone = instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .unwrap_or("?")
-                .to_owned();
-            *counts.entry(zone).or_insert(0) += 1;
-        }
-        counts
+        let ec2 = inspect::ec2_client(&self.inspect.endpoint(), "us-east-1").await;
+        inspect::instances_per_zone(&ec2, &["running", "pending"]).await
     }
 
     async fn owned_vpcs(&self, owner: &str) -> usize {
-        self.ec2()
-            .await
-            .describe_vpcs()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:flotilla:owner")
-                    .values(owner)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("describe vpcs")
-            .vpcs()
-            .len()
+        let ec2 = inspect::ec2_client(&self.inspect.endpoint(), "us-east-1").await;
+        inspect::owned(&ec2, owner, inspect::Kind::Vpc).await.len()
     }
 }
 
@@ -232,7 +181,7 @@ async fn provider_options_naming_missing_resources_are_refused_at_create_and_not
     let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
 
     // The user's own VPC with one subnet, and a security group of another VPC.
-    let ec2 = flotilla_testkit::inspect::ec2_client(&env.inspect.endpoint(), "us-east-1").await;
+    let ec2 = inspect::ec2_client(&env.inspect.endpoint(), "us-east-1").await;
     let create_vpc = |cidr: &'static str| {
         let ec2 = ec2.clone();
         async move {

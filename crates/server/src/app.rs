@@ -149,6 +149,11 @@ pub fn new_user(username: &str) -> (UserRecord, Credentials) {
     )
 }
 
+/// The fields a `PATCH nodecluster/{uuid}/` may change (the OpenAPI document's
+/// `NodeClusterPatch` names exactly these).
+pub const CLUSTER_PATCH_FIELDS: [&str; 4] =
+    ["target_num_nodes", "tags", "nickname", "auto_replace"];
+
 /// A node counted in `current_num_nodes`, the cluster's "actual count" of nodes
 /// (dockercloud-api.md §3.5): one that is up — `Deployed`, `Unreachable` (up, its agent
 /// silent) or `Upgrading` (up, its engine being upgraded). A node still `Deploying` is not
@@ -747,10 +752,7 @@ impl<C: Cloud + 'static> App<C> {
         body: &Value,
     ) -> AppResult<Outcome<api::NodeCluster>> {
         let cluster = self.load_cluster(uuid).await?;
-        let fields = patch_fields(
-            body,
-            &["target_num_nodes", "tags", "nickname", "auto_replace"],
-        )?;
+        let fields = patch_fields(body, &CLUSTER_PATCH_FIELDS)?;
         let auto_replace = match fields.get("auto_replace") {
             None => None,
             Some(Value::Bool(value)) => Some(*value),

@@ -99,6 +99,10 @@ impl Cloud for AwsAccount {
         self.current().ensure_network(request).await
     }
 
+    async fn check_network(&self, request: &NetworkRequest) -> Result<(), CloudError> {
+        self.current().check_network(request).await
+    }
+
     async fn launch_nodes(&self, request: &LaunchRequest) -> Result<Vec<Instance>, CloudError> {
         self.current().launch_nodes(request).await
     }

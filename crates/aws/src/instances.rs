@@ -202,7 +202,12 @@ fn to_instance(
             .and_then(|p| p.availability_zone())
             .unwrap_or_default()
             .to_owned(),
-        subnet_id: instance.subnet_id().unwrap_or_default().to_owned(),
+        // A terminated instance may have left its subnet: it is still listed (its slot is
+        // gone), with no subnet.
+        subnet_id: match instance.subnet_id() {
+            Some(subnet) => subnet.to_owned(),
+            None => String::new(),
+        },
         private_ip: instance.private_ip_address().map(str::to_owned),
         public_ip: instance.public_ip_address().map(str::to_owned),
     })
@@ -393,7 +398,7 @@ impl Aws {
             });
         };
         let image = Image {
-            id: best.image_id().unwrap_or_default().to_owned(),
+            id: crate::network::returned_id(best.image_id(), "DescribeImages")?,
             root_device_name: best.root_device_name().unwrap_or("/dev/sda1").to_owned(),
         };
         let mut images = self.images.lock().unwrap_or_else(|p| p.into_inner());

@@ -293,6 +293,10 @@ impl Cloud for Aws {
         network::ensure(self, request).await
     }
 
+    async fn check_network(&self, request: &NetworkRequest) -> Result<(), CloudError> {
+        network::check(self, request).await
+    }
+
     async fn launch_nodes(&self, request: &LaunchRequest) -> Result<Vec<Instance>, CloudError> {
         instances::launch(self, request).await
     }

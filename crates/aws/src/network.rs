@@ -64,6 +64,14 @@ fn cloud_error(error: CallError) -> CloudError {
     error.into_cloud_error()
 }
 
+/// The id of a resource AWS just created: its absence is an error, never an empty id.
+pub(crate) fn returned_id(id: Option<&str>, operation: &str) -> Result<String, CloudError> {
+    id.map(str::to_owned).ok_or_else(|| CloudError::Other {
+        operation: operation.to_owned(),
+        message: "AWS answered without the new resource's id".to_owned(),
+    })
+}
+
 /// Finds, creates or validates the network `request` asks for.
 pub(crate) async fn ensure(aws: &Aws, request: &NetworkRequest) -> Result<Network, CloudError> {
     match &request.vpc {
@@ -104,12 +112,14 @@ async fn describe_subnets(
     let mut subnets: Vec<FoundSubnet> = output
         .subnets()
         .iter()
-        .map(|s| FoundSubnet {
-            id: s.subnet_id().unwrap_or_default().to_owned(),
-            availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
-            cidr: s.cidr_block().unwrap_or_default().to_owned(),
-            vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
-            owned: has_owner_tag(aws, s.tags()),
+        .filter_map(|s| {
+            Some(FoundSubnet {
+                id: s.subnet_id()?.to_owned(),
+                availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
+                cidr: s.cidr_block().unwrap_or_default().to_owned(),
+                vpc_id: s.vpc_id()?.to_owned(),
+                owned: has_owner_tag(aws, s.tags()),
+            })
         })
         .collect();
     subnets.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
@@ -132,13 +142,15 @@ async fn describe_gateways(
     let mut gateways: Vec<FoundGateway> = output
         .internet_gateways()
         .iter()
-        .map(|g| FoundGateway {
-            id: g.internet_gateway_id().unwrap_or_default().to_owned(),
-            attached_to: g
-                .attachments()
-                .iter()
-                .filter_map(|a| a.vpc_id().map(str::to_owned))
-                .collect(),
+        .filter_map(|g| {
+            Some(FoundGateway {
+                id: g.internet_gateway_id()?.to_owned(),
+                attached_to: g
+                    .attachments()
+                    .iter()
+                    .filter_map(|a| a.vpc_id().map(str::to_owned))
+                    .collect(),
+            })
         })
         .collect();
     gateways.sort_by(|a, b| a.id.cmp(&b.id));
@@ -161,23 +173,25 @@ async fn describe_route_tables(
     let mut tables: Vec<FoundRouteTable> = output
         .route_tables()
         .iter()
-        .map(|t| FoundRouteTable {
-            id: t.route_table_id().unwrap_or_default().to_owned(),
-            has_default_route: t.routes().iter().any(|r| {
-                r.destination_cidr_block() == Some("0.0.0.0/0")
-                    && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
-            }),
-            associations: t
-                .associations()
-                .iter()
-                .filter(|a| a.main() != Some(true))
-                .filter_map(|a| {
-                    Some((
-                        a.route_table_association_id()?.to_owned(),
-                        a.subnet_id()?.to_owned(),
-                    ))
-                })
-                .collect(),
+        .filter_map(|t| {
+            Some(FoundRouteTable {
+                id: t.route_table_id()?.to_owned(),
+                has_default_route: t.routes().iter().any(|r| {
+                    r.destination_cidr_block() == Some("0.0.0.0/0")
+                        && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))
+                }),
+                associations: t
+                    .associations()
+                    .iter()
+                    .filter(|a| a.main() != Some(true))
+                    .filter_map(|a| {
+                        Some((
+                            a.route_table_association_id()?.to_owned(),
+                            a.subnet_id()?.to_owned(),
+                        ))
+                    })
+                    .collect(),
+            })
         })
         .collect();
     tables.sort_by(|a, b| a.id.cmp(&b.id));
@@ -202,23 +216,25 @@ async fn describe_security_groups(
     let mut groups: Vec<FoundSecurityGroup> = output
         .security_groups()
         .iter()
-        .map(|g| FoundSecurityGroup {
-            id: g.group_id().unwrap_or_default().to_owned(),
-            vpc_id: g.vpc_id().unwrap_or_default().to_owned(),
-            rules: g
-                .ip_permissions()
-                .iter()
-                .flat_map(|p| {
-                    let protocol = p.ip_protocol().unwrap_or("-1").to_owned();
-                    let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
-                    p.ip_ranges()
-                        .iter()
-                        .filter_map(move |r| {
-                            Some((protocol.clone(), from, to, r.cidr_ip()?.to_owned()))
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
+        .filter_map(|g| {
+            Some(FoundSecurityGroup {
+                id: g.group_id()?.to_owned(),
+                vpc_id: g.vpc_id()?.to_owned(),
+                rules: g
+                    .ip_permissions()
+                    .iter()
+                    .flat_map(|p| {
+                        let protocol = p.ip_protocol().unwrap_or("-1").to_owned();
+                        let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
+                        p.ip_ranges()
+                            .iter()
+                            .filter_map(move |r| {
+                                Some((protocol.clone(), from, to, r.cidr_ip()?.to_owned()))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+            })
         })
         .collect();
     groups.sort_by(|a, b| a.id.cmp(&b.id));
@@ -351,11 +367,7 @@ async fn create_subnets(
     for (planned, result) in join_all(creations).await {
         match result {
             Ok(output) => {
-                let id = output
-                    .subnet()
-                    .and_then(|s| s.subnet_id())
-                    .unwrap_or_default()
-                    .to_owned();
+                let id = returned_id(output.subnet().and_then(|s| s.subnet_id()), "CreateSubnet")?;
                 created.push(Subnet {
                     id,
                     availability_zone: planned.availability_zone.clone(),
@@ -474,12 +486,8 @@ async fn create_security_group(
         }
         Err(error) => return Err(cloud_error(error)),
     };
-    let id = output.group_id().ok_or_else(|| CloudError::Other {
-        operation: format!("CreateSecurityGroup in {region}"),
-        message: "AWS returned no group id".into(),
-    })?;
     Ok(FoundSecurityGroup {
-        id: id.to_owned(),
+        id: returned_id(output.group_id(), "CreateSecurityGroup")?,
         vpc_id: vpc_id.to_owned(),
         rules: BTreeSet::new(),
     })
@@ -571,11 +579,8 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
                 })
                 .await
                 .map_err(cloud_error)?;
-            let id = output
-                .vpc()
-                .and_then(|v| v.vpc_id())
-                .unwrap_or_default()
-                .to_owned();
+            let id = output.vpc().and_then(|v| v.vpc_id());
+            let id = returned_id(id, "CreateVpc")?;
             Ok::<_, CloudError>((id, DEFAULT_VPC_CIDR.to_owned(), true))
         },
         async {
@@ -595,9 +600,8 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
                 .map_err(cloud_error)?;
             let id = output
                 .internet_gateway()
-                .and_then(|g| g.internet_gateway_id())
-                .unwrap_or_default()
-                .to_owned();
+                .and_then(|g| g.internet_gateway_id());
+            let id = returned_id(id, "CreateInternetGateway")?;
             Ok::<_, CloudError>((
                 FoundGateway {
                     id,
@@ -710,11 +714,8 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
                 })
                 .await
                 .map_err(cloud_error)?;
-            let id = output
-                .route_table()
-                .and_then(|t| t.route_table_id())
-                .unwrap_or_default()
-                .to_owned();
+            let id = output.route_table().and_then(|t| t.route_table_id());
+            let id = returned_id(id, "CreateRouteTable")?;
             Ok::<_, CloudError>((
                 FoundRouteTable {
                     id,
@@ -918,20 +919,46 @@ async fn check_instance_profile(aws: &Aws, name: &str) -> Result<(), CloudError>
     }
 }
 
-async fn ensure_user_vpc(
+/// Checks, with describe calls only, that every resource `request` names exists and fits:
+/// the user's VPC with its chosen subnets and security groups, and the instance profile.
+pub(crate) async fn check(aws: &Aws, request: &NetworkRequest) -> Result<(), CloudError> {
+    match &request.vpc {
+        Some(options) => check_user_vpc(aws, request, options).await.map(|_| ()),
+        None => match &request.instance_profile_name {
+            Some(name) => check_instance_profile(aws, name).await,
+            None => Ok(()),
+        },
+    }
+}
+
+/// A user's VPC in which everything the request names exists and belongs to it.
+struct CheckedUserVpc {
+    cidr: Ipv4Cidr,
+    /// The chosen security groups, or (none chosen) ours in this VPC, if any.
+    groups: Vec<FoundSecurityGroup>,
+    subnets: UserSubnets,
+}
+
+/// Which subnets of a user's VPC nodes go to.
+enum UserSubnets {
+    /// The chosen ones, or ours from an earlier pass.
+    Use(Vec<Subnet>),
+    /// The VPC has no subnet at all: plan and create dc-subnets in it.
+    CreateInEmptyVpc,
+}
+
+/// The describe-only half of [`ensure_user_vpc`], shared with [`check`]: the VPC, its
+/// subnets, the chosen or our security groups and the instance profile, each missing or
+/// misplaced id named in a [`CloudError::InvalidResource`].
+async fn check_user_vpc(
     aws: &Aws,
     request: &NetworkRequest,
     options: &VpcOptions,
-) -> Result<Network, CloudError> {
+) -> Result<CheckedUserVpc, CloudError> {
     let region = request.region.as_str();
     let ec2 = aws.ec2(region);
-    let mut changes = Vec::new();
-    let chosen_groups = options.security_groups.clone();
-
-    // Round 1: the VPC, its subnets, the chosen or our security groups, the instance profile.
-    let (zones, image, vpcs, subnets, groups, profile) = tokio::join!(
-        candidate_zones(aws, request),
-        aws.image_for(region, request.image_id.as_deref()),
+    let chosen_groups = &options.security_groups;
+    let (vpcs, subnets, groups, profile) = tokio::join!(
         aws.send(region, "DescribeVpcs", Safe, || ec2
             .describe_vpcs()
             .vpc_ids(&options.id)
@@ -971,8 +998,6 @@ async fn ensure_user_vpc(
     let vpc_cidr: Ipv4Cidr = vpc.cidr_block().unwrap_or_default().parse().map_err(
         |e: flotilla_core::network::CidrError| invalid("provider_options.vpc.id", e.to_string()),
     )?;
-    let (region_zones, candidates) = zones?;
-    let image = image?;
     let subnets = subnets.map_err(cloud_error)?;
     profile?;
     let groups = match groups {
@@ -990,7 +1015,7 @@ async fn ensure_user_vpc(
         }
         Err(error) => return Err(cloud_error(error)),
     };
-    for id in &chosen_groups {
+    for id in chosen_groups {
         match groups.iter().find(|g| &g.id == id) {
             None => {
                 return Err(invalid(
@@ -1012,8 +1037,7 @@ async fn ensure_user_vpc(
     }
 
     // The subnets: the chosen ones, or ours in this VPC, or new dc-subnets in an empty VPC.
-    let mut skipped = Vec::new();
-    let usable: Vec<Subnet> = if !options.subnets.is_empty() {
+    let chosen = if !options.subnets.is_empty() {
         let mut chosen = Vec::new();
         for id in &options.subnets {
             match subnets.iter().find(|s| &s.id == id) {
@@ -1039,31 +1063,22 @@ async fn ensure_user_vpc(
                 }
             }
         }
-        chosen
+        UserSubnets::Use(chosen)
     } else if subnets.iter().any(|s| s.owned) {
-        subnets
-            .iter()
-            .filter(|s| s.owned)
-            .map(|s| Subnet {
-                id: s.id.clone(),
-                availability_zone: s.availability_zone.clone(),
-                cidr: s.cidr.clone(),
-                managed: true,
-            })
-            .collect()
+        UserSubnets::Use(
+            subnets
+                .iter()
+                .filter(|s| s.owned)
+                .map(|s| Subnet {
+                    id: s.id.clone(),
+                    availability_zone: s.availability_zone.clone(),
+                    cidr: s.cidr.clone(),
+                    managed: true,
+                })
+                .collect(),
+        )
     } else if subnets.is_empty() {
-        let (passed, dry_run_skipped) = dry_run_zones(aws, request, &image, &candidates).await?;
-        skipped.extend(dry_run_skipped);
-        let (created, refused) =
-            create_subnets(aws, region, &options.id, vpc_cidr, &region_zones, &passed).await?;
-        skipped.extend(refused);
-        for subnet in &created {
-            changes.push(format!(
-                "created subnet {} ({}) in {} of {}",
-                subnet.id, subnet.cidr, subnet.availability_zone, options.id
-            ));
-        }
-        created
+        UserSubnets::CreateInEmptyVpc
     } else {
         let ids: Vec<&str> = subnets.iter().map(|s| s.id.as_str()).collect();
         return Err(invalid(
@@ -1074,6 +1089,55 @@ async fn ensure_user_vpc(
                 ids.join(", ")
             ),
         ));
+    };
+    Ok(CheckedUserVpc {
+        cidr: vpc_cidr,
+        groups,
+        subnets: chosen,
+    })
+}
+
+async fn ensure_user_vpc(
+    aws: &Aws,
+    request: &NetworkRequest,
+    options: &VpcOptions,
+) -> Result<Network, CloudError> {
+    let region = request.region.as_str();
+    let mut changes = Vec::new();
+    let chosen_groups = options.security_groups.clone();
+
+    // Round 1: the zones and the image, with the checks of everything the user named.
+    let (zones, image, checked) = tokio::join!(
+        candidate_zones(aws, request),
+        aws.image_for(region, request.image_id.as_deref()),
+        check_user_vpc(aws, request, options),
+    );
+    let CheckedUserVpc {
+        cidr: vpc_cidr,
+        groups,
+        subnets,
+    } = checked?;
+    let (region_zones, candidates) = zones?;
+    let image = image?;
+
+    let mut skipped = Vec::new();
+    let usable: Vec<Subnet> = match subnets {
+        UserSubnets::Use(subnets) => subnets,
+        UserSubnets::CreateInEmptyVpc => {
+            let (passed, dry_run_skipped) =
+                dry_run_zones(aws, request, &image, &candidates).await?;
+            skipped.extend(dry_run_skipped);
+            let (created, refused) =
+                create_subnets(aws, region, &options.id, vpc_cidr, &region_zones, &passed).await?;
+            skipped.extend(refused);
+            for subnet in &created {
+                changes.push(format!(
+                    "created subnet {} ({}) in {} of {}",
+                    subnet.id, subnet.cidr, subnet.availability_zone, options.id
+                ));
+            }
+            created
+        }
     };
 
     // Security groups: the chosen ones, else ours in this VPC (created when missing).
@@ -1173,7 +1237,9 @@ pub(crate) async fn teardown(aws: &Aws, region: &str) -> Result<TeardownReport, 
                 .await
                 .map_err(cloud_error)?;
             for instance in output.reservations().iter().flat_map(|r| r.instances()) {
-                let id = instance.instance_id().unwrap_or_default().to_owned();
+                let Some(id) = instance.instance_id().map(str::to_owned) else {
+                    continue;
+                };
                 let state = instance
                     .state()
                     .and_then(|s| s.name())

@@ -395,6 +395,16 @@ pub trait Cloud: Send + Sync {
         request: &NetworkRequest,
     ) -> impl Future<Output = Result<Network, CloudError>> + Send;
 
+    /// Checks, with describe calls only, that every resource the request names exists and
+    /// fits (the user's VPC, its chosen subnets and security groups, the instance profile),
+    /// so a cluster that names a missing one is refused when it is created rather than
+    /// failing later in the background. Creates and changes nothing; a resource that is
+    /// missing or does not fit is [`CloudError::InvalidResource`] naming the field and id.
+    fn check_network(
+        &self,
+        request: &NetworkRequest,
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
+
     /// Launches every node of `request` in one call; returns the instances of this launch.
     fn launch_nodes(
         &self,

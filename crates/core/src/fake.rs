@@ -31,6 +31,10 @@ struct State {
     no_credentials: bool,
     /// The access key id of the last linked keys.
     linked_key_id: Option<String>,
+    /// The user's own VPCs: id → (subnet ids, security group ids).
+    user_vpcs: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    /// The IAM instance profiles that exist.
+    instance_profiles: BTreeSet<String>,
 }
 
 /// See the module documentation.
@@ -81,6 +85,19 @@ impl FakeCloud {
     /// The access key id of the keys last linked, if any.
     pub fn linked_key_id(&self) -> Option<String> {
         self.lock().linked_key_id.clone()
+    }
+
+    /// Makes a user's VPC, with these subnets and security groups, exist.
+    pub fn add_user_vpc(&self, vpc_id: &str, subnets: &[&str], security_groups: &[&str]) {
+        let owned = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect();
+        self.lock()
+            .user_vpcs
+            .insert(vpc_id.to_owned(), (owned(subnets), owned(security_groups)));
+    }
+
+    /// Makes an IAM instance profile exist.
+    pub fn add_instance_profile(&self, name: &str) {
+        self.lock().instance_profiles.insert(name.to_owned());
     }
 
     /// How many times an operation was called.
@@ -274,6 +291,43 @@ impl Cloud for FakeCloud {
             .networks
             .insert(request.region.clone(), network.clone());
         Ok(network)
+    }
+
+    /// A user's VPC, subnet, security group or instance profile exists only once added
+    /// ([`FakeCloud::add_user_vpc`], [`FakeCloud::add_instance_profile`]).
+    async fn check_network(&self, request: &NetworkRequest) -> Result<(), CloudError> {
+        let state = self.count("check_network");
+        let invalid = |field: &str, message: String| CloudError::InvalidResource {
+            field: field.to_owned(),
+            message,
+        };
+        if let Some(vpc) = &request.vpc {
+            let Some((subnets, groups)) = state.user_vpcs.get(&vpc.id) else {
+                return Err(invalid(
+                    "provider_options.vpc.id",
+                    format!("VPC {} does not exist in {}", vpc.id, request.region),
+                ));
+            };
+            if let Some(id) = vpc.subnets.iter().find(|id| !subnets.contains(*id)) {
+                return Err(invalid(
+                    "provider_options.vpc.subnets",
+                    format!("subnet {id} does not exist in {}", vpc.id),
+                ));
+            }
+            if let Some(id) = vpc.security_groups.iter().find(|id| !groups.contains(*id)) {
+                return Err(invalid(
+                    "provider_options.vpc.security_groups",
+                    format!("security group {id} does not exist in {}", vpc.id),
+                ));
+            }
+        }
+        match &request.instance_profile_name {
+            Some(name) if !state.instance_profiles.contains(name) => Err(invalid(
+                "provider_options.iam.instance_profile_name",
+                format!("instance profile '{name}' does not exist"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn launch_nodes(&self, request: &LaunchRequest) -> Result<Vec<Instance>, CloudError> {

@@ -40,8 +40,9 @@
 //! * The handlers use their own small error type, mapped to `{"error": ...}` with the status
 //!   the agent acts on (401: wrong token; 403: right token, wrong node or used up), so the
 //!   user API's error enum stays as it is.
-//! * HMAC-SHA256 is written out here over `sha2` (RFC 2104, checked against RFC 4231's test
-//!   vectors) rather than pulling a second `digest` generation into the build.
+//! * Cryptography comes from crates, not from this file: HMAC-SHA256 from `hmac` (RFC 2104,
+//!   checked here against RFC 4231's test vectors) and token comparison from `subtle`
+//!   (constant time, so the time taken does not reveal a matching prefix).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,8 +57,10 @@ use flotilla_api::{self as api, date};
 use flotilla_core::cloud::Cloud;
 use flotilla_core::state::{NodeEvent, NodeState};
 use flotilla_core::tags::node_uuid;
+use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::{OnceCell, broadcast, watch};
 
 use crate::app::{App, AppError};
@@ -78,20 +81,12 @@ const MAX_AGENT_BODY: usize = 64 * 1024;
 
 /// HMAC-SHA256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block_key = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block_key[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block_key[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block_key.map(|b| b ^ 0x36));
-    inner.update(message);
-    let mut outer = Sha256::new();
-    outer.update(block_key.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    // HMAC accepts a key of any length (a long one is hashed first), so `new_from_slice`
+    // cannot fail.
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 /// The registration token of the launch batch `first_slot..first_slot + count` of a cluster.
@@ -117,10 +112,6 @@ pub async fn load_secret(store: &Store) -> Result<String, StoreError> {
 
 fn credential_hash(credential: &str) -> String {
     hex::encode(Sha256::digest(credential.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What the server remembers of a watched node between heartbeats.
@@ -511,12 +502,16 @@ impl<C: Cloud + 'static> App<C> {
         let now = date::now_unix();
         let uuid = uuid::Uuid::new_v4().to_string();
         let credential = random_hex(32);
+        // A bring-your-own node is born by its agent's registration.
+        let state = NodeState::Deploying
+            .apply(NodeEvent::AgentRegistered)
+            .map_err(|e| AgentError::Conflict(e.to_string()))?;
         let node = NodeRecord {
             uuid: uuid.clone(),
             cluster_uuid: None,
             slot: 0,
             instance_id: String::new(),
-            state: NodeState::Deployed,
+            state,
             availability_zone: String::new(),
             subnet_id: String::new(),
             public_ip: Some(public_ip.to_owned()),
@@ -574,7 +569,7 @@ impl<C: Cloud + 'static> App<C> {
             registration.first_slot,
             registration.count,
         );
-        if !constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+        if !bool::from(expected.as_bytes().ct_eq(token.as_bytes())) {
             return Err(AgentError::Unauthorized(
                 "the agent token is neither a node credential nor this batch's registration token"
                     .into(),
@@ -619,7 +614,7 @@ impl<C: Cloud + 'static> App<C> {
     /// [`flush_heartbeats`]; an `Unreachable` node is `Deployed` again at once.
     pub async fn agent_ping(&self, uuid: &str) -> AgentResult<PingReply> {
         if self.agents.heard(uuid) {
-            self.set_reachability(uuid, NodeState::Unreachable, NodeState::Deployed)
+            self.set_reachability(uuid, NodeState::Unreachable, NodeEvent::HeardFrom)
                 .await?;
         }
         Ok(PingReply { reachable: true })
@@ -662,7 +657,7 @@ impl<C: Cloud + 'static> App<C> {
     /// `Unreachable`.
     pub async fn sweep_health(&self) -> Result<(), StoreError> {
         for uuid in self.agents.overdue() {
-            self.set_reachability(&uuid, NodeState::Deployed, NodeState::Unreachable)
+            self.set_reachability(&uuid, NodeState::Deployed, NodeEvent::HeartbeatLost)
                 .await?;
         }
         Ok(())
@@ -682,44 +677,43 @@ impl<C: Cloud + 'static> App<C> {
             ));
         };
         let healthy = silent_for <= self.agents.grace;
-        let target = if healthy {
-            NodeState::Deployed
+        let event = if healthy {
+            NodeEvent::HeardFrom
         } else {
-            NodeState::Unreachable
+            NodeEvent::HeartbeatLost
         };
-        if node.state != target
-            && matches!(node.state, NodeState::Deployed | NodeState::Unreachable)
-        {
-            if let Some(watch) = AgentState::lock(&self.agents.watches).get_mut(&node.uuid) {
-                watch.unreachable = !healthy;
+        // Only a verdict the state machine accepts moves the node: `HeardFrom` an
+        // `Unreachable` one, `HeartbeatLost` a `Deployed` one; any other state stays.
+        let now = match node.state.apply(event) {
+            Ok(next) => {
+                if let Some(watch) = AgentState::lock(&self.agents.watches).get_mut(&node.uuid) {
+                    watch.unreachable = !healthy;
+                }
+                self.set_reachability(&node.uuid, node.state, event).await?;
+                next
             }
-            self.set_reachability(&node.uuid, node.state, target)
-                .await?;
-        }
+            Err(_) => node.state,
+        };
         Ok(format!(
-            "Agent last heard from {} s ago (grace {} s): node is {}",
+            "Agent last heard from {} s ago (grace {} s): node is {now}",
             silent_for.as_secs(),
             self.agents.grace.as_secs(),
-            if matches!(node.state, NodeState::Deployed | NodeState::Unreachable) {
-                target
-            } else {
-                node.state
-            }
         ))
     }
 
-    /// Moves a node between `Deployed` and `Unreachable` if it is still in `from`: its
-    /// state, an event, a line in its history, and its cluster re-evaluated.
+    /// Applies a health verdict (`HeartbeatLost`, `HeardFrom`) to a node if it is still in
+    /// `from`: its state (through the state machine), an event, a line in its history, and
+    /// its cluster re-evaluated.
     async fn set_reachability(
         &self,
         uuid: &str,
         from: NodeState,
-        to: NodeState,
+        event: NodeEvent,
     ) -> Result<(), StoreError> {
-        match self.store.set_node_state(uuid, from, to).await? {
-            Some(cluster) => {
-                let reason = match to {
-                    NodeState::Unreachable => format!(
+        match self.store.apply_node_event(uuid, from, event).await? {
+            Some((to, cluster)) => {
+                let reason = match event {
+                    NodeEvent::HeartbeatLost => format!(
                         "no heartbeat for more than {} s",
                         self.agents.grace.as_secs()
                     ),
@@ -984,6 +978,21 @@ mod tests {
                 b"Test Using Larger Than Block-Size Key - Hash Key First"
             )),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn batch_token_values_do_not_change() {
+        // Tokens already handed to launched instances must stay valid across upgrades:
+        // this value was computed by an independent HMAC implementation (Python's `hmac`).
+        assert_eq!(
+            batch_token(
+                "installation-secret",
+                "5516df0b-721e-4470-b350-741ff22e63a0",
+                3,
+                2
+            ),
+            "e0a87b42c7cc0d250866c7cd0919ddf0d7d4714c04eba4ec5d27d20fb23d9204"
         );
     }
 

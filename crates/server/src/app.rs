@@ -22,18 +22,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use flotilla_api::{self as api, date, uri};
-use flotilla_core::cloud::{AccessKeys, Cloud, CloudError};
+use flotilla_core::cloud::{AccessKeys, Cloud, CloudError, Ingress, NetworkRequest};
 use flotilla_core::spec::{ClusterSpec, MAX_NODES, parse_tags_value};
 use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use rand::Rng;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::catalog::{self, Catalog, PROVIDER};
 use crate::reconcile::Reconciler;
 use crate::store::{
-    ActionRecord, ClusterRecord, NodeFilter, NodeRecord, Store, StoreError, Transition, UserRecord,
+    ActionRecord, ClusterPatch, ClusterRecord, NodeFilter, NodeRecord, Store, StoreError,
+    TargetChange, Transition, UserRecord,
 };
 
 /// What went wrong, as the caller should hear it.
@@ -147,9 +149,21 @@ pub fn new_user(username: &str) -> (UserRecord, Credentials) {
     )
 }
 
-/// Compares without an early exit, so the time taken does not reveal a matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The fields a `PATCH nodecluster/{uuid}/` may change (the OpenAPI document's
+/// `NodeClusterPatch` names exactly these).
+pub const CLUSTER_PATCH_FIELDS: [&str; 4] =
+    ["target_num_nodes", "tags", "nickname", "auto_replace"];
+
+/// A node counted in `current_num_nodes`, the cluster's "actual count" of nodes
+/// (dockercloud-api.md §3.5): one that is up — `Deployed`, `Unreachable` (up, its agent
+/// silent) or `Upgrading` (up, its engine being upgraded). A node still `Deploying` is not
+/// up yet and one `Terminating` is on its way out, so a scale from 6 to 8 shows 6 until
+/// the new nodes are up.
+fn is_up(state: NodeState) -> bool {
+    matches!(
+        state,
+        NodeState::Deployed | NodeState::Unreachable | NodeState::Upgrading
+    )
 }
 
 fn new_uuid() -> String {
@@ -363,7 +377,8 @@ impl<C: Cloud + 'static> App<C> {
         };
         let hash = key_hash(&user.api_key_salt, api_key);
         Ok(
-            if constant_time_eq(hash.as_bytes(), user.api_key_hash.as_bytes()) {
+            // Constant time: the time taken does not reveal a matching prefix.
+            if bool::from(hash.as_bytes().ct_eq(user.api_key_hash.as_bytes())) {
                 Login::Accepted(user.username)
             } else {
                 Login::WrongKey
@@ -414,6 +429,28 @@ impl<C: Cloud + 'static> App<C> {
         Ok(())
     }
 
+    /// Checks the user's resources `provider_options` names (VPC, subnets, security
+    /// groups, instance profile) against the cloud, with describe calls only, so a cluster
+    /// naming a missing one is refused at creation (400 naming the field and the id) instead
+    /// of failing in the background once deployed.
+    async fn check_provider_options(&self, spec: &ClusterSpec) -> AppResult<()> {
+        let options = &spec.provider_options;
+        if options.vpc.is_none() && options.iam.is_none() {
+            return Ok(());
+        }
+        let request = NetworkRequest::for_spec(spec, None, None, Ingress::default());
+        match self.cloud.check_network(&request).await {
+            Ok(()) => Ok(()),
+            Err(error @ CloudError::InvalidResource { .. }) => {
+                Err(AppError::BadRequest(error.to_string()))
+            }
+            Err(error) => Err(AppError::Unavailable(format!(
+                "cannot check provider_options in {}: {error}",
+                spec.region
+            ))),
+        }
+    }
+
     // ---- rendering ----
 
     fn render_cluster(&self, cluster: &ClusterRecord, nodes: &[NodeRecord]) -> api::NodeCluster {
@@ -428,11 +465,11 @@ impl<C: Cloud + 'static> App<C> {
             .unwrap_or(Value::Object(Map::new()));
         api::NodeCluster {
             auto_replace: cluster.spec.auto_replace,
-            current_num_nodes: live.len() as u32,
+            current_num_nodes: live.iter().filter(|n| is_up(n.state)).count() as u32,
             deployed_datetime: cluster.deployed_at.map(date::format_unix),
             destroyed_datetime: cluster.destroyed_at.map(date::format_unix),
             disk: cluster.spec.disk_gb,
-            name: cluster.name.clone(),
+            name: cluster.spec.name.clone(),
             nickname: cluster.nickname.clone(),
             node_type: uri::node_type(PROVIDER, &cluster.spec.node_type),
             nodes: live.iter().map(|n| uri::node(&n.uuid)).collect(),
@@ -440,8 +477,8 @@ impl<C: Cloud + 'static> App<C> {
             region: uri::region(PROVIDER, &cluster.spec.region),
             resource_uri: uri::node_cluster(&cluster.uuid),
             state: cluster.state.to_string(),
-            tags: tags_of(&cluster.tags),
-            target_num_nodes: cluster.target_num_nodes,
+            tags: tags_of(&cluster.spec.tags),
+            target_num_nodes: cluster.spec.target_num_nodes,
             uuid: cluster.uuid.clone(),
         }
     }
@@ -605,13 +642,14 @@ impl<C: Cloud + 'static> App<C> {
         let existing = self.store.clusters().await?;
         if existing
             .iter()
-            .any(|c| c.name == spec.name && c.state != ClusterState::Terminated)
+            .any(|c| c.spec.name == spec.name && c.state != ClusterState::Terminated)
         {
             return Err(AppError::Conflict(format!(
                 "name: a node cluster named '{}' already exists",
                 spec.name
             )));
         }
+        self.check_provider_options(&spec).await?;
         let uuid = new_uuid();
         let action = Self::new_action(
             caller,
@@ -621,10 +659,7 @@ impl<C: Cloud + 'static> App<C> {
         );
         let record = ClusterRecord {
             uuid: uuid.clone(),
-            name: spec.name.clone(),
             nickname,
-            target_num_nodes: spec.target_num_nodes,
-            tags: spec.tags.clone(),
             spec,
             state: ClusterState::Init,
             generation: 0,
@@ -717,10 +752,7 @@ impl<C: Cloud + 'static> App<C> {
         body: &Value,
     ) -> AppResult<Outcome<api::NodeCluster>> {
         let cluster = self.load_cluster(uuid).await?;
-        let fields = patch_fields(
-            body,
-            &["target_num_nodes", "tags", "nickname", "auto_replace"],
-        )?;
+        let fields = patch_fields(body, &CLUSTER_PATCH_FIELDS)?;
         let auto_replace = match fields.get("auto_replace") {
             None => None,
             Some(Value::Bool(value)) => Some(*value),
@@ -753,68 +785,63 @@ impl<C: Cloud + 'static> App<C> {
                 "node cluster '{uuid}' is Terminated and cannot be changed"
             )));
         }
-        let scaling = target.is_some_and(|t| t != cluster.target_num_nodes);
-        if scaling && cluster.state != ClusterState::Init {
-            // Checked before the labels change, so a refused scale changes nothing.
-            cluster
-                .state
-                .apply(ClusterEvent::Scale)
-                .map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let scaling = target.filter(|t| *t != cluster.spec.target_num_nodes);
+        // The target's change (checked before anything is written, so a refused scale
+        // changes nothing), then everything in one transaction.
+        let change = match scaling {
+            None => None,
+            Some(target) if cluster.state == ClusterState::Init => Some(TargetChange {
+                from: ClusterState::Init,
+                to: ClusterState::Init,
+                target,
+            }),
+            Some(target) => Some(TargetChange {
+                from: cluster.state,
+                to: cluster
+                    .state
+                    .apply(ClusterEvent::Scale)
+                    .map_err(|e| AppError::BadRequest(e.to_string()))?,
+                target,
+            }),
+        };
+        let starts_work = change.is_some_and(|c| c.from != c.to);
+        let object_uri = uri::node_cluster(uuid);
+        let action = if starts_work {
+            Self::new_action(
+                caller,
+                &object_uri,
+                "Node Cluster Scale",
+                api::action_state::IN_PROGRESS,
+            )
+        } else {
+            Self::new_action(
+                caller,
+                &object_uri,
+                "Node Cluster Update",
+                api::action_state::SUCCESS,
+            )
+        };
+        let patch = ClusterPatch {
+            nickname: nickname.as_deref(),
+            tags: tags.as_deref(),
+            auto_replace,
+        };
+        if !self
+            .store
+            .patch_cluster(uuid, &patch, change, &action)
+            .await?
+        {
+            return Err(AppError::Conflict(format!(
+                "node cluster '{uuid}' changed state while this request ran; try again"
+            )));
         }
-        if let Some(auto_replace) = auto_replace {
-            self.store
-                .set_cluster_auto_replace(uuid, auto_replace)
-                .await?;
+        if starts_work || auto_replace.is_some() {
             self.reconciler.nudge(uuid);
         }
-        if tags.is_some() || nickname.is_some() {
-            self.store
-                .set_cluster_labels(
-                    uuid,
-                    nickname.as_deref().unwrap_or(&cluster.nickname),
-                    tags.as_deref().unwrap_or(&cluster.tags),
-                )
-                .await?;
-        }
-        if let (true, Some(target)) = (scaling, target) {
-            if cluster.state == ClusterState::Init {
-                if !self
-                    .store
-                    .set_cluster_target(uuid, ClusterState::Init, target)
-                    .await?
-                {
-                    return Err(AppError::Conflict(format!(
-                        "node cluster '{uuid}' changed state while this request ran; try again"
-                    )));
-                }
-            } else {
-                let action_uri = self
-                    .start_cluster_work(
-                        caller,
-                        &cluster,
-                        ClusterWork {
-                            event: ClusterEvent::Scale,
-                            label: "Node Cluster Scale",
-                            target: Some(target),
-                            node_state: None,
-                            object_uri: &uri::node_cluster(uuid),
-                        },
-                    )
-                    .await?;
-                return Ok(Outcome {
-                    object: self.rendered_cluster(uuid).await?,
-                    action_uri,
-                    accepted: true,
-                });
-            }
-        }
-        let action_uri = self
-            .record_finished(caller, &uri::node_cluster(uuid), "Node Cluster Update", "")
-            .await?;
         Ok(Outcome {
             object: self.rendered_cluster(uuid).await?,
-            action_uri,
-            accepted: false,
+            action_uri: uri::action(&action.uuid),
+            accepted: starts_work,
         })
     }
 
@@ -994,7 +1021,7 @@ impl<C: Cloud + 'static> App<C> {
                 ClusterWork {
                     event: ClusterEvent::Scale,
                     label: "Node Terminate",
-                    target: Some(cluster.target_num_nodes.saturating_sub(1)),
+                    target: Some(cluster.spec.target_num_nodes.saturating_sub(1)),
                     node_state: Some((uuid, NodeState::Terminating)),
                     object_uri: &uri::node(uuid),
                 },
@@ -1220,9 +1247,6 @@ mod tests {
         );
         let (other, _) = new_user("admin");
         assert_ne!(record.api_key_salt, other.api_key_salt);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!format!("{credentials:?}").contains(&credentials.api_key));
     }
 }

@@ -32,15 +32,12 @@
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use sqlx::ConnectOptions as _;
-use sqlx::sqlite::SqliteConnectOptions;
 
 use crate::store::Store;
 
@@ -212,21 +209,9 @@ async fn snapshot_database(database: &Path, snapshot: &Path) -> anyhow::Result<(
         .to_str()
         .with_context(|| format!("{} is not a UTF-8 path", snapshot.display()))?
         .to_owned();
-    let mut connection = SqliteConnectOptions::from_str("sqlite:")?
-        .filename(database)
-        .read_only(true)
-        .busy_timeout(std::time::Duration::from_secs(30))
-        .connect()
+    Store::snapshot_file(database, &target)
         .await
-        .with_context(|| format!("opening {}", database.display()))?;
-    let vacuumed = sqlx::query("VACUUM INTO ?")
-        .bind(target)
-        .execute(&mut connection)
-        .await
-        .with_context(|| format!("copying {} (VACUUM INTO)", database.display()));
-    use sqlx::Connection as _;
-    let _ = connection.close().await;
-    vacuumed?;
+        .with_context(|| format!("copying {} (VACUUM INTO)", database.display()))?;
     // VACUUM INTO creates the file with the default mode; it is inside the 0700 data
     // directory, and is tightened anyway before anything else reads it.
     std::fs::set_permissions(snapshot, std::fs::Permissions::from_mode(0o600))
@@ -237,21 +222,11 @@ async fn snapshot_database(database: &Path, snapshot: &Path) -> anyhow::Result<(
 /// Checks a database file (integrity, migrations, an installation and a user) and
 /// summarizes it. Opening it through the store runs the migrations on it.
 async fn inspect(path: &Path) -> anyhow::Result<Summary> {
-    {
-        let mut connection = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .connect()
-            .await
-            .with_context(|| format!("opening the database copy {}", path.display()))?;
-        let verdict: String = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&mut connection)
-            .await
-            .context("the database is not a readable SQLite database")?;
-        use sqlx::Connection as _;
-        let _ = connection.close().await;
-        if verdict != "ok" {
-            bail!("the database fails SQLite's integrity check: {verdict}");
-        }
+    let verdict = Store::integrity_check(path)
+        .await
+        .context("the database is not a readable SQLite database")?;
+    if verdict != "ok" {
+        bail!("the database fails SQLite's integrity check: {verdict}");
     }
     let store = Store::open(path)
         .await

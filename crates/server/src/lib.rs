@@ -48,7 +48,7 @@ use flotilla_core::state::ClusterState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use app::Credentials;
+pub use app::{CLUSTER_PATCH_FIELDS, Credentials};
 pub use reconcile::{NodeReady, ReconcileSettings, UserDataFn, UserDataRequest};
 
 use crate::app::{App, AppSettings};

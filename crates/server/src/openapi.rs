@@ -29,6 +29,7 @@
 //!   examples that exist on a fresh installation (`aws`, `us-east-1`, `t3.micro`, the
 //!   default admin namespace), so generated requests reach real objects, not only 404s.
 
+use flotilla_core::spec::{MAX_DISK_GB, MAX_NODES, MIN_DISK_GB};
 use serde_json::{Map, Value, json};
 
 /// Where the document is served.
@@ -513,6 +514,8 @@ fn namespaced(path: &str) -> Option<String> {
 fn schemas() -> Value {
     let object = |properties: Value| json!({"type": "object", "properties": properties, "additionalProperties": true});
     let tags = json!({"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"name": {"type": "string"}}}]}});
+    // The bounds the server enforces (`flotilla_core::spec`, `App::patch_cluster`).
+    let target = json!({"type": "integer", "minimum": 0, "maximum": MAX_NODES});
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
         "ListEnvelope": {"type": "object", "required": ["meta", "objects"], "properties": {
@@ -537,19 +540,23 @@ fn schemas() -> Value {
         "NodeCluster": object(json!({"uuid": {"type": "string"}, "name": {"type": "string"}, "state": {"type": "string"},
             "target_num_nodes": {"type": "integer"}, "current_num_nodes": {"type": "integer"},
             "nodes": {"type": "array", "items": {"type": "string"}}, "region": {"type": "string"},
-            "node_type": {"type": "string"}, "disk": {"type": "integer"}, "resource_uri": {"type": "string"}})),
+            "node_type": {"type": "string"}, "disk": {"type": "integer"}, "resource_uri": {"type": "string"},
+            "auto_replace": {"type": "boolean"}})),
         "NodeClusterCreate": {"type": "object", "required": ["name", "region", "node_type"], "properties": {
             "name": {"type": "string"}, "nickname": {"type": "string"},
             "region": {"type": "string", "description": "/api/infra/v1/region/{provider}/{name}/"},
             "node_type": {"type": "string", "description": "/api/infra/v1/nodetype/{provider}/{name}/"},
-            "target_num_nodes": {"type": "integer", "minimum": 1},
-            "disk": {"type": ["integer", "string"], "description": "GB"},
-            "tags": tags.clone(), "provider_options": {"type": "object"}},
+            "target_num_nodes": target.clone(),
+            "disk": {"type": ["integer", "string"], "description": "GB (a number, or its digits as a string)",
+                "minimum": MIN_DISK_GB, "maximum": MAX_DISK_GB},
+            "tags": tags.clone(), "provider_options": {"type": "object"},
+            "auto_replace": {"type": "boolean"}},
             "example": {"name": "example", "target_num_nodes": 1,
                 "region": "/api/infra/v1/region/aws/us-east-1/",
                 "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"}},
-        "NodeClusterPatch": {"type": "object", "properties": {
-            "target_num_nodes": {"type": "integer"}, "tags": tags.clone(), "nickname": {"type": "string"}}},
+        "NodeClusterPatch": {"type": "object", "additionalProperties": false, "properties": {
+            "target_num_nodes": target, "tags": tags.clone(), "nickname": {"type": "string"},
+            "auto_replace": {"type": "boolean"}}},
         "Node": object(json!({"uuid": {"type": "string"}, "state": {"type": "string"}, "node_cluster": {"type": ["string", "null"]},
             "external_fqdn": {"type": "string"}, "public_ip": {"type": ["string", "null"]}, "resource_uri": {"type": "string"}})),
         "NodePatch": {"type": "object", "properties": {"tags": tags, "nickname": {"type": "string"}}},

@@ -409,7 +409,7 @@ impl<C: Cloud + 'static> Engine<C> {
                 .await?;
             return self.act_on(cluster, &progress, memory).await;
         }
-        let spec = cluster.desired_spec();
+        let spec = cluster.spec.clone();
         let region = spec.region.clone();
 
         // Nodes a user removed one by one (`DELETE node/{uuid}/`): out of the count from
@@ -446,7 +446,7 @@ impl<C: Cloud + 'static> Engine<C> {
             let token = crate::agent_api::batch_token(&secret, &cluster.uuid, first_slot, count);
             (self.settings.user_data)(&UserDataRequest {
                 cluster_uuid: &cluster.uuid,
-                cluster_name: &cluster.name,
+                cluster_name: &cluster.spec.name,
                 region: &region,
                 nodes,
                 registration_token: &token,
@@ -583,7 +583,7 @@ impl<C: Cloud + 'static> Engine<C> {
             .collect();
         Ok(Progress {
             state: cluster.state,
-            target: cluster.target_num_nodes,
+            target: cluster.spec.target_num_nodes,
             canceling: false,
             nodes,
             pending_instances,
@@ -773,7 +773,7 @@ impl<C: Cloud + 'static> Engine<C> {
         deployed: u32,
         outcome: Outcome,
     ) -> Result<(), StoreError> {
-        let target = cluster.target_num_nodes;
+        let target = cluster.spec.target_num_nodes;
         let outcome = match outcome {
             Outcome::Success => action_state::SUCCESS,
             Outcome::Failed => action_state::FAILED,
@@ -835,7 +835,7 @@ impl<C: Cloud + 'static> Engine<C> {
             .iter()
             .filter(|n| !matches!(n.state, NodeState::Terminated | NodeState::Terminating))
             .count() as u32;
-        if cluster.spec.auto_replace && alive < cluster.target_num_nodes {
+        if cluster.spec.auto_replace && alive < cluster.spec.target_num_nodes {
             return self.start_replacement(cluster, alive).await;
         }
         // What the store says, not what EC2 says: a node counts once it is Deployed by
@@ -846,7 +846,7 @@ impl<C: Cloud + 'static> Engine<C> {
             .count() as u32;
         if let Ok(next) = cluster.state.apply(ClusterEvent::Settled {
             deployed,
-            target: cluster.target_num_nodes,
+            target: cluster.spec.target_num_nodes,
         }) && next != cluster.state
         {
             let transition = Transition::new(cluster.state, next);
@@ -867,7 +867,7 @@ impl<C: Cloud + 'static> Engine<C> {
             return Ok(Next::Idle);
         };
         let now = date::now_unix();
-        let missing = cluster.target_num_nodes - alive;
+        let missing = cluster.spec.target_num_nodes - alive;
         let action = ActionRecord {
             uuid: uuid::Uuid::new_v4().to_string(),
             object_uri: flotilla_api::uri::node_cluster(&cluster.uuid),
@@ -883,7 +883,7 @@ impl<C: Cloud + 'static> Engine<C> {
             body: String::new(),
             logs: format!(
                 "auto_replace: {alive} of {} nodes are left; replacing {missing}\n",
-                cluster.target_num_nodes
+                cluster.spec.target_num_nodes
             ),
             can_be_canceled: true,
             can_be_retried: false,
@@ -985,12 +985,24 @@ impl<C: Cloud + 'static> Engine<C> {
                 .vpc
                 .as_ref()
                 .map(|vpc| serde_json::json!([vpc, request.instance_profile_name]).to_string());
+            let lock = self.region_lock(region);
+            let _shared = match key {
+                None => Some(lock.read().await),
+                Some(_) => None,
+            };
+            // The clusters were listed before this check; one removed since must not have
+            // its network ensured (re-created) after its teardown. A teardown holds the
+            // region's lock exclusively until its cluster is Terminated, so under the shared
+            // lock the state read here is final for this check.
+            let still_settled = self
+                .store
+                .cluster(&cluster.uuid)
+                .await?
+                .is_some_and(|c| !c.state.is_busy() && c.state != ClusterState::Terminated);
+            if !still_settled {
+                continue;
+            }
             if !checked.contains_key(&key) {
-                let lock = self.region_lock(region);
-                let _shared = match key {
-                    None => Some(lock.read().await),
-                    Some(_) => None,
-                };
                 let outcome = match self.cloud.ensure_network(&request).await {
                     Ok(network) => Ok(network.changes),
                     Err(error) if error.is_transient() => {
@@ -1051,7 +1063,7 @@ impl<C: Cloud + 'static> Engine<C> {
                             && c.spec.provider_options.vpc.is_none()
                             && !matches!(c.state, ClusterState::Init | ClusterState::Terminated)
                     })
-                    .map(|c| c.name)
+                    .map(|c| c.spec.name)
                     .collect();
                 (Some(guard), NetworkUse::Auto { other_clusters })
             }

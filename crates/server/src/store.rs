@@ -25,7 +25,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flotilla_core::ClusterSpec;
-use flotilla_core::state::{ClusterState, NodeState};
+use flotilla_core::spec::ProviderOptions;
+use flotilla_core::state::{ClusterState, IllegalTransition, NodeEvent, NodeState};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::events::{EventBus, Verb};
@@ -39,6 +40,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A state change the state machine does not allow ([`flotilla_core::state`]).
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
     #[error("corrupt {table} row {key}: {message}")]
     Corrupt {
         table: &'static str,
@@ -48,33 +52,72 @@ pub enum StoreError {
 }
 
 /// A node cluster: desired state plus the reconciler's bookkeeping.
+///
+/// Every field is read one way: the cluster's desired state is [`ClusterRecord::spec`]
+/// (name, target, tags and `auto_replace` included, always the live values), the rest is
+/// bookkeeping. In the store each field lives once: the columns hold what changes or is
+/// looked up (`name`, `target_num_nodes`, `tags`, `auto_replace`), the `spec` JSON only the
+/// create-time fields that never change ([`StoredSpec`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterRecord {
     pub uuid: String,
-    pub name: String,
     pub nickname: String,
-    /// The validated create body; `target_num_nodes` inside it is the create-time value,
-    /// the live one is [`ClusterRecord::target_num_nodes`].
     pub spec: ClusterSpec,
     pub state: ClusterState,
-    pub target_num_nodes: u32,
     pub generation: u64,
     pub next_slot: u32,
-    pub tags: Vec<String>,
     pub current_action: Option<String>,
     pub created_at: i64,
     pub deployed_at: Option<i64>,
     pub destroyed_at: Option<i64>,
 }
 
-impl ClusterRecord {
-    /// The spec with the live target, as the engine needs it.
-    pub fn desired_spec(&self) -> ClusterSpec {
-        ClusterSpec {
-            target_num_nodes: self.target_num_nodes,
-            ..self.spec.clone()
+/// The `spec` column: the fields of a [`ClusterSpec`] fixed at creation. The others
+/// (`name`, `target_num_nodes`, `tags`, `auto_replace`) are columns of their own.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StoredSpec {
+    provider: String,
+    region: String,
+    node_type: String,
+    disk_gb: u32,
+    #[serde(default)]
+    provider_options: ProviderOptions,
+}
+
+impl StoredSpec {
+    fn of(spec: &ClusterSpec) -> StoredSpec {
+        StoredSpec {
+            provider: spec.provider.clone(),
+            region: spec.region.clone(),
+            node_type: spec.node_type.clone(),
+            disk_gb: spec.disk_gb,
+            provider_options: spec.provider_options.clone(),
         }
     }
+}
+
+/// What a `PATCH` of a cluster changes besides its target; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterPatch<'a> {
+    pub nickname: Option<&'a str>,
+    pub tags: Option<&'a [String]>,
+    pub auto_replace: Option<bool>,
+}
+
+impl ClusterPatch<'_> {
+    fn is_empty(&self) -> bool {
+        self.nickname.is_none() && self.tags.is_none() && self.auto_replace.is_none()
+    }
+}
+
+/// A `PATCH`'s change of the target: compare-and-set on `from`. `to` is `Scaling` (the
+/// generation bumped, the patch's action becoming the cluster's current action), or `from`
+/// itself for an `Init` cluster, whose target is edited without scaling.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetChange {
+    pub from: ClusterState,
+    pub to: ClusterState,
+    pub target: u32,
 }
 
 /// A node as last observed.
@@ -197,6 +240,7 @@ struct ClusterRow {
     generation: i64,
     next_slot: i64,
     tags: String,
+    auto_replace: bool,
     current_action: Option<String>,
     created_at: i64,
     deployed_at: Option<i64>,
@@ -255,24 +299,31 @@ fn corrupt(table: &'static str, key: &str, message: impl ToString) -> StoreError
 impl TryFrom<ClusterRow> for ClusterRecord {
     type Error = StoreError;
     fn try_from(row: ClusterRow) -> Result<Self, StoreError> {
-        let spec: ClusterSpec =
+        let stored: StoredSpec =
             serde_json::from_str(&row.spec).map_err(|e| corrupt("clusters", &row.uuid, e))?;
         let state = ClusterState::parse(&row.state)
             .ok_or_else(|| corrupt("clusters", &row.uuid, format!("state '{}'", row.state)))?;
         let tags: Vec<String> =
             serde_json::from_str(&row.tags).map_err(|e| corrupt("clusters", &row.uuid, e))?;
         Ok(ClusterRecord {
-            name: row.name,
             nickname: row.nickname,
-            spec,
+            spec: ClusterSpec {
+                name: row.name,
+                provider: stored.provider,
+                region: stored.region,
+                node_type: stored.node_type,
+                target_num_nodes: u32::try_from(row.target_num_nodes)
+                    .map_err(|e| corrupt("clusters", &row.uuid, e))?,
+                disk_gb: stored.disk_gb,
+                tags,
+                provider_options: stored.provider_options,
+                auto_replace: row.auto_replace,
+            },
             state,
-            target_num_nodes: u32::try_from(row.target_num_nodes)
-                .map_err(|e| corrupt("clusters", &row.uuid, e))?,
             generation: u64::try_from(row.generation)
                 .map_err(|e| corrupt("clusters", &row.uuid, e))?,
             next_slot: u32::try_from(row.next_slot)
                 .map_err(|e| corrupt("clusters", &row.uuid, e))?,
-            tags,
             current_action: row.current_action,
             created_at: row.created_at,
             deployed_at: row.deployed_at,
@@ -445,6 +496,40 @@ impl Store {
     }
 
     /// Closes every connection (the WAL is checkpointed by SQLite on the last close).
+    /// Copies the database file `database` to `snapshot` with `VACUUM INTO`: a consistent
+    /// copy even while a server writes to it (the backup's snapshot).
+    pub async fn snapshot_file(database: &Path, snapshot: &str) -> Result<(), StoreError> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let mut connection = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(database)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30))
+            .connect()
+            .await?;
+        let vacuumed = sqlx::query("VACUUM INTO ?")
+            .bind(snapshot)
+            .execute(&mut connection)
+            .await;
+        let _ = connection.close().await;
+        vacuumed?;
+        Ok(())
+    }
+
+    /// SQLite's integrity check of the database file at `path` ("ok" when sound), without
+    /// migrating it.
+    pub async fn integrity_check(path: &Path) -> Result<String, StoreError> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let mut connection = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .connect()
+            .await?;
+        let verdict = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&mut connection)
+            .await;
+        let _ = connection.close().await;
+        Ok(verdict?)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
@@ -513,17 +598,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at, deployed_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&cluster.uuid)
-        .bind(&cluster.name)
+        .bind(&cluster.spec.name)
         .bind(&cluster.nickname)
-        .bind(to_json(&cluster.spec))
+        .bind(to_json(&StoredSpec::of(&cluster.spec)))
         .bind(cluster.state.as_str())
-        .bind(i64::from(cluster.target_num_nodes))
+        .bind(i64::from(cluster.spec.target_num_nodes))
         .bind(cluster.generation as i64)
         .bind(i64::from(cluster.next_slot))
-        .bind(to_json(&cluster.tags))
+        .bind(to_json(&cluster.spec.tags))
+        .bind(cluster.spec.auto_replace)
         .bind(&cluster.current_action)
         .bind(cluster.created_at)
         .bind(cluster.deployed_at)
@@ -540,7 +626,7 @@ impl Store {
 
     pub async fn cluster(&self, uuid: &str) -> Result<Option<ClusterRecord>, StoreError> {
         let row = sqlx::query_as::<_, ClusterRow>(
-            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at, deployed_at, destroyed_at FROM clusters WHERE uuid = ?",
+            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at FROM clusters WHERE uuid = ?",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -551,7 +637,7 @@ impl Store {
     /// Every cluster, oldest first.
     pub async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
         let rows = sqlx::query_as::<_, ClusterRow>(
-            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at, deployed_at, destroyed_at FROM clusters ORDER BY created_at, rowid",
+            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at FROM clusters ORDER BY created_at, rowid",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -645,57 +731,67 @@ impl Store {
         Ok(true)
     }
 
-    /// Changes only the target of a cluster that is still in `state` (an `Init` cluster's
-    /// target is edited without scaling).
-    pub async fn set_cluster_target(
+    /// A `PATCH` of a cluster in one transaction: the target's change if any
+    /// (compare-and-set on its state), the labels and `auto_replace`, and the patch's
+    /// `action` (in progress and made the cluster's current action when it scales, else
+    /// finished). False, and nothing changed, when the cluster left `target.from`.
+    pub async fn patch_cluster(
         &self,
         uuid: &str,
-        state: ClusterState,
-        target: u32,
+        patch: &ClusterPatch<'_>,
+        target: Option<TargetChange>,
+        action: &ActionRecord,
     ) -> Result<bool, StoreError> {
-        let result =
-            sqlx::query("UPDATE clusters SET target_num_nodes = ? WHERE uuid = ? AND state = ?")
-                .bind(i64::from(target))
-                .bind(uuid)
-                .bind(state.as_str())
-                .execute(&self.writer)
-                .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    pub async fn set_cluster_labels(
-        &self,
-        uuid: &str,
-        nickname: &str,
-        tags: &[String],
-    ) -> Result<(), StoreError> {
-        let state: Option<String> = sqlx::query_scalar(
-            "UPDATE clusters SET nickname = ?, tags = ? WHERE uuid = ? RETURNING state",
-        )
-        .bind(nickname)
-        .bind(to_json(&tags))
-        .bind(uuid)
-        .fetch_optional(&self.writer)
-        .await?;
-        if let Some(state) = state {
-            self.events.cluster(Verb::Update, uuid, &state);
+        let mut tx = self.write().await?;
+        if let Some(change) = target {
+            let scaling = change.from != change.to;
+            let result = sqlx::query(
+                "UPDATE clusters SET state = ?1, target_num_nodes = ?2,
+                    generation = generation + ?3,
+                    current_action = CASE WHEN ?3 THEN ?4 ELSE current_action END
+                 WHERE uuid = ?5 AND state = ?6",
+            )
+            .bind(change.to.as_str())
+            .bind(i64::from(change.target))
+            .bind(scaling)
+            .bind(&action.uuid)
+            .bind(uuid)
+            .bind(change.from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if result.rows_affected() != 1 {
+                return Ok(false);
+            }
         }
-        Ok(())
-    }
-
-    /// Turns the replacement of nodes lost out of band on or off.
-    pub async fn set_cluster_auto_replace(&self, uuid: &str, on: bool) -> Result<(), StoreError> {
-        let state: Option<String> = sqlx::query_scalar(
-            "UPDATE clusters SET spec = json_set(spec, '$.auto_replace', json(?)) WHERE uuid = ? RETURNING state",
-        )
-        .bind(if on { "true" } else { "false" })
-        .bind(uuid)
-        .fetch_optional(&self.writer)
-        .await?;
-        if let Some(state) = state {
-            self.events.cluster(Verb::Update, uuid, &state);
+        let mut state: Option<String> = None;
+        if !patch.is_empty() {
+            state = sqlx::query_scalar(
+                "UPDATE clusters SET nickname = COALESCE(?, nickname), tags = COALESCE(?, tags),
+                    auto_replace = COALESCE(?, auto_replace)
+                 WHERE uuid = ? RETURNING state",
+            )
+            .bind(patch.nickname)
+            .bind(patch.tags.map(|tags| to_json(&tags)))
+            .bind(patch.auto_replace)
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await?;
         }
-        Ok(())
+        insert_action_in(&mut tx, action).await?;
+        tx.commit().await?;
+        match target {
+            Some(change) if change.from != change.to => {
+                let state = change.to.as_str();
+                self.events.cluster(Verb::for_state(state), uuid, state);
+            }
+            _ => {
+                if let Some(state) = state {
+                    self.events.cluster(Verb::Update, uuid, &state);
+                }
+            }
+        }
+        self.publish_action_created(action);
+        Ok(true)
     }
 
     /// The reconciler's slot high-water mark; it only ever grows.
@@ -853,15 +949,18 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a node from `from` to `to` (compare-and-set; health verdicts between
-    /// `Deployed` and `Unreachable`). `None` when the node was not in `from`; otherwise its
-    /// cluster (`Some(None)` for a bring-your-own node).
-    pub async fn set_node_state(
+    /// Applies `event` to a node that is in `from` (compare-and-set; health verdicts between
+    /// `Deployed` and `Unreachable`). The next state comes from [`NodeState::apply`], so an
+    /// event the state machine refuses in `from` is an error and writes nothing. `None` when
+    /// the node was not in `from`; otherwise its new state and its cluster (`None` for a
+    /// bring-your-own node).
+    pub async fn apply_node_event(
         &self,
         uuid: &str,
         from: NodeState,
-        to: NodeState,
-    ) -> Result<Option<Option<String>>, StoreError> {
+        event: NodeEvent,
+    ) -> Result<Option<(NodeState, Option<String>)>, StoreError> {
+        let to = from.apply(event)?;
         let moved: Option<Option<String>> = sqlx::query_scalar(
             "UPDATE nodes SET state = ? WHERE uuid = ? AND state = ? RETURNING cluster_uuid",
         )
@@ -878,7 +977,7 @@ impl Store {
                 to.as_str(),
             );
         }
-        Ok(moved)
+        Ok(moved.map(|cluster| (to, cluster)))
     }
 
     /// Nodes whose health is watched: an agent with a live credential, and `Deployed` or
@@ -1055,4 +1154,149 @@ async fn insert_action_in(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A database made by the schema before every cluster field was stored once
+    /// (migrations 1 to 6), with a cluster whose target and tags were patched (so the spec
+    /// JSON's copies are stale) and `auto_replace` on (in the JSON only).
+    async fn old_database(path: &Path) {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("options")
+            .filename(path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.migrations = Cow::Owned(
+            migrator
+                .migrations
+                .iter()
+                .filter(|m| m.version <= 6)
+                .cloned()
+                .collect(),
+        );
+        migrator.run(&pool).await.expect("old migrations");
+        let spec = serde_json::json!({
+            "name": "web", "provider": "aws", "region": "us-east-1", "node_type": "t3.micro",
+            "target_num_nodes": 2, "disk_gb": 60, "tags": ["old"],
+            "provider_options": {"vpc": {"id": "vpc-0000000a", "subnets": ["subnet-0000000a"],
+                "security_groups": []}},
+            "auto_replace": true
+        });
+        sqlx::query(
+            "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at)
+             VALUES ('c1', 'web', 'my web', ?, 'Deployed', 5, 3, 7, '[\"new\",\"blue\"]', NULL, 10)",
+        )
+        .bind(spec.to_string())
+        .execute(&pool)
+        .await
+        .expect("old cluster");
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_old_database_upgrades_to_one_copy_of_every_cluster_field() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.db");
+        old_database(&path).await;
+        let store = Store::open(&path).await.expect("upgrade");
+        let cluster = store.cluster("c1").await.expect("read").expect("cluster");
+        assert_eq!(cluster.spec.name, "web");
+        assert_eq!(cluster.nickname, "my web");
+        assert_eq!(cluster.spec.target_num_nodes, 5, "the live target");
+        assert_eq!(cluster.spec.tags, ["new", "blue"], "the live tags");
+        assert!(cluster.spec.auto_replace, "moved from the JSON");
+        assert_eq!(cluster.spec.region, "us-east-1");
+        assert_eq!(cluster.spec.disk_gb, 60);
+        assert_eq!(
+            cluster.spec.provider_options.vpc.map(|v| v.subnets),
+            Some(vec!["subnet-0000000a".to_owned()])
+        );
+        assert_eq!((cluster.generation, cluster.next_slot), (3, 7));
+        // The JSON keeps only the create-time fields.
+        let spec: String = sqlx::query_scalar("SELECT spec FROM clusters WHERE uuid = 'c1'")
+            .fetch_one(&store.pool)
+            .await
+            .expect("spec");
+        let spec: serde_json::Value = serde_json::from_str(&spec).expect("json");
+        for field in ["name", "target_num_nodes", "tags", "auto_replace"] {
+            assert!(spec.get(field).is_none(), "{field} still in {spec}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_patch_changes_each_field_in_one_place_in_one_transaction() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.db");
+        old_database(&path).await;
+        let store = Store::open(&path).await.expect("upgrade");
+        let action = |uuid: &str| ActionRecord {
+            uuid: uuid.into(),
+            object_uri: "/api/infra/v1/nodecluster/c1/".into(),
+            label: "Node Cluster Update".into(),
+            method: "PATCH".into(),
+            path: "/".into(),
+            username: "u".into(),
+            user_agent: String::new(),
+            ip: String::new(),
+            state: "Success".into(),
+            start_date: 0,
+            end_date: Some(0),
+            body: String::new(),
+            logs: String::new(),
+            can_be_canceled: false,
+            can_be_retried: false,
+        };
+        let tags = vec!["green".to_owned()];
+        let patch = ClusterPatch {
+            nickname: None,
+            tags: Some(&tags),
+            auto_replace: Some(false),
+        };
+        // A scale from a state the cluster has left changes nothing at all.
+        let stale = TargetChange {
+            from: ClusterState::EmptyCluster,
+            to: ClusterState::Scaling,
+            target: 9,
+        };
+        assert!(
+            !store
+                .patch_cluster("c1", &patch, Some(stale), &action("a1"))
+                .await
+                .expect("patch")
+        );
+        let cluster = store.cluster("c1").await.expect("read").expect("cluster");
+        assert_eq!(cluster.spec.tags, ["new", "blue"]);
+        assert!(cluster.spec.auto_replace);
+        assert_eq!(store.action("a1").await.expect("read"), None);
+
+        let scale = TargetChange {
+            from: ClusterState::Deployed,
+            to: ClusterState::Scaling,
+            target: 9,
+        };
+        assert!(
+            store
+                .patch_cluster("c1", &patch, Some(scale), &action("a2"))
+                .await
+                .expect("patch")
+        );
+        let cluster = store.cluster("c1").await.expect("read").expect("cluster");
+        assert_eq!(cluster.spec.tags, ["green"]);
+        assert!(!cluster.spec.auto_replace);
+        assert_eq!(cluster.spec.target_num_nodes, 9);
+        assert_eq!(cluster.state, ClusterState::Scaling);
+        assert_eq!(cluster.generation, 4);
+        assert_eq!(cluster.current_action.as_deref(), Some("a2"));
+        assert_eq!(cluster.nickname, "my web", "untouched");
+    }
 }

@@ -129,3 +129,76 @@ pub async fn owned(ec2: &aws_sdk_ec2::Client, owner: &str, kind: Kind) -> Vec<St
     ids.sort();
     ids
 }
+
+/// A user's own VPC, as a person would make it in the console: the VPC and one subnet per
+/// `(cidr, availability zone)`. Returns the VPC id and the subnet ids, in order.
+pub async fn create_user_vpc(
+    ec2: &aws_sdk_ec2::Client,
+    cidr: &str,
+    subnets: &[(&str, &str)],
+) -> (String, Vec<String>) {
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block(cidr)
+        .send()
+        .await
+        .expect("CreateVpc on moto");
+    let vpc_id = vpc
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("a VPC id")
+        .to_owned();
+    let mut ids = Vec::new();
+    for (cidr, zone) in subnets {
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(*cidr)
+            .availability_zone(*zone)
+            .send()
+            .await
+            .expect("CreateSubnet on moto");
+        ids.push(
+            subnet
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("a subnet id")
+                .to_owned(),
+        );
+    }
+    (vpc_id, ids)
+}
+
+/// The ids of the instances in a subnet, in any state.
+pub async fn instances_in_subnet(ec2: &aws_sdk_ec2::Client, subnet_id: &str) -> Vec<String> {
+    let output = ec2
+        .describe_instances()
+        .filters(filter("subnet-id", &[subnet_id]))
+        .send()
+        .await
+        .expect("DescribeInstances on moto");
+    output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect()
+}
+
+/// Terminates instances out of band, as a person in the console would.
+pub async fn terminate_instances(ec2: &aws_sdk_ec2::Client, ids: &[String]) {
+    ec2.terminate_instances()
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await
+        .expect("TerminateInstances on moto");
+}
+
+/// Deletes a subnet out of band.
+pub async fn delete_subnet(ec2: &aws_sdk_ec2::Client, subnet_id: &str) {
+    ec2.delete_subnet()
+        .subnet_id(subnet_id)
+        .send()
+        .await
+        .expect("DeleteSubnet on moto");
+}

@@ -316,14 +316,11 @@ mod tests {
         .expect("spec");
         let cluster = ClusterRecord {
             uuid: "c1".into(),
-            name: "c".into(),
             nickname: "c".into(),
             spec,
             state: ClusterState::Deploying,
-            target_num_nodes: 1,
             generation: 1,
             next_slot: 1,
-            tags: Vec::new(),
             current_action: None,
             created_at: 0,
             deployed_at: None,
@@ -499,5 +496,45 @@ mod tests {
                 .last_seen,
             Some(50)
         );
+    }
+
+    #[tokio::test]
+    async fn node_states_move_only_by_the_state_machine() {
+        use flotilla_core::state::NodeEvent;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store_with_node(&dir).await;
+        let state = |store: Store| async move {
+            store.node("n1").await.expect("read").expect("node").state
+        };
+        // A `Deploying` node has no heartbeat to lose: refused, nothing written.
+        let refused = store
+            .apply_node_event("n1", NodeState::Deploying, NodeEvent::HeartbeatLost)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::IllegalTransition(_))),
+            "{refused:?}"
+        );
+        assert_eq!(state(store.clone()).await, NodeState::Deploying);
+        // Compare-and-set: an event for a state the node is not in moves nothing.
+        let moved = store
+            .apply_node_event("n1", NodeState::Deployed, NodeEvent::HeartbeatLost)
+            .await
+            .expect("apply");
+        assert_eq!(moved, None);
+        store
+            .register_agent(&agent("h1"), true, &change(NodeState::Deploying, "1.2.3.4"))
+            .await
+            .expect("register");
+        let moved = store
+            .apply_node_event("n1", NodeState::Deployed, NodeEvent::HeartbeatLost)
+            .await
+            .expect("apply");
+        assert_eq!(moved, Some((NodeState::Unreachable, Some("c1".to_owned()))));
+        let moved = store
+            .apply_node_event("n1", NodeState::Unreachable, NodeEvent::HeardFrom)
+            .await
+            .expect("apply");
+        assert_eq!(moved, Some((NodeState::Deployed, Some("c1".to_owned()))));
+        assert_eq!(state(store.clone()).await, NodeState::Deployed);
     }
 }

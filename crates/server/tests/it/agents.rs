@@ -194,6 +194,42 @@ async fn batch_tokens_register_each_node_once_and_the_cluster_becomes_deployed()
 }
 
 #[tokio::test]
+async fn current_num_nodes_counts_only_nodes_that_are_up() {
+    let (server, batches, _dir) = env().await;
+    let server = &server;
+    let uuid = deployed_cluster(server, 2).await;
+    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let cluster = server.get(&path).await.body;
+    assert_eq!(cluster["state"], "Deploying");
+    assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        cluster["current_num_nodes"], 0,
+        "no node is up while every node is Deploying: {cluster:#}"
+    );
+    let listed = server
+        .get(&format!("/api/infra/v1/nodecluster/?uuid={uuid}"))
+        .await
+        .body;
+    assert_eq!(listed["objects"][0]["current_num_nodes"], 0, "{listed:#}");
+
+    let batches = batches.lock().expect("batches").clone();
+    let batch = &batches[0];
+    let (status, body) = agent_call(
+        server,
+        "127.0.0.21",
+        Method::POST,
+        "/api/agent/v1/node/",
+        Some(&batch.token),
+        Some(registration(batch, batch.first_slot)),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let cluster = server.get(&path).await.body;
+    assert_eq!(cluster["current_num_nodes"], 1, "{cluster:#}");
+    assert_eq!(cluster["target_num_nodes"], 2);
+}
+
+#[tokio::test]
 async fn forged_or_misused_tokens_are_refused() {
     let (server, batches, _dir) = env().await;
     let server = &server;
@@ -424,7 +460,9 @@ async fn a_deploy_settles_without_agents_once_the_registration_timeout_passes() 
     let server = TestServer::start(config, Arc::new(FakeCloud::new()), None).await;
     let uuid = deployed_cluster(&server, 2).await;
     let cluster = server.wait_for_cluster(&uuid, "Empty cluster", LIMIT).await;
-    assert_eq!(cluster["current_num_nodes"], 2);
+    // Both nodes are still in the cluster, but neither is up.
+    assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(cluster["current_num_nodes"], 0);
     let nodes = server
         .get(&format!("/api/infra/v1/node/?node_cluster={uuid}"))
         .await;

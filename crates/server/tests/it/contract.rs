@@ -206,6 +206,134 @@ async fn create_returns_201_init_and_a_finished_action() {
 }
 
 #[tokio::test]
+async fn provider_options_are_checked_against_the_cloud_at_create() {
+    let (server, cloud, _dir) = server().await;
+    cloud.add_user_vpc("vpc-0000000a", &["subnet-0000000a"], &["sg-0000000a"]);
+    cloud.add_instance_profile("nodes");
+    let with = |options: Value| {
+        let mut body = create_body("own", 1);
+        body["provider_options"] = options;
+        body
+    };
+    for (options, needle) in [
+        (
+            json!({"vpc": {"id": "vpc-0000000b"}}),
+            "provider_options.vpc.id: VPC vpc-0000000b",
+        ),
+        (
+            json!({"vpc": {"id": "vpc-0000000a", "subnets": ["subnet-0000000b"]}}),
+            "provider_options.vpc.subnets: subnet subnet-0000000b",
+        ),
+        (
+            json!({"vpc": {"id": "vpc-0000000a", "security_groups": ["sg-0000000b"]}}),
+            "provider_options.vpc.security_groups: security group sg-0000000b",
+        ),
+        (
+            json!({"iam": {"instance_profile_name": "other"}}),
+            "provider_options.iam.instance_profile_name: instance profile 'other'",
+        ),
+    ] {
+        let reply = server
+            .call(
+                Method::POST,
+                "/api/infra/v1/nodecluster/",
+                Some(with(options.clone())),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{options}: {:?}", reply.body);
+        let error = reply.body["error"].as_str().expect("error message");
+        assert!(error.contains(needle), "{needle} not in {error}");
+    }
+    let listed = server.get("/api/infra/v1/nodecluster/").await.body;
+    assert_eq!(
+        listed["meta"]["total_count"], 0,
+        "nothing stored: {listed:#}"
+    );
+    let good = with(
+        json!({"vpc": {"id": "vpc-0000000a", "subnets": ["subnet-0000000a"],
+        "security_groups": ["sg-0000000a"]}, "iam": {"instance_profile_name": "nodes"}}),
+    );
+    let created = server
+        .call(Method::POST, "/api/infra/v1/nodecluster/", Some(good))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(cloud.calls("check_network"), 5);
+    create(&server, "auto", 1).await;
+    assert_eq!(cloud.calls("check_network"), 5, "nothing to check");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_accepts_what_the_server_accepts() {
+    let (server, _, _dir) = server().await;
+    let document = server.get("/api/openapi.json").await.body;
+    let schemas = &document["components"]["schemas"];
+    let bounds = |schema: &Value| {
+        (
+            schema["minimum"].as_i64().expect("minimum"),
+            schema["maximum"].as_i64().expect("maximum"),
+        )
+    };
+    let post = |body: Value| async {
+        server
+            .call(Method::POST, "/api/infra/v1/nodecluster/", Some(body))
+            .await
+            .status
+    };
+
+    // Create: the bounds of target_num_nodes and disk are exactly the server's.
+    let create_schema = &schemas["NodeClusterCreate"]["properties"];
+    let (low, high) = bounds(&create_schema["target_num_nodes"]);
+    assert_eq!(low, 0, "a cluster may be created empty");
+    for (n, status) in [(low, 201), (high, 201), (high + 1, 400)] {
+        let mut body = create_body(&format!("target-{n}"), 0);
+        body["target_num_nodes"] = json!(n);
+        assert_eq!(post(body).await, status, "target_num_nodes {n}");
+    }
+    let (low, high) = bounds(&create_schema["disk"]);
+    for (n, status) in [(low - 1, 400), (low, 201), (high, 201), (high + 1, 400)] {
+        let mut body = create_body(&format!("disk-{n}"), 1);
+        body["disk"] = json!(n.to_string());
+        assert_eq!(post(body).await, status, "disk {n}");
+    }
+    assert_eq!(create_schema["auto_replace"]["type"], "boolean");
+
+    // PATCH: every field the document names is accepted, nothing else.
+    let patch = &schemas["NodeClusterPatch"];
+    assert_eq!(patch["additionalProperties"], false);
+    let fields: Vec<&str> = patch["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = flotilla_server::CLUSTER_PATCH_FIELDS.to_vec();
+    expected.sort_unstable();
+    let mut named = fields.clone();
+    named.sort_unstable();
+    assert_eq!(named, expected);
+    let uuid = create(&server, "patched", 1).await;
+    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let (low, high) = bounds(&patch["properties"]["target_num_nodes"]);
+    for (body, status) in [
+        (json!({"target_num_nodes": low}), 200),
+        (json!({"target_num_nodes": high}), 200),
+        (json!({"target_num_nodes": high + 1}), 400),
+        (json!({"tags": [{"name": "x"}]}), 200),
+        (json!({"nickname": "patched nickname"}), 200),
+        (json!({"auto_replace": true}), 200),
+        (json!({"name": "renamed"}), 400),
+    ] {
+        let reply = server.call(Method::PATCH, &path, Some(body.clone())).await;
+        assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
+    }
+    let cluster = server.get(&path).await.body;
+    assert_eq!(cluster["auto_replace"], true);
+    assert_eq!(cluster["target_num_nodes"], high);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_input_is_a_4xx_naming_what_is_wrong() {
     let (server, _, _dir) = server().await;
     let cases = [

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use flotilla_aws::{Aws, AwsSettings, StaticCredentials};
-use flotilla_testkit::{FaultProxy, Moto};
+use flotilla_testkit::{FaultProxy, Moto, inspect};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -51,65 +50,15 @@ impl Env {
         )
     }
 
-    async fn ec2(&self) -> aws_sdk_ec2::Client {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(self.inspect.endpoint())
-            .credentials_provider(Credentials::new(
-                "AKIAINSPECT",
-                "inspect",
-                None,
-                None,
-                "test",
-            ))
-            .load()
-            .await;
-        aws_sdk_ec2::Client::new(&config)
-    }
-
     /// Running or pending instances per AZ.
     async fn live_per_zone(&self) -> std::collections::BTreeMap<String, usize> {
-        let output = self
-            .ec2()
-            .await
-            .describe_instances()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("instance-state-name")
-                    .values("running")
-                    .values("pending")
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("describe instances");
-        let mut counts = std::collections::BTreeMap::new();
-        for instance in output.reservations().iter().flat_map(|r| r.instances()) {
-            let zone = instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .unwrap_or("?")
-                .to_owned();
-            *counts.entry(zone).or_insert(0) += 1;
-        }
-        counts
+        let ec2 = inspect::ec2_client(&self.inspect.endpoint(), "us-east-1").await;
+        inspect::instances_per_zone(&ec2, &["running", "pending"]).await
     }
 
     async fn owned_vpcs(&self, owner: &str) -> usize {
-        self.ec2()
-            .await
-            .describe_vpcs()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:flotilla:owner")
-                    .values(owner)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("describe vpcs")
-            .vpcs()
-            .len()
+        let ec2 = inspect::ec2_client(&self.inspect.endpoint(), "us-east-1").await;
+        inspect::owned(&ec2, owner, inspect::Kind::Vpc).await.len()
     }
 }
 
@@ -221,6 +170,124 @@ async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
 }
 
 #[tokio::test]
+async fn provider_options_naming_missing_resources_are_refused_at_create_and_nothing_is_stored() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = moto_config(&dir);
+    let installation = flotilla_server::initialize(&config)
+        .await
+        .expect("initialize");
+    let owner = installation.owner_id.clone();
+    let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
+
+    // The user's own VPC with one subnet, and a security group of another VPC.
+    let ec2 = inspect::ec2_client(&env.inspect.endpoint(), "us-east-1").await;
+    let create_vpc = |cidr: &'static str| {
+        let ec2 = ec2.clone();
+        async move {
+            let vpc = ec2.create_vpc().cidr_block(cidr).send().await.expect("vpc");
+            vpc.vpc().and_then(|v| v.vpc_id()).expect("id").to_owned()
+        }
+    };
+    let vpc = create_vpc("172.31.0.0/16").await;
+    let other = create_vpc("172.30.0.0/16").await;
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block("172.31.0.0/24")
+        .availability_zone("us-east-1a")
+        .send()
+        .await
+        .expect("subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("id")
+        .to_owned();
+    let foreign_group = ec2
+        .create_security_group()
+        .vpc_id(&other)
+        .group_name("elsewhere")
+        .description("a group of another VPC")
+        .send()
+        .await
+        .expect("group")
+        .group_id()
+        .expect("id")
+        .to_owned();
+
+    let with = |options: Value| {
+        let mut body = body(1);
+        body["provider_options"] = options;
+        body
+    };
+    let missing = "vpc-0123456789abcdef0";
+    let cases = [
+        (
+            with(json!({"vpc": {"id": missing}})),
+            "provider_options.vpc.id",
+            missing.to_owned(),
+        ),
+        (
+            with(json!({"vpc": {"id": vpc, "subnets": ["subnet-0123456789abcdef0"]}})),
+            "provider_options.vpc.subnets",
+            "subnet-0123456789abcdef0".to_owned(),
+        ),
+        (
+            with(
+                json!({"vpc": {"id": vpc, "subnets": [subnet], "security_groups": ["sg-0123456789abcdef0"]}}),
+            ),
+            "provider_options.vpc.security_groups",
+            "sg-0123456789abcdef0".to_owned(),
+        ),
+        (
+            with(
+                json!({"vpc": {"id": vpc, "subnets": [subnet], "security_groups": [foreign_group]}}),
+            ),
+            "provider_options.vpc.security_groups",
+            foreign_group.clone(),
+        ),
+        (
+            with(json!({"iam": {"instance_profile_name": "no-such-profile"}})),
+            "provider_options.iam.instance_profile_name",
+            "no-such-profile".to_owned(),
+        ),
+    ];
+    for (body, field, id) in cases {
+        let reply = server
+            .call(
+                Method::POST,
+                "/api/infra/v1/nodecluster/",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{body}: {:?}", reply.body);
+        let error = reply.body["error"].as_str().expect("error message");
+        assert!(
+            error.starts_with(&format!("{field}: ")) && error.contains(&id),
+            "{field} and {id} not in {error}"
+        );
+        assert_eq!(reply.action_uri, None, "no action for a refused create");
+    }
+    let listed = server.get("/api/infra/v1/nodecluster/").await.body;
+    assert_eq!(
+        listed["meta"]["total_count"], 0,
+        "nothing stored: {listed:#}"
+    );
+    let actions = server.get("/api/audit/v1/action/").await.body;
+    assert_eq!(actions["meta"]["total_count"], 0, "no action: {actions:#}");
+
+    // The same VPC and subnet, all existing: accepted.
+    let good = with(json!({"vpc": {"id": vpc, "subnets": [subnet]}}));
+    let created = server
+        .call(Method::POST, "/api/infra/v1/nodecluster/", Some(good))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let listed = server.get("/api/infra/v1/nodecluster/").await.body;
+    assert_eq!(listed["meta"]["total_count"], 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_server_killed_mid_deploy_is_finished_by_the_next_one() {
     let env = Env::new().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -305,36 +372,13 @@ async fn network_checks(server: &TestServer, uuid: &str) -> Vec<String> {
 #[tokio::test]
 async fn each_cluster_in_a_shared_vpc_is_judged_by_its_own_subnets() {
     let env = Env::new().await;
-    let ec2 = env.ec2().await;
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.40.0.0/16")
-        .send()
-        .await
-        .expect("CreateVpc");
-    let vpc_id = vpc
-        .vpc()
-        .and_then(|v| v.vpc_id())
-        .expect("vpc id")
-        .to_owned();
-    let mut subnets = Vec::new();
-    for (cidr, zone) in [("10.40.1.0/24", ZONES[0]), ("10.40.2.0/24", ZONES[1])] {
-        let subnet = ec2
-            .create_subnet()
-            .vpc_id(&vpc_id)
-            .cidr_block(cidr)
-            .availability_zone(zone)
-            .send()
-            .await
-            .expect("CreateSubnet");
-        subnets.push(
-            subnet
-                .subnet()
-                .and_then(|s| s.subnet_id())
-                .expect("subnet id")
-                .to_owned(),
-        );
-    }
+    let ec2 = inspect::ec2_client(&env.inspect.endpoint(), "us-east-1").await;
+    let (vpc_id, subnets) = inspect::create_user_vpc(
+        &ec2,
+        "10.40.0.0/16",
+        &[("10.40.1.0/24", ZONES[0]), ("10.40.2.0/24", ZONES[1])],
+    )
+    .await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = moto_config(&dir);
     let installation = flotilla_server::initialize(&config)
@@ -368,34 +412,10 @@ async fn each_cluster_in_a_shared_vpc_is_judged_by_its_own_subnets() {
     }
 
     // Cluster two's instance and then its subnet disappear in the console.
-    let instances = ec2
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("subnet-id")
-                .values(&subnets[1])
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeInstances");
-    let ids: Vec<String> = instances
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| i.instance_id().map(str::to_owned))
-        .collect();
+    let ids = inspect::instances_in_subnet(&ec2, &subnets[1]).await;
     assert_eq!(ids.len(), 1, "cluster two's one node");
-    ec2.terminate_instances()
-        .set_instance_ids(Some(ids))
-        .send()
-        .await
-        .expect("TerminateInstances");
-    ec2.delete_subnet()
-        .subnet_id(&subnets[1])
-        .send()
-        .await
-        .expect("DeleteSubnet");
+    inspect::terminate_instances(&ec2, &ids).await;
+    inspect::delete_subnet(&ec2, &subnets[1]).await;
 
     let started = std::time::Instant::now();
     loop {

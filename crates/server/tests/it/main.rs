@@ -7,6 +7,7 @@ mod contract;
 mod dns;
 mod fuzz;
 mod harness;
+mod invariants;
 mod lifecycle;
 mod link;
 mod security;

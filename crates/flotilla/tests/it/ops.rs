@@ -18,12 +18,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
-use flotilla_testkit::{FaultProxy, Moto};
+use flotilla_testkit::{FaultProxy, MotoAccount, ServerProcess};
 use serde_json::{Value, json};
+
+use crate::support::{Api, server};
 
 pub const START_LIMIT: Duration = Duration::from_secs(30);
 pub const CONVERGE_LIMIT: Duration = Duration::from_secs(90);
@@ -36,11 +37,7 @@ pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 pub struct Harness {
     pub proxy: FaultProxy,
     pub inspector: FaultProxy,
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    process: Option<tokio::process::Child>,
-    runs: u32,
-    extra_env: Vec<(String, String)>,
+    pub server: ServerProcess,
     user: String,
     key: String,
     client: reqwest::Client,
@@ -60,118 +57,48 @@ impl Harness {
     pub async fn start(env: &[(&str, &str)]) -> Harness {
         // reqwest is built without a default TLS crypto provider; any installed one will do.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let moto = Moto::shared();
-        let account = Moto::new_account_id();
-        let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-        let inspector = FaultProxy::start(&moto.endpoint(), Some(account)).await;
-        let port = flotilla_testkit::free_port();
-        let mut harness = Harness {
+        let MotoAccount {
+            proxy, inspector, ..
+        } = MotoAccount::start().await;
+        let mut builder = server(&proxy.endpoint())
+            .access_key_id(ACCESS_KEY)
+            .args(["--node-ready", "running"])
+            .start_limit(START_LIMIT);
+        for (name, value) in env {
+            builder = builder.env(name, value);
+        }
+        let server = builder.start().await.unwrap_or_else(|e| panic!("{e:#}"));
+        let api = Api::of(&server, reqwest::Client::new());
+        Harness {
             proxy,
             inspector,
-            dir: tempfile::tempdir().expect("temp dir"),
-            port,
-            process: None,
-            runs: 0,
-            extra_env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            user: String::new(),
-            key: String::new(),
-            client: reqwest::Client::new(),
-        };
-        harness.launch().await;
-        let text = std::fs::read_to_string(harness.dir.path().join("stdout-0.log")).expect("log");
-        let value = |prefix: &str| {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
-                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-        };
-        harness.user = value("export DOCKERCLOUD_USER=");
-        harness.key = value("export DOCKERCLOUD_APIKEY=");
-        harness
+            server,
+            user: api.user,
+            key: api.key,
+            client: api.client,
+        }
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    async fn launch(&mut self) {
-        let dir = self.dir.path().to_owned();
-        let run = self.runs;
-        self.runs += 1;
-        let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.log"))).expect("log");
-        let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).expect("log");
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
-        command
-            .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(["--endpoint-url", &self.proxy.endpoint()])
-            .args(["--node-ready", "running"])
-            .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("FLOTILLA_LOG", "info")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("FLOTILLA_PUBLIC_URL")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true);
-        for (k, v) in &self.extra_env {
-            command.env(k, v);
-        }
-        self.process = Some(command.spawn().expect("start flotilla server"));
-        let started = Instant::now();
-        while self
-            .client
-            .get(format!("http://127.0.0.1:{}/_ping", self.port))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < START_LIMIT,
-                "server never answered: {}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.server.data_dir().to_owned()
     }
 
     /// SIGKILL, and wait until the process is gone.
     pub async fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.start_kill().expect("SIGKILL");
-            process.wait().await.expect("reaped");
-        }
+        self.server.kill().await;
     }
 
     /// A new server process on the same data directory and port.
     pub async fn restart(&mut self) {
-        self.kill().await;
-        self.launch().await;
+        self.server
+            .restart()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// The tail of every run's logs: what explains a failure without drowning the report.
     pub fn logs(&self) -> String {
-        let mut all = String::new();
-        for run in 0..self.runs {
-            for stream in ["stdout", "stderr"] {
-                let path = self.dir.path().join(format!("{stream}-{run}.log"));
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                // The tail is what explains a failure; whole logs drown the report.
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                all.push_str(&format!("--- {stream} {run}\n"));
-                for line in tail.into_iter().rev() {
-                    all.push_str(line);
-                    all.push('\n');
-                }
-            }
-        }
-        all
+        self.server.log_tail(60)
     }
 
     /// One API call: status, body and the `X-DockerCloud-Action-URI` header.
@@ -183,7 +110,7 @@ impl Harness {
     ) -> (u16, Value, Option<String>) {
         let mut request = self
             .client
-            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .request(method, format!("{}{path}", self.server.base()))
             .basic_auth(&self.user, Some(&self.key))
             .timeout(Duration::from_secs(20));
         if let Some(body) = body {

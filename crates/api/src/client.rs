@@ -246,6 +246,26 @@ impl Client {
         }
     }
 
+    /// `GET path`: the status and the body's bytes, unparsed (for measuring the wire).
+    pub async fn get_bytes(&self, path: &str) -> Result<(u16, Vec<u8>), Error> {
+        let transport = |source| Error::Transport {
+            base: self.base.clone(),
+            method: Method::GET,
+            path: path.to_owned(),
+            source,
+        };
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .basic_auth(&self.user, Some(&self.key))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(transport)?;
+        Ok((status, body.to_vec()))
+    }
+
     /// The JSON of a successful `GET`.
     pub async fn get(&self, path: &str) -> Result<Value, Error> {
         Ok(self.call(Method::GET, path, None).await?.body)

@@ -20,7 +20,7 @@ pub struct ServerProcess {
     pub user: String,
     pub key: String,
     pub pid: u32,
-    client: reqwest::Client,
+    api: flotilla_api::Client,
     process: flotilla_testkit::ServerProcess,
 }
 
@@ -49,14 +49,20 @@ impl ServerProcess {
             .credentials()
             .context("the server never printed the admin's key")?
             .clone();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?;
         Ok(ServerProcess {
             base: process.base(),
+            api: flotilla_api::Client::new(
+                process.base(),
+                credentials.user.clone(),
+                credentials.key.clone(),
+                http,
+            ),
             user: credentials.user,
             key: credentials.key,
             pid: process.pid().context("server pid")?,
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()?,
             process,
         })
     }
@@ -79,8 +85,9 @@ impl ServerProcess {
             .sum()
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    /// The typed client of the server's API, as the admin.
+    pub fn api(&self) -> &flotilla_api::Client {
+        &self.api
     }
 
     /// A Basic-authenticated API call; the status and the JSON body (Null if none).
@@ -90,16 +97,8 @@ impl ServerProcess {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.key));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        let reply = self.api.send(method, path, body.as_ref()).await?;
+        Ok((reply.status, reply.body))
     }
 
     /// Stops the server with SIGTERM (graceful), waiting a few seconds, then kills it.

@@ -4,6 +4,7 @@
 //! three Deployed nodes, each with its agent's own loopback address as public IP; deleting
 //! the cluster takes the agents with the instances. A restarted agent keeps its node.
 
+use flotilla_api::uri;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,14 @@ async fn a_deployed_cluster_has_a_registered_agent_on_every_node() {
     let runner = InstanceRunner::start(runner_config).await;
 
     let uuid = server.create_and_deploy("agents", 3).await;
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
 
     let started = Instant::now();
     let nodes = loop {
         let (_, listed) = server
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;
@@ -82,7 +83,7 @@ async fn a_deployed_cluster_has_a_registered_agent_on_every_node() {
         let (_, listed) = server
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;

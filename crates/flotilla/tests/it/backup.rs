@@ -13,6 +13,8 @@
 //!   (the admin already exists, and the restored key is the one the first server printed):
 //!   each server keeps its logs in its own directory, shown together on a failure.
 
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Output;
@@ -38,16 +40,12 @@ async fn wait_for(
     let started = Instant::now();
     loop {
         let (_, cluster) = api
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/infra/v1/nodecluster/{uuid}/"),
-                None,
-            )
+            .call(reqwest::Method::GET, &uri::node_cluster(uuid), None)
             .await;
         let (_, listed) = api
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;
@@ -136,24 +134,20 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
 
     // The backup, while the server runs and clusters are being created.
     let writer = {
-        let api = Api {
-            base: api.base.clone(),
-            user: user.clone(),
-            key: key.clone(),
-            client: reqwest::Client::new(),
-        };
+        let api = Api::new(&api.base, &user, &key, reqwest::Client::new());
         tokio::spawn(async move {
             let mut created = 0u32;
             while created < 100_000 {
                 let (status, _) = api
                     .call(
                         reqwest::Method::POST,
-                        "/api/infra/v1/nodecluster/",
-                        Some(
-                            json!({"name": format!("churn-{created}"), "target_num_nodes": 1,
-                            "region": "/api/infra/v1/region/aws/us-east-1/",
-                            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"}),
-                        ),
+                        &uri::node_clusters(),
+                        Some(new_node_cluster(
+                            &format!("churn-{created}"),
+                            1,
+                            "us-east-1",
+                            "t3.micro",
+                        )),
                     )
                     .await;
                 assert_eq!(status, 201);
@@ -267,14 +261,11 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(second.credentials().is_none(), "the admin already exists");
-    let api = Api {
-        base: second.base(),
-        ..api
-    };
+    let api = Api::new(&second.base(), &user, &key, reqwest::Client::new());
     let (status, listed) = api
         .call(
             reqwest::Method::GET,
-            "/api/infra/v1/nodecluster/?limit=1000",
+            &format!("{}?limit=1000", uri::node_clusters()),
             None,
         )
         .await;
@@ -309,7 +300,7 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     let (status, body) = api
         .call(
             reqwest::Method::PATCH,
-            &format!("/api/infra/v1/nodecluster/{uuid}/"),
+            &uri::node_cluster(&uuid),
             Some(json!({"target_num_nodes": 3})),
         )
         .await;
@@ -326,11 +317,7 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
 
     // Remove: every instance goes.
     let (status, body) = api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/infra/v1/nodecluster/{uuid}/"),
-            None,
-        )
+        .call(reqwest::Method::DELETE, &uri::node_cluster(&uuid), None)
         .await;
     assert_eq!(status, 202, "{body}");
     wait_for(

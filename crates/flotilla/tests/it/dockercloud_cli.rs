@@ -10,6 +10,7 @@
 //! Nodes become Deployed when their instance runs (`--node-ready running`): moto runs no
 //! user data, so no agent ever registers.
 
+use flotilla_api::uri;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -422,7 +423,7 @@ async fn the_original_docker_cloud_cli_drives_flotilla() {
     for zone in ["us-east-1a", "us-east-1b", "us-east-1c"] {
         let cells = row(&zones, zone);
         assert_eq!(cells[1], "Yes", "{zones}");
-        assert_eq!(cells[2], format!("/api/infra/v1/az/aws/us-east-1/{zone}/"));
+        assert_eq!(cells[2], uri::availability_zone("aws", "us-east-1", zone));
     }
 
     // ---- create --sync, with `event` listening in the background ----
@@ -462,7 +463,7 @@ async fn the_original_docker_cloud_cli_drives_flotilla() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    let web_uri = format!("/api/infra/v1/nodecluster/{web}/");
+    let web_uri = uri::node_cluster(&web);
     assert!(
         events.iter().any(|e| e["type"] == "nodecluster"
             && e["resource_uri"] == web_uri.as_str()
@@ -652,7 +653,7 @@ async fn the_original_docker_cloud_cli_drives_flotilla() {
     assert_eq!(action["uuid"], newest);
     assert_eq!(action["action"], "Node Terminate", "{action:#}");
     assert_eq!(action["state"], "Success", "{action:#}");
-    assert_eq!(action["object"], format!("/api/infra/v1/node/{web_node}/"));
+    assert_eq!(action["object"], uri::node(&web_node));
     // The logs websocket, as `action logs` reads it. (The CLI command itself cannot work
     // with any server that returns an action's `logs` field, as the contract says Docker
     // Cloud did: the library copies `logs` onto the object over its `logs()` method.)

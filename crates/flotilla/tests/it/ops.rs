@@ -24,13 +24,15 @@ use aws_sdk_ec2::types::Filter;
 use flotilla_testkit::{FaultProxy, MotoAccount, ServerProcess};
 use serde_json::{Value, json};
 
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri::{self, Resource};
+
 use crate::support::{Api, server};
 
 pub const START_LIMIT: Duration = Duration::from_secs(30);
 pub const CONVERGE_LIMIT: Duration = Duration::from_secs(90);
 
 pub const ACCESS_KEY: &str = "AKIAE2EOPS";
-pub const CLUSTERS: &str = "/api/infra/v1/nodecluster/";
 pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 
 /// A server under test with its AWS account.
@@ -38,9 +40,7 @@ pub struct Harness {
     pub proxy: FaultProxy,
     pub inspector: FaultProxy,
     pub server: ServerProcess,
-    user: String,
-    key: String,
-    client: reqwest::Client,
+    api: Api,
 }
 
 /// What an operation must end with.
@@ -73,9 +73,7 @@ impl Harness {
             proxy,
             inspector,
             server,
-            user: api.user,
-            key: api.key,
-            client: api.client,
+            api,
         }
     }
 
@@ -108,22 +106,7 @@ impl Harness {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value, Option<String>) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.server.base()))
-            .basic_auth(&self.user, Some(&self.key))
-            .timeout(Duration::from_secs(20));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let action = response
-            .headers()
-            .get("X-DockerCloud-Action-URI")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (status, response.json().await.unwrap_or(Value::Null), action)
+        self.api.call_with_action(method, path, body).await
     }
 
     pub async fn get(&self, path: &str) -> Value {
@@ -134,26 +117,25 @@ impl Harness {
 
     /// `POST nodecluster/` (3 AZs of us-east-1, t3.micro); the cluster's path.
     pub async fn create_cluster(&self, name: &str, nodes: u32) -> String {
+        let body = new_node_cluster(name, nodes, "us-east-1", "t3.micro");
         let (status, created, _) = self
-            .call(
-                reqwest::Method::POST,
-                CLUSTERS,
-                Some(json!({"name": name, "target_num_nodes": nodes,
-                    "region": "/api/infra/v1/region/aws/us-east-1/",
-                    "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-            )
+            .call(reqwest::Method::POST, &uri::node_clusters(), Some(body))
             .await;
         assert_eq!(status, 201, "{created}");
-        format!(
-            "{CLUSTERS}{}/",
-            created["uuid"].as_str().expect("cluster uuid")
-        )
+        uri::node_cluster(created["uuid"].as_str().expect("cluster uuid"))
     }
 
     /// `POST deploy/`; the action's path.
     pub async fn deploy(&self, cluster: &str) -> String {
-        self.act(reqwest::Method::POST, &format!("{cluster}deploy/"), None)
-            .await
+        let Some(Resource::NodeCluster { uuid }) = Resource::parse(cluster) else {
+            panic!("{cluster} is not a node cluster's path");
+        };
+        self.act(
+            reqwest::Method::POST,
+            &uri::node_cluster_deploy(&uuid),
+            None,
+        )
+        .await
     }
 
     /// `PATCH {"target_num_nodes": n}`; the action's path.
@@ -230,7 +212,7 @@ impl Harness {
 
     /// The cluster's nodes as the API lists them (terminated ones too).
     pub async fn nodes_of(&self, cluster: &str) -> Vec<Value> {
-        let list = self.get("/api/infra/v1/node/?limit=1000").await;
+        let list = self.get(&format!("{}?limit=1000", uri::nodes())).await;
         list["objects"]
             .as_array()
             .expect("objects")

@@ -17,6 +17,7 @@
 //! * Crash points run two at a time, each in its own moto account, to stay well under the
 //!   time budget on two cores.
 
+use flotilla_api::uri;
 use std::time::{Duration, Instant};
 
 use flotilla_testkit::inspect::{self, Kind};
@@ -42,7 +43,7 @@ async fn crash_at(k: u64) {
         .unwrap_or_else(|e| panic!("k={k}: {e:#}"));
     let api = Api::of(&server, reqwest::Client::new());
     let uuid = api.create_cluster(&format!("crash{k}"), 6).await;
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
 
     proxy.clear_log();
     proxy.add_rule(

@@ -5,20 +5,33 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
 use flotilla_testkit::{ServerBuilder, ServerProcess};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// An authenticated client of one server's Docker Cloud API.
+/// An authenticated client of one server's Docker Cloud API: the typed client
+/// ([`flotilla_api::Client`]) with the tests' panicking shorthands.
 pub struct Api {
     pub base: String,
     pub user: String,
     pub key: String,
-    pub client: reqwest::Client,
+    pub api: flotilla_api::Client,
 }
 
 impl Api {
+    pub fn new(base: &str, user: &str, key: &str, http: reqwest::Client) -> Api {
+        let api = flotilla_api::Client::new(base, user, key, http);
+        Api {
+            base: api.base().to_owned(),
+            user: user.to_owned(),
+            key: key.to_owned(),
+            api,
+        }
+    }
+
     /// One call: status and JSON body (`null` when there is none).
     pub async fn call(
         &self,
@@ -37,34 +50,19 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value, Option<String>) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.key))
-            .timeout(Duration::from_secs(20));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let action = response
-            .headers()
-            .get("X-DockerCloud-Action-URI")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (status, response.json().await.unwrap_or(Value::Null), action)
+        let sent = self.api.send(method.clone(), path, body.as_ref());
+        let reply = tokio::time::timeout(Duration::from_secs(20), sent)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer in 20 s"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        (reply.status, reply.body, reply.action_uri)
     }
 
     /// Creates a cluster of `nodes` t3.micro in us-east-1; its uuid.
     pub async fn create_cluster(&self, name: &str, nodes: u32) -> String {
+        let body = new_node_cluster(name, nodes, "us-east-1", "t3.micro");
         let (status, created) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/infra/v1/nodecluster/",
-                Some(json!({"name": name, "target_num_nodes": nodes,
-                    "region": "/api/infra/v1/region/aws/us-east-1/",
-                    "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-            )
+            .call(reqwest::Method::POST, &uri::node_clusters(), Some(body))
             .await;
         assert_eq!(status, 201, "{created}");
         created["uuid"].as_str().expect("uuid").to_owned()
@@ -76,7 +74,7 @@ impl Api {
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
-                &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
+                &uri::node_cluster_deploy(&uuid),
                 None,
             )
             .await;
@@ -128,12 +126,7 @@ impl Api {
         let credentials = server
             .credentials()
             .unwrap_or_else(|| panic!("the server printed no credentials:\n{}", server.log()));
-        Api {
-            base: server.base(),
-            user: credentials.user.clone(),
-            key: credentials.key.clone(),
-            client,
-        }
+        Api::new(&server.base(), &credentials.user, &credentials.key, client)
     }
 }
 

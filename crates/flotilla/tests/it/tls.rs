@@ -10,6 +10,7 @@
 //!   moto, which carries the CA of `--agent-ca-cert`) stops with a certificate error without
 //!   `--ca-cert` and registers with it.
 
+use flotilla_api::uri;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -99,15 +100,9 @@ async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
     let server = start_tls_server(&pki, &proxy.endpoint(), &["--node-ready", "running"]).await;
 
-    let ping = server
-        .client
-        .get(format!("{}/_ping", server.base))
-        .send()
-        .await
-        .expect("ping");
-    assert_eq!(ping.status().as_u16(), 200);
+    assert!(server.api.ping().await.expect("ping"), "/_ping answers");
     let (status, listed) = server
-        .call(reqwest::Method::GET, "/api/infra/v1/nodecluster/", None)
+        .call(reqwest::Method::GET, &uri::node_clusters(), None)
         .await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["meta"]["total_count"], 0);
@@ -116,20 +111,21 @@ async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
-        .expect("client")
-        .get(format!(
-            "{}/_ping",
-            server.base.replacen("https://", "http://", 1)
-        ))
-        .send()
-        .await;
+        .expect("client");
+    let plain = flotilla_api::Client::new(
+        server.base.replacen("https://", "http://", 1),
+        "",
+        "",
+        plain,
+    )
+    .ping()
+    .await;
     assert!(plain.is_err(), "plain http answered: {plain:?}");
 
     // A client that trusts only the system's roots, or another CA, refuses the server.
     for ca in [None, Some(pki.path("other-ca.pem"))] {
-        let error = https_client(ca.as_deref())
-            .get(format!("{}/_ping", server.base))
-            .send()
+        let error = flotilla_api::Client::new(&server.base, "", "", https_client(ca.as_deref()))
+            .ping()
             .await
             .expect_err("untrusted certificate");
         assert!(
@@ -149,7 +145,7 @@ async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let mut request = format!("wss://127.0.0.1:{port}/api/audit/v1/events/")
+    let mut request = format!("wss://127.0.0.1:{port}{}", flotilla_api::uri::events())
         .into_client_request()
         .expect("request");
     let basic =
@@ -375,7 +371,7 @@ async fn an_agent_registers_over_https_only_when_it_trusts_the_ca() {
         let (_, listed) = server
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;

@@ -63,7 +63,11 @@ impl TestServer {
         let handle = tokio::spawn(flotilla_server::run(listener, config, cloud, async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::new();
+        // The contract tests check what the server records of its client: the Python one.
+        let client = reqwest::Client::builder()
+            .user_agent("python-dockercloud/1.0.12")
+            .build()
+            .expect("HTTP client");
         let api = flotilla_api::Client::new(
             base.clone(),
             credentials.username.clone(),

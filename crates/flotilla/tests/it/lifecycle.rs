@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
-use flotilla_testkit::{FaultProxy, InstanceRunner, Moto, RunnerConfig};
+use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
 use futures::StreamExt as _;
 use hickory_net::client::{Client, ClientHandle};
 use hickory_net::proto::rr::{DNSClass, Name, RData, RecordType};
@@ -203,10 +203,11 @@ async fn instance_state(ec2: &aws_sdk_ec2::Client, instance: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_their_agents_instances_and_the_network() {
-    let moto = Moto::shared();
-    let account = Moto::new_account_id();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-    let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+    let MotoAccount {
+        proxy,
+        inspector: inspect,
+        ..
+    } = MotoAccount::start().await;
     let ec2 = flotilla_testkit::inspect::ec2_client(&inspect.endpoint(), "us-east-1").await;
     let dns_address = SocketAddr::from(([127, 0, 0, 1], flotilla_testkit::free_port()));
     let grace = GRACE.to_string();
@@ -518,8 +519,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bring_your_own_node_registers_goes_silent_and_is_removed() {
-    let moto = Moto::shared();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
     let dns_address = SocketAddr::from(([127, 0, 0, 1], flotilla_testkit::free_port()));
     let grace = GRACE.to_string();
     let dns_listen = dns_address.to_string();

@@ -6,7 +6,7 @@
 use std::process::Output;
 
 use flotilla_testkit::server::isolate_env;
-use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+use flotilla_testkit::{Fault, MotoAccount, Rule};
 
 use crate::support::Server;
 
@@ -38,8 +38,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_keys_are_validated_stored_sealed_and_used() {
-    let moto = Moto::shared();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
     let server = Server::start(&proxy.endpoint(), &["--node-ready", "running"]).await;
 
     // Keys AWS refuses everywhere: the reasons, exit 1, nothing linked.

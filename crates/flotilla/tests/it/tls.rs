@@ -16,9 +16,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use flotilla_testkit::MotoAccount;
 use flotilla_testkit::inspect::ec2_client;
 use flotilla_testkit::runner::parse_user_data;
-use flotilla_testkit::{FaultProxy, Moto, MotoAccount};
 use futures::StreamExt as _;
 use serde_json::Value;
 
@@ -96,8 +96,7 @@ async fn start_tls_server(pki: &Pki, aws_endpoint: &str, extra: &[&str]) -> Serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let pki = Pki::new();
-    let moto = Moto::shared();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
     let server = start_tls_server(&pki, &proxy.endpoint(), &["--node-ready", "running"]).await;
 
     assert!(server.api.ping().await.expect("ping"), "/_ping answers");

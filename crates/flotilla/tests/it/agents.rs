@@ -4,10 +4,10 @@
 //! three Deployed nodes, each with its agent's own loopback address as public IP; deleting
 //! the cluster takes the agents with the instances. A restarted agent keeps its node.
 
-use flotilla_api::uri;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use flotilla_api::uri;
 use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
 
 use crate::support::{LIMIT, Server};

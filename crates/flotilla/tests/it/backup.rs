@@ -13,13 +13,13 @@
 //!   (the admin already exists, and the restored key is the one the first server printed):
 //!   each server keeps its logs in its own directory, shown together on a failure.
 
-use flotilla_api::client::new_node_cluster;
-use flotilla_api::uri;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
 use flotilla_testkit::MotoAccount;
 use flotilla_testkit::inspect::instances_per_zone;
 use flotilla_testkit::server::{isolate_env, logs_in};

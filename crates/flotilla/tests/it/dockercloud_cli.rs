@@ -10,7 +10,6 @@
 //! Nodes become Deployed when their instance runs (`--node-ready running`): moto runs no
 //! user data, so no agent ever registers.
 
-use flotilla_api::uri;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -19,6 +18,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::Filter;
+use flotilla_api::uri;
 use flotilla_testkit::server::isolate_env;
 use flotilla_testkit::{FaultProxy, MotoAccount, ServerProcess};
 use serde_json::Value;

@@ -8,7 +8,6 @@
 //! → a replacement; the route table deleted in moto → recreated; `node rm` → terminated in
 //! EC2, target lowered, credential revoked. A second test covers a bring-your-own node.
 
-use flotilla_api::uri;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
+use flotilla_api::uri;
 use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
 use futures::StreamExt as _;
 use hickory_net::client::{Client, ClientHandle};

@@ -17,9 +17,9 @@
 //! * Crash points run two at a time, each in its own moto account, to stay well under the
 //!   time budget on two cores.
 
-use flotilla_api::uri;
 use std::time::{Duration, Instant};
 
+use flotilla_api::uri;
 use flotilla_testkit::inspect::{self, Kind};
 use flotilla_testkit::{Fault, MotoAccount, Rule};
 

@@ -10,12 +10,12 @@
 //!   moto, which carries the CA of `--agent-ca-cert`) stops with a certificate error without
 //!   `--ca-cert` and registers with it.
 
-use flotilla_api::uri;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use flotilla_api::uri;
 use flotilla_testkit::MotoAccount;
 use flotilla_testkit::inspect::ec2_client;
 use flotilla_testkit::runner::parse_user_data;

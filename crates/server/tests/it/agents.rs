@@ -3,12 +3,12 @@
 //! credential re-registers its own node (from a new address) and nothing else.
 //! Agents are played by a plain HTTP client bound to distinct loopback addresses.
 
-use flotilla_api::agent::{AGENT_NODES, agent_node, agent_node_ping};
-use flotilla_api::uri;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flotilla_api::agent::{AGENT_NODES, agent_node, agent_node_ping};
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use flotilla_core::tags::node_uuid;
 use flotilla_server::{NodeReady, UserDataRequest};

@@ -1,11 +1,11 @@
 //! The API contract (shared/design/dockercloud-api.md) against `FakeCloud`: paths, status
 //! codes, envelopes, dates, filters, errors, and the cluster lifecycle as the API shows it.
 
-use flotilla_api::uri;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::date;
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -266,7 +266,7 @@ async fn bad_input_is_a_4xx_naming_what_is_wrong() {
     );
     let bad_type = server
         .client
-        .post(format!("{}/api/infra/v1/nodecluster/", server.base))
+        .post(format!("{}{}", server.base, uri::node_clusters()))
         .basic_auth(
             &server.credentials.username,
             Some(&server.credentials.api_key),

@@ -9,12 +9,12 @@
 //! * `the_agent_api_survives_random_input` throws seeded random bodies, tokens and paths at
 //!   the agent API, with a valid batch token and a valid node credential among them.
 
-use flotilla_api::uri;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use flotilla_server::{NodeReady, UserDataRequest};
 use rand::rngs::StdRng;

@@ -2,10 +2,10 @@
 //! ([`flotilla_api::Client`]), and a raw client for the requests the typed one would never
 //! send (malformed bodies, other credentials, no credentials).
 
-use flotilla_api::uri;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla_api::uri;
 use flotilla_core::cloud::Cloud;
 use flotilla_server::{Credentials, ServerConfig};
 use reqwest::Method;

@@ -2,12 +2,12 @@
 //! cluster lifecycle through the API, and a server killed mid-deploy whose successor
 //! finishes the work.
 
-use flotilla_api::client::new_node_cluster;
-use flotilla_api::uri;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
 use flotilla_aws::{Aws, AwsSettings, StaticCredentials};
 use flotilla_testkit::{FaultProxy, Moto};
 use reqwest::Method;

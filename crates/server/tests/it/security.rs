@@ -8,7 +8,6 @@
 //!   log line. (An agent credential acting only on its own node, and a registration token
 //!   working once, are `agents.rs`.)
 
-use flotilla_api::uri;
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -16,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use flotilla_api::agent::{AGENT_NODES, agent_node_ping};
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use flotilla_server::http::{Route, concrete, parse_path, template};
 use flotilla_server::{NodeReady, UserDataRequest};
@@ -445,7 +446,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let registered = client_from(next_ip())
-        .post(format!("{}/api/agent/v1/node/", server.base))
+        .post(format!("{}{AGENT_NODES}", server.base))
         .header("Authorization", format!("TutumAgentToken {batch_token}"))
         .json(
             &json!({"agent_version": "test", "cluster": cluster, "slot": first_slot,
@@ -459,7 +460,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
     let credential = node["credential"].as_str().expect("credential").to_owned();
     let uuid = node["uuid"].as_str().expect("uuid").to_owned();
     let ping = client_from(next_ip())
-        .post(format!("{}/api/agent/v1/node/{uuid}/ping/", server.base))
+        .post(format!("{}{}", server.base, agent_node_ping(&uuid)))
         .header("Authorization", format!("TutumAgentToken {credential}"))
         .send()
         .await

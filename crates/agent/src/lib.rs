@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flotilla_api::agent::{
-    AGENT_NODES, AgentNode, PingReply, Registration, TOKEN_SCHEME, agent_node_ping,
-};
+use flotilla_api::AgentClient;
+use flotilla_api::agent::{AgentNode, Registration};
+use flotilla_api::client::Error as ApiError;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -182,27 +182,24 @@ struct Refusal {
 
 struct Agent {
     config: AgentConfig,
-    client: reqwest::Client,
-    base: String,
+    client: AgentClient,
     saved: Option<SavedState>,
     private_ips: Vec<String>,
 }
 
+impl Refusal {
+    /// The answer behind `error`; `None` when there was none (the server is unreachable).
+    fn of(error: &ApiError) -> Option<Refusal> {
+        let status = StatusCode::from_u16(error.status()?).ok()?;
+        let message = match error {
+            ApiError::Refused { message, .. } => message.clone(),
+            _ => error.to_string(),
+        };
+        Some(Refusal { status, message })
+    }
+}
+
 impl Agent {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn refusal(response: reqwest::Response) -> Refusal {
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or(text);
-        Refusal { status, message }
-    }
-
     /// One registration attempt. `Ok(Err(refusal))` is an answer other than success.
     async fn register_once(&self, token: &str) -> anyhow::Result<Result<AgentNode, Refusal>> {
         let body = Registration {
@@ -214,17 +211,13 @@ impl Agent {
             private_ips: self.private_ips.clone(),
             docker_version: docker_version().await,
         };
-        let response = self
-            .client
-            .post(self.url(AGENT_NODES))
-            .header("Authorization", format!("{TOKEN_SCHEME} {token}"))
-            .json(&body)
-            .send()
-            .await?;
-        if response.status().is_success() {
-            return Ok(Ok(response.json().await?));
+        match self.client.register(token, &body).await {
+            Ok(node) => Ok(Ok(node)),
+            Err(error) => match Refusal::of(&error) {
+                Some(refusal) => Ok(Err(refusal)),
+                None => Err(error.into()),
+            },
         }
-        Ok(Err(Self::refusal(response).await))
     }
 
     /// Registers (or re-registers), retrying until it succeeds or is refused for good.
@@ -304,23 +297,16 @@ impl Agent {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let sent = self
-                .client
-                .post(self.url(&agent_node_ping(uuid)))
-                .header(
-                    "Authorization",
-                    format!("{TOKEN_SCHEME} {}", saved.credential),
-                )
-                .send()
-                .await;
-            match sent {
-                Ok(response) if response.status().is_success() => {
-                    if let Err(error) = response.json::<PingReply>().await {
-                        tracing::warn!(%error, "unexpected heartbeat answer");
-                    }
+            match self.client.heartbeat(uuid, &saved.credential).await {
+                Ok(_) => {}
+                Err(error @ ApiError::Decode { .. }) => {
+                    tracing::warn!(error = format!("{error:#}"), "unexpected heartbeat answer");
                 }
-                Ok(response) => {
-                    let refusal = Self::refusal(response).await;
+                Err(error) => {
+                    let Some(refusal) = Refusal::of(&error) else {
+                        tracing::warn!(error = format!("{error:#}"), "heartbeat failed");
+                        continue;
+                    };
                     if matches!(
                         refusal.status,
                         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
@@ -330,7 +316,6 @@ impl Agent {
                     }
                     tracing::warn!(status = %refusal.status, message = refusal.message, "heartbeat failed");
                 }
-                Err(error) => tracing::warn!(%error, "heartbeat failed"),
             }
         }
     }
@@ -339,12 +324,11 @@ impl Agent {
 /// Ends the agent when the server's certificate does not verify: retrying cannot help, and
 /// verification is never skipped. Any other failure (the server is down) is left to the
 /// registration loop and its back-off.
-async fn check_certificate(client: &reqwest::Client, server: &str) -> anyhow::Result<()> {
+async fn check_certificate(client: &AgentClient, server: &str) -> anyhow::Result<()> {
     if !server.starts_with("https:") {
         return Ok(());
     }
-    let url = format!("{}/_ping", server.trim_end_matches('/'));
-    if let Err(error) = client.get(&url).send().await
+    if let Err(error) = client.ping().await
         && let Some(reason) = tls::certificate_error(&error)
     {
         bail!(
@@ -363,7 +347,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(ip) = config.bind_ip {
         builder = builder.local_address(ip);
     }
-    let client = builder.build().context("building the HTTP client")?;
+    let http = builder.build().context("building the HTTP client")?;
+    let client = AgentClient::new(config.server.clone(), http);
     check_certificate(&client, &config.server).await?;
     let private_ips = if !config.private_ips.is_empty() {
         config.private_ips.clone()
@@ -378,7 +363,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.slot,
     );
     let mut agent = Agent {
-        base: config.server.trim_end_matches('/').to_owned(),
         config,
         client,
         saved,

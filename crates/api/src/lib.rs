@@ -12,8 +12,12 @@
 //!   the CLI splits them by position and a misplaced segment breaks it silently.
 
 pub mod agent;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod date;
 pub mod types;
 pub mod uri;
 
+#[cfg(feature = "client")]
+pub use client::{AgentClient, Client, Reply};
 pub use types::*;

@@ -39,6 +39,69 @@ pub fn action(uuid: &str) -> String {
     format!("{AUDIT}/action/{uuid}/")
 }
 
+/// Collections and endpoints that are not one object (paths of the typed client,
+/// [`crate::client`]). A list path takes Tastypie-style query parameters after it.
+pub fn node_clusters() -> String {
+    format!("{INFRA}/nodecluster/")
+}
+
+pub fn nodes() -> String {
+    format!("{INFRA}/node/")
+}
+
+pub fn actions() -> String {
+    format!("{AUDIT}/action/")
+}
+
+pub fn providers() -> String {
+    format!("{INFRA}/provider/")
+}
+
+pub fn regions() -> String {
+    format!("{INFRA}/region/")
+}
+
+pub fn node_types() -> String {
+    format!("{INFRA}/nodetype/")
+}
+
+pub fn availability_zones() -> String {
+    format!("{INFRA}/az/")
+}
+
+/// `POST`: a registration token for bring-your-own nodes.
+pub fn token() -> String {
+    format!("{INFRA}/token/")
+}
+
+/// `POST`: deploys a node cluster.
+pub fn node_cluster_deploy(uuid: &str) -> String {
+    format!("{INFRA}/nodecluster/{uuid}/deploy/")
+}
+
+/// `POST`: asks a node's agent for a health check.
+pub fn node_health_check(uuid: &str) -> String {
+    format!("{INFRA}/node/{uuid}/health-check/")
+}
+
+/// `POST`: `cancel` or `retry` an action.
+pub fn action_verb(uuid: &str, verb: &str) -> String {
+    format!("{AUDIT}/action/{uuid}/{verb}/")
+}
+
+/// `GET`/`PUT`: the AWS keys linked to a provider.
+pub fn provider_credentials(provider: &str) -> String {
+    format!("{INFRA}/provider/{provider}/credentials/")
+}
+
+/// The events websocket.
+pub fn events() -> String {
+    format!("{AUDIT}/events/")
+}
+
+/// The unauthenticated liveness check.
+pub const PING: &str = "/_ping";
+
 /// An object a resource URI names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {

@@ -246,7 +246,7 @@ pub async fn register_byo_many(
             .map(|i| async move {
                 let started = Instant::now();
                 let (status, body) = server
-                    .call(reqwest::Method::POST, "/api/infra/v1/token/", None)
+                    .call(reqwest::Method::POST, &flotilla_api::uri::token(), None)
                     .await?;
                 let token = body["token"]
                     .as_str()

@@ -18,6 +18,9 @@ use crate::Ctx;
 use crate::awsproxy::TimingProxy;
 use crate::fleet::Fleet;
 use crate::report::{Table, Target, ms};
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
+
 use crate::server::ServerProcess;
 use crate::stats::{Summary, summarize};
 
@@ -51,14 +54,7 @@ async fn measure(server: &ServerProcess, name: &str, paths: &[String]) -> anyhow
     let (mut rows, mut bytes) = (0, 0);
     for path in paths {
         let started = Instant::now();
-        let response = server
-            .client()
-            .get(format!("{}{path}", server.base))
-            .basic_auth(&server.user, Some(&server.key))
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await?;
+        let (status, body) = server.api().get_bytes(path).await?;
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
         if status != 200 {
             bail!("{path}: {status} {}", String::from_utf8_lossy(&body));
@@ -116,7 +112,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let (_, listed) = server
-        .call(reqwest::Method::GET, "/api/infra/v1/node/?limit=1", None)
+        .call(
+            reqwest::Method::GET,
+            &format!("{}?limit=1", uri::nodes()),
+            None,
+        )
         .await?;
     let total = listed["meta"]["total_count"].as_u64().unwrap_or(0);
     if total < args.nodes as u64 {
@@ -135,13 +135,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             } else {
                 rng.random_range(0..args.nodes - 25)
             };
-            format!("/api/infra/v1/node/?limit=25&offset={offset}")
+            format!("{}?limit=25&offset={offset}", uri::nodes())
         })
         .collect();
     let pages1000: Vec<String> = (0..(n / 10).max(5))
         .map(|_| {
             format!(
-                "/api/infra/v1/node/?limit=1000&offset={}",
+                "{}?limit=1000&offset={}",
+                uri::nodes(),
                 rng.random_range(0..args.nodes - 1000)
             )
         })
@@ -149,16 +150,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let prefixes: Vec<String> = (0..n)
         .map(|_| {
             let uuid = &uuids[rng.random_range(0..uuids.len())];
-            format!("/api/infra/v1/node/?uuid__startswith={}", &uuid[..8])
+            format!("{}?uuid__startswith={}", uri::nodes(), &uuid[..8])
         })
         .collect();
     let singles: Vec<String> = (0..n)
-        .map(|_| {
-            format!(
-                "/api/infra/v1/node/{}/",
-                uuids[rng.random_range(0..uuids.len())]
-            )
-        })
+        .map(|_| uri::node(&uuids[rng.random_range(0..uuids.len())]))
         .collect();
     let mut queries = Vec::new();
     // Warm-up: connections and caches.
@@ -180,19 +176,26 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let (status, created) = server
         .call(
             reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": "fanout", "target_num_nodes": args.deploy,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
+            &uri::node_clusters(),
+            Some(new_node_cluster(
+                "fanout",
+                args.deploy,
+                "us-east-1",
+                "t3.micro",
+            )),
         )
         .await?;
     let uuid = created["uuid"]
         .as_str()
         .with_context(|| format!("create: {status} {created}"))?
         .to_owned();
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
     server
-        .call(reqwest::Method::POST, &format!("{path}deploy/"), None)
+        .call(
+            reqwest::Method::POST,
+            &uri::node_cluster_deploy(&uuid),
+            None,
+        )
         .await?;
     let mut during = Vec::new();
     loop {

@@ -20,6 +20,9 @@ use crate::Ctx;
 use crate::awsproxy::{TimingProxy, critical_path, critical_path_seconds};
 use crate::fleet::Fleet;
 use crate::report::{Table, Target};
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
+
 use crate::server::ServerProcess;
 
 #[derive(Debug, clap::Args)]
@@ -90,7 +93,7 @@ async fn start_run(ctx: &Ctx, latency: Duration, node_ready: &str) -> anyhow::Re
     // The catalogue (regions, zones, node types) is loaded once per server; load it before
     // the clock starts, as any server that has answered one request has.
     server
-        .call(reqwest::Method::GET, "/api/infra/v1/region/", None)
+        .call(reqwest::Method::GET, &uri::regions(), None)
         .await?;
     fault.set_latency(latency);
     let fleet = Fleet::start(server.base.clone(), timing.clone(), Duration::from_secs(10));
@@ -117,7 +120,7 @@ impl Run {
         let first_call = self.timing.len();
         let t0 = Instant::now();
         let uuid = op.await?;
-        let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+        let path = uri::node_cluster(&uuid);
         let mut nodes_at: Option<Instant> = None;
         let settled_at = loop {
             if let Some(want) = expect_nodes
@@ -215,10 +218,13 @@ async fn create(server: &ServerProcess, n: u32) -> anyhow::Result<String> {
     let (status, created) = server
         .call(
             reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": format!("bench{n}"), "target_num_nodes": n,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
+            &uri::node_clusters(),
+            Some(new_node_cluster(
+                &format!("bench{n}"),
+                n,
+                "us-east-1",
+                "t3.micro",
+            )),
         )
         .await?;
     if status != 201 {
@@ -228,7 +234,7 @@ async fn create(server: &ServerProcess, n: u32) -> anyhow::Result<String> {
     let (status, body) = server
         .call(
             reqwest::Method::POST,
-            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
+            &uri::node_cluster_deploy(&uuid),
             None,
         )
         .await?;
@@ -242,7 +248,7 @@ async fn patch(server: &ServerProcess, uuid: &str, n: u32) -> anyhow::Result<Str
     let (status, body) = server
         .call(
             reqwest::Method::PATCH,
-            &format!("/api/infra/v1/nodecluster/{uuid}/"),
+            &uri::node_cluster(uuid),
             Some(json!({"target_num_nodes": n})),
         )
         .await?;
@@ -254,11 +260,7 @@ async fn patch(server: &ServerProcess, uuid: &str, n: u32) -> anyhow::Result<Str
 
 async fn remove(server: &ServerProcess, uuid: &str) -> anyhow::Result<String> {
     let (status, body) = server
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/infra/v1/nodecluster/{uuid}/"),
-            None,
-        )
+        .call(reqwest::Method::DELETE, &uri::node_cluster(uuid), None)
         .await?;
     if !(200..300).contains(&status) {
         bail!("rm: {status} {body}");

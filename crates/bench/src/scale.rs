@@ -204,11 +204,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
     let mut missing_states = std::collections::BTreeMap::new();
     for uuid in silenced.iter().filter(|u| !delays.contains_key(*u)) {
         let (_, node) = server
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/infra/v1/node/{uuid}/"),
-                None,
-            )
+            .call(reqwest::Method::GET, &flotilla_api::uri::node(uuid), None)
             .await?;
         let state = node["state"].as_str().unwrap_or("?").to_owned();
         *missing_states.entry(state).or_insert(0) += 1;

@@ -16,6 +16,9 @@ use crate::Ctx;
 use crate::awsproxy::TimingProxy;
 use crate::fleet::Fleet;
 use crate::report::{Table, Target};
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
+
 use crate::server::ServerProcess;
 
 #[derive(Debug, clap::Args)]
@@ -60,19 +63,21 @@ async fn create_deployed(
     let (status, created) = server
         .call(
             reqwest::Method::POST,
-            "/api/infra/v1/nodecluster/",
-            Some(json!({"name": name, "target_num_nodes": n,
-                "region": "/api/infra/v1/region/aws/us-east-1/",
-                "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
+            &uri::node_clusters(),
+            Some(new_node_cluster(name, n, "us-east-1", "t3.micro")),
         )
         .await?;
     if status != 201 {
         bail!("create {name}: {status} {created}");
     }
     let uuid = created["uuid"].as_str().context("uuid")?.to_owned();
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
     let (status, body) = server
-        .call(reqwest::Method::POST, &format!("{path}deploy/"), None)
+        .call(
+            reqwest::Method::POST,
+            &uri::node_cluster_deploy(&uuid),
+            None,
+        )
         .await?;
     if status != 202 {
         bail!("deploy {name}: {status} {body}");

@@ -22,10 +22,7 @@ pub async fn listen(
     listener: usize,
     sink: mpsc::UnboundedSender<(usize, Instant, Value)>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let url = format!(
-        "{}/api/audit/v1/events/",
-        server.base.replacen("http://", "ws://", 1)
-    );
+    let url = server.api().events_url();
     let mut request = url.into_client_request()?;
     let auth =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", server.user, server.key));

@@ -189,12 +189,12 @@ fn spec_from(args: &UpArgs) -> anyhow::Result<ClusterSpec> {
     object.insert("name".into(), json!(args.cluster.name));
     object.insert(
         "region".into(),
-        json!(format!("/api/infra/v1/region/aws/{}/", args.cluster.region)),
+        json!(flotilla_api::uri::region("aws", &args.cluster.region)),
     );
     if args.spec.is_none() || !object.contains_key("node_type") {
         object.insert(
             "node_type".into(),
-            json!(format!("/api/infra/v1/nodetype/aws/{}/", args.node_type)),
+            json!(flotilla_api::uri::node_type("aws", &args.node_type)),
         );
     }
     if let Some(n) = &args.target_num_nodes {

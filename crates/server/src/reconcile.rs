@@ -98,6 +98,10 @@ pub struct ReconcileSettings {
     /// How long a deploy waits for a running node's agent to register before it settles
     /// without it (the node stays `Deploying` and is counted when it registers).
     pub registration_timeout: Duration,
+    /// How long a describe may take to show an instance just launched (EC2 is eventually
+    /// consistent): a recorded node missing from an observation younger than this is
+    /// taken as still starting, not as terminated out of band.
+    pub observation_lag: Duration,
 }
 
 impl fmt::Debug for ReconcileSettings {
@@ -112,6 +116,7 @@ impl fmt::Debug for ReconcileSettings {
             .field("key_name", &self.key_name)
             .field("node_ready", &self.node_ready)
             .field("registration_timeout", &self.registration_timeout)
+            .field("observation_lag", &self.observation_lag)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +136,7 @@ impl Default for ReconcileSettings {
             }),
             node_ready: NodeReady::default(),
             registration_timeout: Duration::from_secs(600),
+            observation_lag: Duration::from_secs(10),
         }
     }
 }
@@ -192,11 +198,20 @@ struct Engine<C> {
 /// after a full pass that found every instance launched only re-reads the store. And while
 /// instances are starting, it counts the observations so far, for the planner's growing
 /// re-observation delay.
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// After a full pass that launched what it planned and found instances starting, the
+/// planner's `ObserveAgain` is carried out as a re-observation: one describe of the
+/// cluster, recorded, and the verdict again — no network ensure and no planning, because a
+/// describe right after a launch (or a create) may not show it yet, and planning on such an
+/// observation would launch (or create) a second time.
+#[derive(Debug, Clone, Default)]
 struct PassMemory {
     last: Option<LastPass>,
-    /// Consecutive full passes of this generation that left the work unfinished.
+    /// Consecutive observations of this generation that left the work unfinished.
     unfinished: u32,
+    /// Set by a full pass whose verdict was `ObserveAgain`: the subnets' CIDRs it used, for
+    /// recording nodes' private addresses on a re-observation.
+    reobserve: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -393,6 +408,11 @@ impl<C: Cloud + 'static> Engine<C> {
                 .await?;
             return self.conclude(cluster, Outcome::Canceled, memory).await;
         }
+        if let Some(cidrs) = memory.reobserve.clone()
+            && let Some(next) = self.reobserve(cluster, &cidrs, failures, memory).await?
+        {
+            return Ok(next);
+        }
         // See `PassMemory`: registrations nudge the cluster one by one; after a full pass
         // that left only agents to wait for, a nudge re-reads the store, not the cloud.
         let recent = memory.last.filter(|last| {
@@ -531,7 +551,76 @@ impl<C: Cloud + 'static> Engine<C> {
             pending_instances,
             awaiting_agents_only: verdict(&progress) == Ok(Verdict::AwaitAgents),
         });
+        memory.reobserve =
+            matches!(verdict(&progress), Ok(Verdict::ObserveAgain { .. })).then(|| {
+                cidrs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            });
         self.act_on(cluster, &progress, memory).await
+    }
+
+    /// A re-observation (see `PassMemory`): describe the cluster, record it, and ask the
+    /// planner's verdict again. `None` when a full pass is needed instead: the cluster has
+    /// fewer live or just-launched nodes than its target (an instance died while starting).
+    async fn reobserve(
+        &self,
+        cluster: &ClusterRecord,
+        cidrs: &BTreeMap<String, String>,
+        failures: u32,
+        memory: &mut PassMemory,
+    ) -> Result<Option<Next>, StoreError> {
+        let observed_at = date::now_unix();
+        let observed = match self
+            .cloud
+            .describe_cluster(&cluster.spec.region, &cluster.uuid)
+            .await
+        {
+            Ok(observed) => observed,
+            Err(error) => {
+                return self
+                    .converge_failed(cluster, error, failures, memory)
+                    .await
+                    .map(Some);
+            }
+        };
+        let live: Vec<Instance> = observed
+            .iter()
+            .filter(|i| i.state.is_alive())
+            .cloned()
+            .collect();
+        let cidrs: BTreeMap<&str, &str> = cidrs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.record(cluster, &live, &[], &cidrs, observed_at)
+            .await?;
+        let nodes = self.store.nodes_of(&cluster.uuid).await?;
+        let lag = i64::try_from(self.settings.observation_lag.as_secs()).unwrap_or(i64::MAX);
+        // Recorded nodes the describe does not show yet: launched, still to appear.
+        let unseen = nodes
+            .iter()
+            .filter(|n| {
+                n.state == NodeState::Deploying
+                    && observed_at.saturating_sub(n.created_at) <= lag
+                    && !live.iter().any(|i| i.node_uuid == n.uuid)
+            })
+            .count();
+        let members = live.len() + unseen;
+        if members < cluster.spec.target_num_nodes as usize {
+            memory.reobserve = None;
+            memory.last = None;
+            return Ok(None);
+        }
+        let pending = unseen > 0 || live.iter().any(|i| i.state == InstanceState::Pending);
+        let progress = self
+            .progress(cluster, pending, false, memory.unfinished)
+            .await?;
+        if !matches!(verdict(&progress), Ok(Verdict::ObserveAgain { .. })) {
+            memory.reobserve = None;
+        }
+        self.act_on(cluster, &progress, memory).await.map(Some)
     }
 
     /// Runs `work` with a log function whose lines go to the cluster's action as they come,
@@ -741,7 +830,9 @@ impl<C: Cloud + 'static> Engine<C> {
             // this observation was taken may simply be too new to be in it.
             if !seen
                 && !matches!(node.state, NodeState::Terminated | NodeState::Terminating)
-                && node.created_at < observed_at
+                && node.created_at.saturating_add(
+                    i64::try_from(self.settings.observation_lag.as_secs()).unwrap_or(i64::MAX),
+                ) < observed_at
             {
                 let line = format!(
                     "node {} ({}) is gone: its instance was terminated outside Flotilla",

@@ -18,13 +18,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use flotilla_api::uri;
+
 use super::ApiClient;
 use crate::engine::Format;
 use crate::output::{print_json, print_table};
-
-const CLUSTERS: &str = "/api/infra/v1/nodecluster/";
-const NODES: &str = "/api/infra/v1/node/";
-const ACTIONS: &str = "/api/audit/v1/action/";
 
 /// Options every client command takes.
 #[derive(Debug, Args)]
@@ -292,7 +290,7 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
     let format = args.common.format;
     match args.command {
         NodeClusterCommand::Ls => {
-            let clusters = client.list(CLUSTERS).await?;
+            let clusters = client.list(&uri::node_clusters()).await?;
             show_objects(
                 &clusters,
                 format,
@@ -324,15 +322,19 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
         NodeClusterCommand::Inspect { identifiers } => {
             let mut found = Vec::new();
             for id in &identifiers {
-                found.push(client.find(CLUSTERS, "node cluster", id, true).await?);
+                found.push(
+                    client
+                        .find(&uri::node_clusters(), "node cluster", id, true)
+                        .await?,
+                );
             }
             Ok(inspect(found))
         }
         NodeClusterCommand::Create(create) => {
             let mut body = json!({
                 "name": create.name,
-                "region": format!("/api/infra/v1/region/{}/{}/", create.provider, create.region),
-                "node_type": format!("/api/infra/v1/nodetype/{}/{}/", create.provider, create.nodetype),
+                "region": uri::region(&create.provider, &create.region),
+                "node_type": uri::node_type(&create.provider, &create.nodetype),
                 "target_num_nodes": create.target_num_nodes,
             });
             if let Some(disk) = create.disk {
@@ -373,10 +375,13 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             if !options.is_empty() {
                 body["provider_options"] = Value::Object(options);
             }
-            let created = client.call(Method::POST, CLUSTERS, Some(&body)).await?.body;
+            let created = client
+                .call(Method::POST, &uri::node_clusters(), Some(&body))
+                .await?
+                .body;
             let uuid = text(&created, "uuid");
             let deployed = client
-                .call(Method::POST, &format!("{CLUSTERS}{uuid}/deploy/"), None)
+                .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)
                 .await?;
             crate::out!("{uuid}");
             maybe_follow(&client, deployed.action_uri, create.sync).await
@@ -387,13 +392,13 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             sync,
         } => {
             let cluster = client
-                .find(CLUSTERS, "node cluster", &identifier, true)
+                .find(&uri::node_clusters(), "node cluster", &identifier, true)
                 .await?;
             let uuid = text(&cluster, "uuid");
             let answer = client
                 .call(
                     Method::PATCH,
-                    &format!("{CLUSTERS}{uuid}/"),
+                    &uri::node_cluster(&uuid),
                     Some(&json!({"target_num_nodes": target_num_nodes})),
                 )
                 .await?;
@@ -403,10 +408,12 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
         NodeClusterCommand::Rm { identifiers, sync } => {
             let mut code = ExitCode::SUCCESS;
             for id in &identifiers {
-                let cluster = client.find(CLUSTERS, "node cluster", id, true).await?;
+                let cluster = client
+                    .find(&uri::node_clusters(), "node cluster", id, true)
+                    .await?;
                 let uuid = text(&cluster, "uuid");
                 let answer = client
-                    .call(Method::DELETE, &format!("{CLUSTERS}{uuid}/"), None)
+                    .call(Method::DELETE, &uri::node_cluster(&uuid), None)
                     .await?;
                 crate::out!("{uuid}");
                 if maybe_follow(&client, answer.action_uri, sync).await? != ExitCode::SUCCESS {
@@ -416,14 +423,14 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
         NodeClusterCommand::Provider => {
-            let providers = client.list("/api/infra/v1/provider/").await?;
+            let providers = client.list(&uri::providers()).await?;
             show_objects(&providers, format, &["NAME", "LABEL", "AVAILABLE"], |p| {
                 vec![text(p, "name"), text(p, "label"), text(p, "available")]
             });
             Ok(ExitCode::SUCCESS)
         }
         NodeClusterCommand::Region { provider } => {
-            let mut regions = client.list("/api/infra/v1/region/").await?;
+            let mut regions = client.list(&uri::regions()).await?;
             if let Some(provider) = provider {
                 regions.retain(|r| last_segment(r, "provider") == provider);
             }
@@ -443,7 +450,7 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         NodeClusterCommand::Nodetype { provider, region } => {
-            let mut types = client.list("/api/infra/v1/nodetype/").await?;
+            let mut types = client.list(&uri::node_types()).await?;
             if let Some(provider) = provider {
                 types.retain(|t| last_segment(t, "provider") == provider);
             }
@@ -476,7 +483,7 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         NodeClusterCommand::Az { region } => {
-            let mut zones = client.list("/api/infra/v1/az/").await?;
+            let mut zones = client.list(&uri::availability_zones()).await?;
             if let Some(region) = region {
                 zones.retain(|z| last_segment(z, "region") == region);
             }
@@ -506,10 +513,12 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         NodeCommand::Ls { cluster } => {
             let path = match cluster {
                 Some(id) => {
-                    let cluster = client.find(CLUSTERS, "node cluster", &id, true).await?;
-                    format!("{NODES}?node_cluster={}", text(&cluster, "uuid"))
+                    let cluster = client
+                        .find(&uri::node_clusters(), "node cluster", &id, true)
+                        .await?;
+                    format!("{}?node_cluster={}", uri::nodes(), text(&cluster, "uuid"))
                 }
-                None => NODES.to_owned(),
+                None => uri::nodes(),
             };
             let nodes = client.list(&path).await?;
             show_objects(
@@ -541,18 +550,16 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         NodeCommand::Inspect { identifiers } => {
             let mut found = Vec::new();
             for id in &identifiers {
-                found.push(client.find(NODES, "node", id, false).await?);
+                found.push(client.find(&uri::nodes(), "node", id, false).await?);
             }
             Ok(inspect(found))
         }
         NodeCommand::Rm { identifiers, sync } => {
             let mut code = ExitCode::SUCCESS;
             for id in &identifiers {
-                let node = client.find(NODES, "node", id, false).await?;
+                let node = client.find(&uri::nodes(), "node", id, false).await?;
                 let uuid = text(&node, "uuid");
-                let answer = client
-                    .call(Method::DELETE, &format!("{NODES}{uuid}/"), None)
-                    .await?;
+                let answer = client.call(Method::DELETE, &uri::node(&uuid), None).await?;
                 crate::out!("{uuid}");
                 if maybe_follow(&client, answer.action_uri, sync).await? != ExitCode::SUCCESS {
                     code = ExitCode::from(3);
@@ -562,19 +569,17 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         }
         NodeCommand::HealthCheck { identifiers } => {
             for id in &identifiers {
-                let node = client.find(NODES, "node", id, false).await?;
+                let node = client.find(&uri::nodes(), "node", id, false).await?;
                 let uuid = text(&node, "uuid");
                 let answer = client
-                    .call(Method::POST, &format!("{NODES}{uuid}/health-check/"), None)
+                    .call(Method::POST, &uri::node_health_check(&uuid), None)
                     .await?;
                 crate::out!("{uuid} {}", text(&answer.body, "state"));
             }
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Byo => {
-            let answer = client
-                .call(Method::POST, "/api/infra/v1/token/", None)
-                .await?;
+            let answer = client.call(Method::POST, &uri::token(), None).await?;
             let token = text(&answer.body, "token");
             if token.is_empty() {
                 bail!("the server returned no token");
@@ -597,7 +602,7 @@ pub async fn action(args: ActionArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ActionCommand::Ls { last } => {
             let mut actions = Vec::new();
-            let mut next = Some(format!("{ACTIONS}?limit={}", last.clamp(1, 1000)));
+            let mut next = Some(format!("{}?limit={}", uri::actions(), last.clamp(1, 1000)));
             while let Some(page) = next.filter(|_| actions.len() < last) {
                 let body = client.get(&page).await?;
                 actions.extend(
@@ -640,12 +645,14 @@ pub async fn action(args: ActionArgs) -> anyhow::Result<ExitCode> {
         ActionCommand::Inspect { identifiers } => {
             let mut found = Vec::new();
             for id in &identifiers {
-                found.push(client.find(ACTIONS, "action", id, false).await?);
+                found.push(client.find(&uri::actions(), "action", id, false).await?);
             }
             Ok(inspect(found))
         }
         ActionCommand::Logs { identifier, follow } => {
-            let action = client.find(ACTIONS, "action", &identifier, false).await?;
+            let action = client
+                .find(&uri::actions(), "action", &identifier, false)
+                .await?;
             let uri = text(&action, "resource_uri");
             let mut printed = 0usize;
             loop {
@@ -680,10 +687,10 @@ async fn act_on_actions(
     verb: &str,
 ) -> anyhow::Result<ExitCode> {
     for id in identifiers {
-        let action = client.find(ACTIONS, "action", id, false).await?;
+        let action = client.find(&uri::actions(), "action", id, false).await?;
         let uuid = text(&action, "uuid");
         client
-            .call(Method::POST, &format!("{ACTIONS}{uuid}/{verb}/"), None)
+            .call(Method::POST, &uri::action_verb(&uuid, verb), None)
             .await?;
         crate::out!("{uuid}");
     }
@@ -697,15 +704,12 @@ pub async fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
     use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 
     let client = ApiClient::from_env(args.common.host)?;
-    let url = format!(
-        "{}/api/audit/v1/events",
-        client.base().replacen("http", "ws", 1)
-    );
+    let url = client.api.events_url();
     let authorization = format!(
         "Basic {}",
         base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
-            format!("{}:{}", client.user, client.api_key)
+            format!("{}:{}", client.api.user(), client.api.key())
         )
     );
     let mut pause = Duration::from_millis(500);

@@ -13,17 +13,15 @@
 pub mod commands;
 pub mod provider;
 
-use anyhow::{Context, bail};
-use reqwest::{Method, StatusCode};
+use anyhow::{Context, anyhow, bail};
+use reqwest::Method;
 use serde_json::Value;
 
-/// A configured connection to a Flotilla server.
+/// A configured connection to a Flotilla server: the typed client
+/// ([`flotilla_api::Client`]) with the CLI's configuration and error messages.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    base: String,
-    user: String,
-    api_key: String,
-    http: reqwest::Client,
+    pub api: flotilla_api::Client,
 }
 
 /// A successful answer: the body and the action the call started, if any.
@@ -56,69 +54,47 @@ impl ApiClient {
             .build()
             .context("building the HTTP client")?;
         Ok(ApiClient {
-            base: base.trim_end_matches('/').to_owned(),
-            user,
-            api_key,
-            http,
+            api: flotilla_api::Client::new(base, user, api_key, http),
         })
     }
 
     pub fn base(&self) -> &str {
-        &self.base
+        self.api.base()
     }
 
-    /// Sends a request to `path` (which starts with `/api/`) and returns the JSON answer.
+    /// Sends a request to `path` (built by [`flotilla_api::uri`]) and returns the JSON
+    /// answer; a refusal is an error with the server's message.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Answer> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .basic_auth(&self.user, Some(&self.api_key))
-            .header("Content-Type", "application/json");
-        if let Some(body) = body {
-            request = request.body(body.to_string());
+        match self.api.call(method, path, body).await {
+            Ok(reply) => Ok(Answer {
+                body: reply.body,
+                action_uri: reply.action_uri,
+            }),
+            Err(error) => Err(self.explain(error)),
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(error) => {
-                if let Some(reason) = flotilla_agent::tls::certificate_error(&error) {
-                    bail!(
-                        "the TLS certificate of {} is not trusted ({reason}); set FLOTILLA_CA_CERT to the CA that signed it",
-                        self.base
-                    );
-                }
-                return Err(error)
-                    .with_context(|| format!("cannot reach {} ({method} {path})", self.base));
+    }
+
+    /// The CLI's words for a failed call.
+    fn explain(&self, error: flotilla_api::client::Error) -> anyhow::Error {
+        use flotilla_api::client::Error;
+        match &error {
+            Error::Transport { .. } => match flotilla_agent::tls::certificate_error(&error) {
+                Some(reason) => anyhow!(
+                    "the TLS certificate of {} is not trusted ({reason}); set FLOTILLA_CA_CERT to the CA that signed it",
+                    self.base()
+                ),
+                None => error.into(),
+            },
+            Error::Unauthorized { .. } => {
+                anyhow!("not authorized: check FLOTILLA_USER and FLOTILLA_APIKEY")
             }
-        };
-        let status = response.status();
-        let action_uri = response
-            .headers()
-            .get("X-DockerCloud-Action-URI")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.text().await.unwrap_or_default();
-        if status == StatusCode::UNAUTHORIZED {
-            bail!("not authorized: check FLOTILLA_USER and FLOTILLA_APIKEY");
+            Error::Refused { .. } | Error::Decode { .. } => error.into(),
         }
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or(text);
-            bail!("{message} ({} {method} {path})", status.as_u16());
-        }
-        let body = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)?
-        };
-        Ok(Answer { body, action_uri })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -127,19 +103,7 @@ impl ApiClient {
 
     /// Every object of a list, following `meta.next`.
     pub async fn list(&self, path: &str) -> anyhow::Result<Vec<Value>> {
-        let mut objects = Vec::new();
-        let mut next = Some(path.to_owned());
-        while let Some(page) = next {
-            let body = self.get(&page).await?;
-            if let Some(items) = body.get("objects").and_then(Value::as_array) {
-                objects.extend(items.iter().cloned());
-            }
-            next = body
-                .pointer("/meta/next")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-        }
-        Ok(objects)
+        self.api.list(path).await.map_err(|e| self.explain(e))
     }
 
     /// Finds one object by full uuid, uuid prefix or (where `by_name`) name, like the
@@ -178,7 +142,4 @@ impl ApiClient {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
+use flotilla_api::client::encode;

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use flotilla_api::uri;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -60,15 +61,11 @@ struct LinkArgs {
     profile: Option<String>,
 }
 
-fn path(provider: &str) -> String {
-    format!("/api/infra/v1/provider/{provider}/credentials/")
-}
-
 pub async fn provider(args: ProviderArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env(args.common.host.clone())?;
     match args.command {
         ProviderCommand::Show { provider } => {
-            let body = client.get(&path(&provider)).await?;
+            let body = client.get(&uri::provider_credentials(&provider)).await?;
             match args.common.format {
                 Format::Json => print_json(&body),
                 Format::Table => match body.get("access_key_id").and_then(Value::as_str) {
@@ -103,7 +100,11 @@ pub async fn provider(args: ProviderArgs) -> anyhow::Result<ExitCode> {
                 "session_token": keys.session_token,
             });
             let answer = match client
-                .call(Method::PUT, &path(&link.provider), Some(&body))
+                .call(
+                    Method::PUT,
+                    &uri::provider_credentials(&link.provider),
+                    Some(&body),
+                )
                 .await
             {
                 Ok(answer) => answer.body,

@@ -7,29 +7,28 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use flotilla_testkit::{FaultProxy, InstanceRunner, Moto, RunnerConfig};
+use flotilla_api::uri;
+use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
 
 use crate::support::{LIMIT, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployed_cluster_has_a_registered_agent_on_every_node() {
-    let moto = Moto::shared();
-    let account = Moto::new_account_id();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
     let server = Server::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
     let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
     runner_config.heartbeat = Duration::from_millis(300);
     let runner = InstanceRunner::start(runner_config).await;
 
     let uuid = server.create_and_deploy("agents", 3).await;
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
 
     let started = Instant::now();
     let nodes = loop {
         let (_, listed) = server
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;
@@ -82,7 +81,7 @@ async fn a_deployed_cluster_has_a_registered_agent_on_every_node() {
         let (_, listed) = server
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;

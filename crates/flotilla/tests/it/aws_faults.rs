@@ -223,7 +223,7 @@ async fn revoked_keys_fail_the_action_clearly_and_good_keys_resume_it() {
     let (status, linked, _) = h
         .call(
             reqwest::Method::PUT,
-            "/api/infra/v1/provider/aws/credentials/",
+            &flotilla_api::uri::provider_credentials("aws"),
             Some(json!({"access_key_id": "AKIAE2EGOODKEYS",
                 "secret_access_key": "good/Secret+Key0123456789"})),
         )

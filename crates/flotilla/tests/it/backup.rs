@@ -9,20 +9,23 @@
 //! truncated backup file.
 //!
 //! Design decisions:
-//! * Its own process harness, as in `server_crash.rs`: the restored server must run on a
-//!   directory this test prepared, and prints no credentials (the admin already exists, and
-//!   the restored key is the one the first server printed).
+//! * The restored server runs on a directory this test prepared and prints no credentials
+//!   (the admin already exists, and the restored key is the one the first server printed):
+//!   each server keeps its logs in its own directory, shown together on a failure.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use flotilla_testkit::inspect::{ec2_client, instances_per_zone};
-use flotilla_testkit::{FaultProxy, Moto};
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
+use flotilla_testkit::MotoAccount;
+use flotilla_testkit::inspect::instances_per_zone;
+use flotilla_testkit::server::{isolate_env, logs_in};
 use serde_json::{Value, json};
 
-use crate::support::{Api, printed_credentials, run_logs};
+use crate::support::{Api, server};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -37,16 +40,12 @@ async fn wait_for(
     let started = Instant::now();
     loop {
         let (_, cluster) = api
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/infra/v1/nodecluster/{uuid}/"),
-                None,
-            )
+            .call(reqwest::Method::GET, &uri::node_cluster(uuid), None)
             .await;
         let (_, listed) = api
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;
@@ -69,51 +68,9 @@ async fn wait_for(
     }
 }
 
-/// Starts `flotilla server` on `data` and waits until it answers; `run` names its logs.
-async fn start(dir: &Path, data: &Path, port: u16, aws: &str, run: u32) -> tokio::process::Child {
-    let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.log"))).expect("log");
-    let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).expect("log");
-    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--endpoint-url", aws, "--node-ready", "running"])
-        .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
-        .env("AWS_ACCESS_KEY_ID", "AKIAE2EBACKUP")
-        .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("FLOTILLA_LOG", "info")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("FLOTILLA_PUBLIC_URL")
-        .env_remove("FLOTILLA_DATA_DIR")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start flotilla server");
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client
-        .get(format!("http://127.0.0.1:{port}/_ping"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < LIMIT,
-            "server never answered: {}",
-            run_logs(dir)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    process
-}
-
 async fn flotilla(args: &[&str], paths: &[&Path]) -> Output {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
-    command.args(args).env_remove("FLOTILLA_DATA_DIR");
+    isolate_env(&mut command).args(args);
     for path in paths {
         command.arg(path);
     }
@@ -140,24 +97,24 @@ async fn running_instances(ec2: &aws_sdk_ec2::Client) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_server_keeps_managing_the_clusters_it_had() {
-    let moto = Moto::shared();
-    let account = Moto::new_account_id();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-    let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
-    let ec2 = ec2_client(&inspect.endpoint(), "us-east-1").await;
+    let account = MotoAccount::start().await;
+    let ec2 = account.ec2("us-east-1").await;
     let dir = tempfile::tempdir().expect("dir");
     let dir = dir.path();
     let original = dir.join("original");
-    let first_port = flotilla_testkit::free_port();
-    let mut server = start(dir, &original, first_port, &proxy.endpoint(), 0).await;
-    let (user, key) = printed_credentials(&dir.join("stdout-0.log"));
-    let api = Api {
-        base: format!("http://127.0.0.1:{first_port}"),
-        user: user.clone(),
-        key: key.clone(),
-        client: reqwest::Client::new(),
-    };
-    let show_logs = || run_logs(dir);
+    let builder = server(&account.proxy.endpoint())
+        .access_key_id("AKIAE2EBACKUP")
+        .args(["--node-ready", "running"]);
+    let mut first = builder
+        .clone()
+        .dir(dir.join("first-server"))
+        .data_dir(&original)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let api = Api::of(&first, reqwest::Client::new());
+    let (user, key) = (api.user.clone(), api.key.clone());
+    let show_logs = || logs_in(&dir.join("first-server")) + &logs_in(&dir.join("restored-server"));
 
     let uuid = api.create_and_deploy("kept", 2).await;
     let (_, nodes) = wait_for(
@@ -177,24 +134,20 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
 
     // The backup, while the server runs and clusters are being created.
     let writer = {
-        let api = Api {
-            base: api.base.clone(),
-            user: user.clone(),
-            key: key.clone(),
-            client: reqwest::Client::new(),
-        };
+        let api = Api::new(&api.base, &user, &key, reqwest::Client::new());
         tokio::spawn(async move {
             let mut created = 0u32;
             while created < 100_000 {
                 let (status, _) = api
                     .call(
                         reqwest::Method::POST,
-                        "/api/infra/v1/nodecluster/",
-                        Some(
-                            json!({"name": format!("churn-{created}"), "target_num_nodes": 1,
-                            "region": "/api/infra/v1/region/aws/us-east-1/",
-                            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"}),
-                        ),
+                        &uri::node_clusters(),
+                        Some(new_node_cluster(
+                            &format!("churn-{created}"),
+                            1,
+                            "us-east-1",
+                            "t3.micro",
+                        )),
                     )
                     .await;
                 assert_eq!(status, 201);
@@ -228,7 +181,7 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     assert_eq!(envelope["format"], "flotilla-backup");
     assert_eq!(envelope["secret_key"]["size"], 32);
 
-    server.kill().await.expect("kill the server");
+    first.kill().await;
 
     // Restore into a fresh directory.
     let restored = dir.join("restored");
@@ -301,16 +254,18 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     }
 
     // The restored server: same account, same credentials, same clusters.
-    let second_port = flotilla_testkit::free_port();
-    let _server = start(dir, &restored, second_port, &proxy.endpoint(), 1).await;
-    let api = Api {
-        base: format!("http://127.0.0.1:{second_port}"),
-        ..api
-    };
+    let second = builder
+        .dir(dir.join("restored-server"))
+        .data_dir(&restored)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(second.credentials().is_none(), "the admin already exists");
+    let api = Api::new(&second.base(), &user, &key, reqwest::Client::new());
     let (status, listed) = api
         .call(
             reqwest::Method::GET,
-            "/api/infra/v1/nodecluster/?limit=1000",
+            &format!("{}?limit=1000", uri::node_clusters()),
             None,
         )
         .await;
@@ -345,7 +300,7 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     let (status, body) = api
         .call(
             reqwest::Method::PATCH,
-            &format!("/api/infra/v1/nodecluster/{uuid}/"),
+            &uri::node_cluster(&uuid),
             Some(json!({"target_num_nodes": 3})),
         )
         .await;
@@ -362,11 +317,7 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
 
     // Remove: every instance goes.
     let (status, body) = api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/infra/v1/nodecluster/{uuid}/"),
-            None,
-        )
+        .call(reqwest::Method::DELETE, &uri::node_cluster(&uuid), None)
         .await;
     assert_eq!(status, 202, "{body}");
     wait_for(

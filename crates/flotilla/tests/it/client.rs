@@ -6,7 +6,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use flotilla_testkit::inspect::{ec2_client, instances_per_zone};
-use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+use flotilla_testkit::server::isolate_env;
+use flotilla_testkit::{Fault, FaultProxy, MotoAccount, Rule};
 use serde_json::Value;
 
 use crate::support::Server;
@@ -19,10 +20,11 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        let moto = Moto::shared();
-        let account = Moto::new_account_id();
-        let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-        let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+        let MotoAccount {
+            proxy,
+            inspector: inspect,
+            ..
+        } = MotoAccount::start().await;
         let server = Server::start(&proxy.endpoint(), &["--node-ready", "running"]).await;
         Env {
             proxy,
@@ -33,12 +35,11 @@ impl Env {
 
     fn command(&self, args: &[&str], api_key: &str) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
-        command
+        isolate_env(&mut command)
             .args(args)
             .env("FLOTILLA_HOST", &self.server.base)
             .env("FLOTILLA_USER", &self.server.user)
-            .env("FLOTILLA_APIKEY", api_key)
-            .env_remove("DOCKERCLOUD_REST_HOST");
+            .env("FLOTILLA_APIKEY", api_key);
         command
     }
 

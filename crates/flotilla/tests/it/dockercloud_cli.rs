@@ -14,14 +14,17 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::Filter;
-use flotilla_testkit::{FaultProxy, Moto};
+use flotilla_api::uri;
+use flotilla_testkit::server::isolate_env;
+use flotilla_testkit::{FaultProxy, MotoAccount, ServerProcess};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use crate::support::server;
 
 /// How long one CLI command may take (`--sync` polls every 4 s).
 const COMMAND_LIMIT: Duration = Duration::from_secs(180);
@@ -92,7 +95,7 @@ struct Env {
     port: u16,
     api_key: String,
     inspect: FaultProxy,
-    server: Child,
+    server: ServerProcess,
     dir: TempDir,
     _proxy: FaultProxy,
 }
@@ -102,65 +105,26 @@ impl Env {
         let cli = tokio::task::spawn_blocking(ensure_cli)
             .await
             .expect("CLI install");
-        let moto = Moto::shared();
-        let account = Moto::new_account_id();
-        let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-        let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+        let MotoAccount {
+            proxy,
+            inspector: inspect,
+            ..
+        } = MotoAccount::start().await;
         let dir = TempDir::new();
-        let port = flotilla_testkit::free_port();
-        let log = File::create(dir.0.join("server.log")).expect("server log");
-        let mut server = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["server", "--data-dir"])
-            .arg(dir.0.join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--endpoint-url", &proxy.endpoint()])
-            .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
+        let server = server(&proxy.endpoint())
+            .access_key_id("AKIACLI")
             .args(["--node-ready", "running"])
-            .env("AWS_ACCESS_KEY_ID", "AKIACLI")
-            .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("FLOTILLA_LOG", "info")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start flotilla server");
-        let stdout = server.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let started = Instant::now();
-        let api_key = loop {
-            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-                .await
-                .expect("the server prints its API key in time")
-                .expect("server stdout");
-            let Some(line) = line else {
-                panic!(
-                    "the server exited before printing its API key:\n{}",
-                    fs::read_to_string(dir.0.join("server.log")).unwrap_or_default()
-                );
-            };
-            if let Some(key) = line.trim().strip_prefix("export DOCKERCLOUD_APIKEY=") {
-                break key.to_owned();
-            }
-        };
-        // Keep draining stdout so a later print never meets a closed pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .start()
             .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the server never listened"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let api_key = server
+            .credentials()
+            .expect("the server prints its API key")
+            .key
+            .clone();
         Env {
             cli,
-            port,
+            port: server.port(),
             api_key,
             inspect,
             server,
@@ -173,7 +137,7 @@ impl Env {
     /// from the user's own set-up (`~/.docker/config.json`, `DOCKERCLOUD_*`).
     fn with_cli_env(&self, program: &Path, api_key: &str) -> Command {
         let mut command = Command::new(program);
-        command
+        isolate_env(&mut command)
             .env(
                 "DOCKERCLOUD_REST_HOST",
                 format!("http://127.0.0.1:{}/", self.port),
@@ -186,9 +150,6 @@ impl Env {
             .env("DOCKERCLOUD_APIKEY", api_key)
             .env("HOME", &self.dir.0)
             .env("PYTHONUNBUFFERED", "1")
-            .env_remove("DOCKERCLOUD_AUTH")
-            .env_remove("DOCKERCLOUD_PASS")
-            .env_remove("DOCKERCLOUD_NAMESPACE")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command
@@ -232,7 +193,7 @@ logs.run_forever()
     }
 
     fn server_log(&self) -> String {
-        fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
+        self.server.log()
     }
 
     /// Runs `docker-cloud args` with the given key; its output, whatever the exit code.
@@ -326,12 +287,6 @@ logs.run_forever()
             }
         }
         running
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.server.start_kill();
     }
 }
 
@@ -468,7 +423,7 @@ async fn the_original_docker_cloud_cli_drives_flotilla() {
     for zone in ["us-east-1a", "us-east-1b", "us-east-1c"] {
         let cells = row(&zones, zone);
         assert_eq!(cells[1], "Yes", "{zones}");
-        assert_eq!(cells[2], format!("/api/infra/v1/az/aws/us-east-1/{zone}/"));
+        assert_eq!(cells[2], uri::availability_zone("aws", "us-east-1", zone));
     }
 
     // ---- create --sync, with `event` listening in the background ----
@@ -508,7 +463,7 @@ async fn the_original_docker_cloud_cli_drives_flotilla() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    let web_uri = format!("/api/infra/v1/nodecluster/{web}/");
+    let web_uri = uri::node_cluster(&web);
     assert!(
         events.iter().any(|e| e["type"] == "nodecluster"
             && e["resource_uri"] == web_uri.as_str()
@@ -698,7 +653,7 @@ async fn the_original_docker_cloud_cli_drives_flotilla() {
     assert_eq!(action["uuid"], newest);
     assert_eq!(action["action"], "Node Terminate", "{action:#}");
     assert_eq!(action["state"], "Success", "{action:#}");
-    assert_eq!(action["object"], format!("/api/infra/v1/node/{web_node}/"));
+    assert_eq!(action["object"], uri::node(&web_node));
     // The logs websocket, as `action logs` reads it. (The CLI command itself cannot work
     // with any server that returns an action's `logs` field, as the contract says Docker
     // Cloud did: the library copies `logs` onto the object over its `logs()` method.)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::Output;
 
 use flotilla_testkit::inspect::{self, Kind};
-use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+use flotilla_testkit::{Fault, FaultProxy, MotoAccount, Rule};
 
 const OWNER: &str = "flotilla-e2e";
 use serde_json::Value;
@@ -16,11 +16,10 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let moto = Moto::shared();
-        let account = Moto::new_account_id();
+        let account = MotoAccount::start().await;
         Env {
-            proxy: FaultProxy::start(&moto.endpoint(), Some(account.clone())).await,
-            inspect: FaultProxy::start(&moto.endpoint(), Some(account)).await,
+            proxy: account.proxy,
+            inspect: account.inspector,
         }
     }
 

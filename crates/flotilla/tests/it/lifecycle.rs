@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use base64::Engine as _;
-use flotilla_testkit::{FaultProxy, InstanceRunner, Moto, RunnerConfig};
+use flotilla_api::uri;
+use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
 use futures::StreamExt as _;
 use hickory_net::client::{Client, ClientHandle};
 use hickory_net::proto::rr::{DNSClass, Name, RData, RecordType};
@@ -89,10 +90,7 @@ struct Events(Arc<Mutex<Vec<Value>>>);
 impl Events {
     async fn listen(server: &Server) -> Events {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        let url = format!(
-            "{}/api/audit/v1/events/",
-            server.base.replacen("http", "ws", 1)
-        );
+        let url = server.api.events_url();
         let mut request = url.into_client_request().expect("request");
         let basic = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", server.user, server.key));
@@ -131,17 +129,14 @@ impl Events {
 }
 
 async fn node(server: &Server, uuid: &str) -> Value {
-    server
-        .call(Method::GET, &format!("/api/infra/v1/node/{uuid}/"), None)
-        .await
-        .1
+    server.call(Method::GET, &uri::node(uuid), None).await.1
 }
 
 async fn nodes_of(server: &Server, cluster: &str) -> Vec<Value> {
     let (_, listed) = server
         .call(
             Method::GET,
-            &format!("/api/infra/v1/node/?node_cluster={cluster}"),
+            &format!("{}?node_cluster={cluster}", uri::nodes()),
             None,
         )
         .await;
@@ -151,7 +146,7 @@ async fn nodes_of(server: &Server, cluster: &str) -> Vec<Value> {
 /// The history lines (action labels and logs) of an object.
 async fn history(server: &Server, object_uri: &str) -> Vec<(String, String)> {
     let (_, listed) = server
-        .call(Method::GET, "/api/audit/v1/action/?limit=1000", None)
+        .call(Method::GET, &format!("{}?limit=1000", uri::actions()), None)
         .await;
     let mut lines = Vec::new();
     for action in listed["objects"].as_array().into_iter().flatten() {
@@ -208,10 +203,11 @@ async fn instance_state(ec2: &aws_sdk_ec2::Client, instance: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_their_agents_instances_and_the_network() {
-    let moto = Moto::shared();
-    let account = Moto::new_account_id();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-    let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+    let MotoAccount {
+        proxy,
+        inspector: inspect,
+        ..
+    } = MotoAccount::start().await;
     let ec2 = flotilla_testkit::inspect::ec2_client(&inspect.endpoint(), "us-east-1").await;
     let dns_address = SocketAddr::from(([127, 0, 0, 1], flotilla_testkit::free_port()));
     let grace = GRACE.to_string();
@@ -235,7 +231,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
     let runner = InstanceRunner::start(runner_config).await;
 
     let cluster = server.create_and_deploy("life", 2).await;
-    let cluster_path = format!("/api/infra/v1/nodecluster/{cluster}/");
+    let cluster_path = uri::node_cluster(&cluster);
     let cluster_state = |state: &'static str| {
         let server = &server;
         let path = cluster_path.clone();
@@ -325,7 +321,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
         (dns.a(&fqdn_a).await == BTreeSet::from([moved])).then_some(())
     })
     .await;
-    let history_a = history(&server, &format!("/api/infra/v1/node/{uuid_a}/")).await;
+    let history_a = history(&server, &uri::node(&uuid_a)).await;
     assert!(
         history_a
             .iter()
@@ -517,7 +513,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
         },
     )
     .await;
-    let repaired = history(&server, &format!("/api/infra/v1/nodecluster/{cluster}/")).await;
+    let repaired = history(&server, &uri::node_cluster(&cluster)).await;
     assert!(
         repaired
             .iter()
@@ -534,13 +530,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
     );
 
     // 6. node rm: terminated in EC2, target lowered, credential revoked.
-    let (status, body) = server
-        .call(
-            Method::DELETE,
-            &format!("/api/infra/v1/node/{uuid_a}/"),
-            None,
-        )
-        .await;
+    let (status, body) = server.call(Method::DELETE, &uri::node(&uuid_a), None).await;
     assert_eq!(status, 202, "{body}");
     wait_for(LIMIT, "node A Terminated", || async {
         (node(&server, &uuid_a).await["state"] == "Terminated").then_some(())
@@ -553,8 +543,7 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bring_your_own_node_registers_goes_silent_and_is_removed() {
-    let moto = Moto::shared();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
     let dns_address = SocketAddr::from(([127, 0, 0, 1], flotilla_testkit::free_port()));
     let grace = GRACE.to_string();
     let dns_listen = dns_address.to_string();
@@ -614,7 +603,7 @@ async fn a_bring_your_own_node_registers_goes_silent_and_is_removed() {
     };
     let mut agent = start_agent("127.0.0.60", &token, &state);
     let byo = wait_for(LIMIT, "the BYO node registered", || async {
-        let (_, listed) = server.call(Method::GET, "/api/infra/v1/node/", None).await;
+        let (_, listed) = server.call(Method::GET, &uri::nodes(), None).await;
         listed["objects"]
             .as_array()
             .into_iter()
@@ -663,9 +652,7 @@ async fn a_bring_your_own_node_registers_goes_silent_and_is_removed() {
     );
 
     // Removed by hand: deregistered and its credential revoked.
-    let (status, body) = server
-        .call(Method::DELETE, &format!("/api/infra/v1/node/{uuid}/"), None)
-        .await;
+    let (status, body) = server.call(Method::DELETE, &uri::node(&uuid), None).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(node(&server, &uuid).await["state"], "Terminated");
     let mut revived = start_agent("127.0.0.60", "unused-token", &state);

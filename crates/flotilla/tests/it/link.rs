@@ -5,7 +5,8 @@
 
 use std::process::Output;
 
-use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+use flotilla_testkit::server::isolate_env;
+use flotilla_testkit::{Fault, MotoAccount, Rule};
 
 use crate::support::Server;
 
@@ -13,15 +14,16 @@ const KEY_ID: &str = "AKIAE2ELINKEDKEY";
 const SECRET: &str = "e2e/linked+Secret/Key0123456789abcdefXYZ";
 
 async fn flotilla(server: &Server, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .env("FLOTILLA_HOST", &server.base)
-        .env("FLOTILLA_USER", &server.user)
-        .env("FLOTILLA_APIKEY", &server.key)
-        .env_remove("DOCKERCLOUD_REST_HOST")
-        .output()
-        .await
-        .expect("run flotilla")
+    isolate_env(&mut tokio::process::Command::new(env!(
+        "CARGO_BIN_EXE_flotilla"
+    )))
+    .args(args)
+    .env("FLOTILLA_HOST", &server.base)
+    .env("FLOTILLA_USER", &server.user)
+    .env("FLOTILLA_APIKEY", &server.key)
+    .output()
+    .await
+    .expect("run flotilla")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -36,8 +38,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_keys_are_validated_stored_sealed_and_used() {
-    let moto = Moto::shared();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
     let server = Server::start(&proxy.endpoint(), &["--node-ready", "running"]).await;
 
     // Keys AWS refuses everywhere: the reasons, exit 1, nothing linked.

@@ -18,32 +18,29 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
-use flotilla_testkit::{FaultProxy, Moto};
+use flotilla_testkit::{FaultProxy, MotoAccount, ServerProcess};
 use serde_json::{Value, json};
+
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri::{self, Resource};
+
+use crate::support::{Api, server};
 
 pub const START_LIMIT: Duration = Duration::from_secs(30);
 pub const CONVERGE_LIMIT: Duration = Duration::from_secs(90);
 
 pub const ACCESS_KEY: &str = "AKIAE2EOPS";
-pub const CLUSTERS: &str = "/api/infra/v1/nodecluster/";
 pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 
 /// A server under test with its AWS account.
 pub struct Harness {
     pub proxy: FaultProxy,
     pub inspector: FaultProxy,
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    process: Option<tokio::process::Child>,
-    runs: u32,
-    extra_env: Vec<(String, String)>,
-    user: String,
-    key: String,
-    client: reqwest::Client,
+    pub server: ServerProcess,
+    api: Api,
 }
 
 /// What an operation must end with.
@@ -60,118 +57,46 @@ impl Harness {
     pub async fn start(env: &[(&str, &str)]) -> Harness {
         // reqwest is built without a default TLS crypto provider; any installed one will do.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let moto = Moto::shared();
-        let account = Moto::new_account_id();
-        let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-        let inspector = FaultProxy::start(&moto.endpoint(), Some(account)).await;
-        let port = flotilla_testkit::free_port();
-        let mut harness = Harness {
+        let MotoAccount {
+            proxy, inspector, ..
+        } = MotoAccount::start().await;
+        let mut builder = server(&proxy.endpoint())
+            .access_key_id(ACCESS_KEY)
+            .args(["--node-ready", "running"])
+            .start_limit(START_LIMIT);
+        for (name, value) in env {
+            builder = builder.env(name, value);
+        }
+        let server = builder.start().await.unwrap_or_else(|e| panic!("{e:#}"));
+        let api = Api::of(&server, reqwest::Client::new());
+        Harness {
             proxy,
             inspector,
-            dir: tempfile::tempdir().expect("temp dir"),
-            port,
-            process: None,
-            runs: 0,
-            extra_env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            user: String::new(),
-            key: String::new(),
-            client: reqwest::Client::new(),
-        };
-        harness.launch().await;
-        let text = std::fs::read_to_string(harness.dir.path().join("stdout-0.log")).expect("log");
-        let value = |prefix: &str| {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
-                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-        };
-        harness.user = value("export DOCKERCLOUD_USER=");
-        harness.key = value("export DOCKERCLOUD_APIKEY=");
-        harness
+            server,
+            api,
+        }
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    async fn launch(&mut self) {
-        let dir = self.dir.path().to_owned();
-        let run = self.runs;
-        self.runs += 1;
-        let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.log"))).expect("log");
-        let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).expect("log");
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
-        command
-            .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(["--endpoint-url", &self.proxy.endpoint()])
-            .args(["--node-ready", "running"])
-            .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("FLOTILLA_LOG", "info")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("FLOTILLA_PUBLIC_URL")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true);
-        for (k, v) in &self.extra_env {
-            command.env(k, v);
-        }
-        self.process = Some(command.spawn().expect("start flotilla server"));
-        let started = Instant::now();
-        while self
-            .client
-            .get(format!("http://127.0.0.1:{}/_ping", self.port))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < START_LIMIT,
-                "server never answered: {}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.server.data_dir().to_owned()
     }
 
     /// SIGKILL, and wait until the process is gone.
     pub async fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.start_kill().expect("SIGKILL");
-            process.wait().await.expect("reaped");
-        }
+        self.server.kill().await;
     }
 
     /// A new server process on the same data directory and port.
     pub async fn restart(&mut self) {
-        self.kill().await;
-        self.launch().await;
+        self.server
+            .restart()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// The tail of every run's logs: what explains a failure without drowning the report.
     pub fn logs(&self) -> String {
-        let mut all = String::new();
-        for run in 0..self.runs {
-            for stream in ["stdout", "stderr"] {
-                let path = self.dir.path().join(format!("{stream}-{run}.log"));
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                // The tail is what explains a failure; whole logs drown the report.
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                all.push_str(&format!("--- {stream} {run}\n"));
-                for line in tail.into_iter().rev() {
-                    all.push_str(line);
-                    all.push('\n');
-                }
-            }
-        }
-        all
+        self.server.log_tail(60)
     }
 
     /// One API call: status, body and the `X-DockerCloud-Action-URI` header.
@@ -181,22 +106,7 @@ impl Harness {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value, Option<String>) {
-        let mut request = self
-            .client
-            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
-            .basic_auth(&self.user, Some(&self.key))
-            .timeout(Duration::from_secs(20));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let action = response
-            .headers()
-            .get("X-DockerCloud-Action-URI")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (status, response.json().await.unwrap_or(Value::Null), action)
+        self.api.call_with_action(method, path, body).await
     }
 
     pub async fn get(&self, path: &str) -> Value {
@@ -207,26 +117,25 @@ impl Harness {
 
     /// `POST nodecluster/` (3 AZs of us-east-1, t3.micro); the cluster's path.
     pub async fn create_cluster(&self, name: &str, nodes: u32) -> String {
+        let body = new_node_cluster(name, nodes, "us-east-1", "t3.micro");
         let (status, created, _) = self
-            .call(
-                reqwest::Method::POST,
-                CLUSTERS,
-                Some(json!({"name": name, "target_num_nodes": nodes,
-                    "region": "/api/infra/v1/region/aws/us-east-1/",
-                    "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-            )
+            .call(reqwest::Method::POST, &uri::node_clusters(), Some(body))
             .await;
         assert_eq!(status, 201, "{created}");
-        format!(
-            "{CLUSTERS}{}/",
-            created["uuid"].as_str().expect("cluster uuid")
-        )
+        uri::node_cluster(created["uuid"].as_str().expect("cluster uuid"))
     }
 
     /// `POST deploy/`; the action's path.
     pub async fn deploy(&self, cluster: &str) -> String {
-        self.act(reqwest::Method::POST, &format!("{cluster}deploy/"), None)
-            .await
+        let Some(Resource::NodeCluster { uuid }) = Resource::parse(cluster) else {
+            panic!("{cluster} is not a node cluster's path");
+        };
+        self.act(
+            reqwest::Method::POST,
+            &uri::node_cluster_deploy(&uuid),
+            None,
+        )
+        .await
     }
 
     /// `PATCH {"target_num_nodes": n}`; the action's path.
@@ -303,7 +212,7 @@ impl Harness {
 
     /// The cluster's nodes as the API lists them (terminated ones too).
     pub async fn nodes_of(&self, cluster: &str) -> Vec<Value> {
-        let list = self.get("/api/infra/v1/node/?limit=1000").await;
+        let list = self.get(&format!("{}?limit=1000", uri::nodes())).await;
         list["objects"]
             .as_array()
             .expect("objects")

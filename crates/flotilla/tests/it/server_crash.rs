@@ -9,94 +9,41 @@
 //! `Success`. The restart itself proves the SQLite database survives a SIGKILL.
 //!
 //! Design decisions:
-//! * This file has its own small process harness rather than `support::Server`: it needs to
-//!   kill the process, keep the data directory and restart on the same port, with the
-//!   credentials printed only by the first start.
+//! * The server is the test kit's `ServerProcess`: it kills the process and restarts it on the
+//!   same data directory and port, keeping the credentials only the first start printed.
 //! * The crash points are a sample (not every call as in `engine.rs`): each costs a server
 //!   start, a partial deploy and a restart, and the engine's every-call matrix already covers
 //!   the pass itself; this test covers the server's resume-on-start path.
 //! * Crash points run two at a time, each in its own moto account, to stay well under the
 //!   time budget on two cores.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use flotilla_api::uri;
 use flotilla_testkit::inspect::{self, Kind};
-use flotilla_testkit::{Fault, FaultProxy, Moto, Rule};
+use flotilla_testkit::{Fault, MotoAccount, Rule};
 
-use crate::support::{Api, printed_credentials, run_logs};
+use crate::support::{Api, server};
 
 /// Crash points: the K-th AWS call of the deploy (a deploy from nothing makes about 25).
 const CRASH_POINTS: &[u64] = &[2, 5, 9, 13, 17, 20];
-const START_LIMIT: Duration = Duration::from_secs(30);
 const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
-
-struct Server {
-    process: tokio::process::Child,
-}
-
-/// Starts `flotilla server` on `port` with its state in `dir`; `run` names its log files.
-async fn start(dir: &Path, port: u16, aws_endpoint: &str, run: u32) -> Server {
-    let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.log"))).expect("log");
-    let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).expect("log");
-    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--endpoint-url", aws_endpoint, "--node-ready", "running"])
-        .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
-        .env("AWS_ACCESS_KEY_ID", "AKIAE2ECRASH")
-        .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("FLOTILLA_LOG", "info")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("FLOTILLA_PUBLIC_URL")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start flotilla server");
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client
-        .get(format!("http://127.0.0.1:{port}/_ping"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < START_LIMIT,
-            "server never answered: {}",
-            run_logs(dir)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { process }
-}
 
 /// One crash point, from a fresh account to the checks; panics with the reason on failure.
 async fn crash_at(k: u64) {
-    let moto = Moto::shared();
-    let account = Moto::new_account_id();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-    let inspector = FaultProxy::start(&moto.endpoint(), Some(account)).await;
-    // Removed when this function returns or unwinds; failures print the logs first.
-    let dir_guard = tempfile::tempdir().expect("temp dir");
-    let dir: PathBuf = dir_guard.path().to_owned();
-    let port = flotilla_testkit::free_port();
-    let mut server = start(&dir, port, &proxy.endpoint(), 0).await;
-    let (user, key) = printed_credentials(&dir.join("stdout-0.log"));
-    let api = Api {
-        base: format!("http://127.0.0.1:{port}"),
-        user,
-        key,
-        client: reqwest::Client::new(),
-    };
+    let MotoAccount {
+        proxy, inspector, ..
+    } = MotoAccount::start().await;
+    let mut server = server(&proxy.endpoint())
+        .access_key_id("AKIAE2ECRASH")
+        .args(["--node-ready", "running"])
+        .start_limit(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("k={k}: {e:#}"));
+    let api = Api::of(&server, reqwest::Client::new());
     let uuid = api.create_cluster(&format!("crash{k}"), 6).await;
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
 
     proxy.clear_log();
     proxy.add_rule(
@@ -122,18 +69,20 @@ async fn crash_at(k: u64) {
         assert!(
             started.elapsed() < CONVERGE_LIMIT,
             "k={k}: the deploy stalled at {done} calls: {}",
-            run_logs(&dir)
+            server.log()
         );
     }
     // The held call keeps the deploy from finishing: this is a crash mid-deploy.
     let (_, before) = api.call(reqwest::Method::GET, &path, None).await;
     assert_eq!(before["state"], "Deploying", "k={k}: {before:#}");
-    server.process.start_kill().expect("SIGKILL");
-    server.process.wait().await.expect("reaped");
+    server.kill().await;
     proxy.clear_rules();
 
     // A new process on the same database and port resumes the deploy by itself.
-    let _server = start(&dir, port, &proxy.endpoint(), 1).await;
+    server
+        .restart()
+        .await
+        .unwrap_or_else(|e| panic!("k={k}: {e:#}"));
     let started = Instant::now();
     let cluster = loop {
         let (status, cluster) = api.call(reqwest::Method::GET, &path, None).await;
@@ -144,7 +93,7 @@ async fn crash_at(k: u64) {
         assert!(
             started.elapsed() < CONVERGE_LIMIT,
             "k={k}: never Deployed with 6 nodes: {cluster:#}\n{}",
-            run_logs(&dir)
+            server.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

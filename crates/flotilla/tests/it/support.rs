@@ -2,24 +2,36 @@
 //! an authenticated API client, and reading what a server printed.
 
 use std::ops::Deref;
-use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
+use flotilla_testkit::{ServerBuilder, ServerProcess};
+use serde_json::Value;
 
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// An authenticated client of one server's Docker Cloud API.
+/// An authenticated client of one server's Docker Cloud API: the typed client
+/// ([`flotilla_api::Client`]) with the tests' panicking shorthands.
 pub struct Api {
     pub base: String,
     pub user: String,
     pub key: String,
-    pub client: reqwest::Client,
+    pub api: flotilla_api::Client,
 }
 
 impl Api {
+    pub fn new(base: &str, user: &str, key: &str, http: reqwest::Client) -> Api {
+        let api = flotilla_api::Client::new(base, user, key, http);
+        Api {
+            base: api.base().to_owned(),
+            user: user.to_owned(),
+            key: key.to_owned(),
+            api,
+        }
+    }
+
     /// One call: status and JSON body (`null` when there is none).
     pub async fn call(
         &self,
@@ -38,34 +50,19 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value, Option<String>) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.key))
-            .timeout(Duration::from_secs(20));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let action = response
-            .headers()
-            .get("X-DockerCloud-Action-URI")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (status, response.json().await.unwrap_or(Value::Null), action)
+        let sent = self.api.send(method.clone(), path, body.as_ref());
+        let reply = tokio::time::timeout(Duration::from_secs(20), sent)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer in 20 s"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        (reply.status, reply.body, reply.action_uri)
     }
 
     /// Creates a cluster of `nodes` t3.micro in us-east-1; its uuid.
     pub async fn create_cluster(&self, name: &str, nodes: u32) -> String {
+        let body = new_node_cluster(name, nodes, "us-east-1", "t3.micro");
         let (status, created) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/infra/v1/nodecluster/",
-                Some(json!({"name": name, "target_num_nodes": nodes,
-                    "region": "/api/infra/v1/region/aws/us-east-1/",
-                    "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})),
-            )
+            .call(reqwest::Method::POST, &uri::node_clusters(), Some(body))
             .await;
         assert_eq!(status, 201, "{created}");
         created["uuid"].as_str().expect("uuid").to_owned()
@@ -77,7 +74,7 @@ impl Api {
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
-                &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
+                &uri::node_cluster_deploy(&uuid),
                 None,
             )
             .await;
@@ -86,138 +83,50 @@ impl Api {
     }
 }
 
-/// The admin's credentials as a server's first start printed them in `stdout`.
-pub fn printed_credentials(stdout: &Path) -> (String, String) {
-    let text = std::fs::read_to_string(stdout).expect("stdout");
-    let value = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
-            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-    };
-    (
-        value("export DOCKERCLOUD_USER="),
-        value("export DOCKERCLOUD_APIKEY="),
-    )
+/// The `flotilla server` of these tests against `aws_endpoint`: the test kit's one launcher
+/// with this crate's binary.
+pub fn server(aws_endpoint: &str) -> ServerBuilder {
+    ServerBuilder::new(env!("CARGO_BIN_EXE_flotilla"), aws_endpoint)
 }
 
-/// The `stdout-<run>.log`/`stderr-<run>.log` files of a server started twice in `dir`.
-pub fn run_logs(dir: &Path) -> String {
-    let mut all = String::new();
-    for run in 0..2 {
-        for stream in ["stdout", "stderr"] {
-            let path = dir.join(format!("{stream}-{run}.log"));
-            all.push_str(&format!(
-                "--- {stream} {run}\n{}\n",
-                std::fs::read_to_string(path).unwrap_or_default()
-            ));
-        }
-    }
-    all
-}
-
-/// A `flotilla server` process, killed on drop.
+/// A `flotilla server` process with a client of its API; killed on drop.
 pub struct Server {
     api: Api,
-    _process: tokio::process::Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    pub process: ServerProcess,
 }
 
 impl Server {
     /// Starts `flotilla server` against `aws_endpoint` with 3 AZs of us-east-1 and `extra`
     /// arguments (e.g. `--node-ready running`), and waits until it answers.
     pub async fn start(aws_endpoint: &str, extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = flotilla_testkit::free_port();
-        let log = dir.path().join("server.log");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--endpoint-url", aws_endpoint])
-            .args(extra)
-            .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
-            .env("AWS_ACCESS_KEY_ID", "AKIAE2EAGENTS")
-            .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("FLOTILLA_LOG", "info")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("FLOTILLA_PUBLIC_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start flotilla server");
-        let stdout = process.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut user, mut key) = (None, None);
-        let started = Instant::now();
-        while user.is_none() || key.is_none() {
-            let line = tokio::time::timeout(LIMIT, lines.next_line())
-                .await
-                .expect("the server prints the admin's key")
-                .expect("read stdout")
-                .unwrap_or_else(|| {
-                    panic!(
-                        "server exited: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    )
-                });
-            if let Some(value) = line.trim().strip_prefix("export DOCKERCLOUD_USER=") {
-                user = Some(value.to_owned());
-            }
-            if let Some(value) = line.trim().strip_prefix("export DOCKERCLOUD_APIKEY=") {
-                key = Some(value.to_owned());
-            }
-            assert!(started.elapsed() < LIMIT);
-        }
-        // Keep draining stdout so the server never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let mut server = Server {
-            api: Api {
-                base: format!("http://127.0.0.1:{port}"),
-                user: user.expect("user"),
-                key: key.expect("key"),
-                client: reqwest::Client::new(),
-            },
-            _process: process,
-            log,
-            _dir: dir,
-        };
-        let started = Instant::now();
-        while server
-            .client
-            .get(format!("{}/_ping", server.base))
-            .send()
-            .await
-            .is_err()
-        {
-            if let Ok(Some(status)) = server._process.try_wait() {
-                panic!(
-                    "the server exited ({status}) before answering:\n{}",
-                    server.log()
-                );
-            }
-            assert!(
-                started.elapsed() < LIMIT,
-                "server never answered:\n{}",
-                server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
+        Server::start_with(server(aws_endpoint).args(extra), reqwest::Client::new()).await
+    }
+
+    /// Starts the server `builder` describes; `client` is the HTTP client of its [`Api`].
+    pub async fn start_with(builder: ServerBuilder, client: reqwest::Client) -> Server {
+        let process = builder.start().await.unwrap_or_else(|e| panic!("{e:#}"));
+        let api = Api::of(&process, client);
+        Server { api, process }
     }
 
     /// The server's `--data-dir` (database, WAL, `secret.key`).
-    pub fn data_dir(&self) -> std::path::PathBuf {
-        self._dir.path().join("data")
+    pub fn data_dir(&self) -> PathBuf {
+        self.process.data_dir().to_owned()
     }
 
+    /// Everything the server printed and logged, every run.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
+    }
+}
+
+impl Api {
+    /// A client of `server`'s API with the admin credentials its first start printed.
+    pub fn of(server: &ServerProcess, client: reqwest::Client) -> Api {
+        let credentials = server
+            .credentials()
+            .unwrap_or_else(|| panic!("the server printed no credentials:\n{}", server.log()));
+        Api::new(&server.base(), &credentials.user, &credentials.key, client)
     }
 }
 

@@ -15,13 +15,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use flotilla_api::uri;
+use flotilla_testkit::MotoAccount;
 use flotilla_testkit::inspect::ec2_client;
 use flotilla_testkit::runner::parse_user_data;
-use flotilla_testkit::{FaultProxy, Moto};
 use futures::StreamExt as _;
 use serde_json::Value;
 
-use crate::support::{Api, LIMIT, printed_credentials};
+use crate::support::{LIMIT, Server, server};
 
 /// A CA, a server certificate for 127.0.0.1 and localhost signed by it, and an unrelated CA.
 struct Pki {
@@ -83,105 +84,24 @@ fn https_client(ca: Option<&Path>) -> reqwest::Client {
         .expect("client")
 }
 
-/// `flotilla server` over TLS, killed on drop.
-struct TlsServer {
-    api: Api,
-    _process: tokio::process::Child,
-    dir: tempfile::TempDir,
-}
-
-fn server_command(dir: &Path, port: u16, aws_endpoint: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
-    command
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--endpoint-url", aws_endpoint])
-        .args(["--azs", "us-east-1a,us-east-1b,us-east-1c"])
-        .env("AWS_ACCESS_KEY_ID", "AKIAE2ETLS")
-        .env("AWS_SECRET_ACCESS_KEY", "e2e-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("FLOTILLA_LOG", "info")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("FLOTILLA_PUBLIC_URL")
-        .env_remove("FLOTILLA_TLS_CERT")
-        .env_remove("FLOTILLA_TLS_KEY")
-        .env_remove("FLOTILLA_AGENT_CA_CERT")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-impl TlsServer {
-    async fn start(pki: &Pki, aws_endpoint: &str, extra: &[&str]) -> TlsServer {
-        let dir = tempfile::tempdir().expect("dir");
-        let port = flotilla_testkit::free_port();
-        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("log");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
-        let process = server_command(dir.path(), port, aws_endpoint)
-            .arg("--tls-cert")
-            .arg(pki.path("server.pem"))
-            .arg("--tls-key")
-            .arg(pki.path("server.key"))
-            .args(extra)
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("start flotilla server");
-        let client = https_client(Some(&pki.path("ca.pem")));
-        let base = format!("https://127.0.0.1:{port}");
-        let started = Instant::now();
-        while client.get(format!("{base}/_ping")).send().await.is_err() {
-            assert!(
-                started.elapsed() < LIMIT,
-                "server never answered over https: {}",
-                std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (user, key) = printed_credentials(&dir.path().join("stdout.log"));
-        TlsServer {
-            api: Api {
-                base,
-                user,
-                key,
-                client,
-            },
-            _process: process,
-            dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for TlsServer {
-    type Target = Api;
-
-    fn deref(&self) -> &Api {
-        &self.api
-    }
+/// `flotilla server` over TLS with a client that trusts its CA.
+async fn start_tls_server(pki: &Pki, aws_endpoint: &str, extra: &[&str]) -> Server {
+    let builder = server(aws_endpoint)
+        .access_key_id("AKIAE2ETLS")
+        .tls(pki.path("server.pem"), pki.path("server.key"))
+        .args(extra);
+    Server::start_with(builder, https_client(Some(&pki.path("ca.pem")))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let pki = Pki::new();
-    let moto = Moto::shared();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(Moto::new_account_id())).await;
-    let server = TlsServer::start(&pki, &proxy.endpoint(), &["--node-ready", "running"]).await;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
+    let server = start_tls_server(&pki, &proxy.endpoint(), &["--node-ready", "running"]).await;
 
-    let ping = server
-        .client
-        .get(format!("{}/_ping", server.base))
-        .send()
-        .await
-        .expect("ping");
-    assert_eq!(ping.status().as_u16(), 200);
+    assert!(server.api.ping().await.expect("ping"), "/_ping answers");
     let (status, listed) = server
-        .call(reqwest::Method::GET, "/api/infra/v1/nodecluster/", None)
+        .call(reqwest::Method::GET, &uri::node_clusters(), None)
         .await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["meta"]["total_count"], 0);
@@ -190,20 +110,21 @@ async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
-        .expect("client")
-        .get(format!(
-            "{}/_ping",
-            server.base.replacen("https://", "http://", 1)
-        ))
-        .send()
-        .await;
+        .expect("client");
+    let plain = flotilla_api::Client::new(
+        server.base.replacen("https://", "http://", 1),
+        "",
+        "",
+        plain,
+    )
+    .ping()
+    .await;
     assert!(plain.is_err(), "plain http answered: {plain:?}");
 
     // A client that trusts only the system's roots, or another CA, refuses the server.
     for ca in [None, Some(pki.path("other-ca.pem"))] {
-        let error = https_client(ca.as_deref())
-            .get(format!("{}/_ping", server.base))
-            .send()
+        let error = flotilla_api::Client::new(&server.base, "", "", https_client(ca.as_deref()))
+            .ping()
             .await
             .expect_err("untrusted certificate");
         assert!(
@@ -223,7 +144,7 @@ async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let mut request = format!("wss://127.0.0.1:{port}/api/audit/v1/events/")
+    let mut request = format!("wss://127.0.0.1:{port}{}", flotilla_api::uri::events())
         .into_client_request()
         .expect("request");
     let basic =
@@ -312,11 +233,9 @@ async fn bad_tls_settings_stop_the_server_with_the_flag_or_file_named() {
         ),
     ];
     for (files, flags, named) in cases {
-        let mut command = server_command(
-            dir.path(),
-            flotilla_testkit::free_port(),
-            "http://127.0.0.1:9",
-        );
+        let mut command = server("http://127.0.0.1:9")
+            .access_key_id("AKIAE2ETLS")
+            .command(flotilla_testkit::free_port(), &dir.path().join("data"));
         for (flag, file) in flags.iter().zip(&files) {
             command.arg(flag).arg(file);
         }
@@ -333,13 +252,14 @@ async fn bad_tls_settings_stop_the_server_with_the_flag_or_file_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_registers_over_https_only_when_it_trusts_the_ca() {
     let pki = Pki::new();
-    let moto = Moto::shared();
-    let account = Moto::new_account_id();
-    let proxy = FaultProxy::start(&moto.endpoint(), Some(account.clone())).await;
-    let inspect = FaultProxy::start(&moto.endpoint(), Some(account)).await;
+    let MotoAccount {
+        proxy,
+        inspector: inspect,
+        ..
+    } = MotoAccount::start().await;
     let ca = pki.path("ca.pem");
     let ca_arg = ca.to_str().expect("UTF-8 path");
-    let server = TlsServer::start(
+    let server = start_tls_server(
         &pki,
         &proxy.endpoint(),
         &["--node-ready", "agent", "--agent-ca-cert", ca_arg],
@@ -450,7 +370,7 @@ async fn an_agent_registers_over_https_only_when_it_trusts_the_ca() {
         let (_, listed) = server
             .call(
                 reqwest::Method::GET,
-                &format!("/api/infra/v1/node/?node_cluster={uuid}"),
+                &format!("{}?node_cluster={uuid}", uri::nodes()),
                 None,
             )
             .await;

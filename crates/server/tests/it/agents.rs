@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flotilla_api::agent::{AGENT_NODES, agent_node, agent_node_ping};
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use flotilla_core::tags::node_uuid;
 use flotilla_server::{NodeReady, UserDataRequest};
@@ -88,7 +90,7 @@ async fn deployed_cluster(server: &TestServer, nodes: u32) -> String {
     let created = server
         .call(
             Method::POST,
-            "/api/infra/v1/nodecluster/",
+            &uri::node_clusters(),
             Some(json!({"name": "agents", "target_num_nodes": nodes,
                 "region": "/api/infra/v1/region/aws/us-east-1/",
                 "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"})),
@@ -97,17 +99,13 @@ async fn deployed_cluster(server: &TestServer, nodes: u32) -> String {
     assert_eq!(created.status, 201, "{:?}", created.body);
     let uuid = created.body["uuid"].as_str().expect("uuid").to_owned();
     let deploy = server
-        .call(
-            Method::POST,
-            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
-            None,
-        )
+        .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)
         .await;
     assert_eq!(deploy.status, 202, "{:?}", deploy.body);
     let started = std::time::Instant::now();
     loop {
         let listed = server
-            .get(&format!("/api/infra/v1/node/?node_cluster={uuid}"))
+            .get(&format!("{}?node_cluster={uuid}", uri::nodes()))
             .await;
         if listed.body["meta"]["total_count"] == nodes {
             for node in listed.body["objects"].as_array().expect("nodes") {
@@ -125,9 +123,7 @@ async fn batch_tokens_register_each_node_once_and_the_cluster_becomes_deployed()
     let (server, batches, _dir) = env().await;
     let server = &server;
     let uuid = deployed_cluster(server, 3).await;
-    let cluster = server
-        .get(&format!("/api/infra/v1/nodecluster/{uuid}/"))
-        .await;
+    let cluster = server.get(&uri::node_cluster(&uuid)).await;
     assert_eq!(cluster.body["state"], "Deploying", "waits for the agents");
     let batches = batches.lock().expect("batches").clone();
     assert_eq!(batches.iter().map(|b| b.count).sum::<u32>(), 3);
@@ -142,7 +138,7 @@ async fn batch_tokens_register_each_node_once_and_the_cluster_becomes_deployed()
                 server,
                 &ip,
                 Method::POST,
-                "/api/agent/v1/node/",
+                AGENT_NODES,
                 Some(&batch.token),
                 Some(registration(batch, slot)),
             )
@@ -161,7 +157,7 @@ async fn batch_tokens_register_each_node_once_and_the_cluster_becomes_deployed()
                 server,
                 "127.0.0.99",
                 Method::POST,
-                "/api/agent/v1/node/",
+                AGENT_NODES,
                 Some(&batch.token),
                 Some(registration(batch, slot)),
             )
@@ -178,14 +174,14 @@ async fn batch_tokens_register_each_node_once_and_the_cluster_becomes_deployed()
     let cluster = server.wait_for_cluster(&uuid, "Deployed", LIMIT).await;
     assert_eq!(cluster["current_num_nodes"], 3);
     let (node, credential) = &credentials[0];
-    let shown = server.get(&format!("/api/infra/v1/node/{node}/")).await;
+    let shown = server.get(&uri::node(node)).await;
     assert_eq!(shown.body["state"], "Deployed");
     assert_eq!(shown.body["public_ip"], "127.0.0.11");
     let (status, body) = agent_call(
         server,
         "127.0.0.11",
         Method::POST,
-        &format!("/api/agent/v1/node/{node}/ping/"),
+        &agent_node_ping(node),
         Some(credential),
         None,
     )
@@ -242,7 +238,7 @@ async fn forged_or_misused_tokens_are_refused() {
         server,
         "127.0.0.1",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         None,
         Some(registration(&batch, slot)),
     )
@@ -250,11 +246,7 @@ async fn forged_or_misused_tokens_are_refused() {
     assert_eq!(status, 401, "{body}");
     assert!(body["error"].is_string());
     let basic = server
-        .call(
-            Method::POST,
-            "/api/agent/v1/node/",
-            Some(registration(&batch, slot)),
-        )
+        .call(Method::POST, AGENT_NODES, Some(registration(&batch, slot)))
         .await;
     assert_eq!(basic.status, 401, "Basic auth is not an agent token");
     let mut forged = batch.token.clone();
@@ -263,7 +255,7 @@ async fn forged_or_misused_tokens_are_refused() {
         server,
         "127.0.0.1",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&forged),
         Some(registration(&batch, slot)),
     )
@@ -275,7 +267,7 @@ async fn forged_or_misused_tokens_are_refused() {
         server,
         "127.0.0.1",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&batch.token),
         Some(widened),
     )
@@ -286,7 +278,7 @@ async fn forged_or_misused_tokens_are_refused() {
         server,
         "127.0.0.1",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&batch.token),
         Some(registration(&batch, batch.first_slot + batch.count)),
     )
@@ -299,7 +291,7 @@ async fn forged_or_misused_tokens_are_refused() {
         server,
         "127.0.0.1",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&batch.token),
         Some(elsewhere),
     )
@@ -331,7 +323,7 @@ async fn credentials_re_register_their_own_node_and_nothing_else() {
         server,
         "127.0.0.21",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&batch.token),
         Some(registration(batch, *slot)),
     )
@@ -345,7 +337,7 @@ async fn credentials_re_register_their_own_node_and_nothing_else() {
         server,
         "127.0.0.22",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&credential),
         Some(registration(batch, *slot)),
     )
@@ -354,11 +346,11 @@ async fn credentials_re_register_their_own_node_and_nothing_else() {
     assert_eq!(again["uuid"], uuid.as_str());
     assert_eq!(again["public_ip"], "127.0.0.22");
     assert!(again.get("credential").is_none(), "shown only once");
-    let shown = server.get(&format!("/api/infra/v1/node/{uuid}/")).await;
+    let shown = server.get(&uri::node(&uuid)).await;
     assert_eq!(shown.body["public_ip"], "127.0.0.22");
 
     // Its own node: GET, PATCH, ping.
-    let own = format!("/api/agent/v1/node/{uuid}/");
+    let own = agent_node(&uuid);
     let (status, body) = agent_call(
         server,
         "127.0.0.22",
@@ -395,9 +387,9 @@ async fn credentials_re_register_their_own_node_and_nothing_else() {
     // Another node: every route, and re-registering as it.
     let other = node_uuid(&other_batch.cluster, *other_slot);
     for (method, path) in [
-        (Method::GET, format!("/api/agent/v1/node/{other}/")),
-        (Method::PATCH, format!("/api/agent/v1/node/{other}/")),
-        (Method::POST, format!("/api/agent/v1/node/{other}/ping/")),
+        (Method::GET, agent_node(&other)),
+        (Method::PATCH, agent_node(&other)),
+        (Method::POST, agent_node_ping(&other)),
     ] {
         let (status, body) = agent_call(
             server,
@@ -414,7 +406,7 @@ async fn credentials_re_register_their_own_node_and_nothing_else() {
         server,
         "127.0.0.22",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&credential),
         Some(registration(other_batch, *other_slot)),
     )
@@ -464,7 +456,7 @@ async fn a_deploy_settles_without_agents_once_the_registration_timeout_passes() 
     assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(2));
     assert_eq!(cluster["current_num_nodes"], 0);
     let nodes = server
-        .get(&format!("/api/infra/v1/node/?node_cluster={uuid}"))
+        .get(&format!("{}?node_cluster={uuid}", uri::nodes()))
         .await;
     for node in nodes.body["objects"].as_array().expect("nodes") {
         assert_eq!(node["state"], "Deploying", "still waiting for its agent");
@@ -487,7 +479,7 @@ async fn a_removed_nodes_credential_is_revoked() {
                 server,
                 "127.0.0.31",
                 Method::POST,
-                "/api/agent/v1/node/",
+                AGENT_NODES,
                 Some(&batch.token),
                 Some(registration(batch, slot)),
             )
@@ -503,18 +495,16 @@ async fn a_removed_nodes_credential_is_revoked() {
     }
     server.wait_for_cluster(&cluster, "Deployed", LIMIT).await;
     let (batch, slot, uuid, credential) = credentials[0].clone();
-    let removed = server
-        .call(Method::DELETE, &format!("/api/infra/v1/node/{uuid}/"), None)
-        .await;
+    let removed = server.call(Method::DELETE, &uri::node(&uuid), None).await;
     assert_eq!(removed.status, 202, "{:?}", removed.body);
     let settled = server.wait_for_cluster(&cluster, "Deployed", LIMIT).await;
     assert_eq!(settled["target_num_nodes"], 1);
-    let node = server.get(&format!("/api/infra/v1/node/{uuid}/")).await;
+    let node = server.get(&uri::node(&uuid)).await;
     assert_eq!(node.body["state"], "Terminated");
 
     for (method, path) in [
-        (Method::POST, format!("/api/agent/v1/node/{uuid}/ping/")),
-        (Method::GET, format!("/api/agent/v1/node/{uuid}/")),
+        (Method::POST, agent_node_ping(&uuid)),
+        (Method::GET, agent_node(&uuid)),
     ] {
         let (status, body) =
             agent_call(server, "127.0.0.31", method, &path, Some(&credential), None).await;
@@ -524,7 +514,7 @@ async fn a_removed_nodes_credential_is_revoked() {
         server,
         "127.0.0.31",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&credential),
         Some(registration(&batch, slot)),
     )
@@ -534,7 +524,7 @@ async fn a_removed_nodes_credential_is_revoked() {
         server,
         "127.0.0.31",
         Method::POST,
-        "/api/agent/v1/node/",
+        AGENT_NODES,
         Some(&batch.token),
         Some(registration(&batch, slot)),
     )
@@ -546,7 +536,7 @@ async fn a_removed_nodes_credential_is_revoked() {
         server,
         "127.0.0.32",
         Method::POST,
-        &format!("/api/agent/v1/node/{other}/ping/"),
+        &agent_node_ping(&other),
         Some(&other_credential),
         None,
     )

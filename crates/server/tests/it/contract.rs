@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::date;
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -29,7 +30,7 @@ async fn create(server: &TestServer, name: &str, target: u32) -> String {
     let reply = server
         .call(
             Method::POST,
-            "/api/infra/v1/nodecluster/",
+            &uri::node_clusters(),
             Some(create_body(name, target)),
         )
         .await;
@@ -61,7 +62,7 @@ async fn authentication_is_required_everywhere_but_ping() {
             assert_eq!(reply.body, json!({"error": "Not authorized"}));
         }
     }
-    assert_eq!(server.get("/api/infra/v1/nodecluster/").await.status, 200);
+    assert_eq!(server.get(&uri::node_clusters()).await.status, 200);
     // The OpenAPI document is served with auth, like the API it describes.
     let document = server.get("/api/openapi.json").await;
     assert_eq!(document.status, 200);
@@ -167,18 +168,12 @@ async fn create_returns_201_init_and_a_finished_action() {
     assert_eq!(cluster["tags"], json!([{"name": "web"}]));
     let uuid = cluster["uuid"].as_str().expect("uuid");
     assert!(flotilla_api::uri::is_uuid4(uuid), "{uuid}");
-    assert_eq!(
-        cluster["resource_uri"],
-        format!("/api/infra/v1/nodecluster/{uuid}/")
-    );
+    assert_eq!(cluster["resource_uri"], uri::node_cluster(uuid));
     let action_uri = reply.action_uri.expect("action header");
     let action = server.get(&action_uri).await.body;
     assert_eq!(action["state"], "Success");
     assert_eq!(action["action"], "Node Cluster Create");
-    assert_eq!(
-        action["object"],
-        format!("/api/infra/v1/nodecluster/{uuid}/")
-    );
+    assert_eq!(action["object"], uri::node_cluster(uuid));
     assert_eq!(action["method"], "POST");
     assert_eq!(action["user_agent"], "python-dockercloud/1.0.12");
     assert_eq!(action["ip"], "127.0.0.1");
@@ -371,11 +366,7 @@ async fn bad_input_is_a_4xx_naming_what_is_wrong() {
     ];
     for (body, status, needle) in cases {
         let reply = server
-            .call(
-                Method::POST,
-                "/api/infra/v1/nodecluster/",
-                Some(body.clone()),
-            )
+            .call(Method::POST, &uri::node_clusters(), Some(body.clone()))
             .await;
         assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
         let error = reply.body["error"].as_str().expect("error message");
@@ -389,7 +380,7 @@ async fn bad_input_is_a_4xx_naming_what_is_wrong() {
     let bad_json = server
         .raw(
             Method::POST,
-            "/api/infra/v1/nodecluster/",
+            &uri::node_clusters(),
             Some("{\"name\": "),
             auth,
         )
@@ -403,7 +394,7 @@ async fn bad_input_is_a_4xx_naming_what_is_wrong() {
     );
     let bad_type = server
         .client
-        .post(format!("{}/api/infra/v1/nodecluster/", server.base))
+        .post(format!("{}{}", server.base, uri::node_clusters()))
         .basic_auth(
             &server.credentials.username,
             Some(&server.credentials.api_key),
@@ -419,7 +410,7 @@ async fn bad_input_is_a_4xx_naming_what_is_wrong() {
     let duplicate = server
         .call(
             Method::POST,
-            "/api/infra/v1/nodecluster/",
+            &uri::node_clusters(),
             Some(create_body("web", 1)),
         )
         .await;
@@ -430,7 +421,7 @@ async fn bad_input_is_a_4xx_naming_what_is_wrong() {
             .expect("error")
             .contains("web")
     );
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
     for (body, needle) in [
         (json!({"state": "Deployed"}), "state"),
         (json!({"target_num_nodes": 100000}), "target_num_nodes"),
@@ -470,7 +461,7 @@ async fn bad_input_is_a_4xx_naming_what_is_wrong() {
         "offset=-3",
         "start_date__gte=yesterday",
     ] {
-        let reply = server.get(&format!("/api/audit/v1/action/?{query}")).await;
+        let reply = server.get(&format!("{}?{query}", uri::actions())).await;
         assert_eq!(reply.status, 400, "{query}");
     }
     server.stop().await;
@@ -483,16 +474,22 @@ async fn lists_filter_and_paginate_like_tastypie() {
     for i in 0..5 {
         uuids.push(create(&server, &format!("c{i}"), 1).await);
     }
-    let page = server.get("/api/infra/v1/nodecluster/?limit=2").await.body;
+    let page = server
+        .get(&format!("{}?limit=2", uri::node_clusters()))
+        .await
+        .body;
     assert_eq!(page["meta"]["total_count"], 5);
     assert_eq!(page["meta"]["limit"], 2);
     assert_eq!(page["objects"].as_array().map(Vec::len), Some(2));
     let next = page["meta"]["next"].as_str().expect("next");
-    assert!(next.starts_with("/api/infra/v1/nodecluster/?"), "{next}");
+    assert!(
+        next.starts_with(&format!("{}?", uri::node_clusters())),
+        "{next}"
+    );
     let second = server.get(next).await.body;
     assert_eq!(second["meta"]["offset"], 2);
     assert_eq!(second["objects"][0]["name"], "c2");
-    let default = server.get("/api/infra/v1/nodecluster/").await.body;
+    let default = server.get(&uri::node_clusters()).await.body;
     assert_eq!(default["meta"]["limit"], 25);
     assert_eq!(default["meta"]["next"], Value::Null);
     let prefix = &uuids[3][..8];
@@ -504,18 +501,26 @@ async fn lists_filter_and_paginate_like_tastypie() {
         .body;
     assert_eq!(found["meta"]["total_count"], 1);
     assert_eq!(found["objects"][0]["uuid"], uuids[3].as_str());
-    let by_name = server.get("/api/infra/v1/nodecluster/?name=c4").await.body;
+    let by_name = server
+        .get(&format!("{}?name=c4", uri::node_clusters()))
+        .await
+        .body;
     assert_eq!(by_name["objects"][0]["uuid"], uuids[4].as_str());
-    let none = server.get("/api/infra/v1/nodecluster/?name=nothing").await;
+    let none = server
+        .get(&format!("{}?name=nothing", uri::node_clusters()))
+        .await;
     assert_eq!(none.status, 200);
     assert_eq!(none.body["objects"], json!([]));
     let by_state = server
-        .get("/api/infra/v1/nodecluster/?state=Init&region=us-east-1")
+        .get(&format!(
+            "{}?state=Init&region=us-east-1",
+            uri::node_clusters()
+        ))
         .await
         .body;
     assert_eq!(by_state["meta"]["total_count"], 5);
     // Actions: newest first.
-    let actions = server.get("/api/audit/v1/action/").await.body;
+    let actions = server.get(&uri::actions()).await.body;
     assert_eq!(actions["meta"]["total_count"], 5);
     assert_eq!(
         actions["objects"][0]["object"],
@@ -545,17 +550,13 @@ async fn node_pages_from_sql_match_the_generic_list() {
     for (name, size) in [("a", 3), ("b", 4)] {
         let uuid = create(&server, name, size).await;
         let deploy = server
-            .call(
-                Method::POST,
-                &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
-                None,
-            )
+            .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)
             .await;
         assert_eq!(deploy.status, 202, "{:?}", deploy.body);
         server.wait_for_cluster(&uuid, "Deployed", LIMIT).await;
         clusters.push(uuid);
     }
-    let all = server.get("/api/infra/v1/node/?limit=0").await.body;
+    let all = server.get(&format!("{}?limit=0", uri::nodes())).await.body;
     assert_eq!(all["meta"]["total_count"], 7, "{all:#}");
     let uuids: Vec<&str> = all["objects"]
         .as_array()
@@ -591,10 +592,8 @@ async fn node_pages_from_sql_match_the_generic_list() {
         "state=Deployed&state=Terminated".into(),
     ];
     for query in &queries {
-        let fast = server.get(&format!("/api/infra/v1/node/?{query}")).await;
-        let generic = server
-            .get(&format!("/api/infra/v1/node/?{query}&zz=1"))
-            .await;
+        let fast = server.get(&format!("{}?{query}", uri::nodes())).await;
+        let generic = server.get(&format!("{}?{query}&zz=1", uri::nodes())).await;
         assert_eq!(fast.status, 200, "{query}: {:?}", fast.body);
         assert_eq!(fast.body["objects"], generic.body["objects"], "{query}");
         for field in ["total_count", "limit", "offset"] {
@@ -610,7 +609,7 @@ async fn node_pages_from_sql_match_the_generic_list() {
         );
     }
     let in_b = server
-        .get(&format!("/api/infra/v1/node/?node_cluster={b}&limit=3"))
+        .get(&format!("{}?node_cluster={b}&limit=3", uri::nodes()))
         .await
         .body;
     assert_eq!(in_b["meta"]["total_count"], 4);
@@ -632,7 +631,7 @@ async fn node_pages_from_sql_match_the_generic_list() {
         .body;
     assert_eq!(prefix["meta"]["total_count"], 1);
     assert_eq!(prefix["objects"][0]["uuid"], uuids[2]);
-    let bad = server.get("/api/infra/v1/node/?limit=5000").await;
+    let bad = server.get(&format!("{}?limit=5000", uri::nodes())).await;
     assert_eq!(bad.status, 400);
     assert!(
         bad.body["error"].as_str().unwrap_or("").contains("limit"),
@@ -646,7 +645,7 @@ async fn node_pages_from_sql_match_the_generic_list() {
 async fn a_cluster_deploys_scales_is_tagged_and_terminates() {
     let (server, cloud, _dir) = server().await;
     let uuid = create(&server, "web", 6).await;
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
     let deploy = server
         .call(Method::POST, &format!("{path}deploy/"), None)
         .await;
@@ -680,7 +679,7 @@ async fn a_cluster_deploys_scales_is_tagged_and_terminates() {
     );
 
     let nodes = server
-        .get(&format!("/api/infra/v1/node/?node_cluster={path}"))
+        .get(&format!("{}?node_cluster={path}", uri::nodes()))
         .await
         .body;
     assert_eq!(nodes["meta"]["total_count"], 6);
@@ -757,7 +756,7 @@ async fn a_cluster_deploys_scales_is_tagged_and_terminates() {
     assert_eq!(server.call(Method::DELETE, &path, None).await.status, 400);
     // The terminated cluster is still listed ("recently terminated").
     let listed = server
-        .get("/api/infra/v1/nodecluster/?state=Terminated")
+        .get(&format!("{}?state=Terminated", uri::node_clusters()))
         .await
         .body;
     assert_eq!(listed["meta"]["total_count"], 1);
@@ -772,11 +771,7 @@ async fn a_failed_deploy_fails_its_action_with_the_reason_and_can_be_retried() {
     }
     let uuid = create(&server, "web", 2).await;
     let deploy = server
-        .call(
-            Method::POST,
-            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
-            None,
-        )
+        .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)
         .await;
     let action_uri = deploy.action_uri.expect("header");
     let action = server.wait_for_action(&action_uri, LIMIT).await;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use flotilla_server::{NodeReady, UserDataRequest};
 use rand::rngs::StdRng;
@@ -96,7 +97,7 @@ async fn register_one(
     let created = server
         .call(
             Method::POST,
-            "/api/infra/v1/nodecluster/",
+            &uri::node_clusters(),
             Some(json!({"name": name, "target_num_nodes": nodes,
                 "region": "/api/infra/v1/region/aws/us-east-1/",
                 "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"})),
@@ -106,17 +107,13 @@ async fn register_one(
     let cluster = created.body["uuid"].as_str().expect("uuid").to_owned();
     let action_uri = created.action_uri.clone().expect("action");
     let deploy = server
-        .call(
-            Method::POST,
-            &format!("/api/infra/v1/nodecluster/{cluster}/deploy/"),
-            None,
-        )
+        .call(Method::POST, &uri::node_cluster_deploy(&cluster), None)
         .await;
     assert_eq!(deploy.status, 202, "{:?}", deploy.body);
     let started = Instant::now();
     let batch = loop {
         let listed = server
-            .get(&format!("/api/infra/v1/node/?node_cluster={cluster}"))
+            .get(&format!("{}?node_cluster={cluster}", uri::nodes()))
             .await;
         let batch = tokens.lock().expect("tokens").first().cloned();
         if let Some(batch) = batch

@@ -1,8 +1,11 @@
-//! A server on port 0 with its own SQLite file, and a small HTTP client for it.
+//! A server on port 0 with its own SQLite file, the typed API client for it
+//! ([`flotilla_api::Client`]), and a raw client for the requests the typed one would never
+//! send (malformed bodies, other credentials, no credentials).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla_api::uri;
 use flotilla_core::cloud::Cloud;
 use flotilla_server::{Credentials, ServerConfig};
 use reqwest::Method;
@@ -14,6 +17,7 @@ pub struct TestServer {
     pub base: String,
     pub credentials: Credentials,
     pub client: reqwest::Client,
+    pub api: flotilla_api::Client,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -59,10 +63,22 @@ impl TestServer {
         let handle = tokio::spawn(flotilla_server::run(listener, config, cloud, async move {
             let _ = stopped.await;
         }));
+        // The contract tests check what the server records of its client: the Python one.
+        let client = reqwest::Client::builder()
+            .user_agent("python-dockercloud/1.0.12")
+            .build()
+            .expect("HTTP client");
+        let api = flotilla_api::Client::new(
+            base.clone(),
+            credentials.username.clone(),
+            credentials.api_key.clone(),
+            client.clone(),
+        );
         TestServer {
             base,
             credentials,
-            client: reqwest::Client::new(),
+            client,
+            api,
             shutdown: Some(shutdown),
             handle,
         }
@@ -120,15 +136,18 @@ impl TestServer {
         }
     }
 
+    /// One call through the typed client, as the admin; any answer.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let text = body.map(|b| b.to_string());
-        self.raw(
-            method,
-            path,
-            text.as_deref(),
-            Some((&self.credentials.username, &self.credentials.api_key)),
-        )
-        .await
+        let reply = self
+            .api
+            .send(method.clone(), path, body.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+        Reply {
+            status: reply.status,
+            body: reply.body,
+            action_uri: reply.action_uri,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -140,15 +159,13 @@ impl TestServer {
     pub async fn wait_for_cluster(&self, uuid: &str, state: &str, limit: Duration) -> Value {
         let started = Instant::now();
         loop {
-            let reply = self
-                .get(&format!("/api/infra/v1/nodecluster/{uuid}/"))
-                .await;
+            let reply = self.get(&uri::node_cluster(uuid)).await;
             assert_eq!(reply.status, 200, "{:?}", reply.body);
             if reply.body["state"] == state {
                 return reply.body;
             }
             if started.elapsed() > limit {
-                let actions = self.get("/api/audit/v1/action/").await;
+                let actions = self.get(&uri::actions()).await;
                 let logs: Vec<String> = futures_logs(self, &actions.body).await;
                 panic!(
                     "cluster never reached {state}: {:#}\nactions: {logs:#?}",

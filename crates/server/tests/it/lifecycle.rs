@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_api::client::new_node_cluster;
+use flotilla_api::uri;
 use flotilla_aws::{Aws, AwsSettings, StaticCredentials};
 use flotilla_testkit::{FaultProxy, Moto, inspect};
 use reqwest::Method;
@@ -70,8 +72,7 @@ fn moto_config(dir: &tempfile::TempDir) -> flotilla_server::ServerConfig {
 }
 
 fn body(target: u32) -> Value {
-    json!({"name": "web", "target_num_nodes": target, "region": "/api/infra/v1/region/aws/us-east-1/",
-           "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "disk": "30"})
+    new_node_cluster("web", target, "us-east-1", "t3.micro")
 }
 
 fn per_zone(counts: &std::collections::BTreeMap<String, usize>) -> Vec<usize> {
@@ -93,15 +94,15 @@ async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
     let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
 
     let created = server
-        .call(Method::POST, "/api/infra/v1/nodecluster/", Some(body(6)))
+        .call(Method::POST, &uri::node_clusters(), Some(body(6)))
         .await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let uuid = created.body["uuid"].as_str().expect("uuid").to_owned();
-    let path = format!("/api/infra/v1/nodecluster/{uuid}/");
+    let path = uri::node_cluster(&uuid);
     let unknown = server
         .call(
             Method::POST,
-            "/api/infra/v1/nodecluster/",
+            &uri::node_clusters(),
             Some(json!({"name": "x", "region": "us-east-1", "node_type": "t9.nothing"})),
         )
         .await;
@@ -118,7 +119,7 @@ async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
     let cluster = server.wait_for_cluster(&uuid, "Deployed", LIMIT).await;
     assert_eq!(cluster["current_num_nodes"], 6);
     assert_eq!(per_zone(&env.live_per_zone().await), vec![2, 2, 2]);
-    let nodes = server.get("/api/infra/v1/node/").await.body;
+    let nodes = server.get(&uri::nodes()).await.body;
     assert_eq!(nodes["meta"]["total_count"], 6);
     assert!(
         nodes["objects"]
@@ -302,15 +303,11 @@ async fn a_server_killed_mid_deploy_is_finished_by_the_next_one() {
     let server =
         TestServer::start(config.clone(), env.aws(&owner).await, credentials.clone()).await;
     let created = server
-        .call(Method::POST, "/api/infra/v1/nodecluster/", Some(body(6)))
+        .call(Method::POST, &uri::node_clusters(), Some(body(6)))
         .await;
     let uuid = created.body["uuid"].as_str().expect("uuid").to_owned();
     let deploy = server
-        .call(
-            Method::POST,
-            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
-            None,
-        )
+        .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)
         .await;
     assert_eq!(deploy.status, 202);
     let action_uri = deploy.action_uri.expect("header");

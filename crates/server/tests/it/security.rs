@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use flotilla_api::agent::{AGENT_NODES, agent_node_ping};
+use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
 use flotilla_server::http::{Route, concrete, parse_path, template};
 use flotilla_server::{NodeReady, UserDataRequest};
@@ -143,7 +145,7 @@ async fn every_route_but_ping_and_the_binary_requires_credentials() {
     let server = TestServer::start(config(&dir), Arc::new(FakeCloud::new()), None).await;
     // This address has logged in, so the admin's failures below from many addresses never
     // throttle it (the per-user counter exempts trusted addresses).
-    assert_eq!(server.get("/api/infra/v1/nodecluster/").await.status, 200);
+    assert_eq!(server.get(&uri::node_clusters()).await.status, 200);
     let admin = server.credentials.username.clone();
     let key = server.credentials.api_key.clone();
 
@@ -252,7 +254,7 @@ async fn every_route_but_ping_and_the_binary_requires_credentials() {
     );
     assert!(checked > 300, "{checked} requests");
     // The admin was never locked out from its own address.
-    assert_eq!(server.get("/api/infra/v1/nodecluster/").await.status, 200);
+    assert_eq!(server.get(&uri::node_clusters()).await.status, 200);
     server.stop().await;
 }
 
@@ -403,9 +405,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
     secrets.push(("the AWS access key id", key_id.to_owned()));
 
     // 2. A bring-your-own-node token.
-    let byo = server
-        .call(Method::POST, "/api/infra/v1/token/", None)
-        .await;
+    let byo = server.call(Method::POST, &uri::token(), None).await;
     assert_eq!(byo.status, 201, "{:?}", byo.body);
     let byo_token = byo.body["token"].as_str().expect("token").to_owned();
     secrets.push(("a bring-your-own-node token", byo_token));
@@ -414,7 +414,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
     let created = server
         .call(
             Method::POST,
-            "/api/infra/v1/nodecluster/",
+            &uri::node_clusters(),
             Some(json!({"name": "secrets", "target_num_nodes": 1,
                 "region": "/api/infra/v1/region/aws/us-east-1/",
                 "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"})),
@@ -423,11 +423,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
     assert_eq!(created.status, 201, "{:?}", created.body);
     let cluster = created.body["uuid"].as_str().expect("uuid").to_owned();
     let deploy = server
-        .call(
-            Method::POST,
-            &format!("/api/infra/v1/nodecluster/{cluster}/deploy/"),
-            None,
-        )
+        .call(Method::POST, &uri::node_cluster_deploy(&cluster), None)
         .await;
     assert_eq!(deploy.status, 202, "{:?}", deploy.body);
     let started = std::time::Instant::now();
@@ -441,7 +437,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
     // The node is recorded right after its launch.
     loop {
         let nodes = server
-            .get(&format!("/api/infra/v1/node/?node_cluster={cluster}"))
+            .get(&format!("{}?node_cluster={cluster}", uri::nodes()))
             .await;
         if nodes.body["meta"]["total_count"] == 1 {
             break;
@@ -450,7 +446,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let registered = client_from(next_ip())
-        .post(format!("{}/api/agent/v1/node/", server.base))
+        .post(format!("{}{AGENT_NODES}", server.base))
         .header("Authorization", format!("TutumAgentToken {batch_token}"))
         .json(
             &json!({"agent_version": "test", "cluster": cluster, "slot": first_slot,
@@ -464,7 +460,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
     let credential = node["credential"].as_str().expect("credential").to_owned();
     let uuid = node["uuid"].as_str().expect("uuid").to_owned();
     let ping = client_from(next_ip())
-        .post(format!("{}/api/agent/v1/node/{uuid}/ping/", server.base))
+        .post(format!("{}{}", server.base, agent_node_ping(&uuid)))
         .header("Authorization", format!("TutumAgentToken {credential}"))
         .send()
         .await

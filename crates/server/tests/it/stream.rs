@@ -69,16 +69,12 @@ async fn create_and_deploy(server: &TestServer, name: &str, nodes: u32) -> (Stri
         "region": "/api/infra/v1/region/aws/us-east-1/",
         "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"});
     let created = server
-        .call(Method::POST, "/api/infra/v1/nodecluster/", Some(body))
+        .call(Method::POST, &uri::node_clusters(), Some(body))
         .await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let uuid = created.body["uuid"].as_str().expect("uuid").to_owned();
     let deploy = server
-        .call(
-            Method::POST,
-            &format!("/api/infra/v1/nodecluster/{uuid}/deploy/"),
-            None,
-        )
+        .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)
         .await;
     assert_eq!(deploy.status, 202, "{:?}", deploy.body);
     (uuid, deploy.action_uri.expect("action header"))
@@ -293,7 +289,7 @@ async fn byo_tokens_are_created_once_and_consumed_once() {
     }
     assert_ne!(tokens[0], tokens[1]);
     assert_eq!(
-        server.get("/api/infra/v1/token/").await.status,
+        server.get(&uri::token()).await.status,
         405,
         "tokens cannot be listed"
     );

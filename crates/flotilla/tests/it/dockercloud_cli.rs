@@ -345,38 +345,15 @@ fn row<'a>(table: &'a str, needle: &str) -> Vec<&'a str> {
 /// A VPC of the user's own in moto: two subnets and a security group.
 async fn own_vpc(env: &Env) -> (String, Vec<String>, String) {
     let ec2 = env.ec2().await;
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.50.0.0/16")
-        .send()
-        .await
-        .expect("create vpc");
-    let vpc_id = vpc
-        .vpc()
-        .and_then(|v| v.vpc_id())
-        .expect("vpc id")
-        .to_owned();
-    let mut subnets = Vec::new();
-    for (az, cidr) in [
-        ("us-east-1a", "10.50.1.0/24"),
-        ("us-east-1b", "10.50.2.0/24"),
-    ] {
-        let subnet = ec2
-            .create_subnet()
-            .vpc_id(&vpc_id)
-            .availability_zone(az)
-            .cidr_block(cidr)
-            .send()
-            .await
-            .expect("create subnet");
-        subnets.push(
-            subnet
-                .subnet()
-                .and_then(|s| s.subnet_id())
-                .expect("subnet id")
-                .to_owned(),
-        );
-    }
+    let (vpc_id, subnets) = flotilla_testkit::inspect::create_user_vpc(
+        &ec2,
+        "10.50.0.0/16",
+        &[
+            ("10.50.1.0/24", "us-east-1a"),
+            ("10.50.2.0/24", "us-east-1b"),
+        ],
+    )
+    .await;
     let group = ec2
         .create_security_group()
         .vpc_id(&vpc_id)

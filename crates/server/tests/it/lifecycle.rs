@@ -52,6 +52,18 @@ impl Env {
         )
     }
 
+    /// A fresh installation in `dir`, on this account, served in-process; and its owner id.
+    async fn server(&self, dir: &tempfile::TempDir) -> (TestServer, String) {
+        let config = moto_config(dir);
+        let installation = flotilla_server::initialize(&config)
+            .await
+            .expect("initialize");
+        let owner = installation.owner_id.clone();
+        let server =
+            TestServer::start(config, self.aws(&owner).await, installation.new_admin).await;
+        (server, owner)
+    }
+
     /// Running or pending instances per AZ.
     async fn live_per_zone(&self) -> std::collections::BTreeMap<String, usize> {
         let ec2 = inspect::ec2_client(&self.inspect.endpoint(), "us-east-1").await;
@@ -86,12 +98,7 @@ fn per_zone(counts: &std::collections::BTreeMap<String, usize>) -> Vec<usize> {
 async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
     let env = Env::new().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = moto_config(&dir);
-    let installation = flotilla_server::initialize(&config)
-        .await
-        .expect("initialize");
-    let owner = installation.owner_id.clone();
-    let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
+    let (server, owner) = env.server(&dir).await;
 
     let created = server
         .call(Method::POST, &uri::node_clusters(), Some(body(6)))
@@ -174,12 +181,7 @@ async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
 async fn provider_options_naming_missing_resources_are_refused_at_create_and_nothing_is_stored() {
     let env = Env::new().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = moto_config(&dir);
-    let installation = flotilla_server::initialize(&config)
-        .await
-        .expect("initialize");
-    let owner = installation.owner_id.clone();
-    let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
+    let (server, _owner) = env.server(&dir).await;
 
     // The user's own VPC with one subnet, and a security group of another VPC.
     let ec2 = inspect::ec2_client(&env.inspect.endpoint(), "us-east-1").await;
@@ -377,12 +379,7 @@ async fn each_cluster_in_a_shared_vpc_is_judged_by_its_own_subnets() {
     )
     .await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = moto_config(&dir);
-    let installation = flotilla_server::initialize(&config)
-        .await
-        .expect("initialize");
-    let owner = installation.owner_id.clone();
-    let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
+    let (server, _owner) = env.server(&dir).await;
 
     let mut uuids = Vec::new();
     for (name, subnet) in [("one", &subnets[0]), ("two", &subnets[1])] {

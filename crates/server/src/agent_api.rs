@@ -64,7 +64,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OnceCell, broadcast, watch};
 
 use crate::app::{App, AppError};
-use crate::http::Route;
+use crate::routes::Route;
 use crate::store::{
     IpChange, NodeAgentRecord, NodeRecord, NodeRegistration, Registered, Store, StoreError,
 };
@@ -825,14 +825,6 @@ pub async fn flush_heartbeats<C: Cloud + 'static>(
 const LABEL_IP_CHANGE: &str = "Node IP Change";
 const LABEL_BYO_REGISTERED: &str = "Node Register";
 
-/// The routes this module serves (no Basic auth).
-pub fn is_agent_route(route: &Route) -> bool {
-    matches!(
-        route,
-        Route::AgentNodes | Route::AgentNode(_) | Route::AgentNodePing(_) | Route::Download
-    )
-}
-
 /// The token of `Authorization: TutumAgentToken <token>`.
 fn agent_token(headers: &HeaderMap) -> AgentResult<String> {
     let missing =
@@ -863,7 +855,7 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Serves one agent route (see [`is_agent_route`]); `peer_ip` is the request's source
+/// Serves one agent route (see [`crate::routes::is_agent_route`]); `peer_ip` is the request's source
 /// address.
 pub async fn dispatch<C: Cloud + 'static>(
     app: &App<C>,

@@ -31,6 +31,7 @@ pub mod http;
 pub mod login;
 pub mod openapi;
 pub mod reconcile;
+pub mod routes;
 pub mod secrets;
 pub mod store;
 pub mod stream;

@@ -3,9 +3,9 @@
 //!
 //! Design decisions:
 //! * The document is data written by hand with `serde_json::json!`, not derived from the
-//!   handlers (utoipa): the dispatcher is one `match` over [`crate::http::Route`], not one
+//!   handlers (utoipa): the dispatcher is one `match` over [`crate::routes::Route`], not one
 //!   annotated function per path, and the wire types live in `flotilla-api`, which would
-//!   otherwise have to depend on a schema crate. Drift is caught by a test in `http`: an
+//!   otherwise have to depend on a schema crate. Drift is caught by a test here: an
 //!   exhaustive `match` over `Route` (a new variant does not compile until it is listed) whose
 //!   path templates and methods must all be in this document, and every path of this
 //!   document must parse back to a route.
@@ -25,7 +25,7 @@
 //!   checks status codes, content types and bodies against it): every status an operation
 //!   can succeed with is listed (200 *and* 202 where an action may finish at once), every
 //!   error is the `default` response with the `Error` body, lists declare `limit` (0 to
-//!   [`crate::http::MAX_LIMIT`]) and `offset`, and path parameters and request bodies carry
+//!   [`crate::routes::MAX_LIMIT`]) and `offset`, and path parameters and request bodies carry
 //!   examples that exist on a fresh installation (`aws`, `us-east-1`, `t3.micro`, the
 //!   default admin namespace), so generated requests reach real objects, not only 404s.
 
@@ -33,7 +33,7 @@ use flotilla_core::spec::{MAX_DISK_GB, MAX_NODES, MIN_DISK_GB};
 use serde_json::{Map, Value, json};
 
 /// Where the document is served.
-pub const PATH: &str = "/api/openapi.json";
+pub use crate::routes::OPENAPI_PATH as PATH;
 
 /// How a path authenticates.
 #[derive(Clone, Copy)]
@@ -131,7 +131,7 @@ fn parameters(path: &str, list: bool) -> Vec<Value> {
     if list {
         parameters.push(json!({"name": "limit", "in": "query", "required": false,
             "description": "page size; 0 means the maximum",
-            "schema": {"type": "integer", "minimum": 0, "maximum": crate::http::MAX_LIMIT}}));
+            "schema": {"type": "integer", "minimum": 0, "maximum": crate::routes::MAX_LIMIT}}));
         parameters.push(json!({"name": "offset", "in": "query", "required": false,
             "schema": {"type": "integer", "minimum": 0}}));
     }
@@ -614,4 +614,94 @@ pub fn document() -> Value {
             "schemas": schemas(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{Route, allowed_methods, concrete, is_agent_route, parse_path, template};
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let text = serde_json::to_string(&document()).expect("serializes");
+        let document: Value = serde_json::from_str(&text).expect("the document is JSON");
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
+        assert!(document["info"]["title"].is_string() && document["info"]["version"].is_string());
+        let paths = document["paths"].as_object().expect("paths");
+        let schemes = &document["components"]["securitySchemes"];
+        assert_eq!(schemes["basic"]["scheme"], "basic");
+        assert_eq!(schemes["agentToken"]["name"], "Authorization");
+        let schemas = &document["components"]["schemas"];
+        assert_eq!(schemas["Error"]["required"], json!(["error"]));
+        for name in [
+            "ListEnvelope",
+            "NodeClusterCreate",
+            "NodeClusterPatch",
+            "NodePatch",
+        ] {
+            assert!(schemas[name].is_object(), "{name}");
+        }
+        // Every document path is a route, and that route's template (namespace removed).
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, item) in paths {
+            let parsed = parse_path(&concrete(path))
+                .unwrap_or_else(|| panic!("{path} is in the document but not a route"));
+            let (expected, methods) = template(&parsed.route);
+            assert_eq!(path.replace("/{namespace}", ""), expected, "{path}");
+            assert_eq!(
+                parsed.namespace.is_some(),
+                path.contains("{namespace}"),
+                "{path}"
+            );
+            let listed: Vec<&str> = item
+                .as_object()
+                .expect("item")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut wanted = methods.to_vec();
+            wanted.sort_unstable();
+            let mut listed = listed;
+            listed.sort_unstable();
+            assert_eq!(listed, wanted, "{path}");
+            seen.insert(expected);
+        }
+        // Every route is in the document, with the methods the dispatcher allows: one sample
+        // per variant (`Route::iter()`), its parameters filled in from its template.
+        let every_route: Vec<Route> = <Route as strum::IntoEnumIterator>::iter()
+            .map(|route| {
+                parse_path(&concrete(template(&route).0))
+                    .map(|p| p.route)
+                    .unwrap_or(route)
+            })
+            .collect();
+        for route in &every_route {
+            let (path, methods) = template(route);
+            assert!(
+                seen.contains(path),
+                "{route:?} ({path}) is not in the document"
+            );
+            assert_eq!(
+                parse_path(&concrete(path)).map(|p| p.route).as_ref(),
+                Some(route)
+            );
+            if !is_agent_route(route) && *route != Route::Ping {
+                let allowed: Vec<String> = allowed_methods(route)
+                    .iter()
+                    .map(|m| m.as_str().to_ascii_lowercase())
+                    .collect();
+                assert_eq!(allowed, methods.to_vec(), "{route:?}");
+            }
+        }
+        assert_eq!(seen.len(), every_route.len(), "one template per route");
+        assert_eq!(
+            document["paths"]["/_ping"]["get"]["security"],
+            json!([]),
+            "ping needs no auth"
+        );
+    }
 }

@@ -32,7 +32,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::app::{App, AppError};
 use crate::events::Filter;
-use crate::http::Route;
+use crate::routes::Route;
 
 /// How often a followed action is re-read for new log lines.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(250);

@@ -18,7 +18,7 @@ use std::time::Duration;
 use flotilla_api::agent::{AGENT_NODES, agent_node_ping};
 use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
-use flotilla_server::http::{Route, concrete, parse_path, template};
+use flotilla_server::routes::{Route, concrete, parse_path, template};
 use flotilla_server::{NodeReady, UserDataRequest};
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -1,5 +1,5 @@
-//! The HTTP edge: Docker Cloud API v1 paths, authentication, pagination, filters, and the
-//! mapping of application errors to status codes.
+//! The HTTP edge's dispatcher: Docker Cloud API v1 requests, authentication, pagination and
+//! filters; application errors are answered through [`crate::api_error`].
 //!
 //! Design decisions:
 //! * Routing is one `match` over the closed [`Route`] enum of [`crate::routes`] (the route
@@ -10,8 +10,7 @@
 //! * Lists are filtered generically against the rendered JSON objects (Tastypie style:
 //!   `field`, `field__startswith`, `field__gte`, `field__lte`; a URI field also matches its
 //!   last segment), then paginated with `next`/`previous` as paths starting `/api/`.
-//! * Every answer is a JSON object; errors are `{"error": "..."}`; store failures are
-//!   logged in full and answered with a generic 500.
+//! * Every answer is a JSON object; errors are `{"error": "..."}` (`api_error`).
 //! * Authentication comes before anything else but `/_ping`: an unauthenticated request
 //!   learns nothing, not even whether its path exists (401 with `WWW-Authenticate`, not
 //!   404 or 405). The agent routes use their own token (`agent_api`), and
@@ -41,6 +40,7 @@ use flotilla_core::cloud::Cloud;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::api_error::error_response;
 use crate::app::{App, AppError, AppResult, Caller, Login, Outcome};
 use crate::login::{Client, LoginThrottle};
 use crate::routes::{MAX_LIMIT, Parsed, Route, allowed_methods, is_agent_route, parse_path};
@@ -74,41 +74,6 @@ pub fn router_with_limits<C: Cloud + 'static>(
         logins: LoginThrottle::new(limits),
     });
     Router::new().fallback(dispatch::<C>).with_state(edge)
-}
-
-fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut response = (
-        status,
-        axum::Json(api::ErrorBody {
-            error: message.into(),
-        }),
-    )
-        .into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"flotilla\""),
-        );
-    }
-    response
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Internal(error) => {
-                tracing::error!(%error, "request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        error_response(status, self.to_string())
-    }
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T, action_uri: Option<&str>) -> Response {

@@ -21,6 +21,7 @@
 //!   for later links.
 
 pub mod agent_api;
+pub mod api_error;
 pub mod app;
 pub mod backup;
 pub mod catalog;

@@ -37,6 +37,7 @@ pub mod secrets;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod tokens;
 pub mod zone;
 
 use std::future::Future;
@@ -94,7 +95,7 @@ impl ServerConfig {
             database_path,
             admin_username: "admin".into(),
             dns_domain: "flotilla.internal".into(),
-            heartbeat_grace: agent_api::DEFAULT_HEARTBEAT_GRACE,
+            heartbeat_grace: app::agents::DEFAULT_HEARTBEAT_GRACE,
             dns_listen: None,
             dns_required: false,
             dns_mirror: None,
@@ -126,7 +127,7 @@ pub async fn initialize(config: &ServerConfig) -> anyhow::Result<Installation> {
     let owner_id = store
         .ensure_owner_id(&uuid::Uuid::new_v4().to_string(), now)
         .await?;
-    agent_api::load_secret(&store).await?;
+    tokens::load_secret(&store).await?;
     let secret_key = secrets::SecretKey::load_or_create(&config.secret_key_path)?;
     let aws_keys = app::linked_keys(&store, &secret_key, catalog::PROVIDER).await?;
     let mut new_admin = None;
@@ -204,8 +205,8 @@ pub async fn run<C: Cloud + 'static>(
     let router = http::router(app.clone());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = futures::future::join(
-        agent_api::flush_heartbeats(app.clone(), stopped.clone()),
-        agent_api::watch_health(app, stopped.clone()),
+        app::agents::flush_heartbeats(app.clone(), stopped.clone()),
+        app::agents::watch_health(app, stopped.clone()),
     );
     let dns = {
         let mut stop = stopped.clone();

@@ -1,11 +1,15 @@
 //! Flotilla's control plane: the Docker Cloud API v1 over HTTP, the store behind it and the
 //! reconcilers that carry out what it records.
 //!
-//! Layers, each only calling the next: [`http`] (paths, auth, status codes) → [`app`]
-//! (operations, validation, actions) → [`store`] (SQLite). The [`reconcile`] workers read
-//! desired state from the store and drive a [`flotilla_core::Cloud`]; the API only nudges
-//! them, so no request waits for AWS to act. Nodes' agents use their own endpoints and
-//! credentials ([`agent_api`]); a node is `Deployed` once its agent has registered.
+//! Modules form layers and import downward only (`tests/it/invariants.rs` fails on a
+//! cycle): the edge — [`routes`] (the route table), [`http`], [`api_error`], [`stream`],
+//! [`openapi`], [`agent_api`] — calls the application layer — [`app`] and its agent
+//! channel, [`app::agents`] — which records desired state in the [`store`] and nudges the
+//! [`reconcile`] workers; they read desired state from the store and drive a
+//! [`flotilla_core::Cloud`] through [`execute`], so no request waits for AWS to act. The
+//! batch registration tokens both the agent channel and the workers need live below both
+//! ([`tokens`]); the store publishes on the [`events`] bus, below it. A node is `Deployed`
+//! once its agent has registered.
 //!
 //! Design decisions:
 //! * [`run`] takes a bound listener and a shutdown future (as in mini-redis), so tests run

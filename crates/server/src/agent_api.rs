@@ -23,7 +23,7 @@ use flotilla_core::cloud::Cloud;
 
 use crate::app::App;
 use crate::app::agents::{AgentError, AgentResult};
-use crate::routes::Route;
+use crate::routes::{Route, allows};
 
 /// Largest agent request body.
 const MAX_AGENT_BODY: usize = 64 * 1024;
@@ -115,18 +115,14 @@ async fn handle<C: Cloud + 'static>(
     peer_ip: &str,
 ) -> AgentResult<Response> {
     if route == Route::Download {
-        if method != Method::GET && method != Method::HEAD {
+        if !allows(&route, method) {
             return Err(AgentError::MethodNotAllowed(method.clone()));
         }
         return download().await;
     }
     // Authentication first: an unauthenticated caller learns nothing about the route.
     let token = agent_token(headers)?;
-    let allowed: &[Method] = match &route {
-        Route::AgentNodes | Route::AgentNodePing(_) => &[Method::POST],
-        _ => &[Method::GET, Method::PATCH],
-    };
-    if !allowed.contains(method) {
+    if !allows(&route, method) {
         return Err(AgentError::MethodNotAllowed(method.clone()));
     }
     let bytes = to_bytes(body, MAX_AGENT_BODY).await.map_err(|_| {

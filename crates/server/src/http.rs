@@ -3,7 +3,8 @@
 //!
 //! Design decisions:
 //! * Routing is one `match` over the closed [`Route`] enum of [`crate::routes`] (the route
-//!   table: paths, methods, templates); this module dispatches, it declares no path.
+//!   table: paths, methods, authentication, namespacing); this module dispatches and
+//!   answers 405 from that table, it declares no path.
 //! * Bodies are read and parsed here, so bad JSON is a 415 with `{"error": ...}` and never
 //!   axum's plain-text rejection. An empty body counts as `{}`: the clients send
 //!   `Content-Type: application/json` with no body on deploy and similar POSTs.
@@ -43,7 +44,7 @@ use serde_json::Value;
 use crate::api_error::error_response;
 use crate::app::{App, AppError, AppResult, Caller, Login, Outcome};
 use crate::login::{Client, LoginThrottle};
-use crate::routes::{MAX_LIMIT, Parsed, Route, allowed_methods, is_agent_route, parse_path};
+use crate::routes::{MAX_LIMIT, Parsed, Route, allows, is_agent_route, parse_path};
 use crate::store::NodeFilter;
 
 /// The header that carries the URI of the action a call started.
@@ -241,7 +242,7 @@ async fn dispatch<C: Cloud + 'static>(
             format!("namespace '{namespace}' not found"),
         );
     }
-    if !allowed_methods(&route).contains(&parts.method) {
+    if !allows(&route, &parts.method) {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {} is not allowed on {path}", parts.method),

@@ -1,7 +1,9 @@
 //! The route table of the HTTP edge: every path the server serves, as a closed [`Route`]
-//! enum, with the methods each answers and its path template. The dispatcher (`http`), the
-//! websockets (`stream`), the agent API's handlers (`agent_api`) and the OpenAPI document
-//! (`openapi`) all name routes through this module; it imports nothing of the crate.
+//! enum, and for each its path template, methods, authentication and namespacing, declared
+//! once ([`endpoint`]). The dispatcher (`http`: parsing, 405s, which handler), the
+//! websockets (`stream`), the agent API's handlers (`agent_api`), the OpenAPI document's
+//! paths (`openapi`) and the security tests (`tests/it/security.rs`) all derive from it; it
+//! imports nothing of the crate.
 //!
 //! Design decisions:
 //! * Routing is a hand-written parse of the path into a closed [`Route`] enum rather than
@@ -9,8 +11,9 @@
 //!   trailing slash (no redirects: a 301 breaks a PATCH), with and without a namespace
 //!   segment, and for 405 on a known path with the wrong method; a plain `match` over path
 //!   segments states all of that in one place and is unit-tested without a server.
-//! * [`template`] is exhaustive on purpose: a new variant does not compile until its path
-//!   template and methods are listed, and `openapi`'s tests check the document against it.
+//! * [`endpoint`] is exhaustive on purpose: a new variant does not compile until its path
+//!   template, methods and authentication are listed; `openapi`'s tests check that the
+//!   parser agrees with every template and namespace flag.
 
 use axum::http::Method;
 
@@ -148,72 +151,181 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     Some(Parsed { route, namespace })
 }
 
-/// The methods a route answers.
-pub fn allowed_methods(route: &Route) -> &'static [Method] {
-    match route {
-        Route::Ping => &[Method::GET, Method::HEAD],
-        Route::Clusters => &[Method::GET, Method::POST],
-        Route::ProviderCredentials(_) => &[Method::GET, Method::PUT],
-        Route::Cluster(_) | Route::Node(_) => &[Method::GET, Method::PATCH, Method::DELETE],
-        Route::ClusterDeploy(_)
-        | Route::NodeHealthCheck(_)
-        | Route::ActionCancel(_)
-        | Route::ActionRetry(_)
-        | Route::Token => &[Method::POST],
-        _ => &[Method::GET],
-    }
+/// How a route authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials: `/_ping`, and the agent binary (`/download/flotilla`), which holds
+    /// no secret and is fetched by nodes before they hold any credential.
+    Public,
+    /// HTTP Basic: a user and an API key (or password).
+    Basic,
+    /// `TutumAgentToken`: a batch registration token or a node credential (`agent_api`).
+    Agent,
 }
 
-/// The agent's routes: served by `agent_api`, with the agent's token or none, never Basic.
-pub fn is_agent_route(route: &Route) -> bool {
-    matches!(
-        route,
-        Route::AgentNodes | Route::AgentNode(_) | Route::AgentNodePing(_) | Route::Download
-    )
+/// One endpoint as the route table declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The path template without namespace, with its trailing slash as clients send it.
+    pub template: &'static str,
+    /// The methods it answers (lower case, as in the OpenAPI document); any other is a 405.
+    pub methods: &'static [&'static str],
+    pub auth: Auth,
+    /// Also served with a namespace segment (`/api/<sub>/v1/{namespace}/...`).
+    pub namespaced: bool,
 }
 
-/// Every route's path template (without namespace) and methods, as the OpenAPI document
-/// must list them. Exhaustive on purpose: a new `Route` variant does not compile until it
-/// is listed here, and then `every_route_is_in_the_openapi_document` checks the document
-/// (public for the integration tests, which send requests to every route).
-pub fn template(route: &Route) -> (&'static str, &'static [&'static str]) {
-    match route {
-        Route::Ping => ("/_ping", &["get", "head"]),
-        Route::OpenApi => ("/api/openapi.json", &["get"]),
-        Route::Download => ("/download/flotilla", &["get", "head"]),
-        Route::Providers => ("/api/infra/v1/provider/", &["get"]),
-        Route::Provider(_) => ("/api/infra/v1/provider/{name}/", &["get"]),
+/// The route table: every route's path template, methods, authentication and namespacing,
+/// declared once. The dispatcher's 405s ([`allows`]), the choice of handler
+/// ([`is_agent_route`]), the OpenAPI document's paths and the security tests all derive
+/// from it. Exhaustive on purpose: a new `Route` variant does not compile until it is
+/// listed here.
+pub fn endpoint(route: &Route) -> Endpoint {
+    let (template, methods, auth, namespaced): (_, &'static [&'static str], _, _) = match route {
+        Route::Ping => ("/_ping", &["get", "head"], Auth::Public, false),
+        Route::OpenApi => (OPENAPI_PATH, &["get"], Auth::Basic, false),
+        Route::Download => ("/download/flotilla", &["get", "head"], Auth::Public, false),
+        Route::Providers => ("/api/infra/v1/provider/", &["get"], Auth::Basic, false),
+        Route::Provider(_) => (
+            "/api/infra/v1/provider/{name}/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
         Route::ProviderCredentials(_) => (
             "/api/infra/v1/provider/{name}/credentials/",
             &["get", "put"],
+            Auth::Basic,
+            false,
         ),
-        Route::Regions => ("/api/infra/v1/region/", &["get"]),
-        Route::Region(..) => ("/api/infra/v1/region/{provider}/{name}/", &["get"]),
-        Route::AvailabilityZones => ("/api/infra/v1/az/", &["get"]),
-        Route::AvailabilityZone(..) => ("/api/infra/v1/az/{provider}/{region}/{name}/", &["get"]),
-        Route::NodeTypes => ("/api/infra/v1/nodetype/", &["get"]),
-        Route::NodeType(..) => ("/api/infra/v1/nodetype/{provider}/{name}/", &["get"]),
-        Route::Clusters => ("/api/infra/v1/nodecluster/", &["get", "post"]),
+        Route::Regions => ("/api/infra/v1/region/", &["get"], Auth::Basic, false),
+        Route::Region(..) => (
+            "/api/infra/v1/region/{provider}/{name}/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
+        Route::AvailabilityZones => ("/api/infra/v1/az/", &["get"], Auth::Basic, false),
+        Route::AvailabilityZone(..) => (
+            "/api/infra/v1/az/{provider}/{region}/{name}/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
+        Route::NodeTypes => ("/api/infra/v1/nodetype/", &["get"], Auth::Basic, false),
+        Route::NodeType(..) => (
+            "/api/infra/v1/nodetype/{provider}/{name}/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Clusters => (
+            "/api/infra/v1/nodecluster/",
+            &["get", "post"],
+            Auth::Basic,
+            true,
+        ),
         Route::Cluster(_) => (
             "/api/infra/v1/nodecluster/{uuid}/",
             &["get", "patch", "delete"],
+            Auth::Basic,
+            true,
         ),
-        Route::ClusterDeploy(_) => ("/api/infra/v1/nodecluster/{uuid}/deploy/", &["post"]),
-        Route::Nodes => ("/api/infra/v1/node/", &["get"]),
-        Route::Node(_) => ("/api/infra/v1/node/{uuid}/", &["get", "patch", "delete"]),
-        Route::NodeHealthCheck(_) => ("/api/infra/v1/node/{uuid}/health-check/", &["post"]),
-        Route::Token => ("/api/infra/v1/token/", &["post"]),
-        Route::Actions => ("/api/audit/v1/action/", &["get"]),
-        Route::Action(_) => ("/api/audit/v1/action/{uuid}/", &["get"]),
-        Route::ActionCancel(_) => ("/api/audit/v1/action/{uuid}/cancel/", &["post"]),
-        Route::ActionRetry(_) => ("/api/audit/v1/action/{uuid}/retry/", &["post"]),
-        Route::ActionLogs(_) => ("/api/audit/v1/action/{uuid}/logs/", &["get"]),
-        Route::Events => ("/api/audit/v1/events", &["get"]),
-        Route::Services => ("/api/app/v1/service/", &["get"]),
-        Route::AgentNodes => ("/api/agent/v1/node/", &["post"]),
-        Route::AgentNode(_) => ("/api/agent/v1/node/{uuid}/", &["get", "patch"]),
-        Route::AgentNodePing(_) => ("/api/agent/v1/node/{uuid}/ping/", &["post"]),
+        Route::ClusterDeploy(_) => (
+            "/api/infra/v1/nodecluster/{uuid}/deploy/",
+            &["post"],
+            Auth::Basic,
+            true,
+        ),
+        Route::Nodes => ("/api/infra/v1/node/", &["get"], Auth::Basic, true),
+        Route::Node(_) => (
+            "/api/infra/v1/node/{uuid}/",
+            &["get", "patch", "delete"],
+            Auth::Basic,
+            true,
+        ),
+        Route::NodeHealthCheck(_) => (
+            "/api/infra/v1/node/{uuid}/health-check/",
+            &["post"],
+            Auth::Basic,
+            true,
+        ),
+        Route::Token => ("/api/infra/v1/token/", &["post"], Auth::Basic, true),
+        Route::Actions => ("/api/audit/v1/action/", &["get"], Auth::Basic, false),
+        Route::Action(_) => ("/api/audit/v1/action/{uuid}/", &["get"], Auth::Basic, false),
+        Route::ActionCancel(_) => (
+            "/api/audit/v1/action/{uuid}/cancel/",
+            &["post"],
+            Auth::Basic,
+            false,
+        ),
+        Route::ActionRetry(_) => (
+            "/api/audit/v1/action/{uuid}/retry/",
+            &["post"],
+            Auth::Basic,
+            false,
+        ),
+        Route::ActionLogs(_) => (
+            "/api/audit/v1/action/{uuid}/logs/",
+            &["get"],
+            Auth::Basic,
+            true,
+        ),
+        Route::Events => ("/api/audit/v1/events", &["get"], Auth::Basic, true),
+        Route::Services => ("/api/app/v1/service/", &["get"], Auth::Basic, true),
+        Route::AgentNodes => ("/api/agent/v1/node/", &["post"], Auth::Agent, false),
+        Route::AgentNode(_) => (
+            "/api/agent/v1/node/{uuid}/",
+            &["get", "patch"],
+            Auth::Agent,
+            false,
+        ),
+        Route::AgentNodePing(_) => (
+            "/api/agent/v1/node/{uuid}/ping/",
+            &["post"],
+            Auth::Agent,
+            false,
+        ),
+    };
+    Endpoint {
+        template,
+        methods,
+        auth,
+        namespaced,
     }
+}
+
+/// Whether `route` answers `method` (else the answer is a 405).
+pub fn allows(route: &Route, method: &Method) -> bool {
+    endpoint(route)
+        .methods
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(method.as_str()))
+}
+
+/// The routes `agent_api` serves: the agent's own (its token, never Basic) and the public
+/// agent binary.
+pub fn is_agent_route(route: &Route) -> bool {
+    endpoint(route).auth == Auth::Agent || *route == Route::Download
+}
+
+/// A route's path template (without namespace) and methods (public for the integration
+/// tests, which send requests to every route).
+pub fn template(route: &Route) -> (&'static str, &'static [&'static str]) {
+    let endpoint = endpoint(route);
+    (endpoint.template, endpoint.methods)
+}
+
+/// One route of every variant, its parameters filled in from its template
+/// (`Route::iter()` yields variants with empty parameters).
+pub fn every_route() -> Vec<Route> {
+    <Route as strum::IntoEnumIterator>::iter()
+        .map(|route| {
+            parse_path(&concrete(endpoint(&route).template))
+                .map(|p| p.route)
+                .unwrap_or(route)
+        })
+        .collect()
 }
 
 /// A concrete path for a template: every `{param}` becomes `x`.

@@ -31,6 +31,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex as AsyncMutex;
 
+pub mod agents;
+
 use crate::catalog::{self, Catalog, PROVIDER};
 use crate::reconcile::Reconciler;
 use crate::store::{
@@ -193,8 +195,8 @@ pub struct App<C> {
     pub(crate) reconciler: Reconciler,
     pub(crate) settings: AppSettings,
     catalog: AsyncMutex<Option<Arc<Catalog>>>,
-    /// The agent API's in-memory state (`crate::agent_api`).
-    pub(crate) agents: crate::agent_api::AgentState,
+    /// The agent channel's in-memory state ([`agents`]).
+    pub(crate) agents: agents::AgentState,
     /// Seals linked keys; `None` refuses links (an app built without a key file).
     secret_key: Option<crate::secrets::SecretKey>,
     /// The access key id of the keys linked through the API; the lock serializes links.
@@ -242,7 +244,7 @@ impl<C: Cloud + 'static> App<C> {
             reconciler,
             settings,
             catalog: AsyncMutex::new(None),
-            agents: crate::agent_api::AgentState::new(grace),
+            agents: agents::AgentState::new(grace),
             secret_key: None,
             linked: AsyncMutex::new(None),
         }

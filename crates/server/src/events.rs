@@ -2,10 +2,11 @@
 //! cluster, a node or an action becomes one [`flotilla_api::Event`].
 //!
 //! Design decisions:
-//! * One publishing point: the [`crate::store::Store`] owns the bus and publishes right after
-//!   the transaction that made a change commits. The API and the reconcilers both change
-//!   state only through the store, so no code path can change an object without its event,
-//!   and no event describes a change that was rolled back.
+//! * One publishing point: the store owns the bus (it imports this module, never the
+//!   reverse) and publishes right after the transaction that made a change commits. The
+//!   API and the reconcilers both change state only through the store, so no code path can
+//!   change an object without its event, and no event describes a change that was rolled
+//!   back.
 //! * A `tokio::sync::broadcast` channel: publishing never waits and never fails (no
 //!   listener is fine). A listener that falls more than [`CAPACITY`] events behind loses the
 //!   oldest ones (`Lagged`) and carries on, so one slow websocket never holds up an API call

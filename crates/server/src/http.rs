@@ -1,20 +1,17 @@
-//! The HTTP edge: Docker Cloud API v1 paths, authentication, pagination, filters, and the
-//! mapping of application errors to status codes.
+//! The HTTP edge's dispatcher: Docker Cloud API v1 requests, authentication, pagination and
+//! filters; application errors are answered through [`crate::api_error`].
 //!
 //! Design decisions:
-//! * Routing is a hand-written parse of the path into a closed [`Route`] enum rather than
-//!   an axum route table. The contract asks for every REST path with and without its
-//!   trailing slash (no redirects: a 301 breaks a PATCH), with and without a namespace
-//!   segment, and for 405 on a known path with the wrong method; a plain `match` over path
-//!   segments states all of that in one place and is unit-tested without a server.
+//! * Routing is one `match` over the closed [`Route`] enum of [`crate::routes`] (the route
+//!   table: paths, methods, authentication, namespacing); this module dispatches and
+//!   answers 405 from that table, it declares no path.
 //! * Bodies are read and parsed here, so bad JSON is a 415 with `{"error": ...}` and never
 //!   axum's plain-text rejection. An empty body counts as `{}`: the clients send
 //!   `Content-Type: application/json` with no body on deploy and similar POSTs.
 //! * Lists are filtered generically against the rendered JSON objects (Tastypie style:
 //!   `field`, `field__startswith`, `field__gte`, `field__lte`; a URI field also matches its
 //!   last segment), then paginated with `next`/`previous` as paths starting `/api/`.
-//! * Every answer is a JSON object; errors are `{"error": "..."}`; store failures are
-//!   logged in full and answered with a generic 500.
+//! * Every answer is a JSON object; errors are `{"error": "..."}` (`api_error`).
 //! * Authentication comes before anything else but `/_ping`: an unauthenticated request
 //!   learns nothing, not even whether its path exists (401 with `WWW-Authenticate`, not
 //!   404 or 405). The agent routes use their own token (`agent_api`), and
@@ -44,162 +41,18 @@ use flotilla_core::cloud::Cloud;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::api_error::error_response;
 use crate::app::{App, AppError, AppResult, Caller, Login, Outcome};
 use crate::login::{Client, LoginThrottle};
+use crate::routes::{MAX_LIMIT, Parsed, Route, allows, is_agent_route, parse_path};
 use crate::store::NodeFilter;
 
 /// The header that carries the URI of the action a call started.
 pub const ACTION_URI_HEADER: &str = "X-DockerCloud-Action-URI";
 /// Page size when the client does not ask for one.
 pub const DEFAULT_LIMIT: u64 = 25;
-/// Largest page a client may ask for.
-pub const MAX_LIMIT: u64 = 1000;
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
-
-/// Every path the API serves, independent of the method. `Route::iter()` (strum) yields one
-/// value of every variant (with empty parameters), so tests reach every route, including ones
-/// added later.
-#[derive(Debug, Clone, PartialEq, Eq, strum::EnumIter)]
-pub enum Route {
-    Ping,
-    Providers,
-    Provider(String),
-    /// `provider/<name>/credentials/`: GET whether keys are linked, PUT links new keys.
-    ProviderCredentials(String),
-    Regions,
-    Region(String, String),
-    AvailabilityZones,
-    AvailabilityZone(String, String, String),
-    NodeTypes,
-    NodeType(String, String),
-    Clusters,
-    Cluster(String),
-    ClusterDeploy(String),
-    Nodes,
-    Node(String),
-    NodeHealthCheck(String),
-    Actions,
-    Action(String),
-    ActionCancel(String),
-    ActionRetry(String),
-    Services,
-    /// `POST token/`: a bring-your-own-node token.
-    Token,
-    /// The events websocket (`stream`).
-    Events,
-    /// An action's logs websocket (`stream`).
-    ActionLogs(String),
-    /// `/api/agent/v1/node/`: agent registration (served by `agent_api`).
-    AgentNodes,
-    AgentNode(String),
-    AgentNodePing(String),
-    /// `/download/flotilla`: the server's own binary, for nodes (no auth).
-    Download,
-    /// `/api/openapi.json`: the OpenAPI document of every route ([`crate::openapi`]).
-    OpenApi,
-}
-
-/// A parsed path: the route and the namespace segment, if the path had one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parsed {
-    pub route: Route,
-    pub namespace: Option<String>,
-}
-
-/// Parses a request path. `None` for anything the API does not serve.
-pub fn parse_path(path: &str) -> Option<Parsed> {
-    let trimmed = path.strip_suffix('/').unwrap_or(path);
-    if trimmed == "/download/flotilla" {
-        return Some(Parsed {
-            route: Route::Download,
-            namespace: None,
-        });
-    }
-    if trimmed == crate::openapi::PATH {
-        return Some(Parsed {
-            route: Route::OpenApi,
-            namespace: None,
-        });
-    }
-    if trimmed == "/_ping" {
-        return Some(Parsed {
-            route: Route::Ping,
-            namespace: None,
-        });
-    }
-    let rest = trimmed.strip_prefix("/api/")?;
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments.iter().any(|s| s.is_empty()) {
-        return None;
-    }
-    let (subsystem, rest) = match segments.as_slice() {
-        [subsystem, "v1", rest @ ..] => (*subsystem, rest),
-        _ => return None,
-    };
-    // Namespaced resources may be preceded by one namespace segment.
-    let namespaced = match subsystem {
-        "infra" => &["nodecluster", "node", "token"][..],
-        "audit" => &["events"][..],
-        "app" => &["service"][..],
-        _ => &[][..],
-    };
-    let (namespace, rest) = match rest {
-        [ns, resource, ..] if namespaced.contains(resource) && !namespaced.contains(ns) => {
-            (Some((*ns).to_owned()), &rest[1..])
-        }
-        // Action REST is never namespaced, but its logs websocket is (§2.2).
-        [ns, "action", _, "logs"] if subsystem == "audit" => (Some((*ns).to_owned()), &rest[1..]),
-        _ => (None, rest),
-    };
-    let s = |x: &&str| (*x).to_owned();
-    let route = match (subsystem, rest) {
-        ("infra", ["provider"]) => Route::Providers,
-        ("infra", ["provider", name]) => Route::Provider(s(name)),
-        ("infra", ["provider", name, "credentials"]) => Route::ProviderCredentials(s(name)),
-        ("infra", ["region"]) => Route::Regions,
-        ("infra", ["region", p, name]) => Route::Region(s(p), s(name)),
-        ("infra", ["az"]) => Route::AvailabilityZones,
-        ("infra", ["az", p, r, name]) => Route::AvailabilityZone(s(p), s(r), s(name)),
-        ("infra", ["nodetype"]) => Route::NodeTypes,
-        ("infra", ["nodetype", p, name]) => Route::NodeType(s(p), s(name)),
-        ("infra", ["nodecluster"]) => Route::Clusters,
-        ("infra", ["nodecluster", uuid]) => Route::Cluster(s(uuid)),
-        ("infra", ["nodecluster", uuid, "deploy"]) => Route::ClusterDeploy(s(uuid)),
-        ("infra", ["node"]) => Route::Nodes,
-        ("infra", ["node", uuid]) => Route::Node(s(uuid)),
-        ("infra", ["node", uuid, "health-check"]) => Route::NodeHealthCheck(s(uuid)),
-        ("audit", ["action"]) => Route::Actions,
-        ("audit", ["action", uuid]) => Route::Action(s(uuid)),
-        ("audit", ["action", uuid, "cancel"]) => Route::ActionCancel(s(uuid)),
-        ("audit", ["action", uuid, "retry"]) => Route::ActionRetry(s(uuid)),
-        ("app", ["service"]) => Route::Services,
-        ("infra", ["token"]) => Route::Token,
-        ("audit", ["events"]) => Route::Events,
-        ("audit", ["action", uuid, "logs"]) => Route::ActionLogs(s(uuid)),
-        ("agent", ["node"]) => Route::AgentNodes,
-        ("agent", ["node", uuid]) => Route::AgentNode(s(uuid)),
-        ("agent", ["node", uuid, "ping"]) => Route::AgentNodePing(s(uuid)),
-        _ => return None,
-    };
-    Some(Parsed { route, namespace })
-}
-
-/// The methods a route answers.
-fn allowed_methods(route: &Route) -> &'static [Method] {
-    match route {
-        Route::Ping => &[Method::GET, Method::HEAD],
-        Route::Clusters => &[Method::GET, Method::POST],
-        Route::ProviderCredentials(_) => &[Method::GET, Method::PUT],
-        Route::Cluster(_) | Route::Node(_) => &[Method::GET, Method::PATCH, Method::DELETE],
-        Route::ClusterDeploy(_)
-        | Route::NodeHealthCheck(_)
-        | Route::ActionCancel(_)
-        | Route::ActionRetry(_)
-        | Route::Token => &[Method::POST],
-        _ => &[Method::GET],
-    }
-}
 
 /// What the dispatcher holds: the application and the edge's own state.
 struct Edge<C> {
@@ -222,41 +75,6 @@ pub fn router_with_limits<C: Cloud + 'static>(
         logins: LoginThrottle::new(limits),
     });
     Router::new().fallback(dispatch::<C>).with_state(edge)
-}
-
-fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut response = (
-        status,
-        axum::Json(api::ErrorBody {
-            error: message.into(),
-        }),
-    )
-        .into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"flotilla\""),
-        );
-    }
-    response
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Internal(error) => {
-                tracing::error!(%error, "request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        error_response(status, self.to_string())
-    }
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T, action_uri: Option<&str>) -> Response {
@@ -397,7 +215,7 @@ async fn dispatch<C: Cloud + 'static>(
     }
     // Agents authenticate with their own scheme (`TutumAgentToken`), not Basic.
     if let Some(Parsed { route, .. }) = &parsed
-        && crate::agent_api::is_agent_route(route)
+        && is_agent_route(route)
     {
         return crate::agent_api::dispatch(
             app,
@@ -424,7 +242,7 @@ async fn dispatch<C: Cloud + 'static>(
             format!("namespace '{namespace}' not found"),
         );
     }
-    if !allowed_methods(&route).contains(&parts.method) {
+    if !allows(&route, &parts.method) {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {} is not allowed on {path}", parts.method),
@@ -836,228 +654,10 @@ fn matches_filter(object: &Value, name: &str, wanted: &str) -> AppResult<bool> {
     })
 }
 
-/// Every route's path template (without namespace) and methods, as the OpenAPI document
-/// must list them. Exhaustive on purpose: a new `Route` variant does not compile until it
-/// is listed here, and then `every_route_is_in_the_openapi_document` checks the document
-/// (public for the integration tests, which send requests to every route).
-pub fn template(route: &Route) -> (&'static str, &'static [&'static str]) {
-    match route {
-        Route::Ping => ("/_ping", &["get", "head"]),
-        Route::OpenApi => ("/api/openapi.json", &["get"]),
-        Route::Download => ("/download/flotilla", &["get", "head"]),
-        Route::Providers => ("/api/infra/v1/provider/", &["get"]),
-        Route::Provider(_) => ("/api/infra/v1/provider/{name}/", &["get"]),
-        Route::ProviderCredentials(_) => (
-            "/api/infra/v1/provider/{name}/credentials/",
-            &["get", "put"],
-        ),
-        Route::Regions => ("/api/infra/v1/region/", &["get"]),
-        Route::Region(..) => ("/api/infra/v1/region/{provider}/{name}/", &["get"]),
-        Route::AvailabilityZones => ("/api/infra/v1/az/", &["get"]),
-        Route::AvailabilityZone(..) => ("/api/infra/v1/az/{provider}/{region}/{name}/", &["get"]),
-        Route::NodeTypes => ("/api/infra/v1/nodetype/", &["get"]),
-        Route::NodeType(..) => ("/api/infra/v1/nodetype/{provider}/{name}/", &["get"]),
-        Route::Clusters => ("/api/infra/v1/nodecluster/", &["get", "post"]),
-        Route::Cluster(_) => (
-            "/api/infra/v1/nodecluster/{uuid}/",
-            &["get", "patch", "delete"],
-        ),
-        Route::ClusterDeploy(_) => ("/api/infra/v1/nodecluster/{uuid}/deploy/", &["post"]),
-        Route::Nodes => ("/api/infra/v1/node/", &["get"]),
-        Route::Node(_) => ("/api/infra/v1/node/{uuid}/", &["get", "patch", "delete"]),
-        Route::NodeHealthCheck(_) => ("/api/infra/v1/node/{uuid}/health-check/", &["post"]),
-        Route::Token => ("/api/infra/v1/token/", &["post"]),
-        Route::Actions => ("/api/audit/v1/action/", &["get"]),
-        Route::Action(_) => ("/api/audit/v1/action/{uuid}/", &["get"]),
-        Route::ActionCancel(_) => ("/api/audit/v1/action/{uuid}/cancel/", &["post"]),
-        Route::ActionRetry(_) => ("/api/audit/v1/action/{uuid}/retry/", &["post"]),
-        Route::ActionLogs(_) => ("/api/audit/v1/action/{uuid}/logs/", &["get"]),
-        Route::Events => ("/api/audit/v1/events", &["get"]),
-        Route::Services => ("/api/app/v1/service/", &["get"]),
-        Route::AgentNodes => ("/api/agent/v1/node/", &["post"]),
-        Route::AgentNode(_) => ("/api/agent/v1/node/{uuid}/", &["get", "patch"]),
-        Route::AgentNodePing(_) => ("/api/agent/v1/node/{uuid}/ping/", &["post"]),
-    }
-}
-
-/// A concrete path for a template: every `{param}` becomes `x`.
-pub fn concrete(template: &str) -> String {
-    template
-        .split('/')
-        .map(|segment| {
-            if segment.starts_with('{') {
-                "x"
-            } else {
-                segment
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn route(path: &str) -> Option<Route> {
-        parse_path(path).map(|p| p.route)
-    }
-
-    #[test]
-    fn paths_parse_with_and_without_slash_and_namespace() {
-        let uuid = "5516c8b6-3d4b-4a52-9a1e-0f8f2d7b9c10";
-        for path in ["/api/infra/v1/nodecluster/", "/api/infra/v1/nodecluster"] {
-            assert_eq!(route(path), Some(Route::Clusters));
-        }
-        let namespaced = parse_path(&format!("/api/infra/v1/myorg/nodecluster/{uuid}/deploy/"))
-            .expect("namespaced");
-        assert_eq!(namespaced.route, Route::ClusterDeploy(uuid.into()));
-        assert_eq!(namespaced.namespace.as_deref(), Some("myorg"));
-        assert_eq!(
-            route("/api/infra/v1/region/aws/us-east-1/"),
-            Some(Route::Region("aws".into(), "us-east-1".into()))
-        );
-        assert_eq!(
-            route("/api/infra/v1/az/aws/us-east-1/us-east-1a"),
-            Some(Route::AvailabilityZone(
-                "aws".into(),
-                "us-east-1".into(),
-                "us-east-1a".into()
-            ))
-        );
-        assert_eq!(
-            route("/api/audit/v1/action/x/cancel/"),
-            Some(Route::ActionCancel("x".into()))
-        );
-        assert_eq!(route("/api/app/v1/me/service/"), Some(Route::Services));
-        assert_eq!(route("/_ping"), Some(Route::Ping));
-        for path in ["/api/audit/v1/events", "/api/audit/v1/events/"] {
-            assert_eq!(route(path), Some(Route::Events));
-        }
-        let events = parse_path("/api/audit/v1/me/events").expect("namespaced events");
-        assert_eq!(
-            (events.route, events.namespace.as_deref()),
-            (Route::Events, Some("me"))
-        );
-        let logs = parse_path("/api/audit/v1/me/action/x/logs/").expect("namespaced logs");
-        assert_eq!(
-            (logs.route, logs.namespace.as_deref()),
-            (Route::ActionLogs("x".into()), Some("me"))
-        );
-        assert_eq!(
-            route("/api/audit/v1/action/x/logs/"),
-            Some(Route::ActionLogs("x".into()))
-        );
-        assert_eq!(route("/api/infra/v1/token/"), Some(Route::Token));
-        assert_eq!(route("/api/infra/v1/me/token"), Some(Route::Token));
-        assert_eq!(route("/api/agent/v1/node/"), Some(Route::AgentNodes));
-        assert_eq!(
-            route("/api/agent/v1/node/x/ping/"),
-            Some(Route::AgentNodePing("x".into()))
-        );
-        assert_eq!(route("/download/flotilla"), Some(Route::Download));
-    }
-
-    #[test]
-    fn every_route_is_in_the_openapi_document() {
-        let text = serde_json::to_string(&crate::openapi::document()).expect("serializes");
-        let document: Value = serde_json::from_str(&text).expect("the document is JSON");
-        assert!(
-            document["openapi"]
-                .as_str()
-                .is_some_and(|v| v.starts_with("3."))
-        );
-        assert!(document["info"]["title"].is_string() && document["info"]["version"].is_string());
-        let paths = document["paths"].as_object().expect("paths");
-        let schemes = &document["components"]["securitySchemes"];
-        assert_eq!(schemes["basic"]["scheme"], "basic");
-        assert_eq!(schemes["agentToken"]["name"], "Authorization");
-        let schemas = &document["components"]["schemas"];
-        assert_eq!(schemas["Error"]["required"], json!(["error"]));
-        for name in [
-            "ListEnvelope",
-            "NodeClusterCreate",
-            "NodeClusterPatch",
-            "NodePatch",
-        ] {
-            assert!(schemas[name].is_object(), "{name}");
-        }
-        // Every document path is a route, and that route's template (namespace removed).
-        let mut seen = std::collections::BTreeSet::new();
-        for (path, item) in paths {
-            let parsed = parse_path(&concrete(path))
-                .unwrap_or_else(|| panic!("{path} is in the document but not a route"));
-            let (expected, methods) = template(&parsed.route);
-            assert_eq!(path.replace("/{namespace}", ""), expected, "{path}");
-            assert_eq!(
-                parsed.namespace.is_some(),
-                path.contains("{namespace}"),
-                "{path}"
-            );
-            let listed: Vec<&str> = item
-                .as_object()
-                .expect("item")
-                .keys()
-                .map(String::as_str)
-                .collect();
-            let mut wanted = methods.to_vec();
-            wanted.sort_unstable();
-            let mut listed = listed;
-            listed.sort_unstable();
-            assert_eq!(listed, wanted, "{path}");
-            seen.insert(expected);
-        }
-        // Every route is in the document, with the methods the dispatcher allows: one sample
-        // per variant (`Route::iter()`), its parameters filled in from its template.
-        let every_route: Vec<Route> = <Route as strum::IntoEnumIterator>::iter()
-            .map(|route| {
-                parse_path(&concrete(template(&route).0))
-                    .map(|p| p.route)
-                    .unwrap_or(route)
-            })
-            .collect();
-        for route in &every_route {
-            let (path, methods) = template(route);
-            assert!(
-                seen.contains(path),
-                "{route:?} ({path}) is not in the document"
-            );
-            assert_eq!(
-                parse_path(&concrete(path)).map(|p| p.route).as_ref(),
-                Some(route)
-            );
-            if !crate::agent_api::is_agent_route(route) && *route != Route::Ping {
-                let allowed: Vec<String> = allowed_methods(route)
-                    .iter()
-                    .map(|m| m.as_str().to_ascii_lowercase())
-                    .collect();
-                assert_eq!(allowed, methods.to_vec(), "{route:?}");
-            }
-        }
-        assert_eq!(seen.len(), every_route.len(), "one template per route");
-        assert_eq!(
-            document["paths"]["/_ping"]["get"]["security"],
-            json!([]),
-            "ping needs no auth"
-        );
-    }
-
-    #[test]
-    fn unknown_paths_and_misplaced_namespaces_are_not_routes() {
-        for path in [
-            "/",
-            "/api/",
-            "/api/infra/v2/nodecluster/",
-            "/api/infra/v1/myorg/provider/",
-            "/api/audit/v1/myorg/action/",
-            "/api/infra/v1//nodecluster/",
-            "/api/infra/v1/nodecluster/x/y/",
-            "/api/infra/v1/a/b/nodecluster/",
-        ] {
-            assert_eq!(route(path), None, "{path}");
-        }
-    }
 
     #[test]
     fn pages_link_with_paths_under_api_and_keep_filters() {

@@ -1,11 +1,15 @@
 //! Flotilla's control plane: the Docker Cloud API v1 over HTTP, the store behind it and the
 //! reconcilers that carry out what it records.
 //!
-//! Layers, each only calling the next: [`http`] (paths, auth, status codes) → [`app`]
-//! (operations, validation, actions) → [`store`] (SQLite). The [`reconcile`] workers read
-//! desired state from the store and drive a [`flotilla_core::Cloud`]; the API only nudges
-//! them, so no request waits for AWS to act. Nodes' agents use their own endpoints and
-//! credentials ([`agent_api`]); a node is `Deployed` once its agent has registered.
+//! Modules form layers and import downward only (`tests/it/invariants.rs` fails on a
+//! cycle): the edge — [`routes`] (the route table), [`http`], [`api_error`], [`stream`],
+//! [`openapi`], [`agent_api`] — calls the application layer — [`app`] and its agent
+//! channel, [`app::agents`] — which records desired state in the [`store`] and nudges the
+//! [`reconcile`] workers; they read desired state from the store and drive a
+//! [`flotilla_core::Cloud`] through [`execute`], so no request waits for AWS to act. The
+//! batch registration tokens both the agent channel and the workers need live below both
+//! ([`tokens`]); the store publishes on the [`events`] bus, below it. A node is `Deployed`
+//! once its agent has registered.
 //!
 //! Design decisions:
 //! * [`run`] takes a bound listener and a shutdown future (as in mini-redis), so tests run
@@ -21,6 +25,7 @@
 //!   for later links.
 
 pub mod agent_api;
+pub mod api_error;
 pub mod app;
 pub mod backup;
 pub mod catalog;
@@ -31,10 +36,12 @@ pub mod http;
 pub mod login;
 pub mod openapi;
 pub mod reconcile;
+pub mod routes;
 pub mod secrets;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod tokens;
 pub mod zone;
 
 use std::future::Future;
@@ -92,7 +99,7 @@ impl ServerConfig {
             database_path,
             admin_username: "admin".into(),
             dns_domain: "flotilla.internal".into(),
-            heartbeat_grace: agent_api::DEFAULT_HEARTBEAT_GRACE,
+            heartbeat_grace: app::agents::DEFAULT_HEARTBEAT_GRACE,
             dns_listen: None,
             dns_required: false,
             dns_mirror: None,
@@ -124,7 +131,7 @@ pub async fn initialize(config: &ServerConfig) -> anyhow::Result<Installation> {
     let owner_id = store
         .ensure_owner_id(&uuid::Uuid::new_v4().to_string(), now)
         .await?;
-    agent_api::load_secret(&store).await?;
+    tokens::load_secret(&store).await?;
     let secret_key = secrets::SecretKey::load_or_create(&config.secret_key_path)?;
     let aws_keys = app::linked_keys(&store, &secret_key, catalog::PROVIDER).await?;
     let mut new_admin = None;
@@ -202,8 +209,8 @@ pub async fn run<C: Cloud + 'static>(
     let router = http::router(app.clone());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = futures::future::join(
-        agent_api::flush_heartbeats(app.clone(), stopped.clone()),
-        agent_api::watch_health(app, stopped.clone()),
+        app::agents::flush_heartbeats(app.clone(), stopped.clone()),
+        app::agents::watch_health(app, stopped.clone()),
     );
     let dns = {
         let mut stop = stopped.clone();

@@ -2,13 +2,15 @@
 //! `GET /api/openapi.json` ([`PATH`]).
 //!
 //! Design decisions:
-//! * The document is data written by hand with `serde_json::json!`, not derived from the
-//!   handlers (utoipa): the dispatcher is one `match` over [`crate::http::Route`], not one
+//! * Paths, authentication and namespacing are not written here: they come from the route
+//!   table ([`crate::routes::endpoint`]), which the dispatcher also answers from. What this
+//!   module adds per route — tag, and per method a summary and request and response
+//!   schemas — is data written by hand with `serde_json::json!` in an exhaustive `match`
+//!   over [`crate::routes::Route`] (a new route does not compile until it is described),
+//!   not derived from the handlers (utoipa): the dispatcher is one `match`, not one
 //!   annotated function per path, and the wire types live in `flotilla-api`, which would
-//!   otherwise have to depend on a schema crate. Drift is caught by a test in `http`: an
-//!   exhaustive `match` over `Route` (a new variant does not compile until it is listed) whose
-//!   path templates and methods must all be in this document, and every path of this
-//!   document must parse back to a route.
+//!   otherwise have to depend on a schema crate. A test checks that each route's operations
+//!   are exactly the table's methods and that every document path parses back to its route.
 //! * It is served **with** Basic auth, like every route but `/_ping` and the agent's own
 //!   routes: an installation's API is private, the document tells a scanner exactly what to
 //!   try, and the tools that read it (Swagger UI, generators) can send credentials. It is
@@ -25,29 +27,22 @@
 //!   checks status codes, content types and bodies against it): every status an operation
 //!   can succeed with is listed (200 *and* 202 where an action may finish at once), every
 //!   error is the `default` response with the `Error` body, lists declare `limit` (0 to
-//!   [`crate::http::MAX_LIMIT`]) and `offset`, and path parameters and request bodies carry
+//!   [`crate::routes::MAX_LIMIT`]) and `offset`, and path parameters and request bodies carry
 //!   examples that exist on a fresh installation (`aws`, `us-east-1`, `t3.micro`, the
 //!   default admin namespace), so generated requests reach real objects, not only 404s.
 
 use flotilla_core::spec::{MAX_DISK_GB, MAX_NODES, MIN_DISK_GB};
 use serde_json::{Map, Value, json};
 
+use crate::routes::{Auth, Route, endpoint, every_route};
+
 /// Where the document is served.
-pub const PATH: &str = "/api/openapi.json";
+pub use crate::routes::OPENAPI_PATH as PATH;
 
-/// How a path authenticates.
-#[derive(Clone, Copy)]
-enum Auth {
-    None,
-    Basic,
-    Agent,
-}
-
-/// One operation: method, summary, auth, request body schema, success status and body.
+/// One operation: method, summary, request body schema, success status and body.
 struct Op {
     method: &'static str,
     summary: &'static str,
-    auth: Auth,
     request: Option<Value>,
     status: &'static str,
     /// Another success status with the same body (200 when a change was a no-op).
@@ -61,7 +56,6 @@ fn op(method: &'static str, summary: &'static str, status: &'static str, respons
     Op {
         method,
         summary,
-        auth: Auth::Basic,
         request: None,
         status,
         also: None,
@@ -71,10 +65,6 @@ fn op(method: &'static str, summary: &'static str, status: &'static str, respons
 }
 
 impl Op {
-    fn auth(mut self, auth: Auth) -> Op {
-        self.auth = auth;
-        self
-    }
     fn body(mut self, schema: &str) -> Op {
         self.request = Some(schema_ref(schema));
         self
@@ -131,20 +121,20 @@ fn parameters(path: &str, list: bool) -> Vec<Value> {
     if list {
         parameters.push(json!({"name": "limit", "in": "query", "required": false,
             "description": "page size; 0 means the maximum",
-            "schema": {"type": "integer", "minimum": 0, "maximum": crate::http::MAX_LIMIT}}));
+            "schema": {"type": "integer", "minimum": 0, "maximum": crate::routes::MAX_LIMIT}}));
         parameters.push(json!({"name": "offset", "in": "query", "required": false,
             "schema": {"type": "integer", "minimum": 0}}));
     }
     parameters
 }
 
-fn operation(path: &str, op: &Op, tag: &str) -> Value {
+fn operation(path: &str, op: &Op, auth: Auth, tag: &str) -> Value {
     let mut object = Map::new();
     object.insert("summary".into(), json!(op.summary));
     object.insert("tags".into(), json!([tag]));
     object.insert("parameters".into(), Value::Array(parameters(path, op.list)));
-    let security = match op.auth {
-        Auth::None => json!([]),
+    let security = match auth {
+        Auth::Public => json!([]),
         Auth::Basic => json!([{"basic": []}]),
         Auth::Agent => json!([{"agentToken": []}]),
     };
@@ -171,62 +161,49 @@ fn operation(path: &str, op: &Op, tag: &str) -> Value {
     Value::Object(object)
 }
 
-/// `(path, tag, namespaced, operations)` for every path, non-namespaced form.
-fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
+/// What the document says of a route beyond the route table (its path, auth and
+/// namespacing are [`crate::routes::endpoint`]'s): its tag and its operations.
+fn operations(route: &Route) -> (&'static str, Vec<Op>) {
     let ws = || json!({"description": "a websocket of JSON messages (101 Switching Protocols)"});
-    vec![
-        (
-            "/_ping",
+    match route {
+        Route::Ping => (
             "meta",
-            false,
             vec![
-                op("get", "liveness; no auth", "200", Value::Null).auth(Auth::None),
-                op("head", "liveness; no auth", "200", Value::Null).auth(Auth::None),
+                op("get", "liveness; no auth", "200", Value::Null),
+                op("head", "liveness; no auth", "200", Value::Null),
             ],
         ),
-        (
-            PATH,
+        Route::OpenApi => (
             "meta",
-            false,
             vec![op("get", "this document", "200", json!({"type": "object"}))],
         ),
-        (
-            "/download/flotilla",
+        Route::Download => (
             "agent",
-            false,
             vec![
                 op(
                     "get",
                     "the server's own binary, for nodes; no auth",
                     "200",
                     json!({"type": "string", "format": "binary"}),
-                )
-                .auth(Auth::None),
+                ),
                 op(
                     "head",
                     "the binary's size; no auth",
                     "200",
                     json!({"type": "string", "format": "binary"}),
-                )
-                .auth(Auth::None),
+                ),
             ],
         ),
-        (
-            "/api/infra/v1/provider/",
+        Route::Providers => (
             "infra",
-            false,
             vec![op("get", "list providers", "200", list_of("Provider"))],
         ),
-        (
-            "/api/infra/v1/provider/{name}/",
+        Route::Provider(_) => (
             "infra",
-            false,
             vec![op("get", "get a provider", "200", schema_ref("Provider"))],
         ),
-        (
-            "/api/infra/v1/provider/{name}/credentials/",
+        Route::ProviderCredentials(_) => (
             "infra",
-            false,
             vec![
                 op(
                     "get",
@@ -243,22 +220,16 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 .body("AccessKeys"),
             ],
         ),
-        (
-            "/api/infra/v1/region/",
+        Route::Regions => (
             "infra",
-            false,
             vec![op("get", "list regions", "200", list_of("Region"))],
         ),
-        (
-            "/api/infra/v1/region/{provider}/{name}/",
+        Route::Region(..) => (
             "infra",
-            false,
             vec![op("get", "get a region", "200", schema_ref("Region"))],
         ),
-        (
-            "/api/infra/v1/az/",
+        Route::AvailabilityZones => (
             "infra",
-            false,
             vec![op(
                 "get",
                 "list availability zones",
@@ -266,10 +237,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 list_of("AvailabilityZone"),
             )],
         ),
-        (
-            "/api/infra/v1/az/{provider}/{region}/{name}/",
+        Route::AvailabilityZone(..) => (
             "infra",
-            false,
             vec![op(
                 "get",
                 "get an availability zone",
@@ -277,22 +246,16 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 schema_ref("AvailabilityZone"),
             )],
         ),
-        (
-            "/api/infra/v1/nodetype/",
+        Route::NodeTypes => (
             "infra",
-            false,
             vec![op("get", "list node types", "200", list_of("NodeType"))],
         ),
-        (
-            "/api/infra/v1/nodetype/{provider}/{name}/",
+        Route::NodeType(..) => (
             "infra",
-            false,
             vec![op("get", "get a node type", "200", schema_ref("NodeType"))],
         ),
-        (
-            "/api/infra/v1/nodecluster/",
+        Route::Clusters => (
             "infra",
-            true,
             vec![
                 op("get", "list node clusters", "200", list_of("NodeCluster")),
                 op(
@@ -304,10 +267,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 .body("NodeClusterCreate"),
             ],
         ),
-        (
-            "/api/infra/v1/nodecluster/{uuid}/",
+        Route::Cluster(_) => (
             "infra",
-            true,
             vec![
                 op(
                     "get",
@@ -332,10 +293,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 .or_200(),
             ],
         ),
-        (
-            "/api/infra/v1/nodecluster/{uuid}/deploy/",
+        Route::ClusterDeploy(_) => (
             "infra",
-            true,
             vec![
                 op(
                     "post",
@@ -346,16 +305,12 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 .or_200(),
             ],
         ),
-        (
-            "/api/infra/v1/node/",
+        Route::Nodes => (
             "infra",
-            true,
             vec![op("get", "list nodes", "200", list_of("Node"))],
         ),
-        (
-            "/api/infra/v1/node/{uuid}/",
+        Route::Node(_) => (
             "infra",
-            true,
             vec![
                 op("get", "get a node", "200", schema_ref("Node")),
                 op("patch", "retag or rename a node", "200", schema_ref("Node"))
@@ -364,10 +319,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 op("delete", "terminate a node", "202", schema_ref("Node")).or_200(),
             ],
         ),
-        (
-            "/api/infra/v1/node/{uuid}/health-check/",
+        Route::NodeHealthCheck(_) => (
             "infra",
-            true,
             vec![
                 op(
                     "post",
@@ -378,10 +331,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 .or_200(),
             ],
         ),
-        (
-            "/api/infra/v1/token/",
+        Route::Token => (
             "infra",
-            true,
             vec![op(
                 "post",
                 "create a bring-your-own-node token",
@@ -389,22 +340,16 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 json!({"type": "object", "properties": {"token": {"type": "string"}}}),
             )],
         ),
-        (
-            "/api/audit/v1/action/",
+        Route::Actions => (
             "audit",
-            false,
             vec![op("get", "list actions", "200", list_of("Action"))],
         ),
-        (
-            "/api/audit/v1/action/{uuid}/",
+        Route::Action(_) => (
             "audit",
-            false,
             vec![op("get", "get an action", "200", schema_ref("Action"))],
         ),
-        (
-            "/api/audit/v1/action/{uuid}/cancel/",
+        Route::ActionCancel(_) => (
             "audit",
-            false,
             vec![op(
                 "post",
                 "cancel a pending or running action",
@@ -412,10 +357,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 schema_ref("Action"),
             )],
         ),
-        (
-            "/api/audit/v1/action/{uuid}/retry/",
+        Route::ActionRetry(_) => (
             "audit",
-            false,
             vec![op(
                 "post",
                 "retry a finished action",
@@ -423,10 +366,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 schema_ref("Action"),
             )],
         ),
-        (
-            "/api/audit/v1/action/{uuid}/logs/",
+        Route::ActionLogs(_) => (
             "audit",
-            true,
             vec![op(
                 "get",
                 "websocket: an action's log lines (?follow=, ?tail=)",
@@ -434,10 +375,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 ws(),
             )],
         ),
-        (
-            "/api/audit/v1/events",
+        Route::Events => (
             "audit",
-            true,
             vec![op(
                 "get",
                 "websocket: the event stream (also /events/)",
@@ -445,10 +384,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 ws(),
             )],
         ),
-        (
-            "/api/app/v1/service/",
+        Route::Services => (
             "app",
-            true,
             vec![op(
                 "get",
                 "list services (always empty: Flotilla runs no services)",
@@ -456,10 +393,8 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                 list_of("Object"),
             )],
         ),
-        (
-            "/api/agent/v1/node/",
+        Route::AgentNodes => (
             "agent",
-            false,
             vec![
                 op(
                     "post",
@@ -467,41 +402,32 @@ fn table() -> Vec<(&'static str, &'static str, bool, Vec<Op>)> {
                     "201",
                     schema_ref("AgentNode"),
                 )
-                .auth(Auth::Agent)
                 .body("AgentRegistration"),
             ],
         ),
-        (
-            "/api/agent/v1/node/{uuid}/",
+        Route::AgentNode(_) => (
             "agent",
-            false,
             vec![
-                op("get", "the agent's node", "200", schema_ref("AgentNode")).auth(Auth::Agent),
+                op("get", "the agent's node", "200", schema_ref("AgentNode")),
                 op(
                     "patch",
                     "report what the agent learned",
                     "200",
                     schema_ref("AgentNode"),
                 )
-                .auth(Auth::Agent)
                 .body("AgentNodeUpdate"),
             ],
         ),
-        (
-            "/api/agent/v1/node/{uuid}/ping/",
+        Route::AgentNodePing(_) => (
             "agent",
-            false,
-            vec![
-                op(
-                    "post",
-                    "heartbeat",
-                    "200",
-                    json!({"type": "object", "properties": {"reachable": {"type": "boolean"}}}),
-                )
-                .auth(Auth::Agent),
-            ],
+            vec![op(
+                "post",
+                "heartbeat",
+                "200",
+                json!({"type": "object", "properties": {"reachable": {"type": "boolean"}}}),
+            )],
         ),
-    ]
+    }
 }
 
 /// `/api/<sub>/v1/<rest>` → `/api/<sub>/v1/{namespace}/<rest>`.
@@ -577,15 +503,23 @@ fn schemas() -> Value {
 /// The whole document.
 pub fn document() -> Value {
     let mut paths = Map::new();
-    for (path, tag, is_namespaced, ops) in table() {
+    for route in every_route() {
+        let endpoint = endpoint(&route);
+        let (tag, ops) = operations(&route);
+        let path = endpoint.template;
         let mut item = Map::new();
         for op in &ops {
-            item.insert(op.method.into(), operation(path, op, tag));
+            item.insert(op.method.into(), operation(path, op, endpoint.auth, tag));
         }
-        if is_namespaced && let Some(with_namespace) = namespaced(path) {
+        if endpoint.namespaced
+            && let Some(with_namespace) = namespaced(path)
+        {
             let mut namespaced_item = Map::new();
             for op in &ops {
-                namespaced_item.insert(op.method.into(), operation(&with_namespace, op, tag));
+                namespaced_item.insert(
+                    op.method.into(),
+                    operation(&with_namespace, op, endpoint.auth, tag),
+                );
             }
             paths.insert(with_namespace, Value::Object(namespaced_item));
         }
@@ -614,4 +548,87 @@ pub fn document() -> Value {
             "schemas": schemas(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{concrete, parse_path, template};
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let text = serde_json::to_string(&document()).expect("serializes");
+        let document: Value = serde_json::from_str(&text).expect("the document is JSON");
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
+        assert!(document["info"]["title"].is_string() && document["info"]["version"].is_string());
+        let paths = document["paths"].as_object().expect("paths");
+        let schemes = &document["components"]["securitySchemes"];
+        assert_eq!(schemes["basic"]["scheme"], "basic");
+        assert_eq!(schemes["agentToken"]["name"], "Authorization");
+        let schemas = &document["components"]["schemas"];
+        assert_eq!(schemas["Error"]["required"], json!(["error"]));
+        for name in [
+            "ListEnvelope",
+            "NodeClusterCreate",
+            "NodeClusterPatch",
+            "NodePatch",
+        ] {
+            assert!(schemas[name].is_object(), "{name}");
+        }
+        // Every document path is a route, and that route's template (namespace removed).
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, item) in paths {
+            let parsed = parse_path(&concrete(path))
+                .unwrap_or_else(|| panic!("{path} is in the document but not a route"));
+            let (expected, methods) = template(&parsed.route);
+            assert_eq!(path.replace("/{namespace}", ""), expected, "{path}");
+            assert_eq!(
+                parsed.namespace.is_some(),
+                path.contains("{namespace}"),
+                "{path}"
+            );
+            let listed: Vec<&str> = item
+                .as_object()
+                .expect("item")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut wanted = methods.to_vec();
+            wanted.sort_unstable();
+            let mut listed = listed;
+            listed.sort_unstable();
+            assert_eq!(listed, wanted, "{path}");
+            seen.insert(expected);
+        }
+        // Every route is in the document, and the parser agrees with the route table on its
+        // path and on whether it takes a namespace.
+        let every_route = every_route();
+        for route in &every_route {
+            let (path, _) = template(route);
+            assert!(
+                seen.contains(path),
+                "{route:?} ({path}) is not in the document"
+            );
+            assert_eq!(
+                parse_path(&concrete(path)).map(|p| p.route).as_ref(),
+                Some(route)
+            );
+            let with_namespace = namespaced(path).map(|p| parse_path(&concrete(&p)));
+            assert_eq!(
+                with_namespace.flatten().map(|p| p.route).as_ref() == Some(route),
+                endpoint(route).namespaced,
+                "{route:?}: the parser and the table disagree on its namespace"
+            );
+        }
+        assert_eq!(seen.len(), every_route.len(), "one template per route");
+        assert_eq!(
+            document["paths"]["/_ping"]["get"]["security"],
+            json!([]),
+            "ping needs no auth"
+        );
+    }
 }

@@ -459,11 +459,11 @@ impl<C: Cloud + 'static> Engine<C> {
             key_name: self.settings.key_name.as_deref(),
             next_slot: cluster.next_slot,
         };
-        let secret = crate::agent_api::load_secret(&self.store).await?;
+        let secret = crate::tokens::load_secret(&self.store).await?;
         let user_data = |nodes: &[NodeSlot]| {
             let first_slot = nodes.first().map(|n| n.slot).unwrap_or(0);
             let count = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
-            let token = crate::agent_api::batch_token(&secret, &cluster.uuid, first_slot, count);
+            let token = crate::tokens::batch_token(&secret, &cluster.uuid, first_slot, count);
             (self.settings.user_data)(&UserDataRequest {
                 cluster_uuid: &cluster.uuid,
                 cluster_name: &cluster.spec.name,

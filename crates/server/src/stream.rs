@@ -6,6 +6,8 @@
 //! * Both are routes of the one HTTP dispatcher, so a handshake is authenticated (Basic, 401
 //!   before any upgrade — the clients turn that into "Not authorized" and exit 2) and
 //!   namespace-checked exactly like REST; [`upgrade`] only takes over once that is done.
+//! * Errors before the upgrade are answered as the REST routes answer them
+//!   ([`crate::api_error`]).
 //! * Events come from the store's broadcast bus ([`crate::events`]). The listener is
 //!   subscribed before the handshake is answered, so nothing published after a client's
 //!   `101` is missed. A listener that lags skips what it lost and goes on; publishers never
@@ -32,7 +34,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::app::{App, AppError};
 use crate::events::Filter;
-use crate::http::Route;
+use crate::routes::Route;
 
 /// How often a followed action is re-read for new log lines.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(250);

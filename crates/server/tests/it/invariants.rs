@@ -9,7 +9,11 @@
 //! * `crates/aws` never turns a missing id in an AWS answer into an empty one
 //!   (`…_id().unwrap_or_default()`): a resource without its id is skipped or an error.
 //! * No `unwrap()` outside tests: in every crate's `src/`, before its `#[cfg(test)]` module.
+//! * The server's modules import downward only: no import cycle among the modules of
+//!   `crates/server/src` (a module is a file's stem, or the directory of its child modules;
+//!   an import is any `crate::<module>` outside the file's test module, doc links included).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Files of `crates/flotilla/tests` that still inspect moto with the SDK directly instead of
@@ -198,4 +202,135 @@ fn the_id_check_sees_through_chains_and_stops_at_fields() {
         "Found { id: s.subnet_id()?.to_owned(), zone: s.availability_zone().unwrap_or_default() }";
     let at = text.find(".unwrap_or_default()").expect("call");
     assert_eq!(chain_before(text, at), " s.availability_zone()");
+}
+
+/// The modules `text` names as `crate::<module>` (the first segment after `crate::`).
+fn crate_modules_named(text: &str) -> BTreeSet<String> {
+    let mut named = BTreeSet::new();
+    for (at, _) in text.match_indices("crate::") {
+        let preceded_by_identifier = text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        if preceded_by_identifier {
+            continue;
+        }
+        let rest = &text[at + "crate::".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if end > 0 {
+            named.insert(rest[..end].to_owned());
+        }
+    }
+    named
+}
+
+/// The modules of `crates/server/src` and, for each, the other modules it names outside
+/// its test module. `lib.rs` is the crate root, which wires every module, so it is left out.
+fn server_module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    const SRC: &str = "crates/server/src/";
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (path, text) in sources() {
+        let Some(relative) = path.strip_prefix(SRC) else {
+            continue;
+        };
+        let top = relative.split('/').next().unwrap_or(relative);
+        let module = top.strip_suffix(".rs").unwrap_or(top);
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        graph
+            .entry(module.to_owned())
+            .or_default()
+            .extend(crate_modules_named(before_tests(&text)));
+    }
+    let modules: BTreeSet<String> = graph.keys().cloned().collect();
+    for (module, imports) in &mut graph {
+        imports.retain(|named| named != module && modules.contains(named));
+    }
+    graph
+}
+
+/// One cycle of `graph` as `a -> b -> … -> a`, if it has any.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<String> {
+    fn visit<'a>(
+        module: &'a str,
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<String> {
+        if let Some(at) = path.iter().position(|m| *m == module) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(module);
+            return Some(cycle.join(" -> "));
+        }
+        if done.contains(module) {
+            return None;
+        }
+        path.push(module);
+        for next in graph.get(module).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(module);
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|module| visit(module, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_server_modules_import_downward_only() {
+    let graph = server_module_graph();
+    for module in ["app", "http", "reconcile", "store", "routes"] {
+        assert!(graph.contains_key(module), "no module {module}: {graph:?}");
+    }
+    let cycle = find_cycle(&graph);
+    assert!(
+        cycle.is_none(),
+        "an import cycle among the server's modules (each must import downward only; move \
+         what both sides need to a module below them): {}",
+        cycle.unwrap_or_default()
+    );
+}
+
+#[test]
+fn the_cycle_check_reads_paths_and_doc_links_and_finds_cycles() {
+    let named = crate_modules_named(
+        "use crate::app::{App, AppError};\n/// see [`crate::routes::Route`]\nlet x = my_crate::other::f(crate::tokens::batch_token);",
+    );
+    let named: Vec<&str> = named.iter().map(String::as_str).collect();
+    assert_eq!(named, ["app", "routes", "tokens"]);
+    let graph = |edges: &[(&str, &str)]| {
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (from, to) in edges {
+            graph
+                .entry((*from).to_owned())
+                .or_default()
+                .insert((*to).to_owned());
+            graph.entry((*to).to_owned()).or_default();
+        }
+        graph
+    };
+    assert_eq!(
+        find_cycle(&graph(&[
+            ("http", "app"),
+            ("app", "store"),
+            ("http", "store")
+        ])),
+        None
+    );
+    assert_eq!(
+        find_cycle(&graph(&[
+            ("app", "reconcile"),
+            ("reconcile", "agent_api"),
+            ("agent_api", "app")
+        ])),
+        Some("agent_api -> app -> reconcile -> agent_api".to_owned())
+    );
 }

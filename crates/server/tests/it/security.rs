@@ -1,7 +1,8 @@
 //! Security properties of the HTTP edge (issue #5, item 5):
 //! * every route but `/_ping` (and the public agent binary) refuses every kind of missing or
 //!   wrong credential with a 401, `WWW-Authenticate` and `{"error": ...}` — enumerated from
-//!   `Route::iter()`, so a route added later is covered without touching this file;
+//!   `Route::iter()` and the route table (`routes::endpoint`: paths, methods, which routes
+//!   take the agent's token), so a route added later is covered without touching this file;
 //! * repeated failed logins are refused with 429 and `Retry-After`, per client address;
 //! * no secret of a run (linked AWS keys, the admin's API key, a node credential, a batch
 //!   registration token, a bring-your-own-node token) is in the database files or in any
@@ -18,7 +19,7 @@ use std::time::Duration;
 use flotilla_api::agent::{AGENT_NODES, agent_node_ping};
 use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
-use flotilla_server::http::{Route, concrete, parse_path, template};
+use flotilla_server::routes::{self, Route, concrete, endpoint, parse_path, template};
 use flotilla_server::{NodeReady, UserDataRequest};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -175,9 +176,13 @@ async fn every_route_but_ping_and_the_binary_requires_credentials() {
     let mut exceptions = BTreeSet::new();
     for (path, methods) in &paths {
         let route = parse_path(path).expect("route").route;
-        let agent = matches!(
-            route,
-            Route::AgentNodes | Route::AgentNode(_) | Route::AgentNodePing(_)
+        let agent = endpoint(&route).auth == routes::Auth::Agent;
+        // The route table's public routes are exactly the ones this test allows (stated
+        // here independently, with the reason).
+        assert_eq!(
+            endpoint(&route).auth == routes::Auth::Public,
+            public(&route).is_some(),
+            "{route:?}"
         );
         // Every documented method, plus one the route does not allow: without credentials
         // even a wrong method is a 401, not a 405 that would confirm the path exists.

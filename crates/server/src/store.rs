@@ -929,23 +929,31 @@ impl Store {
                 .bind(uuid)
                 .fetch_optional(&mut *tx)
                 .await?;
+        let Some((state, cluster_uuid)) = before else {
+            return Ok(());
+        };
+        // Already Terminated: nothing changes (the state machine refuses every event there).
+        let from = NodeState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            table: "nodes",
+            key: uuid.to_owned(),
+            message: format!("unknown state {state:?}"),
+        })?;
+        if from == NodeState::Terminated {
+            return Ok(());
+        }
+        let to = from.apply(NodeEvent::InstanceGone)?;
         sqlx::query(
             "UPDATE nodes SET state = ?, destroyed_at = COALESCE(destroyed_at, ?) WHERE uuid = ?",
         )
-        .bind(NodeState::Terminated.as_str())
+        .bind(to.as_str())
         .bind(now)
         .bind(uuid)
         .execute(&mut *tx)
         .await?;
         revoke_agent_in(&mut tx, uuid, now).await?;
         tx.commit().await?;
-        if let Some((state, cluster_uuid)) = before
-            && state != NodeState::Terminated.as_str()
-        {
-            let terminated = NodeState::Terminated.as_str();
-            self.events
-                .node(Verb::Delete, uuid, cluster_uuid.as_deref(), terminated);
-        }
+        self.events
+            .node(Verb::Delete, uuid, cluster_uuid.as_deref(), to.as_str());
         Ok(())
     }
 

@@ -432,15 +432,16 @@ mod tests {
         assert_eq!(zones_without_subnet(&zones, &kept), Vec::<String>::new());
     }
 
-    fn described() -> impl proptest::strategy::Strategy<
-        Value = (
-            Vec<String>,
-            Vec<DescribedSubnet>,
-            Vec<DescribedGateway>,
-            Vec<DescribedRouteTable>,
-            Vec<DescribedSecurityGroup>,
-        ),
-    > {
+    /// What a teardown describes: VPC ids, subnets, gateways, route tables, groups.
+    type Described = (
+        Vec<String>,
+        Vec<DescribedSubnet>,
+        Vec<DescribedGateway>,
+        Vec<DescribedRouteTable>,
+        Vec<DescribedSecurityGroup>,
+    );
+
+    fn described() -> impl proptest::strategy::Strategy<Value = Described> {
         use proptest::prelude::*;
         (1usize..3, 0usize..4, 0usize..3, 0usize..3, 0usize..3).prop_map(
             |(vpcs, subnets, gateways, tables, groups)| {

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 /// `meta` of a list envelope (§2.3). `next` and `previous` are paths starting with `/api/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Meta {
     pub limit: u64,
     pub next: Option<String>,
@@ -25,12 +26,14 @@ pub struct ListEnvelope<T> {
 
 /// Every error answer: `{"error": "<message naming the field or resource>"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// §3.1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Provider {
     pub available: bool,
     pub label: String,
@@ -41,6 +44,7 @@ pub struct Provider {
 
 /// §3.2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Region {
     pub available: bool,
     pub availability_zones: Vec<String>,
@@ -53,6 +57,7 @@ pub struct Region {
 
 /// §3.3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AvailabilityZone {
     pub available: bool,
     pub name: String,
@@ -62,6 +67,7 @@ pub struct AvailabilityZone {
 
 /// §3.4.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeType {
     pub available: bool,
     pub availability_zones: Vec<String>,
@@ -75,12 +81,14 @@ pub struct NodeType {
 /// A tag on a cluster or node. The clients echo back whatever they received, so only
 /// `name` is emitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Tag {
     pub name: String,
 }
 
 /// §3.5.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeCluster {
     /// Flotilla's addition: replace nodes whose instance disappears out of band.
     #[serde(default)]
@@ -105,6 +113,7 @@ pub struct NodeCluster {
 
 /// One private address of a node (GO `Network`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PrivateIp {
     pub cidr: String,
     pub name: String,
@@ -113,6 +122,7 @@ pub struct PrivateIp {
 /// §3.6. Fields only an agent can know (Docker version, CPU, memory) are `null` until agents
 /// report them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Node {
     pub availability_zone: Option<String>,
     pub cpu: Option<u32>,
@@ -141,6 +151,7 @@ pub struct Node {
 
 /// §3.7. `object` is always a string (the CLI splits it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Action {
     pub action: String,
     pub body: String,

@@ -5,12 +5,17 @@
 //! * Paths, authentication and namespacing are not written here: they come from the route
 //!   table ([`crate::routes::endpoint`]), which the dispatcher also answers from. What this
 //!   module adds per route — tag, and per method a summary and request and response
-//!   schemas — is data written by hand with `serde_json::json!` in an exhaustive `match`
-//!   over [`crate::routes::Route`] (a new route does not compile until it is described),
-//!   not derived from the handlers (utoipa): the dispatcher is one `match`, not one
-//!   annotated function per path, and the wire types live in `flotilla-api`, which would
-//!   otherwise have to depend on a schema crate. A test checks that each route's operations
-//!   are exactly the table's methods and that every document path parses back to its route.
+//!   schemas — is written in an exhaustive `match` over [`crate::routes::Route`] (a new
+//!   route does not compile until it is described). A test checks that each route's
+//!   operations are exactly the table's methods and that every document path parses back
+//!   to its route.
+//! * Response objects (providers, regions, zones, node types, node clusters, nodes,
+//!   actions, the list `meta` and the error body) are derived from `flotilla-api`'s wire
+//!   types with schemars (feature `schema`): the server renders every answer from those
+//!   types, so the document cannot drift from them. Request bodies stay written here,
+//!   because they describe what the server *accepts* (a `disk` given as digits, tags as
+//!   names or objects, the bounds of `flotilla_core::spec`), which no wire type says; a
+//!   contract test sends those bounds to the server.
 //! * It is served **with** Basic auth, like every route but `/_ping` and the agent's own
 //!   routes: an installation's API is private, the document tells a scanner exactly what to
 //!   try, and the tools that read it (Swagger UI, generators) can send credentials. It is
@@ -19,10 +24,6 @@
 //!   action-logs websocket) appear twice, without and with the `{namespace}` segment, as the
 //!   contract requires both. REST paths are written with their trailing slash, as the
 //!   clients send them; the server also accepts them without it (said in `info`).
-//! * Objects are described loosely (`type: object` with their key fields): the contract
-//!   (`dockercloud-api.md` §3) and `flotilla-api` are the reference for every field; what
-//!   the document pins down is paths, methods, auth, request bodies, the list envelope and
-//!   the error body.
 //! * It is accurate enough to fuzz from (`tests/it/fuzz.rs` runs schemathesis on it and
 //!   checks status codes, content types and bodies against it): every status an operation
 //!   can succeed with is listed (200 *and* 202 where an action may finish at once), every
@@ -442,14 +443,9 @@ fn schemas() -> Value {
     let tags = json!({"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"name": {"type": "string"}}}]}});
     // The bounds the server enforces (`flotilla_core::spec`, `App::patch_cluster`).
     let target = json!({"type": "integer", "minimum": 0, "maximum": MAX_NODES});
-    json!({
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    let mut written = json!({
         "ListEnvelope": {"type": "object", "required": ["meta", "objects"], "properties": {
-            "meta": {"type": "object", "required": ["limit", "offset", "total_count"], "properties": {
-                "limit": {"type": "integer"}, "offset": {"type": "integer"},
-                "total_count": {"type": "integer"},
-                "next": {"type": ["string", "null"], "description": "a path starting /api/"},
-                "previous": {"type": ["string", "null"]}}},
+            "meta": schema_ref("Meta"),
             "objects": {"type": "array", "items": {}}}},
         "Object": {"type": "object"},
         "AccessKeys": {"type": "object", "required": ["access_key_id", "secret_access_key"], "properties": {
@@ -459,15 +455,6 @@ fn schemas() -> Value {
         "ProviderCredentials": object(json!({"provider": {"type": "string"}, "linked": {"type": "boolean"},
             "access_key_id": {"type": ["string", "null"]}, "resource_uri": {"type": "string"},
             "validation": {"type": "object"}})),
-        "Provider": object(json!({"name": {"type": "string"}, "label": {"type": "string"}, "resource_uri": {"type": "string"}})),
-        "Region": object(json!({"name": {"type": "string"}, "provider": {"type": "string"}, "resource_uri": {"type": "string"}})),
-        "AvailabilityZone": object(json!({"name": {"type": "string"}, "region": {"type": "string"}, "resource_uri": {"type": "string"}})),
-        "NodeType": object(json!({"name": {"type": "string"}, "provider": {"type": "string"}, "regions": {"type": "array", "items": {"type": "string"}}, "resource_uri": {"type": "string"}})),
-        "NodeCluster": object(json!({"uuid": {"type": "string"}, "name": {"type": "string"}, "state": {"type": "string"},
-            "target_num_nodes": {"type": "integer"}, "current_num_nodes": {"type": "integer"},
-            "nodes": {"type": "array", "items": {"type": "string"}}, "region": {"type": "string"},
-            "node_type": {"type": "string"}, "disk": {"type": "integer"}, "resource_uri": {"type": "string"},
-            "auto_replace": {"type": "boolean"}})),
         "NodeClusterCreate": {"type": "object", "required": ["name", "region", "node_type"], "properties": {
             "name": {"type": "string"}, "nickname": {"type": "string"},
             "region": {"type": "string", "description": "/api/infra/v1/region/{provider}/{name}/"},
@@ -483,11 +470,7 @@ fn schemas() -> Value {
         "NodeClusterPatch": {"type": "object", "additionalProperties": false, "properties": {
             "target_num_nodes": target, "tags": tags.clone(), "nickname": {"type": "string"},
             "auto_replace": {"type": "boolean"}}},
-        "Node": object(json!({"uuid": {"type": "string"}, "state": {"type": "string"}, "node_cluster": {"type": ["string", "null"]},
-            "external_fqdn": {"type": "string"}, "public_ip": {"type": ["string", "null"]}, "resource_uri": {"type": "string"}})),
         "NodePatch": {"type": "object", "properties": {"tags": tags, "nickname": {"type": "string"}}},
-        "Action": object(json!({"uuid": {"type": "string"}, "state": {"type": "string"}, "action": {"type": "string"},
-            "object": {"type": "string"}, "logs": {"type": "string"}, "resource_uri": {"type": "string"}})),
         "AgentRegistration": {"type": "object", "required": ["agent_version", "cluster", "slot", "first_slot", "count"], "properties": {
             "agent_version": {"type": "string"}, "cluster": {"type": "string"}, "slot": {"type": "integer"},
             "first_slot": {"type": "integer"}, "count": {"type": "integer"},
@@ -497,7 +480,36 @@ fn schemas() -> Value {
         "AgentNode": object(json!({"uuid": {"type": "string"}, "external_fqdn": {"type": "string"},
             "public_ip": {"type": ["string", "null"]}, "state": {"type": "string"}, "resource_uri": {"type": "string"},
             "credential": {"type": "string", "description": "only in the answer to a first registration"}})),
-    })
+    });
+    if let Some(written) = written.as_object_mut() {
+        written.extend(derived_schemas());
+    }
+    written
+}
+
+/// The response objects, derived from `flotilla-api`'s wire types (the types the server
+/// renders every answer from) with schemars: a field added to a wire type is in the
+/// document without an edit here.
+fn derived_schemas() -> Map<String, Value> {
+    use flotilla_api::types as api;
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
+    generator.subschema_for::<api::Provider>();
+    generator.subschema_for::<api::Region>();
+    generator.subschema_for::<api::AvailabilityZone>();
+    generator.subschema_for::<api::NodeType>();
+    generator.subschema_for::<api::NodeCluster>();
+    generator.subschema_for::<api::Node>();
+    generator.subschema_for::<api::Action>();
+    generator.subschema_for::<api::Meta>();
+    generator.subschema_for::<api::ErrorBody>();
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    // The document's name for the error body.
+    if let Some(error) = schemas.remove("ErrorBody") {
+        schemas.insert("Error".into(), error);
+    }
+    schemas
 }
 
 /// The whole document.
@@ -579,6 +591,35 @@ mod tests {
         ] {
             assert!(schemas[name].is_object(), "{name}");
         }
+        // The response objects are the wire types': every field the server renders is
+        // a property, with the wire type's JSON type, and nested types are referenced.
+        let node = &schemas["Node"];
+        for field in [
+            "uuid",
+            "state",
+            "docker_version",
+            "private_ips",
+            "tags",
+            "cpu",
+        ] {
+            assert!(
+                node["properties"][field].is_object(),
+                "Node.{field}: {node:#}"
+            );
+        }
+        assert_eq!(
+            node["properties"]["private_ips"]["items"]["$ref"],
+            "#/components/schemas/PrivateIp"
+        );
+        assert_eq!(
+            schemas["NodeCluster"]["properties"]["current_num_nodes"]["type"],
+            "integer"
+        );
+        assert!(
+            schemas["Meta"]["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!("total_count")))
+        );
         // Every document path is a route, and that route's template (namespace removed).
         let mut seen = std::collections::BTreeSet::new();
         for (path, item) in paths {

@@ -78,6 +78,8 @@ struct RunResult {
     missing_states: std::collections::BTreeMap<String, usize>,
     /// Frames the events listener received while it waited.
     frames_received: usize,
+    /// Events the server said this listener missed (`missed` frames: it fell behind).
+    events_missed: u64,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -177,12 +179,17 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
     let mut false_unreachable: HashSet<String> = HashSet::new();
     let deadline = silenced_at + Duration::from_secs(args.grace + 30);
     let mut frames_received = 0;
+    let mut events_missed = 0u64;
     while delays.len() < silenced.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let Ok(Some((_, at, event))) = tokio::time::timeout(remaining, events.recv()).await else {
             break;
         };
         frames_received += 1;
+        if event["type"] == "missed" {
+            events_missed += event["count"].as_u64().unwrap_or(0);
+            eprintln!("M = {m}: the events stream says this listener missed: {event}");
+        }
         if event["type"] != "node" || event["state"] != "Unreachable" {
             continue;
         }
@@ -232,6 +239,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         false_unreachable: false_unreachable.len(),
         missing_states,
         frames_received,
+        events_missed,
     };
     eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
     server.stop().await;
@@ -337,5 +345,25 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         vec![table, silence],
         json!({"runs": runs}),
     );
-    ctx.write(&report)
+    ctx.write(&report)?;
+    // A verdict that never reached the stream is a failure of the run, not a figure.
+    let missing: Vec<String> = runs
+        .iter()
+        .filter(|r| r.unreachable_missing > 0 || r.false_unreachable > 0)
+        .map(|r| {
+            format!(
+                "M = {}: {} of {} silenced agents never seen Unreachable (their state now: {:?}), {} false Unreachable, {} events missed by the listener",
+                r.agents,
+                r.unreachable_missing,
+                r.silenced,
+                r.missing_states,
+                r.false_unreachable,
+                r.events_missed
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!("missing or false verdicts:\n{}", missing.join("\n"));
+    }
+    Ok(())
 }

@@ -10,8 +10,11 @@
 //!   ([`crate::api_error`]).
 //! * Events come from the store's broadcast bus ([`crate::events`]). The listener is
 //!   subscribed before the handshake is answered, so nothing published after a client's
-//!   `101` is missed. A listener that lags skips what it lost and goes on; publishers never
-//!   wait for a socket.
+//!   `101` is missed. Publishers never wait for a socket, so a listener that falls more than
+//!   the bus's capacity behind loses events — and is told so: it gets a `{"type": "missed",
+//!   "count": N, …}` frame where the events were lost, saying to list again what it
+//!   follows, and the stream goes on. A client therefore either sees every event or knows
+//!   that it did not.
 //! * The first frame is `{"type": "auth", ...}` (documented by Tutum; the Python client
 //!   drops it), then one JSON text frame per event. Pings are answered by the websocket
 //!   library as long as the socket is read, which both loops always do.
@@ -87,6 +90,51 @@ async fn send_json<T: Serialize>(socket: &mut WebSocket, value: &T) -> bool {
     }
 }
 
+/// What the events stream does with one thing received from the bus.
+#[derive(Debug, Clone, PartialEq)]
+enum Next {
+    Send(serde_json::Value),
+    Skip,
+    Stop,
+}
+
+/// The frame that tells a listener it lost events and must resync.
+#[derive(Debug, Serialize)]
+struct MissedFrame {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    count: u64,
+    message: String,
+    datetime: String,
+}
+
+/// An event that passes the filter is sent; a lag becomes a `missed` frame (whatever the
+/// filter: the lost events may have matched it); a closed bus ends the stream.
+fn next_frame(received: Result<Arc<api::Event>, RecvError>, filter: &Filter) -> Next {
+    match received {
+        Ok(event) if filter.matches(&event) => {
+            serde_json::to_value(event.as_ref()).map_or(Next::Skip, Next::Send)
+        }
+        Ok(_) => Next::Skip,
+        Err(RecvError::Lagged(count)) => {
+            tracing::warn!(
+                count,
+                "an events listener fell behind and is told to resync"
+            );
+            let frame = MissedFrame {
+                kind: "missed",
+                count,
+                message: format!(
+                    "this listener fell behind and missed {count} events; list the resources it follows again to resync"
+                ),
+                datetime: date::format_iso_unix(date::now_unix()),
+            };
+            serde_json::to_value(&frame).map_or(Next::Skip, Next::Send)
+        }
+        Err(RecvError::Closed) => Next::Stop,
+    }
+}
+
 /// True when the client closed or the connection broke; other frames (pings, which the
 /// library answers, and anything a client sends) are ignored.
 fn client_left(incoming: Option<Result<Message, axum::Error>>) -> bool {
@@ -117,17 +165,15 @@ async fn events_stream(
     }
     loop {
         tokio::select! {
-            received = events.recv() => match received {
-                Ok(event) => {
-                    if filter.matches(&event) && !send_json(&mut socket, event.as_ref()).await {
+            received = events.recv() => match next_frame(received, &filter) {
+                Next::Send(frame) => {
+                    if !send_json(&mut socket, &frame).await {
                         return;
                     }
                 }
-                Err(RecvError::Lagged(skipped)) => {
-                    tracing::debug!(skipped, "an events listener fell behind");
-                }
+                Next::Skip => {}
                 // The server is stopping.
-                Err(RecvError::Closed) => break,
+                Next::Stop => break,
             },
             incoming = socket.recv() => {
                 if client_left(incoming) {
@@ -278,6 +324,38 @@ async fn action_logs<C: Cloud + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventBus;
+
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_is_told_how_many_events_it_missed() {
+        let bus = EventBus::new();
+        let mut listener = bus.subscribe();
+        let filter = Filter::default();
+        for i in 0..crate::events::CAPACITY + 3 {
+            bus.node(
+                crate::events::Verb::Update,
+                &format!("n{i}"),
+                None,
+                "Deployed",
+            );
+        }
+        let Next::Send(first) = next_frame(listener.recv().await, &filter) else {
+            panic!("a frame");
+        };
+        assert_eq!(first["type"], "missed", "{first}");
+        assert_eq!(first["count"], 3, "{first}");
+        assert!(
+            first["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("resync"))
+        );
+        // Then the stream goes on with what it still has.
+        let Next::Send(next) = next_frame(listener.recv().await, &filter) else {
+            panic!("a frame");
+        };
+        assert_eq!(next["type"], "node", "{next}");
+        drop(bus);
+    }
 
     #[test]
     fn log_options_default_to_following_the_last_300_lines() {

@@ -55,7 +55,7 @@ pub use flotilla_core::plan::cluster::NodeReady;
 use flotilla_core::plan::cluster::{
     Desired, NetworkUse, NodeProgress, Outcome, Progress, Verdict, node_state_of, settle, verdict,
 };
-use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
+use flotilla_core::state::{ClusterEvent, ClusterState, IllegalTransition, NodeState};
 use tokio::sync::{Notify, RwLock, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -427,7 +427,7 @@ impl<C: Cloud + 'static> Engine<C> {
             let progress = self
                 .progress(cluster, last.pending_instances, false, memory.unfinished)
                 .await?;
-            return self.act_on(cluster, &progress, memory).await;
+            return self.act_on(cluster, verdict(&progress), memory).await;
         }
         let spec = cluster.spec.clone();
         let region = spec.region.clone();
@@ -545,20 +545,20 @@ impl<C: Cloud + 'static> Engine<C> {
                 memory.unfinished,
             )
             .await?;
+        let verdict = verdict(&progress);
         memory.last = Some(LastPass {
             generation: cluster.generation,
             at: std::time::Instant::now(),
             pending_instances,
-            awaiting_agents_only: verdict(&progress) == Ok(Verdict::AwaitAgents),
+            awaiting_agents_only: verdict == Ok(Verdict::AwaitAgents),
         });
-        memory.reobserve =
-            matches!(verdict(&progress), Ok(Verdict::ObserveAgain { .. })).then(|| {
-                cidrs
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect()
-            });
-        self.act_on(cluster, &progress, memory).await
+        memory.reobserve = matches!(verdict, Ok(Verdict::ObserveAgain { .. })).then(|| {
+            cidrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        });
+        self.act_on(cluster, verdict, memory).await
     }
 
     /// A re-observation (see `PassMemory`): describe the cluster, record it, and ask the
@@ -617,10 +617,11 @@ impl<C: Cloud + 'static> Engine<C> {
         let progress = self
             .progress(cluster, pending, false, memory.unfinished)
             .await?;
-        if !matches!(verdict(&progress), Ok(Verdict::ObserveAgain { .. })) {
+        let verdict = verdict(&progress);
+        if !matches!(verdict, Ok(Verdict::ObserveAgain { .. })) {
             memory.reobserve = None;
         }
-        self.act_on(cluster, &progress, memory).await.map(Some)
+        self.act_on(cluster, verdict, memory).await.map(Some)
     }
 
     /// Runs `work` with a log function whose lines go to the cluster's action as they come,
@@ -688,10 +689,10 @@ impl<C: Cloud + 'static> Engine<C> {
     async fn act_on(
         &self,
         cluster: &ClusterRecord,
-        progress: &Progress,
+        verdict: Result<Verdict, IllegalTransition>,
         memory: &mut PassMemory,
     ) -> Result<Next, StoreError> {
-        match verdict(progress) {
+        match verdict {
             Ok(Verdict::ObserveAgain { after_ms }) => {
                 memory.unfinished = memory.unfinished.saturating_add(1);
                 Ok(Next::After(Duration::from_millis(after_ms)))

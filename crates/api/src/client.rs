@@ -17,7 +17,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::agent::{AGENT_NODES, AgentNode, PingReply, Registration, TOKEN_SCHEME};
+use crate::agent::{AGENT_NODES, AgentNode, NodeUpdate, PingReply, Registration, TOKEN_SCHEME};
 use crate::uri;
 
 /// The header naming the action a call started.
@@ -396,37 +396,32 @@ impl AgentClient {
         &self.base
     }
 
-    async fn post<T: serde::Serialize>(
+    async fn send<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
+        method: Method,
         path: &str,
         token: &str,
         body: Option<&T>,
-    ) -> Result<reqwest::Response, Error> {
+    ) -> Result<R, Error> {
         let mut request = self
             .http
-            .post(format!("{}{path}", self.base))
+            .request(method.clone(), format!("{}{path}", self.base))
             .header("Authorization", format!("{TOKEN_SCHEME} {token}"));
         if let Some(body) = body {
             request = request.json(body);
         }
-        request.send().await.map_err(|source| Error::Transport {
+        let response = request.send().await.map_err(|source| Error::Transport {
             base: self.base.clone(),
-            method: Method::POST,
+            method: method.clone(),
             path: path.to_owned(),
             source,
-        })
-    }
-
-    async fn decode<T: serde::de::DeserializeOwned>(
-        response: reqwest::Response,
-        path: &str,
-    ) -> Result<T, Error> {
+        })?;
         let reply = reply(response).await;
         if !reply.is_success() {
-            return Err(refused(reply, Method::POST, path));
+            return Err(refused(reply, method, path));
         }
         serde_json::from_value(reply.body).map_err(|source| Error::Decode {
-            method: Method::POST,
+            method,
             path: path.to_owned(),
             source,
         })
@@ -438,15 +433,28 @@ impl AgentClient {
         token: &str,
         registration: &Registration,
     ) -> Result<AgentNode, Error> {
-        let response = self.post(AGENT_NODES, token, Some(registration)).await?;
-        Self::decode(response, AGENT_NODES).await
+        self.send(Method::POST, AGENT_NODES, token, Some(registration))
+            .await
+    }
+
+    /// `PATCH /api/agent/v1/node/{uuid}/`: what the agent learned (engine report, task
+    /// results), with the node's credential.
+    pub async fn update(
+        &self,
+        uuid: &str,
+        credential: &str,
+        update: &NodeUpdate,
+    ) -> Result<AgentNode, Error> {
+        let path = crate::agent::agent_node(uuid);
+        self.send(Method::PATCH, &path, credential, Some(update))
+            .await
     }
 
     /// `POST /api/agent/v1/node/{uuid}/ping/`: one heartbeat with the node's credential.
     pub async fn heartbeat(&self, uuid: &str, credential: &str) -> Result<PingReply, Error> {
         let path = crate::agent::agent_node_ping(uuid);
-        let response = self.post::<Value>(&path, credential, None).await?;
-        Self::decode(response, &path).await
+        self.send::<Value, _>(Method::POST, &path, credential, None)
+            .await
     }
 
     /// `GET /_ping`: reaches the server (and verifies its certificate) without credentials.

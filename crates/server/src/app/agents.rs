@@ -535,7 +535,10 @@ impl<C: Cloud + 'static> App<C> {
             self.set_reachability(uuid, NodeState::Unreachable, NodeEvent::HeardFrom)
                 .await?;
         }
-        Ok(PingReply { reachable: true })
+        Ok(PingReply {
+            reachable: true,
+            tasks: Vec::new(),
+        })
     }
 
     /// Writes the heartbeats received since the last flush.

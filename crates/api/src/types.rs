@@ -86,6 +86,58 @@ pub struct Tag {
     pub name: String,
 }
 
+/// A Docker Swarm cluster (Flotilla's own resource, in the conventions of the others): its
+/// managers and workers are node clusters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Swarm {
+    pub uuid: String,
+    pub resource_uri: String,
+    pub name: String,
+    /// `Deploying` until every node is in the swarm with its role, then `Deployed`;
+    /// `Terminating`, `Terminated`.
+    pub state: String,
+    pub region: String,
+    pub manager_count: u32,
+    pub worker_count: u32,
+    /// The managers' and the workers' node clusters.
+    pub manager_cluster: String,
+    pub worker_cluster: String,
+    /// Docker's ID of the swarm, once it exists.
+    pub cluster_id: Option<String>,
+    /// The node (resource URI) that initialised the swarm.
+    pub bootstrap_node: Option<String>,
+    pub nodes: Vec<SwarmMember>,
+    pub created_datetime: Option<String>,
+    pub deployed_datetime: Option<String>,
+    pub destroyed_datetime: Option<String>,
+    pub current_action: Option<String>,
+}
+
+/// One node of a swarm: its role as Flotilla wants it and as Docker reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SwarmMember {
+    /// The node's resource URI.
+    pub node: String,
+    /// The node's state (`Deployed`, `Unreachable`, …).
+    pub state: String,
+    /// `manager` or `worker`: its node cluster's role.
+    pub role: String,
+    pub availability_zone: String,
+    /// Docker's node ID, once the node is in the swarm.
+    pub docker_node_id: Option<String>,
+    /// As `docker node ls` shows it: `ready`, `down`, …; `None` while not in the swarm.
+    pub docker_status: Option<String>,
+    /// `active`, `pause` or `drain`.
+    pub availability: Option<String>,
+    /// Managers: `reachable`, `unreachable`.
+    pub manager_status: Option<String>,
+    pub leader: bool,
+    /// The engine's swarm state (`inactive`, `pending`, `active`, …); `None`: no report.
+    pub engine_swarm_state: Option<String>,
+}
+
 /// §3.5.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

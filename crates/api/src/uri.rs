@@ -35,6 +35,10 @@ pub fn node(uuid: &str) -> String {
     format!("{INFRA}/node/{uuid}/")
 }
 
+pub fn swarm(uuid: &str) -> String {
+    format!("{INFRA}/swarm/{uuid}/")
+}
+
 pub fn action(uuid: &str) -> String {
     format!("{AUDIT}/action/{uuid}/")
 }
@@ -43,6 +47,10 @@ pub fn action(uuid: &str) -> String {
 /// [`crate::client`]). A list path takes Tastypie-style query parameters after it.
 pub fn node_clusters() -> String {
     format!("{INFRA}/nodecluster/")
+}
+
+pub fn swarms() -> String {
+    format!("{INFRA}/swarm/")
 }
 
 pub fn nodes() -> String {

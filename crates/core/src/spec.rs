@@ -551,6 +551,118 @@ fn id_list(value: Option<&Value>, path: &str, prefix: &str, errors: &mut Collect
     }
 }
 
+/// The manager counts a swarm may have: odd, so a Raft majority survives the loss of
+/// (n - 1) / 2 managers.
+pub const SWARM_MANAGER_COUNTS: [u32; 4] = [1, 3, 5, 7];
+/// A swarm's manager count when the create body does not say.
+pub const DEFAULT_SWARM_MANAGERS: u32 = 3;
+
+/// A swarm's create body: its own fields, and the two node clusters it consists of.
+///
+/// The body is a node cluster's (`name`, `region`, `disk`, `provider_options`, `tags`) with
+/// the node type and count given per role: `manager_count` (1, 3, 5 or 7; default 3),
+/// `manager_node_type`, `worker_count` (default 0) and `worker_node_type` (default: the
+/// managers'). Each role becomes a node cluster named `<name>-managers` / `<name>-workers`,
+/// validated exactly as a node cluster is; an error names the swarm's field
+/// (`manager_node_type`, not `node_type`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmSpec {
+    pub name: String,
+    pub managers: ClusterSpec,
+    pub workers: ClusterSpec,
+}
+
+impl SwarmSpec {
+    pub fn from_json(body: &Value) -> Result<SwarmSpec, SpecErrors> {
+        let mut errors = Collector::default();
+        let Some(object) = body.as_object() else {
+            return Err(SpecErrors(vec![FieldError {
+                path: "body".into(),
+                message: "must be a JSON object".into(),
+            }]));
+        };
+        let name = required_string(object, "name", &mut errors).unwrap_or_default();
+        if !name.is_empty()
+            && let Err(message) = validate_cluster_name(&format!("{name}-managers"))
+        {
+            errors.push("name", message.replace("-managers'", "'"));
+        }
+        let count = |field: &str, default: u32, errors: &mut Collector| match object.get(field) {
+            None | Some(Value::Null) => Some(default),
+            Some(value) => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Some(n),
+                None => {
+                    errors.push(field, "must be a whole number");
+                    None
+                }
+            },
+        };
+        let managers = count("manager_count", DEFAULT_SWARM_MANAGERS, &mut errors);
+        if let Some(n) = managers
+            && !SWARM_MANAGER_COUNTS.contains(&n)
+        {
+            errors.push(
+                "manager_count",
+                format!("must be 1, 3, 5 or 7 (an odd number keeps a Raft majority), not {n}"),
+            );
+        }
+        let workers = count("worker_count", 0, &mut errors);
+        let manager_type = required_string(object, "manager_node_type", &mut errors);
+        let worker_type = match object.get("worker_node_type") {
+            None | Some(Value::Null) => manager_type.clone(),
+            Some(_) => required_string(object, "worker_node_type", &mut errors),
+        };
+        for key in ["node_type", "target_num_nodes"] {
+            if object.contains_key(key) {
+                errors.push(
+                    key,
+                    "not a swarm field: give manager_node_type/worker_node_type and manager_count/worker_count",
+                );
+            }
+        }
+        let role = |suffix: &str, node_type: Option<String>, count: Option<u32>| {
+            let mut cluster = body.clone();
+            cluster["name"] = Value::String(format!("{name}-{suffix}"));
+            cluster["node_type"] = node_type.map(Value::String).unwrap_or(Value::Null);
+            cluster["target_num_nodes"] = Value::from(count.unwrap_or(1));
+            ClusterSpec::from_json(&cluster)
+        };
+        let rename = |error: FieldError, role: &str| FieldError {
+            path: match error.path.as_str() {
+                "node_type" => format!("{role}_node_type"),
+                "target_num_nodes" => format!("{role}_count"),
+                "name" => "name".into(),
+                _ => error.path,
+            },
+            message: error.message,
+        };
+        let manager_spec = role("managers", manager_type, managers);
+        let worker_spec = role("workers", worker_type, workers.map(|n| n.max(1)));
+        for (result, label) in [(&manager_spec, "manager"), (&worker_spec, "worker")] {
+            if let Err(e) = result {
+                for error in &e.0 {
+                    let error = rename(error.clone(), label);
+                    if !errors.0.iter().any(|seen: &FieldError| seen.path == error.path) {
+                        errors.0.push(error);
+                    }
+                }
+            }
+        }
+        if !errors.0.is_empty() {
+            return Err(SpecErrors(errors.0));
+        }
+        let (Ok(managers), Ok(mut workers_spec)) = (manager_spec, worker_spec) else {
+            unreachable!("errors were returned above");
+        };
+        workers_spec.target_num_nodes = workers.unwrap_or(0);
+        Ok(SwarmSpec {
+            name,
+            managers,
+            workers: workers_spec,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,5 +792,36 @@ mod tests {
     #[test]
     fn non_object_body_is_rejected() {
         assert!(errors_of(json!([1, 2])).mentions("body"));
+    }
+
+    #[test]
+    fn a_swarm_is_two_node_clusters_and_its_errors_name_the_swarm_field() {
+        let body = json!({"name": "prod", "region": "/api/infra/v1/region/aws/us-east-1/",
+            "manager_node_type": "/api/infra/v1/nodetype/aws/t3.small/", "worker_count": 2,
+            "disk": 30});
+        let spec = SwarmSpec::from_json(&body).expect("valid");
+        assert_eq!(spec.managers.name, "prod-managers");
+        assert_eq!(spec.managers.target_num_nodes, DEFAULT_SWARM_MANAGERS);
+        assert_eq!(spec.workers.name, "prod-workers");
+        assert_eq!(spec.workers.target_num_nodes, 2);
+        assert_eq!(spec.workers.node_type, "t3.small", "workers default to the managers' type");
+        assert_eq!(spec.workers.disk_gb, 30);
+
+        let mut no_workers = body.clone();
+        no_workers.as_object_mut().expect("object").remove("worker_count");
+        assert_eq!(SwarmSpec::from_json(&no_workers).expect("valid").workers.target_num_nodes, 0);
+
+        let bad = json!({"name": "prod", "region": "/api/infra/v1/region/aws/us-east-1/",
+            "manager_node_type": "t3.small", "worker_node_type": "", "manager_count": 4});
+        let errors = SwarmSpec::from_json(&bad).expect_err("invalid");
+        assert!(errors.mentions("manager_count"), "{errors}");
+        assert!(errors.mentions("worker_node_type"), "{errors}");
+        assert!(errors.to_string().contains("1, 3, 5 or 7"), "{errors}");
+
+        let wrong = json!({"name": "-x", "region": "/api/infra/v1/region/aws/us-east-1/",
+            "node_type": "t3.small"});
+        let errors = SwarmSpec::from_json(&wrong).expect_err("invalid");
+        assert!(errors.mentions("name") && errors.mentions("node_type"), "{errors}");
+        assert!(errors.mentions("manager_node_type"), "{errors}");
     }
 }

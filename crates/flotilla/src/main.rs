@@ -39,6 +39,8 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Node clusters on a Flotilla server (like `docker-cloud nodecluster`).
     Nodecluster(client::commands::NodeClusterArgs),
+    /// Docker swarms on a Flotilla server: managers and workers as node clusters.
+    Swarm(client::swarm::SwarmArgs),
     /// Nodes on a Flotilla server (like `docker-cloud node`).
     Node(client::commands::NodeArgs),
     /// The audit trail: actions and their logs (like `docker-cloud action`).
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent_cmd::run(args).await,
             Command::Nodecluster(args) => client::commands::nodecluster(args).await,
             Command::Node(args) => client::commands::node(args).await,
+            Command::Swarm(args) => client::swarm::swarm(args).await,
             Command::Action(args) => client::commands::action(args).await,
             Command::Event(args) => client::commands::event(args).await,
             Command::Provider(args) => client::provider::provider(args).await,

@@ -32,6 +32,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Mutex as AsyncMutex;
 
 pub mod agents;
+mod swarms;
 
 use crate::catalog::{self, Catalog, PROVIDER};
 use crate::reconcile::Reconciler;
@@ -201,6 +202,8 @@ pub struct App<C> {
     secret_key: Option<crate::secrets::SecretKey>,
     /// The access key id of the keys linked through the API; the lock serializes links.
     linked: AsyncMutex<Option<String>>,
+    /// The swarm worker's tasks for agents and their results ([`crate::swarm`]).
+    pub(crate) mailbox: Arc<crate::swarm::Mailbox>,
 }
 
 /// The instance type of the dry-run launch that validates linked keys.
@@ -247,6 +250,7 @@ impl<C: Cloud + 'static> App<C> {
             agents: agents::AgentState::new(grace),
             secret_key: None,
             linked: AsyncMutex::new(None),
+            mailbox: Arc::default(),
         }
     }
 
@@ -491,20 +495,32 @@ impl<C: Cloud + 'static> App<C> {
         let region = cluster
             .map(|c| c.spec.region.as_str())
             .unwrap_or(BYON_REGION);
+        // What the node's engine said last; `None` fields until its first report, and while
+        // its engine does not answer.
+        let engine = node
+            .engine
+            .report
+            .as_ref()
+            .and_then(|report| report.engine.as_ref());
         api::Node {
             availability_zone: cluster
                 .filter(|_| !node.availability_zone.is_empty())
                 .map(|c| uri::availability_zone(PROVIDER, &c.spec.region, &node.availability_zone)),
-            cpu: None,
-            current_num_containers: 0,
+            cpu: engine.map(|e| e.cpus),
+            current_num_containers: engine.map_or(0, |e| e.containers_running),
             deployed_datetime: node.deployed_at.map(date::format_unix),
             destroyed_datetime: node.destroyed_at.map(date::format_unix),
-            disk: cluster.map(|c| c.spec.disk_gb).unwrap_or(0),
+            disk: engine
+                .and_then(|e| u32::try_from(e.disk_gib).ok())
+                .or(cluster.map(|c| c.spec.disk_gb))
+                .unwrap_or(0),
             docker_execdriver: None,
             docker_graphdriver: None,
-            docker_version: None,
+            docker_version: engine
+                .map(|e| e.version.clone())
+                .or_else(|| node.engine.docker_version.clone()),
             last_seen: self.last_seen(node).map(date::format_unix),
-            memory: None,
+            memory: engine.and_then(|e| u32::try_from(e.memory_mib).ok()),
             nickname: node
                 .nickname
                 .clone()

@@ -30,6 +30,7 @@ pub enum Kind {
     NodeCluster,
     Node,
     Action,
+    Swarm,
 }
 
 impl Kind {
@@ -38,6 +39,7 @@ impl Kind {
             Kind::NodeCluster => "nodecluster",
             Kind::Node => "node",
             Kind::Action => "action",
+            Kind::Swarm => "swarm",
         }
     }
 }
@@ -121,6 +123,10 @@ impl EventBus {
             state,
             Vec::new(),
         );
+    }
+
+    pub fn swarm(&self, verb: Verb, uuid: &str, state: &str) {
+        self.publish(Kind::Swarm, verb, uri::swarm(uuid), state, Vec::new());
     }
 
     /// A node's change; `cluster_uuid` is `None` for a bring-your-own node.

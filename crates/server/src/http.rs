@@ -388,6 +388,15 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             (Route::Cluster(uuid), _) => {
                 json_response(StatusCode::OK, &app.cluster(&uuid).await?, None)
             }
+            (Route::Swarms, Method::POST) => {
+                let body = self.body()?;
+                outcome_response(&app.create_swarm(caller, &body).await?, true)
+            }
+            (Route::Swarms, _) => self.list(app.swarms().await?)?,
+            (Route::Swarm(uuid), Method::DELETE) => {
+                outcome_response(&app.delete_swarm(caller, &uuid).await?, false)
+            }
+            (Route::Swarm(uuid), _) => json_response(StatusCode::OK, &app.swarm(&uuid).await?, None),
             (Route::ClusterDeploy(uuid), _) => {
                 outcome_response(&app.deploy_cluster(caller, &uuid).await?, false)
             }

@@ -40,6 +40,7 @@ pub mod routes;
 pub mod secrets;
 pub mod store;
 pub mod stream;
+pub mod swarm;
 pub mod tls;
 pub mod tokens;
 pub mod zone;
@@ -204,8 +205,13 @@ pub async fn run<C: Cloud + 'static>(
                 heartbeat_grace: config.heartbeat_grace,
             },
         )
-        .with_secret_key(secret_key, linked.map(|k| k.access_key_id)),
+        .with_secret_key(secret_key.clone(), linked.map(|k| k.access_key_id)),
     );
+    let swarms = swarm::SwarmWorker {
+        store: store.clone(),
+        mailbox: app.mailbox.clone(),
+        secret_key,
+    };
     let router = http::router(app.clone());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = futures::future::join(
@@ -225,8 +231,9 @@ pub async fn run<C: Cloud + 'static>(
             }
         }
     };
-    let background = futures::future::join3(
+    let background = futures::future::join4(
         heartbeats,
+        swarms.run(stopped.clone()),
         dns,
         zone::maintain(
             store.clone(),

@@ -32,7 +32,9 @@
 //!   examples that exist on a fresh installation (`aws`, `us-east-1`, `t3.micro`, the
 //!   default admin namespace), so generated requests reach real objects, not only 404s.
 
-use flotilla_core::spec::{MAX_DISK_GB, MAX_NODES, MIN_DISK_GB};
+use flotilla_core::spec::{
+    DEFAULT_SWARM_MANAGERS, MAX_DISK_GB, MAX_NODES, MIN_DISK_GB, SWARM_MANAGER_COUNTS,
+};
 use serde_json::{Map, Value, json};
 
 use crate::routes::{Auth, Route, endpoint, every_route};
@@ -294,6 +296,32 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                 .or_200(),
             ],
         ),
+        Route::Swarms => (
+            "infra",
+            vec![
+                op("get", "list swarms", "200", list_of("Swarm")),
+                op(
+                    "post",
+                    "create a swarm: its manager and worker node clusters are deployed at once",
+                    "201",
+                    schema_ref("Swarm"),
+                )
+                .body("SwarmCreate"),
+            ],
+        ),
+        Route::Swarm(_) => (
+            "infra",
+            vec![
+                op("get", "get a swarm, its nodes and their roles", "200", schema_ref("Swarm")),
+                op(
+                    "delete",
+                    "terminate a swarm and its node clusters",
+                    "202",
+                    schema_ref("Swarm"),
+                )
+                .or_200(),
+            ],
+        ),
         Route::ClusterDeploy(_) => (
             "infra",
             vec![
@@ -467,6 +495,19 @@ fn schemas() -> Value {
             "example": {"name": "example", "target_num_nodes": 1,
                 "region": "/api/infra/v1/region/aws/us-east-1/",
                 "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"}},
+        "SwarmCreate": {"type": "object", "required": ["name", "region", "manager_node_type"], "properties": {
+            "name": {"type": "string"},
+            "region": {"type": "string", "description": "/api/infra/v1/region/{provider}/{name}/"},
+            "manager_count": {"type": "integer", "enum": SWARM_MANAGER_COUNTS, "default": DEFAULT_SWARM_MANAGERS},
+            "manager_node_type": {"type": "string", "description": "/api/infra/v1/nodetype/{provider}/{name}/"},
+            "worker_count": {"type": "integer", "minimum": 0, "maximum": MAX_NODES, "default": 0},
+            "worker_node_type": {"type": "string", "description": "default: manager_node_type"},
+            "disk": {"type": ["integer", "string"], "description": "GB (a number, or its digits as a string)",
+                "minimum": MIN_DISK_GB, "maximum": MAX_DISK_GB},
+            "tags": tags.clone(), "provider_options": {"type": "object"}},
+            "example": {"name": "example", "manager_count": 3, "worker_count": 2,
+                "region": "/api/infra/v1/region/aws/us-east-1/",
+                "manager_node_type": "/api/infra/v1/nodetype/aws/t3.micro/"}},
         "NodeClusterPatch": {"type": "object", "additionalProperties": false, "properties": {
             "target_num_nodes": target, "tags": tags.clone(), "nickname": {"type": "string"},
             "auto_replace": {"type": "boolean"}}},
@@ -501,6 +542,7 @@ fn derived_schemas() -> Map<String, Value> {
     generator.subschema_for::<api::NodeType>();
     generator.subschema_for::<api::NodeCluster>();
     generator.subschema_for::<api::Node>();
+    generator.subschema_for::<api::Swarm>();
     generator.subschema_for::<api::Action>();
     generator.subschema_for::<api::Meta>();
     generator.subschema_for::<api::ErrorBody>();

@@ -796,6 +796,7 @@ impl<C: Cloud + 'static> Engine<C> {
                     created_at: now,
                     deployed_at: (state == NodeState::Deployed).then_some(now),
                     destroyed_at: (state == NodeState::Terminated).then_some(now),
+                    engine: Default::default(),
                 }
             })
             .collect();

@@ -45,6 +45,9 @@ pub enum Route {
     Nodes,
     Node(String),
     NodeHealthCheck(String),
+    /// `swarm/`: Docker Swarm clusters (a swarm's managers and workers are node clusters).
+    Swarms,
+    Swarm(String),
     Actions,
     Action(String),
     ActionCancel(String),
@@ -105,7 +108,7 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     };
     // Namespaced resources may be preceded by one namespace segment.
     let namespaced = match subsystem {
-        "infra" => &["nodecluster", "node", "token"][..],
+        "infra" => &["nodecluster", "node", "token", "swarm"][..],
         "audit" => &["events"][..],
         "app" => &["service"][..],
         _ => &[][..],
@@ -135,6 +138,8 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("infra", ["node"]) => Route::Nodes,
         ("infra", ["node", uuid]) => Route::Node(s(uuid)),
         ("infra", ["node", uuid, "health-check"]) => Route::NodeHealthCheck(s(uuid)),
+        ("infra", ["swarm"]) => Route::Swarms,
+        ("infra", ["swarm", uuid]) => Route::Swarm(s(uuid)),
         ("audit", ["action"]) => Route::Actions,
         ("audit", ["action", uuid]) => Route::Action(s(uuid)),
         ("audit", ["action", uuid, "cancel"]) => Route::ActionCancel(s(uuid)),
@@ -247,6 +252,18 @@ pub fn endpoint(route: &Route) -> Endpoint {
         Route::NodeHealthCheck(_) => (
             "/api/infra/v1/node/{uuid}/health-check/",
             &["post"],
+            Auth::Basic,
+            true,
+        ),
+        Route::Swarms => (
+            "/api/infra/v1/swarm/",
+            &["get", "post"],
+            Auth::Basic,
+            true,
+        ),
+        Route::Swarm(_) => (
+            "/api/infra/v1/swarm/{uuid}/",
+            &["get", "delete"],
             Auth::Basic,
             true,
         ),

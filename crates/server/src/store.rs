@@ -18,7 +18,10 @@
 
 mod agents;
 mod credentials;
+mod swarms;
 mod tokens;
+
+pub use swarms::{NewSwarm, SwarmRecord};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -139,6 +142,18 @@ pub struct NodeRecord {
     pub created_at: i64,
     pub deployed_at: Option<i64>,
     pub destroyed_at: Option<i64>,
+    /// What its agent last said about the node's Docker engine (read-only here: written by
+    /// [`Store::update_node_agent`]; ignored by [`Store::upsert_nodes`]).
+    pub engine: Engine,
+}
+
+/// A node's Docker engine as its agent reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Engine {
+    /// The version the agent registered with.
+    pub docker_version: Option<String>,
+    /// The last report; `None` before the first.
+    pub report: Option<flotilla_api::agent::EngineReport>,
 }
 
 /// A node's public IP moved.
@@ -286,6 +301,9 @@ struct NodeRow {
     created_at: i64,
     deployed_at: Option<i64>,
     destroyed_at: Option<i64>,
+    /// From `node_agents`: the last engine report (JSON) and the registered Docker version.
+    engine: Option<String>,
+    docker_version: Option<String>,
 }
 
 fn corrupt(table: &'static str, key: &str, message: impl ToString) -> StoreError {
@@ -355,6 +373,15 @@ impl TryFrom<NodeRow> for NodeRecord {
             created_at: row.created_at,
             deployed_at: row.deployed_at,
             destroyed_at: row.destroyed_at,
+            engine: Engine {
+                docker_version: row.docker_version,
+                report: row
+                    .engine
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|e| corrupt("node_agents", &row.uuid, e))?,
+            },
             uuid: row.uuid,
         })
     }
@@ -597,25 +624,7 @@ impl Store {
         action: &ActionRecord,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&cluster.uuid)
-        .bind(&cluster.spec.name)
-        .bind(&cluster.nickname)
-        .bind(to_json(&StoredSpec::of(&cluster.spec)))
-        .bind(cluster.state.as_str())
-        .bind(i64::from(cluster.spec.target_num_nodes))
-        .bind(cluster.generation as i64)
-        .bind(i64::from(cluster.next_slot))
-        .bind(to_json(&cluster.spec.tags))
-        .bind(cluster.spec.auto_replace)
-        .bind(&cluster.current_action)
-        .bind(cluster.created_at)
-        .bind(cluster.deployed_at)
-        .bind(cluster.destroyed_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_cluster_in(&mut tx, cluster).await?;
         insert_action_in(&mut tx, action).await?;
         tx.commit().await?;
         self.events
@@ -838,7 +847,7 @@ impl Store {
 
     pub async fn node(&self, uuid: &str) -> Result<Option<NodeRecord>, StoreError> {
         let row = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at FROM nodes WHERE uuid = ?",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version FROM nodes WHERE uuid = ?",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -858,7 +867,7 @@ impl Store {
     ) -> Result<Vec<NodeRecord>, StoreError> {
         let (limit, offset) = page.unwrap_or((u64::MAX >> 1, 0));
         let rows = sqlx::query_as::<_, NodeRow>(concat!(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version
              FROM nodes WHERE ",
             node_filter_sql!(),
             " ORDER BY created_at, rowid LIMIT ?5 OFFSET ?6"
@@ -891,7 +900,7 @@ impl Store {
 
     pub async fn nodes_of(&self, cluster_uuid: &str) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
         )
         .bind(cluster_uuid)
         .fetch_all(&self.pool)
@@ -1121,6 +1130,33 @@ impl Store {
         }
         Ok(false)
     }
+}
+
+/// One cluster's insert inside `tx`.
+async fn insert_cluster_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    cluster: &ClusterRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&cluster.uuid)
+    .bind(&cluster.spec.name)
+    .bind(&cluster.nickname)
+    .bind(to_json(&StoredSpec::of(&cluster.spec)))
+    .bind(cluster.state.as_str())
+    .bind(i64::from(cluster.spec.target_num_nodes))
+    .bind(cluster.generation as i64)
+    .bind(i64::from(cluster.next_slot))
+    .bind(to_json(&cluster.spec.tags))
+    .bind(cluster.spec.auto_replace)
+    .bind(&cluster.current_action)
+    .bind(cluster.created_at)
+    .bind(cluster.deployed_at)
+    .bind(cluster.destroyed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Revokes a node's agent credential (no-op without an agent).

@@ -174,7 +174,7 @@ pub struct EventArgs {
     common: Common,
 }
 
-fn text(value: &Value, field: &str) -> String {
+pub(super) fn text(value: &Value, field: &str) -> String {
     match value.get(field) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
@@ -183,7 +183,7 @@ fn text(value: &Value, field: &str) -> String {
 }
 
 /// The last path segment of a resource URI (`/api/infra/v1/region/aws/us-east-1/` → us-east-1).
-fn last_segment(value: &Value, field: &str) -> String {
+pub(super) fn last_segment(value: &Value, field: &str) -> String {
     text(value, field)
         .trim_end_matches('/')
         .rsplit('/')
@@ -192,7 +192,7 @@ fn last_segment(value: &Value, field: &str) -> String {
         .to_owned()
 }
 
-fn show_objects(
+pub(super) fn show_objects(
     objects: &[Value],
     format: Format,
     headers: &[&str],
@@ -204,7 +204,7 @@ fn show_objects(
     }
 }
 
-fn inspect(objects: Vec<Value>) -> ExitCode {
+pub(super) fn inspect(objects: Vec<Value>) -> ExitCode {
     for object in &objects {
         print_json(object);
     }
@@ -273,7 +273,7 @@ async fn follow_action(client: &ApiClient, action_uri: &str) -> anyhow::Result<E
     }
 }
 
-async fn maybe_follow(
+pub(super) async fn maybe_follow(
     client: &ApiClient,
     action_uri: Option<String>,
     sync: bool,

@@ -12,6 +12,7 @@
 
 pub mod commands;
 pub mod provider;
+pub mod swarm;
 
 use anyhow::{Context, anyhow, bail};
 use reqwest::Method;

@@ -440,6 +440,7 @@ impl<C: Cloud + 'static> App<C> {
             created_at: now,
             deployed_at: Some(now),
             destroyed_at: None,
+            engine: Default::default(),
         };
         let agent = NodeAgentRecord {
             node_uuid: uuid.clone(),
@@ -522,9 +523,13 @@ impl<C: Cloud + 'static> App<C> {
                 update.agent_version.as_deref(),
                 update.docker_version.as_deref(),
                 update.private_ips.as_deref(),
+                update.engine.as_ref(),
                 date::now_unix(),
             )
             .await?;
+        if update.engine.is_some() || !update.results.is_empty() {
+            self.mailbox.report(uuid, update.results.clone());
+        }
         self.agent_node(uuid).await
     }
 
@@ -537,7 +542,7 @@ impl<C: Cloud + 'static> App<C> {
         }
         Ok(PingReply {
             reachable: true,
-            tasks: Vec::new(),
+            tasks: self.mailbox.take(uuid),
         })
     }
 

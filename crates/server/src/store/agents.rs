@@ -260,17 +260,20 @@ impl Store {
         agent_version: Option<&str>,
         docker_version: Option<&str>,
         private_ips: Option<&[String]>,
+        engine: Option<&flotilla_api::agent::EngineReport>,
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE node_agents SET agent_version = COALESCE(?, agent_version),
                 docker_version = COALESCE(?, docker_version),
-                private_ips = COALESCE(?, private_ips), updated_at = ?
+                private_ips = COALESCE(?, private_ips), engine = COALESCE(?, engine),
+                updated_at = ?
              WHERE node_uuid = ?",
         )
         .bind(agent_version)
         .bind(docker_version)
         .bind(private_ips.map(|ips| to_json(&ips)))
+        .bind(engine.map(to_json))
         .bind(now)
         .bind(node_uuid)
         .execute(&self.writer)
@@ -364,6 +367,7 @@ mod tests {
                 created_at: 0,
                 deployed_at: None,
                 destroyed_at: None,
+                engine: Default::default(),
             }])
             .await
             .expect("node");

@@ -1,0 +1,275 @@
+//! The swarm API: create, list, inspect and remove Docker swarms.
+//!
+//! Design decisions:
+//! * A swarm is two node clusters plus what is the swarm's own ([`crate::store::SwarmRecord`]).
+//!   Creating one validates both clusters exactly as `POST nodecluster/` would (errors
+//!   name the swarm's field) and stores the swarm, both clusters (already `Deploying`) and
+//!   their actions in one transaction; the node clusters' reconcilers launch the nodes
+//!   and the swarm worker ([`crate::swarm`]) forms the swarm as their agents register.
+//! * Scaling the workers is `PATCH nodecluster/{workers}/` — the original `docker-cloud
+//!   nodecluster scale` works — and new nodes join by themselves: the worker plans a join
+//!   for every node of the swarm's clusters that is not in the swarm.
+//! * Rendering reads the agents' last reports: roles, availability and leader come from the
+//!   swarm's node list as a manager reported it.
+
+use flotilla_api::{self as api, action_state, date, uri};
+use flotilla_core::spec::SwarmSpec;
+use flotilla_core::state::{ClusterState, NodeState};
+use serde_json::Value;
+
+use super::{App, AppError, AppResult, Caller, Outcome, new_uuid};
+use crate::store::{ClusterRecord, NewSwarm, SwarmRecord};
+use crate::swarm::{SwarmView, role_name};
+use flotilla_core::cloud::Cloud;
+
+/// The label of a swarm's create action.
+pub const LABEL_SWARM_CREATE: &str = "Swarm Create";
+/// The label of a swarm's terminate action.
+pub const LABEL_SWARM_TERMINATE: &str = "Swarm Terminate";
+
+impl<C: Cloud + 'static> App<C> {
+    async fn load_swarm(&self, uuid: &str) -> AppResult<SwarmRecord> {
+        self.store
+            .swarm(uuid)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("swarm '{uuid}' not found")))
+    }
+
+    async fn render_swarm(&self, swarm: SwarmRecord) -> AppResult<api::Swarm> {
+        let region = match self.store.cluster(&swarm.manager_cluster).await? {
+            Some(cluster) => uri::region(crate::catalog::PROVIDER, &cluster.spec.region),
+            None => String::new(),
+        };
+        let worker_count = match self.store.cluster(&swarm.worker_cluster).await? {
+            Some(cluster) => cluster.spec.target_num_nodes,
+            None => 0,
+        };
+        let view = SwarmView::load(&self.store, swarm).await?;
+        let list = view.node_list().unwrap_or_default();
+        let nodes = view
+            .nodes
+            .iter()
+            .filter(|(node, _)| node.state != NodeState::Terminated)
+            .map(|(node, role)| {
+                let swarm = node
+                    .engine
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.engine.as_ref())
+                    .map(|e| &e.swarm);
+                let node_id = swarm
+                    .filter(|s| s.cluster_id.is_some() && s.cluster_id == view.swarm.cluster_id)
+                    .and_then(|s| s.node_id.clone());
+                let listed = node_id
+                    .as_deref()
+                    .and_then(|id| list.iter().find(|n| n.id == id));
+                api::SwarmMember {
+                    node: uri::node(&node.uuid),
+                    state: node.state.to_string(),
+                    role: role_name(*role).to_owned(),
+                    availability_zone: node.availability_zone.clone(),
+                    docker_node_id: node_id.clone(),
+                    docker_status: listed.map(|n| n.status.clone()),
+                    availability: listed.map(|n| n.availability.clone()),
+                    manager_status: listed.and_then(|n| n.reachability.clone()),
+                    leader: listed.is_some_and(|n| n.leader),
+                    engine_swarm_state: swarm.map(|s| s.state.clone()),
+                }
+            })
+            .collect();
+        let swarm = &view.swarm;
+        Ok(api::Swarm {
+            uuid: swarm.uuid.clone(),
+            resource_uri: uri::swarm(&swarm.uuid),
+            name: swarm.name.clone(),
+            state: swarm.state.to_string(),
+            region,
+            manager_count: swarm.managers,
+            worker_count,
+            manager_cluster: uri::node_cluster(&swarm.manager_cluster),
+            worker_cluster: uri::node_cluster(&swarm.worker_cluster),
+            cluster_id: swarm.cluster_id.clone(),
+            bootstrap_node: swarm.bootstrap_node.as_deref().map(uri::node),
+            nodes,
+            created_datetime: Some(date::format_unix(swarm.created_at)),
+            deployed_datetime: swarm.deployed_at.map(date::format_unix),
+            destroyed_datetime: swarm.destroyed_at.map(date::format_unix),
+            current_action: swarm.current_action.as_deref().map(uri::action),
+        })
+    }
+
+    /// `GET swarm/`.
+    pub async fn swarms(&self) -> AppResult<Vec<api::Swarm>> {
+        let mut rendered = Vec::new();
+        for swarm in self.store.swarms().await? {
+            rendered.push(self.render_swarm(swarm).await?);
+        }
+        Ok(rendered)
+    }
+
+    /// `GET swarm/{uuid}/`.
+    pub async fn swarm(&self, uuid: &str) -> AppResult<api::Swarm> {
+        let swarm = self.load_swarm(uuid).await?;
+        self.render_swarm(swarm).await
+    }
+
+    /// `POST swarm/`: validates, stores the swarm with its two clusters, and starts them.
+    pub async fn create_swarm(
+        &self,
+        caller: &Caller,
+        body: &Value,
+    ) -> AppResult<Outcome<api::Swarm>> {
+        let spec = SwarmSpec::from_json(body).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        self.check_offered(&spec.managers).await?;
+        self.check_offered(&spec.workers).await?;
+        let live_swarm = self
+            .store
+            .swarms()
+            .await?
+            .into_iter()
+            .any(|s| s.name == spec.name && s.state != ClusterState::Terminated);
+        if live_swarm {
+            return Err(AppError::Conflict(format!(
+                "name: a swarm named '{}' already exists",
+                spec.name
+            )));
+        }
+        let clusters = self.store.clusters().await?;
+        for cluster in [&spec.managers, &spec.workers] {
+            if clusters
+                .iter()
+                .any(|c| c.spec.name == cluster.name && c.state != ClusterState::Terminated)
+            {
+                return Err(AppError::Conflict(format!(
+                    "name: the swarm's node cluster '{}' would clash with an existing node cluster of that name",
+                    cluster.name
+                )));
+            }
+        }
+        self.check_provider_options(&spec.managers).await?;
+        let uuid = new_uuid();
+        let now = date::now_unix();
+        let swarm_action = Self::new_action(
+            caller,
+            &uri::swarm(&uuid),
+            LABEL_SWARM_CREATE,
+            action_state::IN_PROGRESS,
+        );
+        let cluster = |spec: flotilla_core::ClusterSpec| {
+            let uuid = new_uuid();
+            let action = Self::new_action(
+                caller,
+                &uri::node_cluster(&uuid),
+                "Node Cluster Deploy",
+                action_state::IN_PROGRESS,
+            );
+            let record = ClusterRecord {
+                uuid,
+                nickname: spec.name.clone(),
+                spec,
+                state: ClusterState::Deploying,
+                generation: 1,
+                next_slot: 0,
+                current_action: Some(action.uuid.clone()),
+                created_at: now,
+                deployed_at: None,
+                destroyed_at: None,
+            };
+            (record, action)
+        };
+        let (managers, managers_action) = cluster(spec.managers);
+        let (workers, workers_action) = cluster(spec.workers);
+        let record = SwarmRecord {
+            uuid: uuid.clone(),
+            name: spec.name,
+            state: ClusterState::Deploying,
+            managers: managers.spec.target_num_nodes,
+            manager_cluster: managers.uuid.clone(),
+            worker_cluster: workers.uuid.clone(),
+            bootstrap_node: None,
+            cluster_id: None,
+            tokens: None,
+            current_action: Some(swarm_action.uuid.clone()),
+            created_at: now,
+            deployed_at: None,
+            destroyed_at: None,
+        };
+        self.store
+            .insert_swarm(&NewSwarm {
+                swarm: &record,
+                managers: &managers,
+                workers: &workers,
+                actions: [&swarm_action, &managers_action, &workers_action],
+            })
+            .await?;
+        self.reconciler.nudge(&managers.uuid);
+        self.reconciler.nudge(&workers.uuid);
+        Ok(Outcome {
+            object: self.render_swarm(record).await?,
+            action_uri: uri::action(&swarm_action.uuid),
+            accepted: true,
+        })
+    }
+
+    /// `DELETE swarm/{uuid}/`: terminates both clusters; the swarm is `Terminated` when
+    /// they are.
+    pub async fn delete_swarm(&self, caller: &Caller, uuid: &str) -> AppResult<Outcome<api::Swarm>> {
+        let swarm = self.load_swarm(uuid).await?;
+        if matches!(
+            swarm.state,
+            ClusterState::Terminating | ClusterState::Terminated
+        ) {
+            return Err(AppError::BadRequest(format!(
+                "swarm '{uuid}' is already {}",
+                swarm.state
+            )));
+        }
+        let action = Self::new_action(
+            caller,
+            &uri::swarm(uuid),
+            LABEL_SWARM_TERMINATE,
+            action_state::IN_PROGRESS,
+        );
+        if !self
+            .store
+            .transition_swarm(
+                uuid,
+                swarm.state,
+                ClusterState::Terminating,
+                None,
+                Some(&action),
+            )
+            .await?
+        {
+            return Err(AppError::Conflict(format!(
+                "swarm '{uuid}' changed state while this request ran; try again"
+            )));
+        }
+        if let Some(previous) = &swarm.current_action {
+            self.store
+                .transition_action(
+                    previous,
+                    &[action_state::IN_PROGRESS],
+                    action_state::CANCELED,
+                    Some(date::now_unix()),
+                    false,
+                    false,
+                )
+                .await?;
+        }
+        for cluster in [&swarm.manager_cluster, &swarm.worker_cluster] {
+            let record = self.load_cluster(cluster).await?;
+            if !matches!(
+                record.state,
+                ClusterState::Terminating | ClusterState::Terminated
+            ) {
+                self.delete_cluster(caller, cluster).await?;
+            }
+        }
+        Ok(Outcome {
+            object: self.swarm(uuid).await?,
+            action_uri: uri::action(&action.uuid),
+            accepted: true,
+        })
+    }
+}

@@ -1,0 +1,250 @@
+//! The store's part of swarms: the `swarms` rows (migration 0008) and the engine reports
+//! agents send.
+//!
+//! Design decisions:
+//! * Creating a swarm is one transaction: the swarm row, its two node clusters (already
+//!   `Deploying`, each with its deploy action) and the swarm's own action. A crash leaves
+//!   either all of it or none.
+//! * The two decisions the swarm planner records are compare-and-set: the bootstrap
+//!   manager is written only while none is recorded, the Docker cluster ID only while none
+//!   is adopted. Whatever a restarted server or a racing pass does, the first write wins
+//!   and every later pass reads it.
+//! * Join tokens are stored sealed (the caller seals them; see `crate::secrets`).
+
+use flotilla_core::state::ClusterState;
+
+use super::{
+    ActionRecord, ClusterRecord, Store, StoreError, corrupt, insert_action_in, insert_cluster_in,
+};
+use crate::events::Verb;
+
+/// A swarm as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmRecord {
+    pub uuid: String,
+    pub name: String,
+    pub state: ClusterState,
+    pub managers: u32,
+    pub manager_cluster: String,
+    pub worker_cluster: String,
+    pub bootstrap_node: Option<String>,
+    pub cluster_id: Option<String>,
+    /// The sealed join tokens: (nonce, ciphertext), hex.
+    pub tokens: Option<(String, String)>,
+    pub current_action: Option<String>,
+    pub created_at: i64,
+    pub deployed_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SwarmRow {
+    uuid: String,
+    name: String,
+    state: String,
+    managers: i64,
+    manager_cluster: String,
+    worker_cluster: String,
+    bootstrap_node: Option<String>,
+    cluster_id: Option<String>,
+    tokens_nonce: Option<String>,
+    tokens_sealed: Option<String>,
+    current_action: Option<String>,
+    created_at: i64,
+    deployed_at: Option<i64>,
+    destroyed_at: Option<i64>,
+}
+
+/// The columns of [`SwarmRow`] (a macro, for `concat!`: sqlx takes only static SQL).
+macro_rules! swarm_select {
+    () => {
+        "SELECT uuid, name, state, managers, manager_cluster, worker_cluster, bootstrap_node, cluster_id, tokens_nonce, tokens_sealed, current_action, created_at, deployed_at, destroyed_at FROM swarms"
+    };
+}
+
+impl TryFrom<SwarmRow> for SwarmRecord {
+    type Error = StoreError;
+    fn try_from(row: SwarmRow) -> Result<Self, StoreError> {
+        let state = ClusterState::parse(&row.state)
+            .ok_or_else(|| corrupt("swarms", &row.uuid, format!("state '{}'", row.state)))?;
+        Ok(SwarmRecord {
+            name: row.name,
+            state,
+            managers: u32::try_from(row.managers).map_err(|e| corrupt("swarms", &row.uuid, e))?,
+            manager_cluster: row.manager_cluster,
+            worker_cluster: row.worker_cluster,
+            bootstrap_node: row.bootstrap_node,
+            cluster_id: row.cluster_id,
+            tokens: row.tokens_nonce.zip(row.tokens_sealed),
+            current_action: row.current_action,
+            created_at: row.created_at,
+            deployed_at: row.deployed_at,
+            destroyed_at: row.destroyed_at,
+            uuid: row.uuid,
+        })
+    }
+}
+
+/// What a new swarm consists of: the swarm, its two clusters and their actions.
+#[derive(Debug)]
+pub struct NewSwarm<'a> {
+    pub swarm: &'a SwarmRecord,
+    pub managers: &'a ClusterRecord,
+    pub workers: &'a ClusterRecord,
+    /// The swarm's action, then each cluster's deploy action.
+    pub actions: [&'a ActionRecord; 3],
+}
+
+impl Store {
+    /// Inserts a swarm with its clusters and actions in one transaction.
+    pub async fn insert_swarm(&self, new: &NewSwarm<'_>) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        insert_cluster_in(&mut tx, new.managers).await?;
+        insert_cluster_in(&mut tx, new.workers).await?;
+        let s = new.swarm;
+        sqlx::query(
+            "INSERT INTO swarms (uuid, name, state, managers, manager_cluster, worker_cluster, current_action, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.uuid)
+        .bind(&s.name)
+        .bind(s.state.as_str())
+        .bind(i64::from(s.managers))
+        .bind(&s.manager_cluster)
+        .bind(&s.worker_cluster)
+        .bind(&s.current_action)
+        .bind(s.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for action in new.actions {
+            insert_action_in(&mut tx, action).await?;
+        }
+        tx.commit().await?;
+        self.events.swarm(Verb::Create, &s.uuid, s.state.as_str());
+        for cluster in [new.managers, new.workers] {
+            self.events
+                .cluster(Verb::Create, &cluster.uuid, cluster.state.as_str());
+        }
+        for action in new.actions {
+            self.publish_action_created(action);
+        }
+        Ok(())
+    }
+
+    pub async fn swarm(&self, uuid: &str) -> Result<Option<SwarmRecord>, StoreError> {
+        let row = sqlx::query_as::<_, SwarmRow>(concat!(swarm_select!(), " WHERE uuid = ?"))
+        .bind(uuid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(SwarmRecord::try_from).transpose()
+    }
+
+    /// Every swarm, oldest first.
+    pub async fn swarms(&self) -> Result<Vec<SwarmRecord>, StoreError> {
+        let rows = sqlx::query_as::<_, SwarmRow>(concat!(
+            swarm_select!(),
+            " ORDER BY created_at, rowid"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SwarmRecord::try_from).collect()
+    }
+
+    /// Records the manager that initialises the swarm, unless one is recorded already.
+    /// Returns the recorded one.
+    pub async fn choose_bootstrap(&self, uuid: &str, node: &str) -> Result<String, StoreError> {
+        sqlx::query("UPDATE swarms SET bootstrap_node = ? WHERE uuid = ? AND bootstrap_node IS NULL")
+            .bind(node)
+            .bind(uuid)
+            .execute(&self.writer)
+            .await?;
+        let chosen: Option<String> =
+            sqlx::query_scalar("SELECT bootstrap_node FROM swarms WHERE uuid = ?")
+                .bind(uuid)
+                .fetch_one(&self.writer)
+                .await?;
+        chosen.ok_or_else(|| corrupt("swarms", uuid, "bootstrap_node not recorded"))
+    }
+
+    /// Forgets a bootstrap manager that is gone before any swarm existed, so another can be
+    /// chosen (compare-and-set on the one that is gone; never once a swarm is adopted).
+    pub async fn forget_bootstrap(&self, uuid: &str, node: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE swarms SET bootstrap_node = NULL WHERE uuid = ? AND bootstrap_node = ? AND cluster_id IS NULL",
+        )
+        .bind(uuid)
+        .bind(node)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the swarm's Docker cluster ID, unless one is adopted already.
+    pub async fn adopt_cluster_id(&self, uuid: &str, cluster_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE swarms SET cluster_id = ? WHERE uuid = ? AND cluster_id IS NULL")
+            .bind(cluster_id)
+            .bind(uuid)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the sealed join tokens (hex nonce and ciphertext).
+    pub async fn set_swarm_tokens(
+        &self,
+        uuid: &str,
+        nonce: &str,
+        sealed: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE swarms SET tokens_nonce = ?, tokens_sealed = ? WHERE uuid = ?")
+            .bind(nonce)
+            .bind(sealed)
+            .bind(uuid)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a swarm from `from` to `to` (compare-and-set), stamping `deployed_at` /
+    /// `destroyed_at` when given and not yet set, and pointing it at `action` when given.
+    /// False when the swarm was not in `from`.
+    pub async fn transition_swarm(
+        &self,
+        uuid: &str,
+        from: ClusterState,
+        to: ClusterState,
+        stamp: Option<i64>,
+        action: Option<&ActionRecord>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let (deployed, destroyed) = match to {
+            ClusterState::Deployed => (stamp, None),
+            ClusterState::Terminated => (None, stamp),
+            _ => (None, None),
+        };
+        let moved = sqlx::query(
+            "UPDATE swarms SET state = ?, deployed_at = COALESCE(deployed_at, ?), destroyed_at = COALESCE(destroyed_at, ?), current_action = COALESCE(?, current_action) WHERE uuid = ? AND state = ?",
+        )
+        .bind(to.as_str())
+        .bind(deployed)
+        .bind(destroyed)
+        .bind(action.map(|a| a.uuid.as_str()))
+        .bind(uuid)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !moved {
+            return Ok(false);
+        }
+        if let Some(action) = action {
+            insert_action_in(&mut tx, action).await?;
+        }
+        tx.commit().await?;
+        self.events.swarm(Verb::for_state(to.as_str()), uuid, to.as_str());
+        if let Some(action) = action {
+            self.publish_action_created(action);
+        }
+        Ok(true)
+    }
+}

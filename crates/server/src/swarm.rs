@@ -1,0 +1,722 @@
+//! The swarm worker: forms and keeps Docker swarms on the nodes of their two node clusters.
+//!
+//! One level-triggered task for every swarm: read the swarm's row, its nodes and what their
+//! engines last reported (the store), ask `flotilla_core::plan::swarm::plan` what to do,
+//! and carry the steps out — the two decisions as store writes, everything an engine must
+//! do as tasks for the agents.
+//!
+//! Design decisions:
+//! * **The server never talks to an engine.** An engine's API is not exposed off its node;
+//!   each agent reports its own engine and carries out the tasks addressed to it. A task
+//!   reaches its agent in a heartbeat answer ([`Mailbox`]), so it needs no connection into
+//!   the node and no new port, and it is as authenticated as the heartbeat.
+//! * **Nothing here is remembered that correctness needs.** The mailbox is rebuilt from the
+//!   plan on every pass; a restarted server has an empty one and plans again from the
+//!   store, which holds the recorded bootstrap manager, the adopted cluster ID, the sealed
+//!   tokens and the agents' last reports. A task's id is derived from its step, so a step
+//!   planned again after a restart is the same task, and agents run each task idempotently.
+//! * **Bootstrapping is decided, recorded, then done.** The planner picks the manager that
+//!   initialises; the pick is written (compare-and-set) before any `Init` is handed out, so
+//!   no two managers can each start a swarm, whatever crashes or races.
+//! * **Join tokens are sealed** in the store (`secrets::SWARM_TOKENS`) and leave the server
+//!   only inside a `SwarmJoin` task, in the heartbeat answer of a node of that swarm that has
+//!   not joined — the planner emits `Join` for no other.
+//! * Results come back with the agent's next `PATCH`: their messages go into the swarm's
+//!   action log, an `Init`'s tokens are sealed and stored, and the swarm is planned again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_api::agent::{AgentTask, EngineReport, JoinTokens, TaskOp, TaskResult};
+use flotilla_api::{action_state, date};
+use flotilla_core::plan::swarm::{
+    self as planner, Availability, Desired, EngineState, LocalState, Member, NodeStatus,
+    Observed, Role, Step, SwarmNode,
+};
+use flotilla_core::state::{ClusterState, NodeState};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+
+use crate::secrets::{SWARM_TOKENS, SecretKey};
+use crate::store::{NodeRecord, Store, StoreError, SwarmRecord};
+
+/// How long a task handed to an agent is left to it before it is handed out again (its
+/// result, or the report showing its effect, normally arrives within a heartbeat or two).
+pub const REHAND_AFTER: Duration = Duration::from_secs(30);
+/// How soon a task that failed is handed out again (a join refused because the managers
+/// are still electing a leader succeeds a moment later).
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How often every swarm is planned again without a nudge.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// The port managers listen on for joins.
+pub const SWARM_PORT: u16 = 2377;
+
+#[derive(Debug)]
+struct Posted {
+    task: AgentTask,
+    /// When it is handed out (again).
+    due: Instant,
+}
+
+/// The tasks waiting for each node's agent, and the results agents sent back.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    tasks: Mutex<HashMap<String, Vec<Posted>>>,
+    results: Mutex<Vec<(String, Vec<TaskResult>)>>,
+    wake: Notify,
+}
+
+impl Mailbox {
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the tasks of `node` to `tasks`: a task already posted keeps when it is due,
+    /// new ones are due now, the others are dropped.
+    pub fn post(&self, node: &str, tasks: Vec<AgentTask>) {
+        let mut all = Self::lock(&self.tasks);
+        let before = all.remove(node).unwrap_or_default();
+        if tasks.is_empty() {
+            return;
+        }
+        let mut due: HashMap<String, Instant> =
+            before.into_iter().map(|p| (p.task.id, p.due)).collect();
+        let now = Instant::now();
+        let posted = tasks
+            .into_iter()
+            .map(|task| Posted {
+                due: due.remove(&task.id).unwrap_or(now),
+                task,
+            })
+            .collect();
+        all.insert(node.to_owned(), posted);
+    }
+
+    /// The tasks to hand to `node`'s agent now (a heartbeat): those due. A task handed out
+    /// is due again after [`REHAND_AFTER`], in case its answer was lost.
+    pub fn take(&self, node: &str) -> Vec<AgentTask> {
+        let mut all = Self::lock(&self.tasks);
+        let Some(posted) = all.get_mut(node) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        posted
+            .iter_mut()
+            .filter(|p| p.due <= now)
+            .map(|p| {
+                p.due = now + REHAND_AFTER;
+                p.task.clone()
+            })
+            .collect()
+    }
+
+    /// An agent's results (its fresh report is already stored): a task done is dropped (the
+    /// worker plans again and sees its effect), a failed one is due again after
+    /// [`RETRY_AFTER`].
+    pub fn report(&self, node: &str, results: Vec<TaskResult>) {
+        if !results.is_empty() {
+            let now = Instant::now();
+            if let Some(posted) = Self::lock(&self.tasks).get_mut(node) {
+                for result in &results {
+                    match result.ok {
+                        true => posted.retain(|p| p.task.id != result.id),
+                        false => posted
+                            .iter_mut()
+                            .filter(|p| p.task.id == result.id)
+                            .for_each(|p| p.due = now + RETRY_AFTER),
+                    }
+                }
+            }
+            Self::lock(&self.results).push((node.to_owned(), results));
+        }
+        self.wake.notify_one();
+    }
+
+    fn take_results(&self) -> Vec<(String, Vec<TaskResult>)> {
+        std::mem::take(&mut *Self::lock(&self.results))
+    }
+}
+
+/// The id of the task that carries out `step` of `swarm`: the same step, the same id.
+fn task_id(swarm: &str, step: &Step) -> String {
+    let digest = Sha256::digest(format!("{swarm}:{step:?}").as_bytes());
+    hex::encode(&digest[..12])
+}
+
+fn local_state(state: &str) -> LocalState {
+    match state {
+        "active" => LocalState::Active,
+        "pending" => LocalState::Pending,
+        "error" => LocalState::Error,
+        "locked" => LocalState::Locked,
+        _ => LocalState::Inactive,
+    }
+}
+
+fn role(role: &str) -> Role {
+    if role == "manager" {
+        Role::Manager
+    } else {
+        Role::Worker
+    }
+}
+
+/// The role's name on the wire and in Docker.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Manager => "manager",
+        Role::Worker => "worker",
+    }
+}
+
+fn swarm_node(node: &flotilla_api::agent::SwarmNodeInfo) -> SwarmNode {
+    SwarmNode {
+        id: node.id.clone(),
+        role: role(&node.role),
+        availability: match node.availability.as_str() {
+            "drain" => Availability::Drain,
+            "pause" => Availability::Pause,
+            _ => Availability::Active,
+        },
+        status: match node.status.as_str() {
+            "ready" => NodeStatus::Ready,
+            "down" | "disconnected" => NodeStatus::Down,
+            _ => NodeStatus::Unknown,
+        },
+        reachable: node.reachability.as_deref().map(|r| r == "reachable"),
+        leader: node.leader,
+        labels: node.labels.clone(),
+        running_tasks: node.running_tasks,
+    }
+}
+
+/// The address a node advertises to the swarm: its private IP, without the prefix.
+fn address(node: &NodeRecord) -> Option<String> {
+    let ip = node.private_ip.as_deref()?;
+    Some(ip.split('/').next().unwrap_or(ip).to_owned())
+}
+
+/// A swarm's nodes as the planner sees them.
+#[derive(Debug)]
+pub struct SwarmView {
+    pub swarm: SwarmRecord,
+    /// Every node of the two clusters with its role (terminated ones included).
+    pub nodes: Vec<(NodeRecord, Role)>,
+}
+
+impl SwarmView {
+    pub async fn load(store: &Store, swarm: SwarmRecord) -> Result<SwarmView, StoreError> {
+        let mut nodes = Vec::new();
+        for (cluster, role) in [
+            (&swarm.manager_cluster, Role::Manager),
+            (&swarm.worker_cluster, Role::Worker),
+        ] {
+            nodes.extend(store.nodes_of(cluster).await?.into_iter().map(|n| (n, role)));
+        }
+        Ok(SwarmView { swarm, nodes })
+    }
+
+    /// The swarm's node list from the freshest manager that can answer for it: the
+    /// leader's report when there is one.
+    pub fn node_list(&self) -> Option<&[flotilla_api::agent::SwarmNodeInfo]> {
+        let lists: Vec<&Vec<flotilla_api::agent::SwarmNodeInfo>> = self
+            .reports()
+            .filter(|(node, _)| node.state == NodeState::Deployed)
+            .filter_map(|(_, report)| {
+                let swarm = &report.engine.as_ref()?.swarm;
+                (swarm.control_available
+                    && swarm.cluster_id.is_some()
+                    && swarm.cluster_id == self.swarm.cluster_id)
+                    .then_some(swarm.nodes.as_ref()?)
+            })
+            .collect();
+        let leader_of = |list: &&Vec<flotilla_api::agent::SwarmNodeInfo>| {
+            list.iter().any(|n| n.leader)
+        };
+        lists
+            .iter()
+            .find(leader_of)
+            .or(lists.first())
+            .map(|l| l.as_slice())
+    }
+
+    fn reports(&self) -> impl Iterator<Item = (&NodeRecord, &EngineReport)> {
+        self.nodes
+            .iter()
+            .filter_map(|(node, _)| Some((node, node.engine.report.as_ref()?)))
+    }
+
+    /// The planner's observation.
+    pub fn observed(&self, now_ms: u64, drain_started: &BTreeMap<String, u64>) -> Observed {
+        let members = self
+            .nodes
+            .iter()
+            .filter(|(node, _)| {
+                node.state != NodeState::Terminated || node.engine.report.is_some()
+            })
+            .map(|(node, role)| {
+                let engine = node
+                    .engine
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.engine.as_ref())
+                    .map(|e| EngineState {
+                        state: local_state(&e.swarm.state),
+                        node_id: e.swarm.node_id.clone(),
+                        cluster_id: e.swarm.cluster_id.clone(),
+                        control: e.swarm.control_available,
+                    });
+                Member {
+                    node: node.uuid.clone(),
+                    role: *role,
+                    az: node.availability_zone.clone(),
+                    cluster: String::new(),
+                    private_ip: address(node),
+                    reachable: node.state == NodeState::Deployed,
+                    leaving: node.state == NodeState::Terminating,
+                    gone: node.state == NodeState::Terminated,
+                    engine,
+                }
+            })
+            .collect();
+        Observed {
+            members,
+            nodes: self.node_list().map(|l| l.iter().map(swarm_node).collect()),
+            now_ms,
+            drain_started: drain_started.clone(),
+        }
+    }
+}
+
+/// What the worker needs.
+#[derive(Debug, Clone)]
+pub struct SwarmWorker {
+    pub store: Store,
+    pub mailbox: Arc<Mailbox>,
+    pub secret_key: SecretKey,
+}
+
+/// What one swarm's passes remember: only what makes logs readable and drains bounded.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The steps already logged (by task id), so a step waiting for its agent is logged once.
+    logged: HashSet<String>,
+    /// The last `waiting` lines logged.
+    waiting: Vec<String>,
+    /// When each leaving member's drain was first asked.
+    drain_started: BTreeMap<String, u64>,
+}
+
+impl SwarmWorker {
+    /// Plans every live swarm on every nudge and at least every [`PASS_INTERVAL`], until
+    /// `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let started = Instant::now();
+        let mut memory: HashMap<String, Memory> = HashMap::new();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            for (node, results) in self.mailbox.take_results() {
+                if let Err(error) = self.record_results(&node, &results).await {
+                    tracing::warn!(node, error = format!("{error:#}"), "recording task results");
+                }
+            }
+            match self.store.swarms().await {
+                Ok(swarms) => {
+                    for swarm in swarms {
+                        if swarm.state == ClusterState::Terminated {
+                            memory.remove(&swarm.uuid);
+                            continue;
+                        }
+                        let now_ms = started.elapsed().as_millis() as u64;
+                        let memory = memory.entry(swarm.uuid.clone()).or_default();
+                        if let Err(error) = self.pass(swarm, now_ms, memory).await {
+                            tracing::warn!(error = format!("{error:#}"), "swarm pass failed");
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(error = %error, "reading swarms"),
+            }
+            tokio::select! {
+                _ = self.mailbox.wake.notified() => {}
+                _ = tokio::time::sleep(PASS_INTERVAL) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn log(&self, swarm: &SwarmRecord, line: &str) {
+        tracing::info!(swarm = swarm.uuid, "{line}");
+        if let Some(action) = &swarm.current_action {
+            let stamped = format!("{} {line}\n", date::format_iso_unix(date::now_unix()));
+            if let Err(error) = self.store.append_action_log(action, &stamped).await {
+                tracing::warn!(error = %error, "writing the swarm's action log");
+            }
+        }
+    }
+
+    fn tokens(&self, swarm: &SwarmRecord) -> anyhow::Result<Option<JoinTokens>> {
+        let Some((nonce, sealed)) = &swarm.tokens else {
+            return Ok(None);
+        };
+        let plain =
+            self.secret_key
+                .open(SWARM_TOKENS, &hex::decode(nonce)?, &hex::decode(sealed)?)?;
+        Ok(Some(serde_json::from_slice(&plain)?))
+    }
+
+    /// One pass over one swarm: observe, plan, carry out.
+    async fn pass(
+        &self,
+        swarm: SwarmRecord,
+        now_ms: u64,
+        memory: &mut Memory,
+    ) -> anyhow::Result<()> {
+        let view = SwarmView::load(&self.store, swarm).await?;
+        let swarm = &view.swarm;
+        if swarm.state == ClusterState::Terminating {
+            return self.finish_termination(&view).await;
+        }
+        let desired = Desired {
+            managers: swarm.managers,
+            bootstrap: swarm.bootstrap_node.clone(),
+            cluster_id: swarm.cluster_id.clone(),
+            have_tokens: swarm.tokens.is_some(),
+        };
+        let mut observed = view.observed(now_ms, &memory.drain_started);
+        let clusters = [
+            (Role::Manager, &swarm.manager_cluster),
+            (Role::Worker, &swarm.worker_cluster),
+        ];
+        let mut names = HashMap::new();
+        for (role, uuid) in clusters {
+            if let Some(cluster) = self.store.cluster(uuid).await? {
+                names.insert(role, cluster.spec.name);
+            }
+        }
+        for member in &mut observed.members {
+            member.cluster = names.get(&member.role).cloned().unwrap_or_default();
+        }
+        let plan = planner::plan(&desired, &observed);
+        let tokens = self.tokens(swarm)?;
+        let mut tasks: BTreeMap<String, Vec<AgentTask>> = BTreeMap::new();
+        for step in &plan.steps {
+            let id = task_id(&swarm.uuid, step);
+            let first = memory.logged.insert(id.clone());
+            if first {
+                self.log(swarm, &describe(step, &view)).await;
+            }
+            let (node, op) = match step {
+                Step::ChooseBootstrap { node } => {
+                    self.store.choose_bootstrap(&swarm.uuid, node).await?;
+                    continue;
+                }
+                Step::AdoptCluster { cluster_id } => {
+                    self.store.adopt_cluster_id(&swarm.uuid, cluster_id).await?;
+                    continue;
+                }
+                Step::Init {
+                    node,
+                    advertise_addr,
+                } => (
+                    node,
+                    TaskOp::SwarmInit {
+                        advertise_addr: advertise_addr.clone(),
+                    },
+                ),
+                Step::Join {
+                    node,
+                    role,
+                    advertise_addr,
+                    managers,
+                } => {
+                    let Some(tokens) = &tokens else { continue };
+                    let token = match role {
+                        Role::Manager => tokens.manager.clone(),
+                        Role::Worker => tokens.worker.clone(),
+                    };
+                    (
+                        node,
+                        TaskOp::SwarmJoin {
+                            token,
+                            advertise_addr: advertise_addr.clone(),
+                            remote_addrs: managers.clone(),
+                        },
+                    )
+                }
+                Step::Promote { via, node_id } | Step::Demote { via, node_id } => (
+                    via,
+                    TaskOp::NodeUpdate {
+                        node_id: node_id.clone(),
+                        role: Some(
+                            if matches!(step, Step::Promote { .. }) {
+                                "manager"
+                            } else {
+                                "worker"
+                            }
+                            .into(),
+                        ),
+                        availability: None,
+                        labels: BTreeMap::new(),
+                    },
+                ),
+                Step::Drain { via, node_id } => {
+                    if let Some(member) = view
+                        .nodes
+                        .iter()
+                        .find(|(n, _)| n.engine.report.as_ref().and_then(|r| r.engine.as_ref()).and_then(|e| e.swarm.node_id.as_deref()) == Some(node_id))
+                    {
+                        memory
+                            .drain_started
+                            .entry(member.0.uuid.clone())
+                            .or_insert(now_ms);
+                    }
+                    (
+                        via,
+                        TaskOp::NodeUpdate {
+                            node_id: node_id.clone(),
+                            role: None,
+                            availability: Some("drain".into()),
+                            labels: BTreeMap::new(),
+                        },
+                    )
+                }
+                Step::Label {
+                    via,
+                    node_id,
+                    labels,
+                } => (
+                    via,
+                    TaskOp::NodeUpdate {
+                        node_id: node_id.clone(),
+                        role: None,
+                        availability: None,
+                        labels: labels.clone(),
+                    },
+                ),
+                Step::Leave { node, force } => (node, TaskOp::SwarmLeave { force: *force }),
+                Step::Remove {
+                    via,
+                    node_id,
+                    force,
+                } => (
+                    via,
+                    TaskOp::NodeRemove {
+                        node_id: node_id.clone(),
+                        force: *force,
+                    },
+                ),
+                Step::Release { .. } => continue,
+            };
+            tasks
+                .entry(node.clone())
+                .or_default()
+                .push(AgentTask { id, op });
+        }
+        for (node, _) in &view.nodes {
+            self.mailbox
+                .post(&node.uuid, tasks.remove(&node.uuid).unwrap_or_default());
+        }
+        if plan.waiting != memory.waiting {
+            for line in &plan.waiting {
+                self.log(swarm, &format!("waiting: {line}")).await;
+            }
+            memory.waiting = plan.waiting.clone();
+        }
+        if plan.settled && swarm.state == ClusterState::Deploying {
+            self.settle(swarm).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, swarm: &SwarmRecord) -> anyhow::Result<()> {
+        let now = date::now_unix();
+        if self
+            .store
+            .transition_swarm(
+                &swarm.uuid,
+                ClusterState::Deploying,
+                ClusterState::Deployed,
+                Some(now),
+                None,
+            )
+            .await?
+        {
+            self.log(swarm, "every node is in the swarm with its role").await;
+            if let Some(action) = &swarm.current_action {
+                self.store
+                    .transition_action(
+                        action,
+                        &[action_state::IN_PROGRESS],
+                        action_state::SUCCESS,
+                        Some(now),
+                        false,
+                        false,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A terminating swarm is terminated once both its clusters are.
+    async fn finish_termination(&self, view: &SwarmView) -> anyhow::Result<()> {
+        let swarm = &view.swarm;
+        for (node, _) in &view.nodes {
+            self.mailbox.post(&node.uuid, Vec::new());
+        }
+        for uuid in [&swarm.manager_cluster, &swarm.worker_cluster] {
+            if let Some(cluster) = self.store.cluster(uuid).await?
+                && cluster.state != ClusterState::Terminated
+            {
+                return Ok(());
+            }
+        }
+        let now = date::now_unix();
+        if self
+            .store
+            .transition_swarm(
+                &swarm.uuid,
+                ClusterState::Terminating,
+                ClusterState::Terminated,
+                Some(now),
+                None,
+            )
+            .await?
+        {
+            self.log(swarm, "both node clusters are terminated").await;
+            if let Some(action) = &swarm.current_action {
+                self.store
+                    .transition_action(
+                        action,
+                        &[action_state::IN_PROGRESS],
+                        action_state::SUCCESS,
+                        Some(now),
+                        false,
+                        false,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs an agent's results in its swarm's action and stores an `Init`'s tokens, sealed.
+    async fn record_results(&self, node: &str, results: &[TaskResult]) -> anyhow::Result<()> {
+        let Some(record) = self.store.node(node).await? else {
+            return Ok(());
+        };
+        let Some(cluster) = record.cluster_uuid.as_deref() else {
+            return Ok(());
+        };
+        let Some(swarm) = self
+            .store
+            .swarms()
+            .await?
+            .into_iter()
+            .find(|s| s.manager_cluster == cluster || s.worker_cluster == cluster)
+        else {
+            return Ok(());
+        };
+        for result in results {
+            let outcome = if result.ok { "done" } else { "failed" };
+            self.log(
+                &swarm,
+                &format!("node {node}: task {} {outcome}: {}", result.id, result.message),
+            )
+            .await;
+            if let Some(tokens) = &result.join_tokens
+                && result.ok
+                && swarm.bootstrap_node.as_deref() == Some(node)
+            {
+                let (nonce, sealed) = self
+                    .secret_key
+                    .seal(SWARM_TOKENS, &serde_json::to_vec(tokens)?)?;
+                self.store
+                    .set_swarm_tokens(&swarm.uuid, &hex::encode(nonce), &hex::encode(sealed))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A step as the action log shows it (never with a token).
+fn describe(step: &Step, view: &SwarmView) -> String {
+    let name = |uuid: &str| {
+        view.nodes
+            .iter()
+            .find(|(n, _)| n.uuid == uuid)
+            .map(|(n, _)| format!("{} ({})", n.uuid, n.availability_zone))
+            .unwrap_or_else(|| uuid.to_owned())
+    };
+    match step {
+        Step::ChooseBootstrap { node } => {
+            format!("chose manager {} to initialise the swarm", name(node))
+        }
+        Step::Init { node, .. } => format!("asking manager {} to initialise the swarm", name(node)),
+        Step::AdoptCluster { cluster_id } => format!("the swarm exists: cluster ID {cluster_id}"),
+        Step::Join { node, role, .. } => {
+            format!("asking {} to join as a {}", name(node), role_name(*role))
+        }
+        Step::Promote { node_id, .. } => format!("promoting swarm node {node_id} to manager"),
+        Step::Demote { node_id, .. } => format!("demoting swarm node {node_id} to worker"),
+        Step::Drain { node_id, .. } => format!("draining swarm node {node_id}"),
+        Step::Label {
+            node_id, labels, ..
+        } => format!("labelling swarm node {node_id}: {labels:?}"),
+        Step::Leave { node, force } => format!(
+            "asking {} to leave the swarm{}",
+            name(node),
+            if *force { " (forced)" } else { "" }
+        ),
+        Step::Remove { node_id, .. } => format!("removing swarm node {node_id} from the swarm"),
+        Step::Release { node } => format!("{} has left the swarm", name(node)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str) -> AgentTask {
+        AgentTask {
+            id: id.into(),
+            op: TaskOp::SwarmLeave { force: false },
+        }
+    }
+
+    #[test]
+    fn a_task_is_handed_out_once_until_it_is_due_again_or_done() {
+        let mailbox = Mailbox::default();
+        mailbox.post("n", vec![task("a"), task("b")]);
+        assert_eq!(mailbox.take("n").len(), 2);
+        assert!(mailbox.take("n").is_empty(), "handed out already");
+        mailbox.post("n", vec![task("b"), task("c")]);
+        let next: Vec<String> = mailbox.take("n").into_iter().map(|t| t.id).collect();
+        assert_eq!(next, ["c"], "a re-posted task keeps when it is due");
+        let result = |id: &str, ok| TaskResult {
+            id: id.into(),
+            ok,
+            message: String::new(),
+            join_tokens: None,
+        };
+        mailbox.report("n", vec![result("b", true), result("c", false)]);
+        assert!(mailbox.take("n").is_empty(), "b is done; c waits RETRY_AFTER");
+        assert_eq!(mailbox.take_results().len(), 1);
+        mailbox.post("n", vec![]);
+        assert!(mailbox.take("n").is_empty());
+    }
+
+    #[test]
+    fn the_same_step_is_the_same_task() {
+        let step = Step::Leave {
+            node: "n".into(),
+            force: true,
+        };
+        assert_eq!(task_id("s", &step), task_id("s", &step));
+        assert_ne!(task_id("s", &step), task_id("t", &step));
+    }
+}

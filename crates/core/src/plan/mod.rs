@@ -20,6 +20,9 @@
 //!   capacity refusal, removal and teardown, and the verdict that settles a busy cluster.
 //! * [`network`] — the network's choices: usable AZs, which duplicate of a resource to keep,
 //!   which security group rules are missing.
+//! * [`swarm`] — a Docker Swarm over two node clusters: bootstrap, joins, roles and labels,
+//!   how nodes leave, all without ever losing manager quorum.
 
 pub mod cluster;
 pub mod network;
+pub mod swarm;

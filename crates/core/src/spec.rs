@@ -642,7 +642,11 @@ impl SwarmSpec {
             if let Err(e) = result {
                 for error in &e.0 {
                     let error = rename(error.clone(), label);
-                    if !errors.0.iter().any(|seen: &FieldError| seen.path == error.path) {
+                    if !errors
+                        .0
+                        .iter()
+                        .any(|seen: &FieldError| seen.path == error.path)
+                    {
                         errors.0.push(error);
                     }
                 }
@@ -804,12 +808,24 @@ mod tests {
         assert_eq!(spec.managers.target_num_nodes, DEFAULT_SWARM_MANAGERS);
         assert_eq!(spec.workers.name, "prod-workers");
         assert_eq!(spec.workers.target_num_nodes, 2);
-        assert_eq!(spec.workers.node_type, "t3.small", "workers default to the managers' type");
+        assert_eq!(
+            spec.workers.node_type, "t3.small",
+            "workers default to the managers' type"
+        );
         assert_eq!(spec.workers.disk_gb, 30);
 
         let mut no_workers = body.clone();
-        no_workers.as_object_mut().expect("object").remove("worker_count");
-        assert_eq!(SwarmSpec::from_json(&no_workers).expect("valid").workers.target_num_nodes, 0);
+        no_workers
+            .as_object_mut()
+            .expect("object")
+            .remove("worker_count");
+        assert_eq!(
+            SwarmSpec::from_json(&no_workers)
+                .expect("valid")
+                .workers
+                .target_num_nodes,
+            0
+        );
 
         let bad = json!({"name": "prod", "region": "/api/infra/v1/region/aws/us-east-1/",
             "manager_node_type": "t3.small", "worker_node_type": "", "manager_count": 4});
@@ -821,7 +837,10 @@ mod tests {
         let wrong = json!({"name": "-x", "region": "/api/infra/v1/region/aws/us-east-1/",
             "node_type": "t3.small"});
         let errors = SwarmSpec::from_json(&wrong).expect_err("invalid");
-        assert!(errors.mentions("name") && errors.mentions("node_type"), "{errors}");
+        assert!(
+            errors.mentions("name") && errors.mentions("node_type"),
+            "{errors}"
+        );
         assert!(errors.mentions("manager_node_type"), "{errors}");
     }
 }

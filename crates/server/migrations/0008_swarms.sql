@@ -29,3 +29,6 @@ CREATE TABLE swarms (
 CREATE INDEX swarms_by_state ON swarms(state);
 
 ALTER TABLE node_agents ADD COLUMN engine TEXT;
+-- The swarm node ID the engine last reported: kept when the engine leaves (and reports none),
+-- so the `Down` node it left in the swarm's list can still be found and removed.
+ALTER TABLE node_agents ADD COLUMN swarm_node_id TEXT;

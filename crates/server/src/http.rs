@@ -396,7 +396,9 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             (Route::Swarm(uuid), Method::DELETE) => {
                 outcome_response(&app.delete_swarm(caller, &uuid).await?, false)
             }
-            (Route::Swarm(uuid), _) => json_response(StatusCode::OK, &app.swarm(&uuid).await?, None),
+            (Route::Swarm(uuid), _) => {
+                json_response(StatusCode::OK, &app.swarm(&uuid).await?, None)
+            }
             (Route::ClusterDeploy(uuid), _) => {
                 outcome_response(&app.deploy_cluster(caller, &uuid).await?, false)
             }

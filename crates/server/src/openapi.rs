@@ -312,7 +312,12 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
         Route::Swarm(_) => (
             "infra",
             vec![
-                op("get", "get a swarm, its nodes and their roles", "200", schema_ref("Swarm")),
+                op(
+                    "get",
+                    "get a swarm, its nodes and their roles",
+                    "200",
+                    schema_ref("Swarm"),
+                ),
                 op(
                     "delete",
                     "terminate a swarm and its node clusters",

@@ -255,12 +255,7 @@ pub fn endpoint(route: &Route) -> Endpoint {
             Auth::Basic,
             true,
         ),
-        Route::Swarms => (
-            "/api/infra/v1/swarm/",
-            &["get", "post"],
-            Auth::Basic,
-            true,
-        ),
+        Route::Swarms => ("/api/infra/v1/swarm/", &["get", "post"], Auth::Basic, true),
         Route::Swarm(_) => (
             "/api/infra/v1/swarm/{uuid}/",
             &["get", "delete"],

@@ -154,6 +154,8 @@ pub struct Engine {
     pub docker_version: Option<String>,
     /// The last report; `None` before the first.
     pub report: Option<flotilla_api::agent::EngineReport>,
+    /// The swarm node ID it last reported (kept after it left the swarm).
+    pub last_swarm_node_id: Option<String>,
 }
 
 /// A node's public IP moved.
@@ -304,6 +306,7 @@ struct NodeRow {
     /// From `node_agents`: the last engine report (JSON) and the registered Docker version.
     engine: Option<String>,
     docker_version: Option<String>,
+    swarm_node_id: Option<String>,
 }
 
 fn corrupt(table: &'static str, key: &str, message: impl ToString) -> StoreError {
@@ -375,6 +378,7 @@ impl TryFrom<NodeRow> for NodeRecord {
             destroyed_at: row.destroyed_at,
             engine: Engine {
                 docker_version: row.docker_version,
+                last_swarm_node_id: row.swarm_node_id,
                 report: row
                     .engine
                     .as_deref()
@@ -847,7 +851,7 @@ impl Store {
 
     pub async fn node(&self, uuid: &str) -> Result<Option<NodeRecord>, StoreError> {
         let row = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version FROM nodes WHERE uuid = ?",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id FROM nodes WHERE uuid = ?",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -867,7 +871,7 @@ impl Store {
     ) -> Result<Vec<NodeRecord>, StoreError> {
         let (limit, offset) = page.unwrap_or((u64::MAX >> 1, 0));
         let rows = sqlx::query_as::<_, NodeRow>(concat!(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id
              FROM nodes WHERE ",
             node_filter_sql!(),
             " ORDER BY created_at, rowid LIMIT ?5 OFFSET ?6"
@@ -900,7 +904,7 @@ impl Store {
 
     pub async fn nodes_of(&self, cluster_uuid: &str) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
         )
         .bind(cluster_uuid)
         .fetch_all(&self.pool)

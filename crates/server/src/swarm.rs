@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use flotilla_api::agent::{AgentTask, EngineReport, JoinTokens, TaskOp, TaskResult};
 use flotilla_api::{action_state, date};
 use flotilla_core::plan::swarm::{
-    self as planner, Availability, Desired, EngineState, LocalState, Member, NodeStatus,
-    Observed, Role, Step, SwarmNode,
+    self as planner, Availability, Desired, EngineState, LocalState, Member, NodeStatus, Observed,
+    Role, Step, SwarmNode,
 };
 use flotilla_core::state::{ClusterState, NodeState};
 use sha2::{Digest, Sha256};
@@ -162,14 +162,6 @@ fn role(role: &str) -> Role {
     }
 }
 
-/// The role's name on the wire and in Docker.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Manager => "manager",
-        Role::Worker => "worker",
-    }
-}
-
 fn swarm_node(node: &flotilla_api::agent::SwarmNodeInfo) -> SwarmNode {
     SwarmNode {
         id: node.id.clone(),
@@ -212,7 +204,13 @@ impl SwarmView {
             (&swarm.manager_cluster, Role::Manager),
             (&swarm.worker_cluster, Role::Worker),
         ] {
-            nodes.extend(store.nodes_of(cluster).await?.into_iter().map(|n| (n, role)));
+            nodes.extend(
+                store
+                    .nodes_of(cluster)
+                    .await?
+                    .into_iter()
+                    .map(|n| (n, role)),
+            );
         }
         Ok(SwarmView { swarm, nodes })
     }
@@ -231,12 +229,9 @@ impl SwarmView {
                     .then_some(swarm.nodes.as_ref()?)
             })
             .collect();
-        let leader_of = |list: &&Vec<flotilla_api::agent::SwarmNodeInfo>| {
-            list.iter().any(|n| n.leader)
-        };
         lists
             .iter()
-            .find(leader_of)
+            .find(|list| list.iter().any(|n| n.leader))
             .or(lists.first())
             .map(|l| l.as_slice())
     }
@@ -253,7 +248,7 @@ impl SwarmView {
             .nodes
             .iter()
             .filter(|(node, _)| {
-                node.state != NodeState::Terminated || node.engine.report.is_some()
+                node.state != NodeState::Terminated || node.engine.last_swarm_node_id.is_some()
             })
             .map(|(node, role)| {
                 let engine = node
@@ -277,6 +272,7 @@ impl SwarmView {
                     leaving: node.state == NodeState::Terminating,
                     gone: node.state == NodeState::Terminated,
                     engine,
+                    last_node_id: node.engine.last_swarm_node_id.clone(),
                 }
             })
             .collect();
@@ -463,11 +459,14 @@ impl SwarmWorker {
                     },
                 ),
                 Step::Drain { via, node_id } => {
-                    if let Some(member) = view
-                        .nodes
-                        .iter()
-                        .find(|(n, _)| n.engine.report.as_ref().and_then(|r| r.engine.as_ref()).and_then(|e| e.swarm.node_id.as_deref()) == Some(node_id))
-                    {
+                    if let Some(member) = view.nodes.iter().find(|(n, _)| {
+                        n.engine
+                            .report
+                            .as_ref()
+                            .and_then(|r| r.engine.as_ref())
+                            .and_then(|e| e.swarm.node_id.as_deref())
+                            == Some(node_id)
+                    }) {
                         memory
                             .drain_started
                             .entry(member.0.uuid.clone())
@@ -544,7 +543,8 @@ impl SwarmWorker {
             )
             .await?
         {
-            self.log(swarm, "every node is in the swarm with its role").await;
+            self.log(swarm, "every node is in the swarm with its role")
+                .await;
             if let Some(action) = &swarm.current_action {
                 self.store
                     .transition_action(
@@ -624,7 +624,10 @@ impl SwarmWorker {
             let outcome = if result.ok { "done" } else { "failed" };
             self.log(
                 &swarm,
-                &format!("node {node}: task {} {outcome}: {}", result.id, result.message),
+                &format!(
+                    "node {node}: task {} {outcome}: {}",
+                    result.id, result.message
+                ),
             )
             .await;
             if let Some(tokens) = &result.join_tokens
@@ -659,7 +662,7 @@ fn describe(step: &Step, view: &SwarmView) -> String {
         Step::Init { node, .. } => format!("asking manager {} to initialise the swarm", name(node)),
         Step::AdoptCluster { cluster_id } => format!("the swarm exists: cluster ID {cluster_id}"),
         Step::Join { node, role, .. } => {
-            format!("asking {} to join as a {}", name(node), role_name(*role))
+            format!("asking {} to join as a {}", name(node), role.as_str())
         }
         Step::Promote { node_id, .. } => format!("promoting swarm node {node_id} to manager"),
         Step::Demote { node_id, .. } => format!("demoting swarm node {node_id} to worker"),
@@ -704,7 +707,10 @@ mod tests {
             join_tokens: None,
         };
         mailbox.report("n", vec![result("b", true), result("c", false)]);
-        assert!(mailbox.take("n").is_empty(), "b is done; c waits RETRY_AFTER");
+        assert!(
+            mailbox.take("n").is_empty(),
+            "b is done; c waits RETRY_AFTER"
+        );
         assert_eq!(mailbox.take_results().len(), 1);
         mailbox.post("n", vec![]);
         assert!(mailbox.take("n").is_empty());

@@ -80,7 +80,9 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
             show_objects(
                 &swarms,
                 format,
-                &["NAME", "UUID", "REGION", "STATUS", "MANAGERS", "WORKERS", "SWARM ID"],
+                &[
+                    "NAME", "UUID", "REGION", "STATUS", "MANAGERS", "WORKERS", "SWARM ID",
+                ],
                 |s| {
                     vec![
                         text(s, "name"),
@@ -127,7 +129,9 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
             workers,
             sync,
         } => {
-            let swarm = client.find(&uri::swarms(), "swarm", &identifier, true).await?;
+            let swarm = client
+                .find(&uri::swarms(), "swarm", &identifier, true)
+                .await?;
             let workers_uri = text(&swarm, "worker_cluster");
             let answer = client
                 .call(
@@ -144,7 +148,9 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
             for id in &identifiers {
                 let swarm: Value = client.find(&uri::swarms(), "swarm", id, true).await?;
                 let uuid = text(&swarm, "uuid");
-                let answer = client.call(Method::DELETE, &uri::swarm(&uuid), None).await?;
+                let answer = client
+                    .call(Method::DELETE, &uri::swarm(&uuid), None)
+                    .await?;
                 crate::out!("{uuid}");
                 if maybe_follow(&client, answer.action_uri, sync).await? != ExitCode::SUCCESS {
                     code = ExitCode::from(3);

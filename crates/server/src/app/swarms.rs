@@ -14,12 +14,12 @@
 
 use flotilla_api::{self as api, action_state, date, uri};
 use flotilla_core::spec::SwarmSpec;
-use flotilla_core::state::{ClusterState, NodeState};
+use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use serde_json::Value;
 
 use super::{App, AppError, AppResult, Caller, Outcome, new_uuid};
 use crate::store::{ClusterRecord, NewSwarm, SwarmRecord};
-use crate::swarm::{SwarmView, role_name};
+use crate::swarm::SwarmView;
 use flotilla_core::cloud::Cloud;
 
 /// The label of a swarm's create action.
@@ -66,7 +66,7 @@ impl<C: Cloud + 'static> App<C> {
                 api::SwarmMember {
                     node: uri::node(&node.uuid),
                     state: node.state.to_string(),
-                    role: role_name(*role).to_owned(),
+                    role: role.as_str().to_owned(),
                     availability_zone: node.availability_zone.clone(),
                     docker_node_id: node_id.clone(),
                     docker_status: listed.map(|n| n.status.clone()),
@@ -120,8 +120,19 @@ impl<C: Cloud + 'static> App<C> {
         body: &Value,
     ) -> AppResult<Outcome<api::Swarm>> {
         let spec = SwarmSpec::from_json(body).map_err(|e| AppError::BadRequest(e.to_string()))?;
-        self.check_offered(&spec.managers).await?;
-        self.check_offered(&spec.workers).await?;
+        for (cluster, role) in [(&spec.managers, "manager"), (&spec.workers, "worker")] {
+            self.check_offered(cluster)
+                .await
+                .map_err(|error| match error {
+                    AppError::BadRequest(message) => {
+                        AppError::BadRequest(match message.strip_prefix("node_type:") {
+                            Some(rest) => format!("{role}_node_type:{rest}"),
+                            None => message,
+                        })
+                    }
+                    other => other,
+                })?;
+        }
         let live_swarm = self
             .store
             .swarms()
@@ -213,7 +224,11 @@ impl<C: Cloud + 'static> App<C> {
 
     /// `DELETE swarm/{uuid}/`: terminates both clusters; the swarm is `Terminated` when
     /// they are.
-    pub async fn delete_swarm(&self, caller: &Caller, uuid: &str) -> AppResult<Outcome<api::Swarm>> {
+    pub async fn delete_swarm(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+    ) -> AppResult<Outcome<api::Swarm>> {
         let swarm = self.load_swarm(uuid).await?;
         if matches!(
             swarm.state,
@@ -223,6 +238,25 @@ impl<C: Cloud + 'static> App<C> {
                 "swarm '{uuid}' is already {}",
                 swarm.state
             )));
+        }
+        let mut clusters = Vec::new();
+        for cluster in [&swarm.manager_cluster, &swarm.worker_cluster] {
+            let record = self.load_cluster(cluster).await?;
+            if !matches!(
+                record.state,
+                ClusterState::Terminating | ClusterState::Terminated
+            ) {
+                record
+                    .state
+                    .apply(ClusterEvent::Terminate)
+                    .map_err(|_| {
+                        AppError::BadRequest(format!(
+                            "swarm '{uuid}' cannot be terminated while its node cluster '{}' is {}; try again when it is not",
+                            record.spec.name, record.state
+                        ))
+                    })?;
+                clusters.push(record.uuid);
+            }
         }
         let action = Self::new_action(
             caller,
@@ -257,14 +291,8 @@ impl<C: Cloud + 'static> App<C> {
                 )
                 .await?;
         }
-        for cluster in [&swarm.manager_cluster, &swarm.worker_cluster] {
-            let record = self.load_cluster(cluster).await?;
-            if !matches!(
-                record.state,
-                ClusterState::Terminating | ClusterState::Terminated
-            ) {
-                self.delete_cluster(caller, cluster).await?;
-            }
+        for cluster in &clusters {
+            self.delete_cluster(caller, cluster).await?;
         }
         Ok(Outcome {
             object: self.swarm(uuid).await?,

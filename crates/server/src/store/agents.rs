@@ -267,13 +267,18 @@ impl Store {
             "UPDATE node_agents SET agent_version = COALESCE(?, agent_version),
                 docker_version = COALESCE(?, docker_version),
                 private_ips = COALESCE(?, private_ips), engine = COALESCE(?, engine),
-                updated_at = ?
+                swarm_node_id = COALESCE(?, swarm_node_id), updated_at = ?
              WHERE node_uuid = ?",
         )
         .bind(agent_version)
         .bind(docker_version)
         .bind(private_ips.map(|ips| to_json(&ips)))
         .bind(engine.map(to_json))
+        .bind(
+            engine
+                .and_then(|e| e.engine.as_ref())
+                .and_then(|e| e.swarm.node_id.as_deref()),
+        )
         .bind(now)
         .bind(node_uuid)
         .execute(&self.writer)

@@ -132,31 +132,31 @@ impl Store {
 
     pub async fn swarm(&self, uuid: &str) -> Result<Option<SwarmRecord>, StoreError> {
         let row = sqlx::query_as::<_, SwarmRow>(concat!(swarm_select!(), " WHERE uuid = ?"))
-        .bind(uuid)
-        .fetch_optional(&self.pool)
-        .await?;
+            .bind(uuid)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(SwarmRecord::try_from).transpose()
     }
 
     /// Every swarm, oldest first.
     pub async fn swarms(&self) -> Result<Vec<SwarmRecord>, StoreError> {
-        let rows = sqlx::query_as::<_, SwarmRow>(concat!(
-            swarm_select!(),
-            " ORDER BY created_at, rowid"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query_as::<_, SwarmRow>(concat!(swarm_select!(), " ORDER BY created_at, rowid"))
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter().map(SwarmRecord::try_from).collect()
     }
 
     /// Records the manager that initialises the swarm, unless one is recorded already.
     /// Returns the recorded one.
     pub async fn choose_bootstrap(&self, uuid: &str, node: &str) -> Result<String, StoreError> {
-        sqlx::query("UPDATE swarms SET bootstrap_node = ? WHERE uuid = ? AND bootstrap_node IS NULL")
-            .bind(node)
-            .bind(uuid)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "UPDATE swarms SET bootstrap_node = ? WHERE uuid = ? AND bootstrap_node IS NULL",
+        )
+        .bind(node)
+        .bind(uuid)
+        .execute(&self.writer)
+        .await?;
         let chosen: Option<String> =
             sqlx::query_scalar("SELECT bootstrap_node FROM swarms WHERE uuid = ?")
                 .bind(uuid)
@@ -241,7 +241,8 @@ impl Store {
             insert_action_in(&mut tx, action).await?;
         }
         tx.commit().await?;
-        self.events.swarm(Verb::for_state(to.as_str()), uuid, to.as_str());
+        self.events
+            .swarm(Verb::for_state(to.as_str()), uuid, to.as_str());
         if let Some(action) = action {
             self.publish_action_created(action);
         }

@@ -12,3 +12,4 @@ mod lifecycle;
 mod link;
 mod security;
 mod stream;
+mod swarms;

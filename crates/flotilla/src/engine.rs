@@ -258,6 +258,7 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         spec: &spec,
         key_name: args.launch.key_name.as_deref(),
         next_slot: 0,
+        leave_first: false,
     };
     let user_data = |nodes: &[flotilla_core::cloud::NodeSlot]| {
         // No server, so no agent: only a server holds the secret that registration
@@ -270,9 +271,16 @@ async fn up(aws: &Aws, owner: &str, args: UpArgs, format: Format) -> anyhow::Res
         )
     };
     let log = |line: String| eprintln!("  {line}");
-    let report = execute::converge(aws, &desired, &request, &[], &user_data, &log)
-        .await
-        .map_err(explain)?;
+    let report = execute::converge(
+        aws,
+        &desired,
+        &request,
+        &execute::Recorded::default(),
+        &user_data,
+        &log,
+    )
+    .await
+    .map_err(explain)?;
     let calls: u64 = aws.call_counts().values().sum();
     let elapsed = started.elapsed();
     eprintln!(

@@ -32,3 +32,9 @@ ALTER TABLE node_agents ADD COLUMN engine TEXT;
 -- The swarm node ID the engine last reported: kept when the engine leaves (and reports none),
 -- so the `Down` node it left in the swarm's list can still be found and removed.
 ALTER TABLE node_agents ADD COLUMN swarm_node_id TEXT;
+
+-- A node of a swarm's node cluster that its cluster no longer needs leaves the swarm before
+-- its instance is terminated: the cluster's reconciler marks it leaving, the swarm worker
+-- drains it, makes it leave and removes it from the swarm, then marks it released.
+ALTER TABLE nodes ADD COLUMN swarm_leaving INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN swarm_released INTEGER NOT NULL DEFAULT 0;

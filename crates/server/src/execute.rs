@@ -33,6 +33,9 @@ pub struct Converged {
     pub observed: Observed,
     /// The next unused slot after this pass.
     pub next_slot: u32,
+    /// The nodes that must be leaving their swarm before they go (the last plan's
+    /// [`Plan::leaving`]); empty outside swarms.
+    pub leaving: std::collections::BTreeSet<String>,
 }
 
 impl Converged {
@@ -46,13 +49,23 @@ impl Converged {
     }
 }
 
+/// What the store knows about the cluster's nodes that the cloud cannot show.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// Instances of nodes removed by hand.
+    pub removed_by_hand: Vec<String>,
+    /// Nodes (uuids) marked leaving their swarm, and those the swarm released.
+    pub leaving: std::collections::BTreeSet<String>,
+    pub released: std::collections::BTreeSet<String>,
+}
+
 /// Observes the network and the cluster, then plans and applies until nothing is left.
 /// `user_data` builds the bootstrap script of one launch batch; `log` receives every step.
 pub async fn converge<C: Cloud>(
     cloud: &C,
     desired: &Desired<'_>,
     network_request: &NetworkRequest,
-    removed_by_hand: &[String],
+    recorded: &Recorded,
     user_data: &(dyn Fn(&[NodeSlot]) -> String + Sync),
     log: &(dyn Fn(String) + Sync),
 ) -> Result<Converged, CloudError> {
@@ -73,8 +86,10 @@ pub async fn converge<C: Cloud>(
     let mut observed = Observed {
         network: network.clone(),
         instances: instances?,
-        removed_by_hand: removed_by_hand.iter().cloned().collect(),
+        removed_by_hand: recorded.removed_by_hand.iter().cloned().collect(),
         refused_azs: Vec::new(),
+        leaving: recorded.leaving.clone(),
+        released: recorded.released.clone(),
     };
     let mut done = Converged {
         network,
@@ -82,6 +97,7 @@ pub async fn converge<C: Cloud>(
         terminated: Vec::new(),
         observed: observed.clone(),
         next_slot: desired.next_slot,
+        leaving: Default::default(),
     };
     for _ in 0..MAX_ROUNDS {
         let plan = plan(desired, &observed).map_err(|error| CloudError::Capacity {
@@ -90,6 +106,7 @@ pub async fn converge<C: Cloud>(
             message: error.reasons,
         })?;
         done.next_slot = done.next_slot.max(plan.next_slot);
+        done.leaving = plan.leaving.clone();
         if plan.is_empty() {
             done.observed = observed;
             return Ok(done);
@@ -328,12 +345,13 @@ mod tests {
             spec: &spec,
             key_name: None,
             next_slot,
+            leave_first: false,
         };
         block_on(converge(
             cloud,
             &desired,
             &request(),
-            &[],
+            &Recorded::default(),
             &|_| "#!/bin/sh".into(),
             &|_| {},
         ))
@@ -432,12 +450,13 @@ mod tests {
             spec: &spec,
             key_name: None,
             next_slot: 7,
+            leave_first: false,
         };
         let report = block_on(converge(
             &cloud,
             &desired,
             &request(),
-            &[],
+            &Recorded::default(),
             &|_| String::new(),
             &|line| lines.lock().expect("lock").push(line),
         ))

@@ -209,6 +209,7 @@ pub async fn run<C: Cloud + 'static>(
     );
     let swarms = swarm::SwarmWorker {
         store: store.clone(),
+        reconciler: app.reconciler.clone(),
         mailbox: app.mailbox.clone(),
         secret_key,
     };

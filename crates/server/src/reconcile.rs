@@ -42,7 +42,7 @@
 //!   installation's agent secret (the reconciler and the agent API share the store, so
 //!   whoever builds user data never sees the secret).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -425,7 +425,13 @@ impl<C: Cloud + 'static> Engine<C> {
         });
         if let Some(last) = recent {
             let progress = self
-                .progress(cluster, last.pending_instances, false, memory.unfinished)
+                .progress(
+                    cluster,
+                    last.pending_instances,
+                    false,
+                    false,
+                    memory.unfinished,
+                )
                 .await?;
             return self.act_on(cluster, verdict(&progress), memory).await;
         }
@@ -434,18 +440,30 @@ impl<C: Cloud + 'static> Engine<C> {
 
         // Nodes a user removed one by one (`DELETE node/{uuid}/`): out of the count from
         // now on, terminated by the plan, `Terminated` once EC2 confirms (below).
-        let doomed: Vec<NodeRecord> = self
-            .store
-            .nodes_of(&cluster.uuid)
-            .await?
-            .into_iter()
-            .filter(|n| n.state == NodeState::Terminating)
-            .collect();
-        let doomed_ids: Vec<String> = doomed
+        let nodes = self.store.nodes_of(&cluster.uuid).await?;
+        let doomed: Vec<NodeRecord> = nodes
             .iter()
-            .map(|n| n.instance_id.clone())
-            .filter(|id| !id.is_empty())
+            .filter(|n| n.state == NodeState::Terminating)
+            .cloned()
             .collect();
+        // A swarm's node leaves the swarm before its instance goes (`plan::cluster`).
+        let leave_first = self.store.swarm_of_cluster(&cluster.uuid).await?.is_some();
+        let marked = |f: fn(&NodeRecord) -> bool| -> BTreeSet<String> {
+            nodes
+                .iter()
+                .filter(|n| f(n))
+                .map(|n| n.uuid.clone())
+                .collect()
+        };
+        let recorded = execute::Recorded {
+            removed_by_hand: doomed
+                .iter()
+                .map(|n| n.instance_id.clone())
+                .filter(|id| !id.is_empty())
+                .collect(),
+            leaving: marked(|n| n.swarm.leaving),
+            released: marked(|n| n.swarm.leaving && n.swarm.released),
+        };
         let request = NetworkRequest::for_spec(
             &spec,
             self.settings.image_id.clone(),
@@ -458,6 +476,7 @@ impl<C: Cloud + 'static> Engine<C> {
             spec: &spec,
             key_name: self.settings.key_name.as_deref(),
             next_slot: cluster.next_slot,
+            leave_first,
         };
         let secret = crate::tokens::load_secret(&self.store).await?;
         let user_data = |nodes: &[NodeSlot]| {
@@ -477,15 +496,14 @@ impl<C: Cloud + 'static> Engine<C> {
             None => Some(lock.read().await),
             Some(_) => None,
         };
-        let (desired, request, doomed_ids, user_data) =
-            (&desired, &request, &doomed_ids, &user_data);
+        let (desired, request, recorded, user_data) = (&desired, &request, &recorded, &user_data);
         let result = self
             .streamed(cluster, |log| async move {
                 execute::converge(
                     self.cloud.as_ref(),
                     desired,
                     request,
-                    doomed_ids,
+                    recorded,
                     user_data,
                     &log,
                 )
@@ -536,12 +554,25 @@ impl<C: Cloud + 'static> Engine<C> {
                     .await?;
             }
         }
+        if leave_first && report.leaving != recorded.leaving {
+            for node in report.leaving.difference(&recorded.leaving) {
+                self.note(
+                    cluster,
+                    &format!("node {node} leaves the swarm before it is terminated"),
+                )
+                .await?;
+            }
+            self.store
+                .set_leaving(&cluster.uuid, &report.leaving)
+                .await?;
+        }
         let pending_instances = live.iter().any(|i| i.state == InstanceState::Pending);
         let progress = self
             .progress(
                 cluster,
                 pending_instances,
                 awaiting_termination,
+                !report.leaving.is_empty(),
                 memory.unfinished,
             )
             .await?;
@@ -608,14 +639,16 @@ impl<C: Cloud + 'static> Engine<C> {
             })
             .count();
         let members = live.len() + unseen;
-        if members < cluster.spec.target_num_nodes as usize {
+        // Fewer nodes than the target, or nodes leaving their swarm: a full pass decides.
+        if members < cluster.spec.target_num_nodes as usize || nodes.iter().any(|n| n.swarm.leaving)
+        {
             memory.reobserve = None;
             memory.last = None;
             return Ok(None);
         }
         let pending = unseen > 0 || live.iter().any(|i| i.state == InstanceState::Pending);
         let progress = self
-            .progress(cluster, pending, false, memory.unfinished)
+            .progress(cluster, pending, false, false, memory.unfinished)
             .await?;
         let verdict = verdict(&progress);
         if !matches!(verdict, Ok(Verdict::ObserveAgain { .. })) {
@@ -658,6 +691,7 @@ impl<C: Cloud + 'static> Engine<C> {
         cluster: &ClusterRecord,
         pending_instances: bool,
         awaiting_termination: bool,
+        awaiting_swarm: bool,
         unfinished_observations: u32,
     ) -> Result<Progress, StoreError> {
         let now = date::now_unix();
@@ -678,6 +712,7 @@ impl<C: Cloud + 'static> Engine<C> {
             nodes,
             pending_instances,
             awaiting_termination,
+            awaiting_swarm,
             node_ready: self.settings.node_ready,
             registration_timeout_secs: i64::try_from(self.settings.registration_timeout.as_secs())
                 .unwrap_or(i64::MAX),
@@ -721,7 +756,7 @@ impl<C: Cloud + 'static> Engine<C> {
         outcome: Outcome,
         memory: &mut PassMemory,
     ) -> Result<Next, StoreError> {
-        let progress = self.progress(cluster, false, false, 0).await?;
+        let progress = self.progress(cluster, false, false, false, 0).await?;
         *memory = PassMemory::default();
         match settle(&progress, outcome) {
             Ok(Verdict::Settle { next, deployed, .. }) => {
@@ -797,6 +832,7 @@ impl<C: Cloud + 'static> Engine<C> {
                     deployed_at: (state == NodeState::Deployed).then_some(now),
                     destroyed_at: (state == NodeState::Terminated).then_some(now),
                     engine: Default::default(),
+                    swarm: Default::default(),
                 }
             })
             .collect();

@@ -145,6 +145,16 @@ pub struct NodeRecord {
     /// What its agent last said about the node's Docker engine (read-only here: written by
     /// [`Store::update_node_agent`]; ignored by [`Store::upsert_nodes`]).
     pub engine: Engine,
+    /// Where it is in leaving its swarm (written by [`Store::set_leaving`] and
+    /// [`Store::release_node`]; ignored by [`Store::upsert_nodes`]).
+    pub swarm: SwarmExit,
+}
+
+/// A swarm node's way out: marked leaving by its cluster, released by the swarm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwarmExit {
+    pub leaving: bool,
+    pub released: bool,
 }
 
 /// A node's Docker engine as its agent reported it.
@@ -307,6 +317,8 @@ struct NodeRow {
     engine: Option<String>,
     docker_version: Option<String>,
     swarm_node_id: Option<String>,
+    swarm_leaving: bool,
+    swarm_released: bool,
 }
 
 fn corrupt(table: &'static str, key: &str, message: impl ToString) -> StoreError {
@@ -376,6 +388,10 @@ impl TryFrom<NodeRow> for NodeRecord {
             created_at: row.created_at,
             deployed_at: row.deployed_at,
             destroyed_at: row.destroyed_at,
+            swarm: SwarmExit {
+                leaving: row.swarm_leaving,
+                released: row.swarm_released,
+            },
             engine: Engine {
                 docker_version: row.docker_version,
                 last_swarm_node_id: row.swarm_node_id,
@@ -851,7 +867,7 @@ impl Store {
 
     pub async fn node(&self, uuid: &str) -> Result<Option<NodeRecord>, StoreError> {
         let row = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id FROM nodes WHERE uuid = ?",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released FROM nodes WHERE uuid = ?",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -871,7 +887,7 @@ impl Store {
     ) -> Result<Vec<NodeRecord>, StoreError> {
         let (limit, offset) = page.unwrap_or((u64::MAX >> 1, 0));
         let rows = sqlx::query_as::<_, NodeRow>(concat!(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released
              FROM nodes WHERE ",
             node_filter_sql!(),
             " ORDER BY created_at, rowid LIMIT ?5 OFFSET ?6"
@@ -904,7 +920,7 @@ impl Store {
 
     pub async fn nodes_of(&self, cluster_uuid: &str) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
         )
         .bind(cluster_uuid)
         .fetch_all(&self.pool)

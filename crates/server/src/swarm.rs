@@ -269,7 +269,7 @@ impl SwarmView {
                     cluster: String::new(),
                     private_ip: address(node),
                     reachable: node.state == NodeState::Deployed,
-                    leaving: node.state == NodeState::Terminating,
+                    leaving: node.swarm.leaving,
                     gone: node.state == NodeState::Terminated,
                     engine,
                     last_node_id: node.engine.last_swarm_node_id.clone(),
@@ -289,6 +289,8 @@ impl SwarmView {
 #[derive(Debug, Clone)]
 pub struct SwarmWorker {
     pub store: Store,
+    /// Nudged when a node is released, so its cluster terminates it at once.
+    pub reconciler: crate::reconcile::Reconciler,
     pub mailbox: Arc<Mailbox>,
     pub secret_key: SecretKey,
 }
@@ -507,7 +509,15 @@ impl SwarmWorker {
                         force: *force,
                     },
                 ),
-                Step::Release { .. } => continue,
+                Step::Release { node } => {
+                    self.store.release_node(node).await?;
+                    if let Some((record, _)) = view.nodes.iter().find(|(n, _)| &n.uuid == node)
+                        && let Some(cluster) = &record.cluster_uuid
+                    {
+                        self.reconciler.nudge(cluster);
+                    }
+                    continue;
+                }
             };
             tasks
                 .entry(node.clone())

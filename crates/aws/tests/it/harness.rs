@@ -112,12 +112,13 @@ pub async fn pass(
         spec,
         key_name: None,
         next_slot: 0,
+        leave_first: false,
     };
     let result = converge(
         aws,
         &desired,
         request,
-        &[],
+        &Default::default(),
         &|_| "#!/bin/sh\necho flotilla\n".into(),
         &|line| lines.lock().expect("lock").push(line),
     )

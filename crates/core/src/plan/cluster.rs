@@ -16,6 +16,11 @@
 //!   node removed by hand never leaves the cluster smaller than needed in between.
 //! * **Never terminate a node that is still needed**: terminations are the nodes removed by
 //!   hand plus exactly the surplus over the target, chosen by `placement::choose_removals`.
+//! * **Swarm nodes leave before they go.** In a swarm's node cluster
+//!   ([`Desired::leave_first`]), a surplus node is first marked leaving ([`Plan::leaving`]);
+//!   the swarm planner drains it, makes it leave and removes it from the swarm, then
+//!   releases it ([`Observed::released`]); only a released node is terminated. Nodes already
+//!   leaving are the first surplus, so the choice does not move between passes.
 //! * **Removal** terminates every live instance, and tears the auto network down only when
 //!   no other cluster uses it (a user's VPC is never touched).
 
@@ -36,6 +41,8 @@ pub struct Desired<'a> {
     pub key_name: Option<&'a str>,
     /// Slots below this were used before (the store's high-water mark); never reused.
     pub next_slot: u32,
+    /// A swarm's node cluster: a surplus node leaves the swarm before it is terminated.
+    pub leave_first: bool,
 }
 
 /// What the executor saw: the network, the cluster's instances, and what this pass learnt.
@@ -50,6 +57,10 @@ pub struct Observed {
     pub removed_by_hand: BTreeSet<String>,
     /// AZs that refused a launch for capacity during this pass.
     pub refused_azs: Vec<SkippedAz>,
+    /// Nodes (uuids) marked leaving the swarm (with [`Desired::leave_first`]).
+    pub leaving: BTreeSet<String>,
+    /// Nodes (uuids) the swarm released: they have left it and may be terminated.
+    pub released: BTreeSet<String>,
 }
 
 impl Observed {
@@ -60,6 +71,8 @@ impl Observed {
             instances: Vec::new(),
             removed_by_hand: BTreeSet::new(),
             refused_azs: Vec::new(),
+            leaving: BTreeSet::new(),
+            released: BTreeSet::new(),
         }
     }
 
@@ -126,6 +139,9 @@ pub struct Plan {
     /// the secret that a batch's registration token is derived from.
     pub launches: Vec<LaunchRequest>,
     pub terminations: Vec<Termination>,
+    /// With [`Desired::leave_first`]: every node (uuid) that must be leaving the swarm now —
+    /// the surplus not yet released. The executor records exactly this set.
+    pub leaving: BTreeSet<String>,
     /// The next unused slot once the launches are done.
     pub next_slot: u32,
 }
@@ -253,10 +269,32 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Result<Plan, NoUsable
             .push(termination(instance, Reason::RemovedByHand));
     }
     if members.len() > target {
-        let existing: Vec<PlacedNode> = members.iter().map(|i| placed(i)).collect();
-        for index in choose_removals(&existing, members.len() - target) {
-            plan.terminations
-                .push(termination(members[index], Reason::Surplus));
+        let surplus = members.len() - target;
+        // Nodes already leaving go first (up to the surplus), then placement's choice.
+        let mut chosen: Vec<&Instance> = members
+            .iter()
+            .filter(|i| desired.leave_first && observed.leaving.contains(&i.node_uuid))
+            .take(surplus)
+            .copied()
+            .collect();
+        let rest: Vec<&Instance> = members
+            .iter()
+            .filter(|i| !chosen.iter().any(|c| c.instance_id == i.instance_id))
+            .copied()
+            .collect();
+        let existing: Vec<PlacedNode> = rest.iter().map(|i| placed(i)).collect();
+        chosen.extend(
+            choose_removals(&existing, surplus - chosen.len())
+                .into_iter()
+                .map(|index| rest[index]),
+        );
+        for instance in chosen {
+            if desired.leave_first && !observed.released.contains(&instance.node_uuid) {
+                plan.leaving.insert(instance.node_uuid.clone());
+            } else {
+                plan.terminations
+                    .push(termination(instance, Reason::Surplus));
+            }
         }
     }
     plan.next_slot = next_slot;
@@ -362,6 +400,8 @@ pub struct Progress {
     pub pending_instances: bool,
     /// Nodes removed by hand whose instance EC2 still shows alive.
     pub awaiting_termination: bool,
+    /// Surplus nodes still leaving their swarm (not yet released).
+    pub awaiting_swarm: bool,
     pub node_ready: NodeReady,
     pub registration_timeout_secs: i64,
     /// Consecutive observations that found the work unfinished (0 for the first).
@@ -403,7 +443,7 @@ pub fn verdict(progress: &Progress) -> Result<Verdict, IllegalTransition> {
         return settle(Outcome::Canceled);
     }
     let starting = progress.pending_instances && progress.node_ready == NodeReady::InstanceRunning;
-    if progress.awaiting_termination || starting {
+    if progress.awaiting_termination || progress.awaiting_swarm || starting {
         let after_ms =
             FIRST_REOBSERVE_MS.saturating_mul(1u64 << progress.unfinished_observations.min(16));
         return Ok(Verdict::ObserveAgain { after_ms });
@@ -483,6 +523,7 @@ mod tests {
             spec,
             key_name: None,
             next_slot: 0,
+            leave_first: false,
         }
     }
 
@@ -664,6 +705,7 @@ mod tests {
                 .collect(),
             pending_instances: false,
             awaiting_termination: false,
+            awaiting_swarm: false,
             node_ready: NodeReady::AgentRegistered,
             registration_timeout_secs: 600,
             unfinished_observations: 0,
@@ -835,6 +877,56 @@ mod tests {
                     prop_assert!(max - min <= 1 || plan.launches.len() < usable.len(), "{:?}", usable);
                 }
             }
+        }
+
+        /// In a swarm's cluster, through any sequence of scales and releases: no surplus node
+        /// is terminated before the swarm released it; the leaving set is exactly the
+        /// surplus not yet released (and keeps the nodes already leaving); a released node
+        /// is terminated; and once everything leaving is released the cluster meets its
+        /// target.
+        #[test]
+        fn swarm_nodes_leave_before_they_are_terminated(
+            ops in prop::collection::vec((0u32..7, prop::collection::vec(any::<bool>(), 7)), 1..20),
+        ) {
+            let mut observed = Observed::new(network());
+            let mut counter = 0;
+            let mut next_slot = 0;
+            for (target, releases) in ops {
+                let spec = spec(target);
+                let desired = Desired { next_slot, leave_first: true, ..desired(&spec) };
+                let plan = plan(&desired, &observed).expect("plan");
+                let members = observed.members();
+                let surplus = members.len().saturating_sub(target as usize);
+                prop_assert_eq!(plan.leaving.len() + plan.terminations.len(), surplus);
+                for t in &plan.terminations {
+                    prop_assert!(observed.released.contains(&t.node_uuid), "terminated before release");
+                }
+                let kept: Vec<&String> = observed.leaving.iter().filter(|n| members.iter().any(|m| &m.node_uuid == *n)).collect();
+                if kept.len() <= surplus {
+                    for node in kept {
+                        prop_assert!(plan.leaving.contains(node) || plan.terminations.iter().any(|t| &t.node_uuid == node),
+                            "a node already leaving stays chosen");
+                    }
+                }
+                apply(&mut observed, &plan, &mut counter);
+                next_slot = plan.next_slot;
+                observed.leaving = plan.leaving.clone();
+                // The swarm releases some of the leaving nodes.
+                for (node, release) in plan.leaving.iter().zip(releases) {
+                    if release {
+                        observed.released.insert(node.clone());
+                    }
+                }
+            }
+            // Release everything still leaving: the cluster then meets its target exactly.
+            let target = observed.members().len().saturating_sub(observed.leaving.len()) as u32;
+            observed.released.extend(observed.leaving.iter().cloned());
+            let spec = spec(target);
+            let desired = Desired { next_slot, leave_first: true, ..desired(&spec) };
+            let plan = plan(&desired, &observed).expect("plan");
+            prop_assert!(plan.leaving.is_empty());
+            apply(&mut observed, &plan, &mut counter);
+            prop_assert_eq!(observed.members().len(), target as usize);
         }
     }
 }

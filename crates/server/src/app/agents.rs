@@ -441,6 +441,7 @@ impl<C: Cloud + 'static> App<C> {
             deployed_at: Some(now),
             destroyed_at: None,
             engine: Default::default(),
+            swarm: Default::default(),
         };
         let agent = NodeAgentRecord {
             node_uuid: uuid.clone(),

@@ -373,6 +373,7 @@ mod tests {
                 deployed_at: None,
                 destroyed_at: None,
                 engine: Default::default(),
+                swarm: Default::default(),
             }])
             .await
             .expect("node");

@@ -248,4 +248,57 @@ impl Store {
         }
         Ok(true)
     }
+
+    /// The swarm a node cluster belongs to, if any.
+    pub async fn swarm_of_cluster(&self, cluster: &str) -> Result<Option<SwarmRecord>, StoreError> {
+        let row = sqlx::query_as::<_, SwarmRow>(concat!(
+            swarm_select!(),
+            " WHERE manager_cluster = ?1 OR worker_cluster = ?1"
+        ))
+        .bind(cluster)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(SwarmRecord::try_from).transpose()
+    }
+
+    /// Marks exactly `leaving` (node uuids) of `cluster` as leaving their swarm. A node no
+    /// longer in the set (the target went up again) stays, released or not: the swarm
+    /// planner has it join again.
+    pub async fn set_leaving(
+        &self,
+        cluster: &str,
+        leaving: &std::collections::BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        let marked: Vec<String> = sqlx::query_scalar(
+            "SELECT uuid FROM nodes WHERE cluster_uuid = ? AND swarm_leaving = 1",
+        )
+        .bind(cluster)
+        .fetch_all(&mut *tx)
+        .await?;
+        for uuid in marked.iter().filter(|u| !leaving.contains(*u)) {
+            sqlx::query("UPDATE nodes SET swarm_leaving = 0, swarm_released = 0 WHERE uuid = ?")
+                .bind(uuid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for uuid in leaving.iter().filter(|u| !marked.contains(u)) {
+            sqlx::query("UPDATE nodes SET swarm_leaving = 1 WHERE uuid = ? AND cluster_uuid = ?")
+                .bind(uuid)
+                .bind(cluster)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The swarm is done with a leaving node: it may be terminated.
+    pub async fn release_node(&self, uuid: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET swarm_released = 1 WHERE uuid = ? AND swarm_leaving = 1")
+            .bind(uuid)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
 }

@@ -115,8 +115,9 @@ async fn a_swarm_is_validated_like_a_node_cluster_and_made_of_two() {
     server.stop().await;
 }
 
-/// A model of the Docker engines of every node: what `swarm init`, `join` and `node update`
-/// do, and how many swarms were ever created.
+/// A model of the Docker engines of every node: what `swarm init`, `join`, `leave` and the
+/// manager's `node update`/`node rm` do, how many swarms were ever created, and every
+/// operation in order.
 #[derive(Debug, Default)]
 struct Docker {
     engines: HashMap<String, Engine>,
@@ -124,14 +125,20 @@ struct Docker {
     swarms_created: Vec<String>,
     /// Every `Init` the agents were asked to carry out, by node.
     inits: Vec<String>,
-    /// Whether a token ever showed up where it should not.
+    /// Nodes that were handed a join token although already in a swarm.
     token_seen_by: Vec<String>,
+    /// (node the operation is about, operation), in order.
+    ops: Vec<(String, &'static str)>,
 }
 
 #[derive(Debug, Clone, Default)]
 struct Engine {
+    /// The swarm the engine is in (`None`: inactive).
     cluster: Option<String>,
+    /// The swarm whose node list shows it (until `node rm`, also after it left: `Down`).
+    listed_in: Option<String>,
     manager: bool,
+    drained: bool,
     addr: String,
     labels: BTreeMap<String, String>,
 }
@@ -142,31 +149,37 @@ const WORKER_TOKEN: &str = "SWMTKN-1-worker";
 impl Docker {
     fn report(&self, node: &str) -> EngineReport {
         let engine = self.engines.get(node).cloned().unwrap_or_default();
-        let nodes = engine.manager.then(|| {
+        let control = engine.manager && engine.cluster.is_some();
+        let nodes = control.then(|| {
             let mut members: Vec<(&String, &Engine)> = self
                 .engines
                 .iter()
-                .filter(|(_, e)| e.cluster.is_some() && e.cluster == engine.cluster)
+                .filter(|(_, e)| e.listed_in.is_some() && e.listed_in == engine.cluster)
                 .collect();
             members.sort_by_key(|(n, _)| n.to_owned());
             let leader = members
                 .iter()
-                .find(|(_, e)| e.manager)
+                .find(|(_, e)| e.manager && e.cluster.is_some())
                 .map(|(n, _)| n.to_owned());
             members
                 .iter()
-                .map(|(n, e)| SwarmNodeInfo {
-                    id: format!("id-{n}"),
-                    hostname: n.to_string(),
-                    role: if e.manager { "manager" } else { "worker" }.into(),
-                    availability: "active".into(),
-                    status: "ready".into(),
-                    addr: e.addr.clone(),
-                    reachability: e.manager.then(|| "reachable".into()),
-                    leader: Some(*n) == leader,
-                    labels: e.labels.clone(),
-                    running_tasks: 0,
-                    version: 1,
+                .map(|(n, e)| {
+                    let ready = e.cluster == e.listed_in;
+                    SwarmNodeInfo {
+                        id: format!("id-{n}"),
+                        hostname: n.to_string(),
+                        role: if e.manager { "manager" } else { "worker" }.into(),
+                        availability: if e.drained { "drain" } else { "active" }.into(),
+                        status: if ready { "ready" } else { "down" }.into(),
+                        addr: e.addr.clone(),
+                        reachability: e
+                            .manager
+                            .then(|| if ready { "reachable" } else { "unreachable" }.into()),
+                        leader: Some(*n) == leader,
+                        labels: e.labels.clone(),
+                        running_tasks: u32::from(ready && !e.drained && !e.manager),
+                        version: 1,
+                    }
                 })
                 .collect()
         });
@@ -188,7 +201,7 @@ impl Docker {
                     node_id: engine.cluster.as_ref().map(|_| format!("id-{node}")),
                     cluster_id: engine.cluster.clone(),
                     node_addr: Some(engine.addr.clone()),
-                    control_available: engine.manager,
+                    control_available: control,
                     error: None,
                     nodes,
                 },
@@ -208,10 +221,12 @@ impl Docker {
         match &task.op {
             TaskOp::SwarmInit { advertise_addr } => {
                 self.inits.push(node.to_owned());
+                self.ops.push((node.to_owned(), "init"));
                 let engine = self.engines.entry(node.to_owned()).or_default();
                 if engine.cluster.is_none() {
                     let id = format!("cluster-{}", self.swarms_created.len() + 1);
                     engine.cluster = Some(id.clone());
+                    engine.listed_in = Some(id.clone());
                     engine.manager = true;
                     engine.addr = advertise_addr.clone();
                     self.swarms_created.push(id);
@@ -226,6 +241,7 @@ impl Docker {
                 advertise_addr,
                 remote_addrs,
             } => {
+                self.ops.push((node.to_owned(), "join"));
                 let target = self
                     .engines
                     .values()
@@ -235,8 +251,10 @@ impl Docker {
                 match (&engine.cluster, target) {
                     (Some(_), _) => {}
                     (None, Some(cluster)) if token == MANAGER_TOKEN || token == WORKER_TOKEN => {
-                        engine.cluster = Some(cluster);
+                        engine.cluster = Some(cluster.clone());
+                        engine.listed_in = Some(cluster);
                         engine.manager = token == MANAGER_TOKEN;
+                        engine.drained = false;
                         engine.addr = advertise_addr.clone();
                     }
                     _ => {
@@ -249,21 +267,33 @@ impl Docker {
                 node_id,
                 labels,
                 role,
-                ..
+                availability,
             } => {
                 let target = node_id.trim_start_matches("id-").to_owned();
-                let engine = self.engines.entry(target).or_default();
+                let engine = self.engines.entry(target.clone()).or_default();
                 engine.labels.extend(labels.clone());
                 if let Some(role) = role {
                     engine.manager = role == "manager";
+                    self.ops.push((target.clone(), "role"));
+                }
+                if let Some(availability) = availability {
+                    engine.drained = availability == "drain";
+                    self.ops.push((target, "drain"));
                 }
             }
             TaskOp::SwarmLeave { .. } => {
+                self.ops.push((node.to_owned(), "leave"));
                 let engine = self.engines.entry(node.to_owned()).or_default();
                 engine.cluster = None;
                 engine.manager = false;
             }
-            TaskOp::NodeRemove { .. } => {}
+            TaskOp::NodeRemove { node_id, .. } => {
+                let target = node_id.trim_start_matches("id-").to_owned();
+                self.ops.push((target.clone(), "remove"));
+                if let Some(engine) = self.engines.get_mut(&target) {
+                    engine.listed_in = None;
+                }
+            }
         }
         result
     }
@@ -272,11 +302,10 @@ impl Docker {
 /// The launch batches a server made: (cluster, first slot, count, registration token).
 type Batches = Arc<Mutex<Vec<(String, u32, u32, String)>>>;
 
-/// A server whose nodes count once their agent registers, and its batches.
-fn agent_config(dir: &tempfile::TempDir) -> (flotilla_server::ServerConfig, Batches) {
+/// A server whose nodes count once their agent registers; its batches go to `batches`.
+fn agent_config(dir: &tempfile::TempDir, batches: &Batches) -> flotilla_server::ServerConfig {
     let mut config = config(dir);
     config.reconcile.node_ready = NodeReady::AgentRegistered;
-    let batches = Arc::new(Mutex::new(Vec::new()));
     let seen = batches.clone();
     config.reconcile.user_data = Arc::new(move |request: &UserDataRequest<'_>| {
         seen.lock().expect("batches").push((
@@ -287,7 +316,7 @@ fn agent_config(dir: &tempfile::TempDir) -> (flotilla_server::ServerConfig, Batc
         ));
         "#!/bin/sh\n".to_owned()
     });
-    (config, batches)
+    config
 }
 
 async fn agent_call(
@@ -314,163 +343,203 @@ async fn agent_call(
     }
 }
 
-/// Every registered node's (uuid, credential, private ip).
-type Agents = Vec<(String, String, String)>;
+/// A server on `FakeCloud` and the agents of every node it launched, played on the model.
+struct Sim {
+    dir: tempfile::TempDir,
+    cloud: Arc<FakeCloud>,
+    batches: Batches,
+    server: Option<TestServer>,
+    credentials: flotilla_server::Credentials,
+    docker: Mutex<Docker>,
+    /// Every registered node: (uuid, credential, private ip).
+    agents: Vec<(String, String, String)>,
+    registered: std::collections::HashSet<(String, u32)>,
+}
 
-/// Registers every node of every batch not registered yet.
-async fn register_all(
-    server: &TestServer,
-    batches: &Mutex<Vec<(String, u32, u32, String)>>,
-    agents: &mut Agents,
-    done: &mut std::collections::HashSet<(String, u32)>,
-) {
-    let batches = batches.lock().expect("batches").clone();
-    for (cluster, first, count, token) in batches {
-        for slot in first..first + count {
-            if done.contains(&(cluster.clone(), slot)) {
-                continue;
+impl Sim {
+    async fn start() -> Sim {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let batches = Batches::default();
+        let cloud = Arc::new(FakeCloud::new());
+        let server = TestServer::start(agent_config(&dir, &batches), cloud.clone(), None).await;
+        Sim {
+            credentials: server.credentials.clone(),
+            server: Some(server),
+            dir,
+            cloud,
+            batches,
+            docker: Mutex::new(Docker::default()),
+            agents: Vec::new(),
+            registered: Default::default(),
+        }
+    }
+
+    fn server(&self) -> &TestServer {
+        self.server.as_ref().expect("a server")
+    }
+
+    /// Kills the server mid-flight and starts it again on the same database.
+    async fn crash_and_restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.crash().await;
+        }
+        let config = agent_config(&self.dir, &self.batches);
+        self.server = Some(
+            TestServer::start(config, self.cloud.clone(), Some(self.credentials.clone())).await,
+        );
+    }
+
+    /// Registers every node launched and not registered yet.
+    async fn register(&mut self) {
+        let batches = self.batches.lock().expect("batches").clone();
+        for (cluster, first, count, token) in batches {
+            for slot in first..first + count {
+                if self.registered.contains(&(cluster.clone(), slot)) {
+                    continue;
+                }
+                let (status, body) = agent_call(
+                    self.server(),
+                    Method::POST,
+                    AGENT_NODES,
+                    &token,
+                    Some(
+                        json!({"agent_version": "test", "cluster": cluster, "slot": slot,
+                        "first_slot": first, "count": count}),
+                    ),
+                )
+                .await;
+                if status != 201 {
+                    continue;
+                }
+                self.registered.insert((cluster.clone(), slot));
+                let uuid = body["uuid"].as_str().expect("uuid").to_owned();
+                let credential = body["credential"].as_str().expect("credential").to_owned();
+                let node = self.server().get(&uri::node(&uuid)).await;
+                let ip = node.body["private_ips"][0]["cidr"]
+                    .as_str()
+                    .unwrap_or("10.0.0.1/24")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                self.agents.push((uuid, credential, ip));
             }
-            let (status, body) = agent_call(
+        }
+    }
+
+    /// One round of every agent: registration, a heartbeat, the tasks it brought carried
+    /// out on the model, and a PATCH with the results and a fresh report. An agent whose
+    /// node is gone (its credential refused) does nothing.
+    async fn round(&mut self) {
+        self.register().await;
+        let server = self.server();
+        for (uuid, credential, ip) in &self.agents {
+            self.docker
+                .lock()
+                .expect("docker")
+                .engines
+                .entry(uuid.clone())
+                .or_insert_with(|| Engine {
+                    addr: ip.clone(),
+                    ..Engine::default()
+                });
+            let (status, reply) = agent_call(
                 server,
                 Method::POST,
-                AGENT_NODES,
-                &token,
-                Some(
-                    json!({"agent_version": "test", "cluster": cluster, "slot": slot,
-                    "first_slot": first, "count": count}),
-                ),
+                &agent_node_ping(uuid),
+                credential,
+                None,
             )
             .await;
-            if status != 201 {
+            if status != 200 {
                 continue;
             }
-            done.insert((cluster.clone(), slot));
-            let uuid = body["uuid"].as_str().expect("uuid").to_owned();
-            let credential = body["credential"].as_str().expect("credential").to_owned();
-            let node = server.get(&uri::node(&uuid)).await;
-            let ip = node.body["private_ips"][0]["cidr"]
-                .as_str()
-                .unwrap_or("10.0.0.1/24")
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            agents.push((uuid, credential, ip));
+            let tasks: Vec<AgentTask> =
+                serde_json::from_value(reply["tasks"].clone()).unwrap_or_default();
+            let update = {
+                let mut docker = self.docker.lock().expect("docker");
+                let results: Vec<TaskResult> = tasks
+                    .iter()
+                    .map(|task| {
+                        if matches!(&task.op, TaskOp::SwarmJoin { .. })
+                            && docker
+                                .engines
+                                .get(uuid)
+                                .is_some_and(|e| e.cluster.is_some())
+                        {
+                            docker.token_seen_by.push(uuid.clone());
+                        }
+                        docker.run(uuid, task)
+                    })
+                    .collect();
+                NodeUpdate {
+                    engine: Some(docker.report(uuid)),
+                    results,
+                    ..NodeUpdate::default()
+                }
+            };
+            agent_call(
+                server,
+                Method::PATCH,
+                &agent_node(uuid),
+                credential,
+                Some(serde_json::to_value(&update).expect("json")),
+            )
+            .await;
         }
     }
-}
 
-/// One round of every agent: a heartbeat, the tasks it brought carried out on the model,
-/// and a PATCH with the results and a fresh report.
-async fn agents_round(server: &TestServer, agents: &Agents, docker: &Mutex<Docker>) {
-    for (uuid, credential, ip) in agents {
-        docker
-            .lock()
-            .expect("docker")
-            .engines
-            .entry(uuid.clone())
-            .or_insert_with(|| Engine {
-                addr: ip.clone(),
-                ..Engine::default()
-            });
-        let (status, reply) = agent_call(
-            server,
-            Method::POST,
-            &agent_node_ping(uuid),
-            credential,
-            None,
-        )
-        .await;
-        if status != 200 {
-            continue;
-        }
-        let tasks: Vec<AgentTask> =
-            serde_json::from_value(reply["tasks"].clone()).unwrap_or_default();
-        let update = {
-            let mut docker = docker.lock().expect("docker");
-            let results: Vec<TaskResult> = tasks
-                .iter()
-                .map(|task| {
-                    if matches!(&task.op, TaskOp::SwarmJoin { .. })
-                        && docker
-                            .engines
-                            .get(uuid)
-                            .is_some_and(|e| e.cluster.is_some())
-                    {
-                        docker.token_seen_by.push(uuid.clone());
-                    }
-                    docker.run(uuid, task)
-                })
-                .collect();
-            NodeUpdate {
-                engine: Some(docker.report(uuid)),
-                results,
-                ..NodeUpdate::default()
+    /// Plays rounds until `done` holds for what `path` shows, killing and restarting the
+    /// server before each round listed in `crashes`.
+    async fn until(
+        &mut self,
+        path: &str,
+        crashes: &[usize],
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = Instant::now();
+        let mut round = 0;
+        loop {
+            if crashes.contains(&round) {
+                self.crash_and_restart().await;
             }
-        };
-        agent_call(
-            server,
-            Method::PATCH,
-            &agent_node(uuid),
-            credential,
-            Some(serde_json::to_value(&update).expect("json")),
-        )
-        .await;
+            round += 1;
+            self.round().await;
+            let shown = self.server().get(path).await;
+            if done(&shown.body) {
+                return shown.body;
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "never reached: {:#}\n{:#?}",
+                shown.body,
+                self.docker.lock().expect("docker")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(mut self) -> Docker {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        self.docker.into_inner().expect("docker")
     }
 }
 
-/// Creates a 3-manager, 2-worker swarm and plays its agents until it is `Deployed`,
-/// killing the server (and starting it again on the same database) at each of `crashes`
-/// (counted in agent rounds). Returns the model and the swarm as last shown.
-async fn form_swarm(crashes: &[usize]) -> (Docker, Value) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (config_a, batches) = agent_config(&dir);
-    let cloud = Arc::new(FakeCloud::new());
-    let mut server = TestServer::start(config_a, cloud.clone(), None).await;
-    let credentials = server.credentials.clone();
-    let created = server
+/// Creates a 3-manager, 2-worker swarm and plays its agents until it is `Deployed`.
+async fn formed_swarm(crashes: &[usize]) -> (Sim, String, Value) {
+    let mut sim = Sim::start().await;
+    let created = sim
+        .server()
         .call(Method::POST, &uri::swarms(), Some(body("s")))
         .await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let uuid = created.body["uuid"].as_str().expect("uuid").to_owned();
-    let docker = Mutex::new(Docker::default());
-    let mut agents = Agents::new();
-    let mut registered = std::collections::HashSet::new();
-    let started = Instant::now();
-    let mut round = 0;
-    loop {
-        if crashes.contains(&round) {
-            server.crash().await;
-            let (config_b, _) = agent_config(&dir);
-            let mut config_b = config_b;
-            let seen = batches.clone();
-            config_b.reconcile.user_data = Arc::new(move |request: &UserDataRequest<'_>| {
-                seen.lock().expect("batches").push((
-                    request.cluster_uuid.to_owned(),
-                    request.nodes[0].slot,
-                    request.nodes.len() as u32,
-                    request.registration_token.to_owned(),
-                ));
-                "#!/bin/sh\n".to_owned()
-            });
-            server = TestServer::start(config_b, cloud.clone(), Some(credentials.clone())).await;
-        }
-        round += 1;
-        register_all(&server, &batches, &mut agents, &mut registered).await;
-        agents_round(&server, &agents, &docker).await;
-        let shown = server.get(&uri::swarm(&uuid)).await;
-        if shown.body["state"] == "Deployed" {
-            server.stop().await;
-            return (docker.into_inner().expect("docker"), shown.body);
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the swarm never formed: {:#}\n{:#?}",
-            shown.body,
-            docker.lock().expect("docker")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let swarm = sim
+        .until(&uri::swarm(&uuid), crashes, |s| s["state"] == "Deployed")
+        .await;
+    (sim, uuid, swarm)
 }
 
 fn check_one_swarm(docker: &Docker, swarm: &Value) {
@@ -499,6 +568,7 @@ fn check_one_swarm(docker: &Docker, swarm: &Value) {
     }
     let managers = nodes.iter().filter(|n| n["role"] == "manager").count();
     assert_eq!(managers, 3);
+    assert_eq!(nodes.iter().filter(|n| n["leader"] == true).count(), 1);
     for (uuid, engine) in &docker.engines {
         assert_eq!(
             engine.cluster.as_ref(),
@@ -519,7 +589,8 @@ fn check_one_swarm(docker: &Docker, swarm: &Value) {
 
 #[tokio::test]
 async fn the_server_bootstraps_one_swarm_through_the_agents() {
-    let (docker, swarm) = form_swarm(&[]).await;
+    let (sim, _, swarm) = formed_swarm(&[]).await;
+    let docker = sim.stop().await;
     check_one_swarm(&docker, &swarm);
 }
 
@@ -528,7 +599,71 @@ async fn a_server_killed_at_any_step_of_creating_a_swarm_finishes_with_exactly_o
     // Rounds 0..8 cover: before any node registered, the bootstrap choice, the Init handed
     // out but not answered, the Init answered but the tokens not yet stored, the joins.
     for crash in 0..8 {
-        let (docker, swarm) = form_swarm(&[crash, crash + 2]).await;
+        let (sim, _, swarm) = formed_swarm(&[crash, crash + 2]).await;
+        let docker = sim.stop().await;
         check_one_swarm(&docker, &swarm);
+    }
+}
+
+#[tokio::test]
+async fn workers_leave_the_swarm_before_their_instances_go_and_new_ones_join() {
+    let (mut sim, _, swarm) = formed_swarm(&[]).await;
+    let workers = swarm["worker_cluster"].as_str().expect("uri").to_owned();
+
+    // 2 → 3: the new worker joins by itself.
+    let scaled = sim
+        .server()
+        .call(
+            Method::PATCH,
+            &workers,
+            Some(json!({"target_num_nodes": 3})),
+        )
+        .await;
+    assert_eq!(scaled.status, 202, "{:?}", scaled.body);
+    let swarm_path = swarm["resource_uri"].as_str().expect("uri").to_owned();
+    sim.until(&swarm_path, &[], |s| {
+        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.len() == 6 && nodes.iter().all(|n| n["docker_status"] == "ready")
+    })
+    .await;
+
+    // 3 → 1: two workers drain, leave and are removed from the swarm, then terminated.
+    let scaled = sim
+        .server()
+        .call(
+            Method::PATCH,
+            &workers,
+            Some(json!({"target_num_nodes": 1})),
+        )
+        .await;
+    assert_eq!(scaled.status, 202, "{:?}", scaled.body);
+    sim.until(&workers, &[], |c| {
+        c["state"] == "Deployed" && c["current_num_nodes"] == 1
+    })
+    .await;
+    let docker = sim.stop().await;
+    let gone: Vec<&String> = docker
+        .engines
+        .iter()
+        .filter(|(_, e)| e.listed_in.is_none())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(gone.len(), 2, "two nodes left the list: {docker:#?}");
+    for node in gone {
+        let ops: Vec<&str> = docker
+            .ops
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, op)| *op)
+            .collect();
+        let tail: Vec<&str> = ops.iter().rev().take(3).rev().copied().collect();
+        assert_eq!(tail, ["drain", "leave", "remove"], "{node}: {ops:?}");
+    }
+    let listed = docker.engines.values().filter(|e| e.listed_in.is_some());
+    for engine in listed {
+        assert!(
+            engine.cluster.is_some(),
+            "no node stays Down in the list: {docker:#?}"
+        );
     }
 }

@@ -393,6 +393,10 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 outcome_response(&app.create_swarm(caller, &body).await?, true)
             }
             (Route::Swarms, _) => self.list(app.swarms().await?)?,
+            (Route::Swarm(uuid), Method::PATCH) => {
+                let body = self.body()?;
+                outcome_response(&app.patch_swarm(caller, &uuid, &body).await?, false)
+            }
             (Route::Swarm(uuid), Method::DELETE) => {
                 outcome_response(&app.delete_swarm(caller, &uuid).await?, false)
             }

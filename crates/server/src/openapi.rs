@@ -513,6 +513,8 @@ fn schemas() -> Value {
             "example": {"name": "example", "manager_count": 3, "worker_count": 2,
                 "region": "/api/infra/v1/region/aws/us-east-1/",
                 "manager_node_type": "/api/infra/v1/nodetype/aws/t3.micro/"}},
+        "SwarmPatch": {"type": "object", "additionalProperties": false, "properties": {
+            "manager_count": {"type": "integer", "enum": SWARM_MANAGER_COUNTS}}},
         "NodeClusterPatch": {"type": "object", "additionalProperties": false, "properties": {
             "target_num_nodes": target, "tags": tags.clone(), "nickname": {"type": "string"},
             "auto_replace": {"type": "boolean"}}},

@@ -258,7 +258,7 @@ pub fn endpoint(route: &Route) -> Endpoint {
         Route::Swarms => ("/api/infra/v1/swarm/", &["get", "post"], Auth::Basic, true),
         Route::Swarm(_) => (
             "/api/infra/v1/swarm/{uuid}/",
-            &["get", "delete"],
+            &["get", "patch", "delete"],
             Auth::Basic,
             true,
         ),

@@ -13,6 +13,7 @@
 //!   swarm's node list as a manager reported it.
 
 use flotilla_api::{self as api, action_state, date, uri};
+use flotilla_core::plan::swarm as planner;
 use flotilla_core::spec::SwarmSpec;
 use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use serde_json::Value;
@@ -219,6 +220,64 @@ impl<C: Cloud + 'static> App<C> {
             object: self.render_swarm(record).await?,
             action_uri: uri::action(&swarm_action.uuid),
             accepted: true,
+        })
+    }
+
+    /// `PATCH swarm/{uuid}/`: `manager_count` (1, 3, 5 or 7). Refused (409) when the change
+    /// could lose the swarm's Raft quorum with the managers that are unreachable now
+    /// (`plan::swarm::check_manager_change` says why and what to do); otherwise the
+    /// managers' node cluster is scaled, and the swarm worker adds (or demotes) managers one
+    /// at a time.
+    pub async fn patch_swarm(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+        body: &Value,
+    ) -> AppResult<Outcome<api::Swarm>> {
+        let fields = super::patch_fields(body, &["manager_count"])?;
+        let target = match fields.get("manager_count") {
+            None => {
+                return Err(AppError::BadRequest(
+                    "manager_count: this field is required".into(),
+                ));
+            }
+            Some(value) => value
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    AppError::BadRequest("manager_count: must be 1, 3, 5 or 7".into())
+                })?,
+        };
+        let swarm = self.load_swarm(uuid).await?;
+        if !matches!(
+            swarm.state,
+            ClusterState::Deployed | ClusterState::Deploying
+        ) {
+            return Err(AppError::BadRequest(format!(
+                "swarm '{uuid}' is {}: its managers cannot change",
+                swarm.state
+            )));
+        }
+        let view = SwarmView::load(&self.store, swarm.clone()).await?;
+        let health = planner::manager_health(&view.observed(0, &Default::default()));
+        planner::check_manager_change(health, target).map_err(|refusal| match refusal.kind {
+            planner::RefusalKind::NotAllowed => {
+                AppError::BadRequest(format!("manager_count: {refusal}"))
+            }
+            _ => AppError::Conflict(format!("manager_count: {refusal}")),
+        })?;
+        self.store.set_swarm_managers(uuid, target).await?;
+        let scaled = self
+            .patch_cluster(
+                caller,
+                &swarm.manager_cluster,
+                &serde_json::json!({"target_num_nodes": target}),
+            )
+            .await?;
+        Ok(Outcome {
+            object: self.swarm(uuid).await?,
+            action_uri: scaled.action_uri,
+            accepted: scaled.accepted,
         })
     }
 

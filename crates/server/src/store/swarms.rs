@@ -301,4 +301,14 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// The swarm's target manager count (its managers' cluster is scaled with it).
+    pub async fn set_swarm_managers(&self, uuid: &str, managers: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE swarms SET managers = ? WHERE uuid = ?")
+            .bind(i64::from(managers))
+            .bind(uuid)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
 }

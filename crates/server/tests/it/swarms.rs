@@ -670,3 +670,99 @@ async fn workers_leave_the_swarm_before_their_instances_go_and_new_ones_join() {
         );
     }
 }
+
+#[tokio::test]
+async fn managers_change_live_and_an_unsafe_change_is_refused() {
+    let (mut sim, uuid, swarm) = formed_swarm(&[]).await;
+    let path = uri::swarm(&uuid);
+    let managers = |s: &Value| {
+        s["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| n["role"] == "manager" && n["docker_status"] == "ready")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for (change, error) in [
+        (json!({"manager_count": 4}), "1, 3, 5 or 7"),
+        (json!({"worker_count": 4}), "worker_count"),
+        (json!({}), "manager_count"),
+    ] {
+        let refused = sim.server().call(Method::PATCH, &path, Some(change)).await;
+        assert_eq!(refused.status, 400, "{:?}", refused.body);
+        assert!(
+            refused.body["error"]
+                .as_str()
+                .expect("error")
+                .contains(error)
+        );
+    }
+
+    // 3 → 5 → 3, live.
+    for target in [5, 3] {
+        let changed = sim
+            .server()
+            .call(Method::PATCH, &path, Some(json!({"manager_count": target})))
+            .await;
+        assert_eq!(changed.status, 202, "{:?}", changed.body);
+        let shown = sim
+            .until(&path, &[], |s| {
+                managers(s) == target
+                    && s["nodes"].as_array().is_some_and(|n| n.len() == target + 2)
+            })
+            .await;
+        assert_eq!(shown["manager_count"], target);
+    }
+    let manager_cluster = swarm["manager_cluster"].as_str().expect("uri").to_owned();
+    sim.until(&manager_cluster, &[], |c| {
+        c["state"] == "Deployed" && c["current_num_nodes"] == 3
+    })
+    .await;
+
+    // Two of three managers unreachable: the swarm has lost quorum, no change is safe.
+    let silent: Vec<String> = {
+        let docker = sim.docker.lock().expect("docker");
+        let mut managers: Vec<String> = docker
+            .engines
+            .iter()
+            .filter(|(_, e)| e.manager && e.cluster.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        managers.sort();
+        managers.into_iter().take(2).collect()
+    };
+    {
+        let mut docker = sim.docker.lock().expect("docker");
+        for node in &silent {
+            // The engine is still listed but down, as a manager that lost its machine.
+            if let Some(engine) = docker.engines.get_mut(node) {
+                engine.cluster = None;
+            }
+        }
+    }
+    let survivor_reports = sim
+        .until(&path, &[], |s| {
+            s["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .filter(|n| n["manager_status"] == "unreachable")
+                    .count()
+                    >= 1
+            }) || managers(s) < 3
+        })
+        .await;
+    let refused = sim
+        .server()
+        .call(Method::PATCH, &path, Some(json!({"manager_count": 5})))
+        .await;
+    assert_eq!(
+        refused.status, 409,
+        "{:?}\n{survivor_reports:#}",
+        refused.body
+    );
+    let error = refused.body["error"].as_str().expect("error");
+    assert!(error.contains("quorum"), "{error}");
+    sim.stop().await;
+}

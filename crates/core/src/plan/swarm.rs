@@ -1239,10 +1239,18 @@ mod tests {
                     }
                 }
             }
-            // A drained node's tasks move to the first other active, ready node.
+            // A drained node's tasks move to the first other active, ready node, 10 s after
+            // the drain (they stay put when there is none).
             for i in 0..self.nodes.len() {
+                let since = self
+                    .owner
+                    .get(&self.nodes[i].id)
+                    .and_then(|o| self.drain_started.get(o))
+                    .copied()
+                    .unwrap_or(0);
                 if self.nodes[i].availability != Availability::Drain
                     || self.nodes[i].running_tasks == 0
+                    || self.now_ms < since + 10_000
                 {
                     continue;
                 }
@@ -1849,6 +1857,8 @@ mod tests {
         Managers(usize),
         Lose(usize, bool),
         Tasks(usize, u32),
+        /// Someone promotes or demotes a node by hand.
+        Misrole(usize),
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -1863,11 +1873,12 @@ mod tests {
             1 => (0usize..4).prop_map(Event::Managers),
             2 => (0usize..64, any::<bool>()).prop_map(|(k, a)| Event::Lose(k, a)),
             2 => (0usize..64, 1u32..5).prop_map(|(i, n)| Event::Tasks(i, n)),
+            1 => (0usize..64).prop_map(Event::Misrole),
         ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(192))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Through any sequence of failures, arrivals, departures, target changes and lost
         /// steps: only the recorded bootstrap initialises and one swarm is adopted; no step
@@ -1926,6 +1937,22 @@ mod tests {
                         }
                     }
                     Event::Lose(k, answer) => lose = Some((k, answer)),
+                    Event::Misrole(i) => {
+                        let total = sim.health().total;
+                        if let Some((i, k)) = pick(i).and_then(|i| Some((i, sim.node_of(i)?))) {
+                            let up = sim.up(&sim.members[i].node);
+                            let may_fail = sim.may_fail(i);
+                            let node = &mut sim.nodes[k];
+                            if node.role == Role::Worker && up {
+                                node.role = Role::Manager;
+                                node.reachable = Some(true);
+                            } else if node.role == Role::Manager && total >= 2 && may_fail {
+                                node.role = Role::Worker;
+                                node.reachable = None;
+                                node.leader = false;
+                            }
+                        }
+                    }
                     Event::Tasks(i, n) => {
                         if let Some(k) = pick(i)
                             .and_then(|i| sim.node_of(i))

@@ -215,7 +215,9 @@ pub struct Observed {
     /// `None`: no manager with control answered.
     pub nodes: Option<Vec<SwarmNode>>,
     pub now_ms: u64,
-    /// Member node uuid → when its drain was first seen or asked for.
+    /// Member node uuid → when its drain was first seen or asked for. The server records it
+    /// when it hands out a `Drain` or first sees a drained node; a drained node with running
+    /// tasks and no entry yet is waited for.
     pub drain_started: BTreeMap<String, u64>,
 }
 
@@ -1828,6 +1830,138 @@ mod tests {
         let plan = sim.round(None);
         assert!(
             plan.steps.iter().all(|s| !s.is_manager_change()),
+            "{plan:?}"
+        );
+        assert!(!plan.settled);
+    }
+
+    /// A swarm of `managers` managers and `workers` workers, settled.
+    fn settled(managers: u32, workers: u32) -> Sim {
+        let mut sim = Sim::new(managers, workers);
+        for _ in 0..20 {
+            if sim.round(None).settled {
+                return sim;
+            }
+        }
+        panic!("did not settle: {sim:#?}");
+    }
+
+    #[test]
+    fn a_leaving_worker_is_drained_given_time_then_leaves_is_removed_and_released() {
+        let mut sim = settled(1, 2);
+        let worker = sim
+            .members
+            .iter()
+            .position(|m| m.role == Role::Worker)
+            .expect("worker");
+        let k = sim.node_of(worker).expect("listed");
+        let id = sim.nodes[k].id.clone();
+        let uuid = sim.members[worker].node.clone();
+        sim.members[worker].leaving = true;
+        // The only other node is the manager, which takes no tasks here: they stay put.
+        for n in &mut sim.nodes {
+            if n.id != id {
+                n.availability = Availability::Drain;
+            }
+        }
+        sim.nodes[k].running_tasks = 3;
+        let drain = sim.round(None);
+        assert!(
+            drain
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Drain { node_id, .. } if *node_id == id)),
+            "{drain:?}"
+        );
+        let waiting = sim.round(None);
+        assert!(waiting.steps.is_empty(), "{waiting:?}");
+        assert_eq!(
+            waiting.waiting,
+            vec![format!("{uuid}: draining, 3 tasks still running")]
+        );
+        sim.now_ms += DRAIN_TIMEOUT_MS;
+        let leave = sim.round(None);
+        assert_eq!(
+            leave.steps,
+            vec![Step::Leave {
+                node: uuid.clone(),
+                force: false
+            }]
+        );
+        let remove = sim.round(None);
+        assert!(
+            matches!(&remove.steps[..], [Step::Remove { node_id, force: true, .. }] if *node_id == id),
+            "{remove:?}"
+        );
+        let release = sim.round(None);
+        assert_eq!(release.steps, vec![Step::Release { node: uuid }]);
+    }
+
+    #[test]
+    fn a_stray_leaves_its_swarm_by_force_and_joins_ours() {
+        let mut sim = settled(1, 0);
+        sim.add_stray();
+        let stray = sim.members.last().expect("stray").node.clone();
+        let plan = sim.round(None);
+        assert_eq!(
+            plan.steps,
+            vec![Step::Leave {
+                node: stray.clone(),
+                force: true
+            }]
+        );
+        let join = sim.round(None);
+        assert!(
+            matches!(&join.steps[..], [Step::Join { node, role: Role::Worker, .. }] if *node == stray),
+            "{join:?}"
+        );
+    }
+
+    #[test]
+    fn down_nodes_of_nobody_are_removed_and_ready_ones_left_to_the_user() {
+        let sim = settled(1, 0);
+        let mut observed = sim.observe();
+        let user = |id: &str, status| SwarmNode {
+            id: id.into(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            status,
+            reachable: None,
+            leader: false,
+            labels: BTreeMap::new(),
+            running_tasks: 0,
+        };
+        let nodes = observed.nodes.as_mut().expect("a list");
+        nodes.push(user("theirs", NodeStatus::Ready));
+        nodes.push(user("dead", NodeStatus::Down));
+        let plan = plan(&sim.desired, &observed);
+        let manager = sim.members[0].node.clone();
+        assert_eq!(
+            plan.steps,
+            vec![Step::Remove {
+                via: manager,
+                node_id: "dead".into(),
+                force: true
+            }]
+        );
+    }
+
+    #[test]
+    fn lost_tokens_are_asked_of_the_leader() {
+        let mut sim = settled(3, 0);
+        sim.desired.have_tokens = false;
+        let observed = sim.observe();
+        let leader_id = sim
+            .nodes
+            .iter()
+            .find(|n| n.leader)
+            .expect("a leader")
+            .id
+            .clone();
+        let leader = sim.owner[&leader_id].clone();
+        let plan = plan(&sim.desired, &observed);
+        assert!(
+            matches!(&plan.steps[..], [Step::Init { node, .. }] if *node == leader),
             "{plan:?}"
         );
         assert!(!plan.settled);

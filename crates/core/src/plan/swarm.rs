@@ -1567,6 +1567,25 @@ mod tests {
                 plan.steps
             );
             assert!(!plan.settled || (plan.steps.is_empty() && plan.waiting.is_empty()));
+            for step in &plan.steps {
+                if let Step::Init { node, .. } = step {
+                    let m = &self.members[self.index(node)];
+                    let recovery = self
+                        .desired
+                        .cluster_id
+                        .as_deref()
+                        .is_some_and(|c| m.controls(c));
+                    assert!(
+                        self.desired.bootstrap.as_ref() == Some(node) || recovery,
+                        "Init to {node}: neither the recorded bootstrap nor a manager of the \
+                         adopted swarm"
+                    );
+                    assert!(
+                        self.desired.cluster_id.is_none() || !self.desired.have_tokens,
+                        "Init once the cluster id and tokens are known"
+                    );
+                }
+            }
             for (k, step) in plan.steps.iter().enumerate() {
                 let (lost, answer_lost) = match lose {
                     Some((l, answer)) => (
@@ -1600,6 +1619,22 @@ mod tests {
                 self.nodes[k].role == Role::Manager && self.nodes[k].reachable == Some(true)
             });
             !reachable_manager || (h.reachable > quorum(h.total) && h.quorate())
+        }
+
+        /// A member may be terminated without making quorum unrecoverable: enough managers
+        /// are left whose instances still exist (silent ones may come back).
+        fn may_go(&self, i: usize) -> bool {
+            let total = self.health().total;
+            let alive = |n: &SwarmNode| {
+                n.role == Role::Manager
+                    && self
+                        .members
+                        .iter()
+                        .any(|m| m.node == self.owner[&n.id] && !m.gone)
+            };
+            let left = self.nodes.iter().filter(|n| alive(n)).count() as u32;
+            let mine = self.node_of(i).is_some_and(|k| alive(&self.nodes[k]));
+            total == 0 || left - u32::from(mine) >= quorum(total)
         }
 
         fn staying_managers(&self) -> Vec<usize> {
@@ -1991,6 +2026,8 @@ mod tests {
         Managers(usize),
         Lose(usize, bool),
         Tasks(usize, u32),
+        /// A member falls silent even if that costs the swarm its quorum.
+        Disaster(usize),
         /// Someone promotes or demotes a node by hand.
         Misrole(usize),
     }
@@ -2008,6 +2045,7 @@ mod tests {
             2 => (0usize..64, any::<bool>()).prop_map(|(k, a)| Event::Lose(k, a)),
             2 => (0usize..64, 1u32..5).prop_map(|(i, n)| Event::Tasks(i, n)),
             1 => (0usize..64).prop_map(Event::Misrole),
+            1 => (0usize..64).prop_map(Event::Disaster),
         ]
     }
 
@@ -2044,8 +2082,13 @@ mod tests {
                             sim.members[i].reachable = true;
                         }
                     }
+                    Event::Disaster(i) => {
+                        if let Some(i) = pick(i) {
+                            sim.members[i].reachable = false;
+                        }
+                    }
                     Event::Gone(i) => {
-                        if let Some(i) = pick(i).filter(|&i| sim.may_fail(i)) {
+                        if let Some(i) = pick(i).filter(|&i| sim.may_fail(i) && sim.may_go(i)) {
                             sim.members[i].gone = true;
                             sim.members[i].reachable = false;
                         }
@@ -2102,18 +2145,23 @@ mod tests {
                 }
             }
 
-            // Failures stop: the node clusters terminate silent nodes and replace managers.
+            // Failures stop: silent nodes come back, or are terminated when quorum can do
+            // without them, and the node clusters replace managers.
+            for i in 0..sim.members.len() {
+                if !sim.members[i].reachable && !sim.members[i].gone {
+                    if sim.may_go(i) {
+                        sim.members[i].gone = true;
+                    } else {
+                        sim.members[i].reachable = true;
+                    }
+                }
+            }
             let live_at_end: BTreeSet<String> = sim
                 .members
                 .iter()
-                .filter(|m| m.leaving && !m.gone && m.reachable)
+                .filter(|m| m.leaving && !m.gone)
                 .map(|m| m.node.clone())
                 .collect();
-            for m in &mut sim.members {
-                if !m.reachable {
-                    m.gone = true;
-                }
-            }
             sim.follow_target();
             let mut settled = false;
             for _ in 0..150 {

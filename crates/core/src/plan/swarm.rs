@@ -497,6 +497,15 @@ enum Change {
     },
 }
 
+/// A node command waiting for its `via`.
+#[derive(Debug, Clone)]
+enum ListOp {
+    Drain,
+    Label(BTreeMap<String, String>),
+    /// `node rm --force`.
+    Remove,
+}
+
 struct Planner<'a> {
     desired: &'a Desired,
     observed: &'a Observed,
@@ -642,7 +651,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         .filter(|m| m.controls(cluster_id))
         .collect();
 
-    // Strays, and leaving members that never joined: no node list needed.
+    // Strays (engines active in another swarm) leave it: no node list needed.
     for m in &members {
         if m.gone {
             continue;
@@ -711,7 +720,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
 
     let mut changes: Vec<Change> = Vec::new();
     let mut in_progress: Vec<String> = Vec::new();
-    let mut list_steps: Vec<(String, Step)> = Vec::new(); // (node id, step) needing a `via`
+    // Node commands, by node id; each runs on a manager with control (`via`).
+    let mut list_ops: Vec<(String, ListOp)> = Vec::new();
 
     // Nodes that belong to no live member, or to a gone one.
     for node in nodes {
@@ -741,14 +751,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
                 }
             });
         } else {
-            list_steps.push((
-                node.id.clone(),
-                Step::Remove {
-                    via: String::new(),
-                    node_id: node.id.clone(),
-                    force: true,
-                },
-            ));
+            list_ops.push((node.id.clone(), ListOp::Remove));
         }
     }
 
@@ -757,7 +760,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         let node = m.swarm_node_id().and_then(|id| by_id.get(id).copied());
         if m.leaving {
             settled_members &= m.gone;
-            leave(&mut p, m, node, &mut changes, &mut list_steps, cluster_id);
+            leave(&mut p, m, node, &mut changes, &mut list_ops, cluster_id);
             continue;
         }
         if m.gone {
@@ -802,14 +805,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
                     _ => {}
                 }
                 if !labels_ok(m, n) {
-                    list_steps.push((
-                        n.id.clone(),
-                        Step::Label {
-                            via: String::new(),
-                            node_id: n.id.clone(),
-                            labels: labels_for(m),
-                        },
-                    ));
+                    list_ops.push((n.id.clone(), ListOp::Label(labels_for(m))));
                 }
             }
             // A stray: its `Leave` is planned above.
@@ -922,26 +918,23 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         done = emitted;
     }
 
-    for (node_id, step) in list_steps {
+    for (node_id, op) in list_ops {
         let Some(via) = via_for(&node_id) else {
             p.wait(format!("{node_id}: no manager with control to run it"));
             continue;
         };
-        p.steps.push(match step {
-            Step::Remove { node_id, force, .. } => Step::Remove {
-                via,
-                node_id,
-                force,
-            },
-            Step::Label {
-                node_id, labels, ..
-            } => Step::Label {
+        p.steps.push(match op {
+            ListOp::Drain => Step::Drain { via, node_id },
+            ListOp::Label(labels) => Step::Label {
                 via,
                 node_id,
                 labels,
             },
-            Step::Drain { node_id, .. } => Step::Drain { via, node_id },
-            other => other,
+            ListOp::Remove => Step::Remove {
+                via,
+                node_id,
+                force: true,
+            },
         });
     }
     p.finish(settled_members)
@@ -975,7 +968,7 @@ fn leave(
     m: &Member,
     node: Option<&SwarmNode>,
     changes: &mut Vec<Change>,
-    list_steps: &mut Vec<(String, Step)>,
+    list_ops: &mut Vec<(String, ListOp)>,
     cluster_id: &str,
 ) {
     let Some(n) = node else {
@@ -1001,13 +994,7 @@ fn leave(
     }
     let up = m.up();
     if up && n.availability != Availability::Drain {
-        list_steps.push((
-            id.clone(),
-            Step::Drain {
-                via: String::new(),
-                node_id: id,
-            },
-        ));
+        list_ops.push((id.clone(), ListOp::Drain));
         return;
     }
     if up && n.running_tasks > 0 && n.status == NodeStatus::Ready {
@@ -1032,14 +1019,7 @@ fn leave(
         });
         return;
     }
-    list_steps.push((
-        id.clone(),
-        Step::Remove {
-            via: String::new(),
-            node_id: id,
-            force: true,
-        },
-    ));
+    list_ops.push((id.clone(), ListOp::Remove));
 }
 
 #[cfg(test)]

@@ -49,6 +49,13 @@
 //!   says so); a reachable engine leaves (`swarm leave`); a node still in the list is removed
 //!   with `--force`; only then is it released ([`Step::Release`]) to be terminated. A node
 //!   that never joined is released at once.
+//! * **Draining is bounded**: the wait counts from [`Observed::drain_started`], which the
+//!   server records when it hands out a `Drain` or first sees a drained node (until then the
+//!   planner waits); after [`DRAIN_TIMEOUT_MS`] the node leaves with its tasks still running.
+//! * **Settled** means nothing to do and nothing to wait for, the cluster id adopted and the
+//!   tokens stored, and every live staying member active in the swarm, `Ready`, with its
+//!   role and labels. A silent member or a swarm without quorum is never settled: the plan's
+//!   `waiting` says what it waits for.
 //! * **Stray swarms are left.** An engine active in a cluster other than the adopted one
 //!   is told to `swarm leave --force` (it is not part of our swarm's quorum), then joins.
 //! * **Labels are merged**: a joined node gets `flotilla.az`, `flotilla.cluster` and
@@ -994,7 +1001,7 @@ fn leave(
     }
     let up = m.up();
     if up && n.availability != Availability::Drain {
-        list_ops.push((id.clone(), ListOp::Drain));
+        list_ops.push((id, ListOp::Drain));
         return;
     }
     if up && n.running_tasks > 0 && n.status == NodeStatus::Ready {
@@ -1019,7 +1026,7 @@ fn leave(
         });
         return;
     }
-    list_ops.push((id.clone(), ListOp::Remove));
+    list_ops.push((id, ListOp::Remove));
 }
 
 #[cfg(test)]
@@ -1548,6 +1555,12 @@ mod tests {
             );
             assert!(!plan.settled || (plan.steps.is_empty() && plan.waiting.is_empty()));
             for step in &plan.steps {
+                if let Step::Release { node } = step {
+                    assert!(
+                        self.nodes.iter().all(|n| &self.owner[&n.id] != node),
+                        "Release of {node} while it is in the node list"
+                    );
+                }
                 if let Step::Init { node, .. } = step {
                     let m = &self.members[self.index(node)];
                     let recovery = self
@@ -1980,6 +1993,32 @@ mod tests {
             "{plan:?}"
         );
         assert!(!plan.settled);
+    }
+
+    #[test]
+    fn manager_health_counts_gone_managers_as_unreachable_and_falls_back_to_reports() {
+        let mut sim = settled(3, 1);
+        let observed = sim.observe();
+        assert_eq!(manager_health(&observed), health(3, 3));
+        let follower = sim
+            .members
+            .iter()
+            .position(|m| {
+                m.role == Role::Manager
+                    && sim
+                        .node_of(sim.index(&m.node))
+                        .is_some_and(|k| !sim.nodes[k].leader)
+            })
+            .expect("a follower");
+        sim.members[follower].gone = true;
+        // The list still says reachable: the member's termination wins.
+        let stale = sim.observe();
+        assert_eq!(manager_health(&stale), health(3, 2));
+        let without_list = Observed {
+            nodes: None,
+            ..stale
+        };
+        assert_eq!(manager_health(&without_list), health(3, 2));
     }
 
     #[test]

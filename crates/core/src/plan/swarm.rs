@@ -2137,9 +2137,10 @@ mod tests {
                         let total = sim.health().total;
                         if let Some((i, k)) = pick(i).and_then(|i| Some((i, sim.node_of(i)?))) {
                             let up = sim.up(&sim.members[i].node);
-                            let may_fail = sim.may_fail(i);
+                            // A role change is a Raft change: only with quorum.
+                            let may_fail = sim.may_fail(i) && sim.quorate();
                             let node = &mut sim.nodes[k];
-                            if node.role == Role::Worker && up {
+                            if node.role == Role::Worker && up && may_fail {
                                 node.role = Role::Manager;
                                 node.reachable = Some(true);
                             } else if node.role == Role::Manager && total >= 2 && may_fail {

@@ -39,7 +39,9 @@
 //!   of caution). The manager count never grows past the target ([`Desired::managers`]).
 //! * **Unreachable first.** Manager changes are ordered: demotions of unreachable or gone
 //!   managers first (they raise the margin), then additions (a replacement joins before a
-//!   reachable manager leaves), then demotions of reachable managers.
+//!   reachable manager leaves), then demotions of reachable managers — except that once the
+//!   swarm has more managers than its target, reachable demotions go before additions, so
+//!   replacing every manager (an upgrade) runs at target + 1 managers at most.
 //! * **Nothing stays `Down` forever.** A node of the list that belongs to a gone member
 //!   (found by the node id of its last engine report), or a `Down` node that belongs to no
 //!   live member, is removed with `--force` — a manager is demoted first, under the quorum
@@ -852,9 +854,18 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         }
     }
 
-    // At most one manager change, the first the quorum rule allows.
+    // At most one manager change, the first the quorum rule allows. Once the swarm has
+    // more managers than its target, reachable demotions go before additions, so a
+    // replacement of every manager grows the swarm by one at most.
     changes.sort();
     changes.dedup();
+    if health.total > desired.managers {
+        changes.sort_by_key(|c| match c {
+            Change::DemoteDown { .. } => 0,
+            Change::DemoteUp { .. } => 1,
+            Change::Join { .. } | Change::Promote { .. } => 2,
+        });
+    }
     let kept = nodes
         .iter()
         .filter(|n| n.role == Role::Manager)
@@ -2019,6 +2030,35 @@ mod tests {
             ..stale
         };
         assert_eq!(manager_health(&without_list), health(3, 2));
+    }
+
+    #[test]
+    fn an_upgrade_replaces_every_manager_at_once_without_losing_quorum() {
+        let mut sim = settled(3, 2);
+        let old: Vec<usize> = sim.staying_managers();
+        for &i in &old {
+            sim.members[i].leaving = true;
+            sim.add(Role::Manager);
+        }
+        let mut most = 0;
+        for _ in 0..60 {
+            // `round` asserts that no step leaves the swarm below quorum.
+            let plan = sim.round(None);
+            most = most.max(sim.health().total);
+            if plan.settled {
+                break;
+            }
+        }
+        assert!(sim.round(None).settled, "{sim:#?}");
+        assert!(
+            old.iter()
+                .all(|&i| sim.released.contains(&sim.members[i].node))
+        );
+        assert_eq!(sim.health(), health(3, 3));
+        assert_eq!(
+            most, 4,
+            "a replacement joins before a reachable manager leaves"
+        );
     }
 
     #[test]

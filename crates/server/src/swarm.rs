@@ -49,8 +49,6 @@ pub const REHAND_AFTER: Duration = Duration::from_secs(30);
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// How often every swarm is planned again without a nudge.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
-/// The port managers listen on for joins.
-pub const SWARM_PORT: u16 = 2377;
 
 #[derive(Debug)]
 struct Posted {

@@ -204,6 +204,8 @@ pub struct App<C> {
     linked: AsyncMutex<Option<String>>,
     /// The swarm worker's tasks for agents and their results ([`crate::swarm`]).
     pub(crate) mailbox: Arc<crate::swarm::Mailbox>,
+    /// The background loops' beats, for `/_ping` ([`crate::liveness`]).
+    pub(crate) liveness: Arc<crate::liveness::Liveness>,
 }
 
 /// The instance type of the dry-run launch that validates linked keys.
@@ -251,6 +253,7 @@ impl<C: Cloud + 'static> App<C> {
             secret_key: None,
             linked: AsyncMutex::new(None),
             mailbox: Arc::default(),
+            liveness: Arc::default(),
         }
     }
 
@@ -1178,6 +1181,33 @@ impl<C: Cloud + 'static> App<C> {
 /// Bring-your-own-node tokens and the event stream.
 impl<C: Cloud + 'static> App<C> {
     /// The bus of every committed change (the events websocket listens here).
+    /// `GET /_ping`: `Err` with every reason when the server is not healthy — the database
+    /// does not take a write, or a background loop stopped beating.
+    pub async fn health(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.store.check_writable(),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => problems.push(format!("the database is not writable: {error}")),
+            Err(_) => problems.push("the database did not take a write within 5 s".into()),
+        }
+        for (name, since) in self.liveness.stale(crate::liveness::STALE_AFTER) {
+            problems.push(match since {
+                Some(since) => format!("the {name} loop has not run for {}s", since.as_secs()),
+                None => format!("the {name} loop is not running"),
+            });
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     pub fn events(&self) -> &crate::events::EventBus {
         self.store.events()
     }

@@ -211,7 +211,18 @@ async fn dispatch<C: Cloud + 'static>(
         route: Route::Ping, ..
     }) = parsed
     {
-        return (StatusCode::OK, "OK").into_response();
+        // Seed 004's monitoring endpoint: 200 only when the server is healthy.
+        return match app.health().await {
+            Ok(()) => (StatusCode::OK, "OK").into_response(),
+            Err(problems) => {
+                tracing::warn!(problems, "unhealthy");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(serde_json::json!({ "error": problems })),
+                )
+                    .into_response()
+            }
+        };
     }
     // Agents authenticate with their own scheme (`TutumAgentToken`), not Basic.
     if let Some(Parsed { route, .. }) = &parsed

@@ -33,6 +33,7 @@ pub mod dns;
 pub mod events;
 pub mod execute;
 pub mod http;
+pub mod liveness;
 pub mod login;
 pub mod openapi;
 pub mod reconcile;
@@ -212,7 +213,9 @@ pub async fn run<C: Cloud + 'static>(
         reconciler: app.reconciler.clone(),
         mailbox: app.mailbox.clone(),
         secret_key,
+        liveness: app.liveness.clone(),
     };
+    let liveness = app.liveness.clone();
     let router = http::router(app.clone());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = futures::future::join(
@@ -250,7 +253,11 @@ pub async fn run<C: Cloud + 'static>(
         let _ = stop_reconcilers.send(true);
         served
     };
-    let (served, (), _) = tokio::join!(serve_then_stop, supervisor.run(stopped), background);
+    let (served, (), _) = tokio::join!(
+        serve_then_stop,
+        supervisor.run(stopped, liveness),
+        background
+    );
     store.close().await;
     served.context("HTTP server")
 }

@@ -319,6 +319,14 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                     schema_ref("Swarm"),
                 ),
                 op(
+                    "patch",
+                    "change the number of managers (refused when quorum could be lost)",
+                    "202",
+                    schema_ref("Swarm"),
+                )
+                .body("SwarmPatch")
+                .or_200(),
+                op(
                     "delete",
                     "terminate a swarm and its node clusters",
                     "202",

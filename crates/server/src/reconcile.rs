@@ -248,11 +248,17 @@ pub fn reconciler<C: Cloud + 'static>(
 impl<C: Cloud + 'static> Supervisor<C> {
     /// Runs reconciler tasks until `shutdown` turns true; then aborts them (a pass cut short
     /// is finished by the next server, like after a crash).
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        liveness: Arc<crate::liveness::Liveness>,
+    ) {
         let mut tasks = JoinSet::new();
         tasks.spawn(region_observer(self.engine.clone()));
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = beat.tick() => liveness.beat("reconcilers"),
                 started = self.starts.recv() => match started {
                     Some((uuid, notify)) => {
                         tasks.spawn(worker(self.engine.clone(), uuid, notify));

@@ -584,6 +584,16 @@ impl Store {
 
     // ---- installation and users ----
 
+    /// A write transaction that changes nothing: proves the database takes writes.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE installation SET id = id WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn owner_id(&self) -> Result<Option<String>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT owner_id FROM installation WHERE id = 1")

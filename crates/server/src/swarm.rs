@@ -291,6 +291,7 @@ pub struct SwarmWorker {
     pub reconciler: crate::reconcile::Reconciler,
     pub mailbox: Arc<Mailbox>,
     pub secret_key: SecretKey,
+    pub liveness: Arc<crate::liveness::Liveness>,
 }
 
 /// What one swarm's passes remember: only what makes logs readable and drains bounded.
@@ -314,6 +315,7 @@ impl SwarmWorker {
             if *stop.borrow() {
                 return;
             }
+            self.liveness.beat("swarm worker");
             for (node, results) in self.mailbox.take_results() {
                 if let Err(error) = self.record_results(&node, &results).await {
                     tracing::warn!(node, error = format!("{error:#}"), "recording task results");

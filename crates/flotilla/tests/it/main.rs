@@ -12,5 +12,6 @@ mod lifecycle;
 mod link;
 mod ops;
 mod server_crash;
+
 mod support;
 mod tls;

@@ -696,6 +696,7 @@ pub async fn watch_health<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch:
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                app.liveness.beat("node health");
                 if let Err(error) = app.sweep_health().await {
                     tracing::warn!(%error, "health sweep failed");
                 }

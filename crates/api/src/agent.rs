@@ -155,6 +155,58 @@ pub struct SwarmInfo {
     /// `control_available`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<SwarmNodeInfo>>,
+    /// Every service of the swarm with its tasks: only from a manager with
+    /// `control_available`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceInfo>>,
+}
+
+/// One service of a swarm, as a manager sees it (`docker service ps`, reduced).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ServiceInfo {
+    pub id: String,
+    pub name: String,
+    /// `replicated` or `global`.
+    pub mode: String,
+    /// Replicated services: the replicas asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    /// Its tasks whose desired state is `running` (or that still run).
+    #[serde(default)]
+    pub tasks: Vec<ServiceTask>,
+    /// Ports published on the nodes (`--publish`).
+    #[serde(default)]
+    pub ports: Vec<PublishedPortInfo>,
+}
+
+/// One task of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ServiceTask {
+    pub id: String,
+    /// The swarm node it was scheduled on (empty while unscheduled).
+    #[serde(default)]
+    pub node_id: String,
+    /// `running`, `pending`, `failed`, …
+    pub state: String,
+    pub desired_state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A published port of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PublishedPortInfo {
+    /// The container's port.
+    pub target: u16,
+    /// The port on the node (host mode: 0 when Docker picks one per task).
+    pub published: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// `ingress` or `host`.
+    pub mode: String,
 }
 
 /// One node of a swarm, as a manager sees it.

@@ -114,6 +114,38 @@ pub struct Swarm {
     pub current_action: Option<String>,
 }
 
+/// `GET /services/{id}` (seed 004's monitoring endpoint): a swarm service's health, read
+/// from what a manager of its swarm last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SwarmService {
+    pub id: String,
+    pub name: String,
+    /// The swarm (resource URI).
+    pub swarm: String,
+    /// `replicated` or `global`.
+    pub mode: String,
+    /// Replicated services: the replicas asked for.
+    pub replicas: Option<u64>,
+    /// Tasks running now.
+    pub running: u32,
+    pub tasks: Vec<SwarmServiceTask>,
+    pub ports: Vec<crate::agent::PublishedPortInfo>,
+}
+
+/// One task of a service, with the Flotilla node it runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SwarmServiceTask {
+    pub id: String,
+    /// The node (resource URI), when the task is scheduled on a node of the swarm.
+    pub node: Option<String>,
+    pub docker_node_id: String,
+    pub state: String,
+    pub desired_state: String,
+    pub error: Option<String>,
+}
+
 /// One node of a swarm: its role as Flotilla wants it and as Docker reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

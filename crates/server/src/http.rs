@@ -404,6 +404,9 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 outcome_response(&app.create_swarm(caller, &body).await?, true)
             }
             (Route::Swarms, _) => self.list(app.swarms().await?)?,
+            (Route::SwarmService(id), _) => {
+                json_response(StatusCode::OK, &app.swarm_service(&id).await?, None)
+            }
             (Route::Swarm(uuid), Method::PATCH) => {
                 let body = self.body()?;
                 outcome_response(&app.patch_swarm(caller, &uuid, &body).await?, false)

@@ -335,6 +335,15 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                 .or_200(),
             ],
         ),
+        Route::SwarmService(_) => (
+            "monitoring",
+            vec![op(
+                "get",
+                "a swarm service's desired and running tasks, and on which nodes (by id or name)",
+                "200",
+                schema_ref("SwarmService"),
+            )],
+        ),
         Route::ClusterDeploy(_) => (
             "infra",
             vec![
@@ -558,6 +567,7 @@ fn derived_schemas() -> Map<String, Value> {
     generator.subschema_for::<api::NodeCluster>();
     generator.subschema_for::<api::Node>();
     generator.subschema_for::<api::Swarm>();
+    generator.subschema_for::<api::SwarmService>();
     generator.subschema_for::<api::Action>();
     generator.subschema_for::<api::Meta>();
     generator.subschema_for::<api::ErrorBody>();

@@ -48,6 +48,8 @@ pub enum Route {
     /// `swarm/`: Docker Swarm clusters (a swarm's managers and workers are node clusters).
     Swarms,
     Swarm(String),
+    /// `/services/{id}`: a swarm service's health (seed 004's monitoring endpoint).
+    SwarmService(String),
     Actions,
     Action(String),
     ActionCancel(String),
@@ -88,6 +90,15 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     if trimmed == OPENAPI_PATH {
         return Some(Parsed {
             route: Route::OpenApi,
+            namespace: None,
+        });
+    }
+    if let Some(id) = trimmed.strip_prefix("/services/")
+        && !id.is_empty()
+        && !id.contains('/')
+    {
+        return Some(Parsed {
+            route: Route::SwarmService(id.to_owned()),
             namespace: None,
         });
     }
@@ -262,6 +273,7 @@ pub fn endpoint(route: &Route) -> Endpoint {
             Auth::Basic,
             true,
         ),
+        Route::SwarmService(_) => ("/services/{id}", &["get"], Auth::Basic, false),
         Route::Token => ("/api/infra/v1/token/", &["post"], Auth::Basic, true),
         Route::Actions => ("/api/audit/v1/action/", &["get"], Auth::Basic, false),
         Route::Action(_) => ("/api/audit/v1/action/{uuid}/", &["get"], Auth::Basic, false),

@@ -234,6 +234,15 @@ impl SwarmView {
             .map(|l| l.as_slice())
     }
 
+    /// The swarm's services from the same manager report as [`SwarmView::node_list`].
+    pub fn services(&self) -> Option<&[flotilla_api::agent::ServiceInfo]> {
+        let list = self.node_list()?;
+        self.reports()
+            .filter_map(|(_, report)| report.engine.as_ref())
+            .find(|e| e.swarm.nodes.as_deref() == Some(list))
+            .and_then(|e| e.swarm.services.as_deref())
+    }
+
     fn reports(&self) -> impl Iterator<Item = (&NodeRecord, &EngineReport)> {
         self.nodes
             .iter()

@@ -114,6 +114,73 @@ impl<C: Cloud + 'static> App<C> {
         self.render_swarm(swarm).await
     }
 
+    /// `GET /services/{id}`: a service (by id, unique id prefix, or name) of any live swarm,
+    /// from its manager's last report.
+    pub async fn swarm_service(&self, id: &str) -> AppResult<api::SwarmService> {
+        for swarm in self.store.swarms().await? {
+            if swarm.state == ClusterState::Terminated {
+                continue;
+            }
+            let view = SwarmView::load(&self.store, swarm).await?;
+            let Some(services) = view.services() else {
+                continue;
+            };
+            let found = services
+                .iter()
+                .find(|s| s.id == id || s.name == id)
+                .or_else(|| {
+                    let mut prefixed = services.iter().filter(|s| s.id.starts_with(id));
+                    match (prefixed.next(), prefixed.next()) {
+                        (Some(one), None) => Some(one),
+                        _ => None,
+                    }
+                });
+            let Some(service) = found else {
+                continue;
+            };
+            let node_of = |docker_id: &str| {
+                view.nodes.iter().find_map(|(node, _)| {
+                    let reported = node
+                        .engine
+                        .report
+                        .as_ref()
+                        .and_then(|r| r.engine.as_ref())
+                        .and_then(|e| e.swarm.node_id.as_deref())
+                        .or(node.engine.last_swarm_node_id.as_deref());
+                    (reported == Some(docker_id)).then(|| uri::node(&node.uuid))
+                })
+            };
+            return Ok(api::SwarmService {
+                id: service.id.clone(),
+                name: service.name.clone(),
+                swarm: uri::swarm(&view.swarm.uuid),
+                mode: service.mode.clone(),
+                replicas: service.replicas,
+                running: service
+                    .tasks
+                    .iter()
+                    .filter(|t| t.state == "running")
+                    .count() as u32,
+                tasks: service
+                    .tasks
+                    .iter()
+                    .map(|t| api::SwarmServiceTask {
+                        id: t.id.clone(),
+                        node: node_of(&t.node_id),
+                        docker_node_id: t.node_id.clone(),
+                        state: t.state.clone(),
+                        desired_state: t.desired_state.clone(),
+                        error: t.error.clone(),
+                    })
+                    .collect(),
+                ports: service.ports.clone(),
+            });
+        }
+        Err(AppError::NotFound(format!(
+            "no swarm has a service '{id}' (as its managers last reported)"
+        )))
+    }
+
     /// `POST swarm/`: validates, stores the swarm with its two clusters, and starts them.
     pub async fn create_swarm(
         &self,

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_api::agent::{
-    AGENT_NODES, AgentTask, EngineInfo, EngineReport, JoinTokens, NodeUpdate, SwarmInfo,
-    SwarmNodeInfo, TaskOp, TaskResult, agent_node, agent_node_ping,
+    AGENT_NODES, AgentTask, EngineInfo, EngineReport, JoinTokens, NodeUpdate, ServiceInfo,
+    ServiceTask, SwarmInfo, SwarmNodeInfo, TaskOp, TaskResult, agent_node, agent_node_ping,
 };
 use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
@@ -203,6 +203,27 @@ impl Docker {
                     node_addr: Some(engine.addr.clone()),
                     control_available: control,
                     error: None,
+                    services: nodes.as_ref().map(|nodes: &Vec<SwarmNodeInfo>| {
+                        // One service, "web": a task on every ready worker.
+                        vec![ServiceInfo {
+                            id: "svc-web-0001".into(),
+                            name: "web".into(),
+                            mode: "replicated".into(),
+                            replicas: Some(nodes.len() as u64),
+                            tasks: nodes
+                                .iter()
+                                .filter(|n| n.role == "worker" && n.status == "ready")
+                                .map(|n| ServiceTask {
+                                    id: format!("task-{}", n.id),
+                                    node_id: n.id.clone(),
+                                    state: "running".into(),
+                                    desired_state: "running".into(),
+                                    error: None,
+                                })
+                                .collect(),
+                            ports: Vec::new(),
+                        }]
+                    }),
                     nodes,
                 },
             }),
@@ -590,6 +611,24 @@ fn check_one_swarm(docker: &Docker, swarm: &Value) {
 #[tokio::test]
 async fn the_server_bootstraps_one_swarm_through_the_agents() {
     let (sim, _, swarm) = formed_swarm(&[]).await;
+    // Seed 004's monitoring endpoints: the server is healthy, and a service's tasks are
+    // shown with the nodes they run on, by name or id.
+    assert_eq!(sim.server().get("/_ping").await.status, 200);
+    for id in ["web", "svc-web-0001", "svc-web"] {
+        let service = sim.server().get(&format!("/services/{id}")).await;
+        assert_eq!(service.status, 200, "{id}: {:?}", service.body);
+        assert_eq!(service.body["name"], "web");
+        assert_eq!(service.body["swarm"], swarm["resource_uri"]);
+        assert_eq!(service.body["running"], 2, "{:#}", service.body);
+        for task in service.body["tasks"].as_array().expect("tasks") {
+            assert!(
+                task["node"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("/api/infra/v1/node/"))
+            );
+        }
+    }
+    assert_eq!(sim.server().get("/services/nope").await.status, 404);
     let docker = sim.stop().await;
     check_one_swarm(&docker, &swarm);
 }

@@ -32,6 +32,7 @@ use flotilla_api::client::Error as ApiError;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
+pub mod engine;
 pub mod tls;
 
 /// The version agents report.

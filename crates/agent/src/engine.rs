@@ -276,17 +276,14 @@ impl Engine {
             .and_then(|s| s.control_available)
             .unwrap_or(false);
         let lists = if control_available {
-            match self.swarm_lists().await {
-                Ok(lists) => Some(Ok(lists)),
-                Err(error) => Some(Err(error.to_string())),
-            }
+            Some(self.swarm_lists().await.map_err(|e| e.to_string()))
         } else {
             None
         };
         let lists = match &lists {
-            Some(Ok((nodes, tasks))) => Some(Ok((nodes.as_slice(), tasks.as_slice()))),
-            Some(Err(error)) => Some(Err(error.as_str())),
-            None => None,
+            Some(Ok((nodes, tasks))) => SwarmLists::Listed { nodes, tasks },
+            Some(Err(why)) => SwarmLists::Failed(why),
+            None => SwarmLists::NotAManager,
         };
         Ok(engine_info(&info, &api_version, disk_gib, lists))
     }
@@ -625,6 +622,19 @@ fn count(value: Option<i64>) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// A manager's node and task lists, for [`engine_info`].
+#[derive(Debug, Clone, Copy)]
+pub enum SwarmLists<'a> {
+    /// Not a manager with `control_available`: no lists.
+    NotAManager,
+    Listed {
+        nodes: &'a [Node],
+        tasks: &'a [Task],
+    },
+    /// Listing failed (why): reported as the swarm's error.
+    Failed(&'a str),
+}
+
 /// The report of an engine from its `docker info`, the negotiated API version, the size of
 /// its data root's filesystem and — for a manager with `control_available` — its node and
 /// task lists (or why they could not be listed). Pure: what [`Engine::report`] sends.
@@ -632,18 +642,18 @@ pub fn engine_info(
     info: &SystemInfo,
     api_version: &str,
     disk_gib: u64,
-    lists: Option<Result<(&[Node], &[Task]), &str>>,
+    lists: SwarmLists<'_>,
 ) -> EngineInfo {
     let swarm = info.swarm.clone().unwrap_or_default();
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let mut error = non_empty(swarm.error);
     let nodes = match lists {
-        Some(Ok((nodes, tasks))) => Some(swarm_nodes(nodes, tasks)),
-        Some(Err(why)) => {
+        SwarmLists::Listed { nodes, tasks } => Some(swarm_nodes(nodes, tasks)),
+        SwarmLists::Failed(why) => {
             error.get_or_insert_with(|| why.to_owned());
             None
         }
-        None => None,
+        SwarmLists::NotAManager => None,
     };
     EngineInfo {
         version: info.server_version.clone().unwrap_or_default(),
@@ -825,7 +835,15 @@ mod tests {
             task("n2", TaskState::SHUTDOWN),
             task("n1", TaskState::PREPARING),
         ];
-        let info = engine_info(&manager_info(), "1.41", 30, Some(Ok((&nodes, &tasks))));
+        let info = engine_info(
+            &manager_info(),
+            "1.41",
+            30,
+            SwarmLists::Listed {
+                nodes: &nodes,
+                tasks: &tasks,
+            },
+        );
         assert_eq!(info.version, "20.10.24+dfsg1");
         assert_eq!(info.api_version, "1.41");
         assert_eq!((info.cpus, info.memory_mib, info.disk_gib), (2, 4096, 30));
@@ -877,18 +895,23 @@ mod tests {
             }),
             ..Default::default()
         };
-        let info = engine_info(&lone, "1.41", 1, None);
+        let info = engine_info(&lone, "1.41", 1, SwarmLists::NotAManager);
         assert_eq!(info.swarm.state, "inactive");
         assert_eq!(info.swarm.node_id, None);
         assert_eq!(info.swarm.nodes, None);
         assert_eq!((info.cpus, info.memory_mib), (0, 0));
-        let no_swarm = engine_info(&SystemInfo::default(), "1.41", 1, None);
+        let no_swarm = engine_info(&SystemInfo::default(), "1.41", 1, SwarmLists::NotAManager);
         assert_eq!(no_swarm.swarm.state, "inactive");
     }
 
     #[test]
     fn a_failed_listing_is_the_swarm_error() {
-        let info = engine_info(&manager_info(), "1.41", 1, Some(Err("listing: timed out")));
+        let info = engine_info(
+            &manager_info(),
+            "1.41",
+            1,
+            SwarmLists::Failed("listing: timed out"),
+        );
         assert_eq!(info.swarm.nodes, None);
         assert_eq!(info.swarm.error.as_deref(), Some("listing: timed out"));
     }

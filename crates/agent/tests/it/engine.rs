@@ -2,11 +2,14 @@
 //! with their idempotence, in one sequence (one engine for the whole binary).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use flotilla_agent::engine::Engine;
 use flotilla_api::agent::{AgentTask, EngineInfo, TaskOp, TaskResult};
 
+use crate::agent_loop::{self, wait_for};
 use crate::dockerd::Dockerd;
+use crate::fake_server::FakeServer;
 
 fn task(id: &str, op: TaskOp) -> AgentTask {
     AgentTask { id: id.into(), op }
@@ -187,6 +190,53 @@ async fn reports_the_engine_and_carries_out_swarm_tasks() {
         .await;
     assert!(!refused.ok, "{refused:?}");
     assert!(!refused.message.contains(secret), "{refused:?}");
+
+    // A real agent carries out a handed-over init and reports the swarm it made.
+    let server = FakeServer::default();
+    let url = server.start().await;
+    let dir = tempfile::Builder::new()
+        .prefix("fla-")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let agent = tokio::spawn(flotilla_agent::run(agent_loop::config(
+        url,
+        dockerd.host(),
+        dir.path(),
+    )));
+    server.hand_over(task(
+        "init-2",
+        TaskOp::SwarmInit {
+            advertise_addr: "127.0.0.1".into(),
+        },
+    ));
+    wait_for(
+        &server,
+        Duration::from_secs(60),
+        "the init's result",
+        |seen| seen.updates.iter().any(|(_, u)| !u.results.is_empty()),
+    )
+    .await;
+    let (registration, update) = server.seen(|seen| {
+        let update = seen
+            .updates
+            .iter()
+            .find(|(_, u)| !u.results.is_empty())
+            .map(|(_, u)| u.clone());
+        (seen.registrations[0].clone(), update)
+    });
+    assert_eq!(registration.docker_version, Some(lone.version.clone()));
+    let update = update.expect("an update with results");
+    assert_eq!(update.results.len(), 1);
+    assert_ok(&update.results[0], &dockerd);
+    assert!(update.results[0].join_tokens.is_some());
+    let swarm = update
+        .engine
+        .and_then(|r| r.engine)
+        .expect("a fresh report")
+        .swarm;
+    assert_eq!(swarm.state, "active");
+    assert_eq!(swarm.nodes.map(|n| n.len()), Some(1));
+    agent.abort();
 
     drop(dockerd);
 }

@@ -15,8 +15,10 @@
 //!   dropped and the next call negotiates again: the engine may have been restarted or
 //!   upgraded in between.
 //! * **Short timeouts on every call.** A dead or wedged engine must not hang the agent: a
-//!   read (`info`, node and task lists) gets [`READ_TIMEOUT`], a swarm step (init, join,
-//!   leave, which wait for Raft) gets [`STEP_TIMEOUT`]. The connection is made lazily, so an
+//!   read (`info`, node and task lists, inspections) gets [`READ_TIMEOUT`], a swarm change
+//!   (init, join, leave, node update and removal, which wait for Raft) gets
+//!   [`STEP_TIMEOUT`]; tasks run off the heartbeat path ([`crate::worker`]), so even a long
+//!   one delays no heartbeat. The connection is made lazily, so an
 //!   engine that is not up yet when the agent starts is simply reported as down.
 //! * **Reports only from what the engine says.** `docker info` gives the version, CPUs,
 //!   memory, running containers, data root and swarm membership; a manager whose control
@@ -54,7 +56,8 @@ use flotilla_api::agent::{
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Longest wait for one read (`info`, node and task lists, inspections).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for one swarm step (init, join and leave wait for the swarm's Raft log).
+/// Longest wait for one swarm change (init, join and leave wait for the swarm's Raft log;
+/// node updates and removals are Raft writes too).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The address swarm managers listen on (`--listen-addr`); the advertised address is the
 /// node's own.
@@ -146,7 +149,8 @@ fn engine_error(what: &'static str, error: bollard::errors::Error) -> EngineErro
 
 /// A node's Docker engine.
 pub struct Engine {
-    socket: PathBuf,
+    /// The socket, or why `DOCKER_HOST` names none (then every call fails with that).
+    socket: Result<PathBuf, String>,
     /// The connection, once made and its API version negotiated.
     docker: tokio::sync::Mutex<Option<Docker>>,
 }
@@ -160,16 +164,19 @@ impl fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// The engine at `docker_host` (see [`socket_path`]). Nothing is connected yet.
-    pub fn new(docker_host: &str) -> anyhow::Result<Engine> {
-        Ok(Engine {
-            socket: socket_path(docker_host)?,
+    /// The engine at `docker_host` (see [`socket_path`]). Nothing is connected yet. A
+    /// `docker_host` that names no unix socket does not stop the agent: the engine is then
+    /// reported as down with that reason, and the node still registers and heartbeats.
+    pub fn new(docker_host: &str) -> Engine {
+        Engine {
+            socket: socket_path(docker_host).map_err(|e| format!("{e:#}")),
             docker: tokio::sync::Mutex::new(None),
-        })
+        }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// The engine's socket, or why `DOCKER_HOST` names none.
+    pub fn socket(&self) -> Result<&Path, &str> {
+        self.socket.as_deref().map_err(String::as_str)
     }
 
     /// The connection, made and negotiated on first use.
@@ -178,7 +185,12 @@ impl Engine {
         if let Some(docker) = cached.as_ref() {
             return Ok(docker.clone());
         }
-        let path = self.socket.to_string_lossy();
+        let socket = self.socket().map_err(|why| EngineError {
+            what: "connecting",
+            status: None,
+            message: why.to_owned(),
+        })?;
+        let path = socket.to_string_lossy();
         let docker =
             Docker::connect_with_unix(&path, STEP_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
                 .map_err(|e| engine_error("connecting", e))?;
@@ -540,7 +552,7 @@ impl Engine {
                 version: i64::try_from(version).unwrap_or(i64::MAX),
             };
             match self
-                .call("updating the node", READ_TIMEOUT, |d| async move {
+                .call("updating the node", STEP_TIMEOUT, |d| async move {
                     d.update_node(&id, spec, options).await
                 })
                 .await
@@ -558,7 +570,7 @@ impl Engine {
         let id = node_id.to_owned();
         let options = DeleteNodeOptions { force };
         match self
-            .call("removing the node", READ_TIMEOUT, |d| async move {
+            .call("removing the node", STEP_TIMEOUT, |d| async move {
                 d.delete_node(&id, Some(options)).await
             })
             .await

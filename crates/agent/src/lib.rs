@@ -380,7 +380,11 @@ async fn check_certificate(client: &AgentClient, server: &str) -> anyhow::Result
 
 /// Runs the agent until a registration is refused for good (an error); otherwise forever.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let engine = Arc::new(Engine::new(&config.docker_host)?);
+    let engine = Arc::new(Engine::new(&config.docker_host));
+    match engine.socket() {
+        Ok(socket) => tracing::debug!(socket = %socket.display(), "the Docker engine's socket"),
+        Err(why) => tracing::error!(why, "no Docker engine: it is reported as down"),
+    }
     let mut builder = reqwest::Client::builder()
         .user_agent(format!("flotilla-agent/{AGENT_VERSION}"))
         .timeout(Duration::from_secs(30))

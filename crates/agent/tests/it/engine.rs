@@ -34,7 +34,7 @@ fn assert_ok(result: &TaskResult, dockerd: &Dockerd) {
 #[tokio::test]
 async fn reports_the_engine_and_carries_out_swarm_tasks() {
     let dockerd = Dockerd::start();
-    let engine = Engine::new(&dockerd.host()).expect("engine");
+    let engine = Engine::new(&dockerd.host());
 
     // The report of a lone engine.
     let lone = info(&engine, &dockerd).await;
@@ -248,8 +248,7 @@ async fn an_engine_that_does_not_answer_is_reported_down() {
         .tempdir_in("/tmp")
         .expect("dir");
     // No socket at all.
-    let missing =
-        Engine::new(&format!("unix://{}/none.sock", dir.path().display())).expect("engine");
+    let missing = Engine::new(&format!("unix://{}/none.sock", dir.path().display()));
     let report = missing.report().await;
     assert_eq!(report.engine, None);
     assert!(
@@ -259,7 +258,7 @@ async fn an_engine_that_does_not_answer_is_reported_down() {
     // A socket file nobody listens on.
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
-    let engine = Engine::new(&format!("unix://{}", stale.display())).expect("engine");
+    let engine = Engine::new(&format!("unix://{}", stale.display()));
     let report = engine.report().await;
     assert_eq!(report.engine, None);
     assert!(report.error.is_some(), "{report:?}");
@@ -271,4 +270,13 @@ async fn an_engine_that_does_not_answer_is_reported_down() {
         })
         .await;
     assert!(!result.ok && !result.message.is_empty(), "{result:?}");
+    // A DOCKER_HOST that is no unix socket: reported down, with the reason.
+    let tcp = Engine::new("tcp://10.0.0.1:2375").report().await;
+    assert_eq!(tcp.engine, None);
+    assert!(
+        tcp.error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a unix socket")),
+        "{tcp:?}"
+    );
 }

@@ -19,7 +19,11 @@
 //!   ([`Outbox`]): a steady node costs the server nothing beyond its heartbeats. A failed
 //!   `PATCH` changes nothing that was accepted, so it is simply tried again at the next
 //!   tick, together with any results still undelivered. A batch's results always go out at
-//!   once, with a fresh report.
+//!   once, with a fresh report (and the engine's version, so an upgraded engine's version
+//!   reaches the node's `docker_version` too).
+//! * **A session's worker ends with it** (a refused heartbeat sends the agent back to
+//!   registration): results it had not delivered are dropped, the server hands those steps
+//!   out again, and they are repeated — harmless, since they are idempotent.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -84,6 +88,12 @@ impl Outbox {
             return None;
         }
         Some(NodeUpdate {
+            // An upgraded engine's version reaches the node too, not only its report.
+            docker_version: report
+                .engine
+                .as_ref()
+                .map(|e| e.version.clone())
+                .filter(|v| !v.is_empty()),
             engine: Some(report),
             results: self.unsent.clone(),
             ..NodeUpdate::default()
@@ -250,6 +260,7 @@ mod tests {
             .update(report("20.10"))
             .expect("the first report is news");
         assert_eq!(first.engine, Some(report("20.10")));
+        assert_eq!(first.docker_version.as_deref(), Some("20.10"));
         assert!(first.results.is_empty());
         // Not accepted (the PATCH failed): the same report goes again.
         let again = outbox.update(report("20.10")).expect("not accepted yet");
@@ -262,10 +273,8 @@ mod tests {
             engine: None,
             error: Some("connection refused".into()),
         };
-        assert!(
-            outbox.update(down).is_some(),
-            "an engine going down is news"
-        );
+        let down = outbox.update(down).expect("an engine going down is news");
+        assert_eq!(down.docker_version, None, "a down engine has no version");
     }
 
     #[test]

@@ -51,6 +51,8 @@ use worker::{Inflight, Worker};
 
 /// The version agents report.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Longest wait for the engine's version before a registration goes without it.
+pub const REGISTRATION_VERSION_WAIT: Duration = Duration::from_secs(2);
 /// Longest pause between registration attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -217,7 +219,12 @@ impl Agent {
             first_slot: self.config.first_slot,
             count: self.config.count,
             private_ips: self.private_ips.clone(),
-            docker_version: self.engine.version().await,
+            // A hung engine delays registration by this much at most; the version also
+            // reaches the server with every engine report.
+            docker_version: tokio::time::timeout(REGISTRATION_VERSION_WAIT, self.engine.version())
+                .await
+                .ok()
+                .flatten(),
         };
         match self.client.register(token, &body).await {
             Ok(node) => Ok(Ok(node)),

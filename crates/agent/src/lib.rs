@@ -1,5 +1,6 @@
 //! `flotilla agent`: the daemon on every node. It registers the node with the Flotilla
-//! server and keeps telling it the node is alive.
+//! server, keeps telling it the node is alive, reports what the node's Docker engine says
+//! and carries out the swarm steps the server hands it ([`engine`], [`worker`]).
 //!
 //! Design decisions:
 //! * The agent talks only to the server's agent API (`flotilla_api::agent`); it never calls
@@ -15,14 +16,23 @@
 //!   useless without the server, and the server may simply be restarting.
 //! * Heartbeats go every `heartbeat_interval`; a 401, 403 or 404 on one sends the agent back
 //!   to registration.
-//! * The Docker version comes from the `docker` CLI, when there is one, rather than from a
-//!   Docker API client: it is all registration needs today.
+//! * The node's Docker engine is reached through its API on the unix socket of
+//!   `DOCKER_HOST` ([`engine`]); registration sends its version, when it answers.
+//! * Heartbeats never wait for the engine: a heartbeat answer's tasks go to the session's
+//!   engine worker ([`worker`]), which runs them one batch at a time, sends their results
+//!   with a fresh engine report, and between batches sends a report every `report_every`
+//!   ticks when it differs from the last one the server accepted.
+//! * No secret is logged: the credential and the batch token never appear in a tracing
+//!   field, and join tokens are redacted by the wire types' `Debug` and scrubbed from error
+//!   messages (the binary also keeps `bollard`'s own debug logging, which prints request and
+//!   answer bodies, off).
 //! * An `https` server is verified against the system's roots plus `ca_cert` ([`tls`]); a
 //!   certificate that does not verify ends the agent at start with an error saying so,
 //!   rather than being retried forever or skipped.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -32,10 +42,17 @@ use flotilla_api::client::Error as ApiError;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
+pub mod engine;
 pub mod tls;
+pub mod worker;
+
+use engine::Engine;
+use worker::{Inflight, Worker};
 
 /// The version agents report.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Longest wait for the engine's version before a registration goes without it.
+pub const REGISTRATION_VERSION_WAIT: Duration = Duration::from_secs(2);
 /// Longest pause between registration attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -63,6 +80,12 @@ pub struct AgentConfig {
     /// A PEM file of certificates to trust besides the system's roots (`FLOTILLA_CA_CERT`),
     /// for a server with a private CA or a self-signed certificate ([`tls`]).
     pub ca_cert: Option<PathBuf>,
+    /// The node's Docker engine (`DOCKER_HOST`): `unix:///path` or a path; empty for
+    /// [`engine::DEFAULT_DOCKER_HOST`].
+    pub docker_host: String,
+    /// Take an engine report every this many heartbeat ticks (at least 1); it is sent only
+    /// when it changed.
+    pub report_every: u32,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -79,6 +102,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("private_ips", &self.private_ips)
             .field("ca_cert", &self.ca_cert)
+            .field("docker_host", &self.docker_host)
+            .field("report_every", &self.report_every)
             .finish()
     }
 }
@@ -138,22 +163,6 @@ pub fn save_state(path: &Path, state: &SavedState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Docker engine's version, if a `docker` CLI answers within a few seconds.
-pub async fn docker_version() -> Option<String> {
-    let output = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::process::Command::new("docker")
-            .args(["version", "--format", "{{.Server.Version}}"])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (output.status.success() && !version.is_empty()).then_some(version)
-}
-
 async fn host_addresses() -> Vec<String> {
     let Ok(output) = tokio::process::Command::new("hostname")
         .arg("-I")
@@ -185,6 +194,7 @@ struct Agent {
     client: AgentClient,
     saved: Option<SavedState>,
     private_ips: Vec<String>,
+    engine: Arc<Engine>,
 }
 
 impl Refusal {
@@ -209,7 +219,12 @@ impl Agent {
             first_slot: self.config.first_slot,
             count: self.config.count,
             private_ips: self.private_ips.clone(),
-            docker_version: docker_version().await,
+            // A hung engine delays registration by this much at most; the version also
+            // reaches the server with every engine report.
+            docker_version: tokio::time::timeout(REGISTRATION_VERSION_WAIT, self.engine.version())
+                .await
+                .ok()
+                .flatten(),
         };
         match self.client.register(token, &body).await {
             Ok(node) => Ok(Ok(node)),
@@ -288,17 +303,40 @@ impl Agent {
         }
     }
 
-    /// Sends heartbeats until the server no longer accepts the credential.
+    /// Sends heartbeats until the server no longer accepts the credential; the session's
+    /// engine worker runs beside them and ends with them.
     async fn heartbeats(&self, uuid: &str) -> anyhow::Result<()> {
         let Some(saved) = &self.saved else {
             return Ok(());
         };
+        let inflight = Inflight::default();
+        let (batches, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let worker = Worker {
+            engine: self.engine.clone(),
+            client: self.client.clone(),
+            uuid: uuid.to_owned(),
+            credential: saved.credential.clone(),
+            inflight: inflight.clone(),
+            report_interval: self.config.heartbeat_interval * self.config.report_every.max(1),
+        };
+        let _worker = AbortOnDrop(tokio::spawn(worker.run(receiver)));
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             match self.client.heartbeat(uuid, &saved.credential).await {
-                Ok(_) => {}
+                Ok(reply) => {
+                    let batch = inflight.admit(reply.tasks);
+                    if !batch.is_empty() {
+                        let ids: Vec<&str> = batch.iter().map(|t| t.id.as_str()).collect();
+                        tracing::info!(tasks = ?ids, "the server handed over tasks");
+                        if batches.send(batch).is_err() {
+                            tracing::error!(
+                                "the engine worker has stopped; tasks are not carried out"
+                            );
+                        }
+                    }
+                }
                 Err(error @ ApiError::Decode { .. }) => {
                     tracing::warn!(error = format!("{error:#}"), "unexpected heartbeat answer");
                 }
@@ -321,6 +359,15 @@ impl Agent {
     }
 }
 
+/// Aborts a spawned task when dropped: a session's worker ends with its session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Ends the agent when the server's certificate does not verify: retrying cannot help, and
 /// verification is never skipped. Any other failure (the server is down) is left to the
 /// registration loop and its back-off.
@@ -340,6 +387,11 @@ async fn check_certificate(client: &AgentClient, server: &str) -> anyhow::Result
 
 /// Runs the agent until a registration is refused for good (an error); otherwise forever.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let engine = Arc::new(Engine::new(&config.docker_host));
+    match engine.socket() {
+        Ok(socket) => tracing::debug!(socket = %socket.display(), "the Docker engine's socket"),
+        Err(why) => tracing::error!(why, "no Docker engine: it is reported as down"),
+    }
     let mut builder = reqwest::Client::builder()
         .user_agent(format!("flotilla-agent/{AGENT_VERSION}"))
         .timeout(Duration::from_secs(30))
@@ -367,6 +419,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         client,
         saved,
         private_ips,
+        engine,
     };
     loop {
         let node = agent.register().await?;

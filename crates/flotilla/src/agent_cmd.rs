@@ -55,6 +55,12 @@ pub struct AgentArgs {
     /// private CA or a self-signed server certificate).
     #[arg(long, env = "FLOTILLA_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// The node's Docker engine: `unix:///path/to/docker.sock` (or a socket path).
+    #[arg(long, env = "DOCKER_HOST", default_value = flotilla_agent::engine::DEFAULT_DOCKER_HOST)]
+    docker_host: String,
+    /// Take an engine report every this many heartbeats (sent only when it changed).
+    #[arg(long, env = "FLOTILLA_REPORT_EVERY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    report_every: u32,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -73,6 +79,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_seconds),
         private_ips: args.private_ips,
         ca_cert: args.ca_cert,
+        docker_host: args.docker_host,
+        report_every: args.report_every,
     };
     tokio::select! {
         result = flotilla_agent::run(config) => result.map(|()| ExitCode::SUCCESS),

@@ -51,12 +51,18 @@ enum Command {
     Provider(client::provider::ProviderArgs),
 }
 
+/// The most `bollard` (the agent's Docker API client) may log; see `main`.
+const BOLLARD_LOG: &str = "bollard=warn";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error"))
+                // bollard logs request and answer bodies at debug level, and a swarm join's
+                // body carries its join token: never let it log below warnings.
+                .add_directive(BOLLARD_LOG.parse().expect("a valid directive")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -42,14 +42,16 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    Node, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, SwarmInitRequest, SwarmJoinRequest,
+    Node, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, Service, SwarmInitRequest, SwarmJoinRequest,
     SystemInfo, Task, TaskState,
 };
 use bollard::query_parameters::{
-    DeleteNodeOptions, LeaveSwarmOptions, ListNodesOptions, ListTasksOptions, UpdateNodeOptions,
+    DeleteNodeOptions, LeaveSwarmOptions, ListNodesOptions, ListServicesOptions, ListTasksOptions,
+    UpdateNodeOptions,
 };
 use flotilla_api::agent::{
-    AgentTask, EngineInfo, EngineReport, JoinTokens, SwarmInfo, SwarmNodeInfo, TaskOp, TaskResult,
+    AgentTask, EngineInfo, EngineReport, JoinTokens, PublishedPortInfo, ServiceInfo, ServiceTask,
+    SwarmInfo, SwarmNodeInfo, TaskOp, TaskResult,
 };
 
 /// The engine's socket when `DOCKER_HOST` is not set.
@@ -293,14 +295,18 @@ impl Engine {
             None
         };
         let lists = match &lists {
-            Some(Ok((nodes, tasks))) => SwarmLists::Listed { nodes, tasks },
+            Some(Ok((nodes, tasks, services))) => SwarmLists::Listed {
+                nodes,
+                tasks,
+                services,
+            },
             Some(Err(why)) => SwarmLists::Failed(why),
             None => SwarmLists::NotAManager,
         };
         Ok(engine_info(&info, &api_version, disk_gib, lists))
     }
 
-    async fn swarm_lists(&self) -> Result<(Vec<Node>, Vec<Task>), EngineError> {
+    async fn swarm_lists(&self) -> Result<(Vec<Node>, Vec<Task>, Vec<Service>), EngineError> {
         let nodes = self
             .call("listing the swarm's nodes", READ_TIMEOUT, |d| async move {
                 d.list_nodes(None::<ListNodesOptions>).await
@@ -311,7 +317,14 @@ impl Engine {
                 d.list_tasks(None::<ListTasksOptions>).await
             })
             .await?;
-        Ok((nodes, tasks))
+        let services = self
+            .call(
+                "listing the swarm's services",
+                READ_TIMEOUT,
+                |d| async move { d.list_services(None::<ListServicesOptions>).await },
+            )
+            .await?;
+        Ok((nodes, tasks, services))
     }
 
     /// Carries out one task; never fails, the result says how it went.
@@ -642,6 +655,7 @@ pub enum SwarmLists<'a> {
     Listed {
         nodes: &'a [Node],
         tasks: &'a [Task],
+        services: &'a [Service],
     },
     /// Listing failed (why): reported as the swarm's error.
     Failed(&'a str),
@@ -659,13 +673,20 @@ pub fn engine_info(
     let swarm = info.swarm.clone().unwrap_or_default();
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let mut error = non_empty(swarm.error);
-    let nodes = match lists {
-        SwarmLists::Listed { nodes, tasks } => Some(swarm_nodes(nodes, tasks)),
+    let (nodes, services) = match lists {
+        SwarmLists::Listed {
+            nodes,
+            tasks,
+            services,
+        } => (
+            Some(swarm_nodes(nodes, tasks)),
+            Some(swarm_services(services, tasks)),
+        ),
         SwarmLists::Failed(why) => {
             error.get_or_insert_with(|| why.to_owned());
-            None
+            (None, None)
         }
-        SwarmLists::NotAManager => None,
+        SwarmLists::NotAManager => (None, None),
     };
     EngineInfo {
         version: info.server_version.clone().unwrap_or_default(),
@@ -698,8 +719,92 @@ pub fn engine_info(
             control_available: swarm.control_available.unwrap_or(false),
             error,
             nodes,
+            services,
         },
     }
+}
+
+/// Every service with its live tasks (desired `running`, or still running) and published
+/// ports; sorted by name, tasks by id.
+pub fn swarm_services(services: &[Service], tasks: &[Task]) -> Vec<ServiceInfo> {
+    let text = |s: Option<String>| s.unwrap_or_default();
+    let mut out: Vec<ServiceInfo> = services
+        .iter()
+        .map(|service| {
+            let id = text(service.id.clone());
+            let spec = service.spec.clone().unwrap_or_default();
+            let mode = spec.mode.clone().unwrap_or_default();
+            let mut live: Vec<ServiceTask> = tasks
+                .iter()
+                .filter(|t| t.service_id.as_deref() == Some(id.as_str()))
+                .filter_map(|t| {
+                    let state = t.status.as_ref().and_then(|s| s.state);
+                    let desired = t.desired_state;
+                    let live =
+                        desired == Some(TaskState::RUNNING) || state == Some(TaskState::RUNNING);
+                    live.then(|| ServiceTask {
+                        id: text(t.id.clone()),
+                        node_id: text(t.node_id.clone()),
+                        state: state.map(|s| s.to_string()).unwrap_or_default(),
+                        desired_state: desired.map(|s| s.to_string()).unwrap_or_default(),
+                        error: t
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.err.clone())
+                            .filter(|e| !e.is_empty()),
+                    })
+                })
+                .collect();
+            live.sort_by(|a, b| a.id.cmp(&b.id));
+            let ports = service
+                .endpoint
+                .as_ref()
+                .and_then(|e| e.spec.as_ref())
+                .or(spec.endpoint_spec.as_ref())
+                .and_then(|e| e.ports.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| PublishedPortInfo {
+                    target: p
+                        .target_port
+                        .and_then(|v| u16::try_from(v).ok())
+                        .unwrap_or(0),
+                    published: p
+                        .published_port
+                        .and_then(|v| u16::try_from(v).ok())
+                        .unwrap_or(0),
+                    protocol: p
+                        .protocol
+                        .map(|v| v.to_string())
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or_else(|| "tcp".into()),
+                    mode: p
+                        .publish_mode
+                        .map(|v| v.to_string())
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or_else(|| "ingress".into()),
+                })
+                .collect();
+            ServiceInfo {
+                id,
+                name: text(spec.name),
+                mode: if mode.global.is_some() {
+                    "global"
+                } else {
+                    "replicated"
+                }
+                .into(),
+                replicas: mode
+                    .replicated
+                    .and_then(|r| r.replicas)
+                    .and_then(|n| u64::try_from(n).ok()),
+                tasks: live,
+                ports,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    out
 }
 
 /// Every node of a swarm as a manager lists it, with its running tasks counted from
@@ -803,6 +908,13 @@ mod tests {
 
     fn task(node: &str, state: TaskState) -> Task {
         Task {
+            id: Some(format!("t-{node}-{state}")),
+            service_id: Some("s1".into()),
+            desired_state: Some(if state == TaskState::SHUTDOWN {
+                TaskState::SHUTDOWN
+            } else {
+                TaskState::RUNNING
+            }),
             node_id: Some(node.into()),
             status: Some(TaskStatus {
                 state: Some(state),
@@ -854,6 +966,7 @@ mod tests {
             SwarmLists::Listed {
                 nodes: &nodes,
                 tasks: &tasks,
+                services: &[web_service()],
             },
         );
         assert_eq!(info.version, "20.10.24+dfsg1");
@@ -894,6 +1007,56 @@ mod tests {
         assert_eq!(worker.running_tasks, 2);
         assert_eq!(worker.version, 9);
         assert_eq!(worker.labels.get("zone").map(String::as_str), Some("a"));
+        let services = swarm.services.as_ref().expect("a manager lists services");
+        assert_eq!(services.len(), 1);
+        let web = &services[0];
+        assert_eq!(
+            (web.name.as_str(), web.mode.as_str(), web.replicas),
+            ("web", "replicated", Some(3))
+        );
+        assert_eq!(
+            web.tasks.len(),
+            3,
+            "the shut-down task is not live: {web:?}"
+        );
+        assert_eq!(web.tasks.iter().filter(|t| t.state == "running").count(), 2);
+        assert_eq!(
+            web.ports,
+            [PublishedPortInfo {
+                target: 80,
+                published: 0,
+                protocol: "tcp".into(),
+                mode: "host".into()
+            }]
+        );
+    }
+
+    fn web_service() -> Service {
+        use bollard::models::{
+            EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
+            EndpointSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+        };
+        Service {
+            id: Some("s1".into()),
+            spec: Some(ServiceSpec {
+                name: Some("web".into()),
+                mode: Some(ServiceSpecMode {
+                    replicated: Some(ServiceSpecModeReplicated { replicas: Some(3) }),
+                    ..Default::default()
+                }),
+                endpoint_spec: Some(EndpointSpec {
+                    ports: Some(vec![EndpointPortConfig {
+                        protocol: Some(EndpointPortConfigProtocolEnum::TCP),
+                        target_port: Some(80),
+                        publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]

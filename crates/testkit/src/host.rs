@@ -774,8 +774,21 @@ fn processes_in(pid_ns: &str) -> Vec<u32> {
         .collect()
 }
 
-/// What a host left in the root namespace, if anything: for tests of the cleanup.
-pub fn leftovers(netns: &str, veth: &str, dir: &Path) -> Vec<String> {
+/// What the host whose directory is `dir` (`/tmp/flh/<pid>-<n>`, [`Host::dir`]) left in the
+/// root namespace, if anything: its network namespace, veth, mounts, directory, processes.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let tag = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let (pid, n) = tag.split_once('-').unwrap_or_default();
+    let netns = format!("fl-{tag}");
+    let netns = netns.as_str();
+    let veth = match (pid.parse::<u32>(), n.parse::<u32>()) {
+        (Ok(pid), Ok(n)) => format!("flv{pid:x}-{n:x}"),
+        _ => String::new(),
+    };
     let mut found = Vec::new();
     if ip(&["netns", "list"])
         .unwrap_or_default()
@@ -784,7 +797,7 @@ pub fn leftovers(netns: &str, veth: &str, dir: &Path) -> Vec<String> {
     {
         found.push(format!("network namespace {netns}"));
     }
-    if Path::new("/sys/class/net").join(veth).exists() {
+    if !veth.is_empty() && Path::new("/sys/class/net").join(&veth).exists() {
         found.push(format!("veth {veth}"));
     }
     for point in mounts_under(dir) {
@@ -794,7 +807,10 @@ pub fn leftovers(netns: &str, veth: &str, dir: &Path) -> Vec<String> {
         found.push(format!("directory {}", dir.display()));
     }
     let needle = dir.to_string_lossy();
-    for pid in processes_with(&needle) {
+    for pid in processes_with(&needle)
+        .into_iter()
+        .chain(processes_with(&format!("flotilla-host {tag};")))
+    {
         found.push(format!("process {pid}"));
     }
     found

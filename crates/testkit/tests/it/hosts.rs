@@ -23,12 +23,8 @@ fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> Result<(),
     }
 }
 
-fn remains(host: &Host) -> (String, String, PathBuf) {
-    (
-        host.netns().to_owned(),
-        host.veth().to_owned(),
-        host.dir().to_path_buf(),
-    )
+fn remains(host: &Host) -> PathBuf {
+    host.dir().to_path_buf()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -182,8 +178,8 @@ fn two_hosts_reach_each_other_form_a_swarm_and_serve_http() {
     // Power off: nothing of the hosts or the network is left.
     drop((one, two));
     drop(network);
-    for (netns, veth, dir) in &remains {
-        let left = leftovers(netns, veth, dir);
+    for dir in &remains {
+        let left = leftovers(dir);
         assert!(left.is_empty(), "left behind: {left:?}");
     }
     assert!(!PathBuf::from("/sys/class/net").join(&bridge).exists());
@@ -211,8 +207,219 @@ fn a_panicking_test_leaves_no_host_behind() {
         panic!("the test fails with a container running");
     }));
     assert!(outcome.is_err());
-    let ((netns, veth, dir), bridge) = remains_of.expect("the host booted");
-    let left = leftovers(&netns, &veth, &dir);
+    let (dir, bridge) = remains_of.expect("the host booted");
+    let left = leftovers(&dir);
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!PathBuf::from("/sys/class/net").join(&bridge).exists());
+}
+
+/// The instance runner in docker mode, with a stand-in for `flotilla agent` (a shell script
+/// that reports what it sees: its arguments, hostname, engine and the server through the
+/// forwarder) and a stand-in server that records where connections come from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_boots_a_host_per_instance_and_powers_it_off_on_termination() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    use base64::Engine as _;
+    use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // The stand-in server: answers any request, remembers each connection's source.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = server.local_addr().expect("address").port();
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    let server_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, peer)) = server.accept().await else {
+                continue;
+            };
+            seen.lock().expect("peers").push(peer.ip());
+            tokio::spawn(async move {
+                let mut buffer = [0_u8; 1024];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+                    .await;
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let agent = dir.path().join("fake-flotilla");
+    std::fs::write(
+        &agent,
+        r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --server) server=$2; shift ;;
+    --state-file) state=$2; shift ;;
+    --private-ip) private_ip=$2; shift ;;
+    --bind-ip) bind_ip=$2; shift ;;
+  esac
+  shift
+done
+{
+  echo "server=$server"
+  echo "private_ip=$private_ip"
+  echo "bind_ip=$bind_ip"
+  echo "hostname=$(hostname)"
+  echo "engine=$(docker -H "$DOCKER_HOST" info --format '{{.Name}}')"
+  echo "answer=$(busybox wget -q -O - "$server/_ping")"
+} > "$state.tmp"
+mv "$state.tmp" "$state.report"
+exec sleep 1000
+"#,
+    )
+    .expect("write the stand-in agent");
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    let account = MotoAccount::start().await;
+    let ec2 = account.ec2("us-east-1").await;
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .expect("vpc");
+    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id");
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(vpc_id)
+        .cidr_block("10.0.3.0/24")
+        .send()
+        .await
+        .expect("subnet");
+    let subnet_id = subnet
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("subnet id");
+    let user_data = format!(
+        "#!/bin/sh\nFLOTILLA_CLUSTER=c-hosts\nFLOTILLA_FIRST_SLOT=1\nFLOTILLA_COUNT=1\nFLOTILLA_SERVER=http://127.0.0.1:{port}\nFLOTILLA_TOKEN=t\n"
+    );
+    let launched = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet_id)
+        .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(
+                    Tag::builder()
+                        .key("flotilla:cluster")
+                        .value("c-hosts")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("run instances");
+    let instance = &launched.instances()[0];
+    let id = instance.instance_id().expect("id").to_owned();
+    let private_ip: Ipv4Addr = instance
+        .private_ip_address()
+        .expect("a private IP")
+        .parse()
+        .expect("IPv4");
+    let private_dns = instance.private_dns_name().expect("a DNS name").to_owned();
+
+    let mut config = RunnerConfig::new(account.inspector.endpoint(), &agent);
+    config.docker = true;
+    let runner = InstanceRunner::start(config).await;
+
+    // The host boots, its agent runs inside it and reports.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let reports: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+            .expect("temp dir")
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("flotilla-runner-")
+            })
+            .map(|e| e.path().join(format!("{id}.json.report")))
+            .filter(|p| p.exists())
+            .collect();
+        if let Some(report) = reports.first() {
+            break std::fs::read_to_string(report).expect("the report");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report from the agent in its host; log: {}",
+            runner.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let gateway = runner
+        .network()
+        .expect("docker mode has a network")
+        .gateway();
+    assert!(
+        report.contains(&format!("private_ip={private_ip}\n")),
+        "{report}"
+    );
+    assert!(report.contains("bind_ip=\n"), "{report}");
+    assert!(
+        report.contains(&format!("hostname={private_dns}\n")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("engine={private_dns}\n")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("server=http://{gateway}:")),
+        "{report}"
+    );
+    assert!(report.contains("answer=OK"), "{report}");
+    // The server saw the agent's own loopback address, as in plain mode.
+    let agent_ip = runner.agents().get(&id).copied().expect("a live agent");
+    assert!(
+        peers
+            .lock()
+            .expect("peers")
+            .contains(&std::net::IpAddr::V4(agent_ip)),
+        "the server saw {:?}, the agent is {agent_ip}",
+        peers.lock().expect("peers")
+    );
+    assert_eq!(runner.hosts().get(&id), Some(&private_ip));
+    let socket = runner.docker_host(&id).expect("the host's engine");
+    let host_dir = PathBuf::from(socket.trim_start_matches("unix://"))
+        .parent()
+        .expect("the host's directory")
+        .to_path_buf();
+    let images = runner
+        .docker(
+            &id,
+            &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+        )
+        .expect("the engine answers");
+    assert!(images.contains(BUSYBOX_IMAGE), "{images}");
+
+    // Terminating the instance powers the host off.
+    ec2.terminate_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .expect("terminate");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(runner.hosts().is_empty() && leftovers(&host_dir).is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the host outlived its instance: {:?}",
+            leftovers(&host_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(runner.agents().is_empty());
+    drop(runner);
+    server_task.abort();
 }

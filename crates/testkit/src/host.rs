@@ -134,16 +134,22 @@ pub(crate) fn wait_for<T>(
     }
 }
 
+/// Whether `pid` is a live process. A zombie still has a /proc entry but is dead for our
+/// purposes, and so is a *thread* with that id: `/proc/<tid>` resolves for threads too, and
+/// with a small `pid_max` a dead owner's PID is soon some thread's id.
 fn pid_alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; it is dead for our purposes.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next()),
-            Some("Z" | "X")
-        ),
-        Err(_) => false,
-    }
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    field("Tgid:") == pid.to_string() && !matches!(field("State:").chars().next(), Some('Z' | 'X'))
 }
 
 fn kill(pid: u32, signal: &str) {
@@ -576,11 +582,19 @@ impl Host {
         Ok(())
     }
 
-    fn start_engine(&mut self) -> anyhow::Result<()> {
+    /// Starts the engine again after [`Host::stop_engine`] (with the same data root: images,
+    /// swarm membership and containers survive, as across a `systemctl restart docker`), and
+    /// waits until it answers.
+    pub fn start_engine(&mut self) -> anyhow::Result<()> {
+        if self.engine.is_some() {
+            bail!("the engine of {} is running", self.spec.hostname);
+        }
         let dir = &self.dir;
         let tag = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let config = dir.join("daemon.json");
         fs::write(&config, "{}\n")?;
+        // A pidfile left by a killed engine names a PID of this namespace that may be taken.
+        let _ = fs::remove_file(dir.join("docker.pid"));
         let log = fs::File::create(dir.join("dockerd.log"))?;
         let child = self
             .enter(true)?
@@ -627,6 +641,46 @@ impl Host {
             },
         )
         .map_err(|e| anyhow!("{e}\n{}", self.engine_log()))
+    }
+
+    /// Stops the engine the way a service manager does: SIGTERM to `dockerd`, a wait for it
+    /// to exit, SIGKILL after `grace`; then whatever it left in the host (its containerd,
+    /// shims, containers) is killed too, so the host is back to its holder alone.
+    pub fn stop_engine(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let Some(mut engine) = self.engine.take() else {
+            return Ok(());
+        };
+        let nsenter = engine.id();
+        let dockerd = fs::read_to_string(format!("/proc/{nsenter}/task/{nsenter}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+        if let Some(dockerd) = dockerd {
+            kill(dockerd, "TERM");
+            let stopped = wait_for("dockerd to stop", grace, || {
+                Ok((!pid_alive(dockerd)).then_some(()))
+            });
+            if stopped.is_err() {
+                kill(dockerd, "KILL");
+            }
+        }
+        wait_for("nsenter to exit", Duration::from_secs(10), || {
+            Ok(engine.try_wait()?.map(|_| ()))
+        })?;
+        if let (Some(pid_ns), Some(holder)) = (&self.pid_ns, self.holder) {
+            wait_for(
+                "the engine's processes to die",
+                Duration::from_secs(10),
+                || {
+                    let left: Vec<u32> = processes_in(pid_ns)
+                        .into_iter()
+                        .filter(|pid| *pid != holder)
+                        .collect();
+                    left.iter().for_each(|pid| kill(*pid, "KILL"));
+                    Ok(left.is_empty().then_some(()))
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// A command that runs inside the host's network, mount and UTS namespaces (and its PID

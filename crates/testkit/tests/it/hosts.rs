@@ -194,6 +194,18 @@ fn a_panicking_test_leaves_no_host_behind() {
             .boot(HostSpec::new(Ipv4Addr::new(10, 1, 3, 9)))
             .expect("a host");
         remains_of = Some((remains(&host), network.bridge().to_owned()));
+        // The engine restarts with its state, as across `systemctl restart docker`.
+        let mut host = host;
+        host.docker(&["tag", BUSYBOX_IMAGE, "kept:1"])
+            .expect("the command succeeds");
+        host.stop_engine(Duration::from_secs(20))
+            .expect("the engine stops");
+        assert!(host.docker(&["version"]).is_err());
+        host.start_engine().expect("the engine starts again");
+        let images = host
+            .docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"])
+            .expect("the command succeeds");
+        assert!(images.contains("kept:1"), "{images}");
         host.docker(&[
             "run",
             "-d",
@@ -422,4 +434,92 @@ exec sleep 1000
     assert!(runner.agents().is_empty());
     drop(runner);
     server_task.abort();
+}
+
+/// What a test process killed before its hosts were dropped leaves behind (made by hand here,
+/// under a PID that is dead) is removed by the sweep; nothing of a live process is touched.
+#[test]
+fn the_sweep_removes_what_dead_test_processes_left() {
+    use std::process::{Command, Stdio};
+    let ip = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().expect("ip runs");
+        assert!(status.success(), "ip {args:?}");
+    };
+    let mut gone = Command::new("true").spawn().expect("true");
+    gone.wait().expect("true exits");
+    let dead = gone.id();
+    let tag = format!("{dead}-1");
+    let netns = format!("fl-{tag}");
+    let bridge = format!("flb{dead:x}-1");
+    let veth = format!("flv{dead:x}-2");
+    let table = ((1_u32 << 30) + (dead << 8) + 1).to_string();
+    let dir = PathBuf::from(flotilla_testkit::host::HOSTS_DIR).join(&tag);
+    ip(&["netns", "add", &netns]);
+    ip(&["link", "add", &bridge, "type", "bridge"]);
+    ip(&["link", "set", &bridge, "up"]);
+    ip(&[
+        "link",
+        "add",
+        &veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("flv{dead:x}-3"),
+    ]);
+    ip(&["route", "add", "default", "dev", &bridge, "table", &table]);
+    ip(&[
+        "rule",
+        "add",
+        "from",
+        "100.127.255.254",
+        "table",
+        &table,
+        "pref",
+        "100",
+    ]);
+    std::fs::create_dir_all(dir.join("x")).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(dir.join("x"))
+        .status()
+        .expect("mount runs");
+    assert!(mounted.success());
+    /// Kills the stand-in holder if the sweep did not (a failing test must not leave it).
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut holder = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sh", "-c"])
+        .arg(format!(": flotilla-host {tag}; exec sleep 1000"))
+        .stdin(Stdio::null())
+        .spawn()
+        .map(Holder)
+        .expect("a stand-in holder");
+
+    flotilla_testkit::host::sweep();
+
+    wait_until("the holder to be killed", Duration::from_secs(10), || {
+        holder
+            .0
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or_else(|| "alive".to_owned())
+    });
+    let left = leftovers(&dir);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!PathBuf::from("/sys/class/net").join(&bridge).exists());
+    let rules = Command::new("ip")
+        .args(["rule", "show"])
+        .output()
+        .expect("ip rule");
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains(&format!("lookup {table}")),
+        "the rule is left"
+    );
 }

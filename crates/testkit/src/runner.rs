@@ -38,6 +38,9 @@
 //!   process of the host dies at once, then its namespaces, veth, mounts and files go).
 //! * The agent itself is not in the host's PID namespace: `nsenter` then execs it directly,
 //!   so the runner's `Child` is the agent and killing it is exact.
+//! * Limits: a forwarded `https` server URL names the gateway's address, so its certificate
+//!   would have to cover that IP; an instance stopped and started again in moto gets a fresh
+//!   host (an empty engine), not its old disk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -340,6 +343,12 @@ impl Shared {
         let Some(boot) = state.boots.get(instance_id).cloned() else {
             return;
         };
+        // In docker mode an agent runs only inside its host (booted first), and only once.
+        if self.config.docker
+            && (!state.hosts.contains_key(instance_id) || state.agents.contains_key(instance_id))
+        {
+            return;
+        }
         let ip = ip.unwrap_or_else(|| Self::next_ip(&mut state));
         match self.spawn(&state, instance_id, &boot, ip) {
             Ok(child) => {
@@ -546,14 +555,15 @@ impl InstanceRunner {
             .collect()
     }
 
-    /// Kills an instance's agent and keeps it down (the node goes silent).
+    /// Kills an instance's agent and keeps it down (the node goes silent). In docker mode its
+    /// host and engine keep running, as when only the agent's service dies.
     pub fn stop(&self, instance_id: &str) {
         self.shared.state().held.insert(instance_id.to_owned());
         self.shared.kill(instance_id);
     }
 
-    /// Restarts an instance's agent, with its saved state, from a new address (`None`:
-    /// the next free one).
+    /// Restarts an instance's agent (in docker mode inside the same host, once booted), with
+    /// its saved state, from a new address as the server sees it (`None`: the next free one).
     pub fn restart(&self, instance_id: &str, new_ip: Option<Ipv4Addr>) {
         self.shared.state().held.insert(instance_id.to_owned());
         self.shared.kill(instance_id);

@@ -54,7 +54,7 @@
 //!   host ports without iptables. Readiness is polled (`docker version`), never slept for.
 //!   Each engine gets [`crate::docker::BUSYBOX_IMAGE`] loaded at boot.
 //! * **Names carry the owning PID** (`fl-<pid>-<n>`, `flb<pid hex>-<n hex>`,
-//!   `flv<pid hex>-<n hex>`, `/tmp/flh/<pid>-<n>`, routing table `2^30 + pid·256 + n`), so
+//!   `flv<pid hex>-<n hex>`, `/tmp/flh/<pid>-<n>`, routing table `2^30 + pid·256 + k`), so
 //!   [`sweep`] — run once per process before the first network — removes exactly the
 //!   leftovers of test processes that died without cleaning up, and only theirs.
 //! * **Cleanup on [`Drop`]**, also when a test panics: a host kills its holder (and with it
@@ -336,7 +336,9 @@ impl HostNetwork {
         if bridge.len() > 15 {
             bail!("interface name {bridge} is too long");
         }
-        let table = table_of(pid, n);
+        // Its own counter: live networks of one process never share a table (256 at once).
+        static NEXT_TABLE: AtomicU32 = AtomicU32::new(0);
+        let table = table_of(pid, NEXT_TABLE.fetch_add(1, Ordering::Relaxed));
         // The gateway must be unique among live networks on this machine: pick a candidate
         // and take it under a machine-wide lock, after checking nobody holds it.
         let lock_path = crate::cache::cache_dir().join("host-network.lock");

@@ -4,6 +4,7 @@
 //! One test binary so that moto starts once for all of them; each test gets
 //! its own moto account through its proxy, so tests can run in parallel.
 
+mod hosts;
 mod moto;
 mod proxy;
 

@@ -243,6 +243,18 @@ impl SwarmView {
             .and_then(|e| e.swarm.services.as_deref())
     }
 
+    /// The swarm an engine is in. A worker's `docker info` has no cluster ID (only managers
+    /// know it), so an active engine whose node ID is in the swarm's node list is in the
+    /// swarm.
+    pub fn cluster_of(&self, swarm: &flotilla_api::agent::SwarmInfo) -> Option<String> {
+        if swarm.cluster_id.is_some() {
+            return swarm.cluster_id.clone();
+        }
+        let id = swarm.node_id.as_deref()?;
+        let listed = self.node_list()?.iter().any(|n| n.id == id);
+        listed.then(|| self.swarm.cluster_id.clone()).flatten()
+    }
+
     fn reports(&self) -> impl Iterator<Item = (&NodeRecord, &EngineReport)> {
         self.nodes
             .iter()
@@ -266,7 +278,7 @@ impl SwarmView {
                     .map(|e| EngineState {
                         state: local_state(&e.swarm.state),
                         node_id: e.swarm.node_id.clone(),
-                        cluster_id: e.swarm.cluster_id.clone(),
+                        cluster_id: self.cluster_of(&e.swarm),
                         control: e.swarm.control_available,
                     });
                 Member {

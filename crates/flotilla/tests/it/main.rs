@@ -12,6 +12,7 @@ mod lifecycle;
 mod link;
 mod ops;
 mod server_crash;
+mod swarm;
 
 mod support;
 mod tls;

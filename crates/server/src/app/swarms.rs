@@ -59,7 +59,10 @@ impl<C: Cloud + 'static> App<C> {
                     .and_then(|r| r.engine.as_ref())
                     .map(|e| &e.swarm);
                 let node_id = swarm
-                    .filter(|s| s.cluster_id.is_some() && s.cluster_id == view.swarm.cluster_id)
+                    .filter(|s| {
+                        let cluster = view.cluster_of(s);
+                        cluster.is_some() && cluster == view.swarm.cluster_id
+                    })
                     .and_then(|s| s.node_id.clone());
                 let listed = node_id
                     .as_deref()

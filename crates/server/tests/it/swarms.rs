@@ -199,7 +199,8 @@ impl Docker {
                     }
                     .into(),
                     node_id: engine.cluster.as_ref().map(|_| format!("id-{node}")),
-                    cluster_id: engine.cluster.clone(),
+                    // As Docker: only a manager's `docker info` knows the cluster ID.
+                    cluster_id: engine.cluster.clone().filter(|_| engine.manager),
                     node_addr: Some(engine.addr.clone()),
                     control_available: control,
                     error: None,

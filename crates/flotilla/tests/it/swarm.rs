@@ -1,0 +1,399 @@
+//! Swarms with real Docker engines: every emulated instance boots as a host of its own (a
+//! network namespace with the private IP moto gave it, its own hostname, its own `dockerd`
+//! and `flotilla agent`; `flotilla_testkit::host`). A 3-manager, 2-worker swarm made with
+//! `flotilla swarm create` forms (one cluster ID on every engine, one leader), runs a
+//! 4-replica busybox httpd service published in host mode that answers on the workers,
+//! takes two more workers that join by themselves, and scales its workers down to one with
+//! the tasks moved before each node goes and no node left `Down` in `docker node ls`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use flotilla_api::uri;
+use flotilla_testkit::docker::BUSYBOX_IMAGE;
+use flotilla_testkit::server::isolate_env;
+use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
+use serde_json::Value;
+
+use crate::support::Server;
+
+/// Booting engines and forming a swarm takes longer than an API round trip.
+const SWARM_LIMIT: Duration = Duration::from_secs(240);
+
+struct Env {
+    server: Server,
+    runner: InstanceRunner,
+}
+
+impl Env {
+    async fn cli(&self, args: &[&str]) -> Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        isolate_env(&mut command)
+            .args(args)
+            .env("FLOTILLA_HOST", &self.server.base)
+            .env("FLOTILLA_USER", &self.server.user)
+            .env("FLOTILLA_APIKEY", &self.server.key);
+        command.output().await.expect("run flotilla")
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args).await;
+        assert!(
+            output.status.success(),
+            "flotilla {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    async fn swarm(&self, uuid: &str) -> Value {
+        let (status, swarm) = self
+            .server
+            .call(reqwest::Method::GET, &uri::swarm(uuid), None)
+            .await;
+        assert_eq!(status, 200, "{swarm}");
+        swarm
+    }
+
+    /// Waits until `done` holds for the swarm; fails with everything known when it never
+    /// does.
+    async fn wait(&self, uuid: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let swarm = self.swarm(uuid).await;
+            if done(&swarm) {
+                return swarm;
+            }
+            assert!(
+                started.elapsed() < SWARM_LIMIT,
+                "{what}: never happened: {swarm:#}\nagents:\n{}\nserver:\n{}",
+                self.runner.logs(),
+                self.server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The instance of a node, from its `node/` object.
+    async fn instance_of(&self, node_uri: &str) -> String {
+        let (_, node) = self.server.call(reqwest::Method::GET, node_uri, None).await;
+        let ip = node["private_ips"][0]["cidr"]
+            .as_str()
+            .unwrap_or_default()
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.runner
+            .hosts()
+            .into_iter()
+            .find(|(_, host_ip)| host_ip.to_string() == ip)
+            .map(|(instance, _)| instance)
+            .unwrap_or_else(|| panic!("no host with {ip}: {:?}", self.runner.hosts()))
+    }
+
+    /// `docker node ls` on a manager: (hostname, status, availability, manager status).
+    fn node_ls(&self, manager: &str) -> Vec<Vec<String>> {
+        let text = self
+            .runner
+            .docker(
+                manager,
+                &[
+                    "node",
+                    "ls",
+                    "--format",
+                    "{{.Hostname}}|{{.Status}}|{{.Availability}}|{{.ManagerStatus}}",
+                ],
+            )
+            .unwrap_or_else(|e| panic!("docker node ls: {e:#}"));
+        text.lines()
+            .map(|l| l.split('|').map(str::to_owned).collect())
+            .collect()
+    }
+}
+
+fn members(swarm: &Value, role: &str) -> Vec<Value> {
+    swarm["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["role"] == role)
+        .cloned()
+        .collect()
+}
+
+fn all_ready(swarm: &Value, count: usize) -> bool {
+    let nodes = swarm["nodes"].as_array().cloned().unwrap_or_default();
+    nodes.len() == count && nodes.iter().all(|n| n["docker_status"] == "ready")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
+    let server = Server::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
+    let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
+    runner_config.heartbeat = Duration::from_millis(500);
+    runner_config.docker = true;
+    let runner = InstanceRunner::start(runner_config).await;
+    let env = Env { server, runner };
+
+    let uuid = env
+        .ok(&[
+            "swarm",
+            "create",
+            "web",
+            "aws",
+            "us-east-1",
+            "t3.micro",
+            "--managers",
+            "3",
+            "--workers",
+            "2",
+        ])
+        .await
+        .trim()
+        .to_owned();
+    let swarm = env
+        .wait(&uuid, "the swarm forms", |s| s["state"] == "Deployed")
+        .await;
+
+    // One swarm: the same cluster ID on every engine, three managers, one leader.
+    let cluster_id = swarm["cluster_id"]
+        .as_str()
+        .expect("a cluster ID")
+        .to_owned();
+    assert!(all_ready(&swarm, 5), "{swarm:#}");
+    assert_eq!(members(&swarm, "manager").len(), 3);
+    assert_eq!(
+        swarm["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["leader"] == true)
+            .count(),
+        1
+    );
+    let mut instances = BTreeMap::new();
+    let mut swarm_node_ids = BTreeSet::new();
+    for node in swarm["nodes"].as_array().expect("nodes") {
+        let node_uri = node["node"].as_str().expect("uri");
+        let instance = env.instance_of(node_uri).await;
+        let state = env
+            .runner
+            .docker(
+                &instance,
+                &[
+                    "info",
+                    "--format",
+                    "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}",
+                ],
+            )
+            .expect("docker info");
+        let (local, node_id) = state.trim().split_once(' ').expect("state and node ID");
+        assert_eq!(local, "active", "{instance} is in a swarm");
+        swarm_node_ids.insert(node_id.to_owned());
+        if node["role"] == "manager" {
+            // Only a manager's `docker info` knows the cluster ID.
+            let id = env
+                .runner
+                .docker(&instance, &["info", "--format", "{{.Swarm.Cluster.ID}}"])
+                .expect("docker info");
+            assert_eq!(id.trim(), cluster_id, "{instance} is in the swarm");
+        }
+        instances.insert(node_uri.to_owned(), (instance, node["role"].clone()));
+        // The node object carries what its engine reports.
+        let (_, shown) = env.server.call(reqwest::Method::GET, node_uri, None).await;
+        assert!(
+            shown["docker_version"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("20.")),
+            "{shown:#}"
+        );
+        assert!(shown["cpu"].as_u64().is_some_and(|c| c > 0), "{shown:#}");
+        assert!(shown["memory"].as_u64().is_some_and(|m| m > 0), "{shown:#}");
+    }
+    let manager = instances
+        .values()
+        .find(|(_, role)| role == "manager")
+        .map(|(i, _)| i.clone())
+        .expect("a manager");
+    let listed = env.node_ls(&manager);
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    // Every engine is a node of the one swarm the manager lists: one swarm.
+    let ids: BTreeSet<String> = env
+        .runner
+        .docker(&manager, &["node", "ls", "-q"])
+        .expect("node ls")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids, swarm_node_ids);
+    let hostnames: BTreeSet<&str> = listed.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(hostnames.len(), 5, "each host has its own name: {listed:?}");
+    assert!(listed.iter().all(|r| r[1] == "Ready"), "{listed:?}");
+    assert_eq!(listed.iter().filter(|r| r[3] == "Leader").count(), 1);
+    // Engine labels let services be constrained to an AZ.
+    let labels = env
+        .runner
+        .docker(
+            &manager,
+            &[
+                "node",
+                "inspect",
+                "self",
+                "--format",
+                "{{json .Spec.Labels}}",
+            ],
+        )
+        .expect("node inspect");
+    let labels: Value = serde_json::from_str(labels.trim()).expect("labels JSON");
+    assert!(
+        labels["flotilla.az"]
+            .as_str()
+            .is_some_and(|az| az.starts_with("us-east-1"))
+    );
+
+    // `flotilla swarm inspect --format json` shows the cluster ID and each node's role.
+    let inspected: Value = serde_json::from_str(
+        &env.ok(&["swarm", "inspect", &uuid, "--format", "json"])
+            .await,
+    )
+    .expect("JSON");
+    assert_eq!(inspected["cluster_id"], cluster_id.as_str());
+    assert_eq!(members(&inspected, "worker").len(), 2);
+
+    // A 4-replica busybox httpd on the workers, published in host mode (no routing mesh on
+    // this kernel), answering on the workers.
+    env.runner
+        .docker(
+            &manager,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                "web",
+                "--replicas",
+                "4",
+                "--endpoint-mode",
+                "dnsrr",
+                "--constraint",
+                "node.role==worker",
+                "--publish",
+                "mode=host,target=80",
+                BUSYBOX_IMAGE,
+                "sh",
+                "-c",
+                "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www",
+            ],
+        )
+        .expect("service create");
+    let running = |env: &Env| {
+        env.runner
+            .docker(
+                &manager,
+                &[
+                    "service",
+                    "ps",
+                    "web",
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.Node}}|{{.CurrentState}}",
+                ],
+            )
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("|Running"))
+            .map(|l| l.split('|').next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    while running(&env).len() < 4 {
+        assert!(
+            started.elapsed() < SWARM_LIMIT,
+            "the service never ran 4 tasks: {:?}",
+            env.runner.docker(&manager, &["service", "ps", "web"])
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut answered = 0;
+    for (instance, role) in instances.values() {
+        if role != "worker" {
+            continue;
+        }
+        let ports = env
+            .runner
+            .docker(instance, &["ps", "--format", "{{.Ports}}"])
+            .expect("docker ps");
+        // `0.0.0.0:49153->80/tcp, :::49153->80/tcp`: one port, listed per address family.
+        let ports: BTreeSet<u16> = ports
+            .split([',', '\n'])
+            .filter_map(|p| {
+                p.trim()
+                    .split("->")
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })
+            .collect();
+        for port in ports {
+            let ip = env.runner.hosts()[instance];
+            let page = env
+                .runner
+                .network()
+                .expect("network")
+                .http_get(std::net::SocketAddrV4::new(ip, port), "/")
+                .await
+                .expect("the service answers");
+            assert!(!page.trim().is_empty());
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 4, "every task answers on its worker");
+
+    // Workers 2 → 4 (docker-cloud's scale: a PATCH of the workers' node cluster): the new
+    // nodes join by themselves.
+    env.ok(&["swarm", "scale", &uuid, "--workers", "4"]).await;
+    env.wait(&uuid, "two more workers join", |s| all_ready(s, 7))
+        .await;
+
+    // Workers 4 → 1: each leaving worker drains first (its tasks run elsewhere), leaves
+    // and is removed from the swarm before its instance goes: none stays Down.
+    env.ok(&["swarm", "scale", &uuid, "--workers", "1", "--sync"])
+        .await;
+    let swarm = env
+        .wait(&uuid, "three workers leave", |s| all_ready(s, 4))
+        .await;
+    assert_eq!(members(&swarm, "worker").len(), 1);
+    let listed = env.node_ls(&manager);
+    assert_eq!(
+        listed.len(),
+        4,
+        "no node stays in `docker node ls`: {listed:?}"
+    );
+    assert!(listed.iter().all(|r| r[1] == "Ready"), "{listed:?}");
+    let started = Instant::now();
+    while running(&env).len() < 4 {
+        assert!(
+            started.elapsed() < SWARM_LIMIT,
+            "the tasks never all ran again: {:?}",
+            env.runner.docker(&manager, &["service", "ps", "web"])
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Removal terminates both clusters; the swarm is Terminated when they are.
+    let (status, body) = env
+        .server
+        .call(reqwest::Method::DELETE, &uri::swarm(&uuid), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    env.wait(&uuid, "the swarm is removed", |s| {
+        s["state"] == "Terminated"
+    })
+    .await;
+}

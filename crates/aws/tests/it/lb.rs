@@ -1,0 +1,270 @@
+//! A swarm's network load balancer against moto: created for the published ports with the
+//! swarm's nodes as targets, changed when ports and nodes change, a repeat that only
+//! describes, and a removal that leaves nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use aws_sdk_elasticloadbalancingv2::types::{LoadBalancerSchemeEnum, LoadBalancerTypeEnum};
+use flotilla_core::cloud::Instance;
+use flotilla_core::plan::lb::{self, Desired, PublishedPort};
+use flotilla_server::execute::{LbState, converge_load_balancer, remove_load_balancer};
+use flotilla_testkit::inspect;
+
+use crate::harness::{Env, network_request, pass, spec};
+
+const CLUSTER: &str = "3f2b8c1e-9d4a-4e6b-8a7c-5d1e2f3a4b5c";
+const SWARM: &str = "a4e1c2d3-5b6f-4a7e-9c8d-0e1f2a3b4c5d";
+const REGION: &str = "us-east-1";
+
+async fn elb(env: &Env) -> aws_sdk_elasticloadbalancingv2::Client {
+    aws_sdk_elasticloadbalancingv2::Client::new(
+        &inspect::sdk_config(&env.inspect.endpoint(), REGION).await,
+    )
+}
+
+async fn converge(env: &Env, desired: &Desired) -> (LbState, Vec<String>) {
+    let lines = Mutex::new(Vec::new());
+    let state = converge_load_balancer(&env.aws, REGION, desired, &|line| {
+        lines.lock().expect("lock").push(line)
+    })
+    .await
+    .expect("converge the load balancer");
+    (state, lines.into_inner().expect("lock"))
+}
+
+/// What moto holds for the swarm: listeners (port → registered instance ids of the target
+/// group it forwards to), and the load balancer's security group ingress ports.
+async fn moto_view(env: &Env) -> (BTreeMap<u16, BTreeSet<String>>, usize) {
+    let elb = elb(env).await;
+    let lbs = elb
+        .describe_load_balancers()
+        .names(lb::lb_name(SWARM))
+        .send()
+        .await
+        .expect("one load balancer");
+    assert_eq!(lbs.load_balancers().len(), 1);
+    let found = &lbs.load_balancers()[0];
+    assert_eq!(found.r#type(), Some(&LoadBalancerTypeEnum::Network));
+    assert_eq!(
+        found.scheme(),
+        Some(&LoadBalancerSchemeEnum::InternetFacing)
+    );
+    assert_eq!(found.security_groups().len(), 1);
+    let listeners = elb
+        .describe_listeners()
+        .load_balancer_arn(found.load_balancer_arn().expect("arn"))
+        .send()
+        .await
+        .expect("listeners");
+    let mut view = BTreeMap::new();
+    for listener in listeners.listeners() {
+        assert_eq!(listener.protocol().map(|p| p.as_str()), Some("TCP"));
+        let group = listener.default_actions()[0]
+            .target_group_arn()
+            .expect("forwards to a target group")
+            .to_owned();
+        let described = elb
+            .describe_target_groups()
+            .target_group_arns(&group)
+            .send()
+            .await
+            .expect("its target group");
+        let tg = &described.target_groups()[0];
+        assert_eq!(tg.port(), listener.port());
+        assert_eq!(tg.target_type().map(|t| t.as_str()), Some("instance"));
+        assert_eq!(tg.health_check_protocol().map(|p| p.as_str()), Some("TCP"));
+        let health = elb
+            .describe_target_health()
+            .target_group_arn(&group)
+            .send()
+            .await
+            .expect("health");
+        let targets = health
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| d.target().and_then(|t| t.id()).map(str::to_owned))
+            .collect();
+        view.insert(
+            u16::try_from(listener.port().expect("port")).expect("u16"),
+            targets,
+        );
+    }
+    let all_groups = elb.describe_target_groups().send().await.expect("groups");
+    let ours = all_groups
+        .target_groups()
+        .iter()
+        .filter(|g| {
+            g.target_group_name()
+                .is_some_and(|n| n.starts_with(&lb::target_group_prefix(SWARM)))
+        })
+        .count();
+    assert_eq!(ours, view.len(), "no target group without its listener");
+    (view, found.security_groups().len())
+}
+
+/// The load balancer's group's open ports, and whether the nodes' group admits it.
+async fn security(env: &Env, node_group: &str) -> (BTreeSet<i32>, bool) {
+    let ec2 = env.ec2(REGION).await;
+    let groups = ec2
+        .describe_security_groups()
+        .send()
+        .await
+        .expect("security groups");
+    let lb_group = groups.security_groups().iter().find(|g| {
+        g.tags()
+            .iter()
+            .any(|t| t.key() == Some("flotilla:swarm") && t.value() == Some(SWARM))
+    });
+    let Some(lb_group) = lb_group else {
+        return (BTreeSet::new(), false);
+    };
+    let lb_group_id = lb_group.group_id().expect("id");
+    let open = lb_group
+        .ip_permissions()
+        .iter()
+        .filter(|p| {
+            p.ip_ranges()
+                .iter()
+                .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))
+        })
+        .filter_map(|p| p.from_port())
+        .collect();
+    let nodes = groups
+        .security_groups()
+        .iter()
+        .find(|g| g.group_id() == Some(node_group))
+        .expect("the nodes' group");
+    let admitted = nodes.ip_permissions().iter().any(|p| {
+        p.user_id_group_pairs()
+            .iter()
+            .any(|pair| pair.group_id() == Some(lb_group_id))
+    });
+    // Management ports stay closed to the internet: the nodes' group opens nothing to
+    // 0.0.0.0/0.
+    assert!(
+        !nodes.ip_permissions().iter().any(|p| p
+            .ip_ranges()
+            .iter()
+            .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))),
+        "the nodes' group is open to the internet"
+    );
+    (open, admitted)
+}
+
+fn ids(instances: &[Instance]) -> BTreeSet<String> {
+    instances.iter().map(|i| i.instance_id.clone()).collect()
+}
+
+/// Calls that change something, per operation.
+fn changes(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<String> {
+    after
+        .iter()
+        .filter(|(op, n)| !op.starts_with("Describe") && before.get(*op) != Some(n))
+        .map(|(op, _)| op.clone())
+        .collect()
+}
+
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(op, n)| (op.clone(), n - before.get(op).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test]
+async fn listeners_follow_the_published_ports_and_targets_follow_the_nodes() {
+    let env = Env::new().await;
+    let spec = spec(2);
+    let (network, report, _) = pass(&env.aws, CLUSTER, &spec, &network_request(&spec))
+        .await
+        .expect("two nodes");
+    let nodes = report.instances();
+    assert_eq!(nodes.len(), 2);
+    let node_group = network.security_groups[0].clone();
+
+    // Ports {80, 8080} on both nodes.
+    let first = Desired::for_swarm(
+        SWARM,
+        &network,
+        &nodes,
+        [PublishedPort::tcp(80), PublishedPort::tcp(8080)],
+    );
+    assert_eq!(first.subnets.len(), 2, "one subnet per AZ of the nodes");
+    let before = env.aws.call_counts();
+    let (state, log) = converge(&env, &first).await;
+    let created = delta(&before, &env.aws.call_counts());
+    println!("from nothing: {created:?}");
+    assert!(state.dns_name.is_some(), "{log:?}");
+    assert_eq!(
+        state.listeners.keys().copied().collect::<Vec<_>>(),
+        vec![80, 8080]
+    );
+    let (view, _) = moto_view(&env).await;
+    assert_eq!(
+        view,
+        BTreeMap::from([(80, ids(&nodes)), (8080, ids(&nodes))])
+    );
+    assert_eq!(
+        security(&env, &node_group).await,
+        (BTreeSet::from([80, 8080]), true)
+    );
+    assert_eq!(created.get("CreateLoadBalancer"), Some(&1));
+    assert_eq!(created.get("CreateTargetGroup"), Some(&2));
+    assert_eq!(created.get("CreateListener"), Some(&2));
+
+    // Ports {8080, 9000}, one node less.
+    let second = Desired::for_swarm(
+        SWARM,
+        &network,
+        &nodes[1..],
+        [PublishedPort::tcp(8080), PublishedPort::tcp(9000)],
+    );
+    let before = env.aws.call_counts();
+    let (state, _) = converge(&env, &second).await;
+    println!("change: {:?}", delta(&before, &env.aws.call_counts()));
+    assert_eq!(
+        state.listeners.keys().copied().collect::<Vec<_>>(),
+        vec![8080, 9000]
+    );
+    let (view, _) = moto_view(&env).await;
+    assert_eq!(
+        view,
+        BTreeMap::from([(8080, ids(&nodes[1..])), (9000, ids(&nodes[1..]))])
+    );
+    assert_eq!(
+        security(&env, &node_group).await,
+        (BTreeSet::from([8080, 9000]), true)
+    );
+
+    // A repeat only describes.
+    let before = env.aws.call_counts();
+    let (again, _) = converge(&env, &second).await;
+    let after = env.aws.call_counts();
+    assert_eq!(again, state);
+    assert_eq!(changes(&before, &after), Vec::<String>::new());
+    let repeat = delta(&before, &after);
+    println!("repeat: {repeat:?}");
+    assert_eq!(repeat.values().sum::<u64>(), 7, "{repeat:?}");
+
+    // Removal leaves nothing.
+    remove_load_balancer(&env.aws, REGION, SWARM, &|_| {})
+        .await
+        .expect("remove");
+    let elb = elb(&env).await;
+    let gone = elb
+        .describe_load_balancers()
+        .names(lb::lb_name(SWARM))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|e| format!("{e:?}").contains("LoadBalancerNotFound")));
+    let groups = elb.describe_target_groups().send().await.expect("groups");
+    assert!(groups.target_groups().is_empty(), "{groups:?}");
+    assert_eq!(security(&env, &node_group).await, (BTreeSet::new(), false));
+    let observed = flotilla_core::cloud::Cloud::describe_load_balancer(&env.aws, REGION, SWARM)
+        .await
+        .expect("describe");
+    assert!(observed.is_empty(), "{observed:?}");
+    // The network can go now that nothing of the load balancer uses it.
+}

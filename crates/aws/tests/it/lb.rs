@@ -35,11 +35,11 @@ async fn converge(env: &Env, desired: &Desired) -> (LbState, Vec<String>) {
 
 /// What moto holds for the swarm: listeners (port → registered instance ids of the target
 /// group it forwards to), and the load balancer's security group ingress ports.
-async fn moto_view(env: &Env) -> (BTreeMap<u16, BTreeSet<String>>, usize) {
+async fn moto_view(env: &Env, swarm: &str) -> BTreeMap<u16, BTreeSet<String>> {
     let elb = elb(env).await;
     let lbs = elb
         .describe_load_balancers()
-        .names(lb::lb_name(SWARM))
+        .names(lb::lb_name(swarm))
         .send()
         .await
         .expect("one load balancer");
@@ -96,15 +96,15 @@ async fn moto_view(env: &Env) -> (BTreeMap<u16, BTreeSet<String>>, usize) {
         .iter()
         .filter(|g| {
             g.target_group_name()
-                .is_some_and(|n| n.starts_with(&lb::target_group_prefix(SWARM)))
+                .is_some_and(|n| n.starts_with(&lb::target_group_prefix(swarm)))
         })
         .count();
     assert_eq!(ours, view.len(), "no target group without its listener");
-    (view, found.security_groups().len())
+    view
 }
 
 /// The load balancer's group's open ports, and whether the nodes' group admits it.
-async fn security(env: &Env, node_group: &str) -> (BTreeSet<i32>, bool) {
+async fn security(env: &Env, swarm: &str, node_group: &str) -> (BTreeSet<i32>, bool) {
     let ec2 = env.ec2(REGION).await;
     let groups = ec2
         .describe_security_groups()
@@ -114,8 +114,18 @@ async fn security(env: &Env, node_group: &str) -> (BTreeSet<i32>, bool) {
     let lb_group = groups.security_groups().iter().find(|g| {
         g.tags()
             .iter()
-            .any(|t| t.key() == Some("flotilla:swarm") && t.value() == Some(SWARM))
+            .any(|t| t.key() == Some("flotilla:swarm") && t.value() == Some(swarm))
     });
+    let twins = groups
+        .security_groups()
+        .iter()
+        .filter(|g| {
+            g.tags()
+                .iter()
+                .any(|t| t.key() == Some("flotilla:swarm") && t.value() == Some(swarm))
+        })
+        .count();
+    assert!(twins <= 1, "{twins} security groups for one load balancer");
     let Some(lb_group) = lb_group else {
         return (BTreeSet::new(), false);
     };
@@ -201,13 +211,13 @@ async fn listeners_follow_the_published_ports_and_targets_follow_the_nodes() {
         state.listeners.keys().copied().collect::<Vec<_>>(),
         vec![80, 8080]
     );
-    let (view, _) = moto_view(&env).await;
+    let view = moto_view(&env, SWARM).await;
     assert_eq!(
         view,
         BTreeMap::from([(80, ids(&nodes)), (8080, ids(&nodes))])
     );
     assert_eq!(
-        security(&env, &node_group).await,
+        security(&env, SWARM, &node_group).await,
         (BTreeSet::from([80, 8080]), true)
     );
     assert_eq!(created.get("CreateLoadBalancer"), Some(&1));
@@ -228,13 +238,13 @@ async fn listeners_follow_the_published_ports_and_targets_follow_the_nodes() {
         state.listeners.keys().copied().collect::<Vec<_>>(),
         vec![8080, 9000]
     );
-    let (view, _) = moto_view(&env).await;
+    let view = moto_view(&env, SWARM).await;
     assert_eq!(
         view,
         BTreeMap::from([(8080, ids(&nodes[1..])), (9000, ids(&nodes[1..]))])
     );
     assert_eq!(
-        security(&env, &node_group).await,
+        security(&env, SWARM, &node_group).await,
         (BTreeSet::from([8080, 9000]), true)
     );
 
@@ -261,10 +271,63 @@ async fn listeners_follow_the_published_ports_and_targets_follow_the_nodes() {
     assert!(gone.is_err_and(|e| format!("{e:?}").contains("LoadBalancerNotFound")));
     let groups = elb.describe_target_groups().send().await.expect("groups");
     assert!(groups.target_groups().is_empty(), "{groups:?}");
-    assert_eq!(security(&env, &node_group).await, (BTreeSet::new(), false));
+    assert_eq!(
+        security(&env, SWARM, &node_group).await,
+        (BTreeSet::new(), false)
+    );
     let observed = flotilla_core::cloud::Cloud::describe_load_balancer(&env.aws, REGION, SWARM)
         .await
         .expect("describe");
     assert!(observed.is_empty(), "{observed:?}");
     // The network can go now that nothing of the load balancer uses it.
+}
+
+/// A converge killed right after its k-th AWS call (the calls after it never reach AWS;
+/// calls of the same round before it did), for every k, is finished by the next converge:
+/// the same listeners, targets and rules, and no twin.
+#[tokio::test]
+async fn a_converge_killed_after_any_call_is_finished_by_the_next() {
+    let env = Env::new().await;
+    let spec = spec(2);
+    let (network, report, _) = pass(&env.aws, CLUSTER, &spec, &network_request(&spec))
+        .await
+        .expect("two nodes");
+    let nodes = report.instances();
+    let node_group = network.security_groups[0].clone();
+    let ports = [PublishedPort::tcp(80), PublishedPort::tcp(8080)];
+    let expected = BTreeMap::from([(80, ids(&nodes)), (8080, ids(&nodes))]);
+
+    let before = env.proxy.total();
+    let reference = Desired::for_swarm(SWARM, &network, &nodes, ports);
+    converge(&env, &reference).await;
+    let calls = (env.proxy.total() - before) as u64;
+    assert!(calls >= 10, "{calls} calls from nothing");
+
+    for k in 1..calls {
+        let swarm = format!("{k:08x}-0000-4000-8000-000000000000");
+        let desired = Desired::for_swarm(&swarm, &network, &nodes, ports);
+        env.proxy.hold_after(k);
+        tokio::select! {
+            _ = converge_load_balancer(&env.aws, REGION, &desired, &|_| {}) => {
+                panic!("k = {k}: the converge ended before the kill")
+            }
+            held = env.proxy.wait_held(std::time::Duration::from_secs(20)) => {
+                assert!(held, "k = {k}: the first calls were not answered");
+            }
+        }
+        // The converge future is dropped here: killed after its k-th call.
+        env.proxy.release_held();
+        let (state, log) = converge(&env, &desired).await;
+        assert_eq!(
+            state.listeners.keys().copied().collect::<Vec<_>>(),
+            vec![80, 8080],
+            "k = {k}: {log:?}"
+        );
+        assert_eq!(moto_view(&env, &swarm).await, expected, "k = {k}");
+        assert_eq!(
+            security(&env, &swarm, &node_group).await,
+            (BTreeSet::from([80, 8080]), true),
+            "k = {k}"
+        );
+    }
 }

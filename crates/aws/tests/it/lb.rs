@@ -224,6 +224,18 @@ async fn listeners_follow_the_published_ports_and_targets_follow_the_nodes() {
     assert_eq!(created.get("CreateTargetGroup"), Some(&2));
     assert_eq!(created.get("CreateListener"), Some(&2));
 
+    // The network's next ensure keeps the nodes' group as the node group and leaves the
+    // load balancer's group alone (it is neither the node group nor a twin of it).
+    let again = flotilla_core::cloud::Cloud::ensure_network(&env.aws, &network_request(&spec))
+        .await
+        .expect("ensure again");
+    assert_eq!(again.security_groups, vec![node_group.clone()]);
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert_eq!(
+        security(&env, SWARM, &node_group).await,
+        (BTreeSet::from([80, 8080]), true)
+    );
+
     // Ports {8080, 9000}, one node less.
     let second = Desired::for_swarm(
         SWARM,

@@ -21,7 +21,10 @@
 //! * [`network`] — the network's choices: usable AZs, which duplicate of a resource to keep,
 //!   which security group rules are missing.
 //! * [`lb`] — a swarm's network load balancer: listeners that follow the published ports,
-//!   target groups of the swarm's nodes, its security group, and their removal.
+//!   target groups of the swarm's nodes, its security group, and their removal. Its plan is
+//!   the next *round* (a listener needs the ARN its target group's create returns), so the
+//!   promise reads: rounds applied one after the other end in an empty plan, and no round
+//!   repeats a step of an earlier one.
 //! * [`swarm`] — a Docker Swarm over two node clusters: bootstrap, joins, roles and labels,
 //!   how nodes leave, all without ever losing manager quorum.
 

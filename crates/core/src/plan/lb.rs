@@ -17,8 +17,9 @@
 //!   Load balancer and target group names are unique per account and region in AWS, and
 //!   security group names per VPC, so a repeated create returns the existing resource or
 //!   fails without making a twin; should twins exist anyway (moto does not enforce unique
-//!   load balancer names), one is kept — the one in use, else the lowest ARN or id — and the
-//!   others are deleted.
+//!   load balancer names), one is kept — the one in use (a load balancer with listeners, a
+//!   target group a listener of the kept load balancer forwards to, the group the kept load
+//!   balancer uses), else the lowest ARN or id — and the others are deleted.
 //! * **One target group per published port**, target type `instance`, protocol TCP, UDP or
 //!   TCP_UDP (a port published for both), health check TCP on the traffic port (UDP: TCP on
 //!   the swarm's gossip port 7946, which every swarm node listens on). Targets are the
@@ -527,10 +528,13 @@ impl Observed {
         }
     }
 
-    /// The load balancer kept: the lowest ARN (AWS allows one per name; twins come only
-    /// from an emulator).
+    /// The load balancer kept: one with listeners (its DNS name is the one in use), then
+    /// the lowest ARN. AWS allows one per name; twins come only from an emulator.
     pub fn kept_load_balancer(&self) -> Option<&ObservedLb> {
-        self.load_balancers.iter().min_by(|a, b| a.arn.cmp(&b.arn))
+        self.load_balancers.iter().min_by_key(|lb| {
+            let serving = self.listeners.iter().any(|l| l.load_balancer == lb.arn);
+            (!serving, &lb.arn)
+        })
     }
 
     /// The security group kept: the one the kept load balancer uses, else the lowest id.
@@ -848,6 +852,7 @@ mod tests {
         lost: &mut dyn FnMut() -> bool,
     ) -> Result<bool, TestCaseError> {
         let mut view = world.clone();
+        let mut done: BTreeSet<LbStep> = BTreeSet::new();
         for _ in 0..8 {
             let steps = match desired {
                 Some(d) => plan(d, &view),
@@ -861,6 +866,7 @@ mod tests {
             // A round's steps run concurrently, so any order must do: the last first here
             // (the plan's order in `from_nothing_in_three_rounds_then_nothing`).
             for step in steps.iter().rev() {
+                prop_assert!(done.insert(step.clone()), "{:?} repeated in one pass", step);
                 *next_id += 1;
                 let applied = simulate_lb_step(world, REGION, SWARM, step, *next_id);
                 // With an accurate view, no step is refused.
@@ -1022,12 +1028,18 @@ mod tests {
         let mut twin = world.target_groups[0].clone();
         twin.arn = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/0".into();
         world.target_groups.push(twin);
-        let mut lb_twin = world.load_balancers[0].clone();
-        lb_twin.arn = "arn:zzz".into();
-        world.load_balancers.push(lb_twin);
+        let serving = world.load_balancers[0].clone();
+        world.load_balancers.push(ObservedLb {
+            arn: "arn:0".into(),
+            ..serving.clone()
+        });
         assert!(pass(&mut world, Some(&want), &mut id, &mut || false).expect("pass"));
         check_converged(&world, &want).expect("converged");
         assert_eq!(world.target_groups[0].arn, used, "the group in use is kept");
+        assert_eq!(
+            world.load_balancers[0], serving,
+            "the serving load balancer is kept"
+        );
     }
 
     #[test]
@@ -1072,6 +1084,8 @@ mod tests {
         third_az: bool,
         /// Every n-th step loses its answer (0: none).
         lose_every: usize,
+        /// Twins appear first (an emulator without unique names, a crash in between).
+        twins: bool,
     }
 
     fn change() -> impl Strategy<Value = Change> {
@@ -1080,12 +1094,14 @@ mod tests {
             prop::collection::vec(prop::sample::select(vec!["i-1", "i-2", "i-3", "i-4"]), 0..4),
             prop::bool::ANY,
             0usize..5,
+            prop::bool::weighted(0.2),
         )
-            .prop_map(|(ports, targets, third_az, lose_every)| Change {
+            .prop_map(|(ports, targets, third_az, lose_every, twins)| Change {
                 ports,
                 targets,
                 third_az,
                 lose_every,
+                twins,
             })
     }
 
@@ -1103,6 +1119,24 @@ mod tests {
                 let mut want = desired(&change.ports, &change.targets);
                 if change.third_az {
                     want.subnets.insert("us-east-1c".into(), "subnet-c".into());
+                }
+                if change.twins {
+                    let twins: Vec<ObservedTargetGroup> = world
+                        .target_groups
+                        .iter()
+                        .map(|g| ObservedTargetGroup {
+                            arn: format!("arn:0-twin-{}", g.arn),
+                            targets: BTreeSet::new(),
+                            ..g.clone()
+                        })
+                        .collect();
+                    world.target_groups.extend(twins);
+                    if let Some(lb) = world.load_balancers.first().cloned() {
+                        world.load_balancers.push(ObservedLb {
+                            arn: format!("arn:0-twin-{}", lb.arn),
+                            ..lb
+                        });
+                    }
                 }
                 let mut count = 0;
                 let mut lose = || {

@@ -343,3 +343,92 @@ async fn a_converge_killed_after_any_call_is_finished_by_the_next() {
         );
     }
 }
+
+/// UDP ports get UDP listeners whose target groups are health-checked over TCP on the
+/// swarm's gossip port; a port published for TCP and UDP gets one TCP_UDP listener; the
+/// load balancer's group opens each protocol.
+#[tokio::test]
+async fn udp_and_tcp_udp_ports() {
+    let env = Env::new().await;
+    let spec = spec(1);
+    let (network, report, _) = pass(&env.aws, CLUSTER, &spec, &network_request(&spec))
+        .await
+        .expect("one node");
+    let nodes = report.instances();
+    let desired = Desired::for_swarm(
+        SWARM,
+        &network,
+        &nodes,
+        [
+            PublishedPort::udp(5000),
+            PublishedPort::tcp(53),
+            PublishedPort::udp(53),
+        ],
+    );
+    let (state, _) = converge(&env, &desired).await;
+    assert_eq!(
+        state.listeners,
+        BTreeMap::from([(53, lb::Protocol::TcpUdp), (5000, lb::Protocol::Udp)])
+    );
+    let elb = elb(&env).await;
+    let groups = elb.describe_target_groups().send().await.expect("groups");
+    let mut health: Vec<(i32, String, String)> = groups
+        .target_groups()
+        .iter()
+        .map(|g| {
+            (
+                g.port().expect("port"),
+                g.protocol().expect("protocol").as_str().to_owned(),
+                g.health_check_port().expect("health check port").to_owned(),
+            )
+        })
+        .collect();
+    health.sort();
+    assert_eq!(
+        health,
+        vec![
+            (53, "TCP_UDP".into(), "traffic-port".into()),
+            (5000, "UDP".into(), "7946".into()),
+        ]
+    );
+    let ec2 = env.ec2(REGION).await;
+    let described = ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:flotilla:swarm")
+                .values(SWARM)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("the load balancer's group");
+    let mut open: Vec<(String, i32)> = described.security_groups()[0]
+        .ip_permissions()
+        .iter()
+        .map(|p| {
+            (
+                p.ip_protocol().expect("protocol").to_owned(),
+                p.from_port().expect("port"),
+            )
+        })
+        .collect();
+    open.sort();
+    assert_eq!(
+        open,
+        vec![("tcp".into(), 53), ("udp".into(), 53), ("udp".into(), 5000)]
+    );
+    let before = env.aws.call_counts();
+    converge(&env, &desired).await;
+    assert_eq!(
+        changes(&before, &env.aws.call_counts()),
+        Vec::<String>::new()
+    );
+    remove_load_balancer(&env.aws, REGION, SWARM, &|_| {})
+        .await
+        .expect("remove");
+    let observed = flotilla_core::cloud::Cloud::describe_load_balancer(&env.aws, REGION, SWARM)
+        .await
+        .expect("describe");
+    assert!(observed.is_empty(), "{observed:?}");
+}

@@ -162,6 +162,20 @@ async fn security(env: &Env, swarm: &str, node_group: &str) -> (BTreeSet<i32>, b
     (open, admitted)
 }
 
+/// The cluster's nodes as a describe shows them (a launch answers `pending`).
+async fn running(env: &Env, count: usize) -> Vec<Instance> {
+    let mut nodes: Vec<Instance> =
+        flotilla_core::cloud::Cloud::describe_cluster(&env.aws, REGION, CLUSTER)
+            .await
+            .expect("describe the nodes")
+            .into_iter()
+            .filter(|i| i.state == flotilla_core::cloud::InstanceState::Running)
+            .collect();
+    nodes.sort_by_key(|i| i.slot);
+    assert_eq!(nodes.len(), count);
+    nodes
+}
+
 fn ids(instances: &[Instance]) -> BTreeSet<String> {
     instances.iter().map(|i| i.instance_id.clone()).collect()
 }
@@ -190,7 +204,7 @@ async fn listeners_follow_the_published_ports_and_targets_follow_the_nodes() {
     let (network, report, _) = pass(&env.aws, CLUSTER, &spec, &network_request(&spec))
         .await
         .expect("two nodes");
-    let nodes = report.instances();
+    let nodes = running(&env, report.instances().len()).await;
     assert_eq!(nodes.len(), 2);
     let node_group = network.security_groups[0].clone();
 
@@ -304,7 +318,7 @@ async fn a_converge_killed_after_any_call_is_finished_by_the_next() {
     let (network, report, _) = pass(&env.aws, CLUSTER, &spec, &network_request(&spec))
         .await
         .expect("two nodes");
-    let nodes = report.instances();
+    let nodes = running(&env, report.instances().len()).await;
     let node_group = network.security_groups[0].clone();
     let ports = [PublishedPort::tcp(80), PublishedPort::tcp(8080)];
     let expected = BTreeMap::from([(80, ids(&nodes)), (8080, ids(&nodes))]);
@@ -354,7 +368,7 @@ async fn udp_and_tcp_udp_ports() {
     let (network, report, _) = pass(&env.aws, CLUSTER, &spec, &network_request(&spec))
         .await
         .expect("one node");
-    let nodes = report.instances();
+    let nodes = running(&env, report.instances().len()).await;
     let desired = Desired::for_swarm(
         SWARM,
         &network,

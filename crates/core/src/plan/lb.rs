@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cloud::{Instance, Network};
+use crate::cloud::{Instance, InstanceState, Network};
 
 /// The transport of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -142,8 +142,10 @@ pub struct Desired {
 }
 
 impl Desired {
-    /// The load balancer of a swarm whose nodes are `nodes` (live and not leaving, from
-    /// every node cluster of the swarm) on `network`, serving `ports`.
+    /// The load balancer of a swarm whose nodes are `nodes` (not leaving, from every node
+    /// cluster of the swarm) on `network`, serving `ports`. Only running instances are
+    /// targets (ELBv2 refuses to register others); a node still starting is registered by
+    /// a later pass.
     pub fn for_swarm<'a>(
         swarm_uuid: &str,
         network: &Network,
@@ -152,7 +154,10 @@ impl Desired {
     ) -> Desired {
         let mut subnets = BTreeMap::new();
         let mut targets = BTreeSet::new();
-        for node in nodes.into_iter().filter(|n| n.state.is_alive()) {
+        for node in nodes
+            .into_iter()
+            .filter(|n| n.state == InstanceState::Running)
+        {
             targets.insert(node.instance_id.clone());
             let subnet = subnets
                 .entry(node.availability_zone.clone())
@@ -1002,6 +1007,55 @@ mod tests {
         assert_eq!(
             want.ingress(),
             BTreeSet::from([PublishedPort::tcp(53), PublishedPort::udp(53)])
+        );
+    }
+
+    #[test]
+    fn a_swarm_is_balanced_over_its_running_nodes_one_subnet_per_az() {
+        let node = |id: &str, az: &str, subnet: &str, state: InstanceState| Instance {
+            instance_id: id.into(),
+            cluster_uuid: "c".into(),
+            slot: 0,
+            node_uuid: "n".into(),
+            state,
+            availability_zone: az.into(),
+            subnet_id: subnet.into(),
+            private_ip: None,
+            public_ip: None,
+        };
+        let nodes = [
+            node("i-1", "us-east-1a", "subnet-a2", InstanceState::Running),
+            node("i-2", "us-east-1a", "subnet-a1", InstanceState::Running),
+            node("i-3", "us-east-1b", "subnet-b", InstanceState::Pending),
+            node("i-4", "us-east-1c", "subnet-c", InstanceState::Terminated),
+        ];
+        let mut network = Network {
+            region: REGION.into(),
+            vpc_id: "vpc-1".into(),
+            vpc_cidr: "10.78.0.0/16".parse().expect("cidr"),
+            managed: true,
+            subnets: Vec::new(),
+            security_groups: vec!["sg-nodes".into()],
+            image_id: "ami-1".into(),
+            skipped_azs: Vec::new(),
+            changes: Vec::new(),
+        };
+        let want = Desired::for_swarm(SWARM, &network, &nodes, [PublishedPort::tcp(80)]);
+        assert_eq!(want.name, lb_name(SWARM));
+        assert_eq!(
+            want.subnets,
+            BTreeMap::from([("us-east-1a".to_owned(), "subnet-a1".to_owned())])
+        );
+        assert_eq!(
+            want.targets,
+            BTreeSet::from(["i-1".to_owned(), "i-2".to_owned()])
+        );
+        assert_eq!(want.node_security_group.as_deref(), Some("sg-nodes"));
+        network.managed = false;
+        let in_users_vpc = Desired::for_swarm(SWARM, &network, &nodes, []);
+        assert_eq!(
+            in_users_vpc.node_security_group, None,
+            "a user's group is never changed"
         );
     }
 

@@ -284,10 +284,18 @@ async fn listeners_follow_the_published_ports_and_targets_follow_the_nodes() {
     println!("repeat: {repeat:?}");
     assert_eq!(repeat.values().sum::<u64>(), 7, "{repeat:?}");
 
-    // Removal leaves nothing.
+    // Removal leaves nothing: the describes, then three rounds.
+    let before = env.aws.call_counts();
     remove_load_balancer(&env.aws, REGION, SWARM, &|_| {})
         .await
         .expect("remove");
+    let removal = delta(&before, &env.aws.call_counts());
+    println!("removal: {removal:?}");
+    assert_eq!(removal.get("DeleteListener"), Some(&2));
+    assert_eq!(removal.get("DeleteTargetGroup"), Some(&2));
+    assert_eq!(removal.get("DeleteLoadBalancer"), Some(&1));
+    assert_eq!(removal.get("DeleteSecurityGroup"), Some(&1));
+    assert_eq!(removal.get("RevokeSecurityGroupIngress"), Some(&1));
     let elb = elb(&env).await;
     let gone = elb
         .describe_load_balancers()

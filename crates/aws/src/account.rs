@@ -139,6 +139,27 @@ impl Cloud for AwsAccount {
         self.link(keys, instance_type).await
     }
 
+    async fn describe_load_balancer(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+    ) -> Result<flotilla_core::plan::lb::Observed, CloudError> {
+        self.current()
+            .describe_load_balancer(region, swarm_uuid)
+            .await
+    }
+
+    async fn apply_load_balancer_step(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+        step: &flotilla_core::plan::lb::LbStep,
+    ) -> Result<flotilla_core::plan::lb::Applied, CloudError> {
+        self.current()
+            .apply_load_balancer_step(region, swarm_uuid, step)
+            .await
+    }
+
     async fn has_credentials(&self) -> bool {
         self.current().has_credentials().await
     }

@@ -10,8 +10,9 @@
 //!   per region ([`budget`]), so every cluster of the account shares the budget.
 //! * Every request goes through [`Aws::send`](call) — budget, retries, counting — so call
 //!   counts and retry behaviour are the same for every operation and visible to tests.
-//! * Observation is by tag: the network and the instances are found by Flotilla's ownership
-//!   tags, which every create call sets in the same request (`TagSpecifications`).
+//! * Observation is by tag: the network, the instances and a swarm's load balancer are found
+//!   by Flotilla's ownership tags, which every create call sets in the same request
+//!   (`TagSpecifications`, or ELBv2's `Tags`).
 //! * Independent calls run concurrently (`tokio::join!`/`join_all`); the number of sequential
 //!   round trips from nothing to running nodes is fixed, whatever the node count.
 
@@ -21,6 +22,7 @@ mod call;
 mod catalog;
 mod credentials;
 mod instances;
+mod lb;
 mod network;
 pub mod route53;
 
@@ -138,6 +140,7 @@ pub struct Aws {
     settings: AwsSettings,
     sdk_config: aws_config::SdkConfig,
     ec2_clients: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+    elb_clients: Mutex<HashMap<String, aws_sdk_elasticloadbalancingv2::Client>>,
     budgets: Mutex<HashMap<String, Arc<TokenBucket>>>,
     /// One auto-network ensure per region at a time (see `network::ensure`).
     network_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -182,6 +185,7 @@ impl Aws {
             settings,
             sdk_config,
             ec2_clients: Mutex::new(HashMap::new()),
+            elb_clients: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             network_locks: Mutex::new(HashMap::new()),
             counters: Counters::default(),
@@ -206,6 +210,21 @@ impl Aws {
                     .region(Region::new(region.to_owned()))
                     .build();
                 aws_sdk_ec2::Client::from_conf(config)
+            })
+            .clone()
+    }
+
+    /// The ELBv2 client of a region.
+    pub(crate) fn elb(&self, region: &str) -> aws_sdk_elasticloadbalancingv2::Client {
+        let mut clients = self.elb_clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config =
+                    aws_sdk_elasticloadbalancingv2::config::Builder::from(&self.sdk_config)
+                        .region(Region::new(region.to_owned()))
+                        .build();
+                aws_sdk_elasticloadbalancingv2::Client::from_conf(config)
             })
             .clone()
     }
@@ -324,6 +343,23 @@ impl Cloud for Aws {
 
     async fn teardown_network(&self, region: &str) -> Result<TeardownReport, CloudError> {
         network::teardown(self, region).await
+    }
+
+    async fn describe_load_balancer(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+    ) -> Result<flotilla_core::plan::lb::Observed, CloudError> {
+        lb::describe(self, region, swarm_uuid).await
+    }
+
+    async fn apply_load_balancer_step(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+        step: &flotilla_core::plan::lb::LbStep,
+    ) -> Result<flotilla_core::plan::lb::Applied, CloudError> {
+        lb::apply(self, region, swarm_uuid, step).await
     }
 
     async fn has_credentials(&self) -> bool {

@@ -54,6 +54,12 @@ fn owner_filter(aws: &Aws) -> Filter {
     tag_filter(tags::OWNER, &aws.settings.owner)
 }
 
+/// Only the nodes' security group (`flotilla:role` `security-group`), not a load
+/// balancer's.
+fn node_group_filter() -> Filter {
+    tag_filter(tags::ROLE, "security-group")
+}
+
 fn has_owner_tag(aws: &Aws, tags_of: &[aws_sdk_ec2::types::Tag]) -> bool {
     tags_of
         .iter()
@@ -627,10 +633,16 @@ async fn ensure_auto(aws: &Aws, request: &NetworkRequest) -> Result<Network, Clo
         async {
             match &vpc_known {
                 Some(vpc_id) => {
+                    // The nodes' group only: a swarm's load balancer has its own group in
+                    // the VPC (`lb`), which is neither the node group nor a twin of it.
                     describe_security_groups(
                         aws,
                         region,
-                        vec![owner_filter(aws), filter("vpc-id", &[vpc_id])],
+                        vec![
+                            owner_filter(aws),
+                            node_group_filter(),
+                            filter("vpc-id", &[vpc_id]),
+                        ],
                         Vec::new(),
                     )
                     .await
@@ -969,7 +981,11 @@ async fn check_user_vpc(
                 describe_security_groups(
                     aws,
                     region,
-                    vec![owner_filter(aws), filter("vpc-id", &[&options.id])],
+                    vec![
+                        owner_filter(aws),
+                        node_group_filter(),
+                        filter("vpc-id", &[&options.id]),
+                    ],
                     Vec::new(),
                 )
                 .await

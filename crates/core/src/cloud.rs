@@ -439,6 +439,26 @@ pub trait Cloud: Send + Sync {
         region: &str,
     ) -> impl Future<Output = Result<TeardownReport, CloudError>> + Send;
 
+    /// Everything of a swarm's load balancer (`crate::plan::lb`): the load balancer by its
+    /// derived name, the swarm's target groups, listeners and security group by name and
+    /// owner tag, and the rules of Flotilla's node security groups that admit that group.
+    /// Describes only.
+    fn describe_load_balancer(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+    ) -> impl Future<Output = Result<crate::plan::lb::Observed, CloudError>> + Send;
+
+    /// Carries out one step of [`crate::plan::lb::plan`] or `plan_removal`; returns what it
+    /// made. Safe to repeat: creates find what a lost answer made (names are unique), deletes
+    /// of something already gone succeed.
+    fn apply_load_balancer_step(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+        step: &crate::plan::lb::LbStep,
+    ) -> impl Future<Output = Result<crate::plan::lb::Applied, CloudError>> + Send;
+
     /// Validates `keys` (as [`Cloud::validate_credentials`], but with these keys) and, only
     /// when the report is valid, makes every later call use them. An invalid report is
     /// returned as `Ok` and changes nothing. Clouds whose account cannot be switched at run

@@ -14,6 +14,9 @@ use crate::cloud::{
     TeardownReport,
 };
 use crate::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
+use crate::plan::lb::{
+    self, Applied, LbStep, ObservedLb, ObservedListener, ObservedSecurityGroup, ObservedTargetGroup,
+};
 
 /// The regions the fake account can use.
 pub const FAKE_REGIONS: [&str; 2] = ["eu-west-1", "us-east-1"];
@@ -35,6 +38,13 @@ struct State {
     user_vpcs: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
     /// The IAM instance profiles that exist.
     instance_profiles: BTreeSet<String>,
+    /// Each swarm's load balancer resources, by (region, swarm).
+    load_balancers: BTreeMap<(String, String), lb::Observed>,
+    /// Load balancer steps applied (or failed) so far.
+    lb_steps: usize,
+    /// Every load balancer step after this many fails with a transient error; `true`: it
+    /// is carried out first (the answer is lost).
+    lb_fail_after: Option<(usize, bool)>,
 }
 
 /// See the module documentation.
@@ -128,6 +138,28 @@ impl FakeCloud {
         {
             instance.state = InstanceState::Terminated;
         }
+    }
+
+    /// Every load balancer step after the next `k` fails with a transient error until
+    /// [`FakeCloud::heal_lb`]; with `applied`, each of them still takes effect (a lost
+    /// answer, or a kill after AWS acted).
+    pub fn fail_lb_steps_after(&self, k: usize, applied: bool) {
+        let mut state = self.lock();
+        state.lb_fail_after = Some((state.lb_steps + k, applied));
+    }
+
+    /// Ends [`FakeCloud::fail_lb_steps_after`].
+    pub fn heal_lb(&self) {
+        self.lock().lb_fail_after = None;
+    }
+
+    /// A swarm's load balancer resources as they are.
+    pub fn load_balancer(&self, region: &str, swarm_uuid: &str) -> lb::Observed {
+        self.lock()
+            .load_balancers
+            .get(&(region.to_owned(), swarm_uuid.to_owned()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn region_azs(region: &str) -> Vec<String> {
@@ -437,4 +469,226 @@ impl Cloud for FakeCloud {
         deleted.push(format!("vpc {}", network.vpc_id));
         Ok(TeardownReport { deleted })
     }
+
+    async fn describe_load_balancer(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+    ) -> Result<lb::Observed, CloudError> {
+        let state = self.count("describe_load_balancer");
+        Ok(state
+            .load_balancers
+            .get(&(region.to_owned(), swarm_uuid.to_owned()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn apply_load_balancer_step(
+        &self,
+        region: &str,
+        swarm_uuid: &str,
+        step: &LbStep,
+    ) -> Result<Applied, CloudError> {
+        let mut state = self.count("apply_load_balancer_step");
+        state.lb_steps += 1;
+        let failing = state
+            .lb_fail_after
+            .filter(|(k, _)| state.lb_steps > *k)
+            .map(|(_, applied)| applied);
+        if failing == Some(false) {
+            return Err(CloudError::Transient {
+                operation: "load balancer step".into(),
+                message: "injected".into(),
+            });
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        let world = state
+            .load_balancers
+            .entry((region.to_owned(), swarm_uuid.to_owned()))
+            .or_default();
+        let applied = simulate_lb_step(world, region, swarm_uuid, step, id)?;
+        if failing == Some(true) {
+            return Err(CloudError::Transient {
+                operation: "load balancer step".into(),
+                message: "injected after the step took effect".into(),
+            });
+        }
+        Ok(applied)
+    }
+}
+
+/// One load balancer step against `world` (everything of one swarm's load balancer), with
+/// the ELBv2 and EC2 rules that matter to the planner: names are unique (a repeated create
+/// returns the existing load balancer or target group; a second security group of the same
+/// name is refused), one listener per port, a target group in use by a listener or a group
+/// in use by a load balancer or a rule cannot be deleted, deleting a load balancer deletes
+/// its listeners, and deleting what is gone succeeds. `id` makes new ids unique.
+pub fn simulate_lb_step(
+    world: &mut lb::Observed,
+    region: &str,
+    swarm_uuid: &str,
+    step: &LbStep,
+    id: u64,
+) -> Result<Applied, CloudError> {
+    let refuse = |operation: &str, message: String| CloudError::Other {
+        operation: operation.to_owned(),
+        message,
+    };
+    let applied = match step {
+        LbStep::CreateSecurityGroup { .. } => {
+            if !world.security_groups.is_empty() {
+                return Err(refuse(
+                    "CreateSecurityGroup",
+                    format!(
+                        "InvalidGroup.Duplicate: {} already exists",
+                        lb::security_group_name(swarm_uuid)
+                    ),
+                ));
+            }
+            Applied::SecurityGroup(ObservedSecurityGroup {
+                id: format!("sg-{id:017x}"),
+                ingress: BTreeSet::new(),
+            })
+        }
+        LbStep::CreateLoadBalancer {
+            security_group,
+            subnets,
+        } => match world.load_balancers.first() {
+            Some(existing) => Applied::LoadBalancer(existing.clone()),
+            None => {
+                let name = lb::lb_name(swarm_uuid);
+                Applied::LoadBalancer(ObservedLb {
+                    arn: format!(
+                        "arn:aws:elasticloadbalancing:{region}:123456789012:loadbalancer/net/{name}/{id:016x}"
+                    ),
+                    dns_name: format!("{name}-{id:x}.elb.{region}.amazonaws.com"),
+                    subnets: subnets.clone(),
+                    state: "active".into(),
+                    security_groups: vec![security_group.clone()],
+                })
+            }
+        },
+        LbStep::CreateTargetGroup { port, protocol, .. } => {
+            match world
+                .target_groups
+                .iter()
+                .find(|g| g.port == *port && g.protocol == *protocol)
+            {
+                Some(existing) => Applied::TargetGroup(existing.clone()),
+                None => Applied::TargetGroup(ObservedTargetGroup {
+                    arn: format!(
+                        "arn:aws:elasticloadbalancing:{region}:123456789012:targetgroup/{}/{id:016x}",
+                        lb::target_group_name(swarm_uuid, *port, *protocol)
+                    ),
+                    port: *port,
+                    protocol: *protocol,
+                    targets: BTreeSet::new(),
+                }),
+            }
+        }
+        LbStep::CreateListener {
+            load_balancer,
+            port,
+            protocol,
+            target_group,
+        } => {
+            if !world.load_balancers.iter().any(|l| l.arn == *load_balancer)
+                || !world.target_groups.iter().any(|g| g.arn == *target_group)
+            {
+                return Err(refuse(
+                    "CreateListener",
+                    "LoadBalancerNotFound or TargetGroupNotFound".into(),
+                ));
+            }
+            if world
+                .listeners
+                .iter()
+                .any(|l| l.load_balancer == *load_balancer && l.port == *port)
+            {
+                return Err(refuse(
+                    "CreateListener",
+                    format!("DuplicateListener: port {port}"),
+                ));
+            }
+            Applied::Listener(ObservedListener {
+                arn: format!("{load_balancer}/listener/{id:016x}"),
+                load_balancer: load_balancer.clone(),
+                port: *port,
+                protocol: *protocol,
+                target_group: Some(target_group.clone()),
+            })
+        }
+        LbStep::RegisterTargets { target_group, .. }
+        | LbStep::DeregisterTargets { target_group, .. } => {
+            if !world.target_groups.iter().any(|g| g.arn == *target_group) {
+                return Err(refuse(
+                    "RegisterTargets",
+                    format!("TargetGroupNotFound: {target_group}"),
+                ));
+            }
+            Applied::Done
+        }
+        LbStep::AuthorizeIngress { group, .. } | LbStep::RevokeIngress { group, .. } => {
+            if !world.security_groups.iter().any(|g| g.id == *group) {
+                return Err(refuse(
+                    "AuthorizeSecurityGroupIngress",
+                    format!("InvalidGroup.NotFound: {group}"),
+                ));
+            }
+            Applied::Done
+        }
+        LbStep::AdmitToNodes { lb_group, .. } => {
+            if !world.security_groups.iter().any(|g| g.id == *lb_group) {
+                return Err(refuse(
+                    "AuthorizeSecurityGroupIngress",
+                    format!("InvalidGroup.NotFound: {lb_group}"),
+                ));
+            }
+            Applied::Done
+        }
+        LbStep::SetSubnets { load_balancer, .. } => {
+            if !world.load_balancers.iter().any(|l| l.arn == *load_balancer) {
+                return Err(refuse(
+                    "SetSubnets",
+                    format!("LoadBalancerNotFound: {load_balancer}"),
+                ));
+            }
+            Applied::Done
+        }
+        LbStep::DeleteTargetGroup { arn } => {
+            if world
+                .listeners
+                .iter()
+                .any(|l| l.target_group.as_deref() == Some(arn.as_str()))
+            {
+                return Err(CloudError::DependencyViolation {
+                    resource: "target group".into(),
+                    id: arn.clone(),
+                    blocking: "ResourceInUse: a listener forwards to it".into(),
+                });
+            }
+            Applied::Done
+        }
+        LbStep::DeleteSecurityGroup { id: group } => {
+            let used = world
+                .load_balancers
+                .iter()
+                .any(|l| l.security_groups.contains(group))
+                || world.node_rules.iter().any(|(_, g)| g == group);
+            if used {
+                return Err(CloudError::DependencyViolation {
+                    resource: "security group".into(),
+                    id: group.clone(),
+                    blocking: "a load balancer or a rule uses it".into(),
+                });
+            }
+            Applied::Done
+        }
+        LbStep::RevokeFromNodes { .. }
+        | LbStep::DeleteListener { .. }
+        | LbStep::DeleteLoadBalancer { .. } => Applied::Done,
+    };
+    world.record(step, &applied);
+    Ok(applied)
 }

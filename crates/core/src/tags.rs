@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 pub const OWNER: &str = "flotilla:owner";
 /// Cluster uuid on instances (and on resources made for one cluster).
 pub const CLUSTER: &str = "flotilla:cluster";
+/// Swarm uuid on a swarm's load balancer, its target groups, listeners and security group.
+pub const SWARM: &str = "flotilla:swarm";
 /// Node uuid on instances.
 pub const NODE: &str = "flotilla:node";
 /// Node slot (a per-cluster number never reused) on instances.

@@ -10,6 +10,11 @@
 //! Both `flotilla engine` (no server, no store) and the server's reconcilers run clusters
 //! through these two functions, so "converge to N" and "terminate everything, then tear
 //! down" exist once.
+//!
+//! A swarm's load balancer has its own pair, [`converge_load_balancer`] and
+//! [`remove_load_balancer`], over `flotilla_core::plan::lb`: observe once, then apply the
+//! planner's rounds (each round's steps concurrently), recording what every step returned,
+//! until the plan is empty.
 
 use flotilla_core::cloud::{
     Cloud, CloudError, Instance, LaunchRequest, Network, NetworkRequest, NodeSlot, SkippedAz,
@@ -18,6 +23,7 @@ use flotilla_core::cloud::{
 use flotilla_core::plan::cluster::{
     Desired, NetworkUse, Observed, Plan, Reason, plan, plan_removal,
 };
+use flotilla_core::plan::lb;
 use futures::future::join_all;
 
 /// Rounds of "plan, apply" before the executor calls the planner broken.
@@ -302,6 +308,118 @@ pub async fn remove<C: Cloud>(
     Ok(removed)
 }
 
+/// A swarm's load balancer after [`converge_load_balancer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbState {
+    /// `None` until the swarm has a node (a load balancer needs a subnet).
+    pub dns_name: Option<String>,
+    /// Port → protocol of every listener.
+    pub listeners: std::collections::BTreeMap<u16, lb::Protocol>,
+}
+
+/// Observes the swarm's load balancer, then applies `plan::lb::plan`'s rounds until the plan
+/// is empty (three rounds from nothing, none when nothing changed). A failed step ends the
+/// pass with its error after the rest of its round; the next pass observes again.
+pub async fn converge_load_balancer<C: Cloud>(
+    cloud: &C,
+    region: &str,
+    desired: &lb::Desired,
+    log: &(dyn Fn(String) + Sync),
+) -> Result<LbState, CloudError> {
+    let mut observed = cloud
+        .describe_load_balancer(region, &desired.swarm_uuid)
+        .await?;
+    for _ in 0..MAX_ROUNDS {
+        let steps = lb::plan(desired, &observed);
+        if steps.is_empty() {
+            return Ok(LbState {
+                dns_name: observed.dns_name().map(str::to_owned),
+                listeners: observed
+                    .listeners
+                    .iter()
+                    .map(|l| (l.port, l.protocol))
+                    .collect(),
+            });
+        }
+        apply_lb_round(
+            cloud,
+            region,
+            &desired.swarm_uuid,
+            &steps,
+            &mut observed,
+            log,
+        )
+        .await?;
+    }
+    Err(CloudError::Other {
+        operation: "plan".into(),
+        message: format!("the load balancer planner did not settle after {MAX_ROUNDS} rounds"),
+    })
+}
+
+/// Removes everything of the swarm's load balancer (`plan::lb::plan_removal`'s rounds):
+/// listeners and the nodes' rule, then target groups and the load balancer, then its
+/// security group. In AWS the group stays in use for a few minutes after its load balancer
+/// is deleted: that is a [`CloudError::DependencyViolation`], and a later call finishes.
+pub async fn remove_load_balancer<C: Cloud>(
+    cloud: &C,
+    region: &str,
+    swarm_uuid: &str,
+    log: &(dyn Fn(String) + Sync),
+) -> Result<(), CloudError> {
+    let mut observed = cloud.describe_load_balancer(region, swarm_uuid).await?;
+    for _ in 0..MAX_ROUNDS {
+        let steps = lb::plan_removal(&observed);
+        if steps.is_empty() {
+            return Ok(());
+        }
+        apply_lb_round(cloud, region, swarm_uuid, &steps, &mut observed, log).await?;
+    }
+    Err(CloudError::Other {
+        operation: "plan".into(),
+        message: format!("the load balancer removal did not settle after {MAX_ROUNDS} rounds"),
+    })
+}
+
+/// Runs one round's steps concurrently and records what each returned.
+async fn apply_lb_round<C: Cloud>(
+    cloud: &C,
+    region: &str,
+    swarm_uuid: &str,
+    steps: &[lb::LbStep],
+    observed: &mut lb::Observed,
+    log: &(dyn Fn(String) + Sync),
+) -> Result<(), CloudError> {
+    for step in steps {
+        log(step.describe());
+    }
+    let results = join_all(
+        steps
+            .iter()
+            .map(|step| cloud.apply_load_balancer_step(region, swarm_uuid, step)),
+    )
+    .await;
+    let mut first_error = None;
+    for (step, result) in steps.iter().zip(results) {
+        match result {
+            Ok(applied) => {
+                if let lb::Applied::LoadBalancer(made) = &applied {
+                    log(format!("load balancer {} ({})", made.dns_name, made.arn));
+                }
+                observed.record(step, &applied);
+            }
+            Err(error) => {
+                log(format!("{} failed: {error}", step.describe()));
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,5 +620,178 @@ mod tests {
         assert!(removed.teardown.is_some());
         assert!(cloud.alive("c1").is_empty());
         assert_eq!(cloud.calls("teardown_network"), 1);
+    }
+
+    mod load_balancer {
+        use super::*;
+        use flotilla_core::plan::lb::{Desired as LbDesired, PublishedPort};
+        use std::collections::BTreeMap;
+
+        const SWARM: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+        const REGION: &str = "us-east-1";
+
+        fn desired(ports: &[u16], targets: &[&str]) -> LbDesired {
+            LbDesired {
+                swarm_uuid: SWARM.into(),
+                name: lb::lb_name(SWARM),
+                vpc_id: "vpc-1".into(),
+                subnets: BTreeMap::from([
+                    ("us-east-1a".to_owned(), "subnet-a".to_owned()),
+                    ("us-east-1b".to_owned(), "subnet-b".to_owned()),
+                ]),
+                node_security_group: Some("sg-nodes".into()),
+                ports: ports.iter().map(|p| PublishedPort::tcp(*p)).collect(),
+                targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+            }
+        }
+
+        fn converge(cloud: &FakeCloud, want: &LbDesired) -> Result<LbState, CloudError> {
+            block_on(converge_load_balancer(cloud, REGION, want, &|_| {}))
+        }
+
+        /// The cloud's state without its generated ids: load balancers, groups with
+        /// their ingress, node rules, listeners (port, protocol), target groups (port,
+        /// protocol, targets).
+        type Shape = (
+            usize,
+            Vec<Vec<PublishedPort>>,
+            usize,
+            Vec<(u16, lb::Protocol)>,
+            Vec<(u16, lb::Protocol, Vec<String>)>,
+        );
+
+        fn shape(cloud: &FakeCloud) -> Shape {
+            let world = cloud.load_balancer(REGION, SWARM);
+            let mut listeners: Vec<_> = world
+                .listeners
+                .iter()
+                .map(|l| (l.port, l.protocol))
+                .collect();
+            listeners.sort();
+            let mut groups: Vec<_> = world
+                .target_groups
+                .iter()
+                .map(|g| (g.port, g.protocol, g.targets.iter().cloned().collect()))
+                .collect();
+            groups.sort();
+            (
+                world.load_balancers.len(),
+                world
+                    .security_groups
+                    .iter()
+                    .map(|g| g.ingress.iter().copied().collect())
+                    .collect(),
+                world.node_rules.len(),
+                listeners,
+                groups,
+            )
+        }
+
+        #[test]
+        fn converges_changes_and_repeats_without_a_change() {
+            let cloud = FakeCloud::new();
+            let state = converge(&cloud, &desired(&[80, 8080], &["i-1", "i-2"])).expect("first");
+            assert!(state.dns_name.is_some());
+            assert_eq!(
+                state.listeners.keys().copied().collect::<Vec<_>>(),
+                vec![80, 8080]
+            );
+            let steps = cloud.calls("apply_load_balancer_step");
+            let later = desired(&[8080, 9000], &["i-1"]);
+            let state = converge(&cloud, &later).expect("change");
+            assert_eq!(
+                state.listeners.keys().copied().collect::<Vec<_>>(),
+                vec![8080, 9000]
+            );
+            let (_, _, _, _, groups) = shape(&cloud);
+            assert_eq!(
+                groups
+                    .iter()
+                    .map(|g| (g.0, g.2.clone()))
+                    .collect::<Vec<_>>(),
+                vec![
+                    (8080, vec!["i-1".to_owned()]),
+                    (9000, vec!["i-1".to_owned()])
+                ]
+            );
+            assert!(cloud.calls("apply_load_balancer_step") > steps);
+            let (steps, describes) = (
+                cloud.calls("apply_load_balancer_step"),
+                cloud.calls("describe_load_balancer"),
+            );
+            let again = converge(&cloud, &later).expect("again");
+            assert_eq!(again, state);
+            assert_eq!(
+                cloud.calls("apply_load_balancer_step"),
+                steps,
+                "nothing to change"
+            );
+            assert_eq!(cloud.calls("describe_load_balancer"), describes + 1);
+            block_on(remove_load_balancer(&cloud, REGION, SWARM, &|_| {})).expect("remove");
+            assert!(cloud.load_balancer(REGION, SWARM).is_empty());
+        }
+
+        #[test]
+        fn a_swarm_without_nodes_gets_its_load_balancer_with_its_first_node() {
+            let cloud = FakeCloud::new();
+            let mut want = desired(&[80], &[]);
+            want.subnets.clear();
+            let state = converge(&cloud, &want).expect("no node yet");
+            assert_eq!(state.dns_name, None);
+            let state = converge(&cloud, &desired(&[80], &["i-1"])).expect("first node");
+            assert!(state.dns_name.is_some());
+        }
+
+        /// A pass killed after its k-th step — before AWS acted, or after it acted but
+        /// before the answer arrived — is finished by the next pass: for every k, the end
+        /// state is the one an uninterrupted pass reaches. The same for a change of ports
+        /// and targets, and for the removal.
+        #[test]
+        fn a_pass_killed_after_any_step_is_finished_by_the_next() {
+            let first = desired(&[80, 8080], &["i-1", "i-2"]);
+            let second = desired(&[8080, 9000], &["i-1"]);
+            let reference = FakeCloud::new();
+            converge(&reference, &first).expect("reference");
+            let after_first = shape(&reference);
+            let steps_first = reference.calls("apply_load_balancer_step");
+            converge(&reference, &second).expect("reference change");
+            let after_second = shape(&reference);
+            let steps_second = reference.calls("apply_load_balancer_step") - steps_first;
+            assert!(
+                steps_first >= 8 && steps_second >= 4,
+                "{steps_first} {steps_second}"
+            );
+            for applied in [false, true] {
+                for k in 0..steps_first {
+                    let cloud = FakeCloud::new();
+                    cloud.fail_lb_steps_after(k, applied);
+                    assert!(converge(&cloud, &first).is_err(), "k = {k}");
+                    cloud.heal_lb();
+                    converge(&cloud, &first).expect("resumed");
+                    assert_eq!(shape(&cloud), after_first, "k = {k}, applied = {applied}");
+                }
+                for k in 0..steps_second {
+                    let cloud = FakeCloud::new();
+                    converge(&cloud, &first).expect("first");
+                    cloud.fail_lb_steps_after(k, applied);
+                    assert!(converge(&cloud, &second).is_err(), "k = {k}");
+                    cloud.heal_lb();
+                    converge(&cloud, &second).expect("resumed");
+                    assert_eq!(shape(&cloud), after_second, "k = {k}, applied = {applied}");
+                }
+                for k in 0..6 {
+                    let cloud = FakeCloud::new();
+                    converge(&cloud, &first).expect("first");
+                    cloud.fail_lb_steps_after(k, applied);
+                    assert!(
+                        block_on(remove_load_balancer(&cloud, REGION, SWARM, &|_| {})).is_err()
+                    );
+                    cloud.heal_lb();
+                    block_on(remove_load_balancer(&cloud, REGION, SWARM, &|_| {}))
+                        .expect("resumed");
+                    assert!(cloud.load_balancer(REGION, SWARM).is_empty(), "k = {k}");
+                }
+            }
+        }
     }
 }

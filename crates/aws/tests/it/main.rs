@@ -7,6 +7,7 @@ mod catalog;
 mod credentials;
 mod harness;
 mod instances;
+mod lb;
 mod network;
 mod route53;
 mod teardown;

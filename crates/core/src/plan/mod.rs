@@ -20,9 +20,15 @@
 //!   capacity refusal, removal and teardown, and the verdict that settles a busy cluster.
 //! * [`network`] — the network's choices: usable AZs, which duplicate of a resource to keep,
 //!   which security group rules are missing.
+//! * [`lb`] — a swarm's network load balancer: listeners that follow the published ports,
+//!   target groups of the swarm's nodes, its security group, and their removal. Its plan is
+//!   the next *round* (a listener needs the ARN its target group's create returns), so the
+//!   promise reads: rounds applied one after the other end in an empty plan, and no round
+//!   repeats a step of an earlier one.
 //! * [`swarm`] — a Docker Swarm over two node clusters: bootstrap, joins, roles and labels,
 //!   how nodes leave, all without ever losing manager quorum.
 
 pub mod cluster;
+pub mod lb;
 pub mod network;
 pub mod swarm;

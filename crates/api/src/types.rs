@@ -108,6 +108,9 @@ pub struct Swarm {
     /// The node (resource URI) that initialised the swarm.
     pub bootstrap_node: Option<String>,
     pub nodes: Vec<SwarmMember>,
+    /// The network load balancer in front of the nodes (Docker for AWS's): its listeners
+    /// follow the ports the swarm's services publish. `None` until the swarm has a node.
+    pub load_balancer: Option<SwarmLoadBalancer>,
     pub created_datetime: Option<String>,
     pub deployed_datetime: Option<String>,
     pub destroyed_datetime: Option<String>,
@@ -144,6 +147,24 @@ pub struct SwarmServiceTask {
     pub state: String,
     pub desired_state: String,
     pub error: Option<String>,
+}
+
+/// A swarm's load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SwarmLoadBalancer {
+    pub dns_name: Option<String>,
+    /// One listener per published port.
+    pub ports: Vec<SwarmListener>,
+}
+
+/// A listener of a swarm's load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SwarmListener {
+    pub port: u16,
+    /// `TCP`, `UDP` or `TCP_UDP`.
+    pub protocol: String,
 }
 
 /// One node of a swarm: its role as Flotilla wants it and as Docker reports it.

@@ -22,6 +22,7 @@ CREATE TABLE swarms (
     tokens_nonce       TEXT,            -- hex; the join tokens, sealed
     tokens_sealed      TEXT,            -- hex
     current_action     TEXT,
+    load_balancer      TEXT,            -- {"dns_name": …, "ports": [{"port", "protocol"}]} as last converged
     created_at         INTEGER NOT NULL,
     deployed_at        INTEGER,
     destroyed_at       INTEGER

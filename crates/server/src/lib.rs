@@ -186,6 +186,7 @@ pub async fn run<C: Cloud + 'static>(
     };
     let (reconciler, supervisor) =
         reconcile::reconciler(store.clone(), cloud.clone(), config.reconcile.clone());
+    let cloud_for_swarms = cloud.clone();
     let secret_key = secrets::SecretKey::load(&config.secret_key_path)?;
     let linked = app::linked_keys(&store, &secret_key, catalog::PROVIDER).await?;
     for cluster in store.clusters().await? {
@@ -210,6 +211,8 @@ pub async fn run<C: Cloud + 'static>(
     );
     let swarms = swarm::SwarmWorker {
         store: store.clone(),
+        cloud: cloud_for_swarms,
+        settings: config.reconcile.clone(),
         reconciler: app.reconciler.clone(),
         mailbox: app.mailbox.clone(),
         secret_key,

@@ -24,12 +24,14 @@
 //! * Results come back with the agent's next `PATCH`: their messages go into the swarm's
 //!   action log, an `Init`'s tokens are sealed and stored, and the swarm is planned again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_api::agent::{AgentTask, EngineReport, JoinTokens, TaskOp, TaskResult};
 use flotilla_api::{action_state, date};
+use flotilla_core::cloud::{Cloud, Instance, InstanceState, NetworkRequest};
+use flotilla_core::plan::lb::{self, PublishedPort};
 use flotilla_core::plan::swarm::{
     self as planner, Availability, Desired, EngineState, LocalState, Member, NodeStatus, Observed,
     Role, Step, SwarmNode,
@@ -306,8 +308,11 @@ impl SwarmView {
 
 /// What the worker needs.
 #[derive(Debug, Clone)]
-pub struct SwarmWorker {
+pub struct SwarmWorker<C> {
     pub store: Store,
+    pub cloud: Arc<C>,
+    /// How the swarm's network is asked for (image, AZs, ingress), as the clusters ask.
+    pub settings: crate::reconcile::ReconcileSettings,
     /// Nudged when a node is released, so its cluster terminates it at once.
     pub reconciler: crate::reconcile::Reconciler,
     pub mailbox: Arc<Mailbox>,
@@ -324,9 +329,18 @@ struct Memory {
     waiting: Vec<String>,
     /// When each leaving member's drain was first asked.
     drain_started: BTreeMap<String, u64>,
+    /// The load balancer's last converged inputs and when (see [`SwarmWorker::balance`]).
+    balanced: Option<(LbInputs, Instant)>,
 }
 
-impl SwarmWorker {
+/// What a swarm's load balancer follows: its nodes (instance, subnet) and published ports.
+type LbInputs = (BTreeSet<(String, String)>, BTreeSet<PublishedPort>);
+
+/// How often a swarm's load balancer is converged again although nothing changed (repairs
+/// drift: a listener deleted by hand).
+pub const LB_RESYNC: Duration = Duration::from_secs(60);
+
+impl<C: Cloud + 'static> SwarmWorker<C> {
     /// Plans every live swarm on every nudge and at least every [`PASS_INTERVAL`], until
     /// `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
@@ -558,6 +572,109 @@ impl SwarmWorker {
         if plan.settled && swarm.state == ClusterState::Deploying {
             self.settle(swarm).await?;
         }
+        if swarm.cluster_id.is_some() {
+            self.balance(&view, memory).await?;
+        }
+        Ok(())
+    }
+
+    /// The swarm's load balancer (`plan::lb`, carried out by `execute`): listeners for the
+    /// ports its services publish on the nodes, targeting the nodes that are in the swarm
+    /// and not leaving. Converged when its inputs change, and every [`LB_RESYNC`].
+    async fn balance(&self, view: &SwarmView, memory: &mut Memory) -> anyhow::Result<()> {
+        let swarm = &view.swarm;
+        let Some(managers) = self.store.cluster(&swarm.manager_cluster).await? else {
+            return Ok(());
+        };
+        let nodes: Vec<Instance> = view
+            .nodes
+            .iter()
+            .filter(|(n, _)| {
+                n.state == NodeState::Deployed && !n.swarm.leaving && !n.instance_id.is_empty()
+            })
+            .map(|(n, _)| Instance {
+                instance_id: n.instance_id.clone(),
+                cluster_uuid: n.cluster_uuid.clone().unwrap_or_default(),
+                slot: n.slot,
+                node_uuid: n.uuid.clone(),
+                state: InstanceState::Running,
+                availability_zone: n.availability_zone.clone(),
+                subnet_id: n.subnet_id.clone(),
+                private_ip: n.private_ip.clone(),
+                public_ip: n.public_ip.clone(),
+            })
+            .collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let ports: BTreeSet<PublishedPort> = view
+            .services()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| &s.ports)
+            .filter(|p| p.published != 0)
+            .map(|p| PublishedPort {
+                port: p.published,
+                protocol: if p.protocol == "udp" {
+                    lb::Protocol::Udp
+                } else {
+                    lb::Protocol::Tcp
+                },
+            })
+            .collect();
+        let inputs: LbInputs = (
+            nodes
+                .iter()
+                .map(|n| (n.instance_id.clone(), n.subnet_id.clone()))
+                .collect(),
+            ports.clone(),
+        );
+        let due = match &memory.balanced {
+            Some((last, at)) => *last != inputs || at.elapsed() >= LB_RESYNC,
+            None => true,
+        };
+        if !due {
+            return Ok(());
+        }
+        // The network's identity (VPC, the nodes' security group) for the load balancer:
+        // the same request the clusters make, which on a network that exists only describes.
+        let request = NetworkRequest::for_spec(
+            &managers.spec,
+            self.settings.image_id.clone(),
+            self.settings.allowed_azs.clone(),
+            self.settings.ingress.clone(),
+        );
+        let network = self.cloud.ensure_network(&request).await?;
+        let desired = lb::Desired::for_swarm(&swarm.uuid, &network, &nodes, ports);
+        let lines = Mutex::new(Vec::new());
+        let state = crate::execute::converge_load_balancer(
+            self.cloud.as_ref(),
+            &managers.spec.region,
+            &desired,
+            &|line| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
+        )
+        .await;
+        for line in lines.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            self.log(swarm, &format!("load balancer: {line}")).await;
+        }
+        let state = state?;
+        let rendered = flotilla_api::SwarmLoadBalancer {
+            dns_name: state.dns_name.clone(),
+            ports: state
+                .listeners
+                .iter()
+                .map(|(port, protocol)| flotilla_api::SwarmListener {
+                    port: *port,
+                    protocol: protocol.as_elb().to_owned(),
+                })
+                .collect(),
+        };
+        if swarm.load_balancer.as_ref() != Some(&rendered) {
+            self.store
+                .set_swarm_load_balancer(&swarm.uuid, Some(&rendered))
+                .await?;
+        }
+        memory.balanced = Some((inputs, Instant::now()));
         Ok(())
     }
 
@@ -592,11 +709,33 @@ impl SwarmWorker {
         Ok(())
     }
 
-    /// A terminating swarm is terminated once both its clusters are.
+    /// A terminating swarm: its load balancer goes first (its subnets and security group
+    /// keep the network from being torn down); the swarm is terminated once both its
+    /// clusters are.
     async fn finish_termination(&self, view: &SwarmView) -> anyhow::Result<()> {
         let swarm = &view.swarm;
         for (node, _) in &view.nodes {
             self.mailbox.post(&node.uuid, Vec::new());
+        }
+        if swarm.load_balancer.is_some() {
+            let Some(managers) = self.store.cluster(&swarm.manager_cluster).await? else {
+                return Ok(());
+            };
+            let lines = Mutex::new(Vec::new());
+            let removed = crate::execute::remove_load_balancer(
+                self.cloud.as_ref(),
+                &managers.spec.region,
+                &swarm.uuid,
+                &|line| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
+            )
+            .await;
+            for line in lines.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                self.log(swarm, &format!("load balancer: {line}")).await;
+            }
+            removed?;
+            self.store
+                .set_swarm_load_balancer(&swarm.uuid, None)
+                .await?;
         }
         for uuid in [&swarm.manager_cluster, &swarm.worker_cluster] {
             if let Some(cluster) = self.store.cluster(uuid).await?

@@ -355,6 +355,55 @@ async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
     }
     assert_eq!(answered, 4, "every task answers on its worker");
 
+    // The load balancer (ELBv2 on moto) follows the published ports: a service published
+    // on a fixed port gets a listener, which goes with the service. (`web` publishes a port
+    // Docker picks per task: nothing to balance.)
+    let listeners = |s: &Value| -> Vec<u64> {
+        s["load_balancer"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_u64())
+            .collect()
+    };
+    let swarm = env
+        .wait(&uuid, "a load balancer", |s| {
+            s["load_balancer"]["dns_name"].is_string()
+        })
+        .await;
+    assert!(listeners(&swarm).is_empty(), "{swarm:#}");
+    env.runner
+        .docker(
+            &manager,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                "edge",
+                "--mode",
+                "global",
+                "--constraint",
+                "node.role==worker",
+                "--publish",
+                "mode=host,target=80,published=8080",
+                BUSYBOX_IMAGE,
+                "sh",
+                "-c",
+                "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www",
+            ],
+        )
+        .expect("service create");
+    env.wait(&uuid, "a listener on 8080", |s| listeners(s) == [8080])
+        .await;
+    env.runner
+        .docker(&manager, &["service", "rm", "edge"])
+        .expect("service rm");
+    env.wait(&uuid, "the listener goes with the service", |s| {
+        listeners(s).is_empty()
+    })
+    .await;
+
     // Workers 2 → 4 (docker-cloud's scale: a PATCH of the workers' node cluster): the new
     // nodes join by themselves.
     env.ok(&["swarm", "scale", &uuid, "--workers", "4"]).await;

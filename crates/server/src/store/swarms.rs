@@ -32,6 +32,8 @@ pub struct SwarmRecord {
     /// The sealed join tokens: (nonce, ciphertext), hex.
     pub tokens: Option<(String, String)>,
     pub current_action: Option<String>,
+    /// The load balancer as last converged.
+    pub load_balancer: Option<flotilla_api::SwarmLoadBalancer>,
     pub created_at: i64,
     pub deployed_at: Option<i64>,
     pub destroyed_at: Option<i64>,
@@ -50,6 +52,7 @@ struct SwarmRow {
     tokens_nonce: Option<String>,
     tokens_sealed: Option<String>,
     current_action: Option<String>,
+    load_balancer: Option<String>,
     created_at: i64,
     deployed_at: Option<i64>,
     destroyed_at: Option<i64>,
@@ -58,7 +61,7 @@ struct SwarmRow {
 /// The columns of [`SwarmRow`] (a macro, for `concat!`: sqlx takes only static SQL).
 macro_rules! swarm_select {
     () => {
-        "SELECT uuid, name, state, managers, manager_cluster, worker_cluster, bootstrap_node, cluster_id, tokens_nonce, tokens_sealed, current_action, created_at, deployed_at, destroyed_at FROM swarms"
+        "SELECT uuid, name, state, managers, manager_cluster, worker_cluster, bootstrap_node, cluster_id, tokens_nonce, tokens_sealed, current_action, load_balancer, created_at, deployed_at, destroyed_at FROM swarms"
     };
 }
 
@@ -77,6 +80,12 @@ impl TryFrom<SwarmRow> for SwarmRecord {
             cluster_id: row.cluster_id,
             tokens: row.tokens_nonce.zip(row.tokens_sealed),
             current_action: row.current_action,
+            load_balancer: row
+                .load_balancer
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| corrupt("swarms", &row.uuid, e))?,
             created_at: row.created_at,
             deployed_at: row.deployed_at,
             destroyed_at: row.destroyed_at,
@@ -306,6 +315,20 @@ impl Store {
     pub async fn set_swarm_managers(&self, uuid: &str, managers: u32) -> Result<(), StoreError> {
         sqlx::query("UPDATE swarms SET managers = ? WHERE uuid = ?")
             .bind(i64::from(managers))
+            .bind(uuid)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the swarm's load balancer as last converged (`None`: removed).
+    pub async fn set_swarm_load_balancer(
+        &self,
+        uuid: &str,
+        load_balancer: Option<&flotilla_api::SwarmLoadBalancer>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE swarms SET load_balancer = ? WHERE uuid = ?")
+            .bind(load_balancer.map(super::to_json))
             .bind(uuid)
             .execute(&self.writer)
             .await?;

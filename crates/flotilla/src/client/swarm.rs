@@ -41,6 +41,15 @@ enum SwarmCommand {
         #[arg(long)]
         sync: bool,
     },
+    /// Change the number of managers (1, 3, 5 or 7), live: one manager at a time, refused
+    /// when the swarm could lose its Raft quorum.
+    Update {
+        identifier: String,
+        #[arg(long)]
+        managers: u32,
+        #[arg(long)]
+        sync: bool,
+    },
     /// Terminate swarms and all their nodes.
     Rm {
         identifiers: Vec<String>,
@@ -141,6 +150,25 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             crate::out!("{}", text(&swarm, "uuid"));
+            maybe_follow(&client, answer.action_uri, sync).await
+        }
+        SwarmCommand::Update {
+            identifier,
+            managers,
+            sync,
+        } => {
+            let swarm = client
+                .find(&uri::swarms(), "swarm", &identifier, true)
+                .await?;
+            let uuid = text(&swarm, "uuid");
+            let answer = client
+                .call(
+                    Method::PATCH,
+                    &uri::swarm(&uuid),
+                    Some(&json!({"manager_count": managers})),
+                )
+                .await?;
+            crate::out!("{uuid}");
             maybe_follow(&client, answer.action_uri, sync).await
         }
         SwarmCommand::Rm { identifiers, sync } => {

@@ -446,3 +446,159 @@ async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
     })
     .await;
 }
+
+/// A manager's `docker node ls` shows a leader, or it does not (or does not answer).
+fn has_leader(runner: &InstanceRunner, manager: &str) -> bool {
+    runner
+        .docker(manager, &["node", "ls", "--format", "{{.ManagerStatus}}"])
+        .is_ok_and(|text| text.lines().any(|l| l.trim() == "Leader"))
+}
+
+fn ready_managers(swarm: &Value) -> usize {
+    members(swarm, "manager")
+        .iter()
+        .filter(|n| n["docker_status"] == "ready" && n["manager_status"] == "reachable")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_leader() {
+    let MotoAccount {
+        proxy, inspector, ..
+    } = MotoAccount::start().await;
+    let server = Server::start(
+        &proxy.endpoint(),
+        &["--node-ready", "agent", "--observe-interval", "2"],
+    )
+    .await;
+    let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
+    runner_config.heartbeat = Duration::from_millis(500);
+    runner_config.docker = true;
+    let runner = InstanceRunner::start(runner_config).await;
+    let env = Env { server, runner };
+
+    let uuid = env
+        .ok(&[
+            "swarm",
+            "create",
+            "mgr",
+            "aws",
+            "us-east-1",
+            "t3.micro",
+            "--managers",
+            "3",
+        ])
+        .await
+        .trim()
+        .to_owned();
+    let swarm = env
+        .wait(&uuid, "the swarm forms", |s| s["state"] == "Deployed")
+        .await;
+    let original: Vec<Value> = members(&swarm, "manager");
+    assert_eq!(original.len(), 3);
+    // The managers spread one per AZ.
+    let azs: BTreeSet<&str> = original
+        .iter()
+        .map(|n| n["availability_zone"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(azs.len(), 3, "{swarm:#}");
+    // Watch from a manager that stays: the leader of the original three.
+    let leader = original
+        .iter()
+        .find(|n| n["leader"] == true)
+        .expect("a leader")
+        .clone();
+    let watched = env.instance_of(leader["node"].as_str().expect("uri")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let stop = stop.clone();
+        let socket = env
+            .runner
+            .docker_host(&watched)
+            .expect("the leader's socket");
+        let socket = std::path::PathBuf::from(socket.trim_start_matches("unix://"));
+        std::thread::spawn(move || {
+            let (mut samples, mut leaderless) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let listed = flotilla_testkit::docker::docker(
+                    &socket,
+                    &["node", "ls", "--format", "{{.ManagerStatus}}"],
+                );
+                samples += 1;
+                let ok = listed
+                    .as_ref()
+                    .is_ok_and(|text| text.lines().any(|l| l.trim() == "Leader"));
+                if !ok {
+                    leaderless.push(format!("{listed:?}"));
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (samples, leaderless)
+        })
+    };
+    assert!(has_leader(&env.runner, &watched));
+
+    // 3 → 5 → 3, live.
+    for target in [5usize, 3] {
+        env.ok(&["swarm", "update", &uuid, "--managers", &target.to_string()])
+            .await;
+        let swarm = env
+            .wait(&uuid, &format!("{target} managers"), |s| {
+                ready_managers(s) == target && members(s, "manager").len() == target
+            })
+            .await;
+        assert_eq!(swarm["manager_count"], target);
+        let listed = env.node_ls(&watched);
+        assert_eq!(listed.len(), target, "no node left Down: {listed:?}");
+        assert!(listed.iter().all(|r| r[1] == "Ready"), "{listed:?}");
+    }
+
+    // A manager's instance is terminated behind Flotilla's back (not the watched leader):
+    // it is removed from the swarm and replaced, in its AZ.
+    let swarm = env.swarm(&uuid).await;
+    let victim = members(&swarm, "manager")
+        .into_iter()
+        .find(|n| n["leader"] != true)
+        .expect("a follower");
+    let victim_instance = env.instance_of(victim["node"].as_str().expect("uri")).await;
+    let ec2 = flotilla_testkit::inspect::ec2_client(&inspector.endpoint(), "us-east-1").await;
+    flotilla_testkit::inspect::terminate_instances(&ec2, &[victim_instance]).await;
+    let replaced = env
+        .wait(&uuid, "the lost manager is replaced", |s| {
+            let managers = members(s, "manager");
+            ready_managers(s) == 3
+                && managers.len() == 3
+                && managers.iter().all(|n| n["node"] != victim["node"])
+        })
+        .await;
+    let azs_after: BTreeSet<String> = members(&replaced, "manager")
+        .iter()
+        .map(|n| n["availability_zone"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        azs_after.len(),
+        3,
+        "the replacement is in the lost manager's AZ"
+    );
+    let started = Instant::now();
+    loop {
+        let listed = env.node_ls(&watched);
+        if listed.len() == 3 && listed.iter().all(|r| r[1] == "Ready") {
+            break;
+        }
+        assert!(
+            started.elapsed() < SWARM_LIMIT,
+            "the lost manager stays in the list: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, leaderless) = watch.join().expect("the watch");
+    assert!(samples > 10, "the watch ran ({samples} samples)");
+    assert!(
+        leaderless.is_empty(),
+        "the swarm was seen without a leader {} of {samples} times: {leaderless:?}",
+        leaderless.len()
+    );
+}

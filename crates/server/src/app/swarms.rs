@@ -260,8 +260,16 @@ impl<C: Cloud + 'static> App<C> {
             };
             (record, action)
         };
-        let (managers, managers_action) = cluster(spec.managers);
-        let (workers, workers_action) = cluster(spec.workers);
+        // A swarm's nodes are replaced when their instance is lost (Docker for AWS's
+        // auto-scaling groups did the same): a manager in the same AZ, by placement.
+        let (managers, managers_action) = cluster(flotilla_core::ClusterSpec {
+            auto_replace: true,
+            ..spec.managers
+        });
+        let (workers, workers_action) = cluster(flotilla_core::ClusterSpec {
+            auto_replace: true,
+            ..spec.workers
+        });
         let record = SwarmRecord {
             uuid: uuid.clone(),
             name: spec.name,

@@ -573,7 +573,12 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
         .await;
     let azs_after: BTreeSet<String> = members(&replaced, "manager")
         .iter()
-        .map(|n| n["availability_zone"].as_str().unwrap_or_default().to_owned())
+        .map(|n| {
+            n["availability_zone"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     assert_eq!(
         azs_after.len(),

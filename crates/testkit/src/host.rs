@@ -288,7 +288,10 @@ pub fn sweep() {
     }
 }
 
-fn sweep_once() {
+/// [`sweep`], once per process: the first host network a process makes runs it. A test
+/// that fakes a dead process's leftovers calls it first, so that sweep cannot run in the
+/// middle of its set-up.
+pub fn sweep_once() {
     static SWEPT: Once = Once::new();
     SWEPT.call_once(sweep);
 }

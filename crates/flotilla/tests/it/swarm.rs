@@ -404,6 +404,23 @@ async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
     })
     .await;
 
+    // Seed 004's monitoring endpoint: the service's tasks and where they run.
+    let (status, service) = env
+        .server
+        .call(reqwest::Method::GET, "/services/web", None)
+        .await;
+    assert_eq!(status, 200, "{service}");
+    assert_eq!(service["replicas"], 4);
+    assert_eq!(service["running"], 4, "{service:#}");
+    let workers: BTreeSet<String> = members(&inspected, "worker")
+        .iter()
+        .map(|n| n["node"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for task in service["tasks"].as_array().expect("tasks") {
+        let node = task["node"].as_str().unwrap_or_default();
+        assert!(workers.contains(node), "{task} runs on a worker");
+    }
+
     // Workers 2 → 4 (docker-cloud's scale: a PATCH of the workers' node cluster): the new
     // nodes join by themselves.
     env.ok(&["swarm", "scale", &uuid, "--workers", "4"]).await;
@@ -606,4 +623,65 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
         "the swarm was seen without a leader {} of {samples} times: {leaderless:?}",
         leaderless.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_at_each_step_of_creating_a_swarm_of_real_engines_makes_exactly_one() {
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
+    let server = Server::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
+    let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
+    runner_config.heartbeat = Duration::from_millis(300);
+    runner_config.docker = true;
+    let runner = InstanceRunner::start(runner_config).await;
+    let mut env = Env { server, runner };
+
+    let uuid = env
+        .ok(&[
+            "swarm",
+            "create",
+            "once",
+            "aws",
+            "us-east-1",
+            "t3.micro",
+            "--managers",
+            "3",
+        ])
+        .await
+        .trim()
+        .to_owned();
+    // SIGKILL right after the create, once the bootstrap manager is recorded, and once the
+    // swarm's cluster ID is adopted; each time a new server finishes the work.
+    let steps: [(&str, fn(&Value) -> bool); 3] = [
+        ("created", |_| true),
+        ("bootstrap chosen", |s| s["bootstrap_node"].is_string()),
+        ("cluster adopted", |s| s["cluster_id"].is_string()),
+    ];
+    for (step, reached) in steps {
+        env.wait(&uuid, step, reached).await;
+        env.server.process.kill().await;
+        env.server
+            .process
+            .restart()
+            .await
+            .unwrap_or_else(|e| panic!("restart after '{step}': {e:#}"));
+    }
+    let swarm = env
+        .wait(&uuid, "the swarm forms", |s| {
+            s["state"] == "Deployed" && all_ready(s, 3)
+        })
+        .await;
+    let cluster_id = swarm["cluster_id"].as_str().expect("a cluster ID");
+    for node in members(&swarm, "manager") {
+        let instance = env.instance_of(node["node"].as_str().expect("uri")).await;
+        let id = env
+            .runner
+            .docker(&instance, &["info", "--format", "{{.Swarm.Cluster.ID}}"])
+            .expect("docker info");
+        assert_eq!(
+            id.trim(),
+            cluster_id,
+            "{instance}: one swarm on every manager"
+        );
+        assert_eq!(env.node_ls(&instance).len(), 3);
+    }
 }

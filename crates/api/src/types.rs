@@ -238,6 +238,9 @@ pub struct Node {
     pub docker_execdriver: Option<String>,
     pub docker_graphdriver: Option<String>,
     pub docker_version: Option<String>,
+    /// Flotilla's addition: the node's Docker engine as its agent last saw it — `running`,
+    /// or `down: <why>` when the engine does not answer; `None` before the first report.
+    pub docker_engine: Option<String>,
     pub external_fqdn: String,
     pub last_seen: Option<String>,
     pub memory: Option<u32>,
@@ -359,6 +362,7 @@ mod tests {
             docker_execdriver: None,
             docker_graphdriver: None,
             docker_version: None,
+            docker_engine: None,
             external_fqdn: "x".into(),
             last_seen: None,
             memory: None,

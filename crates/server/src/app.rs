@@ -522,6 +522,20 @@ impl<C: Cloud + 'static> App<C> {
             docker_version: engine
                 .map(|e| e.version.clone())
                 .or_else(|| node.engine.docker_version.clone()),
+            docker_engine: node
+                .engine
+                .report
+                .as_ref()
+                .map(|report| match &report.engine {
+                    Some(_) => "running".to_owned(),
+                    None => format!(
+                        "down: {}",
+                        report
+                            .error
+                            .as_deref()
+                            .unwrap_or("the engine does not answer")
+                    ),
+                }),
             last_seen: self.last_seen(node).map(date::format_unix),
             memory: engine.and_then(|e| u32::try_from(e.memory_mib).ok()),
             nickname: node

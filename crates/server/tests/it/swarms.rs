@@ -630,6 +630,31 @@ async fn the_server_bootstraps_one_swarm_through_the_agents() {
         }
     }
     assert_eq!(sim.server().get("/services/nope").await.status, 404);
+    // A node whose engine stops answering is shown so, with why.
+    let (node, credential, _) = sim.agents[0].clone();
+    let shown = sim.server().get(&uri::node(&node)).await;
+    assert_eq!(shown.body["docker_engine"], "running");
+    assert_eq!(shown.body["docker_version"], "20.10.24");
+    assert_eq!(shown.body["cpu"], 2);
+    assert_eq!(shown.body["memory"], 1024);
+    let down = NodeUpdate {
+        engine: Some(EngineReport {
+            engine: None,
+            error: Some("connection refused".into()),
+        }),
+        ..NodeUpdate::default()
+    };
+    let (status, _) = agent_call(
+        sim.server(),
+        Method::PATCH,
+        &agent_node(&node),
+        &credential,
+        Some(serde_json::to_value(&down).expect("json")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let shown = sim.server().get(&uri::node(&node)).await;
+    assert_eq!(shown.body["docker_engine"], "down: connection refused");
     let docker = sim.stop().await;
     check_one_swarm(&docker, &swarm);
 }

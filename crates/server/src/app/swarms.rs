@@ -346,7 +346,8 @@ impl<C: Cloud + 'static> App<C> {
             }
             _ => AppError::Conflict(format!("manager_count: {refusal}")),
         })?;
-        self.store.set_swarm_managers(uuid, target).await?;
+        // The managers' cluster first: a cluster that cannot scale now (still deploying)
+        // refuses, and nothing changed.
         let scaled = self
             .patch_cluster(
                 caller,
@@ -354,6 +355,7 @@ impl<C: Cloud + 'static> App<C> {
                 &serde_json::json!({"target_num_nodes": target}),
             )
             .await?;
+        self.store.set_swarm_managers(uuid, target).await?;
         Ok(Outcome {
             object: self.swarm(uuid).await?,
             action_uri: scaled.action_uri,

@@ -13,6 +13,7 @@ mod scale;
 mod server;
 mod stats;
 mod steady;
+mod swarm;
 mod sys;
 mod ws;
 
@@ -48,6 +49,9 @@ enum Command {
     Api(api::Args),
     /// Item 4: AWS calls per minute of idle reconcilers.
     Steady(steady::Args),
+    /// Swarms of real Docker engines: create → Deployed, a worker drained away, memory
+    /// per emulated host (needs root, dockerd and busybox-static).
+    Swarm(swarm::Args),
     /// Regenerates RESULTS.md from the JSON results.
     Report,
 }
@@ -181,6 +185,7 @@ fn main() -> anyhow::Result<()> {
             Command::Scale(args) => scale::run(&ctx, args).await,
             Command::Api(args) => api::run(&ctx, args).await,
             Command::Steady(args) => steady::run(&ctx, args).await,
+            Command::Swarm(args) => swarm::run(&ctx, args).await,
             Command::Report => Ok(()),
         }
     })

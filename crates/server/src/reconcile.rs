@@ -738,7 +738,7 @@ impl<C: Cloud + 'static> Engine<C> {
                 memory.unfinished = memory.unfinished.saturating_add(1);
                 Ok(Next::After(Duration::from_millis(after_ms)))
             }
-            Ok(Verdict::AwaitAgents) => Ok(Next::Soon),
+            Ok(Verdict::AwaitAgents) | Ok(Verdict::AwaitSwarm) => Ok(Next::Soon),
             Ok(Verdict::Settle {
                 next,
                 deployed,

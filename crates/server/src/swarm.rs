@@ -570,7 +570,13 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
             memory.waiting = plan.waiting.clone();
         }
         if plan.settled && swarm.state == ClusterState::Deploying {
-            self.settle(swarm).await?;
+            self.conclude(
+                swarm,
+                ClusterState::Deploying,
+                ClusterState::Deployed,
+                "every node is in the swarm with its role",
+            )
+            .await?;
         }
         if swarm.cluster_id.is_some() {
             self.balance(&view, memory).await?;
@@ -654,9 +660,7 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
             &|line| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
         )
         .await;
-        for line in lines.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            self.log(swarm, &format!("load balancer: {line}")).await;
-        }
+        self.log_lines(swarm, "load balancer: ", lines).await;
         let state = state?;
         let rendered = flotilla_api::SwarmLoadBalancer {
             dns_name: state.dns_name.clone(),
@@ -678,35 +682,44 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
         Ok(())
     }
 
-    async fn settle(&self, swarm: &SwarmRecord) -> anyhow::Result<()> {
+    /// Ends the swarm's busy state (`from` → `to`) and its current action with success,
+    /// logging `line`.
+    async fn conclude(
+        &self,
+        swarm: &SwarmRecord,
+        from: ClusterState,
+        to: ClusterState,
+        line: &str,
+    ) -> anyhow::Result<()> {
         let now = date::now_unix();
-        if self
+        if !self
             .store
-            .transition_swarm(
-                &swarm.uuid,
-                ClusterState::Deploying,
-                ClusterState::Deployed,
-                Some(now),
-                None,
-            )
+            .transition_swarm(&swarm.uuid, from, to, Some(now), None)
             .await?
         {
-            self.log(swarm, "every node is in the swarm with its role")
-                .await;
-            if let Some(action) = &swarm.current_action {
-                self.store
-                    .transition_action(
-                        action,
-                        &[action_state::IN_PROGRESS],
-                        action_state::SUCCESS,
-                        Some(now),
-                        false,
-                        false,
-                    )
-                    .await?;
-            }
+            return Ok(());
+        }
+        self.log(swarm, line).await;
+        if let Some(action) = &swarm.current_action {
+            self.store
+                .transition_action(
+                    action,
+                    &[action_state::IN_PROGRESS],
+                    action_state::SUCCESS,
+                    Some(now),
+                    false,
+                    false,
+                )
+                .await?;
         }
         Ok(())
+    }
+
+    /// Writes the lines an executor logged into the swarm's action, prefixed.
+    async fn log_lines(&self, swarm: &SwarmRecord, prefix: &str, lines: Mutex<Vec<String>>) {
+        for line in lines.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            self.log(swarm, &format!("{prefix}{line}")).await;
+        }
     }
 
     /// A terminating swarm: its load balancer goes first (its subnets and security group
@@ -729,9 +742,7 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
                 &|line| lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
             )
             .await;
-            for line in lines.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                self.log(swarm, &format!("load balancer: {line}")).await;
-            }
+            self.log_lines(swarm, "load balancer: ", lines).await;
             removed?;
             self.store
                 .set_swarm_load_balancer(&swarm.uuid, None)
@@ -744,33 +755,13 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
                 return Ok(());
             }
         }
-        let now = date::now_unix();
-        if self
-            .store
-            .transition_swarm(
-                &swarm.uuid,
-                ClusterState::Terminating,
-                ClusterState::Terminated,
-                Some(now),
-                None,
-            )
-            .await?
-        {
-            self.log(swarm, "both node clusters are terminated").await;
-            if let Some(action) = &swarm.current_action {
-                self.store
-                    .transition_action(
-                        action,
-                        &[action_state::IN_PROGRESS],
-                        action_state::SUCCESS,
-                        Some(now),
-                        false,
-                        false,
-                    )
-                    .await?;
-            }
-        }
-        Ok(())
+        self.conclude(
+            swarm,
+            ClusterState::Terminating,
+            ClusterState::Terminated,
+            "both node clusters are terminated",
+        )
+        .await
     }
 
     /// Logs an agent's results in its swarm's action and stores an `Init`'s tokens, sealed.

@@ -29,6 +29,16 @@ pub const BUSYBOX_IMAGE: &str = "flotilla/busybox:latest";
 /// The page the image's `httpd -h /www` serves at `/index.html`.
 pub const BUSYBOX_INDEX: &str = "flotilla busybox\n";
 
+/// `docker service create` arguments for a busybox `httpd` service called `name` serving the
+/// image's `/www` on port 80, with `options` (replicas, placement, publishing) before the
+/// image: the service every swarm test and benchmark runs.
+pub fn httpd_service<'a>(name: &'a str, options: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["service", "create", "--detach", "--name", name];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&[BUSYBOX_IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
+    args
+}
+
 /// The `docker` CLI to use.
 pub fn docker_cli() -> PathBuf {
     let debian = Path::new("/usr/bin/docker");

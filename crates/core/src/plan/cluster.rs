@@ -417,6 +417,9 @@ pub enum Verdict {
     /// Every instance runs, but some agents have not registered yet (and may still): each
     /// registration nudges the cluster, so only the store needs checking.
     AwaitAgents,
+    /// Surplus nodes are still leaving their swarm: the swarm worker nudges the cluster
+    /// when it releases one, so the cloud need not be watched meanwhile.
+    AwaitSwarm,
     /// Done: the cluster's next state and how its action ends.
     Settle {
         next: ClusterState,
@@ -443,10 +446,13 @@ pub fn verdict(progress: &Progress) -> Result<Verdict, IllegalTransition> {
         return settle(Outcome::Canceled);
     }
     let starting = progress.pending_instances && progress.node_ready == NodeReady::InstanceRunning;
-    if progress.awaiting_termination || progress.awaiting_swarm || starting {
+    if progress.awaiting_termination || starting {
         let after_ms =
             FIRST_REOBSERVE_MS.saturating_mul(1u64 << progress.unfinished_observations.min(16));
         return Ok(Verdict::ObserveAgain { after_ms });
+    }
+    if progress.awaiting_swarm {
+        return Ok(Verdict::AwaitSwarm);
     }
     let awaiting_agents = progress.node_ready == NodeReady::AgentRegistered
         && progress.nodes.iter().any(|n| {

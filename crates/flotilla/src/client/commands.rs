@@ -273,6 +273,29 @@ async fn follow_action(client: &ApiClient, action_uri: &str) -> anyhow::Result<E
     }
 }
 
+/// `rm` of each of `identifiers` in `collection` (found by uuid, prefix or — `by_name` —
+/// name): a `DELETE` of its resource URI, its uuid printed, its action followed with
+/// `sync`. Exit code 3 when any followed action failed.
+pub(super) async fn remove_each(
+    client: &ApiClient,
+    (collection, what, by_name): (&str, &str, bool),
+    identifiers: &[String],
+    sync: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut code = ExitCode::SUCCESS;
+    for id in identifiers {
+        let object = client.find(collection, what, id, by_name).await?;
+        let answer = client
+            .call(Method::DELETE, &text(&object, "resource_uri"), None)
+            .await?;
+        crate::out!("{}", text(&object, "uuid"));
+        if maybe_follow(client, answer.action_uri, sync).await? != ExitCode::SUCCESS {
+            code = ExitCode::from(3);
+        }
+    }
+    Ok(code)
+}
+
 pub(super) async fn maybe_follow(
     client: &ApiClient,
     action_uri: Option<String>,
@@ -406,21 +429,13 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             maybe_follow(&client, answer.action_uri, sync).await
         }
         NodeClusterCommand::Rm { identifiers, sync } => {
-            let mut code = ExitCode::SUCCESS;
-            for id in &identifiers {
-                let cluster = client
-                    .find(&uri::node_clusters(), "node cluster", id, true)
-                    .await?;
-                let uuid = text(&cluster, "uuid");
-                let answer = client
-                    .call(Method::DELETE, &uri::node_cluster(&uuid), None)
-                    .await?;
-                crate::out!("{uuid}");
-                if maybe_follow(&client, answer.action_uri, sync).await? != ExitCode::SUCCESS {
-                    code = ExitCode::from(3);
-                }
-            }
-            Ok(code)
+            remove_each(
+                &client,
+                (&uri::node_clusters(), "node cluster", true),
+                &identifiers,
+                sync,
+            )
+            .await
         }
         NodeClusterCommand::Provider => {
             let providers = client.list(&uri::providers()).await?;
@@ -555,17 +570,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             Ok(inspect(found))
         }
         NodeCommand::Rm { identifiers, sync } => {
-            let mut code = ExitCode::SUCCESS;
-            for id in &identifiers {
-                let node = client.find(&uri::nodes(), "node", id, false).await?;
-                let uuid = text(&node, "uuid");
-                let answer = client.call(Method::DELETE, &uri::node(&uuid), None).await?;
-                crate::out!("{uuid}");
-                if maybe_follow(&client, answer.action_uri, sync).await? != ExitCode::SUCCESS {
-                    code = ExitCode::from(3);
-                }
-            }
-            Ok(code)
+            remove_each(&client, (&uri::nodes(), "node", false), &identifiers, sync).await
         }
         NodeCommand::HealthCheck { identifiers } => {
             for id in &identifiers {

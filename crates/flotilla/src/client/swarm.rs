@@ -8,12 +8,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use flotilla_api::uri;
 
 use super::ApiClient;
-use super::commands::{Common, inspect, last_segment, maybe_follow, show_objects, text};
+use super::commands::{
+    Common, inspect, last_segment, maybe_follow, remove_each, show_objects, text,
+};
 
 #[derive(Debug, Args)]
 pub struct SwarmArgs {
@@ -172,19 +174,7 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
             maybe_follow(&client, answer.action_uri, sync).await
         }
         SwarmCommand::Rm { identifiers, sync } => {
-            let mut code = ExitCode::SUCCESS;
-            for id in &identifiers {
-                let swarm: Value = client.find(&uri::swarms(), "swarm", id, true).await?;
-                let uuid = text(&swarm, "uuid");
-                let answer = client
-                    .call(Method::DELETE, &uri::swarm(&uuid), None)
-                    .await?;
-                crate::out!("{uuid}");
-                if maybe_follow(&client, answer.action_uri, sync).await? != ExitCode::SUCCESS {
-                    code = ExitCode::from(3);
-                }
-            }
-            Ok(code)
+            remove_each(&client, (&uri::swarms(), "swarm", true), &identifiers, sync).await
         }
     }
 }

@@ -11,9 +11,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use flotilla_api::uri;
-use flotilla_testkit::docker::BUSYBOX_IMAGE;
+use flotilla_testkit::docker::httpd_service;
 use flotilla_testkit::server::isolate_env;
-use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
+use flotilla_testkit::{FaultProxy, InstanceRunner, MotoAccount, RunnerConfig};
 use serde_json::Value;
 
 use crate::support::Server;
@@ -27,6 +27,22 @@ struct Env {
 }
 
 impl Env {
+    /// moto, a server (`--node-ready agent` and `extra`) and the instance runner in docker
+    /// mode: every instance a host with its own engine and agent.
+    async fn start(extra: &[&str]) -> (Env, FaultProxy) {
+        let MotoAccount {
+            proxy, inspector, ..
+        } = MotoAccount::start().await;
+        let mut args = vec!["--node-ready", "agent"];
+        args.extend_from_slice(extra);
+        let server = Server::start(&proxy.endpoint(), &args).await;
+        let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
+        runner_config.heartbeat = Duration::from_millis(500);
+        runner_config.docker = true;
+        let runner = InstanceRunner::start(runner_config).await;
+        (Env { server, runner }, inspector)
+    }
+
     async fn cli(&self, args: &[&str]) -> Output {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
         isolate_env(&mut command)
@@ -130,13 +146,7 @@ fn all_ready(swarm: &Value, count: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
-    let MotoAccount { proxy, .. } = MotoAccount::start().await;
-    let server = Server::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
-    let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
-    runner_config.heartbeat = Duration::from_millis(500);
-    runner_config.docker = true;
-    let runner = InstanceRunner::start(runner_config).await;
-    let env = Env { server, runner };
+    let (env, _) = Env::start(&[]).await;
 
     let uuid = env
         .ok(&[
@@ -268,25 +278,19 @@ async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
     env.runner
         .docker(
             &manager,
-            &[
-                "service",
-                "create",
-                "--detach",
-                "--name",
+            &httpd_service(
                 "web",
-                "--replicas",
-                "4",
-                "--endpoint-mode",
-                "dnsrr",
-                "--constraint",
-                "node.role==worker",
-                "--publish",
-                "mode=host,target=80",
-                BUSYBOX_IMAGE,
-                "sh",
-                "-c",
-                "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www",
-            ],
+                &[
+                    "--replicas",
+                    "4",
+                    "--endpoint-mode",
+                    "dnsrr",
+                    "--constraint",
+                    "node.role==worker",
+                    "--publish",
+                    "mode=host,target=80",
+                ],
+            ),
         )
         .expect("service create");
     let running = |env: &Env| {
@@ -375,23 +379,17 @@ async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
     env.runner
         .docker(
             &manager,
-            &[
-                "service",
-                "create",
-                "--detach",
-                "--name",
+            &httpd_service(
                 "edge",
-                "--mode",
-                "global",
-                "--constraint",
-                "node.role==worker",
-                "--publish",
-                "mode=host,target=80,published=8080",
-                BUSYBOX_IMAGE,
-                "sh",
-                "-c",
-                "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www",
-            ],
+                &[
+                    "--mode",
+                    "global",
+                    "--constraint",
+                    "node.role==worker",
+                    "--publish",
+                    "mode=host,target=80,published=8080",
+                ],
+            ),
         )
         .expect("service create");
     env.wait(&uuid, "a listener on 8080", |s| listeners(s) == [8080])
@@ -480,19 +478,7 @@ fn ready_managers(swarm: &Value) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_leader() {
-    let MotoAccount {
-        proxy, inspector, ..
-    } = MotoAccount::start().await;
-    let server = Server::start(
-        &proxy.endpoint(),
-        &["--node-ready", "agent", "--observe-interval", "2"],
-    )
-    .await;
-    let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
-    runner_config.heartbeat = Duration::from_millis(500);
-    runner_config.docker = true;
-    let runner = InstanceRunner::start(runner_config).await;
-    let env = Env { server, runner };
+    let (env, inspector) = Env::start(&["--observe-interval", "2"]).await;
 
     let uuid = env
         .ok(&[
@@ -627,13 +613,7 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_at_each_step_of_creating_a_swarm_of_real_engines_makes_exactly_one() {
-    let MotoAccount { proxy, .. } = MotoAccount::start().await;
-    let server = Server::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
-    let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
-    runner_config.heartbeat = Duration::from_millis(300);
-    runner_config.docker = true;
-    let runner = InstanceRunner::start(runner_config).await;
-    let mut env = Env { server, runner };
+    let (mut env, _) = Env::start(&[]).await;
 
     let uuid = env
         .ok(&[

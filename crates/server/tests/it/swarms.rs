@@ -77,7 +77,12 @@ async fn a_swarm_is_validated_like_a_node_cluster_and_made_of_two() {
         .get(swarm["manager_cluster"].as_str().expect("uri"))
         .await;
     assert_eq!(managers.body["target_num_nodes"], 3);
-    assert_eq!(managers.body["state"], "Deploying");
+    // Deployed already when the fake cloud was quick; never Init: the create deploys it.
+    assert!(
+        ["Deploying", "Deployed"].contains(&managers.body["state"].as_str().unwrap_or("")),
+        "{:?}",
+        managers.body
+    );
 
     let again = server
         .call(Method::POST, &uri::swarms(), Some(body("s1")))

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flotilla_testkit::docker::BUSYBOX_INDEX;
+use flotilla_testkit::docker::{BUSYBOX_INDEX, httpd_service};
 use flotilla_testkit::host::leftovers;
 use flotilla_testkit::{BUSYBOX_IMAGE, Host, HostNetwork, HostSpec};
 
@@ -133,26 +133,17 @@ fn two_hosts_reach_each_other_form_a_swarm_and_serve_http() {
     });
 
     // A service with a host-mode published port, on both nodes.
-    one.docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
+    one.docker(&httpd_service(
         "web",
-        "--replicas",
-        "2",
-        "--endpoint-mode",
-        "dnsrr",
-        "--publish",
-        "mode=host,target=80,published=8080",
-        BUSYBOX_IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ])
+        &[
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--publish",
+            "mode=host,target=80,published=8080",
+        ],
+    ))
     .expect("the command succeeds");
     let rt = runtime();
     for ip in [ip1, ip2] {

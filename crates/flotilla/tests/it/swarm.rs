@@ -24,6 +24,8 @@ const SWARM_LIMIT: Duration = Duration::from_secs(240);
 struct Env {
     server: Server,
     runner: InstanceRunner,
+    /// The server's way to moto: it must live as long as the server.
+    _proxy: FaultProxy,
 }
 
 impl Env {
@@ -40,7 +42,14 @@ impl Env {
         runner_config.heartbeat = Duration::from_millis(500);
         runner_config.docker = true;
         let runner = InstanceRunner::start(runner_config).await;
-        (Env { server, runner }, inspector)
+        (
+            Env {
+                server,
+                runner,
+                _proxy: proxy,
+            },
+            inspector,
+        )
     }
 
     async fn cli(&self, args: &[&str]) -> Output {

@@ -109,6 +109,8 @@ pub fn events() -> String {
 
 /// The unauthenticated liveness check.
 pub const PING: &str = "/_ping";
+/// The Prometheus text exposition of the server's metrics.
+pub const METRICS: &str = "/metrics";
 
 /// An object a resource URI names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -163,6 +163,10 @@ impl Cloud for AwsAccount {
     async fn has_credentials(&self) -> bool {
         self.current().has_credentials().await
     }
+
+    fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.current().call_counts()
+    }
 }
 
 /// Whether an SDK configuration's credentials provider yields keys (within 10 s, so a

@@ -289,6 +289,16 @@ impl Aws {
 }
 
 impl Cloud for Aws {
+    fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.counters
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(operation, count)| ((*operation).to_owned(), *count))
+            .collect()
+    }
+
     async fn validate_credentials(
         &self,
         instance_type: &str,

@@ -482,6 +482,12 @@ pub trait Cloud: Send + Sync {
     fn has_credentials(&self) -> impl Future<Output = bool> + Send {
         async { true }
     }
+
+    /// Calls made per operation since the cloud was made (retries excluded), for metrics;
+    /// clouds that do not count keep this default.
+    fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
 }
 
 impl fmt::Display for InstanceState {

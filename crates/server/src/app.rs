@@ -206,6 +206,8 @@ pub struct App<C> {
     pub(crate) mailbox: Arc<crate::swarm::Mailbox>,
     /// The background loops' beats, for `/_ping` ([`crate::liveness`]).
     pub(crate) liveness: Arc<crate::liveness::Liveness>,
+    /// `/metrics` ([`crate::metrics`]).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The instance type of the dry-run launch that validates linked keys.
@@ -254,7 +256,21 @@ impl<C: Cloud + 'static> App<C> {
             linked: AsyncMutex::new(None),
             mailbox: Arc::default(),
             liveness: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Shares `metrics` with the workers that count into it.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition, with nodes by state and the cloud's
+    /// AWS calls read now.
+    pub async fn metrics_text(&self) -> AppResult<String> {
+        let nodes = self.store.nodes_by_state().await?;
+        Ok(self.metrics.render(&nodes, &self.cloud.call_counts()))
     }
 
     /// Enables linking keys: `key` seals them, `linked` is the id of the keys already linked.

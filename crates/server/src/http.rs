@@ -74,7 +74,30 @@ pub fn router_with_limits<C: Cloud + 'static>(
         app,
         logins: LoginThrottle::new(limits),
     });
-    Router::new().fallback(dispatch::<C>).with_state(edge)
+    Router::new().fallback(measured::<C>).with_state(edge)
+}
+
+/// [`dispatch`], counted and timed per route template (`crate::metrics`).
+async fn measured<C: Cloud + 'static>(
+    State(edge): State<Arc<Edge<C>>>,
+    request: Request<Body>,
+) -> Response {
+    let started = Instant::now();
+    let route = parse_path(request.uri().path())
+        .map(|p| crate::routes::endpoint(&p.route).template)
+        .unwrap_or("unknown");
+    let method = request.method().clone();
+    let metrics = edge.app.metrics.clone();
+    let response = dispatch(State(edge), request).await;
+    metrics
+        .http_requests
+        .with_label_values(&[route, method.as_str(), response.status().as_str()])
+        .inc();
+    metrics
+        .http_seconds
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T, action_uri: Option<&str>) -> Response {
@@ -404,6 +427,11 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 outcome_response(&app.create_swarm(caller, &body).await?, true)
             }
             (Route::Swarms, _) => self.list(app.swarms().await?)?,
+            (Route::Metrics, _) => (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                app.metrics_text().await?,
+            )
+                .into_response(),
             (Route::SwarmService(id), _) => {
                 json_response(StatusCode::OK, &app.swarm_service(&id).await?, None)
             }

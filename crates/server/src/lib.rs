@@ -35,6 +35,7 @@ pub mod execute;
 pub mod http;
 pub mod liveness;
 pub mod login;
+pub mod metrics;
 pub mod openapi;
 pub mod reconcile;
 pub mod routes;
@@ -184,8 +185,13 @@ pub async fn run<C: Cloud + 'static>(
         },
         None => None,
     };
-    let (reconciler, supervisor) =
-        reconcile::reconciler(store.clone(), cloud.clone(), config.reconcile.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (reconciler, supervisor) = reconcile::reconciler(
+        store.clone(),
+        cloud.clone(),
+        config.reconcile.clone(),
+        metrics.clone(),
+    );
     let cloud_for_swarms = cloud.clone();
     let secret_key = secrets::SecretKey::load(&config.secret_key_path)?;
     let linked = app::linked_keys(&store, &secret_key, catalog::PROVIDER).await?;
@@ -207,7 +213,8 @@ pub async fn run<C: Cloud + 'static>(
                 heartbeat_grace: config.heartbeat_grace,
             },
         )
-        .with_secret_key(secret_key.clone(), linked.map(|k| k.access_key_id)),
+        .with_secret_key(secret_key.clone(), linked.map(|k| k.access_key_id))
+        .with_metrics(metrics),
     );
     let swarms = swarm::SwarmWorker {
         store: store.clone(),

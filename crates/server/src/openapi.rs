@@ -335,6 +335,15 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                 .or_200(),
             ],
         ),
+        Route::Metrics => (
+            "monitoring",
+            vec![op(
+                "get",
+                "metrics in the Prometheus text format",
+                "200",
+                Value::Null,
+            )],
+        ),
         Route::SwarmService(_) => (
             "monitoring",
             vec![op(

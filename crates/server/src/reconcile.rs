@@ -187,6 +187,7 @@ struct Engine<C> {
     settings: ReconcileSettings,
     shared: Arc<Shared>,
     region_locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a cluster's worker remembers of its last full pass, and why it needs to.
@@ -229,6 +230,7 @@ pub fn reconciler<C: Cloud + 'static>(
     store: Store,
     cloud: Arc<C>,
     settings: ReconcileSettings,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> (Reconciler, Supervisor<C>) {
     let (start, starts) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -241,6 +243,7 @@ pub fn reconciler<C: Cloud + 'static>(
         settings,
         shared: shared.clone(),
         region_locks: Mutex::new(HashMap::new()),
+        metrics,
     });
     (Reconciler { shared }, Supervisor { engine, starts })
 }
@@ -298,10 +301,24 @@ enum Next {
     Done,
 }
 
+impl Next {
+    /// The pass's outcome, as metrics label it.
+    fn label(self) -> &'static str {
+        match self {
+            Next::Soon => "busy",
+            Next::After(_) => "observe_again",
+            Next::Retry => "retry",
+            Next::Idle => "settled",
+            Next::Done => "done",
+        }
+    }
+}
+
 async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify: Arc<Notify>) {
     let mut failures = 0u32;
     let mut memory = PassMemory::default();
     loop {
+        let started = std::time::Instant::now();
         let next = match engine.pass(&uuid, failures, &mut memory).await {
             Ok(next) => next,
             Err(error) => {
@@ -309,6 +326,15 @@ async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify
                 Next::Retry
             }
         };
+        engine
+            .metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        engine
+            .metrics
+            .reconcile_passes
+            .with_label_values(&[next.label()])
+            .inc();
         failures = if next == Next::Retry { failures + 1 } else { 0 };
         let pause = match next {
             Next::Done => break,

@@ -48,6 +48,8 @@ pub enum Route {
     /// `swarm/`: Docker Swarm clusters (a swarm's managers and workers are node clusters).
     Swarms,
     Swarm(String),
+    /// `/metrics`: the Prometheus text exposition.
+    Metrics,
     /// `/services/{id}`: a swarm service's health (seed 004's monitoring endpoint).
     SwarmService(String),
     Actions,
@@ -90,6 +92,12 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     if trimmed == OPENAPI_PATH {
         return Some(Parsed {
             route: Route::OpenApi,
+            namespace: None,
+        });
+    }
+    if trimmed == "/metrics" {
+        return Some(Parsed {
+            route: Route::Metrics,
             namespace: None,
         });
     }
@@ -274,6 +282,7 @@ pub fn endpoint(route: &Route) -> Endpoint {
             true,
         ),
         Route::SwarmService(_) => ("/services/{id}", &["get"], Auth::Basic, false),
+        Route::Metrics => ("/metrics", &["get"], Auth::Basic, false),
         Route::Token => ("/api/infra/v1/token/", &["post"], Auth::Basic, true),
         Route::Actions => ("/api/audit/v1/action/", &["get"], Auth::Basic, false),
         Route::Action(_) => ("/api/audit/v1/action/{uuid}/", &["get"], Auth::Basic, false),

@@ -584,6 +584,17 @@ impl Store {
 
     // ---- installation and users ----
 
+    /// How many nodes are in each state.
+    pub async fn nodes_by_state(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM nodes GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// A write transaction that changes nothing: proves the database takes writes.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         let mut tx = self.write().await?;

@@ -10,6 +10,7 @@ mod dockercloud_cli;
 mod engine;
 mod lifecycle;
 mod link;
+mod metrics;
 mod ops;
 mod server_crash;
 mod swarm;

@@ -541,9 +541,12 @@ impl<C: Cloud + 'static> App<C> {
             self.set_reachability(uuid, NodeState::Unreachable, NodeEvent::HeardFrom)
                 .await?;
         }
+        self.metrics.heartbeats.inc();
+        let tasks = self.mailbox.take(uuid);
+        self.metrics.swarm_tasks_handed.inc_by(tasks.len() as u64);
         Ok(PingReply {
             reachable: true,
-            tasks: self.mailbox.take(uuid),
+            tasks,
         })
     }
 

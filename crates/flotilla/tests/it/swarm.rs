@@ -640,7 +640,8 @@ async fn a_server_killed_at_each_step_of_creating_a_swarm_of_real_engines_makes_
         .to_owned();
     // SIGKILL right after the create, once the bootstrap manager is recorded, and once the
     // swarm's cluster ID is adopted; each time a new server finishes the work.
-    let steps: [(&str, fn(&Value) -> bool); 3] = [
+    type Reached = fn(&Value) -> bool;
+    let steps: [(&str, Reached); 3] = [
         ("created", |_| true),
         ("bootstrap chosen", |s| s["bootstrap_node"].is_string()),
         ("cluster adopted", |s| s["cluster_id"].is_string()),

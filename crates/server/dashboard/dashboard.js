@@ -67,6 +67,19 @@ async function call(method, path, body) {
   return { status: response.status, data };
 }
 
+// Every object of a list, following `meta.next` page by page.
+async function listAll(path) {
+  let answer = await call("GET", path + ALL);
+  if (answer.status !== 200) return answer;
+  const objects = [...answer.data.objects];
+  for (let pages = 1; answer.data.meta.next && pages < 100; pages++) {
+    answer = await call("GET", answer.data.meta.next);
+    if (answer.status !== 200) return answer;
+    objects.push(...answer.data.objects);
+  }
+  return { status: 200, data: { objects } };
+}
+
 const errorText = (answer) =>
   (answer.data && answer.data.error) || `the server answered ${answer.status}`;
 
@@ -195,8 +208,8 @@ function scheduleRefresh() {
 async function refresh() {
   if (!state.csrf) return;
   const [clusters, nodes] = await Promise.all([
-    call("GET", API.clusters + ALL),
-    call("GET", API.nodes + ALL),
+    listAll(API.clusters),
+    listAll(API.nodes),
   ]);
   if (clusters.status === 200) state.clusters = clusters.data.objects;
   if (nodes.status === 200) state.nodes = nodes.data.objects;
@@ -392,7 +405,7 @@ function showErrors(text) {
 
 async function loadCatalog() {
   if (state.catalog) return state.catalog;
-  const [regions, types] = await Promise.all([call("GET", API.regions + ALL), call("GET", API.nodeTypes + ALL)]);
+  const [regions, types] = await Promise.all([listAll(API.regions), listAll(API.nodeTypes)]);
   if (regions.status !== 200 || types.status !== 200) {
     $("launch-error").textContent = `Cannot load the catalogue: ${errorText(regions.status !== 200 ? regions : types)}. Link your AWS account first (flotilla provider link).`;
     return null;

@@ -293,6 +293,11 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
                 && document.getElementById('launch-region').value.includes('us-east-1')",
         )
         .await;
+    // The whole catalogue (more than one page of node types), with a small default.
+    let default_type = browser
+        .run("return document.getElementById('launch-type').value")
+        .await;
+    assert_eq!(default_type, uri::node_type("aws", "t3.micro"));
     browser.fill("#launch-name", "Not a DNS name!").await;
     browser.fill("#launch-nodes", "2").await;
     browser.click("#launch-submit").await;
@@ -337,6 +342,7 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     assert_eq!(browser.run("return window.sameLoad || null").await, "yes");
     let region = browser.run(&cell("web", "region")).await;
     assert_eq!(region, "us-east-1");
+    assert_eq!(browser.run(&cell("web", "node-type")).await, "t3.micro");
     browser.screenshot("clusters").await;
 
     // Its nodes: state, AZ, public IP, DNS name, last seen with the exact time on hover.

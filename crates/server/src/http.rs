@@ -252,7 +252,8 @@ fn session_refusal(
             "a request from another site's page with the session cookie is refused".to_owned(),
         ));
     }
-    if !(*method == Method::GET || *method == Method::HEAD) && !session::csrf_ok(headers, session) {
+    let reads = *method == Method::GET || *method == Method::HEAD;
+    if !reads && !session::csrf_ok(headers, session) {
         return Some(error_response(
             StatusCode::FORBIDDEN,
             "X-CSRF-Token: a change made with the session cookie needs the session's CSRF token"

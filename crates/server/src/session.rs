@@ -231,7 +231,7 @@ mod tests {
         assert!(!csrf_ok(&headers, &session));
         headers.insert(
             CSRF_HEADER,
-            HeaderValue::from_str(&session.csrf_token).unwrap(),
+            HeaderValue::from_str(&session.csrf_token).expect("hex"),
         );
         assert!(csrf_ok(&headers, &session));
         headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));

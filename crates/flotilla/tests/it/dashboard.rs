@@ -4,9 +4,16 @@
 //! in, launches a 2-node cluster from the form and watches it become Deployed on the page
 //! without a reload, sees a bad input's error next to its field, scales and removes the
 //! cluster from the page, checks that a change forged with the session cookie but without
-//! the CSRF token is refused, and logs out. Every wait polls the page with a deadline.
-//! Screenshots of each page go to `$CARGO_TARGET_TMPDIR/dashboard-screenshots` (the README's
-//! are copies, `docs/screenshots/`).
+//! the CSRF token is refused, logs out, and meets the failed-login throttle. Every wait
+//! polls the page with a deadline (no fixed sleeps). Screenshots of each page go to
+//! `$CARGO_TARGET_TMPDIR/dashboard-screenshots` (the README's are copies,
+//! `docs/screenshots/`).
+//!
+//! Why raw WebDriver: chromedriver's W3C protocol is JSON over HTTP, and the handful of
+//! commands used here (navigate, find, click, type, run a script, screenshot, cookies,
+//! window size) are a few lines over the reqwest the crate already has — no new crate, so
+//! nothing to download and nothing tied to a Chrome DevTools protocol version; Debian's
+//! `chromium` and `chromium-driver` (installed by `scripts/test`) always match.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -499,6 +506,24 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
         .expect("after logout");
     assert_eq!(after.status(), 401);
     assert!(browser.cookie("flotilla_session").await.is_none());
+
+    // The dashboard's login goes through the failed-login throttle (login.rs): wrong keys
+    // are 401s, then 429 with Retry-After (the last step here: it blocks this address).
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let answer = http
+            .post(format!("{}{}", server.base, uri::session()))
+            .json(&json!({"user": server.user, "key": "guess"}))
+            .send()
+            .await
+            .expect("login attempt");
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            assert!(answer.headers().get("retry-after").is_some());
+            break;
+        }
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "{statuses:?}");
     eprintln!("screenshots in {}", browser.shots.display());
 }
 

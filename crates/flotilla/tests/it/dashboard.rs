@@ -211,6 +211,11 @@ impl Browser {
         .await;
     }
 
+    /// Ends the browser (the driver goes on Drop).
+    async fn quit(&self) {
+        let _ = self.http.delete(&self.session).send().await;
+    }
+
     async fn cookie(&self, name: &str) -> Option<String> {
         let cookies = self.command(Method::GET, "/cookie", None).await;
         cookies
@@ -525,6 +530,7 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "{statuses:?}");
     eprintln!("screenshots in {}", browser.shots.display());
+    browser.quit().await;
 }
 
 /// The uuid of the one cluster called `name`.

@@ -49,6 +49,11 @@ pub fn node_clusters() -> String {
     format!("{INFRA}/nodecluster/")
 }
 
+/// The web dashboard's login (POST `{"user", "key"}`), session (GET) and logout (DELETE).
+pub fn session() -> String {
+    "/session".to_owned()
+}
+
 pub fn swarms() -> String {
     format!("{INFRA}/swarm/")
 }

@@ -295,6 +295,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         data_dir.display(),
         config.listen
     );
+    eprintln!(
+        "flotilla server: web dashboard at {scheme}://{}/ (log in with your user and API key)",
+        config.listen
+    );
     flotilla_server::serve(config, installation, Arc::new(aws)).await?;
     Ok(ExitCode::SUCCESS)
 }

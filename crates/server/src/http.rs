@@ -19,6 +19,10 @@
 //!   holds no secret, and bring-your-own nodes fetch it before they hold any credential.
 //!   `tests/it/security.rs` sends unauthenticated requests to every `Route` variant
 //!   (`Route::iter()`), so a new route cannot be added without auth by accident.
+//! * The web dashboard (`dashboard`, `session`): its page and assets are public; a valid
+//!   session cookie is accepted instead of Basic on every API route, with the same user and
+//!   so the same authorization, and a change made with the cookie needs the session's
+//!   `X-CSRF-Token` (else 403). `POST /session` checks the key through the same throttle.
 //! * Failed Basic logins are throttled ([`crate::login`]): a throttled attempt is a 429 with
 //!   `Retry-After`, answered before its key is checked.
 //! * Bodies are capped at 1 MiB (64 KiB on the agent routes); a larger one is a 413 with
@@ -45,6 +49,7 @@ use crate::api_error::error_response;
 use crate::app::{App, AppError, AppResult, Caller, Login, Outcome};
 use crate::login::{Client, LoginThrottle};
 use crate::routes::{MAX_LIMIT, Parsed, Route, allows, is_agent_route, parse_path};
+use crate::session::{self, Sessions};
 use crate::store::NodeFilter;
 
 /// The header that carries the URI of the action a call started.
@@ -58,6 +63,10 @@ const MAX_BODY: usize = 1 << 20;
 struct Edge<C> {
     app: Arc<App<C>>,
     logins: LoginThrottle,
+    /// The dashboard's sessions (`session`).
+    sessions: Sessions,
+    /// Whether the session cookie is `Secure` (the server is served over TLS).
+    secure_cookies: bool,
 }
 
 /// The router: everything goes through one dispatcher (see the module docs).
@@ -65,14 +74,30 @@ pub fn router<C: Cloud + 'static>(app: Arc<App<C>>) -> Router {
     router_with_limits(app, crate::login::Limits::default())
 }
 
+/// [`router`] for a server served over TLS (`tls`) or not: the dashboard's session cookie
+/// is `Secure` under TLS.
+pub fn router_over<C: Cloud + 'static>(app: Arc<App<C>>, tls: bool) -> Router {
+    edge_router(app, crate::login::Limits::default(), tls)
+}
+
 /// [`router`] with other login-throttle limits.
 pub fn router_with_limits<C: Cloud + 'static>(
     app: Arc<App<C>>,
     limits: crate::login::Limits,
 ) -> Router {
+    edge_router(app, limits, false)
+}
+
+fn edge_router<C: Cloud + 'static>(
+    app: Arc<App<C>>,
+    limits: crate::login::Limits,
+    secure_cookies: bool,
+) -> Router {
     let edge = Arc::new(Edge {
         app,
         logins: LoginThrottle::new(limits),
+        sessions: Sessions::default(),
+        secure_cookies,
     });
     Router::new().fallback(measured::<C>).with_state(edge)
 }
@@ -199,10 +224,21 @@ async fn log_in<C: Cloud + 'static>(
     let Some((user, secret)) = basic_credentials(headers) else {
         return Err(AppError::Unauthorized.into_response());
     };
+    check_key(edge, &user, &secret, client).await
+}
+
+/// Checks a user and key (Basic or the dashboard's login) through the login throttle.
+async fn check_key<C: Cloud + 'static>(
+    edge: &Edge<C>,
+    user: &str,
+    secret: &str,
+    client: Client,
+) -> Result<String, Response> {
+    let user = user.to_owned();
     if let Err(wait) = edge.logins.check(client, &user, Instant::now()) {
         return Err(throttled_response(wait));
     }
-    match edge.app.login(&user, &secret).await {
+    match edge.app.login(&user, secret).await {
         Ok(Login::Accepted(username)) => {
             edge.logins.succeeded(client, &user, Instant::now());
             Ok(username)
@@ -213,6 +249,157 @@ async fn log_in<C: Cloud + 'static>(
             Err(AppError::Unauthorized.into_response())
         }
         Err(error) => Err(error.into_response()),
+    }
+}
+
+/// A 401 for the dashboard: names the session scheme, so a browser shows no Basic prompt.
+fn session_unauthorized(message: &str) -> Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, message.to_owned());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("FlotillaSession realm=\"flotilla\""),
+    );
+    response
+}
+
+/// The 403s of cookie authentication: another site's page, or a change without the CSRF
+/// token (`session`).
+fn session_refusal(
+    method: &Method,
+    headers: &HeaderMap,
+    session: &session::Session,
+) -> Option<Response> {
+    if !session::same_origin(headers) {
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            "a request from another site's page with the session cookie is refused".to_owned(),
+        ));
+    }
+    let reads = *method == Method::GET || *method == Method::HEAD;
+    if !reads && !session::csrf_ok(headers, session) {
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            "X-CSRF-Token: a change made with the session cookie needs the session's CSRF token"
+                .to_owned(),
+        ));
+    }
+    None
+}
+
+/// The caller: Basic credentials (through the throttle) or, without an `Authorization`
+/// header, the dashboard's session cookie (with its CSRF rules).
+async fn authenticate<C: Cloud + 'static>(
+    edge: &Edge<C>,
+    method: &Method,
+    headers: &HeaderMap,
+    client: Client,
+) -> Result<String, Response> {
+    if headers.get(header::AUTHORIZATION).is_none()
+        && let Some(id) = session::cookie(headers)
+    {
+        let Some(session) = edge.sessions.get(&id, Instant::now()) else {
+            return Err(session_unauthorized(
+                "the session has expired or ended; log in again",
+            ));
+        };
+        if let Some(refused) = session_refusal(method, headers, &session) {
+            return Err(refused);
+        }
+        return Ok(session.username);
+    }
+    log_in(edge, headers, client).await
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    user: String,
+    key: String,
+}
+
+/// `/session`: POST logs in (`{"user", "key"}`, through the throttle) and sets the cookie;
+/// GET answers the cookie's session; DELETE logs out. Answers carry the user and the
+/// session's CSRF token.
+async fn session_route<C: Cloud + 'static>(
+    edge: &Edge<C>,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+    client: Client,
+) -> Response {
+    let now = Instant::now();
+    let id = session::cookie(headers);
+    let current = id.as_deref().and_then(|id| edge.sessions.get(id, now));
+    let answer = |session: &session::Session, cookie: Option<String>| {
+        let mut response = json_response(
+            StatusCode::OK,
+            &serde_json::json!({"user": session.username, "csrf_token": session.csrf_token}),
+            None,
+        );
+        if let Some(cookie) = cookie
+            && let Ok(value) = HeaderValue::from_str(&cookie)
+        {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    };
+    if *method == Method::POST {
+        if !session::same_origin(headers) {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "a login from another site's page is refused".to_owned(),
+            );
+        }
+        let form = match to_bytes(body, 64 * 1024).await {
+            Ok(bytes) => serde_json::from_slice::<LoginForm>(&bytes).ok(),
+            Err(_) => None,
+        };
+        let Some(form) = form.filter(|f| !f.user.is_empty()) else {
+            return session_unauthorized(
+                "send {\"user\": ..., \"key\": ...}: your user name and API key",
+            );
+        };
+        return match check_key(edge, &form.user, &form.key, client).await {
+            Ok(username) => {
+                if let Some(old) = &id {
+                    edge.sessions.remove(old);
+                }
+                let created = edge.sessions.create(&username, now);
+                let cookie = session::set_cookie(Some(&created.id), edge.secure_cookies);
+                answer(&created.session, Some(cookie))
+            }
+            Err(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                session_unauthorized("key: wrong user name or API key")
+            }
+            Err(response) => response,
+        };
+    }
+    let Some(session) = current else {
+        return session_unauthorized("not logged in");
+    };
+    match *method {
+        Method::GET | Method::HEAD => answer(&session, None),
+        Method::DELETE => {
+            if let Some(refused) = session_refusal(method, headers, &session) {
+                return refused;
+            }
+            if let Some(id) = &id {
+                edge.sessions.remove(id);
+            }
+            answer(
+                &session,
+                Some(session::set_cookie(None, edge.secure_cookies)),
+            )
+        }
+        _ => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {method} is not allowed on {}",
+                crate::routes::SESSION_PATH
+            ),
+        ),
     }
 }
 
@@ -261,10 +448,26 @@ async fn dispatch<C: Cloud + 'static>(
         )
         .await;
     }
-    let username = match log_in(&edge, &parts.headers, Client::of(peer_ip)).await {
-        Ok(username) => username,
-        Err(response) => return response,
-    };
+    if let Some(Parsed { route, .. }) = &parsed {
+        if let Some(response) = crate::dashboard::serve(route) {
+            return response;
+        }
+        if *route == Route::Session {
+            return session_route(
+                &edge,
+                &parts.method,
+                &parts.headers,
+                body,
+                Client::of(peer_ip),
+            )
+            .await;
+        }
+    }
+    let username =
+        match authenticate(&edge, &parts.method, &parts.headers, Client::of(peer_ip)).await {
+            Ok(username) => username,
+            Err(response) => return response,
+        };
     let Some(Parsed { route, namespace }) = parsed else {
         return error_response(StatusCode::NOT_FOUND, format!("Not found: {path}"));
     };
@@ -501,7 +704,14 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 )));
             }
             (
-                Route::AgentNodes | Route::AgentNode(_) | Route::AgentNodePing(_) | Route::Download,
+                Route::AgentNodes
+                | Route::AgentNode(_)
+                | Route::AgentNodePing(_)
+                | Route::Download
+                | Route::Dashboard
+                | Route::DashboardScript
+                | Route::DashboardStyle
+                | Route::Session,
                 _,
             ) => return Err(AppError::NotFound(format!("Not found: {}", self.path))),
         })

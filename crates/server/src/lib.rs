@@ -29,6 +29,7 @@ pub mod api_error;
 pub mod app;
 pub mod backup;
 pub mod catalog;
+pub mod dashboard;
 pub mod dns;
 pub mod events;
 pub mod execute;
@@ -40,6 +41,7 @@ pub mod openapi;
 pub mod reconcile;
 pub mod routes;
 pub mod secrets;
+pub mod session;
 pub mod store;
 pub mod stream;
 pub mod swarm;
@@ -226,7 +228,7 @@ pub async fn run<C: Cloud + 'static>(
         liveness: app.liveness.clone(),
     };
     let liveness = app.liveness.clone();
-    let router = http::router(app.clone());
+    let router = http::router_over(app.clone(), config.tls.is_some());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = futures::future::join(
         app::agents::flush_heartbeats(app.clone(), stopped.clone()),

@@ -53,6 +53,8 @@ struct Op {
     response: Value,
     /// A list: takes `limit` and `offset`.
     list: bool,
+    /// A text answer of this media type (the dashboard's assets) rather than JSON.
+    media: Option<&'static str>,
 }
 
 fn op(method: &'static str, summary: &'static str, status: &'static str, response: Value) -> Op {
@@ -64,7 +66,24 @@ fn op(method: &'static str, summary: &'static str, status: &'static str, respons
         also: None,
         list: response.get("allOf").is_some(),
         response,
+        media: None,
     }
+}
+
+/// The GET and HEAD of one of the dashboard's assets, answered as `media`.
+fn asset(media: &'static str) -> Vec<Op> {
+    ["get", "head"]
+        .into_iter()
+        .map(|method| Op {
+            media: Some(media),
+            ..op(
+                method,
+                "the web dashboard's page or asset; no auth",
+                "200",
+                Value::Null,
+            )
+        })
+        .collect()
 }
 
 impl Op {
@@ -140,6 +159,7 @@ fn operation(path: &str, op: &Op, auth: Auth, tag: &str) -> Value {
         Auth::Public => json!([]),
         Auth::Basic => json!([{"basic": []}]),
         Auth::Agent => json!([{"agentToken": []}]),
+        Auth::Login => json!([{"session": []}]),
     };
     object.insert("security".into(), security);
     if let Some(schema) = &op.request {
@@ -149,7 +169,9 @@ fn operation(path: &str, op: &Op, auth: Auth, tag: &str) -> Value {
         );
     }
     let error = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("Error")}}});
-    let success = if op.response.is_null() {
+    let success = if let Some(media) = op.media {
+        json!({"description": "OK", "content": {media: {"schema": {"type": "string"}}}})
+    } else if op.response.is_null() {
         json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}})
     } else {
         json!({"description": "success", "content": {"application/json": {"schema": op.response}}})
@@ -195,6 +217,23 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                     "200",
                     json!({"type": "string", "format": "binary"}),
                 ),
+            ],
+        ),
+        Route::Dashboard => ("dashboard", asset("text/html")),
+        Route::DashboardScript => ("dashboard", asset("text/javascript")),
+        Route::DashboardStyle => ("dashboard", asset("text/css")),
+        Route::Session => (
+            "dashboard",
+            vec![
+                op(
+                    "post",
+                    "log in to the dashboard with {\"user\", \"key\"}: sets the session cookie; answers the CSRF token",
+                    "200",
+                    schema_ref("Session"),
+                )
+                .body("Login"),
+                op("get", "the cookie's session and its CSRF token", "200", schema_ref("Session")),
+                op("delete", "log out: ends the session and clears the cookie", "200", schema_ref("Session")),
             ],
         ),
         Route::Providers => (
@@ -503,6 +542,11 @@ fn schemas() -> Value {
     // The bounds the server enforces (`flotilla_core::spec`, `App::patch_cluster`).
     let target = json!({"type": "integer", "minimum": 0, "maximum": MAX_NODES});
     let mut written = json!({
+        "Login": {"type": "object", "required": ["user", "key"], "properties": {
+            "user": {"type": "string"}, "key": {"type": "string", "description": "the API key (or password)"}}},
+        "Session": {"type": "object", "properties": {
+            "user": {"type": "string"}, "csrf_token": {"type": "string",
+                "description": "send it as X-CSRF-Token with every change made with the cookie"}}},
         "ListEnvelope": {"type": "object", "required": ["meta", "objects"], "properties": {
             "meta": schema_ref("Meta"),
             "objects": {"type": "array", "items": {}}}},
@@ -631,7 +675,9 @@ pub fn document() -> Value {
                 "basic": {"type": "http", "scheme": "basic",
                     "description": "user name and API key (or password)"},
                 "agentToken": {"type": "apiKey", "in": "header", "name": "Authorization",
-                    "description": "TutumAgentToken <token>: a batch registration token or a node credential"}
+                    "description": "TutumAgentToken <token>: a batch registration token or a node credential"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "flotilla_session",
+                    "description": "the dashboard's session cookie (POST /session); every API route also accepts it, with the session's X-CSRF-Token header on changes"}
             },
             "schemas": schemas(),
         }

@@ -20,6 +20,12 @@ use axum::http::Method;
 /// Where the OpenAPI document is served (`openapi`).
 pub const OPENAPI_PATH: &str = "/api/openapi.json";
 
+/// The dashboard's script and style sheet (`dashboard`).
+pub const DASHBOARD_SCRIPT: &str = "/dashboard.js";
+pub const DASHBOARD_STYLE: &str = "/dashboard.css";
+/// The dashboard's login, session and logout (`session`).
+pub const SESSION_PATH: &str = "/session";
+
 /// Largest page a client may ask for.
 pub const MAX_LIMIT: u64 = 1000;
 
@@ -71,6 +77,15 @@ pub enum Route {
     Download,
     /// `/api/openapi.json`: the OpenAPI document of every route (`openapi`).
     OpenApi,
+    /// `/`: the web dashboard's page (`dashboard`; public: it holds no data).
+    Dashboard,
+    /// `/dashboard.js`: the dashboard's script.
+    DashboardScript,
+    /// `/dashboard.css`: the dashboard's style sheet.
+    DashboardStyle,
+    /// `/session`: the dashboard's login (POST), its session (GET) and logout (DELETE)
+    /// (`session`).
+    Session,
 }
 
 /// A parsed path: the route and the namespace segment, if the path had one.
@@ -107,6 +122,19 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     {
         return Some(Parsed {
             route: Route::SwarmService(id.to_owned()),
+            namespace: None,
+        });
+    }
+    let fixed = match path {
+        "/" => Some(Route::Dashboard),
+        DASHBOARD_SCRIPT => Some(Route::DashboardScript),
+        DASHBOARD_STYLE => Some(Route::DashboardStyle),
+        _ if trimmed == SESSION_PATH => Some(Route::Session),
+        _ => None,
+    };
+    if let Some(route) = fixed {
+        return Some(Parsed {
+            route,
             namespace: None,
         });
     }
@@ -185,6 +213,9 @@ pub enum Auth {
     Basic,
     /// `TutumAgentToken`: a batch registration token or a node credential (`agent_api`).
     Agent,
+    /// The dashboard's login: a user and API key in the JSON body (POST, through the login
+    /// throttle), then the session cookie (GET, DELETE) (`session`).
+    Login,
 }
 
 /// One endpoint as the route table declares it.
@@ -209,6 +240,10 @@ pub fn endpoint(route: &Route) -> Endpoint {
         Route::Ping => ("/_ping", &["get", "head"], Auth::Public, false),
         Route::OpenApi => (OPENAPI_PATH, &["get"], Auth::Basic, false),
         Route::Download => ("/download/flotilla", &["get", "head"], Auth::Public, false),
+        Route::Dashboard => ("/", &["get", "head"], Auth::Public, false),
+        Route::DashboardScript => (DASHBOARD_SCRIPT, &["get", "head"], Auth::Public, false),
+        Route::DashboardStyle => (DASHBOARD_STYLE, &["get", "head"], Auth::Public, false),
+        Route::Session => (SESSION_PATH, &["get", "post", "delete"], Auth::Login, false),
         Route::Providers => ("/api/infra/v1/provider/", &["get"], Auth::Basic, false),
         Route::Provider(_) => (
             "/api/infra/v1/provider/{name}/",
@@ -437,12 +472,16 @@ mod tests {
             Some(Route::AgentNodePing("x".into()))
         );
         assert_eq!(route("/download/flotilla"), Some(Route::Download));
+        assert_eq!(route("/"), Some(Route::Dashboard));
+        assert_eq!(route("/dashboard.js"), Some(Route::DashboardScript));
+        assert_eq!(route("/session/"), Some(Route::Session));
     }
 
     #[test]
     fn unknown_paths_and_misplaced_namespaces_are_not_routes() {
         for path in [
-            "/",
+            "//",
+            "/dashboard.js/",
             "/api/",
             "/api/infra/v2/nodecluster/",
             "/api/infra/v1/myorg/provider/",

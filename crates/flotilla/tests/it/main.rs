@@ -6,6 +6,7 @@ mod aws_faults;
 mod backup;
 mod client;
 mod crash_matrix;
+mod dashboard;
 mod dockercloud_cli;
 mod engine;
 mod lifecycle;

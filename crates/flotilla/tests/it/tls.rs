@@ -106,6 +106,29 @@ async fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["meta"]["total_count"], 0);
 
+    // Over TLS the dashboard's session cookie is Secure (and HttpOnly, SameSite=Strict).
+    let login = https_client(Some(&pki.path("ca.pem")))
+        .post(format!("{}{}", server.base, uri::session()))
+        .json(&serde_json::json!({"user": server.user, "key": server.key}))
+        .send()
+        .await
+        .expect("dashboard login");
+    assert_eq!(login.status(), 200);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie")
+        .to_owned();
+    for part in [
+        "flotilla_session=",
+        "; Secure",
+        "; HttpOnly",
+        "; SameSite=Strict",
+    ] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+
     // Plain http to the TLS port gets no answer.
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

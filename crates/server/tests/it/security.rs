@@ -135,6 +135,10 @@ fn public(route: &Route) -> Option<&'static str> {
             "the open-source flotilla binary itself, no secret in it; bring-your-own nodes \
              fetch it before they hold any credential",
         ),
+        Route::Dashboard | Route::DashboardScript | Route::DashboardStyle => Some(
+            "the web dashboard's page, script and style sheet, built into the binary; no \
+             data in them (the page logs in and calls the API with the session cookie)",
+        ),
         _ => None,
     }
 }
@@ -254,7 +258,13 @@ async fn every_route_but_ping_and_the_binary_requires_credentials() {
     }
     assert_eq!(
         exceptions,
-        BTreeSet::from(["Download".to_owned(), "Ping".to_owned()]),
+        BTreeSet::from([
+            "Dashboard".to_owned(),
+            "DashboardScript".to_owned(),
+            "DashboardStyle".to_owned(),
+            "Download".to_owned(),
+            "Ping".to_owned()
+        ]),
         "only these answer without credentials"
     );
     assert!(checked > 300, "{checked} requests");

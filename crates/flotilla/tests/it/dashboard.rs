@@ -1,0 +1,549 @@
+//! The web dashboard in a real browser (issue #13): Debian's Chromium, headless, driven
+//! through its chromedriver (W3C WebDriver, spoken here over HTTP with reqwest — a few
+//! commands need no client crate) against a real `flotilla server` on moto. The test logs
+//! in, launches a 2-node cluster from the form and watches it become Deployed on the page
+//! without a reload, sees a bad input's error next to its field, scales and removes the
+//! cluster from the page, checks that a change forged with the session cookie but without
+//! the CSRF token is refused, logs out, and meets the failed-login throttle. Every wait
+//! polls the page with a deadline (no fixed sleeps). Screenshots of each page go to
+//! `$CARGO_TARGET_TMPDIR/dashboard-screenshots` (the README's are copies,
+//! `docs/screenshots/`).
+//!
+//! Why raw WebDriver: chromedriver's W3C protocol is JSON over HTTP, and the handful of
+//! commands used here (navigate, find, click, type, run a script, screenshot, cookies,
+//! window size) are a few lines over the reqwest the crate already has — no new crate, so
+//! nothing to download and nothing tied to a Chrome DevTools protocol version; Debian's
+//! `chromium` and `chromium-driver` (installed by `scripts/test`) always match.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use flotilla_api::uri;
+use flotilla_testkit::MotoAccount;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{Api, Server};
+
+/// How long a cluster may take to deploy, scale or go away on moto.
+const DEPLOY_LIMIT: Duration = Duration::from_secs(120);
+/// How long the page may take to show something it was asked for.
+const PAGE_LIMIT: Duration = Duration::from_secs(20);
+/// The W3C WebDriver element reference key.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// One headless Chromium, through a chromedriver this test started on a free port.
+struct Browser {
+    http: reqwest::Client,
+    /// `http://127.0.0.1:<port>/session/<id>`.
+    session: String,
+    driver: Child,
+    shots: PathBuf,
+}
+
+fn chromium_binary() -> &'static str {
+    // Debian's /usr/bin/chromium is a shell wrapper; chromedriver wants the binary.
+    if Path::new("/usr/lib/chromium/chromium").exists() {
+        "/usr/lib/chromium/chromium"
+    } else {
+        "/usr/bin/chromium"
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = flotilla_testkit::free_port();
+        // Its own process group, so that the browsers it starts end with it (Drop).
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start chromedriver (apt-get install chromium chromium-driver): {e}")
+            });
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        loop {
+            let ready = http.get(format!("{base}/status")).send().await;
+            if let Ok(answer) = ready
+                && let Ok(status) = answer.json::<Value>().await
+                && status["value"]["ready"] == true
+            {
+                break;
+            }
+            assert!(started.elapsed() < PAGE_LIMIT, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium_binary(),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--disable-dev-shm-usage", "--window-size=1280,860", "--lang=en-US"],
+            },
+        }}});
+        let answer: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("session JSON");
+        let id = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("chromedriver started no browser: {answer}"));
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+        std::fs::create_dir_all(&shots).expect("screenshot dir");
+        Browser {
+            http,
+            session: format!("{base}/session/{id}"),
+            driver,
+            shots,
+        }
+    }
+
+    /// One WebDriver command; its `value`.
+    async fn command(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.session));
+        if let Some(body) = body {
+            request = request.json(&body);
+        } else if method == Method::POST {
+            request = request.json(&json!({}));
+        }
+        let answer: Value = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        if answer["value"]["error"].is_string() {
+            panic!("{method} {path}: {}", answer["value"]);
+        }
+        answer["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.command(Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let found = self
+            .command(
+                Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        found[ELEMENT].as_str().expect("element").to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.command(Method::POST, &format!("/element/{element}/click"), None)
+            .await;
+    }
+
+    /// Clears a field and types `text` into it, as a user would.
+    async fn fill(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.command(Method::POST, &format!("/element/{element}/clear"), None)
+            .await;
+        self.command(
+            Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    /// Runs `script` (a function body) in the page; what it returns.
+    async fn run(&self, script: &str) -> Value {
+        self.command(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Polls `script` until it returns something other than `null`/`false`; that value.
+    async fn wait(&self, what: &str, limit: Duration, script: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let value = self.run(script).await;
+            if !(value.is_null() || value == false) {
+                return value;
+            }
+            if started.elapsed() > limit {
+                let page = self.run("return document.body.innerText").await;
+                panic!("timed out after {limit:?} waiting for {what}; the page says:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let data = self.command(Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().expect("base64"))
+            .expect("PNG");
+        std::fs::write(self.shots.join(format!("{name}.png")), png).expect("save screenshot");
+    }
+
+    async fn window(&self, width: u32, height: u32) {
+        self.command(
+            Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// Ends the browser (the driver goes on Drop).
+    async fn quit(&self) {
+        let _ = self.http.delete(&self.session).send().await;
+    }
+
+    async fn cookie(&self, name: &str) -> Option<String> {
+        let cookies = self.command(Method::GET, "/cookie", None).await;
+        cookies
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["value"].as_str())
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The driver and the browsers it started: its whole process group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// JavaScript: the text of the cluster row named `name`'s cell `class`, or null.
+fn cell(name: &str, class: &str) -> String {
+    format!(
+        "const row = [...document.querySelectorAll('#clusters-body tr')]
+            .find(r => r.querySelector('.name a').textContent === {name:?});
+         if (!row || document.getElementById('clusters-view').hidden) return null;
+         return row.querySelector('.{class}').textContent;"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
+    let server = Server::start(&proxy.endpoint(), &["--node-ready", "running"]).await;
+    let browser = Browser::start().await;
+
+    // Log in: a wrong key is refused on the form, the right one opens the empty list.
+    browser.goto(&format!("{}/", server.base)).await;
+    browser
+        .wait(
+            "the login form",
+            PAGE_LIMIT,
+            "return !document.getElementById('login-view').hidden",
+        )
+        .await;
+    browser.screenshot("login").await;
+    browser.fill("#login-user", &server.user).await;
+    browser.fill("#login-key", "not-the-key").await;
+    browser.click("#login-submit").await;
+    browser
+        .wait(
+            "the wrong key's error",
+            PAGE_LIMIT,
+            "return document.getElementById('login-error').textContent.includes('Wrong')",
+        )
+        .await;
+    browser.fill("#login-key", &server.key).await;
+    browser.click("#login-submit").await;
+    browser
+        .wait(
+            "the empty state",
+            PAGE_LIMIT,
+            "return !document.getElementById('clusters-empty').hidden
+                && document.getElementById('live').textContent === 'live'",
+        )
+        .await;
+    // Marks this page load: if anything below reloaded the page, the mark would be gone.
+    browser.run("window.sameLoad = 'yes'; return null").await;
+    browser.screenshot("clusters-empty").await;
+    let cookie = browser
+        .cookie("flotilla_session")
+        .await
+        .expect("session cookie");
+
+    // The launch form: a bad name is refused next to the name field.
+    browser.click("#launch-link").await;
+    browser
+        .wait(
+            "the catalogue in the form",
+            PAGE_LIMIT,
+            "return document.querySelectorAll('#launch-type option').length > 0
+                && document.getElementById('launch-region').value.includes('us-east-1')",
+        )
+        .await;
+    // The whole catalogue (more than one page of node types), with a small default.
+    let default_type = browser
+        .run("return document.getElementById('launch-type').value")
+        .await;
+    assert_eq!(default_type, uri::node_type("aws", "t3.micro"));
+    browser.fill("#launch-name", "Not a DNS name!").await;
+    browser.fill("#launch-nodes", "2").await;
+    browser.click("#launch-submit").await;
+    let error = browser
+        .wait(
+            "the name's error next to it",
+            PAGE_LIMIT,
+            "const e = document.getElementById('launch-name-error').textContent;
+             return e && document.getElementById('launch-name').getAttribute('aria-invalid') === 'true'
+                && document.getElementById('launch-nodes-error').textContent === '' ? e : null",
+        )
+        .await;
+    assert!(!error.as_str().unwrap_or("").is_empty(), "{error}");
+    browser.screenshot("launch-error").await;
+    let (_, clusters) = server.call(Method::GET, &uri::node_clusters(), None).await;
+    assert_eq!(
+        clusters["meta"]["total_count"], 0,
+        "the bad launch made nothing"
+    );
+
+    // Launch 2 nodes; the list shows the cluster Deployed without a reload.
+    browser.fill("#launch-name", "web").await;
+    browser.fill("#launch-nodes", "2").await;
+    browser.click("#launch-submit").await;
+    browser
+        .wait("the new cluster's row", PAGE_LIMIT, &cell("web", "counts"))
+        .await;
+    browser
+        .wait(
+            "the cluster Deployed with 2 nodes over 2 AZs",
+            DEPLOY_LIMIT,
+            &format!(
+                "const state = (() => {{ {} }})(); const counts = (() => {{ {} }})();
+                 const az = (() => {{ {} }})();
+                 return state === 'Deployed' && counts === '2 / 2' && (az.match(/: 1/g) || []).length === 2",
+                cell("web", "state"),
+                cell("web", "counts"),
+                cell("web", "per-az")
+            ),
+        )
+        .await;
+    assert_eq!(browser.run("return window.sameLoad || null").await, "yes");
+    let region = browser.run(&cell("web", "region")).await;
+    assert_eq!(region, "us-east-1");
+    assert_eq!(browser.run(&cell("web", "node-type")).await, "t3.micro");
+    browser.screenshot("clusters").await;
+
+    // Its nodes: state, AZ, public IP, DNS name, last seen with the exact time on hover.
+    browser.click("#clusters-body .name a").await;
+    let nodes = browser
+        .wait(
+            "the cluster's 2 nodes",
+            PAGE_LIMIT,
+            "const rows = [...document.querySelectorAll('#nodes-body tr')];
+             if (document.getElementById('cluster-view').hidden || rows.length !== 2) return null;
+             return rows.map(r => [...r.cells].map(c => c.textContent));",
+        )
+        .await;
+    for node in nodes.as_array().expect("rows") {
+        assert_eq!(node[1], "Deployed", "{node}");
+        assert!(
+            node[2]
+                .as_str()
+                .is_some_and(|az| az.starts_with("us-east-1")),
+            "{node}"
+        );
+        assert!(
+            node[4].as_str().is_some_and(|dns| dns.contains('.')),
+            "{node}"
+        );
+    }
+    browser.screenshot("cluster").await;
+    browser.window(390, 844).await;
+    browser.screenshot("cluster-phone").await;
+    browser.window(1280, 860).await;
+
+    // A change forged with the session cookie but without the CSRF token is refused, and
+    // so is one from another site's page; the same cookie reads fine.
+    let uuid = cluster_named(&server, "web").await;
+    let path = uri::node_cluster(&uuid);
+    let http = reqwest::Client::new();
+    let forged = http
+        .patch(format!("{}{path}", server.base))
+        .header("Cookie", format!("flotilla_session={cookie}"))
+        .json(&json!({"target_num_nodes": 5}))
+        .send()
+        .await
+        .expect("forged");
+    assert_eq!(forged.status(), 403);
+    let cross_site = http
+        .delete(format!("{}{path}", server.base))
+        .header("Cookie", format!("flotilla_session={cookie}"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .expect("cross-site");
+    assert_eq!(cross_site.status(), 403);
+    let in_page = browser
+        .run(&format!(
+            "return fetch({path:?}, {{method: 'PATCH', headers: {{'Content-Type': 'application/json'}},
+                body: JSON.stringify({{target_num_nodes: 5}})}}).then(r => r.status)"
+        ))
+        .await;
+    assert_eq!(in_page, 403, "a script without the token is refused too");
+    let read = http
+        .get(format!("{}{path}", server.base))
+        .header("Cookie", format!("flotilla_session={cookie}"))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(read.status(), 200);
+    let (_, cluster) = server.call(Method::GET, &path, None).await;
+    assert_eq!(
+        cluster["target_num_nodes"], 2,
+        "the forgeries changed nothing"
+    );
+
+    // Scale to 3 from the list.
+    browser.click("#nav-clusters").await;
+    let scale = format!("#scale-{uuid}");
+    browser
+        .wait("the list", PAGE_LIMIT, &cell("web", "counts"))
+        .await;
+    browser.fill(&scale, "3").await;
+    browser
+        .click(&format!("tr[data-uuid='{uuid}'] .scale"))
+        .await;
+    browser
+        .wait(
+            "3 nodes Deployed",
+            DEPLOY_LIMIT,
+            &format!(
+                "const state = (() => {{ {} }})(); const counts = (() => {{ {} }})();
+                 return state === 'Deployed' && counts === '3 / 3'",
+                cell("web", "state"),
+                cell("web", "counts")
+            ),
+        )
+        .await;
+    let (_, cluster) = server.call(Method::GET, &path, None).await;
+    assert_eq!(cluster["target_num_nodes"], 3);
+
+    // Remove it: a confirmation first (Cancel keeps it), then it leaves the list.
+    let remove = format!("tr[data-uuid='{uuid}'] .remove");
+    browser.click(&remove).await;
+    browser
+        .wait(
+            "the confirmation",
+            PAGE_LIMIT,
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    browser.screenshot("remove-confirm").await;
+    browser.click("#confirm-cancel").await;
+    browser
+        .wait(
+            "the confirmation closed",
+            PAGE_LIMIT,
+            "return !document.getElementById('confirm').open",
+        )
+        .await;
+    let (_, cluster) = server.call(Method::GET, &path, None).await;
+    assert_ne!(cluster["state"], "Terminating", "Cancel removes nothing");
+    assert_ne!(cluster["state"], "Terminated", "Cancel removes nothing");
+    browser.click(&remove).await;
+    browser
+        .wait(
+            "the confirmation",
+            PAGE_LIMIT,
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    browser.click("#confirm-ok").await;
+    browser
+        .wait(
+            "the cluster gone from the list and the empty state back",
+            DEPLOY_LIMIT,
+            "return !document.getElementById('clusters-empty').hidden",
+        )
+        .await;
+    let (_, cluster) = server.call(Method::GET, &path, None).await;
+    assert_eq!(cluster["state"], "Terminated");
+    assert_eq!(browser.run("return window.sameLoad || null").await, "yes");
+
+    // Log out: the login form again, and the old cookie is worth nothing.
+    browser.click("#logout").await;
+    browser
+        .wait(
+            "the login form after logout",
+            PAGE_LIMIT,
+            "return !document.getElementById('login-view').hidden",
+        )
+        .await;
+    let after = http
+        .get(format!("{}{}", server.base, uri::node_clusters()))
+        .header("Cookie", format!("flotilla_session={cookie}"))
+        .send()
+        .await
+        .expect("after logout");
+    assert_eq!(after.status(), 401);
+    assert!(browser.cookie("flotilla_session").await.is_none());
+
+    // The dashboard's login goes through the failed-login throttle (login.rs): wrong keys
+    // are 401s, then 429 with Retry-After (the last step here: it blocks this address).
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let answer = http
+            .post(format!("{}{}", server.base, uri::session()))
+            .json(&json!({"user": server.user, "key": "guess"}))
+            .send()
+            .await
+            .expect("login attempt");
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            assert!(answer.headers().get("retry-after").is_some());
+            break;
+        }
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "{statuses:?}");
+    eprintln!("screenshots in {}", browser.shots.display());
+    browser.quit().await;
+}
+
+/// The uuid of the one cluster called `name`.
+async fn cluster_named(api: &Api, name: &str) -> String {
+    let (status, list) = api
+        .call(
+            Method::GET,
+            &format!("{}?name={name}", uri::node_clusters()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let objects = list["objects"].as_array().expect("objects");
+    assert_eq!(objects.len(), 1, "{list}");
+    objects[0]["uuid"].as_str().expect("uuid").to_owned()
+}

@@ -273,6 +273,20 @@ async fn follow_action(client: &ApiClient, action_uri: &str) -> anyhow::Result<E
     }
 }
 
+/// A `PATCH` of `path` with `body`; prints `uuid` (the object the user named) and, with
+/// `sync`, follows the action it started.
+pub(super) async fn patch_and_follow(
+    client: &ApiClient,
+    uuid: &str,
+    path: &str,
+    body: &Value,
+    sync: bool,
+) -> anyhow::Result<ExitCode> {
+    let answer = client.call(Method::PATCH, path, Some(body)).await?;
+    crate::out!("{uuid}");
+    maybe_follow(client, answer.action_uri, sync).await
+}
+
 /// `rm` of each of `identifiers` in `collection` (found by uuid, prefix or — `by_name` —
 /// name): a `DELETE` of its resource URI, its uuid printed, its action followed with
 /// `sync`. Exit code 3 when any followed action failed.
@@ -417,16 +431,14 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             let cluster = client
                 .find(&uri::node_clusters(), "node cluster", &identifier, true)
                 .await?;
-            let uuid = text(&cluster, "uuid");
-            let answer = client
-                .call(
-                    Method::PATCH,
-                    &uri::node_cluster(&uuid),
-                    Some(&json!({"target_num_nodes": target_num_nodes})),
-                )
-                .await?;
-            crate::out!("{uuid}");
-            maybe_follow(&client, answer.action_uri, sync).await
+            patch_and_follow(
+                &client,
+                &text(&cluster, "uuid"),
+                &text(&cluster, "resource_uri"),
+                &json!({"target_num_nodes": target_num_nodes}),
+                sync,
+            )
+            .await
         }
         NodeClusterCommand::Rm { identifiers, sync } => {
             remove_each(

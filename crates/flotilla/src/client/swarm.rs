@@ -14,7 +14,7 @@ use flotilla_api::uri;
 
 use super::ApiClient;
 use super::commands::{
-    Common, inspect, last_segment, maybe_follow, remove_each, show_objects, text,
+    Common, inspect, last_segment, maybe_follow, patch_and_follow, remove_each, show_objects, text,
 };
 
 #[derive(Debug, Args)]
@@ -140,19 +140,18 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
             workers,
             sync,
         } => {
+            // docker-cloud's scale: a PATCH of the workers' node cluster.
             let swarm = client
                 .find(&uri::swarms(), "swarm", &identifier, true)
                 .await?;
-            let workers_uri = text(&swarm, "worker_cluster");
-            let answer = client
-                .call(
-                    Method::PATCH,
-                    &workers_uri,
-                    Some(&json!({"target_num_nodes": workers})),
-                )
-                .await?;
-            crate::out!("{}", text(&swarm, "uuid"));
-            maybe_follow(&client, answer.action_uri, sync).await
+            patch_and_follow(
+                &client,
+                &text(&swarm, "uuid"),
+                &text(&swarm, "worker_cluster"),
+                &json!({"target_num_nodes": workers}),
+                sync,
+            )
+            .await
         }
         SwarmCommand::Update {
             identifier,
@@ -162,16 +161,14 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
             let swarm = client
                 .find(&uri::swarms(), "swarm", &identifier, true)
                 .await?;
-            let uuid = text(&swarm, "uuid");
-            let answer = client
-                .call(
-                    Method::PATCH,
-                    &uri::swarm(&uuid),
-                    Some(&json!({"manager_count": managers})),
-                )
-                .await?;
-            crate::out!("{uuid}");
-            maybe_follow(&client, answer.action_uri, sync).await
+            patch_and_follow(
+                &client,
+                &text(&swarm, "uuid"),
+                &text(&swarm, "resource_uri"),
+                &json!({"manager_count": managers}),
+                sync,
+            )
+            .await
         }
         SwarmCommand::Rm { identifiers, sync } => {
             remove_each(&client, (&uri::swarms(), "swarm", true), &identifiers, sync).await

@@ -72,6 +72,26 @@ impl Env {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// `flotilla swarm create NAME aws us-east-1 t3.micro --managers M --workers W`: its uuid.
+    async fn create_swarm(&self, name: &str, managers: u32, workers: u32) -> String {
+        let (managers, workers) = (managers.to_string(), workers.to_string());
+        self.ok(&[
+            "swarm",
+            "create",
+            name,
+            "aws",
+            "us-east-1",
+            "t3.micro",
+            "--managers",
+            &managers,
+            "--workers",
+            &workers,
+        ])
+        .await
+        .trim()
+        .to_owned()
+    }
+
     async fn swarm(&self, uuid: &str) -> Value {
         let (status, swarm) = self
             .server
@@ -157,22 +177,7 @@ fn all_ready(swarm: &Value, count: usize) -> bool {
 async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
     let (env, _) = Env::start(&[]).await;
 
-    let uuid = env
-        .ok(&[
-            "swarm",
-            "create",
-            "web",
-            "aws",
-            "us-east-1",
-            "t3.micro",
-            "--managers",
-            "3",
-            "--workers",
-            "2",
-        ])
-        .await
-        .trim()
-        .to_owned();
+    let uuid = env.create_swarm("web", 3, 2).await;
     let swarm = env
         .wait(&uuid, "the swarm forms", |s| s["state"] == "Deployed")
         .await;
@@ -489,20 +494,7 @@ fn ready_managers(swarm: &Value) -> usize {
 async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_leader() {
     let (env, inspector) = Env::start(&["--observe-interval", "2"]).await;
 
-    let uuid = env
-        .ok(&[
-            "swarm",
-            "create",
-            "mgr",
-            "aws",
-            "us-east-1",
-            "t3.micro",
-            "--managers",
-            "3",
-        ])
-        .await
-        .trim()
-        .to_owned();
+    let uuid = env.create_swarm("mgr", 3, 0).await;
     let swarm = env
         .wait(&uuid, "the swarm forms", |s| s["state"] == "Deployed")
         .await;
@@ -624,20 +616,7 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
 async fn a_server_killed_at_each_step_of_creating_a_swarm_of_real_engines_makes_exactly_one() {
     let (mut env, _) = Env::start(&[]).await;
 
-    let uuid = env
-        .ok(&[
-            "swarm",
-            "create",
-            "once",
-            "aws",
-            "us-east-1",
-            "t3.micro",
-            "--managers",
-            "3",
-        ])
-        .await
-        .trim()
-        .to_owned();
+    let uuid = env.create_swarm("once", 3, 0).await;
     // SIGKILL right after the create, once the bootstrap manager is recorded, and once the
     // swarm's cluster ID is adopted; each time a new server finishes the work.
     type Reached = fn(&Value) -> bool;

@@ -494,6 +494,18 @@ fn the_sweep_removes_what_dead_test_processes_left() {
         .spawn()
         .map(Holder)
         .expect("a stand-in holder");
+    // The sweep finds holders by their command line: wait until the child has exec'd
+    // `unshare` (right after the fork it still carries this test binary's command line).
+    let pid = holder.0.id();
+    wait_until("the holder to exec", Duration::from_secs(10), || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&format!("flotilla-host {tag}")) {
+            Ok(())
+        } else {
+            Err(cmdline)
+        }
+    });
 
     flotilla_testkit::host::sweep();
 

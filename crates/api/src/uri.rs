@@ -116,6 +116,9 @@ pub fn events() -> String {
 pub const PING: &str = "/_ping";
 /// The Prometheus text exposition of the server's metrics.
 pub const METRICS: &str = "/metrics";
+/// Every health check with its detail, for an authenticated caller (`/_ping` only says
+/// whether the server is healthy).
+pub const READYZ: &str = "/readyz";
 
 /// An object a resource URI names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -167,6 +167,12 @@ impl Cloud for AwsAccount {
     fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
         self.current().call_counts()
     }
+
+    fn observe_calls(&self, observer: Arc<dyn flotilla_core::cloud::CallObserver>) {
+        // The slot is shared by every engine made from these settings, the current one
+        // included.
+        self.settings.observer.set(observer);
+    }
 }
 
 /// Whether an SDK configuration's credentials provider yields keys (within 10 s, so a

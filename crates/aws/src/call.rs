@@ -9,10 +9,11 @@
 //! are retried with capped, fully jittered exponential backoff.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use flotilla_core::CloudError;
+use flotilla_core::cloud::{CallOutcome, FinishedCall};
 use rand::Rng;
 
 use crate::Aws;
@@ -76,6 +77,19 @@ pub(crate) struct CallError {
 }
 
 impl CallError {
+    /// How the call ended, for metrics.
+    pub fn outcome(&self) -> CallOutcome {
+        if THROTTLING.contains(&self.code()) {
+            CallOutcome::Throttled
+        } else if self.transport {
+            CallOutcome::Transport
+        } else if self.status.is_some_and(|s| s >= 500) {
+            CallOutcome::ServerError
+        } else {
+            CallOutcome::ClientError
+        }
+    }
+
     pub fn code(&self) -> &str {
         self.code.as_deref().unwrap_or("")
     }
@@ -248,20 +262,23 @@ impl Aws {
     {
         self.counters.count_call(operation);
         let budget = self.budget(region);
+        let started = Instant::now();
+        let mut throttled_attempts = 0u32;
         let mut tries = 0u32;
-        loop {
+        let result = loop {
             tries += 1;
             budget.acquire().await;
             self.counters.count_attempt(operation);
             let error = match attempt().await {
                 Ok(output) => {
                     budget.succeeded();
-                    return Ok(output);
+                    break Ok(output);
                 }
                 Err(error) => classify(operation, region, &error),
             };
             if THROTTLING.contains(&error.code()) {
                 budget.throttled();
+                throttled_attempts += 1;
             }
             let may_retry = if error.transport {
                 idempotency == Idempotency::Safe
@@ -278,7 +295,7 @@ impl Aws {
                         "giving up after retries"
                     );
                 }
-                return Err(error);
+                break Err(error);
             }
             let ceiling = self
                 .settings
@@ -289,8 +306,31 @@ impl Aws {
                 Duration::from_secs_f64(rand::rng().random_range(0.0..=ceiling.as_secs_f64()));
             tracing::debug!(operation, region, code = error.code(), ?pause, "retrying");
             tokio::time::sleep(pause).await;
+        };
+        if let Some(observer) = self.settings.observer.get() {
+            observer.finished(&FinishedCall {
+                service: service_of::<E>(),
+                operation,
+                region,
+                outcome: match &result {
+                    Ok(_) => CallOutcome::Ok,
+                    Err(error) => error.outcome(),
+                },
+                seconds: started.elapsed().as_secs_f64(),
+                throttled_attempts,
+                budget_rate: budget.rate(),
+            });
         }
+        result
     }
+}
+
+/// The AWS API an operation error type belongs to, from its crate (`aws_sdk_ec2::…` →
+/// `ec2`), so no call site has to name its service.
+fn service_of<E>() -> &'static str {
+    let path = std::any::type_name::<E>();
+    let krate = path.split("::").next().unwrap_or(path);
+    krate.strip_prefix("aws_sdk_").unwrap_or(krate)
 }
 
 #[cfg(test)]
@@ -307,6 +347,42 @@ mod tests {
             transport: false,
             retryable: false,
         }
+    }
+
+    #[test]
+    fn the_service_comes_from_the_error_types_crate() {
+        assert_eq!(
+            service_of::<aws_sdk_ec2::operation::run_instances::RunInstancesError>(),
+            "ec2"
+        );
+        assert_eq!(
+            service_of::<aws_sdk_iam::operation::list_instance_profiles::ListInstanceProfilesError>(
+            ),
+            "iam"
+        );
+        assert_eq!(
+            service_of::<aws_sdk_elasticloadbalancingv2::operation::create_load_balancer::CreateLoadBalancerError>(),
+            "elasticloadbalancingv2"
+        );
+    }
+
+    #[test]
+    fn outcomes_follow_the_code_and_status() {
+        assert_eq!(
+            error("RequestLimitExceeded", "x").outcome(),
+            CallOutcome::Throttled
+        );
+        assert_eq!(
+            error("InvalidParameterValue", "x").outcome(),
+            CallOutcome::ClientError
+        );
+        let mut internal = error("InternalError", "x");
+        internal.status = Some(500);
+        assert_eq!(internal.outcome(), CallOutcome::ServerError);
+        let mut unreachable = error("", "x");
+        unreachable.code = None;
+        unreachable.transport = true;
+        assert_eq!(unreachable.outcome(), CallOutcome::Transport);
     }
 
     #[test]

@@ -35,8 +35,8 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{Credentials, Region};
 use flotilla_core::cloud::{
-    AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, LaunchRequest, Network,
-    NetworkRequest, NodeTypeOffering, TeardownReport,
+    AvailabilityZone, CallObserver, Cloud, CloudError, CredentialReport, Instance, LaunchRequest,
+    Network, NetworkRequest, NodeTypeOffering, TeardownReport,
 };
 
 pub use crate::account::{AwsAccount, resolve_keys};
@@ -67,6 +67,35 @@ pub struct AwsSettings {
     pub attempt_timeout: Duration,
     /// Regions checked at once by the credential validation.
     pub validation_concurrency: usize,
+    /// Who hears about every finished call (the server's metrics); shared by every clone
+    /// of these settings, so an `Aws` made later for new keys reports to the same place.
+    pub observer: ObserverSlot,
+}
+
+/// The [`CallObserver`] of an engine, set once (when the server's metrics exist) and shared
+/// by every clone.
+#[derive(Clone, Default)]
+pub struct ObserverSlot(Arc<std::sync::OnceLock<Arc<dyn CallObserver>>>);
+
+impl ObserverSlot {
+    /// Sets the observer; a second call is ignored (one server, one registry).
+    pub fn set(&self, observer: Arc<dyn CallObserver>) {
+        let _ = self.0.set(observer);
+    }
+
+    pub(crate) fn get(&self) -> Option<&Arc<dyn CallObserver>> {
+        self.0.get()
+    }
+}
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ObserverSlot(set)"
+        } else {
+            "ObserverSlot(empty)"
+        })
+    }
 }
 
 /// An access key pair (and session token for temporary credentials).
@@ -101,6 +130,7 @@ impl Default for AwsSettings {
             burst: 100,
             attempt_timeout: Duration::from_secs(30),
             validation_concurrency: 8,
+            observer: ObserverSlot::default(),
         }
     }
 }
@@ -289,6 +319,10 @@ impl Aws {
 }
 
 impl Cloud for Aws {
+    fn observe_calls(&self, observer: Arc<dyn CallObserver>) {
+        self.settings.observer.set(observer);
+    }
+
     fn call_counts(&self) -> BTreeMap<String, u64> {
         self.counters
             .calls

@@ -76,10 +76,18 @@ struct RunResult {
     false_unreachable: usize,
     /// What `GET node/{uuid}/` says of the silenced nodes never seen on the stream.
     missing_states: std::collections::BTreeMap<String, usize>,
+    /// For each silenced node never seen, when the server recorded its `Unreachable`
+    /// verdict, in seconds after the silencing (none: no verdict was recorded). A verdict
+    /// before the deadline with no event means the event was lost; after it, it was late.
+    missing_verdicts_s: Vec<i64>,
     /// Frames the events listener received while it waited.
     frames_received: usize,
     /// Events the server said this listener missed (`missed` frames: it fell behind).
     events_missed: u64,
+    /// Silenced nodes found `Unreachable` by listing them again after a `missed` frame.
+    unreachable_resynced: usize,
+    /// The events stream closed before the deadline.
+    listener_ended: bool,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -180,21 +188,45 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
     let deadline = silenced_at + Duration::from_secs(args.grace + 30);
     let mut frames_received = 0;
     let mut events_missed = 0u64;
-    while delays.len() < silenced.len() {
+    let mut listener_ended = false;
+    // Silenced nodes found `Unreachable` by listing them again after a `missed` frame
+    // (what a client of the stream must do): seen, but with no delay to measure.
+    let mut resynced: HashSet<String> = HashSet::new();
+    while delays.len() + resynced.len() < silenced.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some((_, at, event))) = tokio::time::timeout(remaining, events.recv()).await else {
-            break;
+        let (at, event) = match tokio::time::timeout(remaining, events.recv()).await {
+            Ok(Some((_, at, event))) => (at, event),
+            Ok(None) => {
+                listener_ended = true;
+                eprintln!("M = {m}: the events stream ended before the deadline");
+                break;
+            }
+            Err(_) => break,
         };
         frames_received += 1;
         if event["type"] == "missed" {
             events_missed += event["count"].as_u64().unwrap_or(0);
-            eprintln!("M = {m}: the events stream says this listener missed: {event}");
+            eprintln!("M = {m}: the events stream says this listener missed: {event}; resyncing");
+            let unseen: Vec<String> = silenced
+                .iter()
+                .filter(|u| !delays.contains_key(*u) && !resynced.contains(*u))
+                .cloned()
+                .collect();
+            for uuid in unseen {
+                let (_, node) = server
+                    .call(reqwest::Method::GET, &flotilla_api::uri::node(&uuid), None)
+                    .await?;
+                if node["state"] == "Unreachable" {
+                    resynced.insert(uuid);
+                }
+            }
+            continue;
         }
         if event["type"] != "node" || event["state"] != "Unreachable" {
             continue;
         }
         let uuid = crate::ws::uri_uuid(event["resource_uri"].as_str().unwrap_or("")).to_owned();
-        if silenced.contains(&uuid) {
+        if silenced.contains(&uuid) && !resynced.contains(&uuid) {
             // The last heartbeat the agent had answered before it went silent.
             let last = by_uuid
                 .get(uuid.as_str())
@@ -208,13 +240,39 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         }
     }
     listener.abort();
+    // A node never seen: its state now, and when the server recorded its verdict (the
+    // `Node Unreachable` line of its history), which tells a late verdict from a lost event.
     let mut missing_states = std::collections::BTreeMap::new();
-    for uuid in silenced.iter().filter(|u| !delays.contains_key(*u)) {
-        let (_, node) = server
-            .call(reqwest::Method::GET, &flotilla_api::uri::node(uuid), None)
-            .await?;
+    let mut missing_verdicts_s = Vec::new();
+    for uuid in silenced
+        .iter()
+        .filter(|u| !delays.contains_key(*u) && !resynced.contains(*u))
+    {
+        let node_uri = flotilla_api::uri::node(uuid);
+        let (_, node) = server.call(reqwest::Method::GET, &node_uri, None).await?;
         let state = node["state"].as_str().unwrap_or("?").to_owned();
         *missing_states.entry(state).or_insert(0) += 1;
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("object", &node_uri)
+            .append_pair("label", "Node Unreachable")
+            .finish();
+        let (_, history) = server
+            .call(
+                reqwest::Method::GET,
+                &format!("{}?{query}", flotilla_api::uri::actions()),
+                None,
+            )
+            .await?;
+        let verdict = history["objects"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a["start_date"].as_str())
+            .and_then(|d| flotilla_api::date::parse(d).ok());
+        if let Some(verdict) = verdict {
+            let silenced_unix =
+                flotilla_api::date::now_unix() - silenced_at.elapsed().as_secs() as i64;
+            missing_verdicts_s.push(verdict.unix_timestamp() - silenced_unix);
+        }
     }
     for task in tasks {
         task.abort();
@@ -233,13 +291,16 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         server_threads: after.map(|a| a.threads).unwrap_or(0),
         database_mib,
         silenced: silenced.len(),
-        unreachable_seen: delays.len(),
+        unreachable_seen: delays.len() + resynced.len(),
         unreachable_delay: summarize(&delay_samples),
-        unreachable_missing: silenced.len() - delays.len(),
+        unreachable_missing: silenced.len() - delays.len() - resynced.len(),
         false_unreachable: false_unreachable.len(),
         missing_states,
+        missing_verdicts_s,
         frames_received,
         events_missed,
+        unreachable_resynced: resynced.len(),
+        listener_ended,
     };
     eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
     server.stop().await;
@@ -352,13 +413,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         .filter(|r| r.unreachable_missing > 0 || r.false_unreachable > 0)
         .map(|r| {
             format!(
-                "M = {}: {} of {} silenced agents never seen Unreachable (their state now: {:?}), {} false Unreachable, {} events missed by the listener",
+                "M = {}: {} of {} silenced agents never seen Unreachable (their state now: {:?}; verdicts recorded at {:?} s after the silencing), {} false Unreachable, {} events missed by the listener{}",
                 r.agents,
                 r.unreachable_missing,
                 r.silenced,
                 r.missing_states,
+                r.missing_verdicts_s,
                 r.false_unreachable,
-                r.events_missed
+                r.events_missed,
+                if r.listener_ended { ", and the events stream closed early" } else { "" }
             )
         })
         .collect();

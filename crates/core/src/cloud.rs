@@ -488,6 +488,61 @@ pub trait Cloud: Send + Sync {
     fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
         std::collections::BTreeMap::new()
     }
+
+    /// From now on, tells `observer` about every finished call (for metrics: outcome,
+    /// latency, throttling, the request budget). Clouds that make no remote calls keep this
+    /// default and never call it.
+    fn observe_calls(&self, observer: std::sync::Arc<dyn CallObserver>) {
+        let _ = observer;
+    }
+}
+
+/// How one remote call ended, after its retries (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Ok,
+    /// The last attempt was throttled (the budget and the retries could not get it through).
+    Throttled,
+    /// The cloud refused the request (4xx: bad input, permissions, not found, capacity).
+    ClientError,
+    /// The cloud failed (5xx).
+    ServerError,
+    /// No answer: connection refused or reset, timeout.
+    Transport,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Throttled => "throttled",
+            CallOutcome::ClientError => "client_error",
+            CallOutcome::ServerError => "server_error",
+            CallOutcome::Transport => "transport",
+        }
+    }
+}
+
+/// One finished remote call, as a cloud reports it to its [`CallObserver`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedCall<'a> {
+    /// The API (`ec2`, `elasticloadbalancingv2`, `iam`, `sts`, `route53`).
+    pub service: &'a str,
+    pub operation: &'a str,
+    pub region: &'a str,
+    pub outcome: CallOutcome,
+    /// From the first attempt to the last answer, waits for the budget and backoff included.
+    pub seconds: f64,
+    /// Attempts the cloud answered with a throttling error.
+    pub throttled_attempts: u32,
+    /// The region's request budget after the call, in requests per second (it shrinks
+    /// when throttled and recovers after successes).
+    pub budget_rate: f64,
+}
+
+/// Receives every finished call of a cloud (the server's metrics).
+pub trait CallObserver: Send + Sync {
+    fn finished(&self, call: &FinishedCall<'_>);
 }
 
 impl fmt::Display for InstanceState {

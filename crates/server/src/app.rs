@@ -269,7 +269,7 @@ impl<C: Cloud + 'static> App<C> {
     /// `GET /metrics`: the Prometheus text exposition, with nodes by state and the cloud's
     /// AWS calls read now.
     pub async fn metrics_text(&self) -> AppResult<String> {
-        let nodes = self.store.nodes_by_state().await?;
+        let nodes = self.store.nodes_by_cluster_and_state().await?;
         Ok(self.metrics.render(&nodes, &self.cloud.call_counts()))
     }
 
@@ -1208,36 +1208,39 @@ impl<C: Cloud + 'static> App<C> {
     }
 }
 
-/// Bring-your-own-node tokens and the event stream.
+/// Bring-your-own-node tokens, health and the event stream.
 impl<C: Cloud + 'static> App<C> {
-    /// The bus of every committed change (the events websocket listens here).
-    /// `GET /_ping`: `Err` with every reason when the server is not healthy — the database
-    /// does not take a write, or a background loop stopped beating.
-    pub async fn health(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
-        match tokio::time::timeout(
+    /// `GET /_ping` and `/readyz`: the database takes a write (within 5 s), and every
+    /// background loop is beating.
+    pub async fn readiness(&self) -> crate::liveness::Readiness {
+        use crate::liveness::Check;
+        let started = std::time::Instant::now();
+        let (ok, detail) = match tokio::time::timeout(
             std::time::Duration::from_secs(5),
             self.store.check_writable(),
         )
         .await
         {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => problems.push(format!("the database is not writable: {error}")),
-            Err(_) => problems.push("the database did not take a write within 5 s".into()),
-        }
-        for (name, since) in self.liveness.stale(crate::liveness::STALE_AFTER) {
-            problems.push(match since {
-                Some(since) => format!("the {name} loop has not run for {}s", since.as_secs()),
-                None => format!("the {name} loop is not running"),
-            });
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+            Ok(Ok(())) => (
+                true,
+                format!(
+                    "a write took {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1000.0
+                ),
+            ),
+            Ok(Err(error)) => (false, format!("not writable: {error}")),
+            Err(_) => (false, "did not take a write within 5 s".to_owned()),
+        };
+        let mut checks = vec![Check {
+            name: "database".to_owned(),
+            ok,
+            detail,
+        }];
+        checks.extend(self.liveness.checks(crate::liveness::STALE_AFTER));
+        crate::liveness::Readiness::new(checks)
     }
 
+    /// The bus of every committed change (the events websocket listens here).
     pub fn events(&self) -> &crate::events::EventBus {
         self.store.events()
     }

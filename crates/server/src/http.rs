@@ -421,18 +421,30 @@ async fn dispatch<C: Cloud + 'static>(
         route: Route::Ping, ..
     }) = parsed
     {
-        // Seed 004's monitoring endpoint: 200 only when the server is healthy.
-        return match app.health().await {
-            Ok(()) => (StatusCode::OK, "OK").into_response(),
-            Err(problems) => {
-                tracing::warn!(problems, "unhealthy");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    axum::Json(serde_json::json!({ "error": problems })),
+        // Seed 004's monitoring endpoint: 200 only when the server is healthy. Anyone may
+        // ask, so the answer names the failed checks but not their detail (`/readyz`).
+        let readiness = app.readiness().await;
+        if readiness.ready {
+            return (StatusCode::OK, "OK").into_response();
+        }
+        let failed: Vec<&str> = readiness
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        tracing::warn!(problems = readiness.problems(), "unhealthy");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(serde_json::json!({
+                "error": format!(
+                    "unhealthy: {}; GET {} with credentials for the details",
+                    failed.join(", "),
+                    flotilla_api::uri::READYZ
                 )
-                    .into_response()
-            }
-        };
+            })),
+        )
+            .into_response();
     }
     // Agents authenticate with their own scheme (`TutumAgentToken`), not Basic.
     if let Some(Parsed { route, .. }) = &parsed
@@ -635,6 +647,15 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 app.metrics_text().await?,
             )
                 .into_response(),
+            (Route::Readyz, _) => {
+                let readiness = app.readiness().await;
+                let status = if readiness.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json_response(status, &readiness, None)
+            }
             (Route::SwarmService(id), _) => {
                 json_response(StatusCode::OK, &app.swarm_service(&id).await?, None)
             }

@@ -188,6 +188,7 @@ pub async fn run<C: Cloud + 'static>(
         None => None,
     };
     let metrics = Arc::new(metrics::Metrics::new());
+    cloud.observe_calls(metrics.clone());
     let (reconciler, supervisor) = reconcile::reconciler(
         store.clone(),
         cloud.clone(),

@@ -45,19 +45,68 @@ impl Liveness {
             .insert(name, Instant::now());
     }
 
-    /// The expected loops that have not beaten within `limit` (counting from the start for
-    /// a loop that never beat), with how long ago they last did.
-    pub fn stale(&self, limit: Duration) -> Vec<(&'static str, Option<Duration>)> {
+    /// One check per expected loop: alive when it beat within `limit` (a loop that never
+    /// beat counts from the server's start).
+    pub fn checks(&self, limit: Duration) -> Vec<Check> {
         let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
         LOOPS
             .iter()
-            .filter_map(|name| match beats.get(name) {
-                Some(at) if at.elapsed() <= limit => None,
-                Some(at) => Some((*name, Some(at.elapsed()))),
-                None if self.started.elapsed() <= limit => None,
-                None => Some((*name, None)),
+            .map(|name| {
+                let (ok, detail) = match beats.get(name) {
+                    Some(at) => (
+                        at.elapsed() <= limit,
+                        format!("last ran {:.1} s ago", at.elapsed().as_secs_f64()),
+                    ),
+                    None => (
+                        self.started.elapsed() <= limit,
+                        format!(
+                            "has not run since the server started {} s ago",
+                            self.started.elapsed().as_secs()
+                        ),
+                    ),
+                };
+                Check {
+                    name: format!("{name} loop"),
+                    ok,
+                    detail,
+                }
             })
             .collect()
+    }
+}
+
+/// One health check: what was checked, whether it passed, and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Every check behind `/_ping`, as `/readyz` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    /// Every check passed.
+    pub ready: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Readiness {
+    pub fn new(checks: Vec<Check>) -> Readiness {
+        Readiness {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
+    }
+
+    /// The failed checks with their detail, on one line (for the log).
+    pub fn problems(&self) -> String {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -66,18 +115,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_loop_that_never_beat_or_stopped_beating_is_stale() {
+    fn a_loop_that_never_beat_or_stopped_beating_fails_its_check() {
         let liveness = Liveness::default();
-        assert!(
-            liveness.stale(STALE_AFTER).is_empty(),
-            "a start is not a failure"
-        );
+        let all_ok = |checks: &[Check]| checks.iter().all(|c| c.ok);
+        let checks = liveness.checks(STALE_AFTER);
+        assert_eq!(checks.len(), LOOPS.len());
+        assert!(all_ok(&checks), "a start is not a failure: {checks:?}");
         std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(liveness.stale(Duration::from_millis(1)).len(), LOOPS.len());
+        let checks = liveness.checks(Duration::from_millis(1));
+        assert!(checks.iter().all(|c| !c.ok), "{checks:?}");
+        assert!(checks[0].detail.contains("has not run"), "{checks:?}");
         for name in LOOPS {
             liveness.beat(name);
         }
-        assert!(liveness.stale(STALE_AFTER).is_empty());
-        assert_eq!(liveness.stale(Duration::ZERO).len(), LOOPS.len());
+        assert!(all_ok(&liveness.checks(STALE_AFTER)));
+        let stale = Readiness::new(liveness.checks(Duration::ZERO));
+        assert!(!stale.ready);
+        assert!(
+            stale.problems().contains("reconcilers loop: last ran"),
+            "{}",
+            stale.problems()
+        );
     }
 }

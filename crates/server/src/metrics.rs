@@ -8,15 +8,27 @@
 //!   mailbox, reconcile passes). What the store already knows (nodes by state) and what the
 //!   cloud counts itself (AWS calls per operation) is read at scrape time, so nothing is
 //!   counted twice and a restart starts from the truth.
+//! * AWS calls are counted twice over, on purpose: `aws_calls_total` when a call starts
+//!   (read from the cloud's own counter at scrape time, so it can be compared with what
+//!   AWS saw), and `aws_call_seconds` when it finishes — by service, operation, region and
+//!   outcome, with its latency — reported by the engine through [`CallObserver`], together
+//!   with throttled attempts and the region's request budget.
 //! * Routes are labelled by their template (`/api/infra/v1/node/{uuid}/`), never by the
 //!   path, so label cardinality is the route table's size.
 
 use std::collections::BTreeMap;
 
+use flotilla_core::cloud::{CallObserver, FinishedCall};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Latency buckets of AWS calls, in seconds: AWS answers in tens of milliseconds, and a
+/// call that waited for the budget or backed off takes seconds.
+const AWS_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Every metric of one server.
 #[derive(Debug, Clone)]
@@ -30,6 +42,9 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     nodes: IntGaugeVec,
     aws_calls: IntCounterVec,
+    aws_call_seconds: HistogramVec,
+    aws_throttled: IntCounterVec,
+    aws_budget_rate: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -77,14 +92,46 @@ impl Metrics {
             "duration of a node cluster reconcile pass",
         ))
         .expect("valid metric");
-        let nodes = IntGaugeVec::new(Opts::new("nodes", "nodes by state"), &["state"])
-            .expect("valid metric");
+        let nodes = IntGaugeVec::new(
+            Opts::new(
+                "nodes",
+                "nodes that are not Terminated, by cluster (empty: nodes of one's own) and state",
+            ),
+            &["cluster", "state"],
+        )
+        .expect("valid metric");
         let aws_calls = IntCounterVec::new(
             Opts::new(
                 "aws_calls_total",
                 "AWS API calls by operation (retries excluded)",
             ),
             &["operation"],
+        )
+        .expect("valid metric");
+        let aws_call_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "aws_call_seconds",
+                "finished AWS calls by service, operation, region and outcome, with their \
+                 latency (budget waits and retries included)",
+            )
+            .buckets(AWS_BUCKETS.to_vec()),
+            &["service", "operation", "region", "outcome"],
+        )
+        .expect("valid metric");
+        let aws_throttled = IntCounterVec::new(
+            Opts::new(
+                "aws_throttled_attempts_total",
+                "AWS attempts answered with a throttling error",
+            ),
+            &["service", "operation", "region"],
+        )
+        .expect("valid metric");
+        let aws_budget_rate = GaugeVec::new(
+            Opts::new(
+                "aws_budget_requests_per_second",
+                "the request budget's current rate per region (it shrinks when AWS throttles)",
+            ),
+            &["region"],
         )
         .expect("valid metric");
         for collector in [
@@ -96,6 +143,9 @@ impl Metrics {
             Box::new(reconcile_seconds.clone()),
             Box::new(nodes.clone()),
             Box::new(aws_calls.clone()),
+            Box::new(aws_call_seconds.clone()),
+            Box::new(aws_throttled.clone()),
+            Box::new(aws_budget_rate.clone()),
         ] {
             let _ = registry.register(collector);
         }
@@ -109,19 +159,24 @@ impl Metrics {
             reconcile_seconds,
             nodes,
             aws_calls,
+            aws_call_seconds,
+            aws_throttled,
+            aws_budget_rate,
         }
     }
 
-    /// The text exposition, with the scrape-time values: `nodes` (state → count) and the
-    /// cloud's cumulative AWS calls per operation.
+    /// The text exposition, with the scrape-time values: `nodes` ((cluster, state) →
+    /// count) and the cloud's cumulative AWS calls per operation.
     pub fn render(
         &self,
-        nodes: &BTreeMap<String, i64>,
+        nodes: &BTreeMap<(String, String), i64>,
         aws_calls: &BTreeMap<String, u64>,
     ) -> String {
         self.nodes.reset();
-        for (state, count) in nodes {
-            self.nodes.with_label_values(&[state.as_str()]).set(*count);
+        for ((cluster, state), count) in nodes {
+            self.nodes
+                .with_label_values(&[cluster.as_str(), state.as_str()])
+                .set(*count);
         }
         for (operation, total) in aws_calls {
             let counter = self.aws_calls.with_label_values(&[operation.as_str()]);
@@ -133,6 +188,27 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl CallObserver for Metrics {
+    fn finished(&self, call: &FinishedCall<'_>) {
+        self.aws_call_seconds
+            .with_label_values(&[
+                call.service,
+                call.operation,
+                call.region,
+                call.outcome.as_str(),
+            ])
+            .observe(call.seconds);
+        if call.throttled_attempts > 0 {
+            self.aws_throttled
+                .with_label_values(&[call.service, call.operation, call.region])
+                .inc_by(u64::from(call.throttled_attempts));
+        }
+        self.aws_budget_rate
+            .with_label_values(&[call.region])
+            .set(call.budget_rate);
     }
 }
 
@@ -148,12 +224,35 @@ mod tests {
             .with_label_values(&["/_ping", "GET", "200"])
             .inc();
         metrics.heartbeats.inc_by(3);
-        let nodes = BTreeMap::from([("Deployed".to_owned(), 2)]);
+        let nodes = BTreeMap::from([(("c1".to_owned(), "Deployed".to_owned()), 2)]);
         let calls = BTreeMap::from([("RunInstances".to_owned(), 5)]);
+        metrics.finished(&FinishedCall {
+            service: "ec2",
+            operation: "RunInstances",
+            region: "us-east-1",
+            outcome: flotilla_core::cloud::CallOutcome::Throttled,
+            seconds: 0.2,
+            throttled_attempts: 2,
+            budget_rate: 10.0,
+        });
         let text = metrics.render(&nodes, &calls);
         assert!(text.contains("flotilla_heartbeats_total 3"), "{text}");
         assert!(
-            text.contains("flotilla_nodes{state=\"Deployed\"} 2"),
+            text.contains("flotilla_nodes{cluster=\"c1\",state=\"Deployed\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "flotilla_aws_call_seconds_count{operation=\"RunInstances\",outcome=\"throttled\",region=\"us-east-1\",service=\"ec2\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_aws_throttled_attempts_total{operation=\"RunInstances\",region=\"us-east-1\",service=\"ec2\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_aws_budget_requests_per_second{region=\"us-east-1\"} 10"),
             "{text}"
         );
         assert!(

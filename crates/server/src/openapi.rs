@@ -383,6 +383,18 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                 Value::Null,
             )],
         ),
+        Route::Readyz => (
+            "monitoring",
+            vec![Op {
+                also: Some("503"),
+                ..op(
+                    "get",
+                    "every health check behind /_ping with its detail (503 when one fails)",
+                    "200",
+                    Value::Null,
+                )
+            }],
+        ),
         Route::SwarmService(_) => (
             "monitoring",
             vec![op(

@@ -56,6 +56,8 @@ pub enum Route {
     Swarm(String),
     /// `/metrics`: the Prometheus text exposition.
     Metrics,
+    /// `/readyz`: each health check behind `/_ping`, with its detail.
+    Readyz,
     /// `/services/{id}`: a swarm service's health (seed 004's monitoring endpoint).
     SwarmService(String),
     Actions,
@@ -113,6 +115,12 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
     if trimmed == "/metrics" {
         return Some(Parsed {
             route: Route::Metrics,
+            namespace: None,
+        });
+    }
+    if trimmed == "/readyz" {
+        return Some(Parsed {
+            route: Route::Readyz,
             namespace: None,
         });
     }
@@ -318,6 +326,7 @@ pub fn endpoint(route: &Route) -> Endpoint {
         ),
         Route::SwarmService(_) => ("/services/{id}", &["get"], Auth::Basic, false),
         Route::Metrics => ("/metrics", &["get"], Auth::Basic, false),
+        Route::Readyz => ("/readyz", &["get"], Auth::Basic, false),
         Route::Token => ("/api/infra/v1/token/", &["post"], Auth::Basic, true),
         Route::Actions => ("/api/audit/v1/action/", &["get"], Auth::Basic, false),
         Route::Action(_) => ("/api/audit/v1/action/{uuid}/", &["get"], Auth::Basic, false),

@@ -585,14 +585,21 @@ impl Store {
     // ---- installation and users ----
 
     /// How many nodes are in each state.
-    pub async fn nodes_by_state(
+    /// Nodes that are not `Terminated`, counted by (cluster uuid — empty for a node of
+    /// one's own —, state).
+    pub async fn nodes_by_cluster_and_state(
         &self,
-    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM nodes GROUP BY state")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().collect())
+    ) -> Result<std::collections::BTreeMap<(String, String), i64>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT COALESCE(cluster_uuid, ''), state, COUNT(*) FROM nodes \
+             WHERE state != 'Terminated' GROUP BY cluster_uuid, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(cluster, state, count)| ((cluster, state), count))
+            .collect())
     }
 
     /// A write transaction that changes nothing: proves the database takes writes.

@@ -1,6 +1,7 @@
 //! `GET /metrics` (issue #14's first slice) against a real server on moto: the exposition
 //! parses as Prometheus text, its AWS call counts equal what the proxy in front of moto saw,
-//! and it counts HTTP requests, reconcile passes and nodes by state. It needs credentials.
+//! and it counts HTTP requests, reconcile passes, nodes by cluster and state, and finished AWS
+//! calls by service, operation, region and outcome with their latency. It needs credentials.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -78,8 +79,59 @@ async fn metrics_count_what_the_server_did() {
             "{action}: the server counted {counted}, the proxy saw {low}..{seen}"
         );
     }
-    let deployed = find(&samples, "flotilla_nodes", ("state", "Deployed")).expect("nodes");
+    let deployed = samples
+        .iter()
+        .find(|s| {
+            s.metric == "flotilla_nodes"
+                && s.labels.get("cluster") == Some(uuid.as_str())
+                && s.labels.get("state") == Some("Deployed")
+        })
+        .expect("nodes by cluster and state");
     assert_eq!(value(deployed), 2.0);
+
+    // Finished calls by service, operation, region and outcome, with their latency: the
+    // launch succeeded on EC2, and no operation finished more often than it started (the
+    // started counts are read from a later scrape: a call may finish in between).
+    let launched = samples
+        .iter()
+        .find(|s| {
+            s.metric == "flotilla_aws_call_seconds_count"
+                && s.labels.get("service") == Some("ec2")
+                && s.labels.get("operation") == Some("RunInstances")
+                && s.labels.get("outcome") == Some("ok")
+        })
+        .expect("finished launches are observed");
+    assert!(value(launched) >= 1.0);
+    let region = launched.labels.get("region").expect("a region label");
+    assert!(!region.is_empty());
+    assert!(
+        find(
+            &samples,
+            "flotilla_aws_budget_requests_per_second",
+            ("region", region)
+        )
+        .is_some_and(|s| value(s) > 0.0),
+        "the region's budget rate is shown"
+    );
+    let mut finished: BTreeMap<String, f64> = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.metric == "flotilla_aws_call_seconds_count")
+    {
+        *finished
+            .entry(s.labels.get("operation").unwrap_or_default().to_owned())
+            .or_default() += value(s);
+    }
+    let later = scrape(&server).await;
+    for (operation, finished) in &finished {
+        let started = find(&later, "flotilla_aws_calls_total", ("operation", operation))
+            .map(value)
+            .unwrap_or(0.0);
+        assert!(
+            *finished <= started,
+            "{operation}: {finished} finished, {started} started"
+        );
+    }
     let created = samples
         .iter()
         .find(|s| {

@@ -160,6 +160,14 @@ impl AgentState {
             .collect()
     }
 
+    /// A node [`overdue`](Self::overdue) marked whose verdict was not written: the next
+    /// sweep judges it again.
+    fn judge_again(&self, uuid: &str) {
+        if let Some(watch) = Self::lock(&self.watches).get_mut(uuid) {
+            watch.unreachable = false;
+        }
+    }
+
     /// When the node was last heard from (Unix time), if it is watched.
     pub fn last_heard(&self, uuid: &str) -> Option<i64> {
         Self::lock(&self.watches).get(uuid).map(|w| w.unix)
@@ -585,12 +593,20 @@ impl<C: Cloud + 'static> App<C> {
 
     /// One health sweep: every node silent for longer than the grace period becomes
     /// `Unreachable`.
+    /// A verdict that cannot be written is judged again by the next sweep; the others
+    /// of this sweep are still written.
     pub async fn sweep_health(&self) -> Result<(), StoreError> {
+        let mut failed = None;
         for uuid in self.agents.overdue() {
-            self.set_reachability(&uuid, NodeState::Deployed, NodeEvent::HeartbeatLost)
-                .await?;
+            if let Err(error) = self
+                .set_reachability(&uuid, NodeState::Deployed, NodeEvent::HeartbeatLost)
+                .await
+            {
+                self.agents.judge_again(&uuid);
+                failed.get_or_insert(error);
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// `POST node/{uuid}/health-check/`: the verdict now, from the last heartbeat. Returns

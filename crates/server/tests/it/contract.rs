@@ -38,6 +38,47 @@ async fn create(server: &TestServer, name: &str, target: u32) -> String {
     reply.body["uuid"].as_str().expect("uuid").to_owned()
 }
 
+/// `/_ping` says only whether the server is healthy; `/readyz` gives an authenticated
+/// caller each check behind it (the database write, every background loop) with its detail.
+#[tokio::test]
+async fn readyz_details_every_check_behind_ping() {
+    let (server, _, _dir) = server().await;
+    assert_eq!(
+        server.raw(Method::GET, uri::PING, None, None).await.status,
+        200
+    );
+    assert_eq!(
+        server
+            .raw(Method::GET, uri::READYZ, None, None)
+            .await
+            .status,
+        401,
+        "the detail is for an authenticated caller"
+    );
+    let reply = server.get(uri::READYZ).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["ready"], true, "{:?}", reply.body);
+    let checks = reply.body["checks"].as_array().expect("checks");
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "database",
+            "reconcilers loop",
+            "node health loop",
+            "swarm worker loop"
+        ],
+        "{checks:?}"
+    );
+    for check in checks {
+        assert_eq!(check["ok"], true, "{check}");
+        assert!(
+            !check["detail"].as_str().unwrap_or("").is_empty(),
+            "{check}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn authentication_is_required_everywhere_but_ping() {
     let (server, _, _dir) = server().await;

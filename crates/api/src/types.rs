@@ -392,3 +392,127 @@ mod tests {
         assert_eq!(value["docker_version"], Value::Null);
     }
 }
+
+/// A team's role on a resource or an organization (issue #15), weakest first: each role can
+/// do what the ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read: list and inspect.
+    View,
+    /// Change what runs: scale, redeploy, remove a node, update a swarm.
+    Operate,
+    /// Create and delete too.
+    Manage,
+    /// Members and grants of the organization too.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::View, Role::Operate, Role::Manage, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::View => "view",
+            Role::Operate => "operate",
+            Role::Manage => "manage",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| format!("'{text}' is not a role: view, operate, manage or admin"))
+    }
+}
+
+/// An organization (issue #15): owns node clusters and swarms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Organization {
+    pub name: String,
+    pub created_datetime: String,
+    pub resource_uri: String,
+}
+
+/// A team of an organization and its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Team {
+    pub name: String,
+    pub organization: String,
+    pub members: Vec<String>,
+    pub resource_uri: String,
+}
+
+/// A team's role on one resource of its organization, or on all of them (`resource` = `*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Grant {
+    pub id: String,
+    pub organization: String,
+    pub team: String,
+    /// `*`, or the uuid of a node cluster or swarm of the organization.
+    pub resource: String,
+    pub role: Role,
+    pub created_datetime: String,
+    pub resource_uri: String,
+}
+
+/// A user. Secrets are never part of it: `has_password` says whether one is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct User {
+    pub username: String,
+    /// The server administrator: sees and does everything.
+    pub admin: bool,
+    pub has_password: bool,
+    /// The organizations the user is a member of.
+    pub organizations: Vec<String>,
+    pub created_datetime: String,
+    pub resource_uri: String,
+}
+
+/// An API key: `key` is present only in the answer that created it (shown once); `Debug`
+/// leaves it out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub username: String,
+    pub created_datetime: String,
+    pub revoked_datetime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub resource_uri: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("username", &self.username)
+            .field("revoked_datetime", &self.revoked_datetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.id)
+    }
+}

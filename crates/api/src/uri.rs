@@ -10,6 +10,8 @@
 pub const INFRA: &str = "/api/infra/v1";
 /// Prefix of the audit subsystem.
 pub const AUDIT: &str = "/api/audit/v1";
+/// Prefix of the access subsystem: users, API keys, organizations, teams, grants (#15).
+pub const ACCESS: &str = "/api/access/v1";
 
 pub fn provider(name: &str) -> String {
     format!("{INFRA}/provider/{name}/")
@@ -56,6 +58,16 @@ pub fn session() -> String {
 
 pub fn swarms() -> String {
     format!("{INFRA}/swarm/")
+}
+
+/// A create in organization `org` (the namespace segment; issue #15).
+pub fn node_clusters_in(org: &str) -> String {
+    format!("{INFRA}/{org}/nodecluster/")
+}
+
+/// A swarm create in organization `org`.
+pub fn swarms_in(org: &str) -> String {
+    format!("{INFRA}/{org}/swarm/")
 }
 
 pub fn nodes() -> String {
@@ -112,6 +124,55 @@ pub fn events() -> String {
     format!("{AUDIT}/events/")
 }
 
+/// Organizations (`GET` list, `POST` create).
+pub fn orgs() -> String {
+    format!("{ACCESS}/org/")
+}
+
+pub fn org(name: &str) -> String {
+    format!("{ACCESS}/org/{name}/")
+}
+
+/// An organization's teams (`GET`, `POST`).
+pub fn teams(org: &str) -> String {
+    format!("{ACCESS}/org/{org}/team/")
+}
+
+/// A team (`GET`, `PATCH` members, `DELETE`).
+pub fn team(org: &str, team: &str) -> String {
+    format!("{ACCESS}/org/{org}/team/{team}/")
+}
+
+/// An organization's grants (`GET`, `POST`).
+pub fn grants(org: &str) -> String {
+    format!("{ACCESS}/org/{org}/grant/")
+}
+
+/// A grant (`DELETE` revokes it).
+pub fn grant(org: &str, id: &str) -> String {
+    format!("{ACCESS}/org/{org}/grant/{id}/")
+}
+
+/// Users (`GET`, `POST`).
+pub fn users() -> String {
+    format!("{ACCESS}/user/")
+}
+
+/// A user (`GET`, `PATCH` its password, `DELETE`).
+pub fn user(name: &str) -> String {
+    format!("{ACCESS}/user/{name}/")
+}
+
+/// A user's API keys (`GET`, `POST` creates one and shows it once).
+pub fn api_keys(user: &str) -> String {
+    format!("{ACCESS}/user/{user}/apikey/")
+}
+
+/// One API key (`DELETE` revokes it); `key` is its id or name.
+pub fn api_key(user: &str, key: &str) -> String {
+    format!("{ACCESS}/user/{user}/apikey/{key}/")
+}
+
 /// The unauthenticated liveness check.
 pub const PING: &str = "/_ping";
 /// The Prometheus text exposition of the server's metrics.
@@ -143,6 +204,9 @@ pub enum Resource {
         uuid: String,
     },
     Node {
+        uuid: String,
+    },
+    Swarm {
         uuid: String,
     },
     Action {
@@ -184,6 +248,7 @@ impl Resource {
                 Resource::NodeCluster { uuid: owned(uuid) }
             }
             (INFRA, ["node", uuid] | [_, "node", uuid]) => Resource::Node { uuid: owned(uuid) },
+            (INFRA, ["swarm", uuid] | [_, "swarm", uuid]) => Resource::Swarm { uuid: owned(uuid) },
             (AUDIT, ["action", uuid]) => Resource::Action { uuid: owned(uuid) },
             _ => return None,
         };
@@ -203,6 +268,7 @@ impl Resource {
             Resource::NodeType { provider, name } => node_type(provider, name),
             Resource::NodeCluster { uuid } => node_cluster(uuid),
             Resource::Node { uuid } => node(uuid),
+            Resource::Swarm { uuid } => swarm(uuid),
             Resource::Action { uuid } => action(uuid),
         }
     }

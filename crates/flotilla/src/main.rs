@@ -49,6 +49,14 @@ enum Command {
     Event(client::commands::EventArgs),
     /// Link an AWS account to a Flotilla server (`provider link aws`).
     Provider(client::provider::ProviderArgs),
+    /// Organizations: they own node clusters and swarms.
+    Org(client::access::OrgArgs),
+    /// Teams of an organization and their members.
+    Team(client::access::TeamArgs),
+    /// Users, their passwords and API keys.
+    User(client::access::UserArgs),
+    /// Grants of a role (view, operate, manage, admin) to a team.
+    Grant(client::access::GrantArgs),
 }
 
 /// The most `bollard` (the agent's Docker API client) may log; see `main`.
@@ -87,6 +95,10 @@ fn main() -> ExitCode {
             Command::Action(args) => client::commands::action(args).await,
             Command::Event(args) => client::commands::event(args).await,
             Command::Provider(args) => client::provider::provider(args).await,
+            Command::Org(args) => client::access::org(args).await,
+            Command::Team(args) => client::access::team(args).await,
+            Command::User(args) => client::access::user(args).await,
+            Command::Grant(args) => client::access::grant(args).await,
         }
     });
     match result {

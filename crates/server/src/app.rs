@@ -28,12 +28,13 @@ use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use rand::Rng;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::Mutex as AsyncMutex;
 
+pub mod access;
 pub mod agents;
 mod swarms;
 
+use crate::authz::Viewer;
 use crate::catalog::{self, Catalog, PROVIDER};
 use crate::reconcile::Reconciler;
 use crate::store::{
@@ -50,6 +51,9 @@ pub enum AppError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    /// The caller may see the resource but lacks the role, which the message names.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -73,6 +77,19 @@ pub struct Caller {
     pub ip: String,
     /// The request body as received (recorded in the action).
     pub body: String,
+    /// What the caller may see and do (`crate::authz`).
+    pub principal: crate::authz::Principal,
+    /// For a create: the organization `authz` chose for the new resource.
+    pub org: Option<String>,
+}
+
+impl Caller {
+    /// The organization a create goes to (the default one for in-process callers).
+    pub fn org(&self) -> &str {
+        self.org
+            .as_deref()
+            .unwrap_or(crate::store::access::DEFAULT_ORG)
+    }
 }
 
 /// The result of an operation that records an action.
@@ -392,25 +409,6 @@ impl<C: Cloud + 'static> App<C> {
         })
     }
 
-    /// Checks a user name and API key, telling a wrong key from an unknown user (for the
-    /// login throttle, `crate::login`; callers answer both with the same 401).
-    pub async fn login(&self, username: &str, api_key: &str) -> AppResult<Login> {
-        let Some(user) = self.store.user(username).await? else {
-            // Hash anyway, so the time taken does not tell which user names exist.
-            let _ = key_hash("00000000000000000000000000000000", api_key);
-            return Ok(Login::UnknownUser);
-        };
-        let hash = key_hash(&user.api_key_salt, api_key);
-        Ok(
-            // Constant time: the time taken does not reveal a matching prefix.
-            if bool::from(hash.as_bytes().ct_eq(user.api_key_hash.as_bytes())) {
-                Login::Accepted(user.username)
-            } else {
-                Login::WrongKey
-            },
-        )
-    }
-
     // ---- catalogue ----
 
     pub async fn catalog(&self) -> AppResult<Arc<Catalog>> {
@@ -660,9 +658,15 @@ impl<C: Cloud + 'static> App<C> {
         Ok(self.render_cluster(&cluster, &nodes))
     }
 
-    pub async fn clusters(&self) -> AppResult<Vec<api::NodeCluster>> {
-        let clusters = self.store.clusters().await?;
-        let nodes = self.store.find_nodes(&NodeFilter::default(), None).await?;
+    /// `GET nodecluster/`: the clusters `viewer` may view.
+    pub async fn clusters(&self, viewer: &Viewer) -> AppResult<Vec<api::NodeCluster>> {
+        let mut clusters = self.store.clusters().await?;
+        clusters.retain(|c| viewer.sees(&c.uuid));
+        let filter = NodeFilter {
+            viewer: viewer.member().map(str::to_owned),
+            ..NodeFilter::default()
+        };
+        let nodes = self.store.find_nodes(&filter, None).await?;
         Ok(clusters
             .iter()
             .map(|c| self.render_cluster(c, &nodes))
@@ -720,7 +724,9 @@ impl<C: Cloud + 'static> App<C> {
             deployed_at: None,
             destroyed_at: None,
         };
-        self.store.insert_cluster(&record, &action).await?;
+        self.store
+            .insert_cluster(&record, &action, caller.org())
+            .await?;
         Ok(Outcome {
             object: self.render_cluster(&record, &[]),
             action_uri: uri::action(&action.uuid),
@@ -1093,14 +1099,34 @@ impl<C: Cloud + 'static> App<C> {
 
     // ---- actions ----
 
-    pub async fn actions(&self) -> AppResult<Vec<api::Action>> {
-        Ok(self
-            .store
-            .actions()
-            .await?
-            .iter()
-            .map(Self::render_action)
-            .collect())
+    /// `GET action/`: the actions on objects `viewer` may view.
+    pub async fn actions(&self, viewer: &Viewer) -> AppResult<Vec<api::Action>> {
+        let mut actions = self.store.actions().await?;
+        if !viewer.is_admin() {
+            let mut node_clusters: HashMap<String, Option<String>> = HashMap::new();
+            let mut kept = Vec::new();
+            for action in actions {
+                let visible = match uri::Resource::parse(&action.object_uri) {
+                    Some(uri::Resource::NodeCluster { uuid } | uri::Resource::Swarm { uuid }) => {
+                        viewer.sees(&uuid)
+                    }
+                    Some(uri::Resource::Node { uuid }) => {
+                        if !node_clusters.contains_key(&uuid) {
+                            let cluster = self.store.cluster_of_node(&uuid).await?;
+                            node_clusters.insert(uuid.clone(), cluster);
+                        }
+                        let cluster = node_clusters.get(&uuid).cloned().flatten();
+                        viewer.sees_node_of(cluster.as_deref())
+                    }
+                    _ => false,
+                };
+                if visible {
+                    kept.push(action);
+                }
+            }
+            actions = kept;
+        }
+        Ok(actions.iter().map(Self::render_action).collect())
     }
 
     async fn load_action(&self, uuid: &str) -> AppResult<ActionRecord> {

@@ -47,6 +47,7 @@ use serde_json::Value;
 
 use crate::api_error::error_response;
 use crate::app::{App, AppError, AppResult, Caller, Login, Outcome};
+use crate::authz::Viewer;
 use crate::login::{Client, LoginThrottle};
 use crate::routes::{MAX_LIMIT, Parsed, Route, allows, is_agent_route, parse_path};
 use crate::session::{self, Sessions};
@@ -144,6 +145,14 @@ fn outcome_response<T: Serialize>(outcome: &Outcome<T>, created: bool) -> Respon
         StatusCode::OK
     };
     json_response(status, &outcome.object, Some(&outcome.action_uri))
+}
+
+/// An answer that carries a secret shown once: no cache may keep it.
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `user:secret` from `Authorization: Basic ...`.
@@ -483,23 +492,31 @@ async fn dispatch<C: Cloud + 'static>(
     let Some(Parsed { route, namespace }) = parsed else {
         return error_response(StatusCode::NOT_FOUND, format!("Not found: {path}"));
     };
-    if let Some(namespace) = &namespace
-        && *namespace != username
-    {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            format!("namespace '{namespace}' not found"),
-        );
-    }
     if !allows(&route, &parts.method) {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {} is not allowed on {path}", parts.method),
         );
     }
-    if let Some(response) = crate::stream::upgrade(app, &route, &mut parts, &username, &query).await
-    {
-        return as_json_error(response).await;
+    // Authorization, decided in one place (`authz`) from the route table's rule: before a
+    // websocket's upgrade, and for REST after the body is read (so an oversized body is a
+    // 413 whoever sends it) and before any handler runs.
+    let principal = match app.principal(&username).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return AppError::Unauthorized.into_response(),
+        Err(error) => return error.into_response(),
+    };
+    let rule = crate::routes::access(&route, &parts.method);
+    let authorize = || app.authorize(&principal, &route, rule, namespace.as_deref());
+    if matches!(route, Route::Events | Route::ActionLogs(_)) {
+        if let Err(error) = authorize().await {
+            return error.into_response();
+        }
+        if let Some(response) =
+            crate::stream::upgrade(app, &route, &mut parts, &principal, &query).await
+        {
+            return as_json_error(response).await;
+        }
     }
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
@@ -509,6 +526,10 @@ async fn dispatch<C: Cloud + 'static>(
                 format!("the body is larger than {MAX_BODY} bytes or could not be read"),
             );
         }
+    };
+    let org = match authorize().await {
+        Ok(org) => org,
+        Err(error) => return error.into_response(),
     };
     let caller = Caller {
         username,
@@ -522,6 +543,8 @@ async fn dispatch<C: Cloud + 'static>(
             .to_owned(),
         ip: peer,
         body: String::from_utf8_lossy(&bytes).into_owned(),
+        principal,
+        org,
     };
     let request = Handled {
         app,
@@ -554,6 +577,11 @@ impl<C: Cloud + 'static> Handled<'_, C> {
     fn list<T: Serialize>(&self, objects: Vec<T>) -> AppResult<Response> {
         let envelope = paginate(objects, self.path, self.query)?;
         Ok(json_response(StatusCode::OK, &envelope, None))
+    }
+
+    /// What the caller may view, for the lists cut in memory.
+    async fn viewer(&self) -> AppResult<Viewer> {
+        self.app.viewer(&self.caller.principal).await
     }
 
     fn one<T: Serialize>(&self, object: Option<T>, what: &str) -> AppResult<Response> {
@@ -626,7 +654,7 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 let body = self.body()?;
                 outcome_response(&app.create_cluster(caller, &body).await?, true)
             }
-            (Route::Clusters, _) => self.list(app.clusters().await?)?,
+            (Route::Clusters, _) => self.list(app.clusters(&self.viewer().await?).await?)?,
             (Route::Cluster(uuid), Method::PATCH) => {
                 let body = self.body()?;
                 outcome_response(&app.patch_cluster(caller, &uuid, &body).await?, false)
@@ -641,7 +669,7 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 let body = self.body()?;
                 outcome_response(&app.create_swarm(caller, &body).await?, true)
             }
-            (Route::Swarms, _) => self.list(app.swarms().await?)?,
+            (Route::Swarms, _) => self.list(app.swarms(&self.viewer().await?).await?)?,
             (Route::Metrics, _) => (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 app.metrics_text().await?,
@@ -657,7 +685,12 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 json_response(status, &readiness, None)
             }
             (Route::SwarmService(id), _) => {
-                json_response(StatusCode::OK, &app.swarm_service(&id).await?, None)
+                let viewer = self.viewer().await?;
+                json_response(
+                    StatusCode::OK,
+                    &app.swarm_service(&viewer, &id).await?,
+                    None,
+                )
             }
             (Route::Swarm(uuid), Method::PATCH) => {
                 let body = self.body()?;
@@ -676,15 +709,24 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 // The common filters and the page go to SQL, so a page costs its rows; any
                 // other filter takes the generic in-memory path over every node.
                 let list = ListQuery::parse(self.query)?;
+                // A member's list is cut in the same query (`authz`: only what it may view).
+                let viewer = (!caller.principal.admin).then(|| caller.principal.username.clone());
                 match list.node_filter() {
-                    Some(filter) => {
+                    Some(mut filter) => {
+                        filter.viewer = viewer;
                         let total = app.count_nodes(&filter).await?;
                         let page = app
                             .find_nodes(&filter, Some((list.limit, list.offset)))
                             .await?;
                         json_response(StatusCode::OK, &list.envelope(self.path, total, page), None)
                     }
-                    None => self.list(app.find_nodes(&NodeFilter::default(), None).await?)?,
+                    None => {
+                        let filter = NodeFilter {
+                            viewer,
+                            ..NodeFilter::default()
+                        };
+                        self.list(app.find_nodes(&filter, None).await?)?
+                    }
                 }
             }
             (Route::Node(uuid), Method::PATCH) => {
@@ -698,7 +740,7 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             (Route::NodeHealthCheck(uuid), _) => {
                 outcome_response(&app.health_check_node(caller, &uuid).await?, false)
             }
-            (Route::Actions, _) => self.list(app.actions().await?)?,
+            (Route::Actions, _) => self.list(app.actions(&self.viewer().await?).await?)?,
             (Route::Action(uuid), _) => {
                 json_response(StatusCode::OK, &app.action(&uuid).await?, None)
             }
@@ -711,6 +753,81 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 json_response(StatusCode::ACCEPTED, &action, Some(&action.resource_uri))
             }
             (Route::Services, _) => self.list(Vec::<Value>::new())?,
+            (Route::Orgs, Method::POST) => {
+                let body = self.body()?;
+                json_response(
+                    StatusCode::CREATED,
+                    &app.create_org(caller, &body).await?,
+                    None,
+                )
+            }
+            (Route::Orgs, _) => self.list(app.orgs(&self.viewer().await?).await?)?,
+            (Route::Org(org), Method::DELETE) => {
+                json_response(StatusCode::OK, &app.delete_org(caller, &org).await?, None)
+            }
+            (Route::Org(org), _) => json_response(StatusCode::OK, &app.org(&org).await?, None),
+            (Route::Teams(org), Method::POST) => {
+                let body = self.body()?;
+                let team = app.create_team(caller, &org, &body).await?;
+                json_response(StatusCode::CREATED, &team, None)
+            }
+            (Route::Teams(org), _) => self.list(app.teams(&org).await?)?,
+            (Route::Team(org, team), Method::PATCH) => {
+                let body = self.body()?;
+                let team = app.patch_team(caller, &org, &team, &body).await?;
+                json_response(StatusCode::OK, &team, None)
+            }
+            (Route::Team(org, team), Method::DELETE) => json_response(
+                StatusCode::OK,
+                &app.delete_team(caller, &org, &team).await?,
+                None,
+            ),
+            (Route::Team(org, team), _) => {
+                json_response(StatusCode::OK, &app.team(&org, &team).await?, None)
+            }
+            (Route::Grants(org), Method::POST) => {
+                let body = self.body()?;
+                let grant = app.create_grant(caller, &org, &body).await?;
+                json_response(StatusCode::CREATED, &grant, None)
+            }
+            (Route::Grants(org), _) => self.list(app.grants(&org).await?)?,
+            (Route::Grant(org, id), _) => json_response(
+                StatusCode::OK,
+                &app.delete_grant(caller, &org, &id).await?,
+                None,
+            ),
+            (Route::Users, Method::POST) => {
+                let body = self.body()?;
+                let (user, key) = app.create_user(caller, &body).await?;
+                no_store(json_response(
+                    StatusCode::CREATED,
+                    &serde_json::json!({"user": user, "api_key": key}),
+                    None,
+                ))
+            }
+            (Route::Users, _) => self.list(app.users(&self.viewer().await?).await?)?,
+            (Route::User(name), Method::PATCH) => {
+                let body = self.body()?;
+                json_response(
+                    StatusCode::OK,
+                    &app.patch_user(caller, &name, &body).await?,
+                    None,
+                )
+            }
+            (Route::User(name), Method::DELETE) => {
+                json_response(StatusCode::OK, &app.delete_user(caller, &name).await?, None)
+            }
+            (Route::User(name), _) => json_response(StatusCode::OK, &app.user(&name).await?, None),
+            (Route::ApiKeys(name), Method::POST) => {
+                let body = self.body()?;
+                let key = app.create_api_key(caller, &name, &body).await?;
+                no_store(json_response(StatusCode::CREATED, &key, None))
+            }
+            (Route::ApiKeys(name), _) => self.list(app.api_keys(&name).await?)?,
+            (Route::ApiKey(name, key), _) => {
+                let revoked = app.revoke_api_key(caller, &name, &key).await?;
+                json_response(StatusCode::OK, &revoked, None)
+            }
             (Route::OpenApi, _) => json_response(StatusCode::OK, &crate::openapi::document(), None),
             (Route::Token, _) => json_response(
                 StatusCode::CREATED,

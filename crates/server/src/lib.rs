@@ -27,6 +27,7 @@
 pub mod agent_api;
 pub mod api_error;
 pub mod app;
+pub mod authz;
 pub mod backup;
 pub mod catalog;
 pub mod dashboard;
@@ -141,8 +142,8 @@ pub async fn initialize(config: &ServerConfig) -> anyhow::Result<Installation> {
     let aws_keys = app::linked_keys(&store, &secret_key, catalog::PROVIDER).await?;
     let mut new_admin = None;
     if store.user_count().await? == 0 {
-        let (record, credentials) = app::new_user(&config.admin_username);
-        if store.insert_user(&record, now).await? {
+        let (user, key, credentials) = app::access::new_administrator(&config.admin_username, now);
+        if store.create_user(&user, Some(&key)).await? {
             new_admin = Some(credentials);
         }
     }

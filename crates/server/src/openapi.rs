@@ -538,6 +538,97 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                 json!({"type": "object", "properties": {"reachable": {"type": "boolean"}}}),
             )],
         ),
+        Route::Orgs => (
+            "access",
+            vec![
+                op("get", "list the organizations you belong to", "200", list_of("Organization")),
+                op("post", "create an organization", "201", schema_ref("Organization"))
+                    .body("OrgCreate"),
+            ],
+        ),
+        Route::Org(_) => (
+            "access",
+            vec![
+                op("get", "an organization", "200", schema_ref("Organization")),
+                op("delete", "remove an organization that owns nothing live", "200", schema_ref("Organization")),
+            ],
+        ),
+        Route::Teams(_) => (
+            "access",
+            vec![
+                op("get", "list an organization's teams", "200", list_of("Team")),
+                op("post", "create a team", "201", schema_ref("Team")).body("TeamCreate"),
+            ],
+        ),
+        Route::Team(..) => (
+            "access",
+            vec![
+                op("get", "a team and its members", "200", schema_ref("Team")),
+                op("patch", "add and remove members", "200", schema_ref("Team")).body("TeamPatch"),
+                op("delete", "remove a team with its grants", "200", schema_ref("Team")),
+            ],
+        ),
+        Route::Grants(_) => (
+            "access",
+            vec![
+                op("get", "list an organization's grants", "200", list_of("Grant")),
+                op("post", "grant a team a role on a resource or on all (*)", "201", schema_ref("Grant"))
+                    .body("GrantCreate"),
+            ],
+        ),
+        Route::Grant(..) => (
+            "access",
+            vec![op("delete", "revoke a grant", "200", schema_ref("Grant"))],
+        ),
+        Route::Users => (
+            "access",
+            vec![
+                op("get", "list users (yourself unless administrator)", "200", list_of("User")),
+                op(
+                    "post",
+                    "create a user: answers {user, api_key} with its first key, shown once",
+                    "201",
+                    json!({"type": "object", "properties": {"user": schema_ref("User"), "api_key": schema_ref("ApiKey")}}),
+                )
+                .body("UserCreate"),
+            ],
+        ),
+        Route::User(_) => (
+            "access",
+            vec![
+                op("get", "a user", "200", schema_ref("User")),
+                op("patch", "set or remove the password", "200", schema_ref("User")).body("UserPatch"),
+                op("delete", "remove a user: revokes its keys and memberships", "200", schema_ref("User")),
+            ],
+        ),
+        Route::ApiKeys(_) => (
+            "access",
+            vec![
+                op("get", "list a user's keys (never the keys themselves)", "200", list_of("ApiKey")),
+                op("post", "create a key: the answer's `key` is shown once", "201", schema_ref("ApiKey"))
+                    .body("ApiKeyCreate"),
+            ],
+        ),
+        Route::ApiKey(..) => (
+            "access",
+            vec![op("delete", "revoke a key (by id or name): refused from the next request", "200", schema_ref("ApiKey"))],
+        ),
+    }
+}
+
+/// The route table's access rule for a method, as the document states it.
+fn access_text(route: &Route, method: &str) -> String {
+    use crate::routes::Access;
+    let method = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .unwrap_or(axum::http::Method::GET);
+    match crate::routes::access(route, &method) {
+        Access::Anyone => "any signed-in user".into(),
+        Access::Visible => "any signed-in user; lists only what the caller may view".into(),
+        Access::Resource(role) => format!("role '{role}' on the resource (404 if not visible)"),
+        Access::Create(role) => format!("role '{role}' on all of the organization"),
+        Access::Org(role) => format!("role '{role}' on the organization"),
+        Access::SelfOrAdmin => "the user named, or the server administrator".into(),
+        Access::ServerAdmin => "the server administrator".into(),
     }
 }
 
@@ -605,6 +696,20 @@ fn schemas() -> Value {
             "agent_version": {"type": "string"}, "cluster": {"type": "string"}, "slot": {"type": "integer"},
             "first_slot": {"type": "integer"}, "count": {"type": "integer"},
             "private_ips": {"type": "array", "items": {"type": "string"}}, "docker_version": {"type": "string"}}},
+        "OrgCreate": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "TeamCreate": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
+            "members": {"type": "array", "items": {"type": "string"}}}},
+        "TeamPatch": {"type": "object", "additionalProperties": false, "properties": {
+            "add_members": {"type": "array", "items": {"type": "string"}},
+            "remove_members": {"type": "array", "items": {"type": "string"}}}},
+        "GrantCreate": {"type": "object", "required": ["team", "role"], "properties": {"team": {"type": "string"},
+            "role": {"type": "string", "enum": ["view", "operate", "manage", "admin"]},
+            "resource": {"type": "string", "description": "* (default), or a node cluster's or swarm's uuid or URI"}}},
+        "UserCreate": {"type": "object", "required": ["username"], "properties": {"username": {"type": "string"},
+            "password": {"type": "string", "minLength": 12}, "admin": {"type": "boolean"}}},
+        "UserPatch": {"type": "object", "additionalProperties": false, "properties": {
+            "password": {"type": ["string", "null"], "minLength": 12}}},
+        "ApiKeyCreate": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
         "AgentNodeUpdate": {"type": "object", "properties": {"agent_version": {"type": "string"},
             "docker_version": {"type": "string"}, "private_ips": {"type": "array", "items": {"type": "string"}}}},
         "AgentNode": object(json!({"uuid": {"type": "string"}, "external_fqdn": {"type": "string"},
@@ -636,6 +741,11 @@ fn derived_schemas() -> Map<String, Value> {
     generator.subschema_for::<api::Action>();
     generator.subschema_for::<api::Meta>();
     generator.subschema_for::<api::ErrorBody>();
+    generator.subschema_for::<api::Organization>();
+    generator.subschema_for::<api::Team>();
+    generator.subschema_for::<api::Grant>();
+    generator.subschema_for::<api::User>();
+    generator.subschema_for::<api::ApiKey>();
     let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     // The document's name for the error body.
     if let Some(error) = schemas.remove("ErrorBody") {
@@ -653,7 +763,9 @@ pub fn document() -> Value {
         let path = endpoint.template;
         let mut item = Map::new();
         for op in &ops {
-            item.insert(op.method.into(), operation(path, op, endpoint.auth, tag));
+            let mut operation = operation(path, op, endpoint.auth, tag);
+            operation["x-access"] = json!(access_text(&route, op.method));
+            item.insert(op.method.into(), operation);
         }
         if endpoint.namespaced
             && let Some(with_namespace) = namespaced(path)

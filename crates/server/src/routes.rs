@@ -16,6 +16,7 @@
 //!   parser agrees with every template and namespace flag.
 
 use axum::http::Method;
+use flotilla_api::Role;
 
 /// Where the OpenAPI document is served (`openapi`).
 pub const OPENAPI_PATH: &str = "/api/openapi.json";
@@ -88,6 +89,22 @@ pub enum Route {
     /// `/session`: the dashboard's login (POST), its session (GET) and logout (DELETE)
     /// (`session`).
     Session,
+    /// `/api/access/v1/org/`: organizations (issue #15).
+    Orgs,
+    Org(String),
+    /// `org/{org}/team/`: an organization's teams.
+    Teams(String),
+    /// `org/{org}/team/{team}/`: a team; `PATCH` adds and removes members.
+    Team(String, String),
+    /// `org/{org}/grant/`: an organization's grants of roles to teams.
+    Grants(String),
+    Grant(String, String),
+    /// `/api/access/v1/user/`: users.
+    Users,
+    User(String),
+    /// `user/{name}/apikey/`: a user's API keys.
+    ApiKeys(String),
+    ApiKey(String, String),
 }
 
 /// A parsed path: the route and the namespace segment, if the path had one.
@@ -206,6 +223,16 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("agent", ["node"]) => Route::AgentNodes,
         ("agent", ["node", uuid]) => Route::AgentNode(s(uuid)),
         ("agent", ["node", uuid, "ping"]) => Route::AgentNodePing(s(uuid)),
+        ("access", ["org"]) => Route::Orgs,
+        ("access", ["org", org]) => Route::Org(s(org)),
+        ("access", ["org", org, "team"]) => Route::Teams(s(org)),
+        ("access", ["org", org, "team", team]) => Route::Team(s(org), s(team)),
+        ("access", ["org", org, "grant"]) => Route::Grants(s(org)),
+        ("access", ["org", org, "grant", id]) => Route::Grant(s(org), s(id)),
+        ("access", ["user"]) => Route::Users,
+        ("access", ["user", name]) => Route::User(s(name)),
+        ("access", ["user", name, "apikey"]) => Route::ApiKeys(s(name)),
+        ("access", ["user", name, "apikey", key]) => Route::ApiKey(s(name), s(key)),
         _ => return None,
     };
     Some(Parsed { route, namespace })
@@ -363,12 +390,145 @@ pub fn endpoint(route: &Route) -> Endpoint {
             Auth::Agent,
             false,
         ),
+        Route::Orgs => ("/api/access/v1/org/", &["get", "post"], Auth::Basic, false),
+        Route::Org(_) => (
+            "/api/access/v1/org/{org}/",
+            &["get", "delete"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Teams(_) => (
+            "/api/access/v1/org/{org}/team/",
+            &["get", "post"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Team(..) => (
+            "/api/access/v1/org/{org}/team/{team}/",
+            &["get", "patch", "delete"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Grants(_) => (
+            "/api/access/v1/org/{org}/grant/",
+            &["get", "post"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Grant(..) => (
+            "/api/access/v1/org/{org}/grant/{id}/",
+            &["delete"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Users => ("/api/access/v1/user/", &["get", "post"], Auth::Basic, false),
+        Route::User(_) => (
+            "/api/access/v1/user/{name}/",
+            &["get", "patch", "delete"],
+            Auth::Basic,
+            false,
+        ),
+        Route::ApiKeys(_) => (
+            "/api/access/v1/user/{name}/apikey/",
+            &["get", "post"],
+            Auth::Basic,
+            false,
+        ),
+        Route::ApiKey(..) => (
+            "/api/access/v1/user/{name}/apikey/{key}/",
+            &["delete"],
+            Auth::Basic,
+            false,
+        ),
     };
     Endpoint {
         template,
         methods,
         auth,
         namespaced,
+    }
+}
+
+/// What a signed-in caller needs for a request, beyond authentication (issue #15).
+/// The `authz` module decides it; the dispatcher asks before any handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any signed-in user: nothing an organization owns is read or changed (the catalogue,
+    /// the OpenAPI document), or the route is not a user route at all (public, agent,
+    /// login).
+    Anyone,
+    /// A list: answered with only what the caller may view (never a refusal).
+    Visible,
+    /// This role on the resource the path names (a node cluster, a node, a swarm, or an
+    /// action's object): 404 when the caller may not view it, exactly as if it did not
+    /// exist; 403 naming the role when the caller may view it but not do this.
+    Resource(Role),
+    /// This role on all of the organization a create goes to (the namespace segment, else
+    /// the caller's one organization, else `default` for the server administrator).
+    Create(Role),
+    /// This role on all of the organization the path names (its teams and grants).
+    Org(Role),
+    /// The user the path names, or the server administrator (a user's own keys and
+    /// password); anyone else gets 404, as if the user did not exist.
+    SelfOrAdmin,
+    /// The server administrator only (installation-wide: linking the AWS account, users,
+    /// organizations, metrics, bring-your-own-node tokens).
+    ServerAdmin,
+}
+
+/// The access rule of every route and method, declared once next to the route table: the
+/// dispatcher enforces it (the `authz` module), the OpenAPI document states it and the security
+/// test enumerates it. Exhaustive like [`endpoint`]; a method the route does not serve is
+/// [`Access::Anyone`] (it is a 405 anyway).
+pub fn access(route: &Route, method: &Method) -> Access {
+    use Access::*;
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let delete = *method == Method::DELETE;
+    match route {
+        Route::Ping
+        | Route::Download
+        | Route::Dashboard
+        | Route::DashboardScript
+        | Route::DashboardStyle
+        | Route::Session
+        | Route::AgentNodes
+        | Route::AgentNode(_)
+        | Route::AgentNodePing(_)
+        | Route::OpenApi
+        | Route::Providers
+        | Route::Provider(_)
+        | Route::Regions
+        | Route::Region(..)
+        | Route::AvailabilityZones
+        | Route::AvailabilityZone(..)
+        | Route::NodeTypes
+        | Route::NodeType(..) => Anyone,
+        Route::ProviderCredentials(_) if read => Anyone,
+        Route::ProviderCredentials(_) => ServerAdmin,
+        Route::Metrics | Route::Token => ServerAdmin,
+        Route::Clusters | Route::Swarms if read => Visible,
+        Route::Clusters | Route::Swarms => Create(Role::Manage),
+        Route::Nodes | Route::Actions | Route::Events | Route::Services => Visible,
+        Route::SwarmService(_) => Visible,
+        Route::Cluster(_) | Route::Swarm(_) | Route::Node(_) if read => Resource(Role::View),
+        Route::Cluster(_) | Route::Swarm(_) if delete => Resource(Role::Manage),
+        Route::Cluster(_) | Route::Swarm(_) | Route::Node(_) => Resource(Role::Operate),
+        Route::ClusterDeploy(_) | Route::NodeHealthCheck(_) => Resource(Role::Operate),
+        Route::Action(_) | Route::ActionLogs(_) => Resource(Role::View),
+        Route::ActionCancel(_) | Route::ActionRetry(_) => Resource(Role::Operate),
+        Route::Orgs if read => Visible,
+        Route::Orgs => ServerAdmin,
+        Route::Org(_) if delete => ServerAdmin,
+        Route::Org(_) | Route::Teams(_) | Route::Team(..) | Route::Grants(_) if read => {
+            Org(Role::View)
+        }
+        Route::Org(_) | Route::Teams(_) | Route::Team(..) | Route::Grants(_) | Route::Grant(..) => {
+            Org(Role::Admin)
+        }
+        Route::Users if read => Visible,
+        Route::Users => ServerAdmin,
+        Route::User(_) if delete => ServerAdmin,
+        Route::User(_) | Route::ApiKeys(_) | Route::ApiKey(..) => SelfOrAdmin,
     }
 }
 

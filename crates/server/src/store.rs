@@ -16,6 +16,8 @@
 //!   every method that changes a cluster's, a node's or an action's state (or labels)
 //!   publishes on [`Store::events`] after its transaction commits.
 
+#[macro_use]
+pub mod access;
 mod agents;
 mod credentials;
 mod swarms;
@@ -282,17 +284,26 @@ pub struct NodeFilter {
     pub uuid: Option<String>,
     /// Case-sensitive prefix of the uuid: a range on the primary key.
     pub uuid_prefix: Option<String>,
+    /// Only the nodes this user may view (the `authz` module); `None`: every node (the server
+    /// administrator).
+    pub viewer: Option<String>,
 }
 
-/// `NodeFilter` as SQL over parameters ?1..?4 (a macro, for `concat!`: sqlx takes only
+/// `NodeFilter` as SQL over parameters ?1..?5 (a macro, for `concat!`: sqlx takes only
 /// static SQL). `x'ff'` sorts after every UTF-8 text, so `[prefix, prefix || x'ff')` is
-/// exactly the uuids starting with `prefix`.
+/// exactly the uuids starting with `prefix`. The viewer's subquery is evaluated once per
+/// query, so a member's page stays an index scan.
 macro_rules! node_filter_sql {
     () => {
-        "(?1 IS NULL OR cluster_uuid = ?1)
+        concat!(
+            "(?1 IS NULL OR cluster_uuid = ?1)
          AND (?2 IS NULL OR state = ?2)
          AND (?3 IS NULL OR uuid = ?3)
-         AND (?4 IS NULL OR (uuid >= ?4 AND uuid < CAST(?4 || x'ff' AS TEXT)))"
+         AND (?4 IS NULL OR (uuid >= ?4 AND uuid < CAST(?4 || x'ff' AS TEXT)))
+         AND (?5 IS NULL OR cluster_uuid IN (",
+            visible_clusters_sql!("?5"),
+            "))"
+        )
     };
 }
 
@@ -665,14 +676,17 @@ impl Store {
 
     // ---- clusters ----
 
-    /// Inserts a new cluster and its create action in one transaction.
+    /// Inserts a new cluster, owned by organization `org`, and its create action in one
+    /// transaction.
     pub async fn insert_cluster(
         &self,
         cluster: &ClusterRecord,
         action: &ActionRecord,
+        org: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         insert_cluster_in(&mut tx, cluster).await?;
+        access::own_in(&mut tx, &cluster.uuid, "nodecluster", org, None).await?;
         insert_action_in(&mut tx, action).await?;
         tx.commit().await?;
         self.events
@@ -918,12 +932,13 @@ impl Store {
             "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released
              FROM nodes WHERE ",
             node_filter_sql!(),
-            " ORDER BY created_at, rowid LIMIT ?5 OFFSET ?6"
+            " ORDER BY created_at, rowid LIMIT ?6 OFFSET ?7"
         ))
         .bind(&filter.cluster_uuid)
         .bind(&filter.state)
         .bind(&filter.uuid)
         .bind(&filter.uuid_prefix)
+        .bind(&filter.viewer)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -941,6 +956,7 @@ impl Store {
         .bind(&filter.state)
         .bind(&filter.uuid)
         .bind(&filter.uuid_prefix)
+        .bind(&filter.viewer)
         .fetch_one(&self.pool)
         .await?;
         Ok(u64::try_from(count).unwrap_or(0))

@@ -35,7 +35,11 @@ use flotilla_core::cloud::Cloud;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use crate::app::{App, AppError};
+use crate::authz::Principal;
 use crate::events::Filter;
 use crate::routes::Route;
 
@@ -50,7 +54,7 @@ pub async fn upgrade<C: Cloud + 'static>(
     app: &Arc<App<C>>,
     route: &Route,
     parts: &mut Parts,
-    username: &str,
+    principal: &Principal,
     query: &str,
 ) -> Option<Response> {
     let (Route::Events | Route::ActionLogs(_)) = route else {
@@ -76,8 +80,8 @@ pub async fn upgrade<C: Cloud + 'static>(
         _ => {
             let filter = Filter::from_query(query);
             let events = app.events().subscribe();
-            let username = username.to_owned();
-            upgrade.on_upgrade(move |socket| events_stream(socket, events, filter, username))
+            let visible = Visible::new(app.clone(), principal.clone());
+            upgrade.on_upgrade(move |socket| events_stream(socket, events, filter, visible))
         }
     })
 }
@@ -149,12 +153,65 @@ struct AuthFrame<'a> {
     datetime: String,
 }
 
-async fn events_stream(
+/// Which events a listener may see (`authz::sees_event`), with the answers cached per
+/// object for [`RECHECK`]: then the principal is loaded again, so a revoked grant or a
+/// removed user stops the flow within that time, and the stream ends if the user is gone.
+struct Visible<C> {
+    app: Arc<App<C>>,
+    principal: Principal,
+    seen: HashMap<String, bool>,
+    checked: Instant,
+}
+
+/// How long a listener's visibility answers are trusted.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+impl<C: Cloud + 'static> Visible<C> {
+    fn new(app: Arc<App<C>>, principal: Principal) -> Self {
+        Visible {
+            app,
+            principal,
+            seen: HashMap::new(),
+            checked: Instant::now(),
+        }
+    }
+
+    /// `None` when the listener's user no longer exists (the stream ends).
+    async fn sees(&mut self, event: &api::Event) -> Option<bool> {
+        if self.principal.admin && self.checked.elapsed() < RECHECK {
+            return Some(true);
+        }
+        if self.checked.elapsed() >= RECHECK {
+            self.principal = self
+                .app
+                .principal(&self.principal.username)
+                .await
+                .ok()
+                .flatten()?;
+            self.seen.clear();
+            self.checked = Instant::now();
+        }
+        let key = format!("{}|{}", event.resource_uri, event.parents.join(","));
+        if let Some(seen) = self.seen.get(&key) {
+            return Some(*seen);
+        }
+        let seen = self
+            .app
+            .sees_event(&self.principal, event)
+            .await
+            .unwrap_or(false);
+        self.seen.insert(key, seen);
+        Some(seen)
+    }
+}
+
+async fn events_stream<C: Cloud + 'static>(
     mut socket: WebSocket,
     mut events: tokio::sync::broadcast::Receiver<Arc<api::Event>>,
     filter: Filter,
-    username: String,
+    mut visible: Visible<C>,
 ) {
+    let username = visible.principal.username.clone();
     let auth = AuthFrame {
         kind: "auth",
         user: &username,
@@ -165,7 +222,16 @@ async fn events_stream(
     }
     loop {
         tokio::select! {
-            received = events.recv() => match next_frame(received, &filter) {
+            received = events.recv() => {
+                let received = match received {
+                    Ok(event) => match visible.sees(&event).await {
+                        Some(true) => Ok(event),
+                        Some(false) => continue,
+                        None => break,
+                    },
+                    Err(error) => Err(error),
+                };
+                match next_frame(received, &filter) {
                 Next::Send(frame) => {
                     if !send_json(&mut socket, &frame).await {
                         return;
@@ -174,7 +240,7 @@ async fn events_stream(
                 Next::Skip => {}
                 // The server is stopping.
                 Next::Stop => break,
-            },
+            }},
             incoming = socket.recv() => {
                 if client_left(incoming) {
                     return;

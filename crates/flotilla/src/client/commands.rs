@@ -49,7 +49,7 @@ enum NodeClusterCommand {
     /// Show node clusters as JSON.
     Inspect { identifiers: Vec<String> },
     /// Create a node cluster and deploy it.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Change a node cluster's number of nodes.
     Scale {
         identifier: String,
@@ -87,6 +87,10 @@ enum NodeClusterCommand {
 #[derive(Debug, Args)]
 struct CreateArgs {
     name: String,
+    /// The organization that will own it (default: your only one; `default` for the
+    /// server administrator).
+    #[arg(long)]
+    org: Option<String>,
     provider: String,
     region: String,
     nodetype: String,
@@ -412,10 +416,11 @@ pub async fn nodecluster(args: NodeClusterArgs) -> anyhow::Result<ExitCode> {
             if !options.is_empty() {
                 body["provider_options"] = Value::Object(options);
             }
-            let created = client
-                .call(Method::POST, &uri::node_clusters(), Some(&body))
-                .await?
-                .body;
+            let path = match &create.org {
+                Some(org) => uri::node_clusters_in(org),
+                None => uri::node_clusters(),
+            };
+            let created = client.call(Method::POST, &path, Some(&body)).await?.body;
             let uuid = text(&created, "uuid");
             let deployed = client
                 .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)

@@ -10,6 +10,7 @@
 //! `SSL_CERT_DIR`) plus the PEM certificates of `FLOTILLA_CA_CERT` when set, as for the
 //! agent ([`flotilla_agent::tls`]); verification cannot be turned off.
 
+pub mod access;
 pub mod commands;
 pub mod provider;
 pub mod swarm;

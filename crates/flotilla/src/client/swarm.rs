@@ -63,6 +63,10 @@ enum SwarmCommand {
 #[derive(Debug, Args)]
 struct CreateArgs {
     name: String,
+    /// The organization that will own it (default: your only one; `default` for the
+    /// server administrator).
+    #[arg(long)]
+    org: Option<String>,
     provider: String,
     region: String,
     /// The managers' node type.
@@ -129,9 +133,11 @@ pub async fn swarm(args: SwarmArgs) -> anyhow::Result<ExitCode> {
             if let Some(disk) = create.disk {
                 body["disk"] = json!(disk);
             }
-            let answer = client
-                .call(Method::POST, &uri::swarms(), Some(&body))
-                .await?;
+            let path = match &create.org {
+                Some(org) => uri::swarms_in(org),
+                None => uri::swarms(),
+            };
+            let answer = client.call(Method::POST, &path, Some(&body)).await?;
             crate::out!("{}", text(&answer.body, "uuid"));
             maybe_follow(&client, answer.action_uri, create.sync).await
         }

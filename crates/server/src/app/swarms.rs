@@ -19,6 +19,7 @@ use flotilla_core::state::{ClusterEvent, ClusterState, NodeState};
 use serde_json::Value;
 
 use super::{App, AppError, AppResult, Caller, Outcome, new_uuid};
+use crate::authz::Viewer;
 use crate::store::{ClusterRecord, NewSwarm, SwarmRecord};
 use crate::swarm::SwarmView;
 use flotilla_core::cloud::Cloud;
@@ -104,9 +105,12 @@ impl<C: Cloud + 'static> App<C> {
     }
 
     /// `GET swarm/`.
-    pub async fn swarms(&self) -> AppResult<Vec<api::Swarm>> {
+    pub async fn swarms(&self, viewer: &Viewer) -> AppResult<Vec<api::Swarm>> {
         let mut rendered = Vec::new();
         for swarm in self.store.swarms().await? {
+            if !viewer.sees(&swarm.uuid) {
+                continue;
+            }
             rendered.push(self.render_swarm(swarm).await?);
         }
         Ok(rendered)
@@ -120,9 +124,9 @@ impl<C: Cloud + 'static> App<C> {
 
     /// `GET /services/{id}`: a service (by id, unique id prefix, or name) of any live swarm,
     /// from its manager's last report.
-    pub async fn swarm_service(&self, id: &str) -> AppResult<api::SwarmService> {
+    pub async fn swarm_service(&self, viewer: &Viewer, id: &str) -> AppResult<api::SwarmService> {
         for swarm in self.store.swarms().await? {
-            if swarm.state == ClusterState::Terminated {
+            if swarm.state == ClusterState::Terminated || !viewer.sees(&swarm.uuid) {
                 continue;
             }
             let view = SwarmView::load(&self.store, swarm).await?;
@@ -292,6 +296,7 @@ impl<C: Cloud + 'static> App<C> {
                 managers: &managers,
                 workers: &workers,
                 actions: [&swarm_action, &managers_action, &workers_action],
+                org: caller.org(),
             })
             .await?;
         self.reconciler.nudge(&managers.uuid);

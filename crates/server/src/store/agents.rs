@@ -352,7 +352,7 @@ mod tests {
             can_be_retried: false,
         };
         store
-            .insert_cluster(&cluster, &action)
+            .insert_cluster(&cluster, &action, crate::store::access::DEFAULT_ORG)
             .await
             .expect("cluster");
         store

@@ -102,6 +102,8 @@ pub struct NewSwarm<'a> {
     pub workers: &'a ClusterRecord,
     /// The swarm's action, then each cluster's deploy action.
     pub actions: [&'a ActionRecord; 3],
+    /// The organization that owns the swarm and its clusters.
+    pub org: &'a str,
 }
 
 impl Store {
@@ -126,6 +128,17 @@ impl Store {
         .await?;
         for action in new.actions {
             insert_action_in(&mut tx, action).await?;
+        }
+        super::access::own_in(&mut tx, &s.uuid, "swarm", new.org, None).await?;
+        for cluster in [new.managers, new.workers] {
+            super::access::own_in(
+                &mut tx,
+                &cluster.uuid,
+                "nodecluster",
+                new.org,
+                Some(&s.uuid),
+            )
+            .await?;
         }
         tx.commit().await?;
         self.events.swarm(Verb::Create, &s.uuid, s.state.as_str());

@@ -2,6 +2,7 @@
 //! port 0 driven by a real HTTP client, against `FakeCloud` for the contract (fast) and
 //! against the AWS engine on moto for the end-to-end lifecycle and crash recovery.
 
+mod access;
 mod agents;
 mod contract;
 mod dns;

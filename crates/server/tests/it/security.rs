@@ -530,3 +530,132 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
         .as_bytes(),
     );
 }
+
+/// A concrete path for `route` among the resources of [`crate::access::Orgs`]: `blue`'s
+/// cluster, node, swarm and action, `blue`'s team and grant, and `user` in user paths.
+fn fill(route: &Route, orgs: &crate::access::Orgs, user: &str) -> String {
+    let template = endpoint(route).template;
+    let uuid = match route {
+        Route::Cluster(_) | Route::ClusterDeploy(_) => orgs.blue_cluster.as_str(),
+        Route::Node(_) | Route::NodeHealthCheck(_) => orgs.blue_node.as_str(),
+        Route::Swarm(_) => orgs.blue_swarm.as_str(),
+        _ => orgs.blue_action.as_str(),
+    };
+    let name = match route {
+        Route::User(_) | Route::ApiKeys(_) | Route::ApiKey(..) => user,
+        Route::Region(..) => "us-east-1",
+        Route::AvailabilityZone(..) => "us-east-1a",
+        Route::NodeType(..) => "t3.micro",
+        _ => "aws",
+    };
+    template
+        .replace("{uuid}", uuid)
+        .replace("{org}", "blue")
+        .replace("{team}", "viewers")
+        .replace("{id}", &orgs.grant)
+        .replace("{name}", name)
+        .replace("{key}", "default")
+        .replace("{provider}", "aws")
+        .replace("{region}", "us-east-1")
+}
+
+/// Every route and method of the route table, against its declared rule
+/// (`routes::access`): `alice` views all of organization `blue`, `bob` belongs to `red`
+/// only. For `bob` every resource of `blue` is a 404 (as if it did not exist); for `alice`
+/// every change beyond `view` is a 403 naming the role it needs, and every read is allowed;
+/// server-administrator routes are a 403 for both; a user's own routes are a 404 for
+/// anyone else. No change is ever carried out for them: authorization comes first.
+#[tokio::test]
+async fn every_route_enforces_its_role_rule_for_members() {
+    use flotilla_api::Role;
+    use routes::Access;
+
+    crypto_provider();
+    let orgs = crate::access::Orgs::start().await;
+    let server = &orgs.server;
+    let before = server
+        .get(&uri::node_cluster(&orgs.blue_cluster))
+        .await
+        .body;
+    let mut checked = 0;
+    let mut rules = BTreeSet::new();
+    for route in routes::every_route() {
+        let auth = endpoint(&route).auth;
+        if auth != routes::Auth::Basic {
+            continue;
+        }
+        for method in endpoint(&route).methods {
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("m");
+            let rule = routes::access(&route, &method);
+            rules.insert(format!("{rule:?}"));
+            for (who, member) in [(&orgs.alice, true), (&orgs.bob, false)] {
+                // User routes name the other user, so they test "not yours".
+                let other = if member { "bob" } else { "alice" };
+                let mut path = fill(&route, &orgs, other);
+                if let Access::Create(_) = rule {
+                    // A create in organization `blue`, named by the namespace.
+                    path = path.replacen("/v1/", "/v1/blue/", 1);
+                }
+                let answer =
+                    crate::access::call_as(server, who, method.clone(), &path, Some(json!({})))
+                        .await;
+                checked += 1;
+                let error = answer.body["error"].as_str().unwrap_or("").to_owned();
+                let context = format!("{method} {path} as {} ({rule:?}): {:?}", who.0, answer.body);
+                match rule {
+                    Access::Anyone | Access::Visible => {
+                        // `/services/{id}` looks for a service that does not exist.
+                        let missing_ok = matches!(route, Route::SwarmService(_));
+                        assert!(
+                            ![401, 403].contains(&answer.status)
+                                && (answer.status != 404 || missing_ok),
+                            "{context}"
+                        );
+                    }
+                    Access::ServerAdmin => {
+                        assert_eq!(answer.status, 403, "{context}");
+                        assert!(error.contains("server administrator"), "{context}");
+                    }
+                    Access::SelfOrAdmin => {
+                        assert_eq!(answer.status, 404, "{context}");
+                        assert_eq!(error, format!("user '{other}' not found"), "{context}");
+                    }
+                    Access::Resource(_) | Access::Org(_) | Access::Create(_) if !member => {
+                        assert_eq!(answer.status, 404, "{context}");
+                    }
+                    Access::Resource(Role::View) | Access::Org(Role::View) => {
+                        assert!(![401, 403, 404].contains(&answer.status), "{context}");
+                    }
+                    Access::Resource(role) | Access::Org(role) | Access::Create(role) => {
+                        assert_eq!(answer.status, 403, "{context}");
+                        assert!(error.contains(&format!("'{role}'")), "{context}");
+                    }
+                }
+            }
+        }
+    }
+    // Every kind of rule was met (a rule nobody checks would be a hole).
+    for rule in [
+        "Anyone",
+        "Visible",
+        "ServerAdmin",
+        "SelfOrAdmin",
+        "Create(Manage)",
+        "Resource(View)",
+        "Resource(Operate)",
+        "Resource(Manage)",
+        "Org(View)",
+        "Org(Admin)",
+    ] {
+        assert!(rules.contains(rule), "{rule} in {rules:?}");
+    }
+    assert!(checked > 80, "{checked}");
+    // Nothing was changed by the refused requests.
+    let after = server
+        .get(&uri::node_cluster(&orgs.blue_cluster))
+        .await
+        .body;
+    assert_eq!(before["target_num_nodes"], after["target_num_nodes"]);
+    assert_eq!(after["state"], "Deployed");
+    orgs.server.stop().await;
+}

@@ -1,0 +1,548 @@
+//! Access control through the HTTP API (issue #15): two organizations, a `view` member of
+//! one and a `manage` member of the other. A member sees only its organization's clusters,
+//! nodes, swarms, actions and events; a `view` member's change is refused with 403 naming
+//! the role; a resource of another organization answers 404 like one that does not exist;
+//! keys are shown once, stored hashed, and a revoked key is refused at once. (Every route's
+//! rule, enumerated from the route table, is `security.rs`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::uri;
+use flotilla_core::fake::FakeCloud;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Reply, TestServer, config};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Two organizations with a cluster each (deployed, with nodes), a swarm in `blue`, and
+/// two members: `alice` views all of `blue`, `bob` manages all of `red`.
+pub struct Orgs {
+    pub server: TestServer,
+    pub _dir: tempfile::TempDir,
+    pub alice: (String, String),
+    pub bob: (String, String),
+    pub blue_cluster: String,
+    pub red_cluster: String,
+    pub blue_node: String,
+    pub red_node: String,
+    pub blue_swarm: String,
+    pub blue_action: String,
+    pub grant: String,
+}
+
+pub fn cluster_body(name: &str, nodes: u32) -> Value {
+    json!({"name": name, "target_num_nodes": nodes,
+        "region": "/api/infra/v1/region/aws/us-east-1/",
+        "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"})
+}
+
+/// A call as `who` (user, key).
+pub async fn call_as(
+    server: &TestServer,
+    who: &(String, String),
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    server
+        .raw(
+            method,
+            path,
+            body.map(|b| b.to_string()).as_deref(),
+            Some((&who.0, &who.1)),
+        )
+        .await
+}
+
+async fn ok(reply: Reply, status: u16) -> Value {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    reply.body
+}
+
+/// A user created by the admin, with its first key (shown once).
+pub async fn new_user(server: &TestServer, name: &str) -> (String, String) {
+    let created = ok(
+        server
+            .call(Method::POST, &uri::users(), Some(json!({"username": name})))
+            .await,
+        201,
+    )
+    .await;
+    let key = created["api_key"]["key"]
+        .as_str()
+        .expect("key shown")
+        .to_owned();
+    (name.to_owned(), key)
+}
+
+async fn create_cluster_in(server: &TestServer, org: &str, name: &str) -> (String, String) {
+    let created = ok(
+        server
+            .call(
+                Method::POST,
+                &uri::node_clusters_in(org),
+                Some(cluster_body(name, 2)),
+            )
+            .await,
+        201,
+    )
+    .await;
+    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let deploy = server
+        .call(Method::POST, &uri::node_cluster_deploy(&uuid), None)
+        .await;
+    assert_eq!(deploy.status, 202, "{:?}", deploy.body);
+    server.wait_for_cluster(&uuid, "Deployed", LIMIT).await;
+    let nodes = server
+        .api
+        .nodes(&format!("node_cluster={uuid}"))
+        .await
+        .expect("nodes");
+    let node = nodes[0]["uuid"].as_str().expect("node").to_owned();
+    let action = deploy.action_uri.expect("action uri");
+    (uuid, format!("{node}|{action}"))
+}
+
+impl Orgs {
+    pub async fn start() -> Orgs {
+        let dir = tempfile::tempdir().expect("dir");
+        let server = TestServer::start(config(&dir), Arc::new(FakeCloud::new()), None).await;
+        for org in ["blue", "red"] {
+            ok(
+                server
+                    .call(Method::POST, &uri::orgs(), Some(json!({"name": org})))
+                    .await,
+                201,
+            )
+            .await;
+        }
+        let alice = new_user(&server, "alice").await;
+        let bob = new_user(&server, "bob").await;
+        for (org, team, user) in [("blue", "viewers", "alice"), ("red", "ops", "bob")] {
+            ok(
+                server
+                    .call(
+                        Method::POST,
+                        &uri::teams(org),
+                        Some(json!({"name": team, "members": [user]})),
+                    )
+                    .await,
+                201,
+            )
+            .await;
+        }
+        let grant = ok(
+            server
+                .call(
+                    Method::POST,
+                    &uri::grants("blue"),
+                    Some(json!({"team": "viewers", "role": "view"})),
+                )
+                .await,
+            201,
+        )
+        .await["id"]
+            .as_str()
+            .expect("grant id")
+            .to_owned();
+        ok(
+            server
+                .call(
+                    Method::POST,
+                    &uri::grants("red"),
+                    Some(json!({"team": "ops", "role": "manage", "resource": "*"})),
+                )
+                .await,
+            201,
+        )
+        .await;
+        let (blue_cluster, blue) = create_cluster_in(&server, "blue", "blue-web").await;
+        let (red_cluster, red) = create_cluster_in(&server, "red", "red-web").await;
+        let (blue_node, blue_action) = blue.split_once('|').expect("pair");
+        let red_node = red.split_once('|').expect("pair").0.to_owned();
+        let swarm = ok(
+            server
+                .call(
+                    Method::POST,
+                    &uri::swarms_in("blue"),
+                    Some(json!({"name": "blue-swarm", "region": "/api/infra/v1/region/aws/us-east-1/",
+                        "manager_node_type": "/api/infra/v1/nodetype/aws/t3.micro/",
+                        "manager_count": 1, "worker_count": 0})),
+                )
+                .await,
+            201,
+        )
+        .await;
+        let blue_action = blue_action
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .expect("uuid")
+            .to_owned();
+        Orgs {
+            server,
+            _dir: dir,
+            alice,
+            bob,
+            blue_cluster,
+            red_cluster,
+            blue_node: blue_node.to_owned(),
+            red_node,
+            blue_swarm: swarm["uuid"].as_str().expect("swarm uuid").to_owned(),
+            blue_action,
+            grant,
+        }
+    }
+}
+
+fn uuids(list: &Value, field: &str) -> Vec<String> {
+    list["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .map(|o| o[field].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_member_lists_only_its_organizations_resources() {
+    let orgs = Orgs::start().await;
+    let server = &orgs.server;
+    let list = |who: &(String, String), path: String| {
+        let who = who.clone();
+        async move { ok(call_as(server, &who, Method::GET, &path, None).await, 200).await }
+    };
+    // Clusters: alice sees blue's and its swarm's two, bob red's only.
+    let alice_clusters = uuids(&list(&orgs.alice, uri::node_clusters()).await, "uuid");
+    assert!(
+        alice_clusters.contains(&orgs.blue_cluster),
+        "{alice_clusters:?}"
+    );
+    assert!(
+        !alice_clusters.contains(&orgs.red_cluster),
+        "{alice_clusters:?}"
+    );
+    assert_eq!(
+        alice_clusters.len(),
+        3,
+        "blue-web and the swarm's managers and workers"
+    );
+    let bob_clusters = uuids(&list(&orgs.bob, uri::node_clusters()).await, "uuid");
+    assert_eq!(bob_clusters, vec![orgs.red_cluster.clone()]);
+    // The node list's SQL filter agrees with `authz`: alice's nodes are exactly the nodes of
+    // the clusters she sees.
+    let mut expected = Vec::new();
+    for cluster in &alice_clusters {
+        for node in server
+            .api
+            .nodes(&format!("node_cluster={cluster}"))
+            .await
+            .expect("nodes")
+        {
+            expected.push(node["uuid"].as_str().expect("uuid").to_owned());
+        }
+    }
+    let mut seen = uuids(
+        &list(&orgs.alice, format!("{}?limit=1000", uri::nodes())).await,
+        "uuid",
+    );
+    expected.sort();
+    seen.sort();
+    assert_eq!(seen, expected);
+    // Nodes, through the SQL path (a page) and the in-memory path (another filter).
+    for path in [
+        uri::nodes(),
+        format!("{}?limit=1000", uri::nodes()),
+        format!("{}?region=us-east-1", uri::nodes()),
+    ] {
+        let alice_nodes = list(&orgs.alice, path.clone()).await;
+        let nodes = uuids(&alice_nodes, "uuid");
+        assert!(nodes.contains(&orgs.blue_node), "{path}: {nodes:?}");
+        assert!(!nodes.contains(&orgs.red_node), "{path}: {nodes:?}");
+        assert_eq!(
+            alice_nodes["meta"]["total_count"].as_u64(),
+            Some(nodes.len() as u64),
+            "{path}: the count is of what she may see"
+        );
+        let bob_nodes = uuids(&list(&orgs.bob, path.clone()).await, "uuid");
+        assert!(bob_nodes.contains(&orgs.red_node) && !bob_nodes.contains(&orgs.blue_node));
+    }
+    // Swarms and actions.
+    assert_eq!(
+        uuids(&list(&orgs.alice, uri::swarms()).await, "uuid"),
+        vec![orgs.blue_swarm.clone()]
+    );
+    assert!(uuids(&list(&orgs.bob, uri::swarms()).await, "uuid").is_empty());
+    let alice_actions = list(&orgs.alice, uri::actions()).await;
+    let objects: Vec<String> = uuids(&alice_actions, "object");
+    assert!(!objects.is_empty());
+    assert!(
+        objects
+            .iter()
+            .all(|o| !o.contains(&orgs.red_cluster) && !o.contains(&orgs.red_node)),
+        "{objects:?}"
+    );
+    // Actions record who did what.
+    assert!(
+        alice_actions["objects"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .all(|a| a["user"] == "admin" || a["user"] == "flotilla"),
+        "{alice_actions:?}"
+    );
+    // Another organization's resources are 404, word for word like a missing one.
+    let red = call_as(
+        server,
+        &orgs.alice,
+        Method::GET,
+        &uri::node_cluster(&orgs.red_cluster),
+        None,
+    )
+    .await;
+    assert_eq!(red.status, 404);
+    assert_eq!(
+        red.body["error"],
+        format!("node cluster '{}' not found", orgs.red_cluster)
+    );
+    let missing = "5516c8b6-3d4b-4a52-9a1e-0f8f2d7b9c10";
+    let none = call_as(
+        server,
+        &orgs.alice,
+        Method::GET,
+        &uri::node_cluster(missing),
+        None,
+    )
+    .await;
+    assert_eq!(none.status, 404);
+    assert_eq!(
+        none.body["error"],
+        format!("node cluster '{missing}' not found")
+    );
+    // Organizations: each sees its own.
+    assert_eq!(
+        uuids(&list(&orgs.alice, uri::orgs()).await, "name"),
+        vec!["blue".to_owned()]
+    );
+    orgs.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_view_member_is_refused_changes_with_403_naming_the_role() {
+    let orgs = Orgs::start().await;
+    let server = &orgs.server;
+    let scale = call_as(
+        server,
+        &orgs.alice,
+        Method::PATCH,
+        &uri::node_cluster(&orgs.blue_cluster),
+        Some(json!({"target_num_nodes": 3})),
+    )
+    .await;
+    assert_eq!(scale.status, 403, "{:?}", scale.body);
+    let message = scale.body["error"].as_str().expect("error");
+    assert!(
+        message.contains("'operate'") && message.contains("'view'"),
+        "{message}"
+    );
+    let create = call_as(
+        server,
+        &orgs.alice,
+        Method::POST,
+        &uri::node_clusters_in("blue"),
+        Some(cluster_body("alice-web", 1)),
+    )
+    .await;
+    assert_eq!(create.status, 403, "{:?}", create.body);
+    assert!(
+        create.body["error"]
+            .as_str()
+            .expect("error")
+            .contains("'manage'")
+    );
+    // Nothing changed.
+    let cluster = server.get(&uri::node_cluster(&orgs.blue_cluster)).await;
+    assert_eq!(cluster.body["target_num_nodes"], 2);
+    // Bob manages red: he scales his own cluster and creates in his organization (his only
+    // one, so without naming it), and gets 404 for blue's.
+    let scaled = call_as(
+        server,
+        &orgs.bob,
+        Method::PATCH,
+        &uri::node_cluster(&orgs.red_cluster),
+        Some(json!({"target_num_nodes": 3})),
+    )
+    .await;
+    assert_eq!(scaled.status, 202, "{:?}", scaled.body);
+    let created = call_as(
+        server,
+        &orgs.bob,
+        Method::POST,
+        &uri::node_clusters(),
+        Some(cluster_body("bob-web", 1)),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let visible = ok(
+        call_as(server, &orgs.bob, Method::GET, &uri::node_clusters(), None).await,
+        200,
+    )
+    .await;
+    assert_eq!(uuids(&visible, "name").len(), 2, "bob-web went to red");
+    let blue = call_as(
+        server,
+        &orgs.bob,
+        Method::PATCH,
+        &uri::node_cluster(&orgs.blue_cluster),
+        Some(json!({"target_num_nodes": 3})),
+    )
+    .await;
+    assert_eq!(blue.status, 404, "{:?}", blue.body);
+    // Revoking alice's grant takes effect at her next request.
+    ok(
+        server
+            .call(Method::DELETE, &uri::grant("blue", &orgs.grant), None)
+            .await,
+        200,
+    )
+    .await;
+    let gone = call_as(
+        server,
+        &orgs.alice,
+        Method::GET,
+        &uri::node_cluster(&orgs.blue_cluster),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+    orgs.server.stop().await;
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(&dir), Arc::new(FakeCloud::new()), None).await;
+    let carol = new_user(&server, "carol").await;
+    let second = ok(
+        call_as(
+            &server,
+            &carol,
+            Method::POST,
+            &uri::api_keys("carol"),
+            Some(json!({"name": "ci"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let ci = (
+        "carol".to_owned(),
+        second["key"].as_str().expect("key").to_owned(),
+    );
+    assert_ne!(ci.1, carol.1);
+    // Both keys work; listing them shows names, never keys.
+    for who in [&carol, &ci] {
+        ok(
+            call_as(&server, who, Method::GET, &uri::user("carol"), None).await,
+            200,
+        )
+        .await;
+    }
+    let keys = ok(
+        call_as(&server, &carol, Method::GET, &uri::api_keys("carol"), None).await,
+        200,
+    )
+    .await;
+    let text = keys.to_string();
+    assert!(!text.contains(&ci.1) && !text.contains(&carol.1), "{text}");
+    let mut names = uuids(&keys, "name");
+    names.sort();
+    assert_eq!(names, vec!["ci", "default"]);
+    // Another user's keys are not carol's to see (404 as if there were no such user).
+    let admins = call_as(&server, &carol, Method::GET, &uri::api_keys("admin"), None).await;
+    assert_eq!(admins.status, 404, "{:?}", admins.body);
+    // Revoked: refused at the very next request, the other key still works.
+    ok(
+        call_as(
+            &server,
+            &carol,
+            Method::DELETE,
+            &uri::api_key("carol", "ci"),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    let refused = call_as(&server, &ci, Method::GET, &uri::user("carol"), None).await;
+    assert_eq!(refused.status, 401, "{:?}", refused.body);
+    ok(
+        call_as(&server, &carol, Method::GET, &uri::user("carol"), None).await,
+        200,
+    )
+    .await;
+    // A password signs in too; a short one is refused naming the field.
+    let short = call_as(
+        &server,
+        &carol,
+        Method::PATCH,
+        &uri::user("carol"),
+        Some(json!({"password": "short"})),
+    )
+    .await;
+    assert_eq!(short.status, 400);
+    assert!(
+        short.body["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("password:")
+    );
+    ok(
+        call_as(
+            &server,
+            &carol,
+            Method::PATCH,
+            &uri::user("carol"),
+            Some(json!({"password": "a long enough password"})),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let by_password = (carol.0.clone(), "a long enough password".to_owned());
+    ok(
+        call_as(
+            &server,
+            &by_password,
+            Method::GET,
+            &uri::user("carol"),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    server.stop().await;
+    // Neither key nor password is in the database files; the salted hashes are.
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            stored.extend(std::fs::read(&path).expect("read"));
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    for secret in [&carol.1, &ci.1, &by_password.1] {
+        assert!(
+            !stored.contains(secret.as_str()),
+            "a secret is in the database"
+        );
+    }
+    assert!(
+        stored.contains("$argon2id$"),
+        "the password is stored as argon2"
+    );
+}

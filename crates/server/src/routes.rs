@@ -505,7 +505,7 @@ pub fn access(route: &Route, method: &Method) -> Access {
         | Route::NodeType(..) => Anyone,
         Route::ProviderCredentials(_) if read => Anyone,
         Route::ProviderCredentials(_) => ServerAdmin,
-        Route::Metrics | Route::Token => ServerAdmin,
+        Route::Metrics | Route::Readyz | Route::Token => ServerAdmin,
         Route::Clusters | Route::Swarms if read => Visible,
         Route::Clusters | Route::Swarms => Create(Role::Manage),
         Route::Nodes | Route::Actions | Route::Events | Route::Services => Visible,

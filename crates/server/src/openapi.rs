@@ -391,7 +391,12 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                     "get",
                     "every health check behind /_ping with its detail (503 when one fails)",
                     "200",
-                    Value::Null,
+                    json!({"type": "object", "required": ["ready", "checks"], "properties": {
+                        "ready": {"type": "boolean"},
+                        "checks": {"type": "array", "items": {"type": "object",
+                            "required": ["name", "ok", "detail"], "properties": {
+                                "name": {"type": "string"}, "ok": {"type": "boolean"},
+                                "detail": {"type": "string"}}}}}}),
                 )
             }],
         ),

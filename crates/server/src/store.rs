@@ -37,11 +37,13 @@
 
 mod agents;
 mod credentials;
+mod leases;
 mod swarms;
 #[cfg(test)]
 pub(crate) mod testing;
 mod tokens;
 
+pub use leases::{Fence, Lease};
 pub use swarms::{NewSwarm, SwarmRecord};
 
 use std::path::Path;
@@ -69,6 +71,10 @@ pub enum StoreError {
     /// A state change the state machine does not allow ([`flotilla_core::state`]).
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
+    /// A write made for `work` under a lease that another replica has taken over since
+    /// ([`Fence`]); nothing was written.
+    #[error("the lease on {work} with token {token} was taken over: write refused")]
+    StaleLease { work: String, token: i64 },
     #[error("corrupt {table} row {key}: {message}")]
     Corrupt {
         table: &'static str,
@@ -255,6 +261,9 @@ pub struct Transition<'a> {
     /// Ends the cluster's running action in the same transaction, so no client ever sees
     /// the action finished while the cluster is still busy (nor the reverse after a crash).
     pub finish_action: Option<FinishAction<'a>>,
+    /// Made under a lease on the cluster's work: refused ([`StoreError::StaleLease`]) unless
+    /// the lease is still this tenure.
+    pub fence: Option<Fence<'a>>,
 }
 
 /// How [`Transition::finish_action`] ends an action that is still running.
@@ -277,6 +286,7 @@ impl<'a> Transition<'a> {
             deployed_at: None,
             destroyed_at: None,
             finish_action: None,
+            fence: None,
         }
     }
 }
@@ -857,6 +867,9 @@ impl Store {
         node_state: Option<(&str, NodeState)>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
+        if let Some(fence) = &transition.fence {
+            leases::check_fence_in(&mut tx, fence).await?;
+        }
         let (set_action, action_uuid) = match transition.current_action {
             Some(value) => (true, value),
             None => (false, None),

@@ -311,32 +311,15 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_core::ClusterSpec;
     use flotilla_core::state::ClusterState;
 
     use super::*;
+    use crate::store::NodeRecord;
     use crate::store::testing::{self, Backend, TestStore, store_tests};
-    use crate::store::{ClusterRecord, NodeRecord};
 
     async fn store_with_node(backend: Backend) -> TestStore {
         let store = testing::store(backend).await;
-        let spec = ClusterSpec::from_json(&serde_json::json!({
-            "name": "c", "target_num_nodes": 1, "region": "/api/infra/v1/region/aws/us-east-1/",
-            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"
-        }))
-        .expect("spec");
-        let cluster = ClusterRecord {
-            uuid: "c1".into(),
-            nickname: "c".into(),
-            spec,
-            state: ClusterState::Deploying,
-            generation: 1,
-            next_slot: 1,
-            current_action: None,
-            created_at: 0,
-            deployed_at: None,
-            destroyed_at: None,
-        };
+        let cluster = testing::cluster(ClusterState::Deploying);
         let action = testing::action("a1", "/x/");
         store
             .insert_cluster(&cluster, &action)

@@ -5,7 +5,10 @@
 
 use std::ops::Deref;
 
-use super::{ActionRecord, Store};
+use flotilla_core::ClusterSpec;
+use flotilla_core::state::ClusterState;
+
+use super::{ActionRecord, ClusterRecord, Store};
 
 /// Which database a store test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +21,8 @@ pub(crate) enum Backend {
 /// or the PostgreSQL database, dropped after the store).
 pub(crate) struct TestStore {
     store: Store,
+    /// The database's file or URL, for [`TestStore::another_replica`].
+    location: String,
     _sqlite_dir: Option<tempfile::TempDir>,
     _postgres: Option<flotilla_testkit::postgres::TestDatabase<'static>>,
 }
@@ -33,9 +38,11 @@ pub(crate) async fn store(backend: Backend) -> TestStore {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("dir");
-            let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+            let path = dir.path().join("t.db");
+            let store = Store::open(&path).await.expect("open");
             TestStore {
                 store,
+                location: path.display().to_string(),
                 _sqlite_dir: Some(dir),
                 _postgres: None,
             }
@@ -48,10 +55,43 @@ pub(crate) async fn store(backend: Backend) -> TestStore {
             let store = Store::connect(database.url()).await.expect("connect");
             TestStore {
                 store,
+                location: database.url().to_owned(),
                 _sqlite_dir: None,
                 _postgres: Some(database),
             }
         }
+    }
+}
+
+impl TestStore {
+    /// A second store on the same database, with pools of its own: another replica.
+    pub(crate) async fn another_replica(&self) -> Store {
+        match self.store.dialect() {
+            super::Dialect::Sqlite => Store::open(std::path::Path::new(&self.location)).await,
+            super::Dialect::Postgres => Store::connect(&self.location).await,
+        }
+        .expect("another replica")
+    }
+}
+
+/// A one-node cluster `c1` of generation 1 in `state`.
+pub(crate) fn cluster(state: ClusterState) -> ClusterRecord {
+    let spec = ClusterSpec::from_json(&serde_json::json!({
+        "name": "c", "target_num_nodes": 1, "region": "/api/infra/v1/region/aws/us-east-1/",
+        "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"
+    }))
+    .expect("spec");
+    ClusterRecord {
+        uuid: "c1".into(),
+        nickname: "c".into(),
+        spec,
+        state,
+        generation: 1,
+        next_slot: 1,
+        current_action: None,
+        created_at: 0,
+        deployed_at: None,
+        destroyed_at: None,
     }
 }
 

@@ -46,6 +46,10 @@ pub struct ServerArgs {
     /// Directory for the database and keys.
     #[arg(long, env = "FLOTILLA_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The database: `postgres://user:password@host/db` for PostgreSQL. Without it the
+    /// SQLite file `flotilla.db` in the data directory (which keeps secret.key either way).
+    #[arg(long = "database", env = "FLOTILLA_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
     /// The URL nodes reach this server at (written into their user data).
     #[arg(long, env = "FLOTILLA_PUBLIC_URL")]
     public_url: Option<String>,
@@ -240,6 +244,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     };
     create_private_dir(&data_dir)?;
     let mut config = ServerConfig::new(data_dir.join("flotilla.db"));
+    config.database_url = args.database_url;
     config.listen = args.listen;
     args.lifecycle.apply(&mut config)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -291,8 +296,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     .await;
     args.lifecycle.connect_mirror(&aws, &mut config).await?;
     eprintln!(
-        "flotilla server: data in {}, listening on {scheme}://{}",
+        "flotilla server: data in {} (database {}), listening on {scheme}://{}",
         data_dir.display(),
+        config.database_label(),
         config.listen
     );
     eprintln!(

@@ -72,8 +72,10 @@ use crate::store::Store;
 pub struct ServerConfig {
     /// Where [`serve`] listens.
     pub listen: SocketAddr,
-    /// The SQLite file (created if missing).
+    /// The SQLite file (created if missing), unless `database_url` is set.
     pub database_path: PathBuf,
+    /// The database as a URL (`postgres://…`); `None`: SQLite at `database_path`.
+    pub database_url: Option<String>,
     /// The user created on first start.
     pub admin_username: String,
     /// The DNS domain: nodes are `<uuid>.node.<domain>`, clusters `<name>.cluster.<domain>`.
@@ -103,6 +105,7 @@ impl ServerConfig {
             secret_key_path: database_path.with_file_name("secret.key"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_path,
+            database_url: None,
             admin_username: "admin".into(),
             dns_domain: "flotilla.internal".into(),
             heartbeat_grace: app::agents::DEFAULT_HEARTBEAT_GRACE,
@@ -111,6 +114,33 @@ impl ServerConfig {
             dns_mirror: None,
             reconcile: ReconcileSettings::default(),
             tls: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Opens (and migrates) the configured database.
+    pub async fn open_store(&self) -> anyhow::Result<Store> {
+        let store = match &self.database_url {
+            Some(url) => Store::connect(url).await,
+            None => Store::open(&self.database_path).await,
+        };
+        store.with_context(|| format!("opening {}", self.database_label()))
+    }
+
+    /// The database for messages: the SQLite file, or the URL without its password.
+    pub fn database_label(&self) -> String {
+        match &self.database_url {
+            Some(url) => match url::Url::parse(url) {
+                Ok(mut parsed) => {
+                    if parsed.password().is_some() {
+                        let _ = parsed.set_password(Some("***"));
+                    }
+                    parsed.to_string()
+                }
+                Err(_) => "the database URL (unparsable)".into(),
+            },
+            None => self.database_path.display().to_string(),
         }
     }
 }
@@ -130,9 +160,7 @@ pub struct Installation {
 /// Creates the database, the installation id and the admin user if missing. Safe to call
 /// on every start.
 pub async fn initialize(config: &ServerConfig) -> anyhow::Result<Installation> {
-    let store = Store::open(&config.database_path)
-        .await
-        .with_context(|| format!("opening {}", config.database_path.display()))?;
+    let store = config.open_store().await?;
     let now = flotilla_api::date::now_unix();
     let owner_id = store
         .ensure_owner_id(&uuid::Uuid::new_v4().to_string(), now)
@@ -164,13 +192,11 @@ pub async fn run<C: Cloud + 'static>(
     cloud: Arc<C>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_path)
-        .await
-        .with_context(|| format!("opening {}", config.database_path.display()))?;
+    let store = config.open_store().await?;
     if store.owner_id().await?.is_none() || store.user_count().await? == 0 {
         anyhow::bail!(
             "{} is not initialized (no installation id or no user); call initialize first",
-            config.database_path.display()
+            config.database_label()
         );
     }
     let zone = Arc::new(dns::DnsZone::new(&config.dns_domain)?);

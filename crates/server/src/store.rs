@@ -1,9 +1,28 @@
-//! The store: SQLite through sqlx, holding desired state (clusters), observed state (nodes),
-//! the audit trail (actions), users and the installation identity.
+//! The store: SQLite (the default) or PostgreSQL through sqlx, holding desired state
+//! (clusters), observed state (nodes), the audit trail (actions), users and the installation
+//! identity.
 //!
 //! Design decisions:
 //! * SQLite in WAL mode with foreign keys on, migrations embedded in the binary, so a server
 //!   is one file to back up and starts on a fresh machine with nothing to install.
+//! * PostgreSQL (`postgres://…`) for installations that outgrow one machine. One [`Store`]
+//!   type, its database chosen at run time by the URL ([`Store::connect`]).
+//! * Both through sqlx's `Any` driver rather than an enum over a `SqlitePool` and a
+//!   `PgPool`. Every query here is plain portable SQL over strings, integers, booleans and
+//!   bytes, and runs inside transactions that helpers (`insert_action_in`, …) share; with
+//!   `Any` each query and each transaction helper is written and compiled once, and moving
+//!   from SQLite meant changing placeholders and a pool type. An enum would have needed
+//!   every query duplicated per arm or every helper generic over the database with a wall of
+//!   `Encode`/`Decode` bounds. What `Any` costs is contained here: it has no connection
+//!   options beyond the URL (SQLite's PRAGMAs are set on connect, [`Dialect::on_connect`]),
+//!   and it decodes a SQLite boolean (an INTEGER) only as an integer ([`Flag`]).
+//! * Portable SQL: `$n` placeholders (both drivers accept them), `ON CONFLICT` instead of
+//!   `INSERT OR …`, `IS DISTINCT FROM`, no two-argument `MAX`, booleans bound or written
+//!   `TRUE`/`FALSE`, integers bound as `i64` (BIGINT columns on PostgreSQL). Where the
+//!   schema must differ the migrations do, one file per version per dialect
+//!   (`migrations/sqlite/`, `migrations/postgres/`, the same versions): PostgreSQL's tables
+//!   have an explicit `rowid` identity column so `ORDER BY created_at, rowid` means the
+//!   same on both.
 //! * Only static SQL; every value is bound. Rows are decoded into plain records here and
 //!   nothing above this module sees sqlx.
 //! * No whole-row writes of a cluster. The API and the reconciler update the same rows
@@ -20,9 +39,13 @@
 pub mod access;
 mod agents;
 mod credentials;
+mod leases;
 mod swarms;
+#[cfg(test)]
+pub(crate) mod testing;
 mod tokens;
 
+pub use leases::{Fence, Lease};
 pub use swarms::{NewSwarm, SwarmRecord};
 
 use std::path::Path;
@@ -32,7 +55,9 @@ use std::time::Duration;
 use flotilla_core::ClusterSpec;
 use flotilla_core::spec::ProviderOptions;
 use flotilla_core::state::{ClusterState, IllegalTransition, NodeEvent, NodeState};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions as _};
 
 use crate::events::{EventBus, Verb};
 
@@ -48,6 +73,10 @@ pub enum StoreError {
     /// A state change the state machine does not allow ([`flotilla_core::state`]).
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
+    /// A write made for `work` under a lease that another replica has taken over since
+    /// ([`Fence`]); nothing was written.
+    #[error("the lease on {work} with token {token} was taken over: write refused")]
+    StaleLease { work: String, token: i64 },
     #[error("corrupt {table} row {key}: {message}")]
     Corrupt {
         table: &'static str,
@@ -205,7 +234,9 @@ pub struct ActionRecord {
     pub end_date: Option<i64>,
     pub body: String,
     pub logs: String,
+    #[sqlx(try_from = "Flag")]
     pub can_be_canceled: bool,
+    #[sqlx(try_from = "Flag")]
     pub can_be_retried: bool,
 }
 
@@ -232,6 +263,9 @@ pub struct Transition<'a> {
     /// Ends the cluster's running action in the same transaction, so no client ever sees
     /// the action finished while the cluster is still busy (nor the reverse after a crash).
     pub finish_action: Option<FinishAction<'a>>,
+    /// Made under a lease on the cluster's work: refused ([`StoreError::StaleLease`]) unless
+    /// the lease is still this tenure.
+    pub fence: Option<Fence<'a>>,
 }
 
 /// How [`Transition::finish_action`] ends an action that is still running.
@@ -254,6 +288,7 @@ impl<'a> Transition<'a> {
             deployed_at: None,
             destroyed_at: None,
             finish_action: None,
+            fence: None,
         }
     }
 }
@@ -269,6 +304,7 @@ struct ClusterRow {
     generation: i64,
     next_slot: i64,
     tags: String,
+    #[sqlx(try_from = "Flag")]
     auto_replace: bool,
     current_action: Option<String>,
     created_at: i64,
@@ -289,19 +325,20 @@ pub struct NodeFilter {
     pub viewer: Option<String>,
 }
 
-/// `NodeFilter` as SQL over parameters ?1..?5 (a macro, for `concat!`: sqlx takes only
-/// static SQL). `x'ff'` sorts after every UTF-8 text, so `[prefix, prefix || x'ff')` is
-/// exactly the uuids starting with `prefix`. The viewer's subquery is evaluated once per
-/// query, so a member's page stays an index scan.
+/// `NodeFilter` as SQL over parameters $1..$6 (a macro, for `concat!`: sqlx takes only
+/// static SQL). The uuid prefix is the range `[$4, $5)` with `$5` = [`prefix_end`]`($4)`:
+/// both dialects compare node uuids bytewise (SQLite's BINARY, PostgreSQL's `COLLATE "C"`).
+/// The viewer's (`$6`) subquery is evaluated once per query, so a member's page stays an
+/// index scan.
 macro_rules! node_filter_sql {
     () => {
         concat!(
-            "(?1 IS NULL OR cluster_uuid = ?1)
-         AND (?2 IS NULL OR state = ?2)
-         AND (?3 IS NULL OR uuid = ?3)
-         AND (?4 IS NULL OR (uuid >= ?4 AND uuid < CAST(?4 || x'ff' AS TEXT)))
-         AND (?5 IS NULL OR cluster_uuid IN (",
-            visible_clusters_sql!("?5"),
+            "($1 IS NULL OR cluster_uuid = $1)
+         AND ($2 IS NULL OR state = $2)
+         AND ($3 IS NULL OR uuid = $3)
+         AND ($4 IS NULL OR (uuid >= $4 AND uuid < $5))
+         AND ($6 IS NULL OR cluster_uuid IN (",
+            visible_clusters_sql!("$6"),
             "))"
         )
     };
@@ -328,7 +365,9 @@ struct NodeRow {
     engine: Option<String>,
     docker_version: Option<String>,
     swarm_node_id: Option<String>,
+    #[sqlx(try_from = "Flag")]
     swarm_leaving: bool,
+    #[sqlx(try_from = "Flag")]
     swarm_released: bool,
 }
 
@@ -426,17 +465,17 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 /// One node's upsert inside `tx`: the event verb to publish after the commit (if the state
 /// or IP changed), the state after, and the IP change.
 async fn upsert_node_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     node: &NodeRecord,
 ) -> Result<(Option<Verb>, String, Option<IpChange>), StoreError> {
     let before: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
+        sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = $1")
             .bind(&node.uuid)
             .fetch_optional(&mut **tx)
             .await?;
     sqlx::query(
             "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, instance_public_ip)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?8)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $8)
              ON CONFLICT(uuid) DO UPDATE SET
                 instance_id = excluded.instance_id,
                 state = CASE WHEN excluded.state = 'Deploying'
@@ -446,7 +485,7 @@ async fn upsert_node_in(
                 subnet_id = excluded.subnet_id,
                 public_ip = CASE
                     WHEN excluded.public_ip IS NOT NULL
-                        AND excluded.public_ip IS NOT nodes.instance_public_ip THEN excluded.public_ip
+                        AND excluded.public_ip IS DISTINCT FROM nodes.instance_public_ip THEN excluded.public_ip
                     WHEN EXISTS (SELECT 1 FROM node_agents a WHERE a.node_uuid = nodes.uuid)
                         THEN nodes.public_ip
                     ELSE COALESCE(excluded.public_ip, nodes.public_ip) END,
@@ -474,7 +513,7 @@ async fn upsert_node_in(
         .execute(&mut **tx)
         .await?;
     let (after, ip_after): (String, Option<String>) =
-        sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = ?")
+        sqlx::query_as("SELECT state, public_ip FROM nodes WHERE uuid = $1")
             .bind(&node.uuid)
             .fetch_one(&mut **tx)
             .await?;
@@ -499,53 +538,177 @@ async fn upsert_node_in(
     Ok((verb, after, ip_change))
 }
 
+/// Which database a [`Store`] talks to: where the SQL or the connection setup differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect of a database URL: `postgres://`/`postgresql://` or `sqlite:`.
+    pub fn of_url(url: &str) -> Option<Dialect> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Dialect::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else {
+            None
+        }
+    }
+
+    /// Session settings every connection gets (`Any` takes no driver options but the URL).
+    /// SQLite: WAL, whose NORMAL synchronous mode keeps the database consistent after a
+    /// crash or power loss (only the last commits may be lost) without an fsync per
+    /// transaction, and a 10 s busy timeout (foreign keys are on by sqlx's default). A
+    /// PostgreSQL read connection refuses writes, like SQLite's read-only one.
+    fn on_connect(self, writer: bool) -> &'static [&'static str] {
+        match (self, writer) {
+            (Dialect::Sqlite, true) => &[
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA busy_timeout = 10000",
+            ],
+            (Dialect::Sqlite, false) => {
+                &["PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
+            }
+            (Dialect::Postgres, true) => &[],
+            (Dialect::Postgres, false) => &["SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"],
+        }
+    }
+}
+
+/// A boolean column: BOOLEAN on PostgreSQL, an INTEGER 0/1 on SQLite, which the `Any`
+/// driver hands over only as an integer. Decodes either (`#[sqlx(try_from = "Flag")]`).
+#[derive(Debug, Clone, Copy)]
+struct Flag(bool);
+
+impl From<Flag> for bool {
+    fn from(flag: Flag) -> bool {
+        flag.0
+    }
+}
+
+impl sqlx::Type<sqlx::Any> for Flag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <bool as sqlx::Type<sqlx::Any>>::type_info()
+    }
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <bool as sqlx::Type<sqlx::Any>>::compatible(ty)
+            || <i64 as sqlx::Type<sqlx::Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for Flag {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Flag, sqlx::error::BoxDynError> {
+        match <bool as sqlx::Decode<sqlx::Any>>::decode(value.clone()) {
+            Ok(flag) => Ok(Flag(flag)),
+            Err(_) => Ok(Flag(<i64 as sqlx::Decode<sqlx::Any>>::decode(value)? != 0)),
+        }
+    }
+}
+
+/// The end of the uuid-prefix range `[prefix, prefix_end(prefix))`: `prefix` followed by
+/// the greatest code point, which sorts bytewise after any continuation of a uuid.
+fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}{}", char::MAX)
+}
+
 /// The control plane's database. Cheap to clone (pool handles).
 ///
-/// SQLite has one writer at a time, so writes go through a pool of exactly one connection
-/// (`writer`): they queue in the pool, first come first served, instead of several
+/// Writes go through a pool of exactly one connection (`writer`). SQLite has one writer at
+/// a time: writes queue in the pool, first come first served, instead of several
 /// connections polling SQLite's lock in its busy handler (which sleeps up to 100 ms a try)
-/// while holding connections that reads need. Reads use `pool`, opened read-only, so a
-/// write sent there by mistake fails in the tests instead of contending.
+/// while holding connections that reads need. PostgreSQL keeps the same single writer per
+/// server, so the store behaves the same on both (compare-and-set writes do not rely on it:
+/// they are single statements or transactions that hold up under concurrent writers).
+/// Reads use `pool`, opened read-only, so a write sent there by mistake fails in the tests
+/// instead of contending.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    writer: SqlitePool,
+    pool: AnyPool,
+    writer: AnyPool,
+    dialect: Dialect,
     events: EventBus,
 }
 
+/// A `Store::connect` URL that is neither SQLite nor PostgreSQL.
+fn unknown_scheme() -> StoreError {
+    StoreError::Database(sqlx::Error::Configuration(
+        "the database URL must start with postgres://, postgresql:// or sqlite:".into(),
+    ))
+}
+
 impl Store {
-    /// Opens (creating if needed) the database file and applies the migrations.
+    /// Opens (creating if needed) the SQLite database file and applies the migrations.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")?
+        let url = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode NORMAL keeps the database consistent after a crash or power loss
-            // (only the last commits may be lost) and avoids an fsync per transaction.
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
+            .to_url_lossy();
+        Store::connect(url.as_str()).await
+    }
+
+    /// Connects to the database at `url` (`postgres://…` or `sqlite:…`; a SQLite file is
+    /// created if the URL's `mode` allows) and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url).ok_or_else(unknown_scheme)?;
+        let options = AnyConnectOptions::from_str(url)?;
+        let writer = Store::pool_options(dialect, true, 1)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.create_if_missing(false).read_only(true))
+        match dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&writer).await?,
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&writer).await?,
+        }
+        let read_options = match dialect {
+            // The file exists now; readers open it read-only.
+            Dialect::Sqlite => {
+                let sqlite = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(false)
+                    .read_only(true);
+                AnyConnectOptions::from_str(sqlite.to_url_lossy().as_str())?
+            }
+            Dialect::Postgres => options,
+        };
+        let pool = Store::pool_options(dialect, false, 4)
+            .connect_with(read_options)
             .await?;
         Ok(Store {
             pool,
             writer,
+            dialect,
             events: EventBus::new(),
         })
     }
 
-    /// A write transaction on the writer connection. `BEGIN IMMEDIATE` takes SQLite's write
-    /// lock up front, so another process writing the file (`sqlite3`, a backup tool) makes
-    /// it wait under the busy timeout rather than fail on a stale snapshot.
-    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    fn pool_options(dialect: Dialect, writer: bool, connections: u32) -> AnyPoolOptions {
+        AnyPoolOptions::new()
+            .max_connections(connections)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    for statement in dialect.on_connect(writer) {
+                        sqlx::raw_sql(*statement).execute(&mut *connection).await?;
+                    }
+                    Ok(())
+                })
+            })
+    }
+
+    /// Which database this store talks to.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// A write transaction on the writer connection. On SQLite `BEGIN IMMEDIATE` takes the
+    /// write lock up front, so another process writing the file (`sqlite3`, a backup tool)
+    /// makes it wait under the busy timeout rather than fail on a stale snapshot.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.writer.begin().await?,
+        })
     }
 
     /// The bus every committed change is published on.
@@ -634,7 +797,7 @@ impl Store {
     /// Records the installation id unless one exists; returns the one in effect.
     pub async fn ensure_owner_id(&self, candidate: &str, now: i64) -> Result<String, StoreError> {
         sqlx::query(
-            "INSERT OR IGNORE INTO installation (id, owner_id, created_at) VALUES (1, ?, ?)",
+            "INSERT INTO installation (id, owner_id, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(candidate)
         .bind(now)
@@ -648,7 +811,7 @@ impl Store {
     /// Inserts a user unless the name is taken; true when inserted.
     pub async fn insert_user(&self, user: &UserRecord, now: i64) -> Result<bool, StoreError> {
         let result = sqlx::query(
-            "INSERT OR IGNORE INTO users (username, api_key_salt, api_key_hash, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO users (username, api_key_salt, api_key_hash, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
         .bind(&user.username)
         .bind(&user.api_key_salt)
@@ -661,7 +824,7 @@ impl Store {
 
     pub async fn user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         Ok(sqlx::query_as::<_, UserRecord>(
-            "SELECT username, api_key_salt, api_key_hash FROM users WHERE username = ?",
+            "SELECT username, api_key_salt, api_key_hash FROM users WHERE username = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
@@ -697,7 +860,7 @@ impl Store {
 
     pub async fn cluster(&self, uuid: &str) -> Result<Option<ClusterRecord>, StoreError> {
         let row = sqlx::query_as::<_, ClusterRow>(
-            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at FROM clusters WHERE uuid = ?",
+            "SELECT uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at FROM clusters WHERE uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -726,18 +889,21 @@ impl Store {
         node_state: Option<(&str, NodeState)>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
+        if let Some(fence) = &transition.fence {
+            leases::check_fence_in(&mut tx, fence).await?;
+        }
         let (set_action, action_uuid) = match transition.current_action {
             Some(value) => (true, value),
             None => (false, None),
         };
         let result = sqlx::query(
-            "UPDATE clusters SET state = ?1,
-                target_num_nodes = COALESCE(?2, target_num_nodes),
-                generation = generation + ?3,
-                current_action = CASE WHEN ?4 THEN ?5 ELSE current_action END,
-                deployed_at = COALESCE(deployed_at, ?6),
-                destroyed_at = COALESCE(destroyed_at, ?7)
-             WHERE uuid = ?8 AND state = ?9",
+            "UPDATE clusters SET state = $1,
+                target_num_nodes = COALESCE($2, target_num_nodes),
+                generation = generation + $3,
+                current_action = CASE WHEN $4 THEN $5 ELSE current_action END,
+                deployed_at = COALESCE(deployed_at, $6),
+                destroyed_at = COALESCE(destroyed_at, $7)
+             WHERE uuid = $8 AND state = $9",
         )
         .bind(transition.to.as_str())
         .bind(transition.target_num_nodes.map(i64::from))
@@ -759,8 +925,8 @@ impl Store {
         let mut finished = None;
         if let Some(finish) = &transition.finish_action {
             finished = sqlx::query_scalar::<_, String>(
-                "UPDATE actions SET state = ?, end_date = ?, can_be_canceled = 0, can_be_retried = ?
-                 WHERE uuid = ? AND state IN (?, ?, ?) RETURNING object_uri",
+                "UPDATE actions SET state = $1, end_date = $2, can_be_canceled = FALSE, can_be_retried = $3
+                 WHERE uuid = $4 AND state IN ($5, $6, $7) RETURNING object_uri",
             )
             .bind(finish.state)
             .bind(finish.end_date)
@@ -773,7 +939,7 @@ impl Store {
             .await?;
         }
         if let Some((node_uuid, state)) = node_state {
-            sqlx::query("UPDATE nodes SET state = ? WHERE uuid = ?")
+            sqlx::query("UPDATE nodes SET state = $1 WHERE uuid = $2")
                 .bind(state.as_str())
                 .bind(node_uuid)
                 .execute(&mut *tx)
@@ -817,13 +983,14 @@ impl Store {
         if let Some(change) = target {
             let scaling = change.from != change.to;
             let result = sqlx::query(
-                "UPDATE clusters SET state = ?1, target_num_nodes = ?2,
-                    generation = generation + ?3,
-                    current_action = CASE WHEN ?3 THEN ?4 ELSE current_action END
-                 WHERE uuid = ?5 AND state = ?6",
+                "UPDATE clusters SET state = $1, target_num_nodes = $2,
+                    generation = generation + $3,
+                    current_action = CASE WHEN $4 THEN $5 ELSE current_action END
+                 WHERE uuid = $6 AND state = $7",
             )
             .bind(change.to.as_str())
             .bind(i64::from(change.target))
+            .bind(i64::from(scaling))
             .bind(scaling)
             .bind(&action.uuid)
             .bind(uuid)
@@ -837,9 +1004,9 @@ impl Store {
         let mut state: Option<String> = None;
         if !patch.is_empty() {
             state = sqlx::query_scalar(
-                "UPDATE clusters SET nickname = COALESCE(?, nickname), tags = COALESCE(?, tags),
-                    auto_replace = COALESCE(?, auto_replace)
-                 WHERE uuid = ? RETURNING state",
+                "UPDATE clusters SET nickname = COALESCE($1, nickname), tags = COALESCE($2, tags),
+                    auto_replace = COALESCE($3, auto_replace)
+                 WHERE uuid = $4 RETURNING state",
             )
             .bind(patch.nickname)
             .bind(patch.tags.map(|tags| to_json(&tags)))
@@ -867,7 +1034,7 @@ impl Store {
 
     /// The reconciler's slot high-water mark; it only ever grows.
     pub async fn raise_next_slot(&self, uuid: &str, next_slot: u32) -> Result<(), StoreError> {
-        sqlx::query("UPDATE clusters SET next_slot = MAX(next_slot, ?) WHERE uuid = ?")
+        sqlx::query("UPDATE clusters SET next_slot = $1 WHERE uuid = $2 AND next_slot < $1")
             .bind(i64::from(next_slot))
             .bind(uuid)
             .execute(&self.writer)
@@ -909,7 +1076,7 @@ impl Store {
 
     pub async fn node(&self, uuid: &str) -> Result<Option<NodeRecord>, StoreError> {
         let row = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released FROM nodes WHERE uuid = ?",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released FROM nodes WHERE uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -932,12 +1099,13 @@ impl Store {
             "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released
              FROM nodes WHERE ",
             node_filter_sql!(),
-            " ORDER BY created_at, rowid LIMIT ?6 OFFSET ?7"
+            " ORDER BY created_at, rowid LIMIT $7 OFFSET $8"
         ))
         .bind(&filter.cluster_uuid)
         .bind(&filter.state)
         .bind(&filter.uuid)
         .bind(&filter.uuid_prefix)
+        .bind(filter.uuid_prefix.as_deref().map(prefix_end))
         .bind(&filter.viewer)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(i64::try_from(offset).unwrap_or(i64::MAX))
@@ -956,6 +1124,7 @@ impl Store {
         .bind(&filter.state)
         .bind(&filter.uuid)
         .bind(&filter.uuid_prefix)
+        .bind(filter.uuid_prefix.as_deref().map(prefix_end))
         .bind(&filter.viewer)
         .fetch_one(&self.pool)
         .await?;
@@ -964,7 +1133,7 @@ impl Store {
 
     pub async fn nodes_of(&self, cluster_uuid: &str) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query_as::<_, NodeRow>(
-            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released FROM nodes WHERE cluster_uuid = ? ORDER BY slot",
+            "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released FROM nodes WHERE cluster_uuid = $1 ORDER BY slot",
         )
         .bind(cluster_uuid)
         .fetch_all(&self.pool)
@@ -979,7 +1148,7 @@ impl Store {
         tags: &[String],
     ) -> Result<(), StoreError> {
         let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "UPDATE nodes SET nickname = ?, tags = ? WHERE uuid = ? RETURNING state, cluster_uuid",
+            "UPDATE nodes SET nickname = $1, tags = $2 WHERE uuid = $3 RETURNING state, cluster_uuid",
         )
         .bind(nickname)
         .bind(to_json(&tags))
@@ -998,7 +1167,7 @@ impl Store {
     pub async fn set_node_terminated(&self, uuid: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         let before: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT state, cluster_uuid FROM nodes WHERE uuid = ?")
+            sqlx::query_as("SELECT state, cluster_uuid FROM nodes WHERE uuid = $1")
                 .bind(uuid)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -1016,7 +1185,7 @@ impl Store {
         }
         let to = from.apply(NodeEvent::InstanceGone)?;
         sqlx::query(
-            "UPDATE nodes SET state = ?, destroyed_at = COALESCE(destroyed_at, ?) WHERE uuid = ?",
+            "UPDATE nodes SET state = $1, destroyed_at = COALESCE(destroyed_at, $2) WHERE uuid = $3",
         )
         .bind(to.as_str())
         .bind(now)
@@ -1043,7 +1212,7 @@ impl Store {
     ) -> Result<Option<(NodeState, Option<String>)>, StoreError> {
         let to = from.apply(event)?;
         let moved: Option<Option<String>> = sqlx::query_scalar(
-            "UPDATE nodes SET state = ? WHERE uuid = ? AND state = ? RETURNING cluster_uuid",
+            "UPDATE nodes SET state = $1 WHERE uuid = $2 AND state = $3 RETURNING cluster_uuid",
         )
         .bind(to.as_str())
         .bind(uuid)
@@ -1140,7 +1309,7 @@ impl Store {
 
     pub async fn action(&self, uuid: &str) -> Result<Option<ActionRecord>, StoreError> {
         Ok(sqlx::query_as::<_, ActionRecord>(
-            "SELECT uuid, object_uri, label, method, path, username, user_agent, ip, state, start_date, end_date, body, logs, can_be_canceled, can_be_retried FROM actions WHERE uuid = ?",
+            "SELECT uuid, object_uri, label, method, path, username, user_agent, ip, state, start_date, end_date, body, logs, can_be_canceled, can_be_retried FROM actions WHERE uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(&self.pool)
@@ -1157,7 +1326,7 @@ impl Store {
     }
 
     pub async fn append_action_log(&self, uuid: &str, text: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE actions SET logs = logs || ? WHERE uuid = ?")
+        sqlx::query("UPDATE actions SET logs = logs || $1 WHERE uuid = $2")
             .bind(text)
             .bind(uuid)
             .execute(&self.writer)
@@ -1177,7 +1346,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         for state in from {
             let object_uri: Option<String> = sqlx::query_scalar(
-                "UPDATE actions SET state = ?, end_date = ?, can_be_canceled = ?, can_be_retried = ? WHERE uuid = ? AND state = ? RETURNING object_uri",
+                "UPDATE actions SET state = $1, end_date = $2, can_be_canceled = $3, can_be_retried = $4 WHERE uuid = $5 AND state = $6 RETURNING object_uri",
             )
             .bind(to)
             .bind(end_date)
@@ -1198,11 +1367,11 @@ impl Store {
 
 /// One cluster's insert inside `tx`.
 async fn insert_cluster_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     cluster: &ClusterRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, auto_replace, current_action, created_at, deployed_at, destroyed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&cluster.uuid)
     .bind(&cluster.spec.name)
@@ -1225,24 +1394,26 @@ async fn insert_cluster_in(
 
 /// Revokes a node's agent credential (no-op without an agent).
 async fn revoke_agent_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     node_uuid: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE node_agents SET revoked_at = COALESCE(revoked_at, ?) WHERE node_uuid = ?")
-        .bind(now)
-        .bind(node_uuid)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE node_agents SET revoked_at = COALESCE(revoked_at, $1) WHERE node_uuid = $2",
+    )
+    .bind(now)
+    .bind(node_uuid)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 async fn insert_action_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     action: &ActionRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO actions (uuid, object_uri, label, method, path, username, user_agent, ip, state, start_date, end_date, body, logs, can_be_canceled, can_be_retried) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO actions (uuid, object_uri, label, method, path, username, user_agent, ip, state, start_date, end_date, body, logs, can_be_canceled, can_be_retried) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&action.uuid)
     .bind(&action.object_uri)
@@ -1268,6 +1439,9 @@ async fn insert_action_in(
 mod tests {
     use std::borrow::Cow;
 
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    use super::testing::{self, Backend, store_tests};
     use super::*;
 
     /// A database made by the schema before every cluster field was stored once
@@ -1283,7 +1457,7 @@ mod tests {
             .connect_with(options)
             .await
             .expect("connect");
-        let mut migrator = sqlx::migrate!("./migrations");
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
         migrator.migrations = Cow::Owned(
             migrator
                 .migrations
@@ -1302,7 +1476,7 @@ mod tests {
         });
         sqlx::query(
             "INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, generation, next_slot, tags, current_action, created_at)
-             VALUES ('c1', 'web', 'my web', ?, 'Deployed', 5, 3, 7, '[\"new\",\"blue\"]', NULL, 10)",
+             VALUES ('c1', 'web', 'my web', $1, 'Deployed', 5, 3, 7, '[\"new\",\"blue\"]', NULL, 10)",
         )
         .bind(spec.to_string())
         .execute(&pool)
@@ -1341,28 +1515,43 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_patch_changes_each_field_in_one_place_in_one_transaction() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("old.db");
-        old_database(&path).await;
-        let store = Store::open(&path).await.expect("upgrade");
+    /// A cluster `c1` as [`old_database`] leaves it, written through the store.
+    async fn deployed_cluster(store: &Store) {
+        let spec = ClusterSpec::from_json(&serde_json::json!({
+            "name": "web", "target_num_nodes": 5, "region": "/api/infra/v1/region/aws/us-east-1/",
+            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/", "tags": ["new", "blue"],
+            "auto_replace": true
+        }))
+        .expect("spec");
+        let cluster = ClusterRecord {
+            uuid: "c1".into(),
+            nickname: "my web".into(),
+            spec,
+            state: ClusterState::Deployed,
+            generation: 3,
+            next_slot: 7,
+            current_action: None,
+            created_at: 10,
+            deployed_at: None,
+            destroyed_at: None,
+        };
+        store
+            .insert_cluster(
+                &cluster,
+                &testing::action("a0", "/api/infra/v1/nodecluster/c1/"),
+                access::DEFAULT_ORG,
+            )
+            .await
+            .expect("cluster");
+    }
+
+    async fn a_patch_changes_each_field_in_one_place_in_one_transaction(backend: Backend) {
+        let store = testing::store(backend).await;
+        deployed_cluster(&store).await;
         let action = |uuid: &str| ActionRecord {
-            uuid: uuid.into(),
-            object_uri: "/api/infra/v1/nodecluster/c1/".into(),
-            label: "Node Cluster Update".into(),
-            method: "PATCH".into(),
-            path: "/".into(),
-            username: "u".into(),
-            user_agent: String::new(),
-            ip: String::new(),
             state: "Success".into(),
-            start_date: 0,
             end_date: Some(0),
-            body: String::new(),
-            logs: String::new(),
-            can_be_canceled: false,
-            can_be_retried: false,
+            ..testing::action(uuid, "/api/infra/v1/nodecluster/c1/")
         };
         let tags = vec!["green".to_owned()];
         let patch = ClusterPatch {
@@ -1407,4 +1596,205 @@ mod tests {
         assert_eq!(cluster.current_action.as_deref(), Some("a2"));
         assert_eq!(cluster.nickname, "my web", "untouched");
     }
+
+    fn node(uuid: &str, slot: u32, public_ip: Option<&str>) -> NodeRecord {
+        NodeRecord {
+            uuid: uuid.into(),
+            cluster_uuid: Some("c1".into()),
+            slot,
+            instance_id: format!("i-{slot}"),
+            state: NodeState::Deploying,
+            availability_zone: "us-east-1a".into(),
+            subnet_id: "subnet-1".into(),
+            public_ip: public_ip.map(str::to_owned),
+            private_ip: None,
+            nickname: None,
+            tags: Vec::new(),
+            last_seen: None,
+            created_at: 20,
+            deployed_at: None,
+            destroyed_at: None,
+            engine: Engine::default(),
+            swarm: SwarmExit::default(),
+        }
+    }
+
+    /// The statements whose SQL had to be made portable, each checked on both databases:
+    /// insertion order, the uuid-prefix range, paging, `IS DISTINCT FROM`, the only-raise
+    /// updates, `ON CONFLICT DO NOTHING`, booleans both ways, bytes, `RETURNING`.
+    async fn the_portable_statements_mean_the_same_on_both(backend: Backend) {
+        let store = testing::store(backend).await;
+        store
+            .check_writable()
+            .await
+            .expect("writable (no installation row yet)");
+        assert_eq!(store.ensure_owner_id("o1", 1).await.expect("owner"), "o1");
+        assert_eq!(store.ensure_owner_id("o2", 2).await.expect("owner"), "o1");
+        let user = UserRecord {
+            username: "admin".into(),
+            api_key_salt: "s".into(),
+            api_key_hash: "h".into(),
+        };
+        assert!(store.insert_user(&user, 1).await.expect("user"));
+        assert!(
+            !store.insert_user(&user, 1).await.expect("again"),
+            "name taken"
+        );
+        deployed_cluster(&store).await;
+
+        // Same creation time: listed in insertion order (`rowid`), not by uuid.
+        let nodes = [
+            node("cc-2", 0, None),
+            node("aa-1", 1, None),
+            node("ab-3", 2, None),
+        ];
+        store.upsert_nodes(&nodes).await.expect("nodes");
+        let uuids = |found: Vec<NodeRecord>| found.into_iter().map(|n| n.uuid).collect::<Vec<_>>();
+        let all = NodeFilter::default();
+        assert_eq!(
+            uuids(store.find_nodes(&all, None).await.expect("all")),
+            ["cc-2", "aa-1", "ab-3"]
+        );
+        assert_eq!(
+            uuids(store.find_nodes(&all, Some((1, 1))).await.expect("page")),
+            ["aa-1"]
+        );
+        let prefix = NodeFilter {
+            uuid_prefix: Some("a".into()),
+            ..NodeFilter::default()
+        };
+        assert_eq!(
+            uuids(store.find_nodes(&prefix, None).await.expect("prefix")),
+            ["aa-1", "ab-3"]
+        );
+        assert_eq!(store.count_nodes(&prefix).await.expect("count"), 2);
+        let exact = NodeFilter {
+            uuid_prefix: Some("ab-3".into()),
+            state: Some("Deploying".into()),
+            cluster_uuid: Some("c1".into()),
+            ..NodeFilter::default()
+        };
+        assert_eq!(store.count_nodes(&exact).await.expect("count"), 1);
+        assert_eq!(
+            store
+                .nodes_by_cluster_and_state()
+                .await
+                .expect("by cluster and state")
+                .get(&("c1".to_owned(), "Deploying".to_owned())),
+            Some(&3)
+        );
+
+        // EC2 reporting a new address moves the public IP; the same address again does not.
+        let moved = store
+            .upsert_nodes(&[node("aa-1", 1, Some("1.1.1.1"))])
+            .await
+            .expect("ip");
+        assert_eq!(
+            moved,
+            [Some(IpChange {
+                from: None,
+                to: Some("1.1.1.1".into())
+            })]
+        );
+        let again = store
+            .upsert_nodes(&[node("aa-1", 1, Some("1.1.1.1"))])
+            .await
+            .expect("same ip");
+        assert_eq!(again, [None]);
+
+        // Only-raise updates.
+        store.raise_next_slot("c1", 9).await.expect("raise");
+        store.raise_next_slot("c1", 8).await.expect("lower");
+        let cluster = store.cluster("c1").await.expect("read").expect("cluster");
+        assert_eq!(cluster.next_slot, 9);
+        store
+            .flush_last_seen(&[("aa-1".into(), 50), ("cc-2".into(), 7)])
+            .await
+            .expect("seen");
+        store
+            .flush_last_seen(&[("aa-1".into(), 40)])
+            .await
+            .expect("older");
+        let seen = store.node("aa-1").await.expect("read").expect("node");
+        assert_eq!(seen.last_seen, Some(50));
+
+        // Booleans: written bound and as TRUE/FALSE literals, read back as bool.
+        let leaving: std::collections::BTreeSet<String> = ["ab-3".to_owned()].into();
+        store.set_leaving("c1", &leaving).await.expect("leaving");
+        store.release_node("ab-3").await.expect("release");
+        let left = store.node("ab-3").await.expect("read").expect("node");
+        assert_eq!(
+            left.swarm,
+            SwarmExit {
+                leaving: true,
+                released: true
+            }
+        );
+        store
+            .set_leaving("c1", &Default::default())
+            .await
+            .expect("back");
+        let back = store.node("ab-3").await.expect("read").expect("node");
+        assert_eq!(back.swarm, SwarmExit::default());
+        assert!(
+            store
+                .transition_action(
+                    "a0",
+                    &[flotilla_api::action_state::IN_PROGRESS],
+                    "Failed",
+                    Some(3),
+                    false,
+                    true
+                )
+                .await
+                .expect("action")
+        );
+        store.append_action_log("a0", "one\n").await.expect("log");
+        store.append_action_log("a0", "two\n").await.expect("log");
+        let action = store.action("a0").await.expect("read").expect("action");
+        assert!(action.can_be_retried && !action.can_be_canceled);
+        assert_eq!(
+            (action.state.as_str(), action.end_date),
+            ("Failed", Some(3))
+        );
+        assert_eq!(action.logs, "one\ntwo\n");
+        store
+            .record_history("/x/", "Later", "line", 5)
+            .await
+            .expect("history");
+        let newest_first: Vec<String> = store
+            .actions()
+            .await
+            .expect("actions")
+            .into_iter()
+            .map(|a| a.label)
+            .collect();
+        assert_eq!(newest_first, ["Later", "l"]);
+
+        // Single-use tokens and sealed bytes.
+        store
+            .insert_byo_token("t1", "admin", 1)
+            .await
+            .expect("token");
+        assert_eq!(
+            store.consume_byo_token("t1", 2).await.expect("use"),
+            Some("admin".into())
+        );
+        assert_eq!(store.consume_byo_token("t1", 3).await.expect("reuse"), None);
+        for (nonce, sealed) in [(vec![0_u8, 255, 7], vec![1_u8; 40]), (vec![9], vec![0])] {
+            store
+                .put_provider_credentials("aws", &nonce, &sealed, 1)
+                .await
+                .expect("put");
+            assert_eq!(
+                store.provider_credentials("aws").await.expect("get"),
+                Some((nonce, sealed))
+            );
+        }
+    }
+
+    store_tests!(
+        a_patch_changes_each_field_in_one_place_in_one_transaction,
+        the_portable_statements_mean_the_same_on_both,
+    );
 }

@@ -137,7 +137,7 @@ pub(crate) fn wait_for<T>(
 /// Whether `pid` is a live process. A zombie still has a /proc entry but is dead for our
 /// purposes, and so is a *thread* with that id: `/proc/<tid>` resolves for threads too, and
 /// with a small `pid_max` a dead owner's PID is soon some thread's id.
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
@@ -152,7 +152,7 @@ fn pid_alive(pid: u32) -> bool {
     field("Tgid:") == pid.to_string() && !matches!(field("State:").chars().next(), Some('Z' | 'X'))
 }
 
-fn kill(pid: u32, signal: &str) {
+pub(crate) fn kill(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .stdin(Stdio::null())
@@ -186,7 +186,7 @@ fn unmount_under(dir: &Path) {
 }
 
 /// PIDs of live processes whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<u32> {
+pub(crate) fn processes_with(needle: &str) -> Vec<u32> {
     let own = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

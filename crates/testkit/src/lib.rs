@@ -3,7 +3,8 @@
 //! `flotilla agent` for every emulated instance ([`runner`]), the one launcher of `flotilla
 //! server` processes ([`server`]) and a fresh moto account with its proxies ([`account`]);
 //! emulated machines with their own network namespace and Docker engine ([`host`], with the
-//! offline busybox image of [`docker`]), which the runner boots per instance in docker mode.
+//! offline busybox image of [`docker`]), which the runner boots per instance in docker mode;
+//! a real PostgreSQL server per test process with a fresh database per test ([`postgres`]).
 //!
 //! Tests drive the real AWS SDK against moto instead of mocking the SDK, so
 //! that request serialisation, error parsing and retry classification are the
@@ -17,6 +18,7 @@ pub mod host;
 pub mod inspect;
 pub mod moto;
 pub mod ports;
+pub mod postgres;
 pub mod proxy;
 pub mod runner;
 pub mod server;
@@ -28,4 +30,4 @@ pub use moto::Moto;
 pub use ports::free_port;
 pub use proxy::{CallRecord, Fault, FaultProxy, Rule};
 pub use runner::{InstanceRunner, RunnerConfig};
-pub use server::{Credentials, ServerBuilder, ServerProcess};
+pub use server::{Credentials, DatabaseKind, ServerBuilder, ServerProcess};

@@ -12,6 +12,10 @@
 //! * Output goes to files, `stdout-<run>.log` and `stderr-<run>.log` in the server's
 //!   directory (run 0 is the first start, each restart adds one): nothing has to drain a
 //!   pipe, and the logs of every run are there to explain a failure.
+//! * The database is SQLite in the data directory, or (`ServerBuilder::postgres`, or every
+//!   server of a test run with `FLOTILLA_TEST_DATABASE=postgres`) a fresh database on the
+//!   test process's PostgreSQL server ([`crate::postgres`]), passed as `--database`, kept
+//!   across restarts and dropped with the [`ServerProcess`].
 //! * "Ready" is "accepts TCP connections on its port", which works the same with and without
 //!   TLS; the admin's credentials, which a first start prints before it listens, are read
 //!   from `stdout-0.log` then. A process that exits before it listens is reported with its
@@ -85,6 +89,25 @@ pub fn logs_in(dir: &Path) -> String {
     all
 }
 
+/// Which database a test server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `flotilla.db` in the data directory (the server's default).
+    Sqlite,
+    /// A fresh database on the test process's PostgreSQL server.
+    Postgres,
+}
+
+impl DatabaseKind {
+    /// `FLOTILLA_TEST_DATABASE` of the test run (`postgres` or `sqlite`, the default).
+    pub fn from_env() -> DatabaseKind {
+        match std::env::var("FLOTILLA_TEST_DATABASE").as_deref() {
+            Ok("postgres") => DatabaseKind::Postgres,
+            _ => DatabaseKind::Sqlite,
+        }
+    }
+}
+
 /// The server's certificate and key for `--tls-cert` / `--tls-key`.
 #[derive(Debug, Clone)]
 struct Tls {
@@ -107,6 +130,7 @@ pub struct ServerBuilder {
     env: Vec<(OsString, OsString)>,
     wrapper: Vec<OsString>,
     start_limit: Duration,
+    database: DatabaseKind,
 }
 
 impl ServerBuilder {
@@ -127,6 +151,7 @@ impl ServerBuilder {
             env: Vec::new(),
             wrapper: Vec::new(),
             start_limit: START_LIMIT,
+            database: DatabaseKind::from_env(),
         }
     }
 
@@ -205,6 +230,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Run the server on a fresh PostgreSQL database, whatever `FLOTILLA_TEST_DATABASE` says.
+    pub fn postgres(mut self) -> ServerBuilder {
+        self.database = DatabaseKind::Postgres;
+        self
+    }
+
     /// How long a start may take.
     pub fn start_limit(mut self, limit: Duration) -> ServerBuilder {
         self.start_limit = limit;
@@ -271,8 +302,21 @@ impl ServerBuilder {
         };
         let data_dir = self.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let port = self.port.unwrap_or_else(crate::free_port);
+        let postgres = match self.database {
+            DatabaseKind::Sqlite => None,
+            DatabaseKind::Postgres => Some(
+                tokio::task::spawn_blocking(crate::postgres::database)
+                    .await
+                    .context("creating the PostgreSQL database")??,
+            ),
+        };
+        let mut builder = self;
+        if let Some(database) = &postgres {
+            builder = builder.args(["--database", database.url()]);
+        }
         let mut server = ServerProcess {
-            builder: self,
+            _postgres: postgres,
+            builder,
             port,
             dir,
             data_dir,
@@ -298,6 +342,8 @@ pub struct ServerProcess {
     child: Option<tokio::process::Child>,
     runs: u32,
     credentials: Option<Credentials>,
+    /// Declared after `child`: dropped once the server is killed.
+    _postgres: Option<crate::postgres::TestDatabase<'static>>,
 }
 
 impl ServerProcess {

@@ -6,7 +6,9 @@
 //! A new server process on the same data directory and port, with no faults, must resume the
 //! busy cluster on its own (nothing is called again by the test) and end with it `Deployed`
 //! with 6 nodes, one network and 6 running instances balanced 2/2/2, and the deploy action
-//! `Success`. The restart itself proves the SQLite database survives a SIGKILL.
+//! `Success`. The restart itself proves the SQLite database survives a SIGKILL. Two of the
+//! crash points run again with the server on PostgreSQL (`--database postgres://…`, a real
+//! server the test kit starts): the store's other dialect, end to end against moto.
 //!
 //! Design decisions:
 //! * The server is the test kit's `ServerProcess`: it kills the process and restarts it on the
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::uri;
 use flotilla_testkit::inspect::{self, Kind};
-use flotilla_testkit::{Fault, MotoAccount, Rule};
+use flotilla_testkit::{DatabaseKind, Fault, MotoAccount, Rule};
 
 use crate::support::{Api, server};
 
@@ -31,10 +33,19 @@ const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One crash point, from a fresh account to the checks; panics with the reason on failure.
 async fn crash_at(k: u64) {
+    crash_at_on(k, DatabaseKind::from_env()).await;
+}
+
+/// [`crash_at`] with the server on `database`.
+async fn crash_at_on(k: u64, database: DatabaseKind) {
     let MotoAccount {
         proxy, inspector, ..
     } = MotoAccount::start().await;
-    let mut server = server(&proxy.endpoint())
+    let mut builder = server(&proxy.endpoint());
+    if database == DatabaseKind::Postgres {
+        builder = builder.postgres();
+    }
+    let mut server = builder
         .access_key_id("AKIAE2ECRASH")
         .args(["--node-ready", "running"])
         .start_limit(Duration::from_secs(30))
@@ -158,4 +169,15 @@ async fn a_server_killed_mid_deploy_finishes_it_after_a_restart() {
         "{converged} of {} crash points converged",
         CRASH_POINTS.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgres_killed_mid_deploy_finishes_it_after_a_restart() {
+    let runs: Vec<_> = [5, 13]
+        .into_iter()
+        .map(|k| tokio::spawn(crash_at_on(k, DatabaseKind::Postgres)))
+        .collect();
+    for run in runs {
+        run.await.expect("the crash point converged on PostgreSQL");
+    }
 }

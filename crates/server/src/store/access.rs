@@ -116,7 +116,7 @@ macro_rules! grant_columns {
 
 /// Records who owns a new resource, inside the transaction that creates it.
 pub(super) async fn own_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     resource: &str,
     kind: &str,
     org: &str,
@@ -551,7 +551,7 @@ impl Store {
 }
 
 async fn insert_key_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     key: &ApiKeyRecord,
 ) -> Result<bool, StoreError> {
     let result = sqlx::query(

@@ -84,7 +84,9 @@ impl Store {
         candidate: &str,
         now: i64,
     ) -> Result<String, StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO agent_secret (id, secret, created_at) VALUES (1, ?, ?)")
+        sqlx::query(
+            "INSERT INTO agent_secret (id, secret, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
+        )
             .bind(candidate)
             .bind(now)
             .execute(&self.writer)
@@ -97,7 +99,7 @@ impl Store {
 
     pub async fn node_agent(&self, node_uuid: &str) -> Result<Option<NodeAgentRecord>, StoreError> {
         let row = sqlx::query_as::<_, NodeAgentRow>(
-            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE node_uuid = ?",
+            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE node_uuid = $1",
         )
         .bind(node_uuid)
         .fetch_optional(&self.pool)
@@ -110,7 +112,7 @@ impl Store {
         credential_hash: &str,
     ) -> Result<Option<NodeAgentRecord>, StoreError> {
         let row = sqlx::query_as::<_, NodeAgentRow>(
-            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE credential_hash = ? AND revoked_at IS NULL",
+            "SELECT node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at FROM node_agents WHERE credential_hash = $1 AND revoked_at IS NULL",
         )
         .bind(credential_hash)
         .fetch_optional(&self.pool)
@@ -130,7 +132,7 @@ impl Store {
         let mut tx = self.write().await?;
         let written = if first {
             sqlx::query(
-                "INSERT INTO node_agents (node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node_uuid) DO NOTHING",
+                "INSERT INTO node_agents (node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT(node_uuid) DO NOTHING",
             )
             .bind(&agent.node_uuid)
             .bind(&agent.credential_hash)
@@ -143,9 +145,9 @@ impl Store {
             .await?
         } else {
             sqlx::query(
-                "UPDATE node_agents SET agent_version = COALESCE(?, agent_version),
-                    docker_version = COALESCE(?, docker_version), private_ips = ?, updated_at = ?
-                 WHERE node_uuid = ? AND credential_hash = ?",
+                "UPDATE node_agents SET agent_version = COALESCE($1, agent_version),
+                    docker_version = COALESCE($2, docker_version), private_ips = $3, updated_at = $4
+                 WHERE node_uuid = $5 AND credential_hash = $6",
             )
             .bind(&agent.agent_version)
             .bind(&agent.docker_version)
@@ -160,15 +162,15 @@ impl Store {
             return Ok(Registered::AlreadyRegistered);
         }
         let ip_before: Option<String> =
-            sqlx::query_scalar("SELECT public_ip FROM nodes WHERE uuid = ?")
+            sqlx::query_scalar("SELECT public_ip FROM nodes WHERE uuid = $1")
                 .bind(&agent.node_uuid)
                 .fetch_optional(&mut *tx)
                 .await?
                 .flatten();
         let moved = sqlx::query(
-            "UPDATE nodes SET state = ?, public_ip = ?, last_seen = ?,
-                deployed_at = COALESCE(deployed_at, ?)
-             WHERE uuid = ? AND state = ?",
+            "UPDATE nodes SET state = $1, public_ip = $2, last_seen = $3,
+                deployed_at = COALESCE(deployed_at, $4)
+             WHERE uuid = $5 AND state = $6",
         )
         .bind(node.to.as_str())
         .bind(node.public_ip)
@@ -209,7 +211,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         let used: Option<String> = sqlx::query_scalar(
-            "UPDATE byo_tokens SET used = 1, used_at = ? WHERE token_hash = ? AND used = 0 RETURNING username",
+            "UPDATE byo_tokens SET used = TRUE, used_at = $1 WHERE token_hash = $2 AND used = FALSE RETURNING username",
         )
         .bind(agent.registered_at)
         .bind(token_hash)
@@ -220,7 +222,7 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO nodes (uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at)
-             VALUES (?, NULL, 0, '', ?, '', '', ?, ?, NULL, '[]', ?, ?, ?, NULL)",
+             VALUES ($1, NULL, 0, '', $2, '', '', $3, $4, NULL, '[]', $5, $6, $7, NULL)",
         )
         .bind(&node.uuid)
         .bind(node.state.as_str())
@@ -232,7 +234,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO node_agents (node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO node_agents (node_uuid, credential_hash, agent_version, docker_version, private_ips, registered_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&agent.node_uuid)
         .bind(&agent.credential_hash)
@@ -264,11 +266,11 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE node_agents SET agent_version = COALESCE(?, agent_version),
-                docker_version = COALESCE(?, docker_version),
-                private_ips = COALESCE(?, private_ips), engine = COALESCE(?, engine),
-                swarm_node_id = COALESCE(?, swarm_node_id), updated_at = ?
-             WHERE node_uuid = ?",
+            "UPDATE node_agents SET agent_version = COALESCE($1, agent_version),
+                docker_version = COALESCE($2, docker_version),
+                private_ips = COALESCE($3, private_ips), engine = COALESCE($4, engine),
+                swarm_node_id = COALESCE($5, swarm_node_id), updated_at = $6
+             WHERE node_uuid = $7",
         )
         .bind(agent_version)
         .bind(docker_version)
@@ -295,7 +297,7 @@ impl Store {
         let mut tx = self.write().await?;
         for (uuid, at) in seen {
             sqlx::query(
-                "UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE uuid = ?",
+                "UPDATE nodes SET last_seen = $1 WHERE uuid = $2 AND (last_seen IS NULL OR last_seen < $1)",
             )
             .bind(at)
             .bind(uuid)
@@ -309,48 +311,16 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_core::ClusterSpec;
     use flotilla_core::state::ClusterState;
 
     use super::*;
-    use crate::store::{ActionRecord, ClusterRecord, NodeRecord};
+    use crate::store::NodeRecord;
+    use crate::store::testing::{self, Backend, TestStore, store_tests};
 
-    async fn store_with_node(dir: &tempfile::TempDir) -> Store {
-        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
-        let spec = ClusterSpec::from_json(&serde_json::json!({
-            "name": "c", "target_num_nodes": 1, "region": "/api/infra/v1/region/aws/us-east-1/",
-            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"
-        }))
-        .expect("spec");
-        let cluster = ClusterRecord {
-            uuid: "c1".into(),
-            nickname: "c".into(),
-            spec,
-            state: ClusterState::Deploying,
-            generation: 1,
-            next_slot: 1,
-            current_action: None,
-            created_at: 0,
-            deployed_at: None,
-            destroyed_at: None,
-        };
-        let action = ActionRecord {
-            uuid: "a1".into(),
-            object_uri: "/x/".into(),
-            label: "l".into(),
-            method: "POST".into(),
-            path: "/".into(),
-            username: "u".into(),
-            user_agent: String::new(),
-            ip: String::new(),
-            state: "Success".into(),
-            start_date: 0,
-            end_date: None,
-            body: String::new(),
-            logs: String::new(),
-            can_be_canceled: false,
-            can_be_retried: false,
-        };
+    async fn store_with_node(backend: Backend) -> TestStore {
+        let store = testing::store(backend).await;
+        let cluster = testing::cluster(ClusterState::Deploying);
+        let action = testing::action("a1", "/x/");
         store
             .insert_cluster(&cluster, &action, crate::store::access::DEFAULT_ORG)
             .await
@@ -402,10 +372,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_node_registers_once_then_only_with_its_credential() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = store_with_node(&dir).await;
+    async fn a_node_registers_once_then_only_with_its_credential(backend: Backend) {
+        let store = store_with_node(backend).await;
         let secret = store.ensure_agent_secret("s1", 0).await.expect("secret");
         assert_eq!(
             store.ensure_agent_secret("s2", 0).await.expect("again"),
@@ -471,10 +439,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn observations_do_not_demote_registered_nodes_and_heartbeats_only_advance() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = store_with_node(&dir).await;
+    async fn observations_do_not_demote_registered_nodes_and_heartbeats_only_advance(
+        backend: Backend,
+    ) {
+        let store = store_with_node(backend).await;
         store
             .register_agent(&agent("h1"), true, &change(NodeState::Deploying, "1.2.3.4"))
             .await
@@ -508,11 +476,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn node_states_move_only_by_the_state_machine() {
+    async fn node_states_move_only_by_the_state_machine(backend: Backend) {
         use flotilla_core::state::NodeEvent;
-        let dir = tempfile::tempdir().expect("dir");
-        let store = store_with_node(&dir).await;
+        let store = store_with_node(backend).await;
         let state = |store: Store| async move {
             store.node("n1").await.expect("read").expect("node").state
         };
@@ -547,4 +513,10 @@ mod tests {
         assert_eq!(moved, Some((NodeState::Deployed, Some("c1".to_owned()))));
         assert_eq!(state(store.clone()).await, NodeState::Deployed);
     }
+
+    store_tests!(
+        a_node_registers_once_then_only_with_its_credential,
+        observations_do_not_demote_registered_nodes_and_heartbeats_only_advance,
+        node_states_move_only_by_the_state_machine,
+    );
 }

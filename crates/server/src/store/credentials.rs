@@ -14,7 +14,7 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO provider_credentials (provider, nonce, ciphertext, linked_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO provider_credentials (provider, nonce, ciphertext, linked_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (provider) DO UPDATE SET nonce = excluded.nonce, \
              ciphertext = excluded.ciphertext, linked_at = excluded.linked_at",
         )
@@ -33,10 +33,12 @@ impl Store {
         provider: &str,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT nonce, ciphertext FROM provider_credentials WHERE provider = ?")
-                .bind(provider)
-                .fetch_optional(&self.pool)
-                .await?,
+            sqlx::query_as(
+                "SELECT nonce, ciphertext FROM provider_credentials WHERE provider = $1",
+            )
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?,
         )
     }
 }

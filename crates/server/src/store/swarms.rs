@@ -114,7 +114,7 @@ impl Store {
         insert_cluster_in(&mut tx, new.workers).await?;
         let s = new.swarm;
         sqlx::query(
-            "INSERT INTO swarms (uuid, name, state, managers, manager_cluster, worker_cluster, current_action, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO swarms (uuid, name, state, managers, manager_cluster, worker_cluster, current_action, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&s.uuid)
         .bind(&s.name)
@@ -153,7 +153,7 @@ impl Store {
     }
 
     pub async fn swarm(&self, uuid: &str) -> Result<Option<SwarmRecord>, StoreError> {
-        let row = sqlx::query_as::<_, SwarmRow>(concat!(swarm_select!(), " WHERE uuid = ?"))
+        let row = sqlx::query_as::<_, SwarmRow>(concat!(swarm_select!(), " WHERE uuid = $1"))
             .bind(uuid)
             .fetch_optional(&self.pool)
             .await?;
@@ -173,14 +173,14 @@ impl Store {
     /// Returns the recorded one.
     pub async fn choose_bootstrap(&self, uuid: &str, node: &str) -> Result<String, StoreError> {
         sqlx::query(
-            "UPDATE swarms SET bootstrap_node = ? WHERE uuid = ? AND bootstrap_node IS NULL",
+            "UPDATE swarms SET bootstrap_node = $1 WHERE uuid = $2 AND bootstrap_node IS NULL",
         )
         .bind(node)
         .bind(uuid)
         .execute(&self.writer)
         .await?;
         let chosen: Option<String> =
-            sqlx::query_scalar("SELECT bootstrap_node FROM swarms WHERE uuid = ?")
+            sqlx::query_scalar("SELECT bootstrap_node FROM swarms WHERE uuid = $1")
                 .bind(uuid)
                 .fetch_one(&self.writer)
                 .await?;
@@ -191,7 +191,7 @@ impl Store {
     /// chosen (compare-and-set on the one that is gone; never once a swarm is adopted).
     pub async fn forget_bootstrap(&self, uuid: &str, node: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE swarms SET bootstrap_node = NULL WHERE uuid = ? AND bootstrap_node = ? AND cluster_id IS NULL",
+            "UPDATE swarms SET bootstrap_node = NULL WHERE uuid = $1 AND bootstrap_node = $2 AND cluster_id IS NULL",
         )
         .bind(uuid)
         .bind(node)
@@ -202,7 +202,7 @@ impl Store {
 
     /// Records the swarm's Docker cluster ID, unless one is adopted already.
     pub async fn adopt_cluster_id(&self, uuid: &str, cluster_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE swarms SET cluster_id = ? WHERE uuid = ? AND cluster_id IS NULL")
+        sqlx::query("UPDATE swarms SET cluster_id = $1 WHERE uuid = $2 AND cluster_id IS NULL")
             .bind(cluster_id)
             .bind(uuid)
             .execute(&self.writer)
@@ -217,7 +217,7 @@ impl Store {
         nonce: &str,
         sealed: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE swarms SET tokens_nonce = ?, tokens_sealed = ? WHERE uuid = ?")
+        sqlx::query("UPDATE swarms SET tokens_nonce = $1, tokens_sealed = $2 WHERE uuid = $3")
             .bind(nonce)
             .bind(sealed)
             .bind(uuid)
@@ -244,7 +244,7 @@ impl Store {
             _ => (None, None),
         };
         let moved = sqlx::query(
-            "UPDATE swarms SET state = ?, deployed_at = COALESCE(deployed_at, ?), destroyed_at = COALESCE(destroyed_at, ?), current_action = COALESCE(?, current_action) WHERE uuid = ? AND state = ?",
+            "UPDATE swarms SET state = $1, deployed_at = COALESCE(deployed_at, $2), destroyed_at = COALESCE(destroyed_at, $3), current_action = COALESCE($4, current_action) WHERE uuid = $5 AND state = $6",
         )
         .bind(to.as_str())
         .bind(deployed)
@@ -275,7 +275,7 @@ impl Store {
     pub async fn swarm_of_cluster(&self, cluster: &str) -> Result<Option<SwarmRecord>, StoreError> {
         let row = sqlx::query_as::<_, SwarmRow>(concat!(
             swarm_select!(),
-            " WHERE manager_cluster = ?1 OR worker_cluster = ?1"
+            " WHERE manager_cluster = $1 OR worker_cluster = $1"
         ))
         .bind(cluster)
         .fetch_optional(&self.pool)
@@ -293,23 +293,27 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         let marked: Vec<String> = sqlx::query_scalar(
-            "SELECT uuid FROM nodes WHERE cluster_uuid = ? AND swarm_leaving = 1",
+            "SELECT uuid FROM nodes WHERE cluster_uuid = $1 AND swarm_leaving = TRUE",
         )
         .bind(cluster)
         .fetch_all(&mut *tx)
         .await?;
         for uuid in marked.iter().filter(|u| !leaving.contains(*u)) {
-            sqlx::query("UPDATE nodes SET swarm_leaving = 0, swarm_released = 0 WHERE uuid = ?")
-                .bind(uuid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE nodes SET swarm_leaving = FALSE, swarm_released = FALSE WHERE uuid = $1",
+            )
+            .bind(uuid)
+            .execute(&mut *tx)
+            .await?;
         }
         for uuid in leaving.iter().filter(|u| !marked.contains(u)) {
-            sqlx::query("UPDATE nodes SET swarm_leaving = 1 WHERE uuid = ? AND cluster_uuid = ?")
-                .bind(uuid)
-                .bind(cluster)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE nodes SET swarm_leaving = TRUE WHERE uuid = $1 AND cluster_uuid = $2",
+            )
+            .bind(uuid)
+            .bind(cluster)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -317,16 +321,18 @@ impl Store {
 
     /// The swarm is done with a leaving node: it may be terminated.
     pub async fn release_node(&self, uuid: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET swarm_released = 1 WHERE uuid = ? AND swarm_leaving = 1")
-            .bind(uuid)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "UPDATE nodes SET swarm_released = TRUE WHERE uuid = $1 AND swarm_leaving = TRUE",
+        )
+        .bind(uuid)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
     /// The swarm's target manager count (its managers' cluster is scaled with it).
     pub async fn set_swarm_managers(&self, uuid: &str, managers: u32) -> Result<(), StoreError> {
-        sqlx::query("UPDATE swarms SET managers = ? WHERE uuid = ?")
+        sqlx::query("UPDATE swarms SET managers = $1 WHERE uuid = $2")
             .bind(i64::from(managers))
             .bind(uuid)
             .execute(&self.writer)
@@ -340,7 +346,7 @@ impl Store {
         uuid: &str,
         load_balancer: Option<&flotilla_api::SwarmLoadBalancer>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE swarms SET load_balancer = ? WHERE uuid = ?")
+        sqlx::query("UPDATE swarms SET load_balancer = $1 WHERE uuid = $2")
             .bind(load_balancer.map(super::to_json))
             .bind(uuid)
             .execute(&self.writer)

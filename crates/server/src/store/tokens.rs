@@ -18,7 +18,7 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO byo_tokens (token_hash, username, used, created_at) VALUES (?, ?, 0, ?)",
+            "INSERT INTO byo_tokens (token_hash, username, used, created_at) VALUES ($1, $2, FALSE, $3)",
         )
         .bind(token_hash)
         .bind(username)
@@ -36,7 +36,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "UPDATE byo_tokens SET used = 1, used_at = ? WHERE token_hash = ? AND used = 0 RETURNING username",
+            "UPDATE byo_tokens SET used = TRUE, used_at = $1 WHERE token_hash = $2 AND used = FALSE RETURNING username",
         )
         .bind(now)
         .bind(token_hash)

@@ -315,6 +315,12 @@ pub fn shared() -> anyhow::Result<&'static PostgresServer> {
         .map_err(|e| anyhow::anyhow!("test PostgreSQL server: {e}"))
 }
 
+/// Everything in the database at `url` (schema and rows) as `pg_dump` writes it: what a
+/// test searches for secrets that must not be stored in clear.
+pub fn dump(url: &str) -> anyhow::Result<String> {
+    run(Command::new(bin_dir()?.join("pg_dump")).args(["--no-owner", "-d", url]))
+}
+
 /// A fresh database on the process's shared server ([`shared`]).
 pub fn database() -> anyhow::Result<TestDatabase<'static>> {
     shared()?.create_database()

@@ -12,7 +12,7 @@
 //! * Output goes to files, `stdout-<run>.log` and `stderr-<run>.log` in the server's
 //!   directory (run 0 is the first start, each restart adds one): nothing has to drain a
 //!   pipe, and the logs of every run are there to explain a failure.
-//! * The database is SQLite in the data directory, or (`ServerBuilder::postgres`, or every
+//! * The database is SQLite in the data directory, or (`ServerBuilder::database`, or every
 //!   server of a test run with `FLOTILLA_TEST_DATABASE=postgres`) a fresh database on the
 //!   test process's PostgreSQL server ([`crate::postgres`]), passed as `--database`, kept
 //!   across restarts and dropped with the [`ServerProcess`].
@@ -230,9 +230,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Run the server on a fresh PostgreSQL database, whatever `FLOTILLA_TEST_DATABASE` says.
-    pub fn postgres(mut self) -> ServerBuilder {
-        self.database = DatabaseKind::Postgres;
+    /// Run the server on `database`, whatever `FLOTILLA_TEST_DATABASE` says (a test of
+    /// something only one database has, such as the SQLite file's backup, pins it).
+    pub fn database(mut self, database: DatabaseKind) -> ServerBuilder {
+        self.database = database;
         self
     }
 

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::client::new_node_cluster;
 use flotilla_api::uri;
-use flotilla_testkit::MotoAccount;
 use flotilla_testkit::inspect::instances_per_zone;
 use flotilla_testkit::server::{isolate_env, logs_in};
+use flotilla_testkit::{DatabaseKind, MotoAccount};
 use serde_json::{Value, json};
 
 use crate::support::{Api, server};
@@ -102,7 +102,9 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
     let dir = tempfile::tempdir().expect("dir");
     let dir = dir.path();
     let original = dir.join("original");
+    // `flotilla server backup` copies the SQLite file: this test is SQLite's.
     let builder = server(&account.proxy.endpoint())
+        .database(DatabaseKind::Sqlite)
         .access_key_id("AKIAE2EBACKUP")
         .args(["--node-ready", "running"]);
     let mut first = builder

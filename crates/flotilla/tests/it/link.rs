@@ -6,9 +6,9 @@
 use std::process::Output;
 
 use flotilla_testkit::server::isolate_env;
-use flotilla_testkit::{Fault, MotoAccount, Rule};
+use flotilla_testkit::{DatabaseKind, Fault, MotoAccount, Rule};
 
-use crate::support::Server;
+use crate::support::{Server, server};
 
 const KEY_ID: &str = "AKIAE2ELINKEDKEY";
 const SECRET: &str = "e2e/linked+Secret/Key0123456789abcdefXYZ";
@@ -39,7 +39,14 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_keys_are_validated_stored_sealed_and_used() {
     let MotoAccount { proxy, .. } = MotoAccount::start().await;
-    let server = Server::start(&proxy.endpoint(), &["--node-ready", "running"]).await;
+    // The keys are looked for in the SQLite database's files: SQLite is pinned.
+    let server = Server::start_with(
+        server(&proxy.endpoint())
+            .database(DatabaseKind::Sqlite)
+            .args(["--node-ready", "running"]),
+        reqwest::Client::new(),
+    )
+    .await;
 
     // Keys AWS refuses everywhere: the reasons, exit 1, nothing linked.
     proxy.add_rule(Rule::any().fault(Fault::AuthFailure));

@@ -41,11 +41,8 @@ async fn crash_at_on(k: u64, database: DatabaseKind) {
     let MotoAccount {
         proxy, inspector, ..
     } = MotoAccount::start().await;
-    let mut builder = server(&proxy.endpoint());
-    if database == DatabaseKind::Postgres {
-        builder = builder.postgres();
-    }
-    let mut server = builder
+    let mut server = server(&proxy.endpoint())
+        .database(database)
         .access_key_id("AKIAE2ECRASH")
         .args(["--node-ready", "running"])
         .start_limit(Duration::from_secs(30))

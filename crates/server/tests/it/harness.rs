@@ -1,4 +1,5 @@
-//! A server on port 0 with its own SQLite file, the typed API client for it
+//! A server on port 0 with its own SQLite file (or, with `FLOTILLA_TEST_DATABASE=postgres`,
+//! its own database on the test process's PostgreSQL server), the typed API client for it
 //! ([`flotilla_api::Client`]), and a raw client for the requests the typed one would never
 //! send (malformed bodies, other credentials, no credentials).
 
@@ -32,6 +33,9 @@ pub struct Reply {
 
 pub fn config(dir: &tempfile::TempDir) -> ServerConfig {
     let mut config = ServerConfig::new(dir.path().join("flotilla.db"));
+    if flotilla_testkit::DatabaseKind::from_env() == flotilla_testkit::DatabaseKind::Postgres {
+        config.database_url = Some(postgres_database_of(dir.path()));
+    }
     config.reconcile.poll_interval = Duration::from_millis(50);
     config.reconcile.resync_interval = Duration::from_secs(2);
     // These servers have no agents; `agents` opts back in to registration.
@@ -207,4 +211,22 @@ async fn futures_logs(server: &TestServer, actions: &Value) -> Vec<String> {
         ));
     }
     logs
+}
+
+/// The PostgreSQL database of the server whose directory is `dir`: one per directory, so a
+/// restarted server (the same `dir`) finds its data again. The databases live as long as
+/// the test process (its PostgreSQL server stops with it).
+fn postgres_database_of(dir: &std::path::Path) -> String {
+    static DATABASES: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, url)) = databases.iter().find(|(d, _)| d == dir) {
+        return url.clone();
+    }
+    let database = flotilla_testkit::postgres::database().expect("a PostgreSQL database");
+    let url = database.url().to_owned();
+    // Kept for the whole process: a restart within the test must find it.
+    std::mem::forget(database);
+    databases.push((dir.to_owned(), url.clone()));
+    url
 }

@@ -337,11 +337,9 @@ async fn a_server_killed_mid_deploy_is_finished_by_the_next_one() {
     server.stop().await;
 }
 
-/// The cluster's state straight from the database file (the server is gone).
+/// The cluster's state straight from the server's database (the server is gone).
 async fn server_state(dir: &tempfile::TempDir) -> String {
-    let store = flotilla_server::store::Store::open(&dir.path().join("flotilla.db"))
-        .await
-        .expect("open store");
+    let store = config(dir).open_store().await.expect("open store");
     let clusters = store.clusters().await.expect("clusters");
     store.close().await;
     clusters

@@ -401,6 +401,7 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
         ));
         "#!/bin/sh\n".to_owned()
     });
+    let database_url = config.database_url.clone();
     let server = TestServer::start(config, Arc::new(FakeCloud::new()), None).await;
     let mut secrets: Vec<(&str, String)> =
         vec![("the admin's API key", server.credentials.api_key.clone())];
@@ -488,7 +489,17 @@ async fn no_secret_of_a_run_is_in_the_database_or_the_logs() {
         .await;
 
     // At rest while running (the WAL holds the recent writes), and after a clean stop.
+    // On PostgreSQL the database is not a file of the directory: search its dump too.
     let search_files = |when: &str| {
+        if let Some(url) = &database_url {
+            let dump = flotilla_testkit::postgres::dump(url).expect("pg_dump");
+            for (what, secret) in &secrets {
+                assert!(
+                    !dump.contains(secret.as_str()),
+                    "the database holds {what} ({when})"
+                );
+            }
+        }
         for entry in std::fs::read_dir(dir.path()).expect("dir") {
             let path = entry.expect("entry").path();
             let name = path

@@ -7,7 +7,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use flotilla_api::uri;
 use flotilla_core::fake::FakeCloud;
-use flotilla_server::store::Store;
 use futures::{SinkExt as _, StreamExt as _};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -296,9 +295,7 @@ async fn byo_tokens_are_created_once_and_consumed_once() {
     server.stop().await;
 
     // A token is kept only as its SHA-256 and works once (what agent registration uses).
-    let store = Store::open(&dir.path().join("flotilla.db"))
-        .await
-        .expect("store");
+    let store = config(&dir).open_store().await.expect("store");
     use sha2::Digest as _;
     let hash = hex::encode(sha2::Sha256::digest(tokens[0].as_bytes()));
     let consume = |key: String| {

@@ -270,10 +270,14 @@ struct UserNetwork {
     other_subnet: String,
 }
 
-async fn user_network(ec2: &aws_sdk_ec2::Client) -> UserNetwork {
-    use flotilla_testkit::inspect::create_user_vpc;
+/// Makes [`UserNetwork`] through the test's own way to moto.
+async fn user_network(inspector: &str) -> UserNetwork {
+    use flotilla_testkit::inspect::{
+        create_security_group, create_user_vpc, ec2_client, name_resource,
+    };
+    let ec2 = ec2_client(inspector, "us-east-1").await;
     let (vpc, subnets) = create_user_vpc(
-        ec2,
+        &ec2,
         "10.20.0.0/16",
         &[
             ("10.20.1.0/24", "us-east-1a"),
@@ -282,29 +286,9 @@ async fn user_network(ec2: &aws_sdk_ec2::Client) -> UserNetwork {
         ],
     )
     .await;
-    ec2.create_tags()
-        .resources(&vpc)
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key("Name")
-                .value("team-vpc")
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateTags");
-    let group = ec2
-        .create_security_group()
-        .group_name("team-web")
-        .description("the team's web nodes")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .expect("CreateSecurityGroup")
-        .group_id()
-        .expect("group id")
-        .to_owned();
-    let (_, other) = create_user_vpc(ec2, "10.30.0.0/16", &[("10.30.1.0/24", "us-east-1a")]).await;
+    name_resource(&ec2, &vpc, "team-vpc").await;
+    let group = create_security_group(&ec2, &vpc, "team-web").await;
+    let (_, other) = create_user_vpc(&ec2, "10.30.0.0/16", &[("10.30.1.0/24", "us-east-1a")]).await;
     UserNetwork {
         vpc,
         subnets,
@@ -321,7 +305,7 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
         proxy, inspector, ..
     } = MotoAccount::start().await;
     let ec2 = flotilla_testkit::inspect::ec2_client(&inspector.endpoint(), "us-east-1").await;
-    let network = user_network(&ec2).await;
+    let network = user_network(&inspector.endpoint()).await;
     // Agents decide readiness and a silent one is Unreachable after 2 s; the wizard's
     // network lists are reused for 1 s, so Flotilla's new VPC shows up at the next opening.
     let server = Server::start(

@@ -78,6 +78,84 @@ pub struct NodeType {
     pub resource_uri: String,
 }
 
+/// A VPC of a region, for the launch wizard (`region/{provider}/{name}/vpc/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Vpc {
+    pub id: String,
+    /// Its `Name` tag.
+    pub name: Option<String>,
+    /// What a dropdown shows: `vpc-1234 (Name)`.
+    pub label: String,
+    pub cidr: String,
+    pub is_default: bool,
+    /// Flotilla's own auto VPC (`dc-vpc`) of this installation.
+    pub flotilla: bool,
+    pub region: String,
+}
+
+/// A subnet of a region (`region/{provider}/{name}/subnet/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct VpcSubnet {
+    pub id: String,
+    pub vpc_id: String,
+    /// The AZ's name (`us-east-1a`).
+    pub availability_zone: String,
+    pub cidr: String,
+    /// Free IPv4 addresses.
+    pub available_ips: u32,
+    pub name: Option<String>,
+    /// Created by Flotilla.
+    pub flotilla: bool,
+}
+
+/// A security group of a region (`region/{provider}/{name}/securitygroup/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SecurityGroup {
+    pub id: String,
+    pub vpc_id: String,
+    pub name: String,
+    pub description: String,
+    /// Created by Flotilla.
+    pub flotilla: bool,
+}
+
+/// An IAM instance profile (`provider/{name}/instanceprofile/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct InstanceProfile {
+    pub name: String,
+    pub arn: String,
+    pub roles: Vec<String>,
+}
+
+/// Where a cluster's nodes would land (`POST nodecluster/preview/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ClusterPreview {
+    pub region: String,
+    pub node_type: String,
+    pub target_num_nodes: u32,
+    /// `auto`, or the chosen VPC's id.
+    pub vpc: String,
+    /// One entry per AZ the cluster may use, in AZ order, with how many nodes it gets.
+    pub nodes_per_az: Vec<AzPlacement>,
+    /// What the preview could not know for sure (an AZ Flotilla will dry-run first).
+    pub notes: Vec<String>,
+}
+
+/// Nodes planned in one AZ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AzPlacement {
+    pub availability_zone: String,
+    /// The subnets used there (the chosen ones; empty when Flotilla makes or picks its own).
+    pub subnets: Vec<String>,
+    pub nodes: u32,
+}
+
 /// A tag on a cluster or node. The clients echo back whatever they received, so only
 /// `name` is emitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -119,6 +119,32 @@ pub fn provider_credentials(provider: &str) -> String {
     format!("{INFRA}/provider/{provider}/credentials/")
 }
 
+/// `GET`: the VPCs of a region (the launch wizard's VPC dropdown).
+pub fn region_vpcs(provider: &str, region: &str) -> String {
+    format!("{INFRA}/region/{provider}/{region}/vpc/")
+}
+
+/// `GET`: the subnets of a region, with AZ and free addresses (filter `?vpc_id=`).
+pub fn region_subnets(provider: &str, region: &str) -> String {
+    format!("{INFRA}/region/{provider}/{region}/subnet/")
+}
+
+/// `GET`: the security groups of a region (filter `?vpc_id=`).
+pub fn region_security_groups(provider: &str, region: &str) -> String {
+    format!("{INFRA}/region/{provider}/{region}/securitygroup/")
+}
+
+/// `GET`: the account's IAM instance profiles.
+pub fn instance_profiles(provider: &str) -> String {
+    format!("{INFRA}/provider/{provider}/instanceprofile/")
+}
+
+/// `POST`: a node cluster body checked as a create would be, answered with where its
+/// nodes would land; nothing is created.
+pub fn node_cluster_preview() -> String {
+    format!("{INFRA}/nodecluster/preview/")
+}
+
 /// The events websocket.
 pub fn events() -> String {
     format!("{AUDIT}/events/")

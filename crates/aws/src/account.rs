@@ -18,8 +18,9 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::ProvideCredentials;
 use flotilla_core::cloud::{
-    AccessKeys, AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, LaunchRequest,
-    Network, NetworkRequest, NodeTypeOffering, TeardownReport,
+    AccessKeys, AvailabilityZone, Cloud, CloudError, CredentialReport, Instance,
+    InstanceProfileInfo, LaunchRequest, Network, NetworkInventory, NetworkRequest,
+    NodeTypeOffering, TeardownReport,
 };
 
 use crate::{Aws, AwsSettings, StaticCredentials};
@@ -93,6 +94,14 @@ impl Cloud for AwsAccount {
 
     async fn node_types(&self, region: &str) -> Result<Vec<NodeTypeOffering>, CloudError> {
         self.current().node_types(region).await
+    }
+
+    async fn network_inventory(&self, region: &str) -> Result<NetworkInventory, CloudError> {
+        self.current().network_inventory(region).await
+    }
+
+    async fn instance_profiles(&self) -> Result<Vec<InstanceProfileInfo>, CloudError> {
+        self.current().instance_profiles().await
     }
 
     async fn ensure_network(&self, request: &NetworkRequest) -> Result<Network, CloudError> {

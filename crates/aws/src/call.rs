@@ -145,7 +145,7 @@ pub(crate) const PASS_ROLE_HINT: &str = "The instance profile has more permissio
 add \"Action\": \"iam:PassRole\" to the IAM policy of that user (see AWS: Granting Permission to Launch EC2 \
 Instances with IAM Roles)";
 
-type HttpResponse = aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+pub(crate) type HttpResponse = aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 fn classify<E>(
     operation: &'static str,

@@ -22,6 +22,7 @@ mod call;
 mod catalog;
 mod credentials;
 mod instances;
+mod inventory;
 mod lb;
 mod network;
 pub mod route53;
@@ -35,8 +36,9 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{Credentials, Region};
 use flotilla_core::cloud::{
-    AvailabilityZone, CallObserver, Cloud, CloudError, CredentialReport, Instance, LaunchRequest,
-    Network, NetworkRequest, NodeTypeOffering, TeardownReport,
+    AvailabilityZone, CallObserver, Cloud, CloudError, CredentialReport, Instance,
+    InstanceProfileInfo, LaunchRequest, Network, NetworkInventory, NetworkRequest,
+    NodeTypeOffering, TeardownReport,
 };
 
 pub use crate::account::{AwsAccount, resolve_keys};
@@ -350,6 +352,14 @@ impl Cloud for Aws {
 
     async fn node_types(&self, region: &str) -> Result<Vec<NodeTypeOffering>, CloudError> {
         catalog::node_types(self, region).await
+    }
+
+    async fn network_inventory(&self, region: &str) -> Result<NetworkInventory, CloudError> {
+        inventory::network(self, region).await
+    }
+
+    async fn instance_profiles(&self) -> Result<Vec<InstanceProfileInfo>, CloudError> {
+        inventory::instance_profiles(self).await
     }
 
     async fn ensure_network(&self, request: &NetworkRequest) -> Result<Network, CloudError> {

@@ -122,6 +122,63 @@ pub struct Network {
     pub changes: Vec<String>,
 }
 
+/// A VPC of the account, as the launch wizard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcInfo {
+    pub id: String,
+    /// Its `Name` tag, if any.
+    pub name: Option<String>,
+    pub cidr: String,
+    /// The region's default VPC.
+    pub is_default: bool,
+    /// Flotilla's own auto VPC (`dc-vpc`, owner tag of this installation).
+    pub managed: bool,
+}
+
+/// A subnet of the account, with what the wizard shows next to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetInfo {
+    pub id: String,
+    pub vpc_id: String,
+    pub availability_zone: String,
+    pub cidr: String,
+    /// Free IPv4 addresses (`AvailableIpAddressCount`).
+    pub available_ips: u32,
+    pub name: Option<String>,
+    /// Created by Flotilla.
+    pub managed: bool,
+}
+
+/// A security group of the account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroupInfo {
+    pub id: String,
+    pub vpc_id: String,
+    /// The group name (`GroupName`).
+    pub name: String,
+    pub description: String,
+    /// Created by Flotilla.
+    pub managed: bool,
+}
+
+/// An IAM instance profile of the account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceProfileInfo {
+    pub name: String,
+    pub arn: String,
+    /// The roles it carries.
+    pub roles: Vec<String>,
+}
+
+/// Every VPC, subnet and security group of a region: what the launch wizard's dropdowns
+/// offer. Each list is sorted by id (subnets by AZ, then id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInventory {
+    pub vpcs: Vec<VpcInfo>,
+    pub subnets: Vec<SubnetInfo>,
+    pub security_groups: Vec<SecurityGroupInfo>,
+}
+
 /// One node to launch: its slot and identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSlot {
@@ -458,6 +515,18 @@ pub trait Cloud: Send + Sync {
         swarm_uuid: &str,
         step: &crate::plan::lb::LbStep,
     ) -> impl Future<Output = Result<crate::plan::lb::Applied, CloudError>> + Send;
+
+    /// Every VPC, subnet and security group of a region (the user's and Flotilla's), for
+    /// the launch wizard. Describes only; callers cache the answer.
+    fn network_inventory(
+        &self,
+        region: &str,
+    ) -> impl Future<Output = Result<NetworkInventory, CloudError>> + Send;
+
+    /// Every IAM instance profile of the account (IAM is global), sorted by name.
+    fn instance_profiles(
+        &self,
+    ) -> impl Future<Output = Result<Vec<InstanceProfileInfo>, CloudError>> + Send;
 
     /// Validates `keys` (as [`Cloud::validate_credentials`], but with these keys) and, only
     /// when the report is valid, makes every later call use them. An invalid report is

@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::cloud::{
-    AccessKeys, AvailabilityZone, Cloud, CloudError, CredentialReport, Instance, InstanceState,
-    LaunchRequest, Network, NetworkRequest, NodeTypeOffering, RegionCheck, RegionOutcome, Subnet,
-    TeardownReport,
+    AccessKeys, AvailabilityZone, Cloud, CloudError, CredentialReport, Instance,
+    InstanceProfileInfo, InstanceState, LaunchRequest, Network, NetworkInventory, NetworkRequest,
+    NodeTypeOffering, RegionCheck, RegionOutcome, SecurityGroupInfo, Subnet, SubnetInfo,
+    TeardownReport, VpcInfo,
 };
 use crate::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
 use crate::plan::lb::{
@@ -360,6 +361,91 @@ impl Cloud for FakeCloud {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Flotilla's network of the region once ensured, and every user VPC (added with
+    /// [`FakeCloud::add_user_vpc`]; its subnets go round the region's AZs in id order).
+    async fn network_inventory(&self, region: &str) -> Result<NetworkInventory, CloudError> {
+        let state = self.count("network_inventory");
+        let mut inventory = NetworkInventory::default();
+        if let Some(network) = state.networks.get(region) {
+            inventory.vpcs.push(VpcInfo {
+                id: network.vpc_id.clone(),
+                name: Some(crate::tags::NAME_VPC.to_owned()),
+                cidr: network.vpc_cidr.to_string(),
+                is_default: false,
+                managed: true,
+            });
+            inventory
+                .subnets
+                .extend(network.subnets.iter().map(|s| SubnetInfo {
+                    id: s.id.clone(),
+                    vpc_id: network.vpc_id.clone(),
+                    availability_zone: s.availability_zone.clone(),
+                    cidr: s.cidr.clone(),
+                    available_ips: 4091,
+                    name: Some("dc-subnet".to_owned()),
+                    managed: true,
+                }));
+            inventory
+                .security_groups
+                .extend(network.security_groups.iter().map(|id| SecurityGroupInfo {
+                    id: id.clone(),
+                    vpc_id: network.vpc_id.clone(),
+                    name: "flotilla-nodes".to_owned(),
+                    description: "Flotilla nodes".to_owned(),
+                    managed: true,
+                }));
+        }
+        let zones = Self::region_azs(region);
+        for (vpc_id, (subnets, groups)) in &state.user_vpcs {
+            inventory.vpcs.push(VpcInfo {
+                id: vpc_id.clone(),
+                name: None,
+                cidr: "10.0.0.0/16".to_owned(),
+                is_default: false,
+                managed: false,
+            });
+            for (k, id) in subnets.iter().enumerate() {
+                inventory.subnets.push(SubnetInfo {
+                    id: id.clone(),
+                    vpc_id: vpc_id.clone(),
+                    availability_zone: zones[k % zones.len()].clone(),
+                    cidr: format!("10.0.{k}.0/24"),
+                    available_ips: 251,
+                    name: None,
+                    managed: false,
+                });
+            }
+            for id in groups {
+                inventory.security_groups.push(SecurityGroupInfo {
+                    id: id.clone(),
+                    vpc_id: vpc_id.clone(),
+                    name: id.clone(),
+                    description: String::new(),
+                    managed: false,
+                });
+            }
+        }
+        inventory.vpcs.sort_by(|a, b| a.id.cmp(&b.id));
+        inventory
+            .subnets
+            .sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
+        inventory.security_groups.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(inventory)
+    }
+
+    async fn instance_profiles(&self) -> Result<Vec<InstanceProfileInfo>, CloudError> {
+        let state = self.count("instance_profiles");
+        Ok(state
+            .instance_profiles
+            .iter()
+            .map(|name| InstanceProfileInfo {
+                name: name.clone(),
+                arn: format!("arn:aws:iam::123456789012:instance-profile/{name}"),
+                roles: Vec::new(),
+            })
+            .collect())
     }
 
     async fn launch_nodes(&self, request: &LaunchRequest) -> Result<Vec<Instance>, CloudError> {

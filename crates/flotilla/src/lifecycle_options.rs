@@ -46,6 +46,10 @@ pub struct LifecycleOptions {
     /// Mirror the zone to this Route 53 hosted zone (its name must be --dns-domain).
     #[arg(long, env = "FLOTILLA_ROUTE53_ZONE_ID")]
     route53_zone_id: Option<String>,
+    /// Seconds the launch wizard's lists of a region's VPCs, subnets, security groups and
+    /// of the instance profiles are reused before AWS is asked again.
+    #[arg(long, env = "FLOTILLA_NETWORK_CACHE", default_value_t = 30.0)]
+    network_cache: f64,
 }
 
 /// Where the DNS server answers unless told otherwise.
@@ -65,6 +69,7 @@ impl LifecycleOptions {
     pub fn apply(&self, config: &mut ServerConfig) -> anyhow::Result<()> {
         config.heartbeat_grace = seconds(self.heartbeat_grace, "--heartbeat-grace")?;
         config.reconcile.resync_interval = seconds(self.observe_interval, "--observe-interval")?;
+        config.inventory_ttl = seconds(self.network_cache, "--network-cache")?;
         flotilla_server::dns::DnsZone::new(&self.dns_domain).context("--dns-domain")?;
         config.dns_domain = self.dns_domain.clone();
         config.dns_listen = (!self.no_dns).then(|| self.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN));

@@ -32,6 +32,8 @@ use tokio::sync::Mutex as AsyncMutex;
 
 pub mod access;
 pub mod agents;
+mod inventory;
+pub use inventory::DEFAULT_INVENTORY_TTL;
 mod swarms;
 
 use crate::authz::Viewer;
@@ -132,6 +134,10 @@ pub struct AppSettings {
     pub dns_domain: String,
     /// Silence after which a node is `Unreachable`.
     pub heartbeat_grace: std::time::Duration,
+    /// The AZs auto networks may use (`--azs`; `None`: every AZ), for the launch preview.
+    pub allowed_azs: Option<Vec<String>>,
+    /// How long a region's network lists are reused ([`DEFAULT_INVENTORY_TTL`]).
+    pub inventory_ttl: std::time::Duration,
 }
 
 impl AppSettings {
@@ -225,6 +231,8 @@ pub struct App<C> {
     pub(crate) liveness: Arc<crate::liveness::Liveness>,
     /// `/metrics` ([`crate::metrics`]).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The launch wizard's cached VPCs, subnets, groups and profiles ([`inventory`]).
+    inventory: inventory::InventoryCache,
 }
 
 /// The instance type of the dry-run launch that validates linked keys.
@@ -274,6 +282,7 @@ impl<C: Cloud + 'static> App<C> {
             mailbox: Arc::default(),
             liveness: Arc::default(),
             metrics: Arc::default(),
+            inventory: inventory::InventoryCache::default(),
         }
     }
 
@@ -386,8 +395,9 @@ impl<C: Cloud + 'static> App<C> {
             .put_provider_credentials(provider, &nonce, &ciphertext, date::now_unix())
             .await?;
         *linked = Some(keys.access_key_id.clone());
-        // Availability and offerings may differ for the new account.
+        // Availability, offerings and networks may differ for the new account.
         *self.catalog.lock().await = None;
+        self.inventory.clear().await;
         let mut object = Self::credentials_object(provider, linked.as_deref());
         object["validation"] = serde_json::json!({
             "instance_type": report.instance_type,
@@ -447,6 +457,21 @@ impl<C: Cloud + 'static> App<C> {
             return Err(AppError::BadRequest(format!(
                 "node_type: '{}' is not offered in {}",
                 spec.node_type, spec.region
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a name a live cluster has (409 naming the field).
+    async fn check_name_free(&self, spec: &ClusterSpec) -> AppResult<()> {
+        let existing = self.store.clusters().await?;
+        if existing
+            .iter()
+            .any(|c| c.spec.name == spec.name && c.state != ClusterState::Terminated)
+        {
+            return Err(AppError::Conflict(format!(
+                "name: a node cluster named '{}' already exists",
+                spec.name
             )));
         }
         Ok(())
@@ -694,16 +719,7 @@ impl<C: Cloud + 'static> App<C> {
             }
         };
         self.check_offered(&spec).await?;
-        let existing = self.store.clusters().await?;
-        if existing
-            .iter()
-            .any(|c| c.spec.name == spec.name && c.state != ClusterState::Terminated)
-        {
-            return Err(AppError::Conflict(format!(
-                "name: a node cluster named '{}' already exists",
-                spec.name
-            )));
-        }
+        self.check_name_free(&spec).await?;
         self.check_provider_options(&spec).await?;
         let uuid = new_uuid();
         let action = Self::new_action(

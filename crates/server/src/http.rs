@@ -623,6 +623,18 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                     .cloned();
                 self.one(found, &format!("region '{provider}/{name}'"))?
             }
+            (Route::RegionVpcs(provider, region), _) => {
+                self.list(app.region_vpcs(&provider, &region).await?)?
+            }
+            (Route::RegionSubnets(provider, region), _) => {
+                self.list(app.region_subnets(&provider, &region).await?)?
+            }
+            (Route::RegionSecurityGroups(provider, region), _) => {
+                self.list(app.region_security_groups(&provider, &region).await?)?
+            }
+            (Route::InstanceProfiles(provider), _) => {
+                self.list(app.instance_profiles(&provider).await?)?
+            }
             (Route::AvailabilityZones, _) => {
                 self.list(app.catalog().await?.availability_zones.clone())?
             }
@@ -653,6 +665,10 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             (Route::Clusters, Method::POST) => {
                 let body = self.body()?;
                 outcome_response(&app.create_cluster(caller, &body).await?, true)
+            }
+            (Route::ClusterPreview, _) => {
+                let body = self.body()?;
+                json_response(StatusCode::OK, &app.preview_cluster(&body).await?, None)
             }
             (Route::Clusters, _) => self.list(app.clusters(&self.viewer().await?).await?)?,
             (Route::Cluster(uuid), Method::PATCH) => {

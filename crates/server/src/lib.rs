@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub dns_domain: String,
     /// Silence after which a node is `Unreachable`.
     pub heartbeat_grace: std::time::Duration,
+    /// How long the launch wizard's network lists are reused (`app::inventory`).
+    pub inventory_ttl: std::time::Duration,
     /// Where the built-in DNS server answers for the domain (UDP and TCP); `None`: no
     /// DNS server (the zone is still kept, for the mirror).
     pub dns_listen: Option<SocketAddr>,
@@ -109,6 +111,7 @@ impl ServerConfig {
             admin_username: "admin".into(),
             dns_domain: "flotilla.internal".into(),
             heartbeat_grace: app::agents::DEFAULT_HEARTBEAT_GRACE,
+            inventory_ttl: app::DEFAULT_INVENTORY_TTL,
             dns_listen: None,
             dns_required: false,
             dns_mirror: None,
@@ -241,6 +244,8 @@ pub async fn run<C: Cloud + 'static>(
             AppSettings {
                 dns_domain: config.dns_domain.clone(),
                 heartbeat_grace: config.heartbeat_grace,
+                allowed_azs: config.reconcile.allowed_azs.clone(),
+                inventory_ttl: config.inventory_ttl,
             },
         )
         .with_secret_key(secret_key.clone(), linked.map(|k| k.access_key_id))

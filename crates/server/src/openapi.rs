@@ -270,6 +270,42 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
             "infra",
             vec![op("get", "get a region", "200", schema_ref("Region"))],
         ),
+        Route::RegionVpcs(..) => (
+            "infra",
+            vec![op(
+                "get",
+                "list the region's VPCs with their Name tags (Flotilla's own flagged); cached 30 s",
+                "200",
+                list_of("Vpc"),
+            )],
+        ),
+        Route::RegionSubnets(..) => (
+            "infra",
+            vec![op(
+                "get",
+                "list the region's subnets with AZ and free addresses (filter vpc_id); cached 30 s",
+                "200",
+                list_of("VpcSubnet"),
+            )],
+        ),
+        Route::RegionSecurityGroups(..) => (
+            "infra",
+            vec![op(
+                "get",
+                "list the region's security groups (filter vpc_id); cached 30 s",
+                "200",
+                list_of("SecurityGroup"),
+            )],
+        ),
+        Route::InstanceProfiles(_) => (
+            "infra",
+            vec![op(
+                "get",
+                "list the account's IAM instance profiles; cached 30 s",
+                "200",
+                list_of("InstanceProfile"),
+            )],
+        ),
         Route::AvailabilityZones => (
             "infra",
             vec![op(
@@ -419,6 +455,18 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                     schema_ref("NodeCluster"),
                 )
                 .or_200(),
+            ],
+        ),
+        Route::ClusterPreview => (
+            "infra",
+            vec![
+                op(
+                    "post",
+                    "check a node cluster body as a create would (name optional) and answer where its nodes would land; creates nothing",
+                    "200",
+                    schema_ref("ClusterPreview"),
+                )
+                .body("NodeClusterCreate"),
             ],
         ),
         Route::Nodes => (
@@ -744,6 +792,11 @@ fn derived_schemas() -> Map<String, Value> {
     generator.subschema_for::<api::Swarm>();
     generator.subschema_for::<api::SwarmService>();
     generator.subschema_for::<api::Action>();
+    generator.subschema_for::<api::Vpc>();
+    generator.subschema_for::<api::VpcSubnet>();
+    generator.subschema_for::<api::SecurityGroup>();
+    generator.subschema_for::<api::InstanceProfile>();
+    generator.subschema_for::<api::ClusterPreview>();
     generator.subschema_for::<api::Meta>();
     generator.subschema_for::<api::ErrorBody>();
     generator.subschema_for::<api::Organization>();

@@ -42,6 +42,14 @@ pub enum Route {
     ProviderCredentials(String),
     Regions,
     Region(String, String),
+    /// `region/{provider}/{name}/vpc/`: the region's VPCs (the launch wizard).
+    RegionVpcs(String, String),
+    /// `region/{provider}/{name}/subnet/`: the region's subnets.
+    RegionSubnets(String, String),
+    /// `region/{provider}/{name}/securitygroup/`: the region's security groups.
+    RegionSecurityGroups(String, String),
+    /// `provider/{name}/instanceprofile/`: the account's IAM instance profiles.
+    InstanceProfiles(String),
     AvailabilityZones,
     AvailabilityZone(String, String, String),
     NodeTypes,
@@ -49,6 +57,8 @@ pub enum Route {
     Clusters,
     Cluster(String),
     ClusterDeploy(String),
+    /// `POST nodecluster/preview/`: a create checked, answered with its placement.
+    ClusterPreview,
     Nodes,
     Node(String),
     NodeHealthCheck(String),
@@ -200,11 +210,18 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("infra", ["provider", name, "credentials"]) => Route::ProviderCredentials(s(name)),
         ("infra", ["region"]) => Route::Regions,
         ("infra", ["region", p, name]) => Route::Region(s(p), s(name)),
+        ("infra", ["region", p, name, "vpc"]) => Route::RegionVpcs(s(p), s(name)),
+        ("infra", ["region", p, name, "subnet"]) => Route::RegionSubnets(s(p), s(name)),
+        ("infra", ["region", p, name, "securitygroup"]) => {
+            Route::RegionSecurityGroups(s(p), s(name))
+        }
+        ("infra", ["provider", name, "instanceprofile"]) => Route::InstanceProfiles(s(name)),
         ("infra", ["az"]) => Route::AvailabilityZones,
         ("infra", ["az", p, r, name]) => Route::AvailabilityZone(s(p), s(r), s(name)),
         ("infra", ["nodetype"]) => Route::NodeTypes,
         ("infra", ["nodetype", p, name]) => Route::NodeType(s(p), s(name)),
         ("infra", ["nodecluster"]) => Route::Clusters,
+        ("infra", ["nodecluster", "preview"]) => Route::ClusterPreview,
         ("infra", ["nodecluster", uuid]) => Route::Cluster(s(uuid)),
         ("infra", ["nodecluster", uuid, "deploy"]) => Route::ClusterDeploy(s(uuid)),
         ("infra", ["node"]) => Route::Nodes,
@@ -299,6 +316,30 @@ pub fn endpoint(route: &Route) -> Endpoint {
             Auth::Basic,
             false,
         ),
+        Route::RegionVpcs(..) => (
+            "/api/infra/v1/region/{provider}/{name}/vpc/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
+        Route::RegionSubnets(..) => (
+            "/api/infra/v1/region/{provider}/{name}/subnet/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
+        Route::RegionSecurityGroups(..) => (
+            "/api/infra/v1/region/{provider}/{name}/securitygroup/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
+        Route::InstanceProfiles(_) => (
+            "/api/infra/v1/provider/{name}/instanceprofile/",
+            &["get"],
+            Auth::Basic,
+            false,
+        ),
         Route::AvailabilityZones => ("/api/infra/v1/az/", &["get"], Auth::Basic, false),
         Route::AvailabilityZone(..) => (
             "/api/infra/v1/az/{provider}/{region}/{name}/",
@@ -327,6 +368,12 @@ pub fn endpoint(route: &Route) -> Endpoint {
         ),
         Route::ClusterDeploy(_) => (
             "/api/infra/v1/nodecluster/{uuid}/deploy/",
+            &["post"],
+            Auth::Basic,
+            true,
+        ),
+        Route::ClusterPreview => (
+            "/api/infra/v1/nodecluster/preview/",
             &["post"],
             Auth::Basic,
             true,
@@ -506,6 +553,13 @@ pub fn access(route: &Route, method: &Method) -> Access {
         Route::ProviderCredentials(_) if read => Anyone,
         Route::ProviderCredentials(_) => ServerAdmin,
         Route::Metrics | Route::Readyz | Route::Token => ServerAdmin,
+        // The linked account's networks and the preview of a launch: for whoever may
+        // launch into the organization.
+        Route::RegionVpcs(..)
+        | Route::RegionSubnets(..)
+        | Route::RegionSecurityGroups(..)
+        | Route::InstanceProfiles(..)
+        | Route::ClusterPreview => Create(Role::Manage),
         Route::Clusters | Route::Swarms if read => Visible,
         Route::Clusters | Route::Swarms => Create(Role::Manage),
         Route::Nodes | Route::Actions | Route::Events | Route::Services => Visible,
@@ -644,6 +698,19 @@ mod tests {
         assert_eq!(route("/"), Some(Route::Dashboard));
         assert_eq!(route("/dashboard.js"), Some(Route::DashboardScript));
         assert_eq!(route("/session/"), Some(Route::Session));
+        assert_eq!(
+            route("/api/infra/v1/region/aws/us-east-1/subnet/"),
+            Some(Route::RegionSubnets("aws".into(), "us-east-1".into()))
+        );
+        assert_eq!(
+            route("/api/infra/v1/provider/aws/instanceprofile"),
+            Some(Route::InstanceProfiles("aws".into()))
+        );
+        let preview = parse_path("/api/infra/v1/admin/nodecluster/preview/").expect("preview");
+        assert_eq!(
+            (preview.route, preview.namespace.as_deref()),
+            (Route::ClusterPreview, Some("admin"))
+        );
     }
 
     #[test]

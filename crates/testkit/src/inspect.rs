@@ -169,6 +169,35 @@ pub async fn create_user_vpc(
     (vpc_id, ids)
 }
 
+/// Tags a resource `Name=<name>`, as the console's name field does.
+pub async fn name_resource(ec2: &aws_sdk_ec2::Client, id: &str, name: &str) {
+    ec2.create_tags()
+        .resources(id)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("Name")
+                .value(name)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateTags on moto");
+}
+
+/// A user's security group in `vpc_id`; its id.
+pub async fn create_security_group(ec2: &aws_sdk_ec2::Client, vpc_id: &str, name: &str) -> String {
+    ec2.create_security_group()
+        .group_name(name)
+        .description(format!("{name} (made by a test)"))
+        .vpc_id(vpc_id)
+        .send()
+        .await
+        .expect("CreateSecurityGroup on moto")
+        .group_id()
+        .expect("a group id")
+        .to_owned()
+}
+
 /// The ids of the instances in a subnet, in any state.
 pub async fn instances_in_subnet(ec2: &aws_sdk_ec2::Client, subnet_id: &str) -> Vec<String> {
     let output = ec2

@@ -25,10 +25,13 @@
 //!   the next *round* (a listener needs the ARN its target group's create returns), so the
 //!   promise reads: rounds applied one after the other end in an empty plan, and no round
 //!   repeats a step of an earlier one.
+//! * [`preview`] — where a cluster not yet created would put its nodes (the launch
+//!   wizard's preview), by the same placement rule, with its network choices checked.
 //! * [`swarm`] — a Docker Swarm over two node clusters: bootstrap, joins, roles and labels,
 //!   how nodes leave, all without ever losing manager quorum.
 
 pub mod cluster;
 pub mod lb;
 pub mod network;
+pub mod preview;
 pub mod swarm;

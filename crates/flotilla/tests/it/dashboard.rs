@@ -1,11 +1,17 @@
 //! The web dashboard in a real browser (issue #13): Debian's Chromium, headless, driven
 //! through its chromedriver (W3C WebDriver, spoken here over HTTP with reqwest — a few
-//! commands need no client crate) against a real `flotilla server` on moto. The test logs
-//! in, launches a 2-node cluster from the form and watches it become Deployed on the page
-//! without a reload, sees a bad input's error next to its field, scales and removes the
-//! cluster from the page, checks that a change forged with the session cookie but without
-//! the CSRF token is refused, logs out, and meets the failed-login throttle. Every wait
-//! polls the page with a deadline (no fixed sleeps). Screenshots of each page go to
+//! commands need no client crate) against a real `flotilla server` on moto with a real
+//! agent per instance (the testkit's instance runner). One browser and one server go
+//! through: log in; the launch wizard (the region's VPCs, Flotilla's own shown only once it
+//! exists, the chosen VPC's subnets and security groups only, the server's nodes-per-AZ
+//! preview); a 3-node cluster with Auto networking that becomes Deployed on the page without
+//! a reload; a node whose agent is killed turning Unreachable on the page; forged changes
+//! (no CSRF token, another site's Origin) refused; scaling from the list; a cluster
+//! launched into a user's VPC made in moto, on two chosen subnets and a security group,
+//! after a subnet of another VPC slipped into the page was refused with the field named;
+//! the actions with a log, the events stream and the swarms page; removal after a
+//! confirmation; logout; the failed-login throttle. Every wait polls the page with a
+//! deadline (no fixed sleeps). Screenshots of each page go to
 //! `$CARGO_TARGET_TMPDIR/dashboard-screenshots` (the README's are copies,
 //! `docs/screenshots/`).
 //!
@@ -22,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use flotilla_api::uri;
-use flotilla_testkit::MotoAccount;
+use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -250,11 +256,73 @@ fn cell(name: &str, class: &str) -> String {
     )
 }
 
+/// JavaScript: `script` (a function body) run as an expression.
+fn expr(script: &str) -> String {
+    format!("(() => {{ {script} }})()")
+}
+
+/// A user's own network in moto, as a person would make it in the console: a VPC named
+/// `team-vpc` with three subnets and a security group, and another VPC with one subnet.
+struct UserNetwork {
+    vpc: String,
+    subnets: Vec<String>,
+    group: String,
+    other_subnet: String,
+}
+
+/// Makes [`UserNetwork`] through the test's own way to moto.
+async fn user_network(inspector: &str) -> UserNetwork {
+    use flotilla_testkit::inspect::{
+        create_security_group, create_user_vpc, ec2_client, name_resource,
+    };
+    let ec2 = ec2_client(inspector, "us-east-1").await;
+    let (vpc, subnets) = create_user_vpc(
+        &ec2,
+        "10.20.0.0/16",
+        &[
+            ("10.20.1.0/24", "us-east-1a"),
+            ("10.20.2.0/24", "us-east-1b"),
+            ("10.20.3.0/24", "us-east-1c"),
+        ],
+    )
+    .await;
+    name_resource(&ec2, &vpc, "team-vpc").await;
+    let group = create_security_group(&ec2, &vpc, "team-web").await;
+    let (_, other) = create_user_vpc(&ec2, "10.30.0.0/16", &[("10.30.1.0/24", "us-east-1a")]).await;
+    UserNetwork {
+        vpc,
+        subnets,
+        group,
+        other_subnet: other[0].clone(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let MotoAccount { proxy, .. } = MotoAccount::start().await;
-    let server = Server::start(&proxy.endpoint(), &["--node-ready", "running"]).await;
+    let began = Instant::now();
+    let MotoAccount {
+        proxy, inspector, ..
+    } = MotoAccount::start().await;
+    let ec2 = flotilla_testkit::inspect::ec2_client(&inspector.endpoint(), "us-east-1").await;
+    let network = user_network(&inspector.endpoint()).await;
+    // Agents decide readiness and a silent one is Unreachable after 2 s; the wizard's
+    // network lists are reused for 1 s, so Flotilla's new VPC shows up at the next opening.
+    let server = Server::start(
+        &proxy.endpoint(),
+        &[
+            "--node-ready",
+            "agent",
+            "--heartbeat-grace",
+            "2",
+            "--network-cache",
+            "1",
+        ],
+    )
+    .await;
+    let mut runner_config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
+    runner_config.heartbeat = Duration::from_millis(300);
+    let runner = InstanceRunner::start(runner_config).await;
     let browser = Browser::start().await;
 
     // Log in: a wrong key is refused on the form, the right one opens the empty list.
@@ -295,23 +363,43 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
         .await
         .expect("session cookie");
 
-    // The launch form: a bad name is refused next to the name field.
+    // The wizard: the catalogue, the region's VPCs (the user's, by Name tag; no Flotilla
+    // VPC yet) and Auto subnets with nothing to pick.
     browser.click("#launch-link").await;
-    browser
+    let vpcs = browser
         .wait(
-            "the catalogue in the form",
+            "the catalogue and the region's VPCs in the form",
             PAGE_LIMIT,
-            "return document.querySelectorAll('#launch-type option').length > 0
-                && document.getElementById('launch-region').value.includes('us-east-1')",
+            "const vpcs = [...document.querySelectorAll('#launch-vpc option')].map(o => o.textContent);
+             return document.querySelectorAll('#launch-type option').length > 0
+                && document.getElementById('launch-region').value.includes('us-east-1')
+                && vpcs.some(v => v.includes('team-vpc')) ? vpcs : null",
         )
         .await;
+    assert_eq!(vpcs[0], "Auto", "{vpcs}");
+    assert!(
+        !vpcs.to_string().contains("Flotilla"),
+        "no Flotilla VPC before one exists: {vpcs}"
+    );
+    assert!(
+        vpcs.to_string()
+            .contains(&format!("{} (team-vpc)", network.vpc)),
+        "{vpcs}"
+    );
+    assert_eq!(
+        browser
+            .run("return document.getElementById('launch-subnets').disabled")
+            .await,
+        true,
+        "no subnet can be picked with VPC Auto"
+    );
     // The whole catalogue (more than one page of node types), with a small default.
     let default_type = browser
         .run("return document.getElementById('launch-type').value")
         .await;
     assert_eq!(default_type, uri::node_type("aws", "t3.micro"));
     browser.fill("#launch-name", "Not a DNS name!").await;
-    browser.fill("#launch-nodes", "2").await;
+    browser.fill("#launch-nodes", "3").await;
     browser.click("#launch-submit").await;
     let error = browser
         .wait(
@@ -330,24 +418,37 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
         "the bad launch made nothing"
     );
 
-    // Launch 2 nodes; the list shows the cluster Deployed without a reload.
+    // The preview: 3 nodes over the server's 3 AZs, one each, as the server plans them.
     browser.fill("#launch-name", "web").await;
-    browser.fill("#launch-nodes", "2").await;
+    let preview = browser
+        .wait(
+            "the nodes-per-AZ preview",
+            PAGE_LIMIT,
+            "const items = [...document.querySelectorAll('#preview-list li')].map(li => li.textContent);
+             return items.length === 3 && items.every(t => t.endsWith(': 1 node')) ? items : null",
+        )
+        .await;
+    assert!(
+        preview.to_string().contains("us-east-1a: 1 node"),
+        "{preview}"
+    );
+    browser.screenshot("launch").await;
+
+    // Launch; the list shows the cluster Deployed (its agents registered) without a reload.
     browser.click("#launch-submit").await;
     browser
         .wait("the new cluster's row", PAGE_LIMIT, &cell("web", "counts"))
         .await;
     browser
         .wait(
-            "the cluster Deployed with 2 nodes over 2 AZs",
+            "the cluster Deployed with 3 nodes over 3 AZs",
             DEPLOY_LIMIT,
             &format!(
-                "const state = (() => {{ {} }})(); const counts = (() => {{ {} }})();
-                 const az = (() => {{ {} }})();
-                 return state === 'Deployed' && counts === '2 / 2' && (az.match(/: 1/g) || []).length === 2",
-                cell("web", "state"),
-                cell("web", "counts"),
-                cell("web", "per-az")
+                "const state = {}; const counts = {}; const az = {};
+                 return state === 'Deployed' && counts === '3 / 3' && (az.match(/: 1/g) || []).length === 3",
+                expr(&cell("web", "state")),
+                expr(&cell("web", "counts")),
+                expr(&cell("web", "per-az"))
             ),
         )
         .await;
@@ -361,10 +462,10 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     browser.click("#clusters-body .name a").await;
     let nodes = browser
         .wait(
-            "the cluster's 2 nodes",
+            "the cluster's 3 nodes",
             PAGE_LIMIT,
             "const rows = [...document.querySelectorAll('#nodes-body tr')];
-             if (document.getElementById('cluster-view').hidden || rows.length !== 2) return null;
+             if (document.getElementById('cluster-view').hidden || rows.length !== 3) return null;
              return rows.map(r => [...r.cells].map(c => c.textContent));",
         )
         .await;
@@ -381,10 +482,53 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
             "{node}"
         );
     }
+    let hover = browser
+        .run("return document.querySelector('#nodes-body time').getAttribute('title')")
+        .await;
+    assert!(
+        hover.as_str().is_some_and(|t| t.len() > 10),
+        "the exact time on hover: {hover}"
+    );
     browser.screenshot("cluster").await;
     browser.window(390, 844).await;
     browser.screenshot("cluster-phone").await;
     browser.window(1280, 860).await;
+
+    // A node whose agent dies turns Unreachable on the nodes page, highlighted, then
+    // Deployed again when its agent comes back.
+    let public_ip = nodes[0][3].as_str().expect("public IP").to_owned();
+    let instance = runner
+        .agents()
+        .into_iter()
+        .find(|(_, ip)| ip.to_string() == public_ip)
+        .map(|(id, _)| id)
+        .expect("the node's agent");
+    browser.click("#nav-nodes").await;
+    runner.stop(&instance);
+    let row = format!(
+        "const row = [...document.querySelectorAll('#all-nodes-body tr')]
+            .find(r => r.cells[3].textContent === {public_ip:?});"
+    );
+    browser
+        .wait(
+            "the silent node Unreachable and highlighted",
+            PAGE_LIMIT,
+            &format!(
+                "{row} return !!row && row.cells[1].textContent === 'Unreachable'
+                    && row.classList.contains('unreachable')"
+            ),
+        )
+        .await;
+    browser.screenshot("nodes-unreachable").await;
+    // From the same address, so the row is found by it again.
+    runner.restart(&instance, Some(public_ip.parse().expect("an IPv4 address")));
+    browser
+        .wait(
+            "the node Deployed again",
+            PAGE_LIMIT,
+            &format!("{row} return !!row && row.cells[1].textContent === 'Deployed'"),
+        )
+        .await;
 
     // A change forged with the session cookie but without the CSRF token is refused, and
     // so is one from another site's page; the same cookie reads fine.
@@ -423,37 +567,218 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     assert_eq!(read.status(), 200);
     let (_, cluster) = server.call(Method::GET, &path, None).await;
     assert_eq!(
-        cluster["target_num_nodes"], 2,
+        cluster["target_num_nodes"], 3,
         "the forgeries changed nothing"
     );
 
-    // Scale to 3 from the list.
+    // Scale to 4 from the list.
     browser.click("#nav-clusters").await;
     let scale = format!("#scale-{uuid}");
     browser
         .wait("the list", PAGE_LIMIT, &cell("web", "counts"))
         .await;
-    browser.fill(&scale, "3").await;
+    browser.fill(&scale, "4").await;
     browser
         .click(&format!("tr[data-uuid='{uuid}'] .scale"))
         .await;
     browser
         .wait(
-            "3 nodes Deployed",
+            "4 nodes Deployed",
             DEPLOY_LIMIT,
             &format!(
-                "const state = (() => {{ {} }})(); const counts = (() => {{ {} }})();
-                 return state === 'Deployed' && counts === '3 / 3'",
-                cell("web", "state"),
-                cell("web", "counts")
+                "const state = {}; const counts = {};
+                 return state === 'Deployed' && counts === '4 / 4'",
+                expr(&cell("web", "state")),
+                expr(&cell("web", "counts"))
             ),
         )
         .await;
     let (_, cluster) = server.call(Method::GET, &path, None).await;
-    assert_eq!(cluster["target_num_nodes"], 3);
+    assert_eq!(cluster["target_num_nodes"], 4);
 
-    // Remove it: a confirmation first (Cancel keeps it), then it leaves the list.
+    // The wizard again: Flotilla's VPC is offered now that it exists. Choosing the user's
+    // VPC offers exactly its subnets (with AZ and free addresses) and its security group.
+    browser.click("#launch-link").await;
+    browser
+        .wait(
+            "Flotilla's own VPC among the choices",
+            PAGE_LIMIT,
+            "return [...document.querySelectorAll('#launch-vpc option')]
+                .some(o => o.textContent.includes('(dc-vpc)') && o.textContent.includes(\"Flotilla's\"))",
+        )
+        .await;
+    browser
+        .click(&format!("#launch-vpc option[value='{}']", network.vpc))
+        .await;
+    let offered = browser
+        .wait(
+            "the VPC's subnets and security groups",
+            PAGE_LIMIT,
+            "const subnets = [...document.querySelectorAll('#launch-subnets-options input')];
+             const groups = [...document.querySelectorAll('#launch-sgs-options input')];
+             if (document.getElementById('launch-subnets').disabled || subnets.length === 0) return null;
+             return {subnets: subnets.map(i => [i.value, i.labels[0].textContent]),
+                     groups: groups.map(i => i.value)};",
+        )
+        .await;
+    let offered_subnets: Vec<&str> = offered["subnets"]
+        .as_array()
+        .expect("subnets")
+        .iter()
+        .map(|s| s[0].as_str().expect("id"))
+        .collect();
+    assert_eq!(offered_subnets, network.subnets, "{offered}");
+    assert!(
+        offered["subnets"][0][1]
+            .as_str()
+            .is_some_and(|label| label.contains("us-east-1a") && label.contains("free")),
+        "{offered}"
+    );
+    let groups = offered["groups"].to_string();
+    assert!(groups.contains(&network.group), "{offered}");
+    assert!(!groups.contains(&network.other_subnet), "{offered}");
+    browser.fill("#launch-name", "team").await;
+    browser.fill("#launch-nodes", "2").await;
+    for id in [&network.subnets[0], &network.subnets[1], &network.group] {
+        browser.click(&format!("input[value='{id}']")).await;
+    }
+    let preview = browser
+        .wait(
+            "the preview over the two chosen subnets",
+            PAGE_LIMIT,
+            "const items = [...document.querySelectorAll('#preview-list li')].map(li => li.textContent);
+             return items.length === 2 && items.every(t => t.includes(': 1 node')) ? items : null",
+        )
+        .await;
+    assert!(
+        preview.to_string().contains(&network.subnets[0]),
+        "{preview}"
+    );
+    browser.screenshot("launch-vpc").await;
+
+    // A subnet of another VPC cannot be offered by the page; one slipped in anyway (a stale
+    // or tampered page) is refused by the server, the error next to Subnets.
+    browser
+        .run(&format!(
+            "const box = document.getElementById('launch-subnets-options');
+             const input = Object.assign(document.createElement('input'),
+                {{type: 'checkbox', value: {other:?}, id: 'stale', checked: true}});
+             box.append(input); return null",
+            other = network.other_subnet
+        ))
+        .await;
+    browser.click("#launch-submit").await;
+    let refused = browser
+        .wait(
+            "the foreign subnet refused next to Subnets",
+            PAGE_LIMIT,
+            "const e = document.getElementById('launch-subnets-error').textContent;
+             return e.includes('belongs to')
+                && document.getElementById('launch-subnets').getAttribute('aria-invalid') === 'true' ? e : null",
+        )
+        .await;
+    assert!(
+        refused
+            .as_str()
+            .is_some_and(|e| e.contains(&network.other_subnet)),
+        "{refused}"
+    );
+    browser.screenshot("launch-refused").await;
+    let (_, listed) = server
+        .call(
+            Method::GET,
+            &format!("{}?name=team", uri::node_clusters()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        listed["meta"]["total_count"], 0,
+        "the refused launch made nothing"
+    );
+    browser
+        .run("document.getElementById('stale').remove(); return null")
+        .await;
+    browser.click("#launch-submit").await;
+    browser
+        .wait(
+            "the team cluster Deployed in the user's VPC",
+            DEPLOY_LIMIT,
+            &format!(
+                "const state = {}; const counts = {};
+                 return state === 'Deployed' && counts === '2 / 2'",
+                expr(&cell("team", "state")),
+                expr(&cell("team", "counts"))
+            ),
+        )
+        .await;
+    let team = cluster_named(&server, "team").await;
+    let (_, team_cluster) = server
+        .call(Method::GET, &uri::node_cluster(&team), None)
+        .await;
+    assert_eq!(
+        team_cluster["provider_options"]["vpc"],
+        json!({"id": network.vpc, "subnets": [network.subnets[0], network.subnets[1]],
+            "security_groups": [network.group]}),
+        "{team_cluster}"
+    );
+    for subnet in &network.subnets[..2] {
+        let instances = flotilla_testkit::inspect::instances_in_subnet(&ec2, subnet).await;
+        assert_eq!(instances.len(), 1, "one node in {subnet}: {instances:?}");
+    }
+
+    // Actions, newest first, and one's log; the events seen since login; the swarms page.
+    browser.click("#nav-actions").await;
+    browser
+        .wait(
+            "the actions",
+            PAGE_LIMIT,
+            "return [...document.querySelectorAll('#actions-body tr')]
+                .some(r => r.cells[0].textContent === 'Node Cluster Deploy')",
+        )
+        .await;
+    browser.screenshot("actions").await;
+    browser
+        .run(
+            "[...document.querySelectorAll('#actions-body tr a')]
+                .find(a => a.textContent === 'Node Cluster Deploy').click(); return null",
+        )
+        .await;
+    let log = browser
+        .wait(
+            "the action's log",
+            PAGE_LIMIT,
+            "const log = document.getElementById('action-log').textContent;
+             return !document.getElementById('action-view').hidden && log.length > 0 ? log : null",
+        )
+        .await;
+    assert!(log.as_str().is_some_and(|l| l.contains('\n')), "{log}");
+    browser.screenshot("action-log").await;
+    browser.click("#nav-events").await;
+    let events = browser
+        .wait(
+            "the events since login",
+            PAGE_LIMIT,
+            "const items = document.querySelectorAll('#events-list li');
+             return items.length > 5 ? items.length : null",
+        )
+        .await;
+    assert!(events.as_u64().is_some_and(|n| n > 5), "{events}");
+    browser.screenshot("events").await;
+    browser.click("#nav-swarms").await;
+    browser
+        .wait(
+            "the swarms' empty state",
+            PAGE_LIMIT,
+            "return !document.getElementById('swarms-empty').hidden",
+        )
+        .await;
+    browser.click("#nav-clusters").await;
+
+    // Remove both: a confirmation first (Cancel keeps it), then they leave the list.
     let remove = format!("tr[data-uuid='{uuid}'] .remove");
+    browser
+        .wait("the list", PAGE_LIMIT, &cell("web", "counts"))
+        .await;
     browser.click(&remove).await;
     browser
         .wait(
@@ -474,18 +799,27 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     let (_, cluster) = server.call(Method::GET, &path, None).await;
     assert_ne!(cluster["state"], "Terminating", "Cancel removes nothing");
     assert_ne!(cluster["state"], "Terminated", "Cancel removes nothing");
-    browser.click(&remove).await;
+    for remove in [remove, format!("tr[data-uuid='{team}'] .remove")] {
+        browser.click(&remove).await;
+        browser
+            .wait(
+                "the confirmation",
+                PAGE_LIMIT,
+                "return document.getElementById('confirm').open",
+            )
+            .await;
+        browser.click("#confirm-ok").await;
+        browser
+            .wait(
+                "the confirmation closed",
+                PAGE_LIMIT,
+                "return !document.getElementById('confirm').open",
+            )
+            .await;
+    }
     browser
         .wait(
-            "the confirmation",
-            PAGE_LIMIT,
-            "return document.getElementById('confirm').open",
-        )
-        .await;
-    browser.click("#confirm-ok").await;
-    browser
-        .wait(
-            "the cluster gone from the list and the empty state back",
+            "both clusters gone from the list and the empty state back",
             DEPLOY_LIMIT,
             "return !document.getElementById('clusters-empty').hidden",
         )
@@ -529,7 +863,11 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
         }
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "{statuses:?}");
-    eprintln!("screenshots in {}", browser.shots.display());
+    eprintln!(
+        "screenshots in {}; the test took {:?}",
+        browser.shots.display(),
+        began.elapsed()
+    );
     browser.quit().await;
 }
 

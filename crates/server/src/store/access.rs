@@ -568,3 +568,111 @@ async fn insert_key_in(
     .await?;
     Ok(result.rows_affected() == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::str::FromStr as _;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+    use super::*;
+
+    async fn migrate_to(pool: &SqlitePool, version: i64) {
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.migrations = Cow::Owned(
+            migrator
+                .migrations
+                .iter()
+                .filter(|m| m.version <= version)
+                .cloned()
+                .collect(),
+        );
+        migrator.run(pool).await.expect("migrations");
+    }
+
+    /// An installation from before access control (migrations 1 to 8): the bootstrap admin
+    /// with its one key, a node cluster and a swarm with its two clusters. After migration
+    /// 0009 the admin is the server administrator with the same key (named `default`), and
+    /// every resource belongs to the `default` organization (a swarm's clusters under it).
+    #[tokio::test]
+    async fn an_installation_from_before_access_control_keeps_its_admin_and_its_resources() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.db");
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("options")
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        migrate_to(&pool, 8).await;
+        sqlx::query("INSERT INTO users (username, api_key_salt, api_key_hash, created_at) VALUES ('admin', 'salt', 'hash', 5)")
+            .execute(&pool)
+            .await
+            .expect("admin");
+        for uuid in ["c1", "m1", "w1"] {
+            sqlx::query("INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, tags, created_at) VALUES ($1, $1, $1, '{}', 'Deployed', 1, '[]', 10)")
+                .bind(uuid)
+                .execute(&pool)
+                .await
+                .expect("cluster");
+        }
+        sqlx::query("INSERT INTO swarms (uuid, name, state, managers, manager_cluster, worker_cluster, created_at) VALUES ('s1', 'prod', 'Deployed', 1, 'm1', 'w1', 10)")
+            .execute(&pool)
+            .await
+            .expect("swarm");
+        pool.close().await;
+
+        let store = Store::open(&path).await.expect("upgrade");
+        let admin = store
+            .access_user("admin")
+            .await
+            .expect("read")
+            .expect("admin");
+        assert!(
+            admin.admin,
+            "the bootstrap admin is the server administrator"
+        );
+        let keys = store.active_api_keys("admin").await.expect("keys");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            (
+                keys[0].name.as_str(),
+                keys[0].salt.as_str(),
+                keys[0].hash.as_str()
+            ),
+            ("default", "salt", "hash"),
+            "the same key still signs in"
+        );
+        let owner = |org: &str, parent: Option<&str>| Owner {
+            org: org.to_owned(),
+            parent: parent.map(str::to_owned),
+        };
+        assert_eq!(
+            store.owner("c1").await.expect("owner"),
+            Some(owner(DEFAULT_ORG, None))
+        );
+        assert_eq!(
+            store.owner("s1").await.expect("owner"),
+            Some(owner(DEFAULT_ORG, None))
+        );
+        for cluster in ["m1", "w1"] {
+            assert_eq!(
+                store.owner(cluster).await.expect("owner"),
+                Some(owner(DEFAULT_ORG, Some("s1")))
+            );
+        }
+        assert_eq!(
+            store
+                .owned_kind(DEFAULT_ORG, "s1")
+                .await
+                .expect("kind")
+                .as_deref(),
+            Some("swarm")
+        );
+        store.close().await;
+    }
+}

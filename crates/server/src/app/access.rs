@@ -333,7 +333,7 @@ impl<C: Cloud + 'static> App<C> {
         let (key, secret) = new_api_key(&username, FIRST_KEY, now);
         if !self.store.create_user(&user, Some(&key)).await? {
             return Err(AppError::Conflict(format!(
-                "username: a user named '{username}' already exists"
+                "username: a user named '{username}' exists or existed (names of removed users are not reused)"
             )));
         }
         self.record_finished(

@@ -166,7 +166,7 @@ impl Store {
 
     pub async fn access_user(&self, username: &str) -> Result<Option<AccessUser>, StoreError> {
         let row: Option<(String, i64, Option<String>, i64)> = sqlx::query_as(
-            "SELECT username, admin, password_hash, created_at FROM users WHERE username = $1",
+            "SELECT username, admin, password_hash, created_at FROM users WHERE username = $1 AND deleted_at IS NULL",
         )
         .bind(username)
         .fetch_optional(&self.pool)
@@ -183,7 +183,7 @@ impl Store {
 
     pub async fn access_users(&self) -> Result<Vec<AccessUser>, StoreError> {
         let rows: Vec<(String, i64, Option<String>, i64)> = sqlx::query_as(
-            "SELECT username, admin, password_hash, created_at FROM users ORDER BY username",
+            "SELECT username, admin, password_hash, created_at FROM users WHERE deleted_at IS NULL ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -227,10 +227,12 @@ impl Store {
         .bind(username)
         .execute(&mut *tx)
         .await?;
-        // The row stays (keys and byo tokens refer to it) but can no longer sign in.
+        // The row stays (keys and byo tokens refer to it), marked removed: no sign-in, no
+        // session (a dashboard session of the user ends at its next request).
         let result = sqlx::query(
-            "UPDATE users SET password_hash = NULL, admin = 0, api_key_hash = '' WHERE username = $1",
+            "UPDATE users SET password_hash = NULL, admin = 0, api_key_hash = '', deleted_at = $1 WHERE username = $2 AND deleted_at IS NULL",
         )
+        .bind(now)
         .bind(username)
         .execute(&mut *tx)
         .await?;

@@ -29,6 +29,20 @@ pub struct AccessUser {
     pub created_at: i64,
 }
 
+/// A `users` row as access control reads it: name, admin flag, password hash, creation.
+type UserRow = (String, i64, Option<String>, i64);
+
+impl From<UserRow> for AccessUser {
+    fn from((username, admin, password_hash, created_at): UserRow) -> AccessUser {
+        AccessUser {
+            username,
+            admin: admin != 0,
+            password_hash,
+            created_at,
+        }
+    }
+}
+
 /// One API key's stored form: never the key.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKeyRecord {
@@ -165,37 +179,22 @@ impl Store {
     }
 
     pub async fn access_user(&self, username: &str) -> Result<Option<AccessUser>, StoreError> {
-        let row: Option<(String, i64, Option<String>, i64)> = sqlx::query_as(
+        let row: Option<UserRow> = sqlx::query_as(
             "SELECT username, admin, password_hash, created_at FROM users WHERE username = $1 AND deleted_at IS NULL",
         )
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(
-            row.map(|(username, admin, password_hash, created_at)| AccessUser {
-                username,
-                admin: admin != 0,
-                password_hash,
-                created_at,
-            }),
-        )
+        Ok(row.map(AccessUser::from))
     }
 
     pub async fn access_users(&self) -> Result<Vec<AccessUser>, StoreError> {
-        let rows: Vec<(String, i64, Option<String>, i64)> = sqlx::query_as(
+        let rows: Vec<UserRow> = sqlx::query_as(
             "SELECT username, admin, password_hash, created_at FROM users WHERE deleted_at IS NULL ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(username, admin, password_hash, created_at)| AccessUser {
-                username,
-                admin: admin != 0,
-                password_hash,
-                created_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(AccessUser::from).collect())
     }
 
     /// Sets (or with `None` removes) a user's password hash; false for an unknown user.

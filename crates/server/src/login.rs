@@ -31,6 +31,12 @@
 //!   tracked only if the user exists, so random names cannot flush the per-user counter, and
 //!   are held as their SHA-256, so a long name costs no more than a short one.
 //!   The worst case is a few MB, and the scan to make room is linear only when a map is full.
+//! * **Every way of signing in shares it** (issue #15): Basic with any of a user's API keys
+//!   or its argon2 password, and the dashboard's login, all go through [`LoginThrottle::check`]
+//!   before the secret is looked at, with the same three counters — so a password, the one
+//!   guessable secret, gets per-address, per-(address, user) and per-user limits, and a
+//!   failure costs the guesser one argon2 verification besides (`app::access`). A removed
+//!   user counts as unknown (not per user), like a name that never existed.
 //! * Time comes from the caller ([`Instant`]), so the logic is unit-tested without sleeping.
 
 use std::collections::HashMap;

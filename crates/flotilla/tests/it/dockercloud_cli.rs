@@ -136,6 +136,11 @@ impl Env {
     /// `program` with the CLI's environment: this server, these credentials, and nothing
     /// from the user's own set-up (`~/.docker/config.json`, `DOCKERCLOUD_*`).
     fn with_cli_env(&self, program: &Path, api_key: &str) -> Command {
+        self.with_cli_env_as(program, "admin", api_key)
+    }
+
+    /// [`Env::with_cli_env`] as another user.
+    fn with_cli_env_as(&self, program: &Path, user: &str, api_key: &str) -> Command {
         let mut command = Command::new(program);
         isolate_env(&mut command)
             .env(
@@ -146,7 +151,7 @@ impl Env {
                 "DOCKERCLOUD_STREAM_HOST",
                 format!("ws://127.0.0.1:{}/", self.port),
             )
-            .env("DOCKERCLOUD_USER", "admin")
+            .env("DOCKERCLOUD_USER", user)
             .env("DOCKERCLOUD_APIKEY", api_key)
             .env("HOME", &self.dir.0)
             .env("PYTHONUNBUFFERED", "1")
@@ -211,6 +216,41 @@ logs.run_forever()
                 self.server_log()
             ),
         }
+    }
+
+    /// Runs `program args` as `who` (user, key) with the CLIs' environment (both the
+    /// `DOCKERCLOUD_*` and, for `flotilla`, the `FLOTILLA_*` names); its output.
+    async fn run_as(&self, program: &Path, who: &(String, String), args: &[&str]) -> Output {
+        let mut command = self.with_cli_env_as(program, &who.0, &who.1);
+        command
+            .args(args)
+            .env("FLOTILLA_HOST", format!("http://127.0.0.1:{}", self.port))
+            .env("FLOTILLA_USER", &who.0)
+            .env("FLOTILLA_APIKEY", &who.1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = command.spawn().expect("spawn");
+        match tokio::time::timeout(COMMAND_LIMIT, child.wait_with_output()).await {
+            Ok(output) => output.expect("output"),
+            Err(_) => panic!("{program:?} {args:?} did not finish in {COMMAND_LIMIT:?}"),
+        }
+    }
+
+    /// `flotilla args` as `who`; requires success, returns stdout.
+    async fn flotilla(&self, who: &(String, String), args: &[&str]) -> String {
+        let output = self
+            .run_as(Path::new(env!("CARGO_BIN_EXE_flotilla")), who, args)
+            .await;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "flotilla {args:?} as {} exited {}:\n{stdout}\n{}\nserver log:\n{}",
+            who.0,
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            self.server_log()
+        );
+        stdout
     }
 
     /// Runs `docker-cloud args`, requires exit code 0, returns stdout.
@@ -674,4 +714,257 @@ async fn the_original_docker_cloud_cli_drives_flotilla() {
             .any(|v| v.vpc_id() == Some(vpc_id.as_str())),
         "{vpcs:?}"
     );
+}
+
+/// The JSON lines a `docker-cloud event` has printed so far.
+fn event_lines(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits until `docker-cloud event`'s output holds an event `matches` accepts.
+async fn wait_for_event(path: &Path, what: &str, matches: impl Fn(&Value) -> bool) {
+    let started = std::time::Instant::now();
+    while !event_lines(path).iter().any(&matches) {
+        assert!(
+            started.elapsed() < COMMAND_LIMIT,
+            "no {what} event in:\n{}",
+            fs::read_to_string(path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue #15 end to end: two organizations on one server; `alice` views all of `blue`.
+/// Through our CLI, the original `docker-cloud` CLI and its events stream she sees
+/// `blue`'s cluster and nodes and nothing of `red`'s; her scale is refused with 403 naming
+/// the role; a key is shown once and refused as soon as it is revoked.
+#[tokio::test]
+async fn a_member_sees_only_its_organization_through_both_clis_and_the_events_stream() {
+    let env = Env::start().await;
+    let admin = ("admin".to_owned(), env.api_key.clone());
+    let flotilla = Path::new(env!("CARGO_BIN_EXE_flotilla"));
+
+    // ---- organizations, users, teams and grants, with our CLI ----
+    for org in ["blue", "red"] {
+        env.flotilla(&admin, &["org", "create", org]).await;
+    }
+    let mut keys = Vec::new();
+    for user in ["alice", "bob"] {
+        let key = env.flotilla(&admin, &["user", "create", user]).await;
+        keys.push((user.to_owned(), key.trim().to_owned()));
+    }
+    let (alice, bob) = (keys[0].clone(), keys[1].clone());
+    env.flotilla(
+        &admin,
+        &["team", "create", "blue", "viewers", "--member", "alice"],
+    )
+    .await;
+    env.flotilla(&admin, &["team", "create", "red", "ops"])
+        .await;
+    env.flotilla(&admin, &["team", "add", "red", "ops", "bob"])
+        .await;
+    env.flotilla(&admin, &["grant", "create", "blue", "viewers", "view"])
+        .await;
+    env.flotilla(&admin, &["grant", "create", "red", "ops", "manage"])
+        .await;
+    let grants: Value = serde_json::from_str(
+        &env.flotilla(&admin, &["grant", "ls", "blue", "--format", "json"])
+            .await,
+    )
+    .expect("json");
+    assert_eq!(grants[0]["role"], "view", "{grants}");
+    assert_eq!(grants[0]["resource"], "*", "{grants}");
+
+    // ---- a cluster in each organization (the admin names it), on moto ----
+    let mut clusters = Vec::new();
+    for (org, name) in [("blue", "blue-web"), ("red", "red-web")] {
+        let out = env
+            .flotilla(
+                &admin,
+                &[
+                    "nodecluster",
+                    "create",
+                    name,
+                    "aws",
+                    "us-east-1",
+                    "t3.micro",
+                    "-t",
+                    "1",
+                    "--org",
+                    org,
+                    "--sync",
+                ],
+            )
+            .await;
+        let uuid = out
+            .lines()
+            .map(str::trim)
+            .find(|l| uri::is_uuid4(l))
+            .unwrap_or_else(|| panic!("no uuid in:\n{out}"))
+            .to_owned();
+        clusters.push(uuid);
+    }
+    let (blue, red) = (clusters[0].clone(), clusters[1].clone());
+    // Bob, who manages red, creates there without naming it (his only organization).
+    env.flotilla(
+        &bob,
+        &[
+            "nodecluster",
+            "create",
+            "bob-web",
+            "aws",
+            "us-east-1",
+            "t3.micro",
+            "-t",
+            "1",
+        ],
+    )
+    .await;
+
+    // ---- alice's events stream: blue's changes and nothing of red's ----
+    let events_path = env.dir.0.join("alice-events.out");
+    let mut events = env
+        .with_cli_env_as(&env.cli, &alice.0, &alice.1)
+        .arg("event")
+        .stdout(File::create(&events_path).expect("events file"))
+        .stderr(File::create(env.dir.0.join("alice-events.err")).expect("events err"))
+        .spawn()
+        .expect("docker-cloud event");
+    let blue_uri = uri::node_cluster(&blue);
+    let red_uri = uri::node_cluster(&red);
+    // Connected once she sees a change of blue: a tag (repeated until she does).
+    let started = std::time::Instant::now();
+    for probe in 0.. {
+        env.ok(&["tag", "add", "-t", &format!("probe{probe}"), &blue])
+            .await;
+        if event_lines(&events_path)
+            .iter()
+            .any(|e| e["resource_uri"] == blue_uri.as_str())
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < COMMAND_LIMIT,
+            "alice's stream never saw blue"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Red gets a node, then blue does: once she has seen blue's new node, every event of
+    // red's was published before it on the same stream.
+    env.flotilla(&admin, &["nodecluster", "scale", &red, "2", "--sync"])
+        .await;
+    env.flotilla(&admin, &["nodecluster", "scale", &blue, "2", "--sync"])
+        .await;
+    wait_for_event(&events_path, "blue's new node", |e| {
+        e["type"] == "node"
+            && e["action"] == "create"
+            && e["parents"] == serde_json::json!([blue_uri])
+    })
+    .await;
+    let _ = events.start_kill();
+    let _ = events.wait().await;
+    let printed = fs::read_to_string(&events_path).expect("events");
+    assert!(
+        !printed.contains(&red),
+        "alice saw red's events:\n{printed}"
+    );
+    let red_nodes: Vec<String> = serde_json::from_str::<Value>(
+        &env.flotilla(&admin, &["node", "ls", "--format", "json"])
+            .await,
+    )
+    .expect("json")
+    .as_array()
+    .expect("nodes")
+    .iter()
+    .filter(|n| n["node_cluster"] == red_uri.as_str())
+    .map(|n| n["uuid"].as_str().expect("uuid").to_owned())
+    .collect();
+    assert_eq!(red_nodes.len(), 2);
+    for node in &red_nodes {
+        assert!(!printed.contains(node.as_str()), "{printed}");
+    }
+
+    // ---- docker-cloud with alice's key lists only blue ----
+    let listed = env.run_as(&env.cli, &alice, &["nodecluster", "ls"]).await;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("blue-web") && !listed.contains("red-web"),
+        "{listed}"
+    );
+    assert!(!listed.contains("bob-web"), "{listed}");
+    let nodes = env.run_as(&env.cli, &alice, &["node", "ls"]).await;
+    let nodes = String::from_utf8_lossy(&nodes.stdout).into_owned();
+    assert_eq!(
+        nodes.lines().count(),
+        3,
+        "a header and blue's two nodes:\n{nodes}"
+    );
+    for node in &red_nodes {
+        assert!(!nodes.contains(&node[..8]), "{nodes}");
+    }
+    let inspect = env
+        .run_as(&env.cli, &alice, &["nodecluster", "inspect", &red])
+        .await;
+    assert!(!inspect.status.success(), "{inspect:?}");
+    // Her scale is refused with 403 naming the role, by both CLIs; nothing changes.
+    let scale = env
+        .run_as(&env.cli, &alice, &["nodecluster", "scale", &blue, "5"])
+        .await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&scale.stdout),
+        String::from_utf8_lossy(&scale.stderr)
+    );
+    assert!(said.contains("403") && said.contains("'operate'"), "{said}");
+    let ours = env
+        .run_as(flotilla, &alice, &["nodecluster", "scale", "blue-web", "5"])
+        .await;
+    assert!(!ours.status.success());
+    let said = String::from_utf8_lossy(&ours.stderr);
+    assert!(said.contains("'operate'"), "{said}");
+    let ls: Value = serde_json::from_str(
+        &env.flotilla(&alice, &["nodecluster", "ls", "--format", "json"])
+            .await,
+    )
+    .expect("json");
+    let names: Vec<&str> = ls
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["blue-web"]);
+    assert_eq!(ls[0]["target_num_nodes"], 2);
+
+    // ---- a key shown once, refused at once when revoked ----
+    let laptop = env
+        .flotilla(&alice, &["user", "key", "create", "alice", "laptop"])
+        .await
+        .trim()
+        .to_owned();
+    let laptop_key = ("alice".to_owned(), laptop.clone());
+    let listed = env
+        .flotilla(&alice, &["user", "key", "ls", "alice", "--format", "json"])
+        .await;
+    assert!(
+        listed.contains("laptop") && !listed.contains(&laptop),
+        "{listed}"
+    );
+    let ok = env
+        .run_as(&env.cli, &laptop_key, &["nodecluster", "ls"])
+        .await;
+    assert!(ok.status.success(), "{ok:?}");
+    env.flotilla(&alice, &["user", "key", "revoke", "alice", "laptop"])
+        .await;
+    let refused = env
+        .run_as(&env.cli, &laptop_key, &["nodecluster", "ls"])
+        .await;
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Not authorized"));
+    let still = env.run_as(&env.cli, &alice, &["nodecluster", "ls"]).await;
+    assert!(still.status.success(), "her other key still works");
 }

@@ -72,6 +72,9 @@ CREATE INDEX api_keys_by_user ON api_keys(username);
 
 ALTER TABLE users ADD COLUMN password_hash TEXT;   -- argon2 PHC string; NULL: keys only
 ALTER TABLE users ADD COLUMN admin BIGINT NOT NULL DEFAULT 0;
+-- A removed user's row stays (actions, keys and tokens name it) but it no longer exists for
+-- sign-in, sessions or listings.
+ALTER TABLE users ADD COLUMN deleted_at BIGINT;
 
 -- Existing data: the bootstrap admin stays the server administrator and keeps its key (now
 -- its key named 'default'); every existing cluster and swarm goes to the 'default'

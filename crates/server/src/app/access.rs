@@ -160,6 +160,14 @@ fn check_password(password: &str) -> AppResult<()> {
     Ok(())
 }
 
+/// Checks a new password and hashes it on a blocking thread (argon2 takes CPU time).
+async fn checked_hash(password: String) -> AppResult<String> {
+    check_password(&password)?;
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|_| AppError::Unavailable("cannot hash the password".into()))?
+}
+
 /// The caller without its request body: what access changes record (bodies may hold a
 /// password).
 fn without_body(caller: &Caller) -> Caller {
@@ -303,14 +311,7 @@ impl<C: Cloud + 'static> App<C> {
         let username = required(body, "username")?;
         check_name("username", &username)?;
         let password_hash = match text_field(body, "password")? {
-            Some(password) => {
-                check_password(&password)?;
-                Some(
-                    tokio::task::spawn_blocking(move || hash_password(&password))
-                        .await
-                        .map_err(|_| AppError::Unavailable("cannot hash the password".into()))??,
-                )
-            }
+            Some(password) => Some(checked_hash(password).await?),
             None => None,
         };
         let admin = match object(body)?.get("admin") {
@@ -333,7 +334,7 @@ impl<C: Cloud + 'static> App<C> {
         let (key, secret) = new_api_key(&username, FIRST_KEY, now);
         if !self.store.create_user(&user, Some(&key)).await? {
             return Err(AppError::Conflict(format!(
-                "username: a user named '{username}' already exists"
+                "username: a user named '{username}' exists or existed (names of removed users are not reused)"
             )));
         }
         self.record_finished(
@@ -366,15 +367,7 @@ impl<C: Cloud + 'static> App<C> {
         let hash = match fields.get("password") {
             None => return self.user(username).await,
             Some(Value::Null) => None,
-            Some(Value::String(password)) => {
-                check_password(password)?;
-                let password = password.clone();
-                Some(
-                    tokio::task::spawn_blocking(move || hash_password(&password))
-                        .await
-                        .map_err(|_| AppError::Unavailable("cannot hash the password".into()))??,
-                )
-            }
+            Some(Value::String(password)) => Some(checked_hash(password.clone()).await?),
             Some(_) => return Err(AppError::BadRequest("password: must be a string".into())),
         };
         self.store.set_password(username, hash.as_deref()).await?;

@@ -29,6 +29,20 @@ pub struct AccessUser {
     pub created_at: i64,
 }
 
+/// A `users` row as access control reads it: name, admin flag, password hash, creation.
+type UserRow = (String, i64, Option<String>, i64);
+
+impl From<UserRow> for AccessUser {
+    fn from((username, admin, password_hash, created_at): UserRow) -> AccessUser {
+        AccessUser {
+            username,
+            admin: admin != 0,
+            password_hash,
+            created_at,
+        }
+    }
+}
+
 /// One API key's stored form: never the key.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKeyRecord {
@@ -165,37 +179,22 @@ impl Store {
     }
 
     pub async fn access_user(&self, username: &str) -> Result<Option<AccessUser>, StoreError> {
-        let row: Option<(String, i64, Option<String>, i64)> = sqlx::query_as(
-            "SELECT username, admin, password_hash, created_at FROM users WHERE username = $1",
+        let row: Option<UserRow> = sqlx::query_as(
+            "SELECT username, admin, password_hash, created_at FROM users WHERE username = $1 AND deleted_at IS NULL",
         )
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(
-            row.map(|(username, admin, password_hash, created_at)| AccessUser {
-                username,
-                admin: admin != 0,
-                password_hash,
-                created_at,
-            }),
-        )
+        Ok(row.map(AccessUser::from))
     }
 
     pub async fn access_users(&self) -> Result<Vec<AccessUser>, StoreError> {
-        let rows: Vec<(String, i64, Option<String>, i64)> = sqlx::query_as(
-            "SELECT username, admin, password_hash, created_at FROM users ORDER BY username",
+        let rows: Vec<UserRow> = sqlx::query_as(
+            "SELECT username, admin, password_hash, created_at FROM users WHERE deleted_at IS NULL ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(username, admin, password_hash, created_at)| AccessUser {
-                username,
-                admin: admin != 0,
-                password_hash,
-                created_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(AccessUser::from).collect())
     }
 
     /// Sets (or with `None` removes) a user's password hash; false for an unknown user.
@@ -227,10 +226,12 @@ impl Store {
         .bind(username)
         .execute(&mut *tx)
         .await?;
-        // The row stays (keys and byo tokens refer to it) but can no longer sign in.
+        // The row stays (keys and byo tokens refer to it), marked removed: no sign-in, no
+        // session (a dashboard session of the user ends at its next request).
         let result = sqlx::query(
-            "UPDATE users SET password_hash = NULL, admin = 0, api_key_hash = '' WHERE username = $1",
+            "UPDATE users SET password_hash = NULL, admin = 0, api_key_hash = '', deleted_at = $1 WHERE username = $2 AND deleted_at IS NULL",
         )
+        .bind(now)
         .bind(username)
         .execute(&mut *tx)
         .await?;
@@ -567,4 +568,112 @@ async fn insert_key_in(
     .execute(&mut **tx)
     .await?;
     Ok(result.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::str::FromStr as _;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+    use super::*;
+
+    async fn migrate_to(pool: &SqlitePool, version: i64) {
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.migrations = Cow::Owned(
+            migrator
+                .migrations
+                .iter()
+                .filter(|m| m.version <= version)
+                .cloned()
+                .collect(),
+        );
+        migrator.run(pool).await.expect("migrations");
+    }
+
+    /// An installation from before access control (migrations 1 to 8): the bootstrap admin
+    /// with its one key, a node cluster and a swarm with its two clusters. After migration
+    /// 0009 the admin is the server administrator with the same key (named `default`), and
+    /// every resource belongs to the `default` organization (a swarm's clusters under it).
+    #[tokio::test]
+    async fn an_installation_from_before_access_control_keeps_its_admin_and_its_resources() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.db");
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("options")
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        migrate_to(&pool, 8).await;
+        sqlx::query("INSERT INTO users (username, api_key_salt, api_key_hash, created_at) VALUES ('admin', 'salt', 'hash', 5)")
+            .execute(&pool)
+            .await
+            .expect("admin");
+        for uuid in ["c1", "m1", "w1"] {
+            sqlx::query("INSERT INTO clusters (uuid, name, nickname, spec, state, target_num_nodes, tags, created_at) VALUES ($1, $1, $1, '{}', 'Deployed', 1, '[]', 10)")
+                .bind(uuid)
+                .execute(&pool)
+                .await
+                .expect("cluster");
+        }
+        sqlx::query("INSERT INTO swarms (uuid, name, state, managers, manager_cluster, worker_cluster, created_at) VALUES ('s1', 'prod', 'Deployed', 1, 'm1', 'w1', 10)")
+            .execute(&pool)
+            .await
+            .expect("swarm");
+        pool.close().await;
+
+        let store = Store::open(&path).await.expect("upgrade");
+        let admin = store
+            .access_user("admin")
+            .await
+            .expect("read")
+            .expect("admin");
+        assert!(
+            admin.admin,
+            "the bootstrap admin is the server administrator"
+        );
+        let keys = store.active_api_keys("admin").await.expect("keys");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            (
+                keys[0].name.as_str(),
+                keys[0].salt.as_str(),
+                keys[0].hash.as_str()
+            ),
+            ("default", "salt", "hash"),
+            "the same key still signs in"
+        );
+        let owner = |org: &str, parent: Option<&str>| Owner {
+            org: org.to_owned(),
+            parent: parent.map(str::to_owned),
+        };
+        assert_eq!(
+            store.owner("c1").await.expect("owner"),
+            Some(owner(DEFAULT_ORG, None))
+        );
+        assert_eq!(
+            store.owner("s1").await.expect("owner"),
+            Some(owner(DEFAULT_ORG, None))
+        );
+        for cluster in ["m1", "w1"] {
+            assert_eq!(
+                store.owner(cluster).await.expect("owner"),
+                Some(owner(DEFAULT_ORG, Some("s1")))
+            );
+        }
+        assert_eq!(
+            store
+                .owned_kind(DEFAULT_ORG, "s1")
+                .await
+                .expect("kind")
+                .as_deref(),
+            Some("swarm")
+        );
+        store.close().await;
+    }
 }

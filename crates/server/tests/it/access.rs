@@ -525,8 +525,18 @@ async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
         200,
     )
     .await;
+    // A removed user is refused at once, with its key and its password.
+    ok(
+        server.call(Method::DELETE, &uri::user("carol"), None).await,
+        200,
+    )
+    .await;
+    for who in [&carol, &by_password] {
+        let gone = call_as(&server, who, Method::GET, &uri::user("carol"), None).await;
+        assert_eq!(gone.status, 401, "{:?}", gone.body);
+    }
     server.stop().await;
-    // Neither key nor password is in the database files; the salted hashes are.
+    // Neither key nor password is in the database files.
     let mut stored = Vec::new();
     for entry in std::fs::read_dir(dir.path()).expect("dir") {
         let path = entry.expect("entry").path();

@@ -198,6 +198,35 @@ pub async fn create_security_group(ec2: &aws_sdk_ec2::Client, vpc_id: &str, name
         .to_owned()
 }
 
+/// Makes an instance profile, as the account's administrator would for the nodes' role.
+pub async fn create_instance_profile(endpoint: &str, name: &str) {
+    aws_sdk_iam::Client::new(&sdk_config(endpoint, "us-east-1").await)
+        .create_instance_profile()
+        .instance_profile_name(name)
+        .send()
+        .await
+        .expect("CreateInstanceProfile on moto");
+}
+
+/// The ARN of the instance profile an instance was launched with, if any.
+pub async fn instance_profile_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Option<String> {
+    let output = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .expect("DescribeInstances on moto");
+    output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| {
+            i.iam_instance_profile()
+                .and_then(|p| p.arn())
+                .map(str::to_owned)
+        })
+}
+
 /// The ids of the instances in a subnet, in any state.
 pub async fn instances_in_subnet(ec2: &aws_sdk_ec2::Client, subnet_id: &str) -> Vec<String> {
     let output = ec2

@@ -288,6 +288,7 @@ async fn user_network(inspector: &str) -> UserNetwork {
     .await;
     name_resource(&ec2, &vpc, "team-vpc").await;
     let group = create_security_group(&ec2, &vpc, "team-web").await;
+    flotilla_testkit::inspect::create_instance_profile(inspector, "team-role").await;
     let (_, other) = create_user_vpc(&ec2, "10.30.0.0/16", &[("10.30.1.0/24", "us-east-1a")]).await;
     UserNetwork {
         vpc,
@@ -642,6 +643,17 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     for id in [&network.subnets[0], &network.subnets[1], &network.group] {
         browser.click(&format!("input[value='{id}']")).await;
     }
+    // The IAM role: None, or one of the account's instance profiles.
+    let profiles = browser
+        .wait(
+            "the account's instance profiles",
+            PAGE_LIMIT,
+            "const names = [...document.querySelectorAll('#launch-iam option')].map(o => o.value);
+             return names.includes('team-role') ? names : null",
+        )
+        .await;
+    assert_eq!(profiles[0], "", "None comes first: {profiles}");
+    browser.click("#launch-iam option[value='team-role']").await;
     let preview = browser
         .wait(
             "the preview over the two chosen subnets",
@@ -721,9 +733,21 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
             "security_groups": [network.group]}),
         "{team_cluster}"
     );
+    assert_eq!(
+        team_cluster["provider_options"]["iam"],
+        json!({"instance_profile_name": "team-role"}),
+        "{team_cluster}"
+    );
     for subnet in &network.subnets[..2] {
         let instances = flotilla_testkit::inspect::instances_in_subnet(&ec2, subnet).await;
         assert_eq!(instances.len(), 1, "one node in {subnet}: {instances:?}");
+        let profile = flotilla_testkit::inspect::instance_profile_of(&ec2, &instances[0]).await;
+        assert!(
+            profile
+                .as_deref()
+                .is_some_and(|arn| arn.ends_with("instance-profile/team-role")),
+            "{subnet}: launched with {profile:?}"
+        );
     }
 
     // Actions, newest first, and one's log; the events seen since login; the swarms page.

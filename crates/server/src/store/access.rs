@@ -580,7 +580,7 @@ mod tests {
     use super::*;
 
     async fn migrate_to(pool: &SqlitePool, version: i64) {
-        let mut migrator = sqlx::migrate!("./migrations");
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
         migrator.migrations = Cow::Owned(
             migrator
                 .migrations

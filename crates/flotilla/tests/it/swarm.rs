@@ -514,8 +514,22 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
         .clone();
     let watched = env.instance_of(leader["node"].as_str().expect("uri")).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // How many times the watch has looked; each phase below waits for one more look, so
+    // the watch covers every phase however fast the phases go.
+    let looks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch_covers = |since: usize| {
+        let looks = looks.clone();
+        async move {
+            let started = Instant::now();
+            while looks.load(std::sync::atomic::Ordering::Relaxed) <= since {
+                assert!(started.elapsed() < SWARM_LIMIT, "the watch stopped looking");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     let watch = {
         let stop = stop.clone();
+        let looks = looks.clone();
         let socket = env
             .runner
             .docker_host(&watched)
@@ -529,6 +543,7 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
                     &["node", "ls", "--format", "{{.ManagerStatus}}"],
                 );
                 samples += 1;
+                looks.store(samples, std::sync::atomic::Ordering::Relaxed);
                 let ok = listed
                     .as_ref()
                     .is_ok_and(|text| text.lines().any(|l| l.trim() == "Leader"));
@@ -544,6 +559,7 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
 
     // 3 → 5 → 3, live.
     for target in [5usize, 3] {
+        let since = looks.load(std::sync::atomic::Ordering::Relaxed);
         env.ok(&["swarm", "update", &uuid, "--managers", &target.to_string()])
             .await;
         let swarm = env
@@ -555,6 +571,7 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
         let listed = env.node_ls(&watched);
         assert_eq!(listed.len(), target, "no node left Down: {listed:?}");
         assert!(listed.iter().all(|r| r[1] == "Ready"), "{listed:?}");
+        watch_covers(since).await;
     }
 
     // A manager's instance is terminated behind Flotilla's back (not the watched leader):
@@ -565,6 +582,7 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
         .find(|n| n["leader"] != true)
         .expect("a follower");
     let victim_instance = env.instance_of(victim["node"].as_str().expect("uri")).await;
+    let since = looks.load(std::sync::atomic::Ordering::Relaxed);
     let ec2 = flotilla_testkit::inspect::ec2_client(&inspector.endpoint(), "us-east-1").await;
     flotilla_testkit::inspect::terminate_instances(&ec2, &[victim_instance]).await;
     let replaced = env
@@ -602,9 +620,14 @@ async fn managers_change_live_and_a_lost_manager_is_replaced_without_losing_the_
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    watch_covers(since).await;
+
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (samples, leaderless) = watch.join().expect("the watch");
-    assert!(samples > 10, "the watch ran ({samples} samples)");
+    assert!(
+        samples >= 3,
+        "the watch looked in every phase ({samples} samples)"
+    );
     assert!(
         leaderless.is_empty(),
         "the swarm was seen without a leader {} of {samples} times: {leaderless:?}",

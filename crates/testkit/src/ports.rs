@@ -41,14 +41,23 @@ mod tests {
 
     #[test]
     fn ports_are_distinct_free_and_outside_the_ephemeral_range() {
-        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        // Each port is bound right after it is handed out (and held): checking all of them
+        // only at the end would race with other processes that take ports from the band
+        // meanwhile (another test's server) — CI saw that.
+        let mut held = Vec::new();
+        let ports: Vec<u16> = (0..50)
+            .map(|_| {
+                let port = free_port();
+                held.push(TcpListener::bind(("127.0.0.1", port)).expect("free for TCP"));
+                port
+            })
+            .collect();
         let mut unique = ports.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), ports.len(), "{ports:?}");
         for port in ports {
             assert!((20_000..32_000).contains(&u32::from(port)), "{port}");
-            TcpListener::bind(("127.0.0.1", port)).expect("still free for TCP");
         }
     }
 }

@@ -160,11 +160,24 @@ impl AgentState {
             .collect()
     }
 
+    /// Whether a node [`overdue`](Self::overdue) marked was heard from since (a heartbeat
+    /// clears the mark).
+    fn heard_since_judged(&self, uuid: &str) -> bool {
+        Self::lock(&self.watches)
+            .get(uuid)
+            .is_some_and(|watch| !watch.unreachable)
+    }
+
     /// A node [`overdue`](Self::overdue) marked whose verdict was not written: the next
     /// sweep judges it again.
     fn judge_again(&self, uuid: &str) {
+        self.set_judged(uuid, false);
+    }
+
+    /// Sets whether the node's last verdict was `Unreachable`.
+    fn set_judged(&self, uuid: &str, unreachable: bool) {
         if let Some(watch) = Self::lock(&self.watches).get_mut(uuid) {
-            watch.unreachable = false;
+            watch.unreachable = unreachable;
         }
     }
 
@@ -595,14 +608,32 @@ impl<C: Cloud + 'static> App<C> {
     /// `Unreachable`.
     /// A verdict that cannot be written is judged again by the next sweep; the others
     /// of this sweep are still written.
+    ///
+    /// A heartbeat may arrive between [`AgentState::overdue`] marking a node and the
+    /// verdict's write: it finds the node still `Deployed` in the store (nothing to undo)
+    /// and clears the mark, and the write then makes the node `Unreachable` although it is
+    /// heard from. So after the write, a cleared mark turns the node back at once;
+    /// otherwise a heartbeating node would stay `Unreachable` for good (the 18,000-agent
+    /// benchmark found one).
     pub async fn sweep_health(&self) -> Result<(), StoreError> {
         let mut failed = None;
         for uuid in self.agents.overdue() {
-            if let Err(error) = self
+            let lost = self
                 .set_reachability(&uuid, NodeState::Deployed, NodeEvent::HeartbeatLost)
-                .await
-            {
-                self.agents.judge_again(&uuid);
+                .await;
+            let verdict = match lost {
+                Err(error) => {
+                    self.agents.judge_again(&uuid);
+                    Err(error)
+                }
+                Ok(()) if self.agents.heard_since_judged(&uuid) => self
+                    .set_reachability(&uuid, NodeState::Unreachable, NodeEvent::HeardFrom)
+                    .await
+                    // Not written: the next heartbeat turns it back.
+                    .inspect_err(|_| self.agents.set_judged(&uuid, true)),
+                Ok(()) => Ok(()),
+            };
+            if let Err(error) = verdict {
                 failed.get_or_insert(error);
             }
         }

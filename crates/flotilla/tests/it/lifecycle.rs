@@ -513,14 +513,26 @@ async fn nodes_follow_their_agents_instances_and_the_network() {
         },
     )
     .await;
-    let repaired = history(&server, &uri::node_cluster(&cluster)).await;
+    // The repair reaches AWS before its line reaches the cluster's history: wait for it.
+    let cluster_uri = uri::node_cluster(&cluster);
+    let found = tokio::time::timeout(LIMIT, async {
+        loop {
+            let repaired = history(&server, &cluster_uri).await;
+            if repaired.iter().any(|(label, log)| {
+                label == "Node Cluster Network Check"
+                    && log.contains("Repaired the network")
+                    && log.contains("route table")
+            }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
     assert!(
-        repaired
-            .iter()
-            .any(|(label, log)| label == "Node Cluster Network Check"
-                && log.contains("Repaired the network")
-                && log.contains("route table")),
-        "{repaired:#?}\n{}",
+        found.is_ok(),
+        "no repair in the history: {:#?}\n{}",
+        history(&server, &cluster_uri).await,
         server
             .log()
             .lines()

@@ -96,6 +96,10 @@ impl Cloud for AwsAccount {
         self.current().node_types(region).await
     }
 
+    fn network_epoch(&self, region: &str) -> u64 {
+        self.current().network_epoch(region)
+    }
+
     async fn network_inventory(&self, region: &str) -> Result<NetworkInventory, CloudError> {
         self.current().network_inventory(region).await
     }

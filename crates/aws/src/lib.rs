@@ -183,9 +183,16 @@ pub struct Aws {
     regions: Mutex<Option<Vec<String>>>,
     /// Instance type offerings per region, once asked.
     node_types: Mutex<HashMap<String, Vec<NodeTypeOffering>>>,
+    /// [`Cloud::network_epoch`] per region.
+    network_epochs: Mutex<HashMap<String, u64>>,
 }
 
 impl Aws {
+    fn network_changed(&self, region: &str) {
+        let mut epochs = self.network_epochs.lock().unwrap_or_else(|p| p.into_inner());
+        *epochs.entry(region.to_owned()).or_default() += 1;
+    }
+
     /// Loads credentials (static keys, a profile, or the standard chain) and prepares clients.
     pub async fn connect(settings: AwsSettings) -> Aws {
         let timeouts = TimeoutConfig::builder()
@@ -225,6 +232,7 @@ impl Aws {
             images: Mutex::new(HashMap::new()),
             regions: Mutex::new(None),
             node_types: Mutex::new(HashMap::new()),
+            network_epochs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -362,8 +370,18 @@ impl Cloud for Aws {
         inventory::instance_profiles(self).await
     }
 
+    fn network_epoch(&self, region: &str) -> u64 {
+        let epochs = self.network_epochs.lock().unwrap_or_else(|p| p.into_inner());
+        epochs.get(region).copied().unwrap_or_default()
+    }
+
     async fn ensure_network(&self, request: &NetworkRequest) -> Result<Network, CloudError> {
-        network::ensure(self, request).await
+        let ensured = network::ensure(self, request).await;
+        // A failed ensure may have created something before it failed.
+        if ensured.as_ref().map_or(true, |n| !n.changes.is_empty()) {
+            self.network_changed(&request.region);
+        }
+        ensured
     }
 
     async fn check_network(&self, request: &NetworkRequest) -> Result<(), CloudError> {
@@ -396,7 +414,9 @@ impl Cloud for Aws {
     }
 
     async fn teardown_network(&self, region: &str) -> Result<TeardownReport, CloudError> {
-        network::teardown(self, region).await
+        let report = network::teardown(self, region).await;
+        self.network_changed(region);
+        report
     }
 
     async fn describe_load_balancer(

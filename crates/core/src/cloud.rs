@@ -516,6 +516,13 @@ pub trait Cloud: Send + Sync {
         step: &crate::plan::lb::LbStep,
     ) -> impl Future<Output = Result<crate::plan::lb::Applied, CloudError>> + Send;
 
+    /// A number that changes whenever this process may have changed the region's network
+    /// (an ensure that created or repaired something, or failed part-way; a teardown), so a
+    /// cached [`Cloud::network_inventory`] can tell it is out of date — the launch wizard
+    /// offers Flotilla's own VPC as soon as it exists. Changes made elsewhere (the console,
+    /// another replica) are only caught by the cache's time limit.
+    fn network_epoch(&self, region: &str) -> u64;
+
     /// Every VPC, subnet and security group of a region (the user's and Flotilla's), for
     /// the launch wizard. Describes only; callers cache the answer.
     fn network_inventory(

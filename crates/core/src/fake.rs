@@ -43,6 +43,8 @@ struct State {
     load_balancers: BTreeMap<(String, String), lb::Observed>,
     /// Load balancer steps applied (or failed) so far.
     lb_steps: usize,
+    /// [`Cloud::network_epoch`] per region.
+    network_epochs: BTreeMap<String, u64>,
     /// Every load balancer step after this many fails with a transient error; `true`: it
     /// is carried out first (the answer is lost).
     lb_fail_after: Option<(usize, bool)>,
@@ -323,6 +325,10 @@ impl Cloud for FakeCloud {
         state
             .networks
             .insert(request.region.clone(), network.clone());
+        *state
+            .network_epochs
+            .entry(request.region.clone())
+            .or_default() += 1;
         Ok(network)
     }
 
@@ -365,6 +371,14 @@ impl Cloud for FakeCloud {
 
     /// Flotilla's network of the region once ensured, and every user VPC (added with
     /// [`FakeCloud::add_user_vpc`]; its subnets go round the region's AZs in id order).
+    fn network_epoch(&self, region: &str) -> u64 {
+        self.lock()
+            .network_epochs
+            .get(region)
+            .copied()
+            .unwrap_or_default()
+    }
+
     async fn network_inventory(&self, region: &str) -> Result<NetworkInventory, CloudError> {
         let state = self.count("network_inventory");
         let mut inventory = NetworkInventory::default();
@@ -547,6 +561,7 @@ impl Cloud for FakeCloud {
             });
         }
         state.networks.remove(region);
+        *state.network_epochs.entry(region.to_owned()).or_default() += 1;
         let mut deleted: Vec<String> = network
             .subnets
             .iter()

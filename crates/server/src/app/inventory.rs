@@ -8,7 +8,9 @@
 //!   the wizard, switching regions back and forth or previewing costs AWS at most three
 //!   describes and one IAM list per region per period. One lock covers a fetch, so
 //!   concurrent wizards share one set of calls; failures are not cached. Linking new keys
-//!   empties the cache (another account has other VPCs).
+//!   empties the cache (another account has other VPCs), and a region's entry is dropped
+//!   as soon as this server changed that region's network ([`Cloud::network_epoch`]), so
+//!   Flotilla's own VPC is offered once it exists, not a period later.
 //! * The preview is core's ([`flotilla_core::plan::preview`]): the same placement rule as
 //!   the cluster planner, and the network choices checked against the cached inventory, so
 //!   a contradictory choice (a subnet or security group of another VPC) is refused with the
@@ -37,7 +39,8 @@ type Cached<T> = Option<(Instant, Arc<T>)>;
 /// The cached answers (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct InventoryCache {
-    regions: Mutex<HashMap<String, (Instant, Arc<NetworkInventory>)>>,
+    /// Region → when fetched, the region's network epoch then, the answer.
+    regions: Mutex<HashMap<String, (Instant, u64, Arc<NetworkInventory>)>>,
     profiles: Mutex<Cached<Vec<InstanceProfileInfo>>>,
 }
 
@@ -75,8 +78,10 @@ impl<C: Cloud + 'static> App<C> {
             )));
         }
         let mut cache = self.inventory.regions.lock().await;
-        if let Some((at, inventory)) = cache.get(region)
+        let epoch = self.cloud.network_epoch(region);
+        if let Some((at, cached_epoch, inventory)) = cache.get(region)
             && at.elapsed() < self.settings.inventory_ttl
+            && *cached_epoch == epoch
         {
             return Ok(inventory.clone());
         }
@@ -86,7 +91,7 @@ impl<C: Cloud + 'static> App<C> {
                 .await
                 .map_err(|e| unavailable(&format!("the network of {region}"), &e))?,
         );
-        cache.insert(region.to_owned(), (Instant::now(), inventory.clone()));
+        cache.insert(region.to_owned(), (Instant::now(), epoch, inventory.clone()));
         Ok(inventory)
     }
 

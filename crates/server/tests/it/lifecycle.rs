@@ -94,11 +94,39 @@ fn per_zone(counts: &std::collections::BTreeMap<String, usize>) -> Vec<usize> {
         .collect()
 }
 
+/// The launch wizard's VPC list (`region/…/vpc/`): Flotilla's own VPCs in it.
+async fn flotilla_vpcs(server: &TestServer) -> Vec<String> {
+    let listed = server.get(&uri::region_vpcs("aws", "us-east-1")).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    let vpcs = listed.body["objects"]
+        .as_array()
+        .or(listed.body.as_array())
+        .cloned()
+        .unwrap_or_else(|| panic!("a list of VPCs: {}", listed.body));
+    assert!(
+        vpcs.iter().any(|v| v["is_default"] == true),
+        "moto's default VPC is listed: {vpcs:?}"
+    );
+    vpcs.iter()
+        .filter(|v| v["flotilla"] == true)
+        .map(|v| v["label"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
     let env = Env::new().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (server, owner) = env.server(&dir).await;
+    // The wizard's network lists are cached for an hour here: Flotilla's own VPC must still
+    // appear as soon as it exists, and go when it is torn down (the network epoch).
+    let mut config = moto_config(&dir);
+    config.inventory_ttl = Duration::from_secs(3600);
+    let installation = flotilla_server::initialize(&config)
+        .await
+        .expect("initialize");
+    let owner = installation.owner_id.clone();
+    let server = TestServer::start(config, env.aws(&owner).await, installation.new_admin).await;
+    assert_eq!(flotilla_vpcs(&server).await, Vec::<String>::new());
 
     let created = server
         .call(Method::POST, &uri::node_clusters(), Some(body(6)))
@@ -126,6 +154,11 @@ async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
     let cluster = server.wait_for_cluster(&uuid, "Deployed", LIMIT).await;
     assert_eq!(cluster["current_num_nodes"], 6);
     assert_eq!(per_zone(&env.live_per_zone().await), vec![2, 2, 2]);
+    let ours = flotilla_vpcs(&server).await;
+    assert!(
+        ours.len() == 1 && ours[0].ends_with("(dc-vpc)"),
+        "Flotilla's VPC offered at once: {ours:?}"
+    );
     let nodes = server.get(&uri::nodes()).await.body;
     assert_eq!(nodes["meta"]["total_count"], 6);
     assert!(
@@ -174,6 +207,11 @@ async fn create_deploy_scale_and_delete_on_moto_leave_nothing_behind() {
         "instances left behind"
     );
     assert_eq!(env.owned_vpcs(&owner).await, 0, "the auto network is gone");
+    assert_eq!(
+        flotilla_vpcs(&server).await,
+        Vec::<String>::new(),
+        "and no longer offered"
+    );
     server.stop().await;
 }
 

@@ -186,6 +186,9 @@ pub struct Swarm {
     /// The node (resource URI) that initialised the swarm.
     pub bootstrap_node: Option<String>,
     pub nodes: Vec<SwarmMember>,
+    /// The swarm's services as a manager last reported them (empty until one did).
+    #[serde(default)]
+    pub services: Vec<SwarmService>,
     /// The network load balancer in front of the nodes (Docker for AWS's): its listeners
     /// follow the ports the swarm's services publish. `None` until the swarm has a node.
     pub load_balancer: Option<SwarmLoadBalancer>,

@@ -442,7 +442,7 @@ function renderSwarms() {
       ["Leader", leader ? last(leader.node).slice(0, 8) : "none yet"],
       ["Swarm ID", swarm.cluster_id || "not formed yet"],
       ["Load balancer", swarm.load_balancer && swarm.load_balancer.dns_name || "—"],
-      ["Published ports (services)", ports || "none"],
+      ["Load balancer ports", ports || "none (no service publishes a fixed port)"],
     ]) summary.append(el("dt", { text: term }), el("dd", { text: value }));
     const members = el("table", {},
       el("caption", { class: "visually-hidden", text: `Nodes of swarm ${swarm.name}` }),
@@ -456,10 +456,27 @@ function renderSwarms() {
         el("td", { "data-label": "Docker status", text: n.docker_status || "—" }),
         el("td", { "data-label": "Availability", text: n.availability || "—" }),
         el("td", { "data-label": "Manager status", text: n.manager_status || "—" })))));
+    const services = swarm.services || [];
+    const serviceList = services.length === 0
+      ? el("p", { class: "empty services-empty", text: swarm.cluster_id
+        ? "No services yet: run `docker service create …` on a manager; they appear here."
+        : "Services appear here once the swarm has formed." })
+      : el("div", { class: "table-wrap" }, el("table", { class: "services" },
+        el("caption", { class: "visually-hidden", text: `Services of swarm ${swarm.name}` }),
+        el("thead", {}, el("tr", {}, ...["Service", "Mode", "Tasks running", "Published ports", "On nodes"]
+          .map((h) => el("th", { scope: "col", text: h })))),
+        el("tbody", {}, ...services.map((s) => el("tr", { "data-service": s.name },
+          el("td", { "data-label": "Service" }, el("code", { text: s.name, title: s.id })),
+          el("td", { "data-label": "Mode", text: s.mode }),
+          el("td", { "data-label": "Tasks running", text: s.replicas == null ? `${s.running}` : `${s.running} / ${s.replicas}` }),
+          el("td", { "data-label": "Published ports", text: s.ports.map((p) => `${p.published || "auto"}→${p.target}/${p.protocol} (${p.mode})`).join(", ") || "none" }),
+          el("td", { "data-label": "On nodes", text: [...new Set(s.tasks.filter((t) => t.state === "running" && t.node)
+            .map((t) => last(t.node).slice(0, 8)))].join(", ") || "—" }))))));
     return el("article", { class: "card swarm", "data-uuid": swarm.uuid },
       el("div", { class: "heading" }, el("h2", { text: swarm.name }),
         el("span", { class: stateClass(swarm.state), text: swarm.state })),
-      summary, el("div", { class: "table-wrap" }, members));
+      summary, el("div", { class: "table-wrap" }, members),
+      el("h3", { text: "Services" }), serviceList);
   }));
 }
 

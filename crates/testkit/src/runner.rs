@@ -148,6 +148,8 @@ struct State {
     running: HashSet<String>,
     /// The runner was dropped: a host that finishes booting is powered off at once.
     closed: bool,
+    /// [`InstanceRunner::pause_boots`]: instances that never had an agent get none yet.
+    boots_paused: bool,
 }
 
 /// Where an instance is, as EC2 describes it.
@@ -571,6 +573,13 @@ impl InstanceRunner {
         self.shared.state().held.remove(instance_id);
     }
 
+    /// While paused, an instance that never had an agent (or a host) gets none: its boot
+    /// waits, as an instance that is slow to boot does, so a test can watch an action that
+    /// is waiting for its nodes. Unpaused, they boot at the next poll.
+    pub fn pause_boots(&self, paused: bool) {
+        self.shared.state().boots_paused = paused;
+    }
+
     /// Docker mode: instances with a booted host, and the host's private IP.
     pub fn hosts(&self) -> BTreeMap<String, Ipv4Addr> {
         self.shared
@@ -746,7 +755,7 @@ async fn poll_once(shared: &Arc<Shared>, ec2: &aws_sdk_ec2::Client) -> anyhow::R
     }
     for (id, instance) in running {
         let index = instance.launch_index;
-        let (known, has_agent, held, has_host, booting) = {
+        let (known, has_agent, held, has_host, booting, paused) = {
             let state = shared.state();
             (
                 state.boots.contains_key(&id),
@@ -754,9 +763,10 @@ async fn poll_once(shared: &Arc<Shared>, ec2: &aws_sdk_ec2::Client) -> anyhow::R
                 state.held.contains(&id),
                 state.hosts.contains_key(&id),
                 state.booting.contains(&id),
+                state.boots_paused,
             )
         };
-        if has_agent || held || booting {
+        if has_agent || held || booting || (paused && !has_host) {
             continue;
         }
         if !known {

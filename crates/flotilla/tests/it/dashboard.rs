@@ -37,12 +37,12 @@ use crate::support::{Api, Server};
 /// How long a cluster may take to deploy, scale or go away on moto.
 const DEPLOY_LIMIT: Duration = Duration::from_secs(120);
 /// How long the page may take to show something it was asked for.
-const PAGE_LIMIT: Duration = Duration::from_secs(20);
+pub(crate) const PAGE_LIMIT: Duration = Duration::from_secs(20);
 /// The W3C WebDriver element reference key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// One headless Chromium, through a chromedriver this test started on a free port.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     /// `http://127.0.0.1:<port>/session/<id>`.
     session: String,
@@ -60,7 +60,7 @@ fn chromium_binary() -> &'static str {
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub(crate) async fn start() -> Browser {
         let port = flotilla_testkit::free_port();
         // Its own process group, so that the browsers it starts end with it (Drop).
         let driver = Command::new("chromedriver")
@@ -117,7 +117,7 @@ impl Browser {
     }
 
     /// One WebDriver command; its `value`.
-    async fn command(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn command(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.session));
@@ -139,12 +139,12 @@ impl Browser {
         answer["value"].clone()
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.command(Method::POST, "/url", Some(json!({"url": url})))
             .await;
     }
 
-    async fn find(&self, css: &str) -> String {
+    pub(crate) async fn find(&self, css: &str) -> String {
         let found = self
             .command(
                 Method::POST,
@@ -155,14 +155,14 @@ impl Browser {
         found[ELEMENT].as_str().expect("element").to_owned()
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let element = self.find(css).await;
         self.command(Method::POST, &format!("/element/{element}/click"), None)
             .await;
     }
 
     /// Clears a field and types `text` into it, as a user would.
-    async fn fill(&self, css: &str, text: &str) {
+    pub(crate) async fn fill(&self, css: &str, text: &str) {
         let element = self.find(css).await;
         self.command(Method::POST, &format!("/element/{element}/clear"), None)
             .await;
@@ -175,7 +175,7 @@ impl Browser {
     }
 
     /// Runs `script` (a function body) in the page; what it returns.
-    async fn run(&self, script: &str) -> Value {
+    pub(crate) async fn run(&self, script: &str) -> Value {
         self.command(
             Method::POST,
             "/execute/sync",
@@ -185,7 +185,7 @@ impl Browser {
     }
 
     /// Polls `script` until it returns something other than `null`/`false`; that value.
-    async fn wait(&self, what: &str, limit: Duration, script: &str) -> Value {
+    pub(crate) async fn wait(&self, what: &str, limit: Duration, script: &str) -> Value {
         let started = Instant::now();
         loop {
             let value = self.run(script).await;
@@ -200,7 +200,7 @@ impl Browser {
         }
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let data = self.command(Method::GET, "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(data.as_str().expect("base64"))
@@ -208,7 +208,7 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).expect("save screenshot");
     }
 
-    async fn window(&self, width: u32, height: u32) {
+    pub(crate) async fn window(&self, width: u32, height: u32) {
         self.command(
             Method::POST,
             "/window/rect",
@@ -218,11 +218,11 @@ impl Browser {
     }
 
     /// Ends the browser (the driver goes on Drop).
-    async fn quit(&self) {
+    pub(crate) async fn quit(&self) {
         let _ = self.http.delete(&self.session).send().await;
     }
 
-    async fn cookie(&self, name: &str) -> Option<String> {
+    pub(crate) async fn cookie(&self, name: &str) -> Option<String> {
         let cookies = self.command(Method::GET, "/cookie", None).await;
         cookies
             .as_array()?
@@ -597,6 +597,57 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     let (_, cluster) = server.call(Method::GET, &path, None).await;
     assert_eq!(cluster["target_num_nodes"], 4);
 
+    // An action's log streams while it runs: scale to 5 with the new instance's boot held,
+    // open the running action, see its launch, let the node boot, and watch the rest of the
+    // log and the end arrive on the same page.
+    runner.pause_boots(true);
+    browser.fill(&scale, "5").await;
+    browser
+        .click(&format!("tr[data-uuid='{uuid}'] .scale"))
+        .await;
+    browser.click("#nav-actions").await;
+    browser
+        .wait(
+            "the running scale action",
+            PAGE_LIMIT,
+            "const row = [...document.querySelectorAll('#actions-body tr')]
+                .find(r => r.cells[0].textContent === 'Node Cluster Scale' && r.cells[1].textContent === 'In progress');
+             if (!row) return null; row.querySelector('a').click(); return true",
+        )
+        .await;
+    let running = browser
+        .wait(
+            "the running action's log so far",
+            DEPLOY_LIMIT,
+            "const log = document.getElementById('action-log').textContent;
+             return document.getElementById('action-state').textContent === 'In progress'
+                && log.includes('launched') ? log : null",
+        )
+        .await;
+    assert!(
+        running.as_str().is_some_and(|l| !l.contains("Deployed (5 of 5")),
+        "the node is still held: {running}"
+    );
+    browser.screenshot("action-running").await;
+    runner.pause_boots(false);
+    let finished = browser
+        .wait(
+            "the rest of the log and the end, streamed",
+            DEPLOY_LIMIT,
+            "const log = document.getElementById('action-log').textContent;
+             return document.getElementById('action-state').textContent === 'Success'
+                && log.includes('Deployed (5 of 5') ? log : null",
+        )
+        .await;
+    assert!(
+        finished
+            .as_str()
+            .is_some_and(|l| l.starts_with(running.as_str().unwrap_or_default())),
+        "the log grew in place: {finished}"
+    );
+    assert_eq!(browser.run("return window.sameLoad || null").await, "yes");
+    browser.click("#nav-clusters").await;
+
     // The wizard again: Flotilla's VPC is offered now that it exists. Choosing the user's
     // VPC offers exactly its subnets (with AZ and free addresses) and its security group.
     browser.click("#launch-link").await;
@@ -893,6 +944,32 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
         began.elapsed()
     );
     browser.quit().await;
+}
+
+/// A browser signed in to `server`'s dashboard with its admin key, on the node clusters
+/// page with the live stream connected.
+pub(crate) async fn signed_in(server: &Server) -> Browser {
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/", server.base)).await;
+    browser
+        .wait(
+            "the login form",
+            PAGE_LIMIT,
+            "return !document.getElementById('login-view').hidden",
+        )
+        .await;
+    browser.fill("#login-user", &server.user).await;
+    browser.fill("#login-key", &server.key).await;
+    browser.click("#login-submit").await;
+    browser
+        .wait(
+            "signed in and live",
+            PAGE_LIMIT,
+            "return document.getElementById('login-view').hidden
+                && document.getElementById('live').textContent === 'live'",
+        )
+        .await;
+    browser
 }
 
 /// The uuid of the one cluster called `name`.

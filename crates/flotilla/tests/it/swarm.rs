@@ -433,6 +433,34 @@ async fn a_swarm_of_real_engines_forms_runs_a_service_and_scales() {
         assert!(workers.contains(node), "{task} runs on a worker");
     }
 
+    // The dashboard's swarms page shows the same: managers, workers, the leader and the
+    // service with its four running tasks on the workers.
+    let browser = crate::dashboard::signed_in(&env.server).await;
+    browser.click("#nav-swarms").await;
+    let card = browser
+        .wait(
+            "the swarm with its leader and its service on the swarms page",
+            crate::dashboard::PAGE_LIMIT,
+            &format!(
+                "const card = document.querySelector(\"article.swarm[data-uuid='{uuid}']\");
+                 if (!card) return null;
+                 const row = card.querySelector(\"tr[data-service='web']\");
+                 const text = card.textContent;
+                 return row && row.cells[2].textContent === '4 / 4' && text.includes('(leader)')
+                    ? {{summary: card.querySelector('dl').textContent, service: row.textContent}} : null"
+            ),
+        )
+        .await;
+    assert!(
+        card["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("Managers3 / 3") && s.contains("Workers2 / 2")),
+        "{card}"
+    );
+    browser.window(1280, 1150).await;
+    browser.screenshot("swarms").await;
+    browser.quit().await;
+
     // Workers 2 → 4 (docker-cloud's scale: a PATCH of the workers' node cluster): the new
     // nodes join by themselves.
     env.ok(&["swarm", "scale", &uuid, "--workers", "4"]).await;

@@ -12,6 +12,7 @@
 //! * Rendering reads the agents' last reports: roles, availability and leader come from the
 //!   swarm's node list as a manager reported it.
 
+use flotilla_api::agent::ServiceInfo;
 use flotilla_api::{self as api, action_state, date, uri};
 use flotilla_core::plan::swarm as planner;
 use flotilla_core::spec::SwarmSpec;
@@ -23,6 +24,48 @@ use crate::authz::Viewer;
 use crate::store::{ClusterRecord, NewSwarm, SwarmRecord};
 use crate::swarm::SwarmView;
 use flotilla_core::cloud::Cloud;
+
+/// A service as a manager of `view`'s swarm last reported it, its tasks placed on
+/// Flotilla's nodes.
+fn render_service(view: &SwarmView, service: &ServiceInfo) -> api::SwarmService {
+    let node_of = |docker_id: &str| {
+        view.nodes.iter().find_map(|(node, _)| {
+            let reported = node
+                .engine
+                .report
+                .as_ref()
+                .and_then(|r| r.engine.as_ref())
+                .and_then(|e| e.swarm.node_id.as_deref())
+                .or(node.engine.last_swarm_node_id.as_deref());
+            (reported == Some(docker_id)).then(|| uri::node(&node.uuid))
+        })
+    };
+    api::SwarmService {
+        id: service.id.clone(),
+        name: service.name.clone(),
+        swarm: uri::swarm(&view.swarm.uuid),
+        mode: service.mode.clone(),
+        replicas: service.replicas,
+        running: service
+            .tasks
+            .iter()
+            .filter(|t| t.state == "running")
+            .count() as u32,
+        tasks: service
+            .tasks
+            .iter()
+            .map(|t| api::SwarmServiceTask {
+                id: t.id.clone(),
+                node: node_of(&t.node_id),
+                docker_node_id: t.node_id.clone(),
+                state: t.state.clone(),
+                desired_state: t.desired_state.clone(),
+                error: t.error.clone(),
+            })
+            .collect(),
+        ports: service.ports.clone(),
+    }
+}
 
 /// The label of a swarm's create action.
 pub const LABEL_SWARM_CREATE: &str = "Swarm Create";
@@ -95,6 +138,12 @@ impl<C: Cloud + 'static> App<C> {
             worker_cluster: uri::node_cluster(&swarm.worker_cluster),
             cluster_id: swarm.cluster_id.clone(),
             bootstrap_node: swarm.bootstrap_node.as_deref().map(uri::node),
+            services: view
+                .services()
+                .unwrap_or_default()
+                .iter()
+                .map(|service| render_service(&view, service))
+                .collect(),
             nodes,
             load_balancer: swarm.load_balancer.clone(),
             created_datetime: Some(date::format_unix(swarm.created_at)),
@@ -146,43 +195,7 @@ impl<C: Cloud + 'static> App<C> {
             let Some(service) = found else {
                 continue;
             };
-            let node_of = |docker_id: &str| {
-                view.nodes.iter().find_map(|(node, _)| {
-                    let reported = node
-                        .engine
-                        .report
-                        .as_ref()
-                        .and_then(|r| r.engine.as_ref())
-                        .and_then(|e| e.swarm.node_id.as_deref())
-                        .or(node.engine.last_swarm_node_id.as_deref());
-                    (reported == Some(docker_id)).then(|| uri::node(&node.uuid))
-                })
-            };
-            return Ok(api::SwarmService {
-                id: service.id.clone(),
-                name: service.name.clone(),
-                swarm: uri::swarm(&view.swarm.uuid),
-                mode: service.mode.clone(),
-                replicas: service.replicas,
-                running: service
-                    .tasks
-                    .iter()
-                    .filter(|t| t.state == "running")
-                    .count() as u32,
-                tasks: service
-                    .tasks
-                    .iter()
-                    .map(|t| api::SwarmServiceTask {
-                        id: t.id.clone(),
-                        node: node_of(&t.node_id),
-                        docker_node_id: t.node_id.clone(),
-                        state: t.state.clone(),
-                        desired_state: t.desired_state.clone(),
-                        error: t.error.clone(),
-                    })
-                    .collect(),
-                ports: service.ports.clone(),
-            });
+            return Ok(render_service(&view, service));
         }
         Err(AppError::NotFound(format!(
             "no swarm has a service '{id}' (as its managers last reported)"

@@ -630,3 +630,110 @@ async fn the_world_is_let_in_only_when_asked_and_only_on_management_ports() {
         ]
     );
 }
+
+/// The launch wizard's lists (`Cloud::network_inventory`, `Cloud::instance_profiles`):
+/// the user's VPC with its Name tag, its subnets with AZ and free addresses, its security
+/// group; Flotilla's own network marked as such once it exists; the account's instance
+/// profiles; and the network epoch moving when (and only when) the network changed.
+#[tokio::test]
+async fn the_wizards_inventory_lists_the_users_network_and_flotillas_own() {
+    let env = Env::new().await;
+    let ec2 = env.ec2("us-east-1").await;
+    let (vpc, subnets) = flotilla_testkit::inspect::create_user_vpc(
+        &ec2,
+        "10.20.0.0/16",
+        &[("10.20.1.0/24", "us-east-1a"), ("10.20.2.0/24", "us-east-1b")],
+    )
+    .await;
+    flotilla_testkit::inspect::name_resource(&ec2, &vpc, "team-vpc").await;
+    let group = flotilla_testkit::inspect::create_security_group(&ec2, &vpc, "team-sg").await;
+    flotilla_testkit::inspect::create_instance_profile(&env.inspect.endpoint(), "team-role").await;
+
+    let before = env.aws.network_epoch("us-east-1");
+    let inventory = env
+        .aws
+        .network_inventory("us-east-1")
+        .await
+        .expect("inventory");
+    let theirs = inventory
+        .vpcs
+        .iter()
+        .find(|v| v.id == vpc)
+        .unwrap_or_else(|| panic!("the user's VPC listed: {inventory:#?}"));
+    assert_eq!(theirs.name.as_deref(), Some("team-vpc"));
+    assert_eq!(theirs.cidr, "10.20.0.0/16");
+    assert!(!theirs.managed && !theirs.is_default);
+    assert!(inventory.vpcs.iter().any(|v| v.is_default), "moto's default VPC");
+    assert!(inventory.vpcs.iter().all(|v| !v.managed), "no network of ours yet");
+    let listed: Vec<(&str, &str, u32)> = inventory
+        .subnets
+        .iter()
+        .filter(|s| s.vpc_id == vpc)
+        .map(|s| (s.id.as_str(), s.availability_zone.as_str(), s.available_ips))
+        .collect();
+    // A /24 has 256 addresses; AWS keeps 5 of each subnet.
+    assert_eq!(
+        listed,
+        vec![
+            (subnets[0].as_str(), "us-east-1a", 251),
+            (subnets[1].as_str(), "us-east-1b", 251)
+        ]
+    );
+    assert!(
+        inventory
+            .security_groups
+            .iter()
+            .any(|g| g.id == group && g.vpc_id == vpc && g.name == "team-sg" && !g.managed),
+        "{:#?}",
+        inventory.security_groups
+    );
+    let profiles = env.aws.instance_profiles().await.expect("profiles");
+    assert!(
+        profiles
+            .iter()
+            .any(|p| p.name == "team-role" && p.arn.ends_with(":instance-profile/team-role")),
+        "{profiles:#?}"
+    );
+    assert_eq!(
+        env.aws.network_epoch("us-east-1"),
+        before,
+        "describing changes nothing"
+    );
+
+    // Flotilla's auto network: listed as ours, and the epoch moved with it.
+    let network = env
+        .aws
+        .ensure_network(&network_request(&spec(0)))
+        .await
+        .expect("network");
+    let created = env.aws.network_epoch("us-east-1");
+    assert!(created > before, "an ensure that created moves the epoch");
+    env.aws
+        .ensure_network(&network_request(&spec(0)))
+        .await
+        .expect("network again");
+    assert_eq!(
+        env.aws.network_epoch("us-east-1"),
+        created,
+        "an ensure that found everything in place does not"
+    );
+    let inventory = env
+        .aws
+        .network_inventory("us-east-1")
+        .await
+        .expect("inventory");
+    let ours: Vec<_> = inventory.vpcs.iter().filter(|v| v.managed).collect();
+    assert_eq!(ours.len(), 1, "{inventory:#?}");
+    assert_eq!(ours[0].id, network.vpc_id);
+    assert_eq!(ours[0].name.as_deref(), Some("dc-vpc"));
+    let our_subnets = inventory.subnets.iter().filter(|s| s.managed).count();
+    assert_eq!(our_subnets, network.subnets.len());
+    assert!(
+        inventory
+            .security_groups
+            .iter()
+            .any(|g| g.managed && g.vpc_id == network.vpc_id),
+        "our node security group: {:#?}",
+        inventory.security_groups
+    );
+}

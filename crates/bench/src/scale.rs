@@ -88,6 +88,12 @@ struct RunResult {
     unreachable_resynced: usize,
     /// The events stream closed before the deadline.
     listener_ended: bool,
+    /// `Unreachable` verdicts recorded over the whole run (every `Node Unreachable` line of
+    /// the server's history) for agents that were heartbeating: a node never silenced, or a
+    /// silenced one judged before its silencing. The events listener only watches after
+    /// the silencing; this catches a false verdict at any time (e.g. while thousands of
+    /// agents register).
+    false_verdicts_whole_run: usize,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -254,7 +260,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         *missing_states.entry(state).or_insert(0) += 1;
         let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("object", &node_uri)
-            .append_pair("label", "Node Unreachable")
+            .append_pair("action", "Node Unreachable")
             .finish();
         let (_, history) = server
             .call(
@@ -274,6 +280,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
             missing_verdicts_s.push(verdict.unix_timestamp() - silenced_unix);
         }
     }
+    let false_verdicts_whole_run = false_verdicts(&server, &silenced, silenced_at).await?;
     for task in tasks {
         task.abort();
     }
@@ -301,10 +308,54 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         events_missed,
         unreachable_resynced: resynced.len(),
         listener_ended,
+        false_verdicts_whole_run,
     };
     eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
     server.stop().await;
     Ok(result)
+}
+
+/// Every `Node Unreachable` verdict in the server's history that was false: of a node
+/// never silenced, or of a silenced one from before its silencing.
+async fn false_verdicts(
+    server: &ServerProcess,
+    silenced: &HashSet<String>,
+    silenced_at: Instant,
+) -> anyhow::Result<usize> {
+    let silenced_unix = flotilla_api::date::now_unix() - silenced_at.elapsed().as_secs() as i64;
+    let mut false_ones = 0;
+    let mut offset = 0;
+    loop {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("action", "Node Unreachable")
+            .append_pair("limit", "1000")
+            .append_pair("offset", &offset.to_string())
+            .finish();
+        let (_, page) = server
+            .call(
+                reqwest::Method::GET,
+                &format!("{}?{query}", flotilla_api::uri::actions()),
+                None,
+            )
+            .await?;
+        let objects = page["objects"].as_array().cloned().unwrap_or_default();
+        for action in &objects {
+            let uuid = crate::ws::uri_uuid(action["object"].as_str().unwrap_or(""));
+            let at = action["start_date"]
+                .as_str()
+                .and_then(|d| flotilla_api::date::parse(d).ok())
+                .map(|d| d.unix_timestamp())
+                .unwrap_or(i64::MAX);
+            // A second's slack: the history's times are whole seconds.
+            if !silenced.contains(uuid) || at < silenced_unix - 1 {
+                false_ones += 1;
+            }
+        }
+        if objects.len() < 1000 {
+            return Ok(false_ones);
+        }
+        offset += objects.len();
+    }
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
@@ -337,7 +388,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             "p50 (s)",
             "p99 (s)",
             "max (s)",
-            "false Unreachable",
+            "false Unreachable (stream)",
+            "false verdicts (whole run)",
         ],
     );
     for r in &runs {
@@ -362,6 +414,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             format!("{:.2}", r.unreachable_delay.p99_ms / 1000.0),
             format!("{:.2}", r.unreachable_delay.max_ms / 1000.0),
             r.false_unreachable.to_string(),
+            r.false_verdicts_whole_run.to_string(),
         ]);
     }
     let mut targets = Vec::new();
@@ -385,16 +438,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             name: format!("silent → Unreachable, M = {}", r.agents),
             target: format!("≤ grace + 1 s = {} s, all {}", args.grace + 1, r.silenced),
             value: format!(
-                "max {:.2} s, {} of {} seen, {} false",
+                "max {:.2} s, {} of {} seen, {} false ({} over the whole run)",
                 r.unreachable_delay.max_ms / 1000.0,
                 r.unreachable_seen,
                 r.silenced,
-                r.false_unreachable
+                r.false_unreachable,
+                r.false_verdicts_whole_run
             ),
             met: Some(
                 r.unreachable_missing == 0
                     && r.unreachable_delay.max_ms <= limit_ms
-                    && r.false_unreachable == 0,
+                    && r.false_unreachable == 0
+                    && r.false_verdicts_whole_run == 0,
             ),
         });
     }
@@ -410,16 +465,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     // A verdict that never reached the stream is a failure of the run, not a figure.
     let missing: Vec<String> = runs
         .iter()
-        .filter(|r| r.unreachable_missing > 0 || r.false_unreachable > 0)
+        .filter(|r| {
+            r.unreachable_missing > 0 || r.false_unreachable > 0 || r.false_verdicts_whole_run > 0
+        })
         .map(|r| {
             format!(
-                "M = {}: {} of {} silenced agents never seen Unreachable (their state now: {:?}; verdicts recorded at {:?} s after the silencing), {} false Unreachable, {} events missed by the listener{}",
+                "M = {}: {} of {} silenced agents never seen Unreachable (their state now: {:?}; verdicts recorded at {:?} s after the silencing), {} false Unreachable on the stream, {} false verdicts over the whole run, {} events missed by the listener{}",
                 r.agents,
                 r.unreachable_missing,
                 r.silenced,
                 r.missing_states,
                 r.missing_verdicts_s,
                 r.false_unreachable,
+                r.false_verdicts_whole_run,
                 r.events_missed,
                 if r.listener_ended { ", and the events stream closed early" } else { "" }
             )

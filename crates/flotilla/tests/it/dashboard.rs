@@ -200,6 +200,23 @@ impl Browser {
         }
     }
 
+    /// The dashboard's login form.
+    pub(crate) async fn open_login(&self, server: &Server) {
+        self.goto(&format!("{}/", server.base)).await;
+        self.wait(
+            "the login form",
+            PAGE_LIMIT,
+            "return !document.getElementById('login-view').hidden",
+        )
+        .await;
+    }
+
+    pub(crate) async fn submit_login(&self, user: &str, key: &str) {
+        self.fill("#login-user", user).await;
+        self.fill("#login-key", key).await;
+        self.click("#login-submit").await;
+    }
+
     pub(crate) async fn screenshot(&self, name: &str) {
         let data = self.command(Method::GET, "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
@@ -327,18 +344,9 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
     let browser = Browser::start().await;
 
     // Log in: a wrong key is refused on the form, the right one opens the empty list.
-    browser.goto(&format!("{}/", server.base)).await;
-    browser
-        .wait(
-            "the login form",
-            PAGE_LIMIT,
-            "return !document.getElementById('login-view').hidden",
-        )
-        .await;
+    browser.open_login(&server).await;
     browser.screenshot("login").await;
-    browser.fill("#login-user", &server.user).await;
-    browser.fill("#login-key", "not-the-key").await;
-    browser.click("#login-submit").await;
+    browser.submit_login(&server.user, "not-the-key").await;
     browser
         .wait(
             "the wrong key's error",
@@ -346,8 +354,7 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
             "return document.getElementById('login-error').textContent.includes('Wrong')",
         )
         .await;
-    browser.fill("#login-key", &server.key).await;
-    browser.click("#login-submit").await;
+    browser.submit_login(&server.user, &server.key).await;
     browser
         .wait(
             "the empty state",
@@ -950,17 +957,8 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
 /// page with the live stream connected.
 pub(crate) async fn signed_in(server: &Server) -> Browser {
     let browser = Browser::start().await;
-    browser.goto(&format!("{}/", server.base)).await;
-    browser
-        .wait(
-            "the login form",
-            PAGE_LIMIT,
-            "return !document.getElementById('login-view').hidden",
-        )
-        .await;
-    browser.fill("#login-user", &server.user).await;
-    browser.fill("#login-key", &server.key).await;
-    browser.click("#login-submit").await;
+    browser.open_login(server).await;
+    browser.submit_login(&server.user, &server.key).await;
     browser
         .wait(
             "signed in and live",

@@ -89,11 +89,17 @@ struct RunResult {
     /// The events stream closed before the deadline.
     listener_ended: bool,
     /// `Unreachable` verdicts recorded over the whole run (every `Node Unreachable` line of
-    /// the server's history) for agents that were heartbeating: a node never silenced, or a
-    /// silenced one judged before its silencing. The events listener only watches after
-    /// the silencing; this catches a false verdict at any time (e.g. while thousands of
-    /// agents register).
+    /// the server's history) for agents that were heartbeating: from one interval after
+    /// the heartbeats started (before, an agent registered early is rightly judged: it is
+    /// silent until every agent has registered), of a node never silenced or of a silenced
+    /// one before its silencing. The events listener only watches after the silencing;
+    /// this catches a false verdict at any time.
     false_verdicts_whole_run: usize,
+    /// Nodes `Unreachable` just before the silencing, while every agent heartbeats: a
+    /// verdict that was never taken back (must be 0).
+    unreachable_before_silencing: u64,
+    /// Verdicts while the agents were still registering (silent then, so rightly judged).
+    verdicts_while_registering: usize,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -118,6 +124,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
 
     let interval = Duration::from_secs(args.interval);
     let epoch = Instant::now();
+    let epoch_unix = flotilla_api::date::now_unix();
     let log = Arc::new(PingLog::default());
     let mut flags: Vec<(String, SilenceFlag, LastAnswer)> = Vec::with_capacity(m);
     let mut tasks = Vec::with_capacity(m);
@@ -175,6 +182,16 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         "M = {m}: heartbeats {heartbeats:?}, CPU {cpu} %, RSS {} MiB",
         mib(after.map(|a| a.rss_kib).unwrap_or(0))
     );
+
+    // Every agent heartbeats now: none may be Unreachable.
+    let (_, unreachable_now) = server
+        .call(
+            reqwest::Method::GET,
+            &format!("{}?state=Unreachable&limit=1", flotilla_api::uri::nodes()),
+            None,
+        )
+        .await?;
+    let unreachable_before_silencing = unreachable_now["meta"]["total_count"].as_u64().unwrap_or(0);
 
     // Silence some agents and watch the events stream.
     let (sink, mut events) = mpsc::unbounded_channel();
@@ -280,7 +297,13 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
             missing_verdicts_s.push(verdict.unix_timestamp() - silenced_unix);
         }
     }
-    let false_verdicts_whole_run = false_verdicts(&server, &silenced, silenced_at).await?;
+    let (verdicts_while_registering, false_verdicts_whole_run) = false_verdicts(
+        &server,
+        &silenced,
+        silenced_at,
+        epoch_unix + args.interval as i64,
+    )
+    .await?;
     for task in tasks {
         task.abort();
     }
@@ -309,20 +332,25 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         unreachable_resynced: resynced.len(),
         listener_ended,
         false_verdicts_whole_run,
+        unreachable_before_silencing,
+        verdicts_while_registering,
     };
     eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
     server.stop().await;
     Ok(result)
 }
 
-/// Every `Node Unreachable` verdict in the server's history that was false: of a node
-/// never silenced, or of a silenced one from before its silencing.
+/// The `Node Unreachable` verdicts in the server's history: those before every agent had
+/// heartbeated once (`heartbeating_from`, Unix time; right then), and the false ones after:
+/// of a node never silenced, or of a silenced one from before its silencing.
 async fn false_verdicts(
     server: &ServerProcess,
     silenced: &HashSet<String>,
     silenced_at: Instant,
-) -> anyhow::Result<usize> {
+    heartbeating_from: i64,
+) -> anyhow::Result<(usize, usize)> {
     let silenced_unix = flotilla_api::date::now_unix() - silenced_at.elapsed().as_secs() as i64;
+    let mut early = 0;
     let mut false_ones = 0;
     let mut offset = 0;
     loop {
@@ -347,12 +375,14 @@ async fn false_verdicts(
                 .map(|d| d.unix_timestamp())
                 .unwrap_or(i64::MAX);
             // A second's slack: the history's times are whole seconds.
-            if !silenced.contains(uuid) || at < silenced_unix - 1 {
+            if at <= heartbeating_from + 1 {
+                early += 1;
+            } else if !silenced.contains(uuid) || at < silenced_unix - 1 {
                 false_ones += 1;
             }
         }
         if objects.len() < 1000 {
-            return Ok(false_ones);
+            return Ok((early, false_ones));
         }
         offset += objects.len();
     }
@@ -390,6 +420,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             "max (s)",
             "false Unreachable (stream)",
             "false verdicts (whole run)",
+            "Unreachable before silencing",
+            "judged while registering",
         ],
     );
     for r in &runs {
@@ -415,6 +447,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             format!("{:.2}", r.unreachable_delay.max_ms / 1000.0),
             r.false_unreachable.to_string(),
             r.false_verdicts_whole_run.to_string(),
+            r.unreachable_before_silencing.to_string(),
+            r.verdicts_while_registering.to_string(),
         ]);
     }
     let mut targets = Vec::new();
@@ -449,7 +483,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                 r.unreachable_missing == 0
                     && r.unreachable_delay.max_ms <= limit_ms
                     && r.false_unreachable == 0
-                    && r.false_verdicts_whole_run == 0,
+                    && r.false_verdicts_whole_run == 0
+                    && r.unreachable_before_silencing == 0,
             ),
         });
     }
@@ -466,11 +501,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let missing: Vec<String> = runs
         .iter()
         .filter(|r| {
-            r.unreachable_missing > 0 || r.false_unreachable > 0 || r.false_verdicts_whole_run > 0
+            r.unreachable_missing > 0
+                || r.false_unreachable > 0
+                || r.false_verdicts_whole_run > 0
+                || r.unreachable_before_silencing > 0
         })
         .map(|r| {
             format!(
-                "M = {}: {} of {} silenced agents never seen Unreachable (their state now: {:?}; verdicts recorded at {:?} s after the silencing), {} false Unreachable on the stream, {} false verdicts over the whole run, {} events missed by the listener{}",
+                "M = {}: {} of {} silenced agents never seen Unreachable (their state now: {:?}; verdicts recorded at {:?} s after the silencing), {} false Unreachable on the stream, {} false verdicts over the whole run, {} nodes Unreachable before the silencing, {} events missed by the listener{}",
                 r.agents,
                 r.unreachable_missing,
                 r.silenced,
@@ -478,6 +516,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                 r.missing_verdicts_s,
                 r.false_unreachable,
                 r.false_verdicts_whole_run,
+                r.unreachable_before_silencing,
                 r.events_missed,
                 if r.listener_ended { ", and the events stream closed early" } else { "" }
             )

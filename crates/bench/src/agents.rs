@@ -240,36 +240,45 @@ pub async fn register_byo_many(
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<(Vec<(AgentConn, Registered)>, Vec<f64>)> {
+    register_byo_many_then(server, count, concurrency, |conn, node| (conn, node)).await
+}
+
+/// [`register_byo_many`], handing each agent to `then` as soon as it is registered (a
+/// real agent heartbeats from then on, not once every other node has registered); what
+/// `then` returns, in order of registration.
+pub async fn register_byo_many_then<T>(
+    server: &crate::server::ServerProcess,
+    count: usize,
+    concurrency: usize,
+    then: impl Fn(AgentConn, Registered) -> T,
+) -> anyhow::Result<(Vec<T>, Vec<f64>)> {
     use futures::StreamExt as _;
-    let results: Vec<anyhow::Result<(AgentConn, Registered, f64)>> =
-        futures::stream::iter(0..count)
-            .map(|i| async move {
-                let started = Instant::now();
-                let (status, body) = server
-                    .call(reqwest::Method::POST, &flotilla_api::uri::token(), None)
-                    .await?;
-                let token = body["token"]
-                    .as_str()
-                    .with_context(|| format!("POST token/: {status} {body}"))?
-                    .to_owned();
-                let mut conn = AgentConn::new(&server.base);
-                let ip = format!(
-                    "10.{}.{}.{}",
-                    100 + i / 62_500,
-                    (i / 250) % 250,
-                    i % 250 + 4
-                );
-                let node = register_byo_node(&mut conn, &token, &ip).await?;
-                Ok((conn, node, started.elapsed().as_secs_f64() * 1000.0))
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+    let mut registrations = futures::stream::iter(0..count)
+        .map(|i| async move {
+            let started = Instant::now();
+            let (status, body) = server
+                .call(reqwest::Method::POST, &flotilla_api::uri::token(), None)
+                .await?;
+            let token = body["token"]
+                .as_str()
+                .with_context(|| format!("POST token/: {status} {body}"))?
+                .to_owned();
+            let mut conn = AgentConn::new(&server.base);
+            let ip = format!(
+                "10.{}.{}.{}",
+                100 + i / 62_500,
+                (i / 250) % 250,
+                i % 250 + 4
+            );
+            let node = register_byo_node(&mut conn, &token, &ip).await?;
+            anyhow::Ok((conn, node, started.elapsed().as_secs_f64() * 1000.0))
+        })
+        .buffer_unordered(concurrency);
     let mut agents = Vec::with_capacity(count);
     let mut latencies = Vec::with_capacity(count);
-    for result in results {
+    while let Some(result) = registrations.next().await {
         let (conn, node, ms) = result?;
-        agents.push((conn, node));
+        agents.push(then(conn, node));
         latencies.push(ms);
     }
     Ok((agents, latencies))

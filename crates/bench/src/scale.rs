@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::Ctx;
-use crate::agents::{PingLog, heartbeat, register_byo_many};
+use crate::agents::{PingLog, heartbeat, register_byo_many_then};
 use crate::report::{Table, Target, ms};
 use crate::server::ServerProcess;
 use crate::stats::{Summary, summarize};
@@ -89,17 +89,14 @@ struct RunResult {
     /// The events stream closed before the deadline.
     listener_ended: bool,
     /// `Unreachable` verdicts recorded over the whole run (every `Node Unreachable` line of
-    /// the server's history) for agents that were heartbeating: from one interval after
-    /// the heartbeats started (before, an agent registered early is rightly judged: it is
-    /// silent until every agent has registered), of a node never silenced or of a silenced
-    /// one before its silencing. The events listener only watches after the silencing;
-    /// this catches a false verdict at any time.
+    /// the server's history) for agents that were heartbeating (each from its
+    /// registration): of a node never silenced, or of a silenced one before its silencing.
+    /// The events listener only watches after the silencing; this catches a false verdict
+    /// at any time, registration included.
     false_verdicts_whole_run: usize,
     /// Nodes `Unreachable` just before the silencing, while every agent heartbeats: a
     /// verdict that was never taken back (must be 0).
     unreachable_before_silencing: u64,
-    /// Verdicts while the agents were still registering (silent then, so rightly judged).
-    verdicts_while_registering: usize,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -117,28 +114,23 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
     };
     let server = ServerProcess::start(&ctx.bin, &fault.endpoint(), &grace).await?;
     eprintln!("M = {m}: registering");
-    let started = Instant::now();
-    let (agents, registration) = register_byo_many(&server, m, args.concurrency).await?;
-    let registration_s = started.elapsed().as_secs_f64();
-    eprintln!("M = {m}: {m} registered in {registration_s:.1} s");
-
+    // Each agent heartbeats from its registration on, as a real one does: a node is never
+    // silent for longer than an interval, so every Unreachable verdict before the
+    // silencing is a false one.
     let interval = Duration::from_secs(args.interval);
     let epoch = Instant::now();
-    let epoch_unix = flotilla_api::date::now_unix();
     let log = Arc::new(PingLog::default());
-    let mut flags: Vec<(String, SilenceFlag, LastAnswer)> = Vec::with_capacity(m);
-    let mut tasks = Vec::with_capacity(m);
-    for (conn, node) in agents {
+    let start_heartbeating = |conn: crate::agents::AgentConn, node: crate::agents::Registered| {
         let silenced = Arc::new(AtomicBool::new(false));
         let last_ok = Arc::new(Mutex::new(Some(Instant::now())));
-        flags.push((node.uuid.clone(), silenced.clone(), last_ok.clone()));
+        let flag = (node.uuid.clone(), silenced.clone(), last_ok.clone());
         let phase = Duration::from_millis(rand::rng().random_range(0..interval.as_millis() as u64));
         let conn = if args.reconnect {
             conn.closing_after_each_request()
         } else {
             conn
         };
-        tasks.push(tokio::spawn(heartbeat(
+        let task = tokio::spawn(heartbeat(
             conn,
             node,
             interval,
@@ -147,8 +139,15 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
             log.clone(),
             silenced,
             last_ok,
-        )));
-    }
+        ));
+        (flag, task)
+    };
+    let (agents, registration) =
+        register_byo_many_then(&server, m, args.concurrency, start_heartbeating).await?;
+    let registration_s = epoch.elapsed().as_secs_f64();
+    eprintln!("M = {m}: {m} registered in {registration_s:.1} s");
+    let (flags, tasks): (Vec<(String, SilenceFlag, LastAnswer)>, Vec<_>) =
+        agents.into_iter().unzip();
     // One interval to warm up (every agent has pinged once), then the measured window.
     tokio::time::sleep(interval).await;
     let window_start = epoch.elapsed().as_secs_f64();
@@ -297,13 +296,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
             missing_verdicts_s.push(verdict.unix_timestamp() - silenced_unix);
         }
     }
-    let (verdicts_while_registering, false_verdicts_whole_run) = false_verdicts(
-        &server,
-        &silenced,
-        silenced_at,
-        epoch_unix + args.interval as i64,
-    )
-    .await?;
+    let false_verdicts_whole_run = false_verdicts(&server, &silenced, silenced_at).await?;
     for task in tasks {
         task.abort();
     }
@@ -333,24 +326,20 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         listener_ended,
         false_verdicts_whole_run,
         unreachable_before_silencing,
-        verdicts_while_registering,
     };
     eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
     server.stop().await;
     Ok(result)
 }
 
-/// The `Node Unreachable` verdicts in the server's history: those before every agent had
-/// heartbeated once (`heartbeating_from`, Unix time; right then), and the false ones after:
-/// of a node never silenced, or of a silenced one from before its silencing.
+/// Every `Node Unreachable` verdict in the server's history that was false: of a node
+/// never silenced, or of a silenced one from before its silencing.
 async fn false_verdicts(
     server: &ServerProcess,
     silenced: &HashSet<String>,
     silenced_at: Instant,
-    heartbeating_from: i64,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<usize> {
     let silenced_unix = flotilla_api::date::now_unix() - silenced_at.elapsed().as_secs() as i64;
-    let mut early = 0;
     let mut false_ones = 0;
     let mut offset = 0;
     loop {
@@ -375,14 +364,12 @@ async fn false_verdicts(
                 .map(|d| d.unix_timestamp())
                 .unwrap_or(i64::MAX);
             // A second's slack: the history's times are whole seconds.
-            if at <= heartbeating_from + 1 {
-                early += 1;
-            } else if !silenced.contains(uuid) || at < silenced_unix - 1 {
+            if !silenced.contains(uuid) || at < silenced_unix - 1 {
                 false_ones += 1;
             }
         }
         if objects.len() < 1000 {
-            return Ok((early, false_ones));
+            return Ok(false_ones);
         }
         offset += objects.len();
     }
@@ -421,7 +408,6 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             "false Unreachable (stream)",
             "false verdicts (whole run)",
             "Unreachable before silencing",
-            "judged while registering",
         ],
     );
     for r in &runs {
@@ -448,7 +434,6 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             r.false_unreachable.to_string(),
             r.false_verdicts_whole_run.to_string(),
             r.unreachable_before_silencing.to_string(),
-            r.verdicts_while_registering.to_string(),
         ]);
     }
     let mut targets = Vec::new();

@@ -1,10 +1,10 @@
 //! Client bundles with a real swarm (issue #15): a 1-manager swarm of a real engine, users
 //! with `view` and `manage` grants on it and the server administrator each get a bundle
 //! with `flotilla bundle create`, and Debian's real `docker` CLI, set up by the bundle's
-//! `env.sh`, talks to the manager's Docker API proxy with it: the viewer lists services,
-//! the manager creates a plain service but is refused a bind mount of a host path (the
-//! refusal names the roles), the administrator may, and a revoked bundle is refused at its
-//! next request.
+//! `env.sh`, talks to the manager's Docker API proxy with it: the viewer lists services
+//! and reads logs, the manager creates a plain service and execs into its container (a
+//! hijacked connection) but is refused a bind mount of a host path (the refusal names the
+//! roles), the administrator may, and a revoked bundle is refused at its next request.
 //!
 //! The CLI runs in the manager's network namespace (`nsenter --net`): the hosts' private
 //! addresses are reachable only from inside the hosts' network (`flotilla_testkit::host`).
@@ -14,7 +14,7 @@ use std::process::Output;
 use std::time::Instant;
 
 use flotilla_api::uri;
-use flotilla_testkit::docker::docker_cli;
+use flotilla_testkit::docker::{BUSYBOX_IMAGE, docker_cli};
 use flotilla_testkit::server::isolate_env;
 use serde_json::{Value, json};
 
@@ -222,13 +222,15 @@ async fn a_bundles_docker_cli_is_held_to_its_users_role_and_refused_once_revoked
             "create",
             "--detach",
             "--no-resolve-image",
+            "--endpoint-mode",
+            "dnsrr",
             "--name",
             name,
         ];
         if bind {
             args.extend(["--mount", "type=bind,source=/etc,target=/host-etc"]);
         }
-        args.extend(["busybox:latest", "sleep", "3600"]);
+        args.extend([BUSYBOX_IMAGE, "sleep", "3600"]);
         args.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
     let run = |bundle: &Path, args: Vec<String>| {
@@ -250,6 +252,41 @@ async fn a_bundles_docker_cli_is_held_to_its_users_role_and_refused_once_revoked
         "manage creates a plain service: {}",
         text(&plain)
     );
+    // Hijacked and streamed requests pass through for a role that may make them: exec
+    // (manage) into the plain service's container, logs (view).
+    let started = Instant::now();
+    let container = loop {
+        let listed = env
+            .runner
+            .docker(&instance, &["ps", "-q", "--filter", "name=plain"])
+            .unwrap_or_default();
+        if let Some(id) = listed.lines().next() {
+            break id.trim().to_owned();
+        }
+        assert!(
+            started.elapsed() < SWARM_LIMIT,
+            "the plain service's task never ran: {:?}",
+            env.runner
+                .docker(&instance, &["service", "ps", "--no-trunc", "plain"])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let exec = docker_with(
+        &netns,
+        &maker_bundle,
+        &host,
+        &["exec", &container, "echo", "through-the-proxy"],
+    );
+    assert!(exec.status.success(), "manage execs: {}", text(&exec));
+    assert!(
+        String::from_utf8_lossy(&exec.stdout).contains("through-the-proxy"),
+        "{}",
+        text(&exec)
+    );
+    let logs = docker_with(&netns, &viewer_bundle, &host, &["logs", &container]);
+    assert!(logs.status.success(), "view reads logs: {}", text(&logs));
+    let exec = docker_with(&netns, &viewer_bundle, &host, &["exec", &container, "true"]);
+    assert!(!exec.status.success(), "view may not exec: {}", text(&exec));
     let refused = run(&maker_bundle, create("hostmount", true));
     assert!(!refused.status.success(), "{}", text(&refused));
     let message = String::from_utf8_lossy(&refused.stderr);

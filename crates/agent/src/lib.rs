@@ -43,6 +43,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
 pub mod engine;
+pub mod proxy;
 pub mod tls;
 pub mod worker;
 
@@ -311,6 +312,7 @@ impl Agent {
         };
         let inflight = Inflight::default();
         let (batches, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let (manager, is_manager) = tokio::sync::watch::channel(false);
         let worker = Worker {
             engine: self.engine.clone(),
             client: self.client.clone(),
@@ -318,8 +320,23 @@ impl Agent {
             credential: saved.credential.clone(),
             inflight: inflight.clone(),
             report_interval: self.config.heartbeat_interval * self.config.report_every.max(1),
+            manager,
         };
         let _worker = AbortOnDrop(tokio::spawn(worker.run(receiver)));
+        // The client bundles' Docker API proxy, while this engine is a swarm manager.
+        let _proxy = match self.engine.socket() {
+            Ok(socket) => Some(AbortOnDrop(tokio::spawn(proxy::supervise(
+                proxy::ProxyContext {
+                    client: self.client.clone(),
+                    uuid: uuid.to_owned(),
+                    credential: saved.credential.clone(),
+                    socket: socket.to_owned(),
+                    addresses: self.private_ips.clone(),
+                },
+                is_manager,
+            )))),
+            Err(_) => None,
+        };
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -129,6 +129,8 @@ pub(crate) struct Worker {
     pub inflight: Inflight,
     /// Time between reports (heartbeat interval × `report_every`).
     pub report_interval: Duration,
+    /// Whether the last report showed a swarm manager (the Docker API proxy runs then).
+    pub manager: tokio::sync::watch::Sender<bool>,
 }
 
 impl Worker {
@@ -154,12 +156,14 @@ impl Worker {
                     }
                     outbox.push(results);
                     let report = self.engine.report().await;
+                    self.manager.send_replace(crate::proxy::is_manager(&report));
                     if let Some(update) = outbox.update(report) {
                         self.send(&mut outbox, update).await;
                     }
                 }
                 _ = ticker.tick() => {
                     let report = self.engine.report().await;
+                    self.manager.send_replace(crate::proxy::is_manager(&report));
                     if let Some(update) = outbox.update(report) {
                         self.send(&mut outbox, update).await;
                     }

@@ -26,6 +26,54 @@ pub fn agent_node_ping(uuid: &str) -> String {
     format!("{AGENT_NODES}{uuid}/ping/")
 }
 
+/// The path where a swarm manager's agent asks for its Docker API proxy's certificate.
+pub fn agent_node_docker_proxy(uuid: &str) -> String {
+    format!("{AGENT_NODES}{uuid}/dockerproxy/")
+}
+
+/// The path where a manager's proxy asks who a client certificate is and what it may do.
+pub fn agent_node_bundle_check(uuid: &str) -> String {
+    format!("{AGENT_NODES}{uuid}/bundlecheck/")
+}
+
+/// `POST …/dockerproxy/`: a manager's agent asks to serve the client bundles' Docker API
+/// proxy. It sends only its public key; the private key never leaves the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerProxyRequest {
+    /// The proxy key's public half: an uncompressed ECDSA P-256 point, base64.
+    pub public_key: String,
+}
+
+/// The answer to [`DockerProxyRequest`]: what the proxy serves with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerProxyConfig {
+    /// Flotilla's CA, PEM: client certificates must chain to it.
+    pub ca_pem: String,
+    /// The proxy's own certificate, PEM, issued by that CA for the node's addresses.
+    pub cert_pem: String,
+    /// The TCP port to listen on.
+    pub port: u16,
+}
+
+/// `POST …/bundlecheck/`: who holds the client certificate of one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleCheck {
+    /// Hex SHA-256 of the certificate's DER.
+    pub fingerprint: String,
+}
+
+/// The answer to [`BundleCheck`]: the holder's role on this node's swarm, or why the
+/// certificate is refused (unknown, revoked, its user removed, no role on the swarm).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleVerdict {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
 /// `POST /api/agent/v1/node/`: first registration (with the batch token, or a
 /// bring-your-own-node token) or re-registration (with the node's credential).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

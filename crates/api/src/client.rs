@@ -457,6 +457,30 @@ impl AgentClient {
             .await
     }
 
+    /// `POST …/dockerproxy/`: the certificate of a manager's Docker API proxy.
+    pub async fn docker_proxy(
+        &self,
+        uuid: &str,
+        credential: &str,
+        request: &crate::agent::DockerProxyRequest,
+    ) -> Result<crate::agent::DockerProxyConfig, Error> {
+        let path = crate::agent::agent_node_docker_proxy(uuid);
+        self.send(Method::POST, &path, credential, Some(request))
+            .await
+    }
+
+    /// `POST …/bundlecheck/`: who holds a client certificate, and its role on the swarm.
+    pub async fn bundle_check(
+        &self,
+        uuid: &str,
+        credential: &str,
+        check: &crate::agent::BundleCheck,
+    ) -> Result<crate::agent::BundleVerdict, Error> {
+        let path = crate::agent::agent_node_bundle_check(uuid);
+        self.send(Method::POST, &path, credential, Some(check))
+            .await
+    }
+
     /// `GET /_ping`: reaches the server (and verifies its certificate) without credentials.
     pub async fn ping(&self) -> Result<(), Error> {
         self.http

@@ -597,3 +597,44 @@ impl std::fmt::Display for ApiKey {
         write!(f, "{} ({})", self.name, self.id)
     }
 }
+
+/// A client bundle (issue #15): a certificate issued by Flotilla's CA for a user, with
+/// which the user's own `docker` CLI reaches a swarm's managers. The private key is only
+/// in the zip of the answer that created it ([`BundleCreated`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Bundle {
+    /// The certificate's serial number, hex: how the bundle is named in `rm`.
+    pub id: String,
+    pub username: String,
+    /// The swarm whose manager `env.sh` points at, if one was chosen.
+    pub swarm: Option<String>,
+    /// Hex SHA-256 of the certificate.
+    pub fingerprint: String,
+    pub created_datetime: String,
+    pub expires_datetime: String,
+    pub revoked_datetime: Option<String>,
+    pub resource_uri: String,
+}
+
+/// The answer to `POST user/{name}/bundle/`: the bundle and its zip (base64), shown once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct BundleCreated {
+    pub bundle: Bundle,
+    /// `DOCKER_HOST` as `env.sh` sets it (`None`: no swarm with a manager was chosen).
+    pub docker_host: Option<String>,
+    /// The zip in UCP's client-bundle layout (`ca.pem`, `cert.pem`, `key.pem`, `cert.pub`,
+    /// `env.sh`, `env.ps1`, `env.cmd`), base64.
+    pub zip: String,
+}
+
+impl std::fmt::Debug for BundleCreated {
+    /// The zip holds the private key: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleCreated")
+            .field("bundle", &self.bundle)
+            .field("docker_host", &self.docker_host)
+            .finish_non_exhaustive()
+    }
+}

@@ -199,6 +199,16 @@ pub fn api_key(user: &str, key: &str) -> String {
     format!("{ACCESS}/user/{user}/apikey/{key}/")
 }
 
+/// A user's client bundles (`GET` lists them, `POST` creates one: a zip shown once).
+pub fn bundles(user: &str) -> String {
+    format!("{ACCESS}/user/{user}/bundle/")
+}
+
+/// One client bundle (`GET`, `DELETE` revokes it); `id` is its certificate's serial.
+pub fn bundle(user: &str, id: &str) -> String {
+    format!("{ACCESS}/user/{user}/bundle/{id}/")
+}
+
 /// The unauthenticated liveness check.
 pub const PING: &str = "/_ping";
 /// The Prometheus text exposition of the server's metrics.

@@ -31,7 +31,9 @@ pub struct NodeTypeOffering {
 }
 
 /// Which ports the node security group opens to which outside networks. Everything inside the
-/// VPC is always open. No CIDR is opened by default: "no 0.0.0.0/0 unless asked".
+/// VPC is always open. No CIDR is opened by default: "no 0.0.0.0/0 unless asked". The
+/// default ports are SSH and the client bundles' Docker API proxy on managers
+/// ([`crate::docker_access::DOCKER_PROXY_PORT`]), opened only to the CIDRs asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ingress {
     pub ports: Vec<u16>,
@@ -41,7 +43,7 @@ pub struct Ingress {
 impl Default for Ingress {
     fn default() -> Self {
         Ingress {
-            ports: vec![22],
+            ports: vec![22, crate::docker_access::DOCKER_PROXY_PORT],
             cidrs: Vec::new(),
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod bootstrap;
 pub mod cloud;
+pub mod docker_access;
 pub mod fake;
 pub mod network;
 pub mod placement;

@@ -18,8 +18,9 @@ pub struct LaunchOptions {
     /// Networks allowed to reach the nodes' management ports (none by default).
     #[arg(long = "ingress-cidr")]
     pub ingress_cidrs: Vec<String>,
-    /// Management ports opened to `--ingress-cidr`.
-    #[arg(long = "ingress-port", default_values_t = vec![22u16])]
+    /// Management ports opened to `--ingress-cidr`: SSH and the client bundles' Docker API
+    /// proxy on swarm managers.
+    #[arg(long = "ingress-port", default_values_t = vec![22u16, flotilla_core::docker_access::DOCKER_PROXY_PORT])]
     pub ingress_ports: Vec<u16>,
 }
 

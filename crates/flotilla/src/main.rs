@@ -57,6 +57,8 @@ enum Command {
     User(client::access::UserArgs),
     /// Grants of a role (view, operate, manage, admin) to a team.
     Grant(client::access::GrantArgs),
+    /// Client bundles: certificates with which your own `docker` CLI reaches a swarm.
+    Bundle(client::bundle::BundleArgs),
 }
 
 /// The most `bollard` (the agent's Docker API client) may log; see `main`.
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
             Command::Team(args) => client::access::team(args).await,
             Command::User(args) => client::access::user(args).await,
             Command::Grant(args) => client::access::grant(args).await,
+            Command::Bundle(args) => client::bundle::bundle(args).await,
         }
     });
     match result {

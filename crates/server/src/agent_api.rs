@@ -153,6 +153,22 @@ async fn handle<C: Cloud + 'static>(
                 Ok(json(StatusCode::OK, &app.agent_node(&uuid).await?))
             }
         }
+        Route::AgentNodeDockerProxy(uuid) => {
+            app.agent_authenticate(&token, &uuid).await?;
+            let request = parse_json(&bytes)?;
+            Ok(json(
+                StatusCode::OK,
+                &app.agent_docker_proxy(&uuid, &request).await?,
+            ))
+        }
+        Route::AgentNodeBundleCheck(uuid) => {
+            app.agent_authenticate(&token, &uuid).await?;
+            let check = parse_json(&bytes)?;
+            Ok(json(
+                StatusCode::OK,
+                &app.agent_bundle_check(&uuid, &check).await?,
+            ))
+        }
         Route::AgentNodePing(uuid) => {
             app.agent_authenticate(&token, &uuid).await?;
             Ok(json(StatusCode::OK, &app.agent_ping(&uuid).await?))

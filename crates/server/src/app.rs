@@ -32,6 +32,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 pub mod access;
 pub mod agents;
+mod bundles;
 mod inventory;
 pub use inventory::DEFAULT_INVENTORY_TTL;
 mod swarms;

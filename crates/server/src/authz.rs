@@ -341,7 +341,11 @@ pub async fn authorize(
         ))),
         Access::SelfOrAdmin => {
             let named = match route {
-                Route::User(name) | Route::ApiKeys(name) | Route::ApiKey(name, _) => name,
+                Route::User(name)
+                | Route::ApiKeys(name)
+                | Route::ApiKey(name, _)
+                | Route::Bundles(name)
+                | Route::Bundle(name, _) => name,
                 _ => return allowed,
             };
             if principal.admin || *named == principal.username {

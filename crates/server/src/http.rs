@@ -840,6 +840,20 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 no_store(json_response(StatusCode::CREATED, &key, None))
             }
             (Route::ApiKeys(name), _) => self.list(app.api_keys(&name).await?)?,
+            (Route::Bundles(name), Method::POST) => {
+                let body = self.body()?;
+                let created = app.create_bundle(caller, &name, &body).await?;
+                no_store(json_response(StatusCode::CREATED, &created, None))
+            }
+            (Route::Bundles(name), _) => self.list(app.bundles(&name).await?)?,
+            (Route::Bundle(name, id), Method::DELETE) => json_response(
+                StatusCode::OK,
+                &app.revoke_bundle(caller, &name, &id).await?,
+                None,
+            ),
+            (Route::Bundle(name, id), _) => {
+                json_response(StatusCode::OK, &app.bundle(&name, &id).await?, None)
+            }
             (Route::ApiKey(name, key), _) => {
                 let revoked = app.revoke_api_key(caller, &name, &key).await?;
                 json_response(StatusCode::OK, &revoked, None)
@@ -861,6 +875,8 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 Route::AgentNodes
                 | Route::AgentNode(_)
                 | Route::AgentNodePing(_)
+                | Route::AgentNodeDockerProxy(_)
+                | Route::AgentNodeBundleCheck(_)
                 | Route::Download
                 | Route::Dashboard
                 | Route::DashboardScript

@@ -29,6 +29,7 @@ pub mod api_error;
 pub mod app;
 pub mod authz;
 pub mod backup;
+pub mod ca;
 pub mod catalog;
 pub mod dashboard;
 pub mod dns;

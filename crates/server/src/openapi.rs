@@ -582,6 +582,24 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                 .body("AgentNodeUpdate"),
             ],
         ),
+        Route::AgentNodeDockerProxy(_) => (
+            "agent",
+            vec![op(
+                "post",
+                "a swarm manager's Docker API proxy certificate, for its public key",
+                "200",
+                json!({"type": "object", "properties": {"ca_pem": {"type": "string"}, "cert_pem": {"type": "string"}, "port": {"type": "integer"}}}),
+            )],
+        ),
+        Route::AgentNodeBundleCheck(_) => (
+            "agent",
+            vec![op(
+                "post",
+                "who holds a client certificate (by fingerprint) and their role on the node's swarm",
+                "200",
+                json!({"type": "object", "properties": {"username": {"type": "string"}, "role": {"type": "string"}, "refused": {"type": "string"}}}),
+            )],
+        ),
         Route::AgentNodePing(_) => (
             "agent",
             vec![op(
@@ -665,6 +683,21 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
         Route::ApiKey(..) => (
             "access",
             vec![op("delete", "revoke a key (by id or name): refused from the next request", "200", schema_ref("ApiKey"))],
+        ),
+        Route::Bundles(_) => (
+            "access",
+            vec![
+                op("get", "list a user's client bundles (never their keys)", "200", list_of("Bundle")),
+                op("post", "create a client bundle for the docker CLI: the answer's zip (base64, with the key) is shown once", "201", schema_ref("BundleCreated"))
+                    .body("BundleCreate"),
+            ],
+        ),
+        Route::Bundle(..) => (
+            "access",
+            vec![
+                op("get", "a client bundle", "200", schema_ref("Bundle")),
+                op("delete", "revoke a client bundle: every swarm's proxy refuses it from its next request", "200", schema_ref("Bundle")),
+            ],
         ),
     }
 }
@@ -763,6 +796,7 @@ fn schemas() -> Value {
         "UserPatch": {"type": "object", "additionalProperties": false, "properties": {
             "password": {"type": ["string", "null"], "minLength": 12}}},
         "ApiKeyCreate": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "BundleCreate": {"type": "object", "properties": {"swarm": {"type": "string", "description": "the swarm (uuid or name) whose manager env.sh points DOCKER_HOST at"}}},
         "AgentNodeUpdate": {"type": "object", "properties": {"agent_version": {"type": "string"},
             "docker_version": {"type": "string"}, "private_ips": {"type": "array", "items": {"type": "string"}}}},
         "AgentNode": object(json!({"uuid": {"type": "string"}, "external_fqdn": {"type": "string"},
@@ -804,6 +838,8 @@ fn derived_schemas() -> Map<String, Value> {
     generator.subschema_for::<api::Grant>();
     generator.subschema_for::<api::User>();
     generator.subschema_for::<api::ApiKey>();
+    generator.subschema_for::<api::Bundle>();
+    generator.subschema_for::<api::BundleCreated>();
     let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     // The document's name for the error body.
     if let Some(error) = schemas.remove("ErrorBody") {

@@ -86,6 +86,10 @@ pub enum Route {
     AgentNodes,
     AgentNode(String),
     AgentNodePing(String),
+    /// `node/{uuid}/dockerproxy/`: a swarm manager's proxy certificate (client bundles).
+    AgentNodeDockerProxy(String),
+    /// `node/{uuid}/bundlecheck/`: who a client certificate is and its role on the swarm.
+    AgentNodeBundleCheck(String),
     /// `/download/flotilla`: the server's own binary, for nodes (no auth).
     Download,
     /// `/api/openapi.json`: the OpenAPI document of every route (`openapi`).
@@ -115,6 +119,10 @@ pub enum Route {
     /// `user/{name}/apikey/`: a user's API keys.
     ApiKeys(String),
     ApiKey(String, String),
+    /// `user/{name}/bundle/`: a user's client bundles for the `docker` CLI.
+    Bundles(String),
+    /// `user/{name}/bundle/{id}/`: one bundle; `DELETE` revokes it.
+    Bundle(String, String),
 }
 
 /// A parsed path: the route and the namespace segment, if the path had one.
@@ -240,6 +248,8 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("agent", ["node"]) => Route::AgentNodes,
         ("agent", ["node", uuid]) => Route::AgentNode(s(uuid)),
         ("agent", ["node", uuid, "ping"]) => Route::AgentNodePing(s(uuid)),
+        ("agent", ["node", uuid, "dockerproxy"]) => Route::AgentNodeDockerProxy(s(uuid)),
+        ("agent", ["node", uuid, "bundlecheck"]) => Route::AgentNodeBundleCheck(s(uuid)),
         ("access", ["org"]) => Route::Orgs,
         ("access", ["org", org]) => Route::Org(s(org)),
         ("access", ["org", org, "team"]) => Route::Teams(s(org)),
@@ -250,6 +260,8 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("access", ["user", name]) => Route::User(s(name)),
         ("access", ["user", name, "apikey"]) => Route::ApiKeys(s(name)),
         ("access", ["user", name, "apikey", key]) => Route::ApiKey(s(name), s(key)),
+        ("access", ["user", name, "bundle"]) => Route::Bundles(s(name)),
+        ("access", ["user", name, "bundle", id]) => Route::Bundle(s(name), s(id)),
         _ => return None,
     };
     Some(Parsed { route, namespace })
@@ -437,6 +449,18 @@ pub fn endpoint(route: &Route) -> Endpoint {
             Auth::Agent,
             false,
         ),
+        Route::AgentNodeDockerProxy(_) => (
+            "/api/agent/v1/node/{uuid}/dockerproxy/",
+            &["post"],
+            Auth::Agent,
+            false,
+        ),
+        Route::AgentNodeBundleCheck(_) => (
+            "/api/agent/v1/node/{uuid}/bundlecheck/",
+            &["post"],
+            Auth::Agent,
+            false,
+        ),
         Route::Orgs => ("/api/access/v1/org/", &["get", "post"], Auth::Basic, false),
         Route::Org(_) => (
             "/api/access/v1/org/{org}/",
@@ -484,6 +508,18 @@ pub fn endpoint(route: &Route) -> Endpoint {
         Route::ApiKey(..) => (
             "/api/access/v1/user/{name}/apikey/{key}/",
             &["delete"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Bundles(_) => (
+            "/api/access/v1/user/{name}/bundle/",
+            &["get", "post"],
+            Auth::Basic,
+            false,
+        ),
+        Route::Bundle(..) => (
+            "/api/access/v1/user/{name}/bundle/{id}/",
+            &["get", "delete"],
             Auth::Basic,
             false,
         ),
@@ -541,6 +577,8 @@ pub fn access(route: &Route, method: &Method) -> Access {
         | Route::AgentNodes
         | Route::AgentNode(_)
         | Route::AgentNodePing(_)
+        | Route::AgentNodeDockerProxy(_)
+        | Route::AgentNodeBundleCheck(_)
         | Route::OpenApi
         | Route::Providers
         | Route::Provider(_)
@@ -582,7 +620,13 @@ pub fn access(route: &Route, method: &Method) -> Access {
         Route::Users if read => Visible,
         Route::Users => ServerAdmin,
         Route::User(_) if delete => ServerAdmin,
-        Route::User(_) | Route::ApiKeys(_) | Route::ApiKey(..) => SelfOrAdmin,
+        // A bundle names its user only; what it may do on a swarm is the user's role there,
+        // decided per request by the proxy (`flotilla_core::docker_access`).
+        Route::User(_)
+        | Route::ApiKeys(_)
+        | Route::ApiKey(..)
+        | Route::Bundles(_)
+        | Route::Bundle(..) => SelfOrAdmin,
     }
 }
 

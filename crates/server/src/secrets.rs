@@ -23,6 +23,8 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 pub const PROVIDER_KEYS: &[u8] = b"flotilla provider credentials v1";
 /// The label of a swarm's sealed join tokens.
 pub const SWARM_TOKENS: &[u8] = b"flotilla swarm join tokens v1";
+/// The label of the client bundles' CA key (`ca`).
+pub const BUNDLE_CA: &[u8] = b"flotilla bundle CA key v1";
 
 /// The installation's data key. See the module documentation.
 #[derive(Clone)]

@@ -38,6 +38,7 @@
 #[macro_use]
 pub mod access;
 mod agents;
+pub mod bundles;
 mod credentials;
 mod leases;
 mod swarms;

@@ -599,6 +599,16 @@ impl InstanceRunner {
             .map(Host::docker_host)
     }
 
+    /// Docker mode: the name of an instance's network namespace (`/run/netns/<name>`), for
+    /// a client that must connect from inside the hosts' network.
+    pub fn netns(&self, instance_id: &str) -> Option<String> {
+        self.shared
+            .state()
+            .hosts
+            .get(instance_id)
+            .map(|host| host.netns().to_owned())
+    }
+
     /// Docker mode: runs `docker <args>` against an instance's engine; its stdout.
     pub fn docker(&self, instance_id: &str, args: &[&str]) -> anyhow::Result<String> {
         let socket = self

@@ -525,9 +525,17 @@ mod tests {
             vpc_id: "vpc-1".into(),
             rules: BTreeSet::from([("-1".to_owned(), -1, -1, "10.78.0.0/16".to_owned())]),
         };
+        // SSH and the bundles' Docker API proxy, to the network asked for and nothing else.
         assert_eq!(
             missing_rules(&wanted, &group),
-            vec![("tcp".to_owned(), 22, 22, "203.0.113.0/24".to_owned())]
+            vec![
+                ("tcp".to_owned(), 22, 22, "203.0.113.0/24".to_owned()),
+                ("tcp".to_owned(), 2376, 2376, "203.0.113.0/24".to_owned())
+            ]
+        );
+        assert!(
+            wanted.iter().all(|rule| rule.3 != "0.0.0.0/0"),
+            "{wanted:?}"
         );
     }
 

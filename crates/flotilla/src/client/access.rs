@@ -165,7 +165,8 @@ enum GrantCommand {
     Rm { org: String, id: String },
 }
 
-fn text(value: &Value, field: &str) -> String {
+/// A field of an answer as text (`""` when absent).
+pub(super) fn text(value: &Value, field: &str) -> String {
     match &value[field] {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

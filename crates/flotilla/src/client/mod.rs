@@ -11,6 +11,7 @@
 //! agent ([`flotilla_agent::tls`]); verification cannot be turned off.
 
 pub mod access;
+pub mod bundle;
 pub mod commands;
 pub mod provider;
 pub mod swarm;

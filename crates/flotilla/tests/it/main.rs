@@ -4,6 +4,7 @@
 mod agents;
 mod aws_faults;
 mod backup;
+mod bundle;
 mod client;
 mod crash_matrix;
 mod dashboard;

@@ -19,11 +19,11 @@ use serde_json::Value;
 use crate::support::Server;
 
 /// Booting engines and forming a swarm takes longer than an API round trip.
-const SWARM_LIMIT: Duration = Duration::from_secs(240);
+pub(crate) const SWARM_LIMIT: Duration = Duration::from_secs(240);
 
-struct Env {
-    server: Server,
-    runner: InstanceRunner,
+pub(crate) struct Env {
+    pub(crate) server: Server,
+    pub(crate) runner: InstanceRunner,
     /// The server's way to moto: it must live as long as the server.
     _proxy: FaultProxy,
 }
@@ -31,7 +31,7 @@ struct Env {
 impl Env {
     /// moto, a server (`--node-ready agent` and `extra`) and the instance runner in docker
     /// mode: every instance a host with its own engine and agent.
-    async fn start(extra: &[&str]) -> (Env, FaultProxy) {
+    pub(crate) async fn start(extra: &[&str]) -> (Env, FaultProxy) {
         let MotoAccount {
             proxy, inspector, ..
         } = MotoAccount::start().await;
@@ -52,7 +52,7 @@ impl Env {
         )
     }
 
-    async fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) async fn cli(&self, args: &[&str]) -> Output {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
         isolate_env(&mut command)
             .args(args)
@@ -62,7 +62,7 @@ impl Env {
         command.output().await.expect("run flotilla")
     }
 
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let output = self.cli(args).await;
         assert!(
             output.status.success(),
@@ -73,7 +73,7 @@ impl Env {
     }
 
     /// `flotilla swarm create NAME aws us-east-1 t3.micro --managers M --workers W`: its uuid.
-    async fn create_swarm(&self, name: &str, managers: u32, workers: u32) -> String {
+    pub(crate) async fn create_swarm(&self, name: &str, managers: u32, workers: u32) -> String {
         let (managers, workers) = (managers.to_string(), workers.to_string());
         self.ok(&[
             "swarm",
@@ -92,7 +92,7 @@ impl Env {
         .to_owned()
     }
 
-    async fn swarm(&self, uuid: &str) -> Value {
+    pub(crate) async fn swarm(&self, uuid: &str) -> Value {
         let (status, swarm) = self
             .server
             .call(reqwest::Method::GET, &uri::swarm(uuid), None)
@@ -103,7 +103,12 @@ impl Env {
 
     /// Waits until `done` holds for the swarm; fails with everything known when it never
     /// does.
-    async fn wait(&self, uuid: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait(
+        &self,
+        uuid: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let started = Instant::now();
         loop {
             let swarm = self.swarm(uuid).await;
@@ -121,7 +126,7 @@ impl Env {
     }
 
     /// The instance of a node, from its `node/` object.
-    async fn instance_of(&self, node_uri: &str) -> String {
+    pub(crate) async fn instance_of(&self, node_uri: &str) -> String {
         let (_, node) = self.server.call(reqwest::Method::GET, node_uri, None).await;
         let ip = node["private_ips"][0]["cidr"]
             .as_str()
@@ -158,7 +163,7 @@ impl Env {
     }
 }
 
-fn members(swarm: &Value, role: &str) -> Vec<Value> {
+pub(crate) fn members(swarm: &Value, role: &str) -> Vec<Value> {
     swarm["nodes"]
         .as_array()
         .into_iter()
@@ -168,7 +173,7 @@ fn members(swarm: &Value, role: &str) -> Vec<Value> {
         .collect()
 }
 
-fn all_ready(swarm: &Value, count: usize) -> bool {
+pub(crate) fn all_ready(swarm: &Value, count: usize) -> bool {
     let nodes = swarm["nodes"].as_array().cloned().unwrap_or_default();
     nodes.len() == count && nodes.iter().all(|n| n["docker_status"] == "ready")
 }

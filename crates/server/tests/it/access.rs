@@ -556,3 +556,90 @@ async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
         "the password is stored as argon2"
     );
 }
+
+/// Client bundles (issue #15): a user's own, the zip (with the key) only in the answer that
+/// creates it, an unknown swarm named in the error, revoked once.
+#[tokio::test]
+async fn bundles_are_a_users_own_shown_once_and_revoked_once() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(&dir), Arc::new(FakeCloud::new()), None).await;
+    let dave = new_user(&server, "dave").await;
+    let missing = call_as(
+        &server,
+        &dave,
+        Method::POST,
+        &uri::bundles("dave"),
+        Some(json!({"swarm": "nope"})),
+    )
+    .await;
+    assert_eq!(missing.status, 404, "{:?}", missing.body);
+    assert!(
+        missing.body["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("swarm:"),
+        "{:?}",
+        missing.body
+    );
+    let created = ok(
+        call_as(
+            &server,
+            &dave,
+            Method::POST,
+            &uri::bundles("dave"),
+            Some(json!({})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let id = created["bundle"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        created["docker_host"],
+        Value::Null,
+        "no swarm: no DOCKER_HOST"
+    );
+    let zip = base64::engine::general_purpose::STANDARD
+        .decode(created["zip"].as_str().expect("zip"))
+        .expect("base64");
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).expect("a zip");
+    let mut key = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("key.pem").expect("key.pem"), &mut key)
+        .expect("read");
+    assert!(key.contains("PRIVATE KEY"), "{key}");
+    // Listed without the key; not another user's to see.
+    let listed = ok(
+        call_as(&server, &dave, Method::GET, &uri::bundles("dave"), None).await,
+        200,
+    )
+    .await;
+    assert_eq!(uuids(&listed, "id"), vec![id.clone()]);
+    assert!(!listed.to_string().contains("PRIVATE"), "{listed}");
+    let other = new_user(&server, "erin").await;
+    let theirs = call_as(&server, &other, Method::GET, &uri::bundles("dave"), None).await;
+    assert_eq!(theirs.status, 404, "{:?}", theirs.body);
+    // Revoked once.
+    let revoked = ok(
+        call_as(
+            &server,
+            &dave,
+            Method::DELETE,
+            &uri::bundle("dave", &id),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert!(revoked["revoked_datetime"].is_string(), "{revoked}");
+    let again = call_as(
+        &server,
+        &dave,
+        Method::DELETE,
+        &uri::bundle("dave", &id),
+        None,
+    )
+    .await;
+    assert_eq!(again.status, 404, "{:?}", again.body);
+}

@@ -553,7 +553,11 @@ fn fill(route: &Route, orgs: &crate::access::Orgs, user: &str) -> String {
         _ => orgs.blue_action.as_str(),
     };
     let name = match route {
-        Route::User(_) | Route::ApiKeys(_) | Route::ApiKey(..) => user,
+        Route::User(_)
+        | Route::ApiKeys(_)
+        | Route::ApiKey(..)
+        | Route::Bundles(_)
+        | Route::Bundle(..) => user,
         Route::Region(..)
         | Route::RegionVpcs(..)
         | Route::RegionSubnets(..)

@@ -231,6 +231,8 @@ pub struct App<C> {
     pub(crate) liveness: Arc<crate::liveness::Liveness>,
     /// `/metrics` ([`crate::metrics`]).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// This replica's leases on single-owner work ([`crate::lease`]).
+    pub(crate) leases: Arc<crate::lease::Leases>,
     /// The launch wizard's cached VPCs, subnets, groups and profiles ([`inventory`]).
     inventory: inventory::InventoryCache,
 }
@@ -270,6 +272,11 @@ fn required_text(body: &Value, field: &str) -> AppResult<String> {
 impl<C: Cloud + 'static> App<C> {
     pub fn new(store: Store, cloud: Arc<C>, reconciler: Reconciler, settings: AppSettings) -> Self {
         let grace = settings.heartbeat_grace;
+        let leases = crate::lease::Leases::new(
+            store.clone(),
+            crate::lease::generated_replica_id(),
+            crate::lease::DEFAULT_LEASE_TIME,
+        );
         App {
             store,
             cloud,
@@ -282,6 +289,7 @@ impl<C: Cloud + 'static> App<C> {
             mailbox: Arc::default(),
             liveness: Arc::default(),
             metrics: Arc::default(),
+            leases,
             inventory: inventory::InventoryCache::default(),
         }
     }
@@ -289,6 +297,12 @@ impl<C: Cloud + 'static> App<C> {
     /// Shares `metrics` with the workers that count into it.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Shares this replica's leases with the workers that hold them.
+    pub fn with_leases(mut self, leases: Arc<crate::lease::Leases>) -> Self {
+        self.leases = leases;
         self
     }
 
@@ -1278,6 +1292,7 @@ impl<C: Cloud + 'static> App<C> {
             ok,
             detail,
         }];
+        checks.push(self.leases.check());
         checks.extend(self.liveness.checks(crate::liveness::STALE_AFTER));
         crate::liveness::Readiness::new(checks)
     }

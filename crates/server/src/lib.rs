@@ -35,6 +35,7 @@ pub mod dns;
 pub mod events;
 pub mod execute;
 pub mod http;
+pub mod lease;
 pub mod liveness;
 pub mod login;
 pub mod metrics;
@@ -98,6 +99,12 @@ pub struct ServerConfig {
     /// Serve HTTPS with this configuration ([`tls::load_server_config`]); `None`: plain
     /// HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This replica's id among the replicas sharing the database (a lease's owner);
+    /// `None`: generated at start (and logged).
+    pub replica_id: Option<String>,
+    /// How long a lease on single-owner work lasts unrenewed ([`lease`]): a dead replica's
+    /// work is taken over after about this long. Renewed every third of it.
+    pub lease_time: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -117,6 +124,8 @@ impl ServerConfig {
             dns_mirror: None,
             reconcile: ReconcileSettings::default(),
             tls: None,
+            replica_id: None,
+            lease_time: lease::DEFAULT_LEASE_TIME,
         }
     }
 }
@@ -219,11 +228,26 @@ pub async fn run<C: Cloud + 'static>(
     };
     let metrics = Arc::new(metrics::Metrics::new());
     cloud.observe_calls(metrics.clone());
+    let replica = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(lease::generated_replica_id);
+    if store.dialect() == store::Dialect::Sqlite {
+        // One SQLite file has one server: leases in it are an earlier process's.
+        store.expire_all_leases().await?;
+    }
+    tracing::info!(
+        replica,
+        lease_seconds = config.lease_time.as_secs_f64(),
+        "replica"
+    );
+    let leases = lease::Leases::new(store.clone(), replica, config.lease_time);
     let (reconciler, supervisor) = reconcile::reconciler(
         store.clone(),
         cloud.clone(),
         config.reconcile.clone(),
         metrics.clone(),
+        leases.clone(),
     );
     let cloud_for_swarms = cloud.clone();
     let secret_key = secrets::SecretKey::load(&config.secret_key_path)?;
@@ -249,7 +273,8 @@ pub async fn run<C: Cloud + 'static>(
             },
         )
         .with_secret_key(secret_key.clone(), linked.map(|k| k.access_key_id))
-        .with_metrics(metrics),
+        .with_metrics(metrics)
+        .with_leases(leases.clone()),
     );
     let swarms = swarm::SwarmWorker {
         store: store.clone(),
@@ -280,9 +305,23 @@ pub async fn run<C: Cloud + 'static>(
             }
         }
     };
+    let swarms = {
+        let stopped = stopped.clone();
+        let (leases, liveness) = (leases.clone(), liveness.clone());
+        async move {
+            leases
+                .run_beating(
+                    swarm::SWARMS_WORK,
+                    || swarms.run(stopped.clone()),
+                    &liveness,
+                    "swarm worker",
+                )
+                .await;
+        }
+    };
     let background = futures::future::join4(
         heartbeats,
-        swarms.run(stopped.clone()),
+        swarms,
         dns,
         zone::maintain(
             store.clone(),
@@ -303,6 +342,7 @@ pub async fn run<C: Cloud + 'static>(
         supervisor.run(stopped, liveness),
         background
     );
+    leases.release_all().await;
     store.close().await;
     served.context("HTTP server")
 }

@@ -156,9 +156,21 @@ pub struct Reconciler {
 impl Reconciler {
     /// Asks for a pass of this cluster soon. Cheap; never blocks.
     pub fn nudge(&self, cluster_uuid: &str) {
+        self.start(cluster_uuid, true);
+    }
+
+    /// Makes sure this replica has a task for the cluster (waiting for its lease if another
+    /// replica holds it), without asking for a pass: how replicas stand ready to take over.
+    pub fn ensure_started(&self, cluster_uuid: &str) {
+        self.start(cluster_uuid, false);
+    }
+
+    fn start(&self, cluster_uuid: &str, nudge: bool) {
         let mut wakers = self.shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(notify) = wakers.get(cluster_uuid) {
-            notify.notify_one();
+            if nudge {
+                notify.notify_one();
+            }
             return;
         }
         let notify = Arc::new(Notify::new());
@@ -188,6 +200,7 @@ struct Engine<C> {
     shared: Arc<Shared>,
     region_locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    leases: Arc<crate::lease::Leases>,
 }
 
 /// What a cluster's worker remembers of its last full pass, and why it needs to.
@@ -231,6 +244,7 @@ pub fn reconciler<C: Cloud + 'static>(
     cloud: Arc<C>,
     settings: ReconcileSettings,
     metrics: Arc<crate::metrics::Metrics>,
+    leases: Arc<crate::lease::Leases>,
 ) -> (Reconciler, Supervisor<C>) {
     let (start, starts) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -244,6 +258,7 @@ pub fn reconciler<C: Cloud + 'static>(
         shared: shared.clone(),
         region_locks: Mutex::new(HashMap::new()),
         metrics,
+        leases,
     });
     (Reconciler { shared }, Supervisor { engine, starts })
 }
@@ -257,14 +272,44 @@ impl<C: Cloud + 'static> Supervisor<C> {
         liveness: Arc<crate::liveness::Liveness>,
     ) {
         let mut tasks = JoinSet::new();
-        tasks.spawn(region_observer(self.engine.clone()));
+        let engine = self.engine.clone();
+        tasks.spawn(async move {
+            let leases = engine.leases.clone();
+            leases
+                .run(REGIONS_WORK, || region_observer(engine.clone()))
+                .await;
+        });
         let mut beat = tokio::time::interval(Duration::from_secs(1));
+        // Every replica keeps a task for every live cluster, waiting for its lease, so the
+        // cluster's work is taken over when its owner dies; clusters created on another
+        // replica are found by this scan.
+        let mut scan = tokio::time::interval(self.engine.leases.ttl() / 3);
+        let reconciler = Reconciler {
+            shared: self.engine.shared.clone(),
+        };
         loop {
             tokio::select! {
                 _ = beat.tick() => liveness.beat("reconcilers"),
+                _ = scan.tick() => match self.engine.store.clusters().await {
+                    Ok(clusters) => {
+                        for cluster in clusters {
+                            if !matches!(cluster.state, ClusterState::Init | ClusterState::Terminated) {
+                                reconciler.ensure_started(&cluster.uuid);
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot list the clusters"),
+                },
                 started = self.starts.recv() => match started {
                     Some((uuid, notify)) => {
-                        tasks.spawn(worker(self.engine.clone(), uuid, notify));
+                        let engine = self.engine.clone();
+                        tasks.spawn(async move {
+                            let leases = engine.leases.clone();
+                            let work = format!("cluster:{uuid}");
+                            leases
+                                .run(&work, || worker(engine.clone(), uuid.clone(), notify.clone()))
+                                .await;
+                        });
                     }
                     None => break,
                 },
@@ -285,6 +330,9 @@ impl<C: Cloud + 'static> Supervisor<C> {
         tasks.shutdown().await;
     }
 }
+
+/// The lease of the region observer (one task observes every region).
+pub const REGIONS_WORK: &str = "regions";
 
 /// When the next pass should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

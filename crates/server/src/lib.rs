@@ -41,6 +41,7 @@ pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod reconcile;
+pub mod replicas;
 pub mod routes;
 pub mod secrets;
 pub mod session;
@@ -286,6 +287,7 @@ pub async fn run<C: Cloud + 'static>(
         liveness: app.liveness.clone(),
     };
     let liveness = app.liveness.clone();
+    let reconciler = app.reconciler.clone();
     let router = http::router_over(app.clone(), config.tls.is_some());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = futures::future::join(
@@ -319,6 +321,20 @@ pub async fn run<C: Cloud + 'static>(
                 .await;
         }
     };
+    let sharing = {
+        let url = config
+            .database_url
+            .clone()
+            .filter(|_| store.dialect() == store::Dialect::Postgres);
+        let bus = store.events().clone();
+        let (replica, stopped) = (leases.replica().to_owned(), stopped.clone());
+        async move {
+            if let Some(url) = url {
+                replicas::share_events(url, bus, reconciler, replica, stopped).await;
+            }
+        }
+    };
+    let heartbeats = futures::future::join(heartbeats, sharing);
     let background = futures::future::join4(
         heartbeats,
         swarms,

@@ -719,6 +719,22 @@ impl Store {
         Ok(tx)
     }
 
+    /// The pools' connections: (pool, open, idle), for `/metrics`.
+    pub fn pool_usage(&self) -> Vec<(&'static str, u32, u32)> {
+        vec![
+            (
+                "writer",
+                self.writer.size(),
+                u32::try_from(self.writer.num_idle()).unwrap_or(u32::MAX),
+            ),
+            (
+                "reader",
+                self.pool.size(),
+                u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            ),
+        ]
+    }
+
     /// The bus every committed change is published on.
     pub fn events(&self) -> &EventBus {
         &self.events

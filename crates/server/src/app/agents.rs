@@ -56,8 +56,18 @@ use crate::store::{
 };
 use crate::tokens::{batch_token, credential_hash, load_secret, random_hex};
 
-/// How often heartbeats are written to the store.
+/// How often heartbeats are written to the store (at most; see [`flush_interval`]).
 pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often heartbeats are written to the store, and merged from it by the health sweep's
+/// owner: [`HEARTBEAT_FLUSH_INTERVAL`], or a sixth of a shorter grace period, so that a
+/// heartbeat received by one replica reaches the sweep on another (one flush and one merge,
+/// at most a third of the grace period) well before its node could be judged silent.
+pub fn flush_interval(grace: Duration) -> Duration {
+    HEARTBEAT_FLUSH_INTERVAL
+        .min(grace / 6)
+        .max(Duration::from_millis(100))
+}
 /// How often the health sweep runs: a verdict comes at most this late after the grace
 /// period.
 pub const HEALTH_TICK: Duration = Duration::from_millis(250);
@@ -795,7 +805,7 @@ pub const HEALTH_WORK: &str = "health";
 /// Runs the health sweep every [`HEALTH_TICK`] until `stop` turns true, while this replica
 /// holds the sweep's lease ([`HEALTH_WORK`]; every replica records the heartbeats it
 /// receives and the sweep's owner merges them from the store every
-/// [`HEARTBEAT_FLUSH_INTERVAL`]). Beside it, on every replica, follows the verdicts:
+/// [`flush_interval`]). Beside it, on every replica, follows the verdicts:
 /// forgets nodes as they terminate (their credential stops working at once) and keeps
 /// each node's last verdict, so a heartbeat reaching any replica turns an `Unreachable`
 /// node back.
@@ -823,7 +833,7 @@ async fn sweep_while_held<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch:
     }
     let mut ticker = tokio::time::interval(HEALTH_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut merge = tokio::time::interval(HEARTBEAT_FLUSH_INTERVAL);
+    let mut merge = tokio::time::interval(flush_interval(app.agents.grace));
     merge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -893,7 +903,7 @@ async fn follow_verdicts<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch::
     }
 }
 
-/// Flushes heartbeats every [`HEARTBEAT_FLUSH_INTERVAL`] until `stop` turns true, then once
+/// Flushes heartbeats every [`flush_interval`] until `stop` turns true, then once
 /// more.
 pub async fn flush_heartbeats<C: Cloud + 'static>(
     app: std::sync::Arc<App<C>>,
@@ -901,7 +911,7 @@ pub async fn flush_heartbeats<C: Cloud + 'static>(
 ) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(HEARTBEAT_FLUSH_INTERVAL) => {}
+            () = tokio::time::sleep(flush_interval(app.agents.grace)) => {}
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     break;

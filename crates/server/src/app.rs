@@ -312,7 +312,12 @@ impl<C: Cloud + 'static> App<C> {
         let nodes = self.store.nodes_by_cluster_and_state().await?;
         self.metrics.set_replica(&crate::metrics::ReplicaView {
             replica: self.leases.replica().to_owned(),
-            held: self.leases.held().into_iter().map(|(work, _)| work).collect(),
+            held: self
+                .leases
+                .held()
+                .into_iter()
+                .map(|(work, _)| work)
+                .collect(),
             lost: self.leases.lost(),
             pools: self.store.pool_usage(),
         });

@@ -72,7 +72,7 @@ impl Verb {
 }
 
 /// The `type` of the marker a bus carries when events of other replicas may have been
-/// lost (the database listener reconnected, see `crate::replicas`): the events stream
+/// lost (the database listener reconnected, in the server's replicas module): the events stream
 /// turns it into a `missed` frame, so its client resyncs.
 pub const MISSED_KIND: &str = "missed";
 

@@ -244,13 +244,12 @@ impl Leases {
                     // renewal period from now (it is probably renewed meanwhile).
                     let wait = match self.store.lease(work).await {
                         Ok(Some(holder)) => Duration::from_millis(
-                            u64::try_from(holder.expires_at.saturating_sub(now_ms()))
-                                .unwrap_or(0),
+                            u64::try_from(holder.expires_at.saturating_sub(now_ms())).unwrap_or(0),
                         ),
                         _ => Duration::ZERO,
                     };
-                    let wait = (wait + Duration::from_millis(20))
-                        .clamp(self.ttl / 20, self.renew_every());
+                    let wait =
+                        (wait + Duration::from_millis(20)).clamp(self.ttl / 20, self.renew_every());
                     tokio::time::sleep(wait).await;
                 }
                 Err(error) => {
@@ -326,7 +325,9 @@ impl Leases {
     /// Releases every lease held (a graceful stop: the others take the work over at once
     /// instead of after the lease time).
     pub async fn release_all(&self) {
-        let held: Vec<Lease> = std::mem::take(&mut self.lock().held).into_values().collect();
+        let held: Vec<Lease> = std::mem::take(&mut self.lock().held)
+            .into_values()
+            .collect();
         for lease in held {
             if let Err(error) = self.store.release_lease(&lease).await {
                 self.failed(&lease.work, &error);
@@ -338,8 +339,8 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{self, Backend, store_tests};
     use crate::store::StoreError;
+    use crate::store::testing::{self, Backend, store_tests};
 
     const TTL: Duration = Duration::from_millis(600);
 

@@ -335,17 +335,32 @@ pub async fn run<C: Cloud + 'static>(
         }
     };
     let heartbeats = futures::future::join(heartbeats, sharing);
-    let background = futures::future::join4(
-        heartbeats,
-        swarms,
-        dns,
-        zone::maintain(
-            store.clone(),
-            zone,
-            config.dns_mirror.clone(),
-            stopped.clone(),
-        ),
+    // Every replica answers DNS from its own zone; the Route 53 mirror has one writer, the
+    // holder of its lease, with a zone of its own (its first round fully syncs the mirror).
+    let mirror = {
+        let (store, stopped, leases) = (store.clone(), stopped.clone(), leases.clone());
+        let (mirror, domain) = (config.dns_mirror.clone(), config.dns_domain.clone());
+        async move {
+            let Some(mirror) = mirror else { return };
+            leases
+                .run(zone::MIRROR_WORK, || {
+                    let (store, stopped, mirror) = (store.clone(), stopped.clone(), mirror.clone());
+                    let zone = dns::DnsZone::new(&domain).map(Arc::new);
+                    async move {
+                        match zone {
+                            Ok(zone) => zone::maintain(store, zone, Some(mirror), stopped).await,
+                            Err(error) => tracing::error!(%error, "no DNS mirror"),
+                        }
+                    }
+                })
+                .await;
+        }
+    };
+    let zones = futures::future::join(
+        zone::maintain(store.clone(), zone, None, stopped.clone()),
+        mirror,
     );
+    let background = futures::future::join4(heartbeats, swarms, dns, zones);
     let server = serve_http(listener, config.tls.clone(), router, shutdown);
     // Not spawned: if this future is dropped (a crash, in tests), the reconcilers go too.
     let serve_then_stop = async {

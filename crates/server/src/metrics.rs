@@ -226,7 +226,9 @@ impl Metrics {
         for (pool, open, idle) in &view.pools {
             let idle = i64::from(*idle);
             let in_use = i64::from(*open) - idle;
-            self.db_connections.with_label_values(&[pool, "idle"]).set(idle);
+            self.db_connections
+                .with_label_values(&[pool, "idle"])
+                .set(idle);
             self.db_connections
                 .with_label_values(&[pool, "in_use"])
                 .set(in_use.max(0));
@@ -315,7 +317,10 @@ mod tests {
             text.contains("flotilla_lease_held{replica=\"r1\",work=\"cluster:c1\"} 1"),
             "{text}"
         );
-        assert!(text.contains("flotilla_leases_lost_total{replica=\"r1\"} 2"), "{text}");
+        assert!(
+            text.contains("flotilla_leases_lost_total{replica=\"r1\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains("flotilla_db_pool_connections{pool=\"writer\",state=\"in_use\"} 1"),
             "{text}"

@@ -14,6 +14,12 @@
 //!   action ends `Success`, `Failed` (with the reason) or `Canceled`.
 //! * Tasks live in a `JoinSet` owned by the [`Supervisor`], whose future runs inside the
 //!   server's: dropping the server (a test simulating a crash) aborts every pass mid-flight.
+//! * With replicas sharing a database, each cluster's task runs its passes only while this
+//!   replica holds the lease `cluster:<uuid>` ([`crate::lease`]; the region observer holds
+//!   [`REGIONS_WORK`]), and every replica keeps a task waiting for each live cluster (a scan
+//!   every third of the lease time finds clusters created elsewhere), so the work of a dead
+//!   replica is taken over. The pass memory is lost with a lease, which costs one extra
+//!   observation, never correctness.
 //! * Passes that use a region's auto network hold that region's lock shared; tearing the
 //!   network down holds it exclusively, so a teardown cannot race a deploy's
 //!   `ensure_network`.

@@ -80,7 +80,6 @@ impl Dns {
     }
 }
 
-
 async fn node(server: &Server, uuid: &str) -> Value {
     server.call(Method::GET, &uri::node(uuid), None).await.1
 }

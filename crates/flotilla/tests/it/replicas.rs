@@ -315,7 +315,9 @@ async fn a_replica_paused_past_its_lease_loses_the_work_and_stops() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        replicas.servers[owner].log().contains("lease lost: work stopped"),
+        replicas.servers[owner]
+            .log()
+            .contains("lease lost: work stopped"),
         "{}",
         replicas.logs()
     );

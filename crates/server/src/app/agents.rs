@@ -29,6 +29,13 @@
 //!   heartbeat or registration after that makes it `Deployed` again. Only transitions write
 //!   (the node's state, an event, a line in its history). After a server start every node
 //!   gets a full grace period: silence while the server was down proves nothing.
+//! * **Across replicas** agents may talk to any replica. Every replica flushes the times
+//!   it heard; the sweep runs on one replica (the `health` lease), which merges the stored
+//!   times every [`flush_interval`] (a grace period of 30 s tolerates a heartbeat that
+//!   reaches it 10 s late), and starts each tenure with a full grace period. Verdicts reach
+//!   every replica as events, so whichever one next hears an `Unreachable` node turns it
+//!   back. Cost: one read of the watched nodes per interval on the sweep's owner, and each
+//!   replica's flush, as before.
 //! * **Bring-your-own nodes** register with a single-use token from `POST token/` and no
 //!   cluster; the token is used up and the node and its credential created in one
 //!   transaction.
@@ -223,7 +230,8 @@ impl AgentState {
             if seen <= watch.unix {
                 continue;
             }
-            let age = Duration::from_secs(u64::try_from(now_unix.saturating_sub(seen)).unwrap_or(0));
+            let age =
+                Duration::from_secs(u64::try_from(now_unix.saturating_sub(seen)).unwrap_or(0));
             let heard = now.checked_sub(age).unwrap_or(now);
             if heard > watch.heard {
                 watch.heard = heard;
@@ -667,7 +675,9 @@ impl<C: Cloud + 'static> App<C> {
     /// back.
     pub async fn merge_stored_heartbeats(&self) -> Result<Vec<String>, StoreError> {
         let nodes = self.store.watched_nodes().await?;
-        Ok(self.agents.merge_stored(&nodes, date::now_unix(), Instant::now()))
+        Ok(self
+            .agents
+            .merge_stored(&nodes, date::now_unix(), Instant::now()))
     }
 
     /// One health sweep: every node silent for longer than the grace period becomes

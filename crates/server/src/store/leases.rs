@@ -179,10 +179,12 @@ impl Store {
     /// in it was left by an earlier process of this installation, which is gone). Tokens
     /// stay, so the next tenures' tokens are still greater.
     pub async fn expire_all_leases(&self) -> Result<u64, StoreError> {
-        Ok(sqlx::query("UPDATE leases SET expires_at = 0 WHERE expires_at > 0")
-            .execute(&self.writer)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("UPDATE leases SET expires_at = 0 WHERE expires_at > 0")
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// The lease on `work` as stored (held or expired), if it was ever taken.

@@ -8,9 +8,8 @@
 //!   received from another replica is never sent back) as a notification with its replica
 //!   id, and publishes every other replica's into its own bus (`EventBus::publish_remote`),
 //!   where the events websocket, the DNS zone and the health verdicts already listen.
-//!   The sqlx `Any` pool cannot LISTEN, so both directions use dedicated PostgreSQL
-//!   connections (`PgListener`, and one `PgConnection` for `pg_notify`), outside the
-//!   store's writer queue.
+//!   The store's pools cannot LISTEN, so both directions use dedicated connections
+//!   (`store::notify`), outside the store's writer queue.
 //! * Nothing is lost silently. A notification is sent after the change committed (the
 //!   store publishes after commit), so a replica killed in between loses that event for the
 //!   others; and a listener whose connection dropped misses what was sent meanwhile. Both
@@ -28,11 +27,11 @@ use std::time::Duration;
 
 use flotilla_api::{self as api, uri};
 use serde::{Deserialize, Serialize};
-use sqlx::Connection as _;
 use tokio::sync::{broadcast, watch};
 
 use crate::events::EventBus;
 use crate::reconcile::Reconciler;
+use crate::store::notify::{NotificationListener, Notifier};
 
 /// The notification channel.
 pub const CHANNEL: &str = "flotilla_events";
@@ -69,7 +68,7 @@ async fn forward_own_events(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut own = bus.subscribe_local();
-    let mut connection: Option<sqlx::PgConnection> = None;
+    let mut notifier = Notifier::new(url);
     loop {
         let notice = tokio::select! {
             received = own.recv() => match received {
@@ -85,32 +84,8 @@ async fn forward_own_events(
         let Ok(payload) = serde_json::to_string(&notice) else {
             continue;
         };
-        // One attempt on a broken connection, then a fresh one.
-        for _ in 0..2 {
-            if connection.is_none() {
-                match sqlx::PgConnection::connect(url).await {
-                    Ok(fresh) => connection = Some(fresh),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot connect to share events");
-                        break;
-                    }
-                }
-            }
-            let Some(open) = connection.as_mut() else {
-                break;
-            };
-            match sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&payload)
-                .execute(&mut *open)
-                .await
-            {
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot share an event; reconnecting");
-                    connection = None;
-                }
-            }
+        if let Err(error) = notifier.notify(CHANNEL, &payload).await {
+            tracing::warn!(%error, "cannot share an event with the other replicas");
         }
         if stopped(&stop) {
             return;
@@ -126,7 +101,7 @@ async fn receive_others(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let mut listener = match sqlx::postgres::PgListener::connect(url).await {
+        let mut listener = match NotificationListener::connect(url, CHANNEL).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(%error, "cannot listen to the other replicas' events");
@@ -137,33 +112,23 @@ async fn receive_others(
                 }
             }
         };
-        if let Err(error) = listener.listen(CHANNEL).await {
-            tracing::warn!(%error, "cannot listen to the other replicas' events");
-            bus.publish_missed();
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                _ = stop.changed() => return,
-            }
-        }
         loop {
             let received = tokio::select! {
-                received = listener.try_recv() => received,
+                received = listener.recv() => received,
                 _ = stop.changed() => return,
             };
             match received {
-                Ok(Some(notification)) => {
-                    match serde_json::from_str::<Notice>(notification.payload()) {
-                        Ok(notice) if notice.replica == replica => {}
-                        Ok(Notice {
-                            event: Some(event), ..
-                        }) => {
-                            nudge_for(reconciler, &event);
-                            bus.publish_remote(event);
-                        }
-                        Ok(Notice { event: None, .. }) => bus.publish_missed(),
-                        Err(error) => tracing::warn!(%error, "an unreadable event notification"),
+                Ok(Some(payload)) => match serde_json::from_str::<Notice>(&payload) {
+                    Ok(notice) if notice.replica == replica => {}
+                    Ok(Notice {
+                        event: Some(event), ..
+                    }) => {
+                        nudge_for(reconciler, &event);
+                        bus.publish_remote(event);
                     }
-                }
+                    Ok(Notice { event: None, .. }) => bus.publish_missed(),
+                    Err(error) => tracing::warn!(%error, "an unreadable event notification"),
+                },
                 // The connection was lost (and is reopened by the next call): whatever was
                 // sent meanwhile is gone.
                 Ok(None) => {

@@ -40,6 +40,7 @@ pub mod access;
 mod agents;
 mod credentials;
 mod leases;
+pub mod notify;
 mod swarms;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -143,13 +143,20 @@ impl Leases {
 
     /// `/_ping`'s lease check: failing when lease calls have failed for a renewal period.
     pub fn check(&self) -> crate::liveness::Check {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> crate::liveness::Check {
         let state = self.lock();
-        let (ok, detail) = match state.failing_since {
-            Some(since) if since.elapsed() >= self.renew_every() => (
+        let failing_for = state
+            .failing_since
+            .map(|since| now.saturating_duration_since(since));
+        let (ok, detail) = match failing_for {
+            Some(failing_for) if failing_for >= self.renew_every() => (
                 false,
                 format!(
                     "lease renewals have failed for {:.1} s",
-                    since.elapsed().as_secs_f64()
+                    failing_for.as_secs_f64()
                 ),
             ),
             _ => (
@@ -431,8 +438,26 @@ mod tests {
         assert!(a.check().ok);
     }
 
+    async fn lease_calls_failing_for_a_renewal_period_fail_the_check(backend: Backend) {
+        let store = testing::store(backend).await;
+        let a = Leases::new((*store).clone(), "a", TTL);
+        assert!(a.check().ok);
+        let error = StoreError::StaleLease {
+            work: "work:3".into(),
+            token: 1,
+        };
+        a.failed("work:3", &error);
+        assert!(a.check().ok, "a failure is not yet stuck");
+        let stuck = a.check_at(Instant::now() + TTL / 3 + Duration::from_millis(1));
+        assert!(!stuck.ok, "{stuck:?}");
+        assert!(stuck.detail.contains("renewals have failed"), "{stuck:?}");
+        a.succeeded();
+        assert!(a.check_at(Instant::now() + TTL).ok, "a success clears it");
+    }
+
     store_tests!(
         a_taken_over_lease_stops_the_work_and_the_holder_changes,
         finished_work_releases_its_lease,
+        lease_calls_failing_for_a_renewal_period_fail_the_check,
     );
 }

@@ -15,6 +15,7 @@ mod stats;
 mod steady;
 mod swarm;
 mod sys;
+mod takeover;
 mod ws;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ enum Command {
     /// Swarms of real Docker engines: create → Deployed, a worker drained away, memory
     /// per emulated host (needs root, dockerd and busybox-static).
     Swarm(swarm::Args),
+    /// Lease takeover after a SIGKILL: three replicas on one PostgreSQL.
+    Takeover(takeover::Args),
     /// Regenerates RESULTS.md from the JSON results.
     Report,
 }
@@ -186,6 +189,7 @@ fn main() -> anyhow::Result<()> {
             Command::Api(args) => api::run(&ctx, args).await,
             Command::Steady(args) => steady::run(&ctx, args).await,
             Command::Swarm(args) => swarm::run(&ctx, args).await,
+            Command::Takeover(args) => takeover::run(&ctx, args).await,
             Command::Report => Ok(()),
         }
     })

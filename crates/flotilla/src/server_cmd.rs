@@ -83,6 +83,15 @@ pub struct ServerArgs {
     /// AWS request budget per region: burst.
     #[arg(long, env = "FLOTILLA_AWS_BURST", default_value_t = 100)]
     aws_burst: u32,
+    /// This replica's id among replicas sharing a PostgreSQL database (the owner of its
+    /// leases); unique per replica [default: generated at start, and logged].
+    #[arg(long, env = "FLOTILLA_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Seconds a lease on single-owner work (a cluster's reconciler, the swarm worker, the
+    /// health sweep, …) lasts unrenewed: a dead replica's work is taken over after about
+    /// this long. Renewed every third of it.
+    #[arg(long, env = "FLOTILLA_LEASE_TIME", default_value_t = 15.0)]
+    lease_time: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +255,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(data_dir.join("flotilla.db"));
     config.database_url = args.database_url;
     config.listen = args.listen;
+    if !(args.lease_time.is_finite() && args.lease_time >= 0.3 && args.lease_time < 1e6) {
+        anyhow::bail!("--lease-time must be a number of seconds from 0.3 to 1000000");
+    }
+    config.lease_time = std::time::Duration::from_secs_f64(args.lease_time);
+    if let Some(id) = &args.replica_id
+        && (id.trim().is_empty() || id.len() > 200)
+    {
+        anyhow::bail!("--replica-id must be a non-empty name of at most 200 characters");
+    }
+    config.replica_id = args.replica_id;
     args.lifecycle.apply(&mut config)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     config.tls = tls;

@@ -232,6 +232,8 @@ pub struct App<C> {
     pub(crate) liveness: Arc<crate::liveness::Liveness>,
     /// `/metrics` ([`crate::metrics`]).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// This replica's leases on single-owner work ([`crate::lease`]).
+    pub(crate) leases: Arc<crate::lease::Leases>,
     /// The launch wizard's cached VPCs, subnets, groups and profiles ([`inventory`]).
     inventory: inventory::InventoryCache,
 }
@@ -271,6 +273,11 @@ fn required_text(body: &Value, field: &str) -> AppResult<String> {
 impl<C: Cloud + 'static> App<C> {
     pub fn new(store: Store, cloud: Arc<C>, reconciler: Reconciler, settings: AppSettings) -> Self {
         let grace = settings.heartbeat_grace;
+        let leases = crate::lease::Leases::new(
+            store.clone(),
+            crate::lease::generated_replica_id(),
+            crate::lease::DEFAULT_LEASE_TIME,
+        );
         App {
             store,
             cloud,
@@ -283,6 +290,7 @@ impl<C: Cloud + 'static> App<C> {
             mailbox: Arc::default(),
             liveness: Arc::default(),
             metrics: Arc::default(),
+            leases,
             inventory: inventory::InventoryCache::default(),
         }
     }
@@ -293,10 +301,27 @@ impl<C: Cloud + 'static> App<C> {
         self
     }
 
+    /// Shares this replica's leases with the workers that hold them.
+    pub fn with_leases(mut self, leases: Arc<crate::lease::Leases>) -> Self {
+        self.leases = leases;
+        self
+    }
+
     /// `GET /metrics`: the Prometheus text exposition, with nodes by state and the cloud's
     /// AWS calls read now.
     pub async fn metrics_text(&self) -> AppResult<String> {
         let nodes = self.store.nodes_by_cluster_and_state().await?;
+        self.metrics.set_replica(&crate::metrics::ReplicaView {
+            replica: self.leases.replica().to_owned(),
+            held: self
+                .leases
+                .held()
+                .into_iter()
+                .map(|(work, _)| work)
+                .collect(),
+            lost: self.leases.lost(),
+            pools: self.store.pool_usage(),
+        });
         Ok(self.metrics.render(&nodes, &self.cloud.call_counts()))
     }
 
@@ -1279,6 +1304,7 @@ impl<C: Cloud + 'static> App<C> {
             ok,
             detail,
         }];
+        checks.push(self.leases.check());
         checks.extend(self.liveness.checks(crate::liveness::STALE_AFTER));
         crate::liveness::Readiness::new(checks)
     }

@@ -71,10 +71,19 @@ impl Verb {
     }
 }
 
+/// The `type` of the marker a bus carries when events of other replicas may have been
+/// lost (the database listener reconnected, in the server's replicas module): the events stream
+/// turns it into a `missed` frame, so its client resyncs.
+pub const MISSED_KIND: &str = "missed";
+
 /// The publishing side, shared by every clone of the store.
 #[derive(Debug, Clone)]
 pub struct EventBus {
+    /// Every event this replica's listeners see: its own and other replicas'.
     sender: broadcast::Sender<Arc<api::Event>>,
+    /// This replica's own events only, for the one task that shares them with the others
+    /// (so an event received from another replica is never sent back).
+    local: broadcast::Sender<Arc<api::Event>>,
 }
 
 impl Default for EventBus {
@@ -86,12 +95,37 @@ impl Default for EventBus {
 impl EventBus {
     pub fn new() -> EventBus {
         let (sender, _) = broadcast::channel(CAPACITY);
-        EventBus { sender }
+        let (local, _) = broadcast::channel(CAPACITY);
+        EventBus { sender, local }
     }
 
     /// A new listener; it sees every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<api::Event>> {
         self.sender.subscribe()
+    }
+
+    /// A listener of this replica's own events only.
+    pub fn subscribe_local(&self) -> broadcast::Receiver<Arc<api::Event>> {
+        self.local.subscribe()
+    }
+
+    /// Publishes an event another replica made (it is not shared again).
+    pub fn publish_remote(&self, event: api::Event) {
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    /// Tells every listener that events of other replicas may have been lost
+    /// ([`MISSED_KIND`]).
+    pub fn publish_missed(&self) {
+        let _ = self.sender.send(Arc::new(api::Event {
+            kind: MISSED_KIND.to_owned(),
+            action: "update".to_owned(),
+            datetime: date::format_iso_unix(date::now_unix()),
+            parents: Vec::new(),
+            resource_uri: String::new(),
+            state: String::new(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+        }));
     }
 
     /// Publishes an event; never blocks, and with no listener it is simply dropped.
@@ -112,7 +146,9 @@ impl EventBus {
             state: state.to_owned(),
             uuid: uuid::Uuid::new_v4().to_string(),
         };
-        let _ = self.sender.send(Arc::new(event));
+        let event = Arc::new(event);
+        let _ = self.local.send(event.clone());
+        let _ = self.sender.send(event);
     }
 
     pub fn cluster(&self, verb: Verb, uuid: &str, state: &str) {

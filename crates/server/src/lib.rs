@@ -36,11 +36,13 @@ pub mod dns;
 pub mod events;
 pub mod execute;
 pub mod http;
+pub mod lease;
 pub mod liveness;
 pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod reconcile;
+pub mod replicas;
 pub mod routes;
 pub mod secrets;
 pub mod session;
@@ -99,6 +101,12 @@ pub struct ServerConfig {
     /// Serve HTTPS with this configuration ([`tls::load_server_config`]); `None`: plain
     /// HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This replica's id among the replicas sharing the database (a lease's owner);
+    /// `None`: generated at start (and logged).
+    pub replica_id: Option<String>,
+    /// How long a lease on single-owner work lasts unrenewed ([`lease`]): a dead replica's
+    /// work is taken over after about this long. Renewed every third of it.
+    pub lease_time: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -118,6 +126,8 @@ impl ServerConfig {
             dns_mirror: None,
             reconcile: ReconcileSettings::default(),
             tls: None,
+            replica_id: None,
+            lease_time: lease::DEFAULT_LEASE_TIME,
         }
     }
 }
@@ -220,11 +230,26 @@ pub async fn run<C: Cloud + 'static>(
     };
     let metrics = Arc::new(metrics::Metrics::new());
     cloud.observe_calls(metrics.clone());
+    let replica = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(lease::generated_replica_id);
+    if store.dialect() == store::Dialect::Sqlite {
+        // One SQLite file has one server: leases in it are an earlier process's.
+        store.expire_all_leases().await?;
+    }
+    tracing::info!(
+        replica,
+        lease_seconds = config.lease_time.as_secs_f64(),
+        "replica"
+    );
+    let leases = lease::Leases::new(store.clone(), replica, config.lease_time);
     let (reconciler, supervisor) = reconcile::reconciler(
         store.clone(),
         cloud.clone(),
         config.reconcile.clone(),
         metrics.clone(),
+        leases.clone(),
     );
     let cloud_for_swarms = cloud.clone();
     let secret_key = secrets::SecretKey::load(&config.secret_key_path)?;
@@ -250,7 +275,8 @@ pub async fn run<C: Cloud + 'static>(
             },
         )
         .with_secret_key(secret_key.clone(), linked.map(|k| k.access_key_id))
-        .with_metrics(metrics),
+        .with_metrics(metrics)
+        .with_leases(leases.clone()),
     );
     let swarms = swarm::SwarmWorker {
         store: store.clone(),
@@ -262,6 +288,7 @@ pub async fn run<C: Cloud + 'static>(
         liveness: app.liveness.clone(),
     };
     let liveness = app.liveness.clone();
+    let reconciler = app.reconciler.clone();
     let router = http::router_over(app.clone(), config.tls.is_some());
     let (stop_reconcilers, stopped) = watch::channel(false);
     let heartbeats = futures::future::join(
@@ -281,17 +308,60 @@ pub async fn run<C: Cloud + 'static>(
             }
         }
     };
-    let background = futures::future::join4(
-        heartbeats,
-        swarms.run(stopped.clone()),
-        dns,
-        zone::maintain(
-            store.clone(),
-            zone,
-            config.dns_mirror.clone(),
-            stopped.clone(),
-        ),
+    let swarms = {
+        let stopped = stopped.clone();
+        let (leases, liveness) = (leases.clone(), liveness.clone());
+        async move {
+            leases
+                .run_beating(
+                    swarm::SWARMS_WORK,
+                    || swarms.run(stopped.clone()),
+                    &liveness,
+                    "swarm worker",
+                )
+                .await;
+        }
+    };
+    let sharing = {
+        let url = config
+            .database_url
+            .clone()
+            .filter(|_| store.dialect() == store::Dialect::Postgres);
+        let bus = store.events().clone();
+        let (replica, stopped) = (leases.replica().to_owned(), stopped.clone());
+        async move {
+            if let Some(url) = url {
+                replicas::share_events(url, bus, reconciler, replica, stopped).await;
+            }
+        }
+    };
+    let heartbeats = futures::future::join(heartbeats, sharing);
+    // Every replica answers DNS from its own zone; the Route 53 mirror has one writer, the
+    // holder of its lease, with a zone of its own (its first round fully syncs the mirror).
+    let mirror = {
+        let (store, stopped, leases) = (store.clone(), stopped.clone(), leases.clone());
+        let (mirror, domain) = (config.dns_mirror.clone(), config.dns_domain.clone());
+        async move {
+            let Some(mirror) = mirror else { return };
+            leases
+                .run(zone::MIRROR_WORK, || {
+                    let (store, stopped, mirror) = (store.clone(), stopped.clone(), mirror.clone());
+                    let zone = dns::DnsZone::new(&domain).map(Arc::new);
+                    async move {
+                        match zone {
+                            Ok(zone) => zone::maintain(store, zone, Some(mirror), stopped).await,
+                            Err(error) => tracing::error!(%error, "no DNS mirror"),
+                        }
+                    }
+                })
+                .await;
+        }
+    };
+    let zones = futures::future::join(
+        zone::maintain(store.clone(), zone, None, stopped.clone()),
+        mirror,
     );
+    let background = futures::future::join4(heartbeats, swarms, dns, zones);
     let server = serve_http(listener, config.tls.clone(), router, shutdown);
     // Not spawned: if this future is dropped (a crash, in tests), the reconcilers go too.
     let serve_then_stop = async {
@@ -304,6 +374,7 @@ pub async fn run<C: Cloud + 'static>(
         supervisor.run(stopped, liveness),
         background
     );
+    leases.release_all().await;
     store.close().await;
     served.context("HTTP server")
 }

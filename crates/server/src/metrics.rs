@@ -45,6 +45,21 @@ pub struct Metrics {
     aws_call_seconds: HistogramVec,
     aws_throttled: IntCounterVec,
     aws_budget_rate: GaugeVec,
+    leases_held: IntGaugeVec,
+    leases_lost: IntCounterVec,
+    db_connections: IntGaugeVec,
+}
+
+/// What `/metrics` reads of this replica at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaView {
+    pub replica: String,
+    /// The works whose lease this replica holds.
+    pub held: Vec<String>,
+    /// Tenures ended by a lost lease since the start.
+    pub lost: u64,
+    /// The store's pools: (pool, open connections, idle connections).
+    pub pools: Vec<(&'static str, u32, u32)>,
 }
 
 impl Default for Metrics {
@@ -134,8 +149,35 @@ impl Metrics {
             &["region"],
         )
         .expect("valid metric");
+        let leases_held = IntGaugeVec::new(
+            Opts::new(
+                "lease_held",
+                "1 for each piece of single-owner work whose lease this replica holds",
+            ),
+            &["replica", "work"],
+        )
+        .expect("valid metric");
+        let leases_lost = IntCounterVec::new(
+            Opts::new(
+                "leases_lost_total",
+                "tenures this replica ended because its lease was taken over or not renewed",
+            ),
+            &["replica"],
+        )
+        .expect("valid metric");
+        let db_connections = IntGaugeVec::new(
+            Opts::new(
+                "db_pool_connections",
+                "the store's database connections by pool (reader, writer) and state (idle, in_use)",
+            ),
+            &["pool", "state"],
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leases_held.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leases_lost.clone()),
+            Box::new(db_connections.clone()),
+            Box::new(http_requests.clone()),
             Box::new(http_seconds.clone()),
             Box::new(heartbeats.clone()),
             Box::new(swarm_tasks_handed.clone()),
@@ -162,6 +204,34 @@ impl Metrics {
             aws_call_seconds,
             aws_throttled,
             aws_budget_rate,
+            leases_held,
+            leases_lost,
+            db_connections,
+        }
+    }
+
+    /// Sets the replica's scrape-time values (leases, pools) before [`Metrics::render`].
+    pub fn set_replica(&self, view: &ReplicaView) {
+        self.leases_held.reset();
+        for work in &view.held {
+            self.leases_held
+                .with_label_values(&[view.replica.as_str(), work.as_str()])
+                .set(1);
+        }
+        let lost = self.leases_lost.with_label_values(&[view.replica.as_str()]);
+        if view.lost > lost.get() {
+            lost.inc_by(view.lost - lost.get());
+        }
+        self.db_connections.reset();
+        for (pool, open, idle) in &view.pools {
+            let idle = i64::from(*idle);
+            let in_use = i64::from(*open) - idle;
+            self.db_connections
+                .with_label_values(&[pool, "idle"])
+                .set(idle);
+            self.db_connections
+                .with_label_values(&[pool, "in_use"])
+                .set(in_use.max(0));
         }
     }
 
@@ -235,8 +305,30 @@ mod tests {
             throttled_attempts: 2,
             budget_rate: 10.0,
         });
+        metrics.set_replica(&ReplicaView {
+            replica: "r1".into(),
+            held: vec!["cluster:c1".into()],
+            lost: 2,
+            pools: vec![("writer", 1, 0), ("reader", 3, 2)],
+        });
         let text = metrics.render(&nodes, &calls);
         assert!(text.contains("flotilla_heartbeats_total 3"), "{text}");
+        assert!(
+            text.contains("flotilla_lease_held{replica=\"r1\",work=\"cluster:c1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_leases_lost_total{replica=\"r1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_db_pool_connections{pool=\"writer\",state=\"in_use\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_db_pool_connections{pool=\"reader\",state=\"idle\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains("flotilla_nodes{cluster=\"c1\",state=\"Deployed\"} 2"),
             "{text}"

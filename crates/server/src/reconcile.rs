@@ -14,6 +14,12 @@
 //!   action ends `Success`, `Failed` (with the reason) or `Canceled`.
 //! * Tasks live in a `JoinSet` owned by the [`Supervisor`], whose future runs inside the
 //!   server's: dropping the server (a test simulating a crash) aborts every pass mid-flight.
+//! * With replicas sharing a database, each cluster's task runs its passes only while this
+//!   replica holds the lease `cluster:<uuid>` ([`crate::lease`]; the region observer holds
+//!   [`REGIONS_WORK`]), and every replica keeps a task waiting for each live cluster (a scan
+//!   every third of the lease time finds clusters created elsewhere), so the work of a dead
+//!   replica is taken over. The pass memory is lost with a lease, which costs one extra
+//!   observation, never correctness.
 //! * Passes that use a region's auto network hold that region's lock shared; tearing the
 //!   network down holds it exclusively, so a teardown cannot race a deploy's
 //!   `ensure_network`.
@@ -156,9 +162,21 @@ pub struct Reconciler {
 impl Reconciler {
     /// Asks for a pass of this cluster soon. Cheap; never blocks.
     pub fn nudge(&self, cluster_uuid: &str) {
+        self.start(cluster_uuid, true);
+    }
+
+    /// Makes sure this replica has a task for the cluster (waiting for its lease if another
+    /// replica holds it), without asking for a pass: how replicas stand ready to take over.
+    pub fn ensure_started(&self, cluster_uuid: &str) {
+        self.start(cluster_uuid, false);
+    }
+
+    fn start(&self, cluster_uuid: &str, nudge: bool) {
         let mut wakers = self.shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(notify) = wakers.get(cluster_uuid) {
-            notify.notify_one();
+            if nudge {
+                notify.notify_one();
+            }
             return;
         }
         let notify = Arc::new(Notify::new());
@@ -188,6 +206,7 @@ struct Engine<C> {
     shared: Arc<Shared>,
     region_locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    leases: Arc<crate::lease::Leases>,
 }
 
 /// What a cluster's worker remembers of its last full pass, and why it needs to.
@@ -231,6 +250,7 @@ pub fn reconciler<C: Cloud + 'static>(
     cloud: Arc<C>,
     settings: ReconcileSettings,
     metrics: Arc<crate::metrics::Metrics>,
+    leases: Arc<crate::lease::Leases>,
 ) -> (Reconciler, Supervisor<C>) {
     let (start, starts) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -244,6 +264,7 @@ pub fn reconciler<C: Cloud + 'static>(
         shared: shared.clone(),
         region_locks: Mutex::new(HashMap::new()),
         metrics,
+        leases,
     });
     (Reconciler { shared }, Supervisor { engine, starts })
 }
@@ -257,14 +278,44 @@ impl<C: Cloud + 'static> Supervisor<C> {
         liveness: Arc<crate::liveness::Liveness>,
     ) {
         let mut tasks = JoinSet::new();
-        tasks.spawn(region_observer(self.engine.clone()));
+        let engine = self.engine.clone();
+        tasks.spawn(async move {
+            let leases = engine.leases.clone();
+            leases
+                .run(REGIONS_WORK, || region_observer(engine.clone()))
+                .await;
+        });
         let mut beat = tokio::time::interval(Duration::from_secs(1));
+        // Every replica keeps a task for every live cluster, waiting for its lease, so the
+        // cluster's work is taken over when its owner dies; clusters created on another
+        // replica are found by this scan.
+        let mut scan = tokio::time::interval(self.engine.leases.ttl() / 3);
+        let reconciler = Reconciler {
+            shared: self.engine.shared.clone(),
+        };
         loop {
             tokio::select! {
                 _ = beat.tick() => liveness.beat("reconcilers"),
+                _ = scan.tick() => match self.engine.store.clusters().await {
+                    Ok(clusters) => {
+                        for cluster in clusters {
+                            if !matches!(cluster.state, ClusterState::Init | ClusterState::Terminated) {
+                                reconciler.ensure_started(&cluster.uuid);
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot list the clusters"),
+                },
                 started = self.starts.recv() => match started {
                     Some((uuid, notify)) => {
-                        tasks.spawn(worker(self.engine.clone(), uuid, notify));
+                        let engine = self.engine.clone();
+                        tasks.spawn(async move {
+                            let leases = engine.leases.clone();
+                            let work = format!("cluster:{uuid}");
+                            leases
+                                .run(&work, || worker(engine.clone(), uuid.clone(), notify.clone()))
+                                .await;
+                        });
                     }
                     None => break,
                 },
@@ -285,6 +336,9 @@ impl<C: Cloud + 'static> Supervisor<C> {
         tasks.shutdown().await;
     }
 }
+
+/// The lease of the region observer (one task observes every region).
+pub const REGIONS_WORK: &str = "regions";
 
 /// When the next pass should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,12 +41,13 @@ mod agents;
 pub mod bundles;
 mod credentials;
 mod leases;
+pub mod notify;
 mod swarms;
 #[cfg(test)]
 pub(crate) mod testing;
 mod tokens;
 
-pub use leases::{Fence, Lease};
+pub use leases::{Fence, Lease, fence_in_scope, fenced};
 pub use swarms::{NewSwarm, SwarmRecord};
 
 use std::path::Path;
@@ -705,11 +706,35 @@ impl Store {
     /// A write transaction on the writer connection. On SQLite `BEGIN IMMEDIATE` takes the
     /// write lock up front, so another process writing the file (`sqlite3`, a backup tool)
     /// makes it wait under the busy timeout rather than fail on a stale snapshot.
+    ///
+    /// Inside a lease's scope ([`leases::fenced`]) the transaction first checks the fence:
+    /// a replica that lost the lease gets [`StoreError::StaleLease`] and writes nothing.
+    /// Every write of the store begins here (only the leases' own statements do not).
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        Ok(match self.dialect {
+        let mut tx = match self.dialect {
             Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.writer.begin().await?,
-        })
+        };
+        if let Some(lease) = leases::fence_in_scope() {
+            leases::check_fence_in(&mut tx, &lease.fence()).await?;
+        }
+        Ok(tx)
+    }
+
+    /// The pools' connections: (pool, open, idle), for `/metrics`.
+    pub fn pool_usage(&self) -> Vec<(&'static str, u32, u32)> {
+        vec![
+            (
+                "writer",
+                self.writer.size(),
+                u32::try_from(self.writer.num_idle()).unwrap_or(u32::MAX),
+            ),
+            (
+                "reader",
+                self.pool.size(),
+                u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            ),
+        ]
     }
 
     /// The bus every committed change is published on.
@@ -797,13 +822,15 @@ impl Store {
 
     /// Records the installation id unless one exists; returns the one in effect.
     pub async fn ensure_owner_id(&self, candidate: &str, now: i64) -> Result<String, StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO installation (id, owner_id, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(candidate)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.owner_id()
             .await?
             .ok_or_else(|| corrupt("installation", "1", "missing after insert"))
@@ -811,6 +838,7 @@ impl Store {
 
     /// Inserts a user unless the name is taken; true when inserted.
     pub async fn insert_user(&self, user: &UserRecord, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "INSERT INTO users (username, api_key_salt, api_key_hash, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
@@ -818,8 +846,9 @@ impl Store {
         .bind(&user.api_key_salt)
         .bind(&user.api_key_hash)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -1035,11 +1064,13 @@ impl Store {
 
     /// The reconciler's slot high-water mark; it only ever grows.
     pub async fn raise_next_slot(&self, uuid: &str, next_slot: u32) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE clusters SET next_slot = $1 WHERE uuid = $2 AND next_slot < $1")
             .bind(i64::from(next_slot))
             .bind(uuid)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1148,14 +1179,16 @@ impl Store {
         nickname: Option<&str>,
         tags: &[String],
     ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(
             "UPDATE nodes SET nickname = $1, tags = $2 WHERE uuid = $3 RETURNING state, cluster_uuid",
         )
         .bind(nickname)
         .bind(to_json(&tags))
         .bind(uuid)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         if let Some((state, cluster_uuid)) = row {
             self.events
                 .node(Verb::Update, uuid, cluster_uuid.as_deref(), &state);
@@ -1212,14 +1245,16 @@ impl Store {
         event: NodeEvent,
     ) -> Result<Option<(NodeState, Option<String>)>, StoreError> {
         let to = from.apply(event)?;
+        let mut tx = self.write().await?;
         let moved: Option<Option<String>> = sqlx::query_scalar(
             "UPDATE nodes SET state = $1 WHERE uuid = $2 AND state = $3 RETURNING cluster_uuid",
         )
         .bind(to.as_str())
         .bind(uuid)
         .bind(from.as_str())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         if let Some(cluster) = &moved {
             self.events.node(
                 Verb::for_state(to.as_str()),
@@ -1327,11 +1362,13 @@ impl Store {
     }
 
     pub async fn append_action_log(&self, uuid: &str, text: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE actions SET logs = logs || $1 WHERE uuid = $2")
             .bind(text)
             .bind(uuid)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1346,6 +1383,7 @@ impl Store {
         can_be_retried: bool,
     ) -> Result<bool, StoreError> {
         for state in from {
+            let mut tx = self.write().await?;
             let object_uri: Option<String> = sqlx::query_scalar(
                 "UPDATE actions SET state = $1, end_date = $2, can_be_canceled = $3, can_be_retried = $4 WHERE uuid = $5 AND state = $6 RETURNING object_uri",
             )
@@ -1355,8 +1393,9 @@ impl Store {
             .bind(can_be_retried)
             .bind(uuid)
             .bind(state)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *tx)
             .await?;
+            tx.commit().await?;
             if let Some(object_uri) = object_uri {
                 self.events.action(Verb::Update, uuid, &object_uri, to);
                 return Ok(true);

@@ -116,6 +116,18 @@ struct MissedFrame {
 /// filter: the lost events may have matched it); a closed bus ends the stream.
 fn next_frame(received: Result<Arc<api::Event>, RecvError>, filter: &Filter) -> Next {
     match received {
+        Ok(event) if event.kind == crate::events::MISSED_KIND => {
+            let frame = MissedFrame {
+                kind: "missed",
+                count: 0,
+                message: "events of other replicas may have been missed (this replica's \
+                    database listener reconnected); list the resources it follows again to \
+                    resync"
+                    .to_owned(),
+                datetime: event.datetime.clone(),
+            };
+            serde_json::to_value(&frame).map_or(Next::Skip, Next::Send)
+        }
         Ok(event) if filter.matches(&event) => {
             serde_json::to_value(event.as_ref()).map_or(Next::Skip, Next::Send)
         }
@@ -224,6 +236,7 @@ async fn events_stream<C: Cloud + 'static>(
         tokio::select! {
             received = events.recv() => {
                 let received = match received {
+                    Ok(event) if event.kind == crate::events::MISSED_KIND => Ok(event),
                     Ok(event) => match visible.sees(&event).await {
                         Some(true) => Ok(event),
                         Some(false) => continue,

@@ -336,6 +336,9 @@ struct Memory {
 /// What a swarm's load balancer follows: its nodes (instance, subnet) and published ports.
 type LbInputs = (BTreeSet<(String, String)>, BTreeSet<PublishedPort>);
 
+/// The swarm worker's lease: one replica plans every swarm.
+pub const SWARMS_WORK: &str = "swarms";
+
 /// How often a swarm's load balancer is converged again although nothing changed (repairs
 /// drift: a listener deleted by hand).
 pub const LB_RESYNC: Duration = Duration::from_secs(60);
@@ -343,7 +346,7 @@ pub const LB_RESYNC: Duration = Duration::from_secs(60);
 impl<C: Cloud + 'static> SwarmWorker<C> {
     /// Plans every live swarm on every nudge and at least every [`PASS_INTERVAL`], until
     /// `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         let started = Instant::now();
         let mut memory: HashMap<String, Memory> = HashMap::new();
         loop {

@@ -15,6 +15,9 @@
 //!   AWS type (`crates/aws` implements it with Route 53). A failed mirror call is retried by
 //!   a full sync (list the mirror, make it equal) at the next rebuild or the next
 //!   [`MIRROR_RESYNC`], so a lost change is never lost for good.
+//! * With several replicas each keeps its own zone (every replica answers DNS; the events of
+//!   the others reach its bus), and only the holder of the mirror's lease ([`MIRROR_WORK`])
+//!   writes to Route 53, so two replicas never race on the mirror's diffs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +31,9 @@ use flotilla_core::state::NodeState;
 use tokio::sync::{broadcast, watch};
 
 use crate::dns::{DnsZone, RecordChange};
+
+/// The Route 53 mirror's lease: one replica writes the mirror.
+pub const MIRROR_WORK: &str = "dns-mirror";
 use crate::store::{DnsRow, Store, StoreError};
 
 /// Pause after a change before the zone is rebuilt.

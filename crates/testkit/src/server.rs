@@ -457,6 +457,19 @@ impl ServerProcess {
         all
     }
 
+    /// SIGSTOP (`pause`) or SIGCONT (`resume`) to the running server, by its PID: a replica
+    /// frozen in the middle of its work, as a long GC pause or a suspended VM would.
+    pub fn pause(&self, pause: bool) -> anyhow::Result<()> {
+        let pid = self.pid().context("the server is not running")?;
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+        Ok(())
+    }
+
     /// SIGKILL, and wait until the process is gone (a crash: nothing is flushed or closed).
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

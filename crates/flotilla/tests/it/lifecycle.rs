@@ -11,14 +11,11 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
-use base64::Engine as _;
 use flotilla_api::uri;
 use flotilla_testkit::{InstanceRunner, MotoAccount, RunnerConfig};
-use futures::StreamExt as _;
 use hickory_net::client::{Client, ClientHandle};
 use hickory_net::proto::rr::{DNSClass, Name, RData, RecordType};
 use hickory_net::runtime::TokioRuntimeProvider;
@@ -26,7 +23,7 @@ use hickory_net::udp::UdpClientStream;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{LIMIT, Server};
+use crate::support::{Events, LIMIT, Server};
 
 const DOMAIN: &str = "flotilla.internal";
 /// The grace period the servers here run with (seconds).
@@ -80,51 +77,6 @@ impl Dns {
                 _ => None,
             })
             .collect()
-    }
-}
-
-/// Events from the events websocket, collected in the background.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Value>>>);
-
-impl Events {
-    async fn listen(server: &Server) -> Events {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        let url = server.api.events_url();
-        let mut request = url.into_client_request().expect("request");
-        let basic = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", server.user, server.key));
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Basic {basic}").parse().expect("header"),
-        );
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("events websocket");
-        let events = Events::default();
-        let sink = events.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = socket.next().await {
-                if let Ok(event) = serde_json::from_str::<Value>(frame.to_text().unwrap_or("")) {
-                    sink.0.lock().expect("events").push(event);
-                }
-            }
-        });
-        events
-    }
-
-    /// Whether a node event for `uuid` with `state` (and `action`, if given) arrived.
-    fn saw(&self, uuid: &str, state: &str, action: Option<&str>) -> bool {
-        self.0.lock().expect("events").iter().any(|e| {
-            e["type"] == "node"
-                && e["resource_uri"].as_str().is_some_and(|u| u.contains(uuid))
-                && e["state"] == state
-                && action.is_none_or(|a| e["action"] == a)
-        })
-    }
-
-    fn dump(&self) -> String {
-        format!("{:#?}", self.0.lock().expect("events"))
     }
 }
 

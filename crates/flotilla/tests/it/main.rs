@@ -14,6 +14,7 @@ mod lifecycle;
 mod link;
 mod metrics;
 mod ops;
+mod replicas;
 mod server_crash;
 mod swarm;
 

@@ -3,7 +3,11 @@
 
 use std::ops::Deref;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt as _;
 
 use flotilla_api::client::new_node_cluster;
 use flotilla_api::uri;
@@ -135,5 +139,50 @@ impl Deref for Server {
 
     fn deref(&self) -> &Api {
         &self.api
+    }
+}
+
+/// Events from the events websocket, collected in the background.
+#[derive(Clone, Default)]
+pub struct Events(pub Arc<Mutex<Vec<Value>>>);
+
+impl Events {
+    pub async fn listen(server: &Api) -> Events {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let url = server.api.events_url();
+        let mut request = url.into_client_request().expect("request");
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", server.user, server.key));
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Basic {basic}").parse().expect("header"),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("events websocket");
+        let events = Events::default();
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = socket.next().await {
+                if let Ok(event) = serde_json::from_str::<Value>(frame.to_text().unwrap_or("")) {
+                    sink.0.lock().expect("events").push(event);
+                }
+            }
+        });
+        events
+    }
+
+    /// Whether a node event for `uuid` with `state` (and `action`, if given) arrived.
+    pub fn saw(&self, uuid: &str, state: &str, action: Option<&str>) -> bool {
+        self.0.lock().expect("events").iter().any(|e| {
+            e["type"] == "node"
+                && e["resource_uri"].as_str().is_some_and(|u| u.contains(uuid))
+                && e["state"] == state
+                && action.is_none_or(|a| e["action"] == a)
+        })
+    }
+
+    pub fn dump(&self) -> String {
+        format!("{:#?}", self.0.lock().expect("events"))
     }
 }

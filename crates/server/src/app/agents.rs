@@ -29,6 +29,13 @@
 //!   heartbeat or registration after that makes it `Deployed` again. Only transitions write
 //!   (the node's state, an event, a line in its history). After a server start every node
 //!   gets a full grace period: silence while the server was down proves nothing.
+//! * **Across replicas** agents may talk to any replica. Every replica flushes the times
+//!   it heard; the sweep runs on one replica (the `health` lease), which merges the stored
+//!   times every [`flush_interval`] (a grace period of 30 s tolerates a heartbeat that
+//!   reaches it 10 s late), and starts each tenure with a full grace period. Verdicts reach
+//!   every replica as events, so whichever one next hears an `Unreachable` node turns it
+//!   back. Cost: one read of the watched nodes per interval on the sweep's owner, and each
+//!   replica's flush, as before.
 //! * **Bring-your-own nodes** register with a single-use token from `POST token/` and no
 //!   cluster; the token is used up and the node and its credential created in one
 //!   transaction.
@@ -56,8 +63,18 @@ use crate::store::{
 };
 use crate::tokens::{batch_token, credential_hash, load_secret, random_hex};
 
-/// How often heartbeats are written to the store.
+/// How often heartbeats are written to the store (at most; see [`flush_interval`]).
 pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often heartbeats are written to the store, and merged from it by the health sweep's
+/// owner: [`HEARTBEAT_FLUSH_INTERVAL`], or a sixth of a shorter grace period, so that a
+/// heartbeat received by one replica reaches the sweep on another (one flush and one merge,
+/// at most a third of the grace period) well before its node could be judged silent.
+pub fn flush_interval(grace: Duration) -> Duration {
+    HEARTBEAT_FLUSH_INTERVAL
+        .min(grace / 6)
+        .max(Duration::from_millis(100))
+}
 /// How often the health sweep runs: a verdict comes at most this late after the grace
 /// period.
 pub const HEALTH_TICK: Duration = Duration::from_millis(250);
@@ -184,6 +201,47 @@ impl AgentState {
     /// When the node was last heard from (Unix time), if it is watched.
     pub fn last_heard(&self, uuid: &str) -> Option<i64> {
         Self::lock(&self.watches).get(uuid).map(|w| w.unix)
+    }
+
+    /// See [`App::merge_stored_heartbeats`]. A stored time is in seconds; the moment it
+    /// names is placed on the monotonic clock by its age (rounded towards older).
+    fn merge_stored(
+        &self,
+        stored: &[(String, NodeState, Option<i64>)],
+        now_unix: i64,
+        now: Instant,
+    ) -> Vec<String> {
+        let mut watches = Self::lock(&self.watches);
+        let mut heard_again = Vec::new();
+        for (uuid, state, last_seen) in stored {
+            let Some(watch) = watches.get_mut(uuid) else {
+                watches.insert(
+                    uuid.clone(),
+                    Watch {
+                        heard: now,
+                        unix: last_seen.unwrap_or(now_unix),
+                        flushed: true,
+                        unreachable: *state == NodeState::Unreachable,
+                    },
+                );
+                continue;
+            };
+            let Some(seen) = *last_seen else { continue };
+            if seen <= watch.unix {
+                continue;
+            }
+            let age =
+                Duration::from_secs(u64::try_from(now_unix.saturating_sub(seen)).unwrap_or(0));
+            let heard = now.checked_sub(age).unwrap_or(now);
+            if heard > watch.heard {
+                watch.heard = heard;
+                watch.unix = seen;
+                if watch.unreachable && heard.elapsed() <= self.grace {
+                    heard_again.push(uuid.clone());
+                }
+            }
+        }
+        heard_again
     }
 
     /// Forgets a node: it stops being watched and its credential must be looked up again.
@@ -585,23 +643,41 @@ impl<C: Cloud + 'static> App<C> {
         }
     }
 
-    /// Starts watching the health of every node that has a live agent (server start).
+    /// Starts watching the health of every node that has a live agent, each with a full
+    /// grace period from now (a server start, or this replica taking the sweep over: what
+    /// it did not hear proves nothing). A heartbeat this replica has not flushed yet is kept.
     pub async fn load_watches(&self) -> Result<usize, StoreError> {
         let nodes = self.store.watched_nodes().await?;
         let started = Instant::now();
         let mut watches = AgentState::lock(&self.agents.watches);
         for (uuid, state, last_seen) in &nodes {
-            watches.insert(
-                uuid.clone(),
-                Watch {
+            let unreachable = *state == NodeState::Unreachable;
+            watches
+                .entry(uuid.clone())
+                .and_modify(|watch| {
+                    watch.heard = started;
+                    watch.unreachable = unreachable;
+                })
+                .or_insert(Watch {
                     heard: started,
                     unix: last_seen.unwrap_or_else(date::now_unix),
                     flushed: true,
-                    unreachable: *state == NodeState::Unreachable,
-                },
-            );
+                    unreachable,
+                });
         }
         Ok(nodes.len())
+    }
+
+    /// Takes in the last-heard times every replica wrote ([`flush_heartbeats`]): a node
+    /// whose agent talks to another replica is heard from here through the store. Nodes
+    /// that registered elsewhere start being watched (with a full grace period). Returns
+    /// the nodes this sweep judged `Unreachable` that were heard from since, to be turned
+    /// back.
+    pub async fn merge_stored_heartbeats(&self) -> Result<Vec<String>, StoreError> {
+        let nodes = self.store.watched_nodes().await?;
+        Ok(self
+            .agents
+            .merge_stored(&nodes, date::now_unix(), Instant::now()))
     }
 
     /// One health sweep: every node silent for longer than the grace period becomes
@@ -733,16 +809,42 @@ impl<C: Cloud + 'static> App<C> {
     }
 }
 
-/// Runs the health sweep every [`HEALTH_TICK`] until `stop` turns true. Also forgets nodes
-/// as they terminate (their credential stops working at once).
-pub async fn watch_health<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch::Receiver<bool>) {
+/// The health sweep's lease: one replica judges every node.
+pub const HEALTH_WORK: &str = "health";
+
+/// Runs the health sweep every [`HEALTH_TICK`] until `stop` turns true, while this replica
+/// holds the sweep's lease ([`HEALTH_WORK`]; every replica records the heartbeats it
+/// receives and the sweep's owner merges them from the store every
+/// [`flush_interval`]). Beside it, on every replica, follows the verdicts:
+/// forgets nodes as they terminate (their credential stops working at once) and keeps
+/// each node's last verdict, so a heartbeat reaching any replica turns an `Unreachable`
+/// node back.
+pub async fn watch_health<C: Cloud + 'static>(app: Arc<App<C>>, stop: watch::Receiver<bool>) {
+    let leases = app.leases.clone();
+    let liveness = app.liveness.clone();
+    let sweep = leases.run_beating(
+        HEALTH_WORK,
+        || sweep_while_held(app.clone(), stop.clone()),
+        &liveness,
+        "node health",
+    );
+    let follow = follow_verdicts(app.clone(), stop.clone());
+    tokio::select! {
+        () = sweep => {}
+        () = follow => {}
+    }
+}
+
+/// The sweep itself, from a full grace period (see [`App::load_watches`]).
+async fn sweep_while_held<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch::Receiver<bool>) {
     match app.load_watches().await {
         Ok(count) => tracing::info!(nodes = count, "watching node health"),
         Err(error) => tracing::warn!(%error, "cannot load the watched nodes"),
     }
-    let mut events = app.events().subscribe();
     let mut ticker = tokio::time::interval(HEALTH_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut merge = tokio::time::interval(flush_interval(app.agents.grace));
+    merge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -751,13 +853,49 @@ pub async fn watch_health<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch:
                     tracing::warn!(%error, "health sweep failed");
                 }
             }
+            _ = merge.tick() => match app.merge_stored_heartbeats().await {
+                Ok(heard_again) => {
+                    for uuid in heard_again {
+                        app.agents.set_judged(&uuid, false);
+                        if let Err(error) = app
+                            .set_reachability(&uuid, NodeState::Unreachable, NodeEvent::HeardFrom)
+                            .await
+                        {
+                            app.agents.set_judged(&uuid, true);
+                            tracing::warn!(%error, "cannot turn a node back");
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot read the stored heartbeats"),
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Follows node events (every replica's, see `crate::replicas`): terminations and
+/// verdicts.
+async fn follow_verdicts<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch::Receiver<bool>) {
+    let mut events = app.events().subscribe();
+    loop {
+        tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
-                    if event.kind == "node" && event.state == NodeState::Terminated.as_str()
+                    if event.kind == "node"
                         && let Some(uri::Resource::Node { uuid }) =
                             uri::Resource::parse(&event.resource_uri)
                     {
-                        app.agents.forget(&uuid);
+                        if event.state == NodeState::Terminated.as_str() {
+                            app.agents.forget(&uuid);
+                        } else if event.state == NodeState::Unreachable.as_str() {
+                            app.agents.set_judged(&uuid, true);
+                        } else if event.state == NodeState::Deployed.as_str() {
+                            app.agents.set_judged(&uuid, false);
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -775,7 +913,7 @@ pub async fn watch_health<C: Cloud + 'static>(app: Arc<App<C>>, mut stop: watch:
     }
 }
 
-/// Flushes heartbeats every [`HEARTBEAT_FLUSH_INTERVAL`] until `stop` turns true, then once
+/// Flushes heartbeats every [`flush_interval`] until `stop` turns true, then once
 /// more.
 pub async fn flush_heartbeats<C: Cloud + 'static>(
     app: std::sync::Arc<App<C>>,
@@ -783,7 +921,7 @@ pub async fn flush_heartbeats<C: Cloud + 'static>(
 ) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(HEARTBEAT_FLUSH_INTERVAL) => {}
+            () = tokio::time::sleep(flush_interval(app.agents.grace)) => {}
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     break;

@@ -203,11 +203,13 @@ impl Store {
         username: &str,
         password_hash: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
             .bind(password_hash)
             .bind(username)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -273,14 +275,16 @@ impl Store {
         key: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE username = $2 AND (id = $3 OR name = $3) AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(username)
         .bind(key)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -288,13 +292,15 @@ impl Store {
 
     /// False when the name is taken.
     pub async fn create_org(&self, name: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "INSERT INTO organizations (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -346,14 +352,16 @@ impl Store {
 
     /// False when the team exists already.
     pub async fn create_team(&self, org: &str, name: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "INSERT INTO teams (org, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (org, name) DO NOTHING",
         )
         .bind(org)
         .bind(name)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -435,6 +443,7 @@ impl Store {
 
     /// Adds a grant, or changes the role of the team's grant on the same resource.
     pub async fn put_grant(&self, grant: &GrantRecord) -> Result<GrantRecord, StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO grants (id, org, team, resource, role, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org, team, resource) DO UPDATE SET role = excluded.role",
         )
@@ -444,8 +453,9 @@ impl Store {
         .bind(&grant.resource)
         .bind(grant.role.as_str())
         .bind(grant.created_at)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         let row = sqlx::query_as::<_, GrantRow>(concat!(
             grant_columns!(),
             "WHERE g.org = $1 AND g.team = $2 AND g.resource = $3"
@@ -472,11 +482,13 @@ impl Store {
 
     /// Removes a grant by id; false when the organization has no such grant.
     pub async fn delete_grant(&self, org: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("DELETE FROM grants WHERE org = $1 AND id = $2")
             .bind(org)
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 

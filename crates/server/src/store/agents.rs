@@ -84,13 +84,15 @@ impl Store {
         candidate: &str,
         now: i64,
     ) -> Result<String, StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO agent_secret (id, secret, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
         )
             .bind(candidate)
             .bind(now)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         sqlx::query_scalar::<_, String>("SELECT secret FROM agent_secret WHERE id = 1")
             .fetch_optional(&self.pool)
             .await?
@@ -265,6 +267,7 @@ impl Store {
         engine: Option<&flotilla_api::agent::EngineReport>,
         now: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE node_agents SET agent_version = COALESCE($1, agent_version),
                 docker_version = COALESCE($2, docker_version),
@@ -283,8 +286,9 @@ impl Store {
         )
         .bind(now)
         .bind(node_uuid)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -75,6 +75,7 @@ impl Store {
     }
 
     pub async fn insert_bundle(&self, bundle: &BundleRecord) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO bundles (id, username, fingerprint, swarm, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -85,8 +86,9 @@ impl Store {
         .bind(bundle.created_at)
         .bind(bundle.expires_at)
         .bind(bundle.revoked_at)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -121,14 +123,16 @@ impl Store {
         id: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "UPDATE bundles SET revoked_at = $1 WHERE username = $2 AND id = $3 AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(username)
         .bind(id)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
 }

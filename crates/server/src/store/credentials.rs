@@ -13,6 +13,7 @@ impl Store {
         ciphertext: &[u8],
         now: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO provider_credentials (provider, nonce, ciphertext, linked_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (provider) DO UPDATE SET nonce = excluded.nonce, \
@@ -22,8 +23,9 @@ impl Store {
         .bind(nonce)
         .bind(ciphertext)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -19,6 +19,14 @@
 //!   no-op `UPDATE` of the row): a takeover waits until the fenced write commits, or the
 //!   write sees the new token and is refused — never a write that lands after the new
 //!   holder has read the state. On SQLite the transaction's write lock already orders them.
+//! * The fence travels with the work, not through every store method's arguments: a work
+//!   runner (the server's `lease` module) runs the work's future inside [`fenced`], a task-local scope,
+//!   and `Store::write` — the one way to begin a write — checks the fence in scope inside
+//!   the transaction. So every write the work makes, including ones added later, is
+//!   fenced without a parameter anyone could forget; writes made outside a scope (API
+//!   calls, agents' heartbeats) are not the work's and are not fenced. A scope does not
+//!   cross `tokio::spawn`: the work must not spawn tasks that write (none does; its
+//!   concurrency is `join`).
 
 use super::{Store, StoreError};
 
@@ -50,6 +58,20 @@ pub struct Fence<'a> {
     pub work: &'a str,
     pub owner: &'a str,
     pub token: i64,
+}
+
+tokio::task_local! {
+    static FENCE: Lease;
+}
+
+/// Runs `work` with every store write it makes fenced by `lease` (see the module docs).
+pub async fn fenced<F: std::future::Future>(lease: Lease, work: F) -> F::Output {
+    FENCE.scope(lease, work).await
+}
+
+/// The lease whose fence the current task's writes carry, if any.
+pub fn fence_in_scope() -> Option<Lease> {
+    FENCE.try_with(Lease::clone).ok()
 }
 
 /// Refuses the transaction's write unless `fence` is still the lease's current tenure; on
@@ -151,6 +173,18 @@ impl Store {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    /// Expires every lease (a SQLite database's start: one file has one server, so any lease
+    /// in it was left by an earlier process of this installation, which is gone). Tokens
+    /// stay, so the next tenures' tokens are still greater.
+    pub async fn expire_all_leases(&self) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE leases SET expires_at = 0 WHERE expires_at > 0")
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// The lease on `work` as stored (held or expired), if it was ever taken.

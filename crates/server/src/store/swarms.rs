@@ -172,41 +172,47 @@ impl Store {
     /// Records the manager that initialises the swarm, unless one is recorded already.
     /// Returns the recorded one.
     pub async fn choose_bootstrap(&self, uuid: &str, node: &str) -> Result<String, StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE swarms SET bootstrap_node = $1 WHERE uuid = $2 AND bootstrap_node IS NULL",
         )
         .bind(node)
         .bind(uuid)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
         let chosen: Option<String> =
             sqlx::query_scalar("SELECT bootstrap_node FROM swarms WHERE uuid = $1")
                 .bind(uuid)
-                .fetch_one(&self.writer)
+                .fetch_one(&mut *tx)
                 .await?;
+        tx.commit().await?;
         chosen.ok_or_else(|| corrupt("swarms", uuid, "bootstrap_node not recorded"))
     }
 
     /// Forgets a bootstrap manager that is gone before any swarm existed, so another can be
     /// chosen (compare-and-set on the one that is gone; never once a swarm is adopted).
     pub async fn forget_bootstrap(&self, uuid: &str, node: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE swarms SET bootstrap_node = NULL WHERE uuid = $1 AND bootstrap_node = $2 AND cluster_id IS NULL",
         )
         .bind(uuid)
         .bind(node)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Records the swarm's Docker cluster ID, unless one is adopted already.
     pub async fn adopt_cluster_id(&self, uuid: &str, cluster_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE swarms SET cluster_id = $1 WHERE uuid = $2 AND cluster_id IS NULL")
             .bind(cluster_id)
             .bind(uuid)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -217,12 +223,14 @@ impl Store {
         nonce: &str,
         sealed: &str,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE swarms SET tokens_nonce = $1, tokens_sealed = $2 WHERE uuid = $3")
             .bind(nonce)
             .bind(sealed)
             .bind(uuid)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -321,22 +329,26 @@ impl Store {
 
     /// The swarm is done with a leaving node: it may be terminated.
     pub async fn release_node(&self, uuid: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE nodes SET swarm_released = TRUE WHERE uuid = $1 AND swarm_leaving = TRUE",
         )
         .bind(uuid)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// The swarm's target manager count (its managers' cluster is scaled with it).
     pub async fn set_swarm_managers(&self, uuid: &str, managers: u32) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE swarms SET managers = $1 WHERE uuid = $2")
             .bind(i64::from(managers))
             .bind(uuid)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -346,11 +358,13 @@ impl Store {
         uuid: &str,
         load_balancer: Option<&flotilla_api::SwarmLoadBalancer>,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE swarms SET load_balancer = $1 WHERE uuid = $2")
             .bind(load_balancer.map(super::to_json))
             .bind(uuid)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -17,14 +17,16 @@ impl Store {
         username: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO byo_tokens (token_hash, username, used, created_at) VALUES ($1, $2, FALSE, $3)",
         )
         .bind(token_hash)
         .bind(username)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -35,12 +37,15 @@ impl Store {
         token_hash: &str,
         now: i64,
     ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+        let mut tx = self.write().await?;
+        let user = sqlx::query_scalar(
             "UPDATE byo_tokens SET used = TRUE, used_at = $1 WHERE token_hash = $2 AND used = FALSE RETURNING username",
         )
         .bind(now)
         .bind(token_hash)
-        .fetch_optional(&self.writer)
-        .await?)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(user)
     }
 }

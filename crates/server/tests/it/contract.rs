@@ -64,6 +64,7 @@ async fn readyz_details_every_check_behind_ping() {
         names,
         [
             "database",
+            "leases",
             "reconcilers loop",
             "node health loop",
             "swarm worker loop"

@@ -57,6 +57,8 @@ enum Command {
     User(client::access::UserArgs),
     /// Grants of a role (view, operate, manage, admin) to a team.
     Grant(client::access::GrantArgs),
+    /// LDAP / Active Directory sign-in: settings and sync (server administrator).
+    Ldap(client::access::LdapArgs),
 }
 
 /// The most `bollard` (the agent's Docker API client) may log; see `main`.
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
             Command::Team(args) => client::access::team(args).await,
             Command::User(args) => client::access::user(args).await,
             Command::Grant(args) => client::access::grant(args).await,
+            Command::Ldap(args) => client::access::ldap(args).await,
         }
     });
     match result {

@@ -32,6 +32,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 pub mod access;
 pub mod agents;
+pub mod directory;
 mod inventory;
 pub use inventory::DEFAULT_INVENTORY_TTL;
 mod swarms;
@@ -106,9 +107,34 @@ pub struct Outcome<T> {
 /// The outcome of [`App::login`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Login {
-    Accepted(String),
+    /// The user, and the credential that signed it in.
+    Accepted(String, SignedInWith),
     WrongKey,
     UnknownUser,
+}
+
+/// The credential a sign-in used; a dashboard session keeps it and ends as soon as it
+/// stops holding ([`App::still_holds`]): a revoked key, a changed password, a disabled
+/// directory user.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SignedInWith {
+    /// The API key of this id.
+    Key(String),
+    /// The password whose stored hash has this SHA-256 (a new password ends the session).
+    Password([u8; 32]),
+    /// The directory's password (`ldap`): holds while the user is enabled.
+    Directory,
+}
+
+// The password fingerprint is not secret but stays out of logs anyway.
+impl std::fmt::Debug for SignedInWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignedInWith::Key(id) => write!(f, "Key({id})"),
+            SignedInWith::Password(_) => f.write_str("Password"),
+            SignedInWith::Directory => f.write_str("Directory"),
+        }
+    }
 }
 
 /// A new user's secret, shown once.
@@ -414,7 +440,7 @@ impl<C: Cloud + 'static> App<C> {
     /// The user whose API key this is, if any.
     pub async fn authenticate(&self, username: &str, api_key: &str) -> AppResult<Option<String>> {
         Ok(match self.login(username, api_key).await? {
-            Login::Accepted(username) => Some(username),
+            Login::Accepted(username, _) => Some(username),
             Login::WrongKey | Login::UnknownUser => None,
         })
     }
@@ -689,6 +715,7 @@ impl<C: Cloud + 'static> App<C> {
         clusters.retain(|c| viewer.sees(&c.uuid));
         let filter = NodeFilter {
             viewer: viewer.member().map(str::to_owned),
+            org: viewer.org().map(str::to_owned),
             ..NodeFilter::default()
         };
         let nodes = self.store.find_nodes(&filter, None).await?;
@@ -1118,7 +1145,7 @@ impl<C: Cloud + 'static> App<C> {
     /// `GET action/`: the actions on objects `viewer` may view.
     pub async fn actions(&self, viewer: &Viewer) -> AppResult<Vec<api::Action>> {
         let mut actions = self.store.actions().await?;
-        if !viewer.is_admin() {
+        if !viewer.sees_everything() {
             let mut node_clusters: HashMap<String, Option<String>> = HashMap::new();
             let mut kept = Vec::new();
             for action in actions {

@@ -35,6 +35,7 @@ pub mod dns;
 pub mod events;
 pub mod execute;
 pub mod http;
+pub mod ldap;
 pub mod liveness;
 pub mod login;
 pub mod metrics;
@@ -68,6 +69,9 @@ use crate::app::{App, AppSettings};
 use crate::store::Store;
 
 /// Everything a server needs besides the cloud.
+/// The periodic LDAP sync's default interval.
+pub const DEFAULT_LDAP_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where [`serve`] listens.
@@ -98,6 +102,9 @@ pub struct ServerConfig {
     /// Serve HTTPS with this configuration ([`tls::load_server_config`]); `None`: plain
     /// HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How often the LDAP directory's users and groups are synced (`app::directory`), when
+    /// LDAP is configured.
+    pub ldap_sync_interval: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -117,6 +124,7 @@ impl ServerConfig {
             dns_mirror: None,
             reconcile: ReconcileSettings::default(),
             tls: None,
+            ldap_sync_interval: DEFAULT_LDAP_SYNC_INTERVAL,
         }
     }
 }
@@ -263,6 +271,8 @@ pub async fn run<C: Cloud + 'static>(
     let liveness = app.liveness.clone();
     let router = http::router_over(app.clone(), config.tls.is_some());
     let (stop_reconcilers, stopped) = watch::channel(false);
+    let directory_sync =
+        app::directory::sync_periodically(app.clone(), config.ldap_sync_interval, stopped.clone());
     let heartbeats = futures::future::join(
         app::agents::flush_heartbeats(app.clone(), stopped.clone()),
         app::agents::watch_health(app, stopped.clone()),
@@ -280,8 +290,9 @@ pub async fn run<C: Cloud + 'static>(
             }
         }
     };
-    let background = futures::future::join4(
+    let background = futures::future::join5(
         heartbeats,
+        directory_sync,
         swarms.run(stopped.clone()),
         dns,
         zone::maintain(

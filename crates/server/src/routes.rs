@@ -115,6 +115,10 @@ pub enum Route {
     /// `user/{name}/apikey/`: a user's API keys.
     ApiKeys(String),
     ApiKey(String, String),
+    /// `/api/access/v1/ldap/`: the LDAP / Active Directory settings (`GET`, `PUT`).
+    Ldap,
+    /// `ldap/sync/`: `POST` syncs the directory's users and groups now.
+    LdapSync,
 }
 
 /// A parsed path: the route and the namespace segment, if the path had one.
@@ -250,6 +254,8 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("access", ["user", name]) => Route::User(s(name)),
         ("access", ["user", name, "apikey"]) => Route::ApiKeys(s(name)),
         ("access", ["user", name, "apikey", key]) => Route::ApiKey(s(name), s(key)),
+        ("access", ["ldap"]) => Route::Ldap,
+        ("access", ["ldap", "sync"]) => Route::LdapSync,
         _ => return None,
     };
     Some(Parsed { route, namespace })
@@ -487,6 +493,8 @@ pub fn endpoint(route: &Route) -> Endpoint {
             Auth::Basic,
             false,
         ),
+        Route::Ldap => ("/api/access/v1/ldap/", &["get", "put"], Auth::Basic, false),
+        Route::LdapSync => ("/api/access/v1/ldap/sync/", &["post"], Auth::Basic, false),
     };
     Endpoint {
         template,
@@ -583,6 +591,7 @@ pub fn access(route: &Route, method: &Method) -> Access {
         Route::Users => ServerAdmin,
         Route::User(_) if delete => ServerAdmin,
         Route::User(_) | Route::ApiKeys(_) | Route::ApiKey(..) => SelfOrAdmin,
+        Route::Ldap | Route::LdapSync => ServerAdmin,
     }
 }
 

@@ -39,6 +39,7 @@
 pub mod access;
 mod agents;
 mod credentials;
+pub mod directory;
 mod leases;
 mod swarms;
 #[cfg(test)]
@@ -323,9 +324,12 @@ pub struct NodeFilter {
     /// Only the nodes this user may view (the `authz` module); `None`: every node (the server
     /// administrator).
     pub viewer: Option<String>,
+    /// Only the nodes of this organization's clusters (a namespaced list,
+    /// `/api/infra/v1/<org>/node/`); `None`: every organization.
+    pub org: Option<String>,
 }
 
-/// `NodeFilter` as SQL over parameters $1..$6 (a macro, for `concat!`: sqlx takes only
+/// `NodeFilter` as SQL over parameters $1..$7 (a macro, for `concat!`: sqlx takes only
 /// static SQL). The uuid prefix is the range `[$4, $5)` with `$5` = [`prefix_end`]`($4)`:
 /// both dialects compare node uuids bytewise (SQLite's BINARY, PostgreSQL's `COLLATE "C"`).
 /// The viewer's (`$6`) subquery is evaluated once per query, so a member's page stays an
@@ -339,7 +343,8 @@ macro_rules! node_filter_sql {
          AND ($4 IS NULL OR (uuid >= $4 AND uuid < $5))
          AND ($6 IS NULL OR cluster_uuid IN (",
             visible_clusters_sql!("$6"),
-            "))"
+            "))
+         AND ($7 IS NULL OR cluster_uuid IN (SELECT resource FROM owners WHERE kind = 'nodecluster' AND org = $7))"
         )
     };
 }
@@ -1099,7 +1104,7 @@ impl Store {
             "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released
              FROM nodes WHERE ",
             node_filter_sql!(),
-            " ORDER BY created_at, rowid LIMIT $7 OFFSET $8"
+            " ORDER BY created_at, rowid LIMIT $8 OFFSET $9"
         ))
         .bind(&filter.cluster_uuid)
         .bind(&filter.state)
@@ -1107,6 +1112,7 @@ impl Store {
         .bind(&filter.uuid_prefix)
         .bind(filter.uuid_prefix.as_deref().map(prefix_end))
         .bind(&filter.viewer)
+        .bind(&filter.org)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -1126,6 +1132,7 @@ impl Store {
         .bind(&filter.uuid_prefix)
         .bind(filter.uuid_prefix.as_deref().map(prefix_end))
         .bind(&filter.viewer)
+        .bind(&filter.org)
         .fetch_one(&self.pool)
         .await?;
         Ok(u64::try_from(count).unwrap_or(0))

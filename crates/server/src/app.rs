@@ -488,19 +488,42 @@ impl<C: Cloud + 'static> App<C> {
         Ok(())
     }
 
-    /// Refuses a name a live cluster has (409 naming the field).
-    async fn check_name_free(&self, spec: &ClusterSpec) -> AppResult<()> {
-        let existing = self.store.clusters().await?;
-        if existing
-            .iter()
-            .any(|c| c.spec.name == spec.name && c.state != ClusterState::Terminated)
-        {
+    /// Refuses a name a live cluster of organization `org` has (409 naming the field).
+    /// Names are unique per organization, not per server: a refusal tells the caller only
+    /// about its own organization (where it may create, so may view), never that another
+    /// organization has a cluster of that name.
+    async fn check_name_free(&self, spec: &ClusterSpec, org: Option<&str>) -> AppResult<()> {
+        let taken = self.live_names_in(org).await?;
+        if taken.contains(&spec.name) {
             return Err(AppError::Conflict(format!(
                 "name: a node cluster named '{}' already exists",
                 spec.name
             )));
         }
         Ok(())
+    }
+
+    /// The names of the live node clusters of organization `org` (`None`: the default).
+    pub(crate) async fn live_names_in(
+        &self,
+        org: Option<&str>,
+    ) -> AppResult<std::collections::HashSet<String>> {
+        let org = org.unwrap_or(crate::store::access::DEFAULT_ORG);
+        let owners = self.store.owners().await?;
+        Ok(self
+            .store
+            .clusters()
+            .await?
+            .into_iter()
+            .filter(|c| c.state != ClusterState::Terminated)
+            .filter(|c| {
+                owners
+                    .get(&c.uuid)
+                    .map_or(crate::store::access::DEFAULT_ORG, |o| o.org.as_str())
+                    == org
+            })
+            .map(|c| c.spec.name)
+            .collect())
     }
 
     /// Checks the user's resources `provider_options` names (VPC, subnets, security
@@ -746,7 +769,7 @@ impl<C: Cloud + 'static> App<C> {
             }
         };
         self.check_offered(&spec).await?;
-        self.check_name_free(&spec).await?;
+        self.check_name_free(&spec, caller.org.as_deref()).await?;
         self.check_provider_options(&spec).await?;
         let uuid = new_uuid();
         let action = Self::new_action(

@@ -694,7 +694,11 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             }
             (Route::ClusterPreview, _) => {
                 let body = self.body()?;
-                json_response(StatusCode::OK, &app.preview_cluster(&body).await?, None)
+                json_response(
+                    StatusCode::OK,
+                    &app.preview_cluster(&body, caller.org.as_deref()).await?,
+                    None,
+                )
             }
             (Route::Clusters, _) => self.list(app.clusters(&self.viewer().await?).await?)?,
             (Route::Cluster(uuid), Method::PATCH) => {

@@ -214,6 +214,8 @@ pub struct DnsRow {
     pub public_ip: Option<String>,
     pub state: String,
     pub cluster_name: Option<String>,
+    /// The organization that owns the cluster (its DNS name includes it unless `default`).
+    pub cluster_org: Option<String>,
 }
 
 /// The `user` of actions the system records by itself (history lines).
@@ -1258,8 +1260,9 @@ impl Store {
     /// IP, with its cluster's name (`None` for a bring-your-own node).
     pub async fn dns_rows(&self) -> Result<Vec<DnsRow>, StoreError> {
         Ok(sqlx::query_as::<_, DnsRow>(
-            "SELECT n.uuid AS node_uuid, n.public_ip, n.state, c.name AS cluster_name
+            "SELECT n.uuid AS node_uuid, n.public_ip, n.state, c.name AS cluster_name, o.org AS cluster_org
              FROM nodes n LEFT JOIN clusters c ON c.uuid = n.cluster_uuid
+             LEFT JOIN owners o ON o.resource = n.cluster_uuid
              WHERE n.state != 'Terminated' AND n.public_ip IS NOT NULL",
         )
         .fetch_all(&self.pool)

@@ -779,3 +779,55 @@ async fn dashboard_sign_in_with_a_password_is_throttled_with_retry_after() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cluster_names_are_unique_per_organization_and_do_not_reveal_anothers() {
+    let orgs = Orgs::start().await;
+    let server = &orgs.server;
+    // `blue-web` exists in blue, which bob cannot see: his create of the same name in red
+    // succeeds, where a server-wide check would have answered 409 and told him it exists.
+    let created = call_as(
+        server,
+        &orgs.bob,
+        Method::POST,
+        &uri::node_clusters(),
+        Some(cluster_body("blue-web", 1)),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_ne!(
+        created.body["uuid"].as_str(),
+        Some(orgs.blue_cluster.as_str())
+    );
+    // Inside one organization the name is taken: 409 naming the field.
+    let again = call_as(
+        server,
+        &orgs.bob,
+        Method::POST,
+        &uri::node_clusters(),
+        Some(cluster_body("blue-web", 1)),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{:?}", again.body);
+    assert!(
+        again.body["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("name:")
+    );
+    // A swarm named like blue's, in red: allowed as well.
+    let swarm = call_as(
+        server,
+        &orgs.bob,
+        Method::POST,
+        &uri::swarms(),
+        Some(
+            json!({"name": "blue-swarm", "region": "/api/infra/v1/region/aws/us-east-1/",
+            "manager_node_type": "/api/infra/v1/nodetype/aws/t3.micro/",
+            "manager_count": 1, "worker_count": 0}),
+        ),
+    )
+    .await;
+    assert_eq!(swarm.status, 201, "{:?}", swarm.body);
+    orgs.server.stop().await;
+}

@@ -430,12 +430,14 @@ pub async fn authorize(
 /// Whether the caller may view the object an event is about: a node cluster or swarm by
 /// its own URI, a node by its cluster (its parent), an action by its object (its parent).
 /// Events of bring-your-own nodes and of the access subsystem are the administrator's.
+/// `org`: the stream was opened in an organization's namespace; only its events are seen.
 pub async fn sees_event(
     store: &Store,
     principal: &Principal,
     event: &flotilla_api::Event,
+    org: Option<&str>,
 ) -> Result<bool, StoreError> {
-    if principal.admin {
+    if principal.admin && org.is_none() {
         return Ok(true);
     }
     let subject = match uri::Resource::parse(&event.resource_uri) {
@@ -450,6 +452,11 @@ pub async fn sees_event(
         return Ok(false);
     };
     let owner = store.owner(&resource).await?;
+    if let Some(org) = org
+        && owner.as_ref().is_none_or(|o| o.org != org)
+    {
+        return Ok(false);
+    }
     Ok(principal.role_on(&resource, owner.as_ref()).is_some())
 }
 

@@ -533,11 +533,12 @@ async fn dispatch<C: Cloud + 'static>(
     let rule = crate::routes::access(&route, &parts.method);
     let authorize = || app.authorize(&principal, &route, rule, namespace.as_deref());
     if matches!(route, Route::Events | Route::ActionLogs(_)) {
-        if let Err(error) = authorize().await {
-            return error.into_response();
-        }
+        let org = match authorize().await {
+            Ok(org) => org,
+            Err(error) => return error.into_response(),
+        };
         if let Some(response) =
-            crate::stream::upgrade(app, &route, &mut parts, &principal, &query).await
+            crate::stream::upgrade(app, &route, &mut parts, &principal, org, &query).await
         {
             return as_json_error(response).await;
         }

@@ -307,9 +307,15 @@ impl<C: Cloud + 'static> App<C> {
         }
     }
 
-    /// Whether `principal` may see `event` (`crate::authz::sees_event`).
-    pub async fn sees_event(&self, principal: &Principal, event: &api::Event) -> AppResult<bool> {
-        Ok(crate::authz::sees_event(&self.store, principal, event).await?)
+    /// Whether `principal` may see `event` (`crate::authz::sees_event`), in organization
+    /// `org`'s namespace if one is given.
+    pub async fn sees_event(
+        &self,
+        principal: &Principal,
+        event: &api::Event,
+        org: Option<&str>,
+    ) -> AppResult<bool> {
+        Ok(crate::authz::sees_event(&self.store, principal, event, org).await?)
     }
 
     // ---- users and keys ----

@@ -355,6 +355,23 @@ async fn directory_users_sign_in_get_their_teams_and_lose_access_when_the_direct
     assert_eq!((gone.status, &gone.body), (unknown.status, &unknown.body));
     assert_eq!(server.get(&uri::user("carol")).await.status, 404);
 
+    // Neither the bind password nor a directory password is in the database's files (the
+    // bind password is sealed; users' passwords are never stored). On PostgreSQL the
+    // secrets-at-rest test (`security.rs`) searches a dump instead.
+    let mut stored = Vec::new();
+    for file in ["flotilla.db", "flotilla.db-wal"] {
+        stored.extend(std::fs::read(dir.path().join(file)).unwrap_or_default());
+    }
+    if flotilla_testkit::DatabaseKind::from_env() == flotilla_testkit::DatabaseKind::Sqlite {
+        assert!(!stored.is_empty(), "the SQLite files were read");
+    }
+    for secret in [slapd::ADMIN_PASSWORD, "alice-password-1", "bob-password-12"] {
+        assert!(
+            !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} is in the database"
+        );
+    }
+
     // Re-enabled in the directory, Alice signs in again (and is back in `ops`).
     directory
         .modify(&format!(

@@ -24,6 +24,9 @@
 //!   (`flotilla_core::plan::directory::plan`), apply. A directory that cannot be reached
 //!   fails the sync and changes nothing, so an outage never disables everyone. Sign-in runs
 //!   the same sync for its one user, so a new user has its teams at once.
+//! * **Administrators stay local.** A local server administrator is never adopted by the
+//!   directory, even when a search finds its name: adding an entry named `admin` to the
+//!   directory must not make anyone the server administrator.
 //! * Bind passwords are sealed at rest like linked AWS keys (`crate::secrets`), opened only
 //!   to bind, never answered (`bind_password_set` says whether one is stored) and never
 //!   logged; settings changes record an action without the request body.
@@ -304,6 +307,19 @@ impl<C: Cloud + 'static> App<C> {
             }
             Err(error) => return Err(unavailable(error)),
         };
+        // The directory never takes over a local server administrator: whoever can add an
+        // entry of that name to the directory must not become one. Its name signs in with
+        // its local password, as if no search had found it.
+        if found.is_some()
+            && known.is_none()
+            && self
+                .store
+                .access_user(&username)
+                .await?
+                .is_some_and(|user| user.admin)
+        {
+            return Ok(None);
+        }
         let Some(found) = found else {
             // Not found: the same bind a wrong password costs, as a DN that cannot exist.
             let base = directory

@@ -96,6 +96,10 @@ async fn directory_users_sign_in_get_their_teams_and_lose_access_when_the_direct
     let carol = directory
         .add_user("carol", "Carol King", "carol-password-1")
         .expect("carol");
+    // An entry named like the server administrator, with a password of its own.
+    directory
+        .add_user("admin", "Not The Admin", "directory-admin-1")
+        .expect("admin entry");
     let ops = directory.add_group("ops", &[&alice, &bob]).expect("ops");
     let dev = directory.add_group("dev", &[&bob]).expect("dev");
 
@@ -202,6 +206,25 @@ async fn directory_users_sign_in_get_their_teams_and_lose_access_when_the_direct
     ok(
         call_as(&server, &local, Method::GET, &uri::node_clusters(), None).await,
         200,
+    );
+
+    // The directory's `admin` entry does not become the server administrator: its password
+    // is refused, the administrator's key still works and it is no directory user.
+    assert_eq!(
+        call_as(
+            &server,
+            &who("admin", "directory-admin-1"),
+            Method::GET,
+            &uri::node_clusters(),
+            None
+        )
+        .await
+        .status,
+        401
+    );
+    assert_eq!(
+        ok(server.get(&uri::user("admin")).await, 200)["admin"],
+        json!(true)
     );
 
     // A wrong password and an unknown name: the same answer.

@@ -535,7 +535,77 @@ pub struct Team {
     pub name: String,
     pub organization: String,
     pub members: Vec<String>,
+    /// The directory group whose members are the team's directory users (LDAP sync).
+    #[serde(default)]
+    pub ldap_group_dn: Option<String>,
     pub resource_uri: String,
+}
+
+/// The LDAP / Active Directory settings (`GET`/`PUT /api/access/v1/ldap/`). Empty
+/// `servers`: LDAP is off.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LdapSettings {
+    /// In order; the first serves the default domain, the others the `domain` they name.
+    pub servers: Vec<LdapServer>,
+    /// The user searches, in order: the first that finds a name wins.
+    pub searches: Vec<LdapSearch>,
+}
+
+/// One LDAP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LdapServer {
+    /// `ldaps://host:636` or `ldap://host:389`.
+    pub url: String,
+    /// `ldaps`, `starttls` or `none`.
+    pub tls: String,
+    /// The CA that signed the server's certificate (PEM); without it, the system's roots.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// The account the searches bind as.
+    pub bind_dn: String,
+    /// Write-only: never answered. On a `PUT`, leaving it out keeps the stored password of
+    /// the server with the same URL and bind DN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_password: Option<String>,
+    /// Answered: whether a bind password is stored.
+    #[serde(default)]
+    pub bind_password_set: bool,
+    /// The domain this server serves (`alice@domain` signs in here); the first server's is
+    /// the default.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// One user search.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LdapSearch {
+    pub base_dn: String,
+    /// `base`, `one` or `sub`.
+    pub scope: String,
+    /// An LDAP filter, such as `(objectClass=inetOrgPerson)`.
+    pub filter: String,
+    /// The attribute holding the user name (`uid`, `sAMAccountName`).
+    pub username_attribute: String,
+    /// The attribute holding the full name (`cn`, `displayName`).
+    #[serde(default)]
+    pub full_name_attribute: Option<String>,
+}
+
+/// What a directory sync did (`POST /api/access/v1/ldap/sync/`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LdapSyncReport {
+    /// Directory users looked up.
+    pub users: usize,
+    pub disabled: Vec<String>,
+    pub enabled: Vec<String>,
+    /// `org/team/user` memberships the directory's groups granted.
+    pub added: Vec<String>,
+    /// `org/team/user` memberships the directory no longer grants.
+    pub removed: Vec<String>,
 }
 
 /// A team's role on one resource of its organization, or on all of them (`resource` = `*`).

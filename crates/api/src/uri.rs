@@ -60,7 +60,8 @@ pub fn swarms() -> String {
     format!("{INFRA}/swarm/")
 }
 
-/// A create in organization `org` (the namespace segment; issue #15).
+/// A create in organization `org` (the namespace segment; issue #15); `GET` lists only
+/// that organization's clusters.
 pub fn node_clusters_in(org: &str) -> String {
     format!("{INFRA}/{org}/nodecluster/")
 }
@@ -72,6 +73,11 @@ pub fn swarms_in(org: &str) -> String {
 
 pub fn nodes() -> String {
     format!("{INFRA}/node/")
+}
+
+/// The nodes of organization `org`'s clusters only (a namespaced list).
+pub fn nodes_in(org: &str) -> String {
+    format!("{INFRA}/{org}/node/")
 }
 
 pub fn actions() -> String {
@@ -207,6 +213,16 @@ pub fn bundles(user: &str) -> String {
 /// One client bundle (`GET`, `DELETE` revokes it); `id` is its certificate's serial.
 pub fn bundle(user: &str, id: &str) -> String {
     format!("{ACCESS}/user/{user}/bundle/{id}/")
+}
+
+/// The LDAP / Active Directory settings (`GET`, `PUT`; the server administrator's).
+pub fn ldap() -> String {
+    format!("{ACCESS}/ldap/")
+}
+
+/// `POST` syncs the directory's users and groups now.
+pub fn ldap_sync() -> String {
+    format!("{ACCESS}/ldap/sync/")
 }
 
 /// The unauthenticated liveness check.

@@ -3,6 +3,7 @@
 //! writes `bench/results/<name>.json` and regenerates `bench/RESULTS.md`; see
 //! `bench/README.md` for the one command per benchmark.
 
+mod access;
 mod agents;
 mod api;
 mod awsproxy;
@@ -55,6 +56,8 @@ enum Command {
     Swarm(swarm::Args),
     /// Lease takeover after a SIGKILL: three replicas on one PostgreSQL.
     Takeover(takeover::Args),
+    /// Issue #15: `GET node/` with a team member's key against the admin's; LDAP sign-in.
+    Access(access::Args),
     /// Regenerates RESULTS.md from the JSON results.
     Report,
 }
@@ -187,6 +190,7 @@ fn main() -> anyhow::Result<()> {
             Command::Provisioning(args) => provisioning::run(&ctx, args).await,
             Command::Scale(args) => scale::run(&ctx, args).await,
             Command::Api(args) => api::run(&ctx, args).await,
+            Command::Access(args) => access::run(&ctx, args).await,
             Command::Steady(args) => steady::run(&ctx, args).await,
             Command::Swarm(args) => swarm::run(&ctx, args).await,
             Command::Takeover(args) => takeover::run(&ctx, args).await,

@@ -73,7 +73,7 @@ pub fn write(bench_dir: &Path, report: &Report) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-const ORDER: &[&str] = &["provisioning", "scale", "api", "steady", "swarm"];
+const ORDER: &[&str] = &["provisioning", "scale", "api", "steady", "swarm", "access"];
 
 /// Rebuilds `RESULTS.md` from the JSON results and notes present.
 pub fn regenerate(bench_dir: &Path) -> anyhow::Result<()> {

@@ -50,6 +50,10 @@ pub struct LifecycleOptions {
     /// of the instance profiles are reused before AWS is asked again.
     #[arg(long, env = "FLOTILLA_NETWORK_CACHE", default_value_t = 30.0)]
     network_cache: f64,
+    /// Seconds between syncs of the LDAP directory's users and groups (when LDAP is
+    /// configured; `POST /api/access/v1/ldap/sync/` or `flotilla ldap sync` syncs at once).
+    #[arg(long, env = "FLOTILLA_LDAP_SYNC_INTERVAL", default_value_t = 3600.0)]
+    ldap_sync_interval: f64,
 }
 
 /// Where the DNS server answers unless told otherwise.
@@ -70,6 +74,7 @@ impl LifecycleOptions {
         config.heartbeat_grace = seconds(self.heartbeat_grace, "--heartbeat-grace")?;
         config.reconcile.resync_interval = seconds(self.observe_interval, "--observe-interval")?;
         config.inventory_ttl = seconds(self.network_cache, "--network-cache")?;
+        config.ldap_sync_interval = seconds(self.ldap_sync_interval, "--ldap-sync-interval")?;
         flotilla_server::dns::DnsZone::new(&self.dns_domain).context("--dns-domain")?;
         config.dns_domain = self.dns_domain.clone();
         config.dns_listen = (!self.no_dns).then(|| self.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN));

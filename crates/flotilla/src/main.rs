@@ -59,6 +59,8 @@ enum Command {
     Grant(client::access::GrantArgs),
     /// Client bundles: certificates with which your own `docker` CLI reaches a swarm.
     Bundle(client::bundle::BundleArgs),
+    /// LDAP / Active Directory sign-in: settings and sync (server administrator).
+    Ldap(client::access::LdapArgs),
 }
 
 /// The most `bollard` (the agent's Docker API client) may log; see `main`.
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             Command::User(args) => client::access::user(args).await,
             Command::Grant(args) => client::access::grant(args).await,
             Command::Bundle(args) => client::bundle::bundle(args).await,
+            Command::Ldap(args) => client::access::ldap(args).await,
         }
     });
     match result {

@@ -33,6 +33,7 @@ use tokio::sync::Mutex as AsyncMutex;
 pub mod access;
 pub mod agents;
 mod bundles;
+pub mod directory;
 mod inventory;
 pub use inventory::DEFAULT_INVENTORY_TTL;
 mod swarms;
@@ -107,9 +108,34 @@ pub struct Outcome<T> {
 /// The outcome of [`App::login`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Login {
-    Accepted(String),
+    /// The user, and the credential that signed it in.
+    Accepted(String, SignedInWith),
     WrongKey,
     UnknownUser,
+}
+
+/// The credential a sign-in used; a dashboard session keeps it and ends as soon as it
+/// stops holding ([`App::still_holds`]): a revoked key, a changed password, a disabled
+/// directory user.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SignedInWith {
+    /// The API key of this id.
+    Key(String),
+    /// The password whose stored hash has this SHA-256 (a new password ends the session).
+    Password([u8; 32]),
+    /// The directory's password (`ldap`): holds while the user is enabled.
+    Directory,
+}
+
+// The password fingerprint is not secret but stays out of logs anyway.
+impl std::fmt::Debug for SignedInWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignedInWith::Key(id) => write!(f, "Key({id})"),
+            SignedInWith::Password(_) => f.write_str("Password"),
+            SignedInWith::Directory => f.write_str("Directory"),
+        }
+    }
 }
 
 /// A new user's secret, shown once.
@@ -440,7 +466,7 @@ impl<C: Cloud + 'static> App<C> {
     /// The user whose API key this is, if any.
     pub async fn authenticate(&self, username: &str, api_key: &str) -> AppResult<Option<String>> {
         Ok(match self.login(username, api_key).await? {
-            Login::Accepted(username) => Some(username),
+            Login::Accepted(username, _) => Some(username),
             Login::WrongKey | Login::UnknownUser => None,
         })
     }
@@ -488,19 +514,42 @@ impl<C: Cloud + 'static> App<C> {
         Ok(())
     }
 
-    /// Refuses a name a live cluster has (409 naming the field).
-    async fn check_name_free(&self, spec: &ClusterSpec) -> AppResult<()> {
-        let existing = self.store.clusters().await?;
-        if existing
-            .iter()
-            .any(|c| c.spec.name == spec.name && c.state != ClusterState::Terminated)
-        {
+    /// Refuses a name a live cluster of organization `org` has (409 naming the field).
+    /// Names are unique per organization, not per server: a refusal tells the caller only
+    /// about its own organization (where it may create, so may view), never that another
+    /// organization has a cluster of that name.
+    async fn check_name_free(&self, spec: &ClusterSpec, org: Option<&str>) -> AppResult<()> {
+        let taken = self.live_names_in(org).await?;
+        if taken.contains(&spec.name) {
             return Err(AppError::Conflict(format!(
                 "name: a node cluster named '{}' already exists",
                 spec.name
             )));
         }
         Ok(())
+    }
+
+    /// The names of the live node clusters of organization `org` (`None`: the default).
+    pub(crate) async fn live_names_in(
+        &self,
+        org: Option<&str>,
+    ) -> AppResult<std::collections::HashSet<String>> {
+        let org = org.unwrap_or(crate::store::access::DEFAULT_ORG);
+        let owners = self.store.owners().await?;
+        Ok(self
+            .store
+            .clusters()
+            .await?
+            .into_iter()
+            .filter(|c| c.state != ClusterState::Terminated)
+            .filter(|c| {
+                owners
+                    .get(&c.uuid)
+                    .map_or(crate::store::access::DEFAULT_ORG, |o| o.org.as_str())
+                    == org
+            })
+            .map(|c| c.spec.name)
+            .collect())
     }
 
     /// Checks the user's resources `provider_options` names (VPC, subnets, security
@@ -715,6 +764,7 @@ impl<C: Cloud + 'static> App<C> {
         clusters.retain(|c| viewer.sees(&c.uuid));
         let filter = NodeFilter {
             viewer: viewer.member().map(str::to_owned),
+            org: viewer.org().map(str::to_owned),
             ..NodeFilter::default()
         };
         let nodes = self.store.find_nodes(&filter, None).await?;
@@ -745,7 +795,7 @@ impl<C: Cloud + 'static> App<C> {
             }
         };
         self.check_offered(&spec).await?;
-        self.check_name_free(&spec).await?;
+        self.check_name_free(&spec, caller.org.as_deref()).await?;
         self.check_provider_options(&spec).await?;
         let uuid = new_uuid();
         let action = Self::new_action(
@@ -1144,7 +1194,7 @@ impl<C: Cloud + 'static> App<C> {
     /// `GET action/`: the actions on objects `viewer` may view.
     pub async fn actions(&self, viewer: &Viewer) -> AppResult<Vec<api::Action>> {
         let mut actions = self.store.actions().await?;
-        if !viewer.is_admin() {
+        if !viewer.sees_everything() {
             let mut node_clusters: HashMap<String, Option<String>> = HashMap::new();
             let mut kept = Vec::new();
             for action in actions {

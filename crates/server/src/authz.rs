@@ -57,7 +57,8 @@ pub enum Refusal {
 /// What an allowed request may go on to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowed {
-    /// For a create: the organization the new resource goes to.
+    /// For a create: the organization the new resource goes to; for a list in an
+    /// organization's namespace: that organization.
     pub org: Option<String>,
 }
 
@@ -141,17 +142,25 @@ impl Principal {
 }
 
 /// What a list may show a caller: everything (the server administrator), or what its
-/// grants let it view.
+/// grants let it view; in a namespaced list (`/api/infra/v1/<org>/nodecluster/`), only
+/// that organization's part of it.
 #[derive(Debug, Clone)]
 pub struct Viewer {
     principal: Principal,
     owners: Option<std::collections::HashMap<String, Owner>>,
+    /// The organization the path's namespace names, if any.
+    org: Option<String>,
 }
 
 impl Viewer {
-    /// The viewer of `principal`; loads the owners table only for a non-administrator.
-    pub async fn of(store: &Store, principal: &Principal) -> Result<Viewer, StoreError> {
-        let owners = if principal.admin {
+    /// The viewer of `principal`, cut to organization `org` when the list was namespaced
+    /// (`Allowed::org` of a `Visible` route); loads the owners table unless nothing is cut.
+    pub async fn of(
+        store: &Store,
+        principal: &Principal,
+        org: Option<&str>,
+    ) -> Result<Viewer, StoreError> {
+        let owners = if principal.admin && org.is_none() {
             None
         } else {
             Some(store.owners().await?)
@@ -159,6 +168,7 @@ impl Viewer {
         Ok(Viewer {
             principal: principal.clone(),
             owners,
+            org: org.map(str::to_owned),
         })
     }
 
@@ -167,6 +177,7 @@ impl Viewer {
         Viewer {
             principal: Principal::administrator(""),
             owners: None,
+            org: None,
         }
     }
 
@@ -175,11 +186,29 @@ impl Viewer {
         (!self.principal.admin).then_some(self.principal.username.as_str())
     }
 
-    /// Whether the caller may view the node cluster or swarm `uuid`.
+    /// The organization a namespaced list is cut to.
+    pub fn org(&self) -> Option<&str> {
+        self.org.as_deref()
+    }
+
+    /// Whether lists are shown whole (the administrator, without a namespace).
+    pub fn sees_everything(&self) -> bool {
+        self.owners.is_none()
+    }
+
+    /// Whether the caller may view the node cluster or swarm `uuid` (in the namespace's
+    /// organization, when there is one).
     pub fn sees(&self, uuid: &str) -> bool {
         match &self.owners {
             None => true,
-            Some(owners) => self.principal.role_on(uuid, owners.get(uuid)).is_some(),
+            Some(owners) => {
+                let owner = owners.get(uuid);
+                let in_org = match &self.org {
+                    Some(org) => owner.is_some_and(|o| o.org == *org),
+                    None => true,
+                };
+                in_org && self.principal.role_on(uuid, owner).is_some()
+            }
         }
     }
 
@@ -191,9 +220,9 @@ impl Viewer {
         }
     }
 
-    /// Whether the caller may view an organization.
+    /// Whether the caller may view an organization (only the namespace's, in a namespace).
     pub fn sees_org(&self, org: &str) -> bool {
-        self.principal.org_role(org).is_some()
+        self.org.as_deref().is_none_or(|only| only == org) && self.principal.org_role(org).is_some()
     }
 
     pub fn is_admin(&self) -> bool {
@@ -334,7 +363,13 @@ pub async fn authorize(
         ))));
     }
     match access {
-        Access::Anyone | Access::Visible => allowed,
+        // A list in an organization's namespace shows only that organization's part.
+        Access::Visible => Ok(Ok(Allowed {
+            org: namespace
+                .filter(|ns| *ns != principal.username)
+                .map(str::to_owned),
+        })),
+        Access::Anyone => allowed,
         Access::ServerAdmin if principal.admin => allowed,
         Access::ServerAdmin => Ok(Err(Refusal::Forbidden(
             "this needs the server administrator".into(),
@@ -399,12 +434,14 @@ pub async fn authorize(
 /// Whether the caller may view the object an event is about: a node cluster or swarm by
 /// its own URI, a node by its cluster (its parent), an action by its object (its parent).
 /// Events of bring-your-own nodes and of the access subsystem are the administrator's.
+/// `org`: the stream was opened in an organization's namespace; only its events are seen.
 pub async fn sees_event(
     store: &Store,
     principal: &Principal,
     event: &flotilla_api::Event,
+    org: Option<&str>,
 ) -> Result<bool, StoreError> {
-    if principal.admin {
+    if principal.admin && org.is_none() {
         return Ok(true);
     }
     let subject = match uri::Resource::parse(&event.resource_uri) {
@@ -419,6 +456,11 @@ pub async fn sees_event(
         return Ok(false);
     };
     let owner = store.owner(&resource).await?;
+    if let Some(org) = org
+        && owner.as_ref().is_none_or(|o| o.org != org)
+    {
+        return Ok(false);
+    }
     Ok(principal.role_on(&resource, owner.as_ref()).is_some())
 }
 

@@ -222,9 +222,20 @@ impl DnsZone {
         format!("{}.{}", node_uuid.to_ascii_lowercase(), self.node_parent)
     }
 
-    /// `<label>.cluster.<domain>`, with the label from [`dns_label`].
-    pub fn cluster_fqdn(&self, cluster_name: &str) -> String {
-        format!("{}.{}", dns_label(cluster_name), self.cluster_parent)
+    /// `<label>.cluster.<domain>` for a cluster of the `default` organization, and
+    /// `<label>.<org label>.cluster.<domain>` for another's (cluster names are unique per
+    /// organization, so two organizations' `web` must not share a name), labels from
+    /// [`dns_label`].
+    pub fn cluster_fqdn(&self, cluster_name: &str, org: Option<&str>) -> String {
+        match org.filter(|o| *o != crate::store::access::DEFAULT_ORG) {
+            Some(org) => format!(
+                "{}.{}.{}",
+                dns_label(cluster_name),
+                dns_label(org),
+                self.cluster_parent
+            ),
+            None => format!("{}.{}", dns_label(cluster_name), self.cluster_parent),
+        }
     }
 
     /// Number of names with records.
@@ -593,7 +604,18 @@ mod tests {
             zone.node_fqdn("0F6C5E4A-0000-4000-8000-000000000001"),
             "0f6c5e4a-0000-4000-8000-000000000001.node.flotilla.internal"
         );
-        assert_eq!(zone.cluster_fqdn("Web"), "web.cluster.flotilla.internal");
+        assert_eq!(
+            zone.cluster_fqdn("Web", None),
+            "web.cluster.flotilla.internal"
+        );
+        assert_eq!(
+            zone.cluster_fqdn("Web", Some("default")),
+            "web.cluster.flotilla.internal"
+        );
+        assert_eq!(
+            zone.cluster_fqdn("web", Some("red")),
+            "web.red.cluster.flotilla.internal"
+        );
         for bad in ["", ".", "a..b", "-a.b", "a b.c", &"x".repeat(64)] {
             assert!(DnsZone::new(bad).is_err(), "{bad:?}");
         }

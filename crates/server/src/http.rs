@@ -46,7 +46,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api_error::error_response;
-use crate::app::{App, AppError, AppResult, Caller, Login, Outcome};
+use crate::app::{App, AppError, AppResult, Caller, Login, Outcome, SignedInWith};
 use crate::authz::Viewer;
 use crate::login::{Client, LoginThrottle};
 use crate::routes::{MAX_LIMIT, Parsed, Route, allows, is_agent_route, parse_path};
@@ -233,7 +233,9 @@ async fn log_in<C: Cloud + 'static>(
     let Some((user, secret)) = basic_credentials(headers) else {
         return Err(AppError::Unauthorized.into_response());
     };
-    check_key(edge, &user, &secret, client).await
+    check_key(edge, &user, &secret, client)
+        .await
+        .map(|(username, _)| username)
 }
 
 /// Checks a user and key (Basic or the dashboard's login) through the login throttle.
@@ -242,15 +244,15 @@ async fn check_key<C: Cloud + 'static>(
     user: &str,
     secret: &str,
     client: Client,
-) -> Result<String, Response> {
+) -> Result<(String, SignedInWith), Response> {
     let user = user.to_owned();
     if let Err(wait) = edge.logins.check(client, &user, Instant::now()) {
         return Err(throttled_response(wait));
     }
     match edge.app.login(&user, secret).await {
-        Ok(Login::Accepted(username)) => {
+        Ok(Login::Accepted(username, via)) => {
             edge.logins.succeeded(client, &user, Instant::now());
-            Ok(username)
+            Ok((username, via))
         }
         Ok(outcome) => {
             let exists = outcome == Login::WrongKey;
@@ -314,7 +316,18 @@ async fn authenticate<C: Cloud + 'static>(
         if let Some(refused) = session_refusal(method, headers, &session) {
             return Err(refused);
         }
-        return Ok(session.username);
+        // A session lives only as long as its credential: a revoked key, a new password, a
+        // removed or disabled user end it at this request.
+        match edge.app.still_holds(&session.username, &session.via).await {
+            Ok(true) => return Ok(session.username),
+            Ok(false) => {
+                edge.sessions.remove(&id);
+                return Err(session_unauthorized(
+                    "the credential this session was opened with was revoked or changed; log in again",
+                ));
+            }
+            Err(error) => return Err(error.into_response()),
+        }
     }
     log_in(edge, headers, client).await
 }
@@ -371,11 +384,11 @@ async fn session_route<C: Cloud + 'static>(
             );
         };
         return match check_key(edge, &form.user, &form.key, client).await {
-            Ok(username) => {
+            Ok((username, via)) => {
                 if let Some(old) = &id {
                     edge.sessions.remove(old);
                 }
-                let created = edge.sessions.create(&username, now);
+                let created = edge.sessions.create(&username, via, now);
                 let cookie = session::set_cookie(Some(&created.id), edge.secure_cookies);
                 answer(&created.session, Some(cookie))
             }
@@ -388,6 +401,17 @@ async fn session_route<C: Cloud + 'static>(
     let Some(session) = current else {
         return session_unauthorized("not logged in");
     };
+    if !matches!(
+        edge.app.still_holds(&session.username, &session.via).await,
+        Ok(true)
+    ) {
+        if let Some(id) = &id {
+            edge.sessions.remove(id);
+        }
+        return session_unauthorized(
+            "the credential this session was opened with was revoked or changed; log in again",
+        );
+    }
     match *method {
         Method::GET | Method::HEAD => answer(&session, None),
         Method::DELETE => {
@@ -509,11 +533,12 @@ async fn dispatch<C: Cloud + 'static>(
     let rule = crate::routes::access(&route, &parts.method);
     let authorize = || app.authorize(&principal, &route, rule, namespace.as_deref());
     if matches!(route, Route::Events | Route::ActionLogs(_)) {
-        if let Err(error) = authorize().await {
-            return error.into_response();
-        }
+        let org = match authorize().await {
+            Ok(org) => org,
+            Err(error) => return error.into_response(),
+        };
         if let Some(response) =
-            crate::stream::upgrade(app, &route, &mut parts, &principal, &query).await
+            crate::stream::upgrade(app, &route, &mut parts, &principal, org, &query).await
         {
             return as_json_error(response).await;
         }
@@ -581,7 +606,9 @@ impl<C: Cloud + 'static> Handled<'_, C> {
 
     /// What the caller may view, for the lists cut in memory.
     async fn viewer(&self) -> AppResult<Viewer> {
-        self.app.viewer(&self.caller.principal).await
+        self.app
+            .viewer(&self.caller.principal, self.caller.org.as_deref())
+            .await
     }
 
     fn one<T: Serialize>(&self, object: Option<T>, what: &str) -> AppResult<Response> {
@@ -668,7 +695,11 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             }
             (Route::ClusterPreview, _) => {
                 let body = self.body()?;
-                json_response(StatusCode::OK, &app.preview_cluster(&body).await?, None)
+                json_response(
+                    StatusCode::OK,
+                    &app.preview_cluster(&body, caller.org.as_deref()).await?,
+                    None,
+                )
             }
             (Route::Clusters, _) => self.list(app.clusters(&self.viewer().await?).await?)?,
             (Route::Cluster(uuid), Method::PATCH) => {
@@ -730,6 +761,7 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                 match list.node_filter() {
                     Some(mut filter) => {
                         filter.viewer = viewer;
+                        filter.org = caller.org.clone();
                         let total = app.count_nodes(&filter).await?;
                         let page = app
                             .find_nodes(&filter, Some((list.limit, list.offset)))
@@ -739,6 +771,7 @@ impl<C: Cloud + 'static> Handled<'_, C> {
                     None => {
                         let filter = NodeFilter {
                             viewer,
+                            org: caller.org.clone(),
                             ..NodeFilter::default()
                         };
                         self.list(app.find_nodes(&filter, None).await?)?
@@ -857,6 +890,18 @@ impl<C: Cloud + 'static> Handled<'_, C> {
             (Route::ApiKey(name, key), _) => {
                 let revoked = app.revoke_api_key(caller, &name, &key).await?;
                 json_response(StatusCode::OK, &revoked, None)
+            }
+            (Route::Ldap, Method::PUT) => {
+                let body = self.body()?;
+                no_store(json_response(
+                    StatusCode::OK,
+                    &app.put_ldap_settings(caller, &body).await?,
+                    None,
+                ))
+            }
+            (Route::Ldap, _) => json_response(StatusCode::OK, &app.ldap_settings().await?, None),
+            (Route::LdapSync, _) => {
+                json_response(StatusCode::OK, &app.sync_directory().await?, None)
             }
             (Route::OpenApi, _) => json_response(StatusCode::OK, &crate::openapi::document(), None),
             (Route::Token, _) => json_response(

@@ -37,6 +37,7 @@ pub mod events;
 pub mod execute;
 pub mod http;
 pub mod lease;
+pub mod ldap;
 pub mod liveness;
 pub mod login;
 pub mod metrics;
@@ -71,6 +72,9 @@ use crate::app::{App, AppSettings};
 use crate::store::Store;
 
 /// Everything a server needs besides the cloud.
+/// The periodic LDAP sync's default interval.
+pub const DEFAULT_LDAP_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where [`serve`] listens.
@@ -107,6 +111,9 @@ pub struct ServerConfig {
     /// How long a lease on single-owner work lasts unrenewed ([`lease`]): a dead replica's
     /// work is taken over after about this long. Renewed every third of it.
     pub lease_time: std::time::Duration,
+    /// How often the LDAP directory's users and groups are synced (`app::directory`), when
+    /// LDAP is configured.
+    pub ldap_sync_interval: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -128,6 +135,7 @@ impl ServerConfig {
             tls: None,
             replica_id: None,
             lease_time: lease::DEFAULT_LEASE_TIME,
+            ldap_sync_interval: DEFAULT_LDAP_SYNC_INTERVAL,
         }
     }
 }
@@ -291,6 +299,18 @@ pub async fn run<C: Cloud + 'static>(
     let reconciler = app.reconciler.clone();
     let router = http::router_over(app.clone(), config.tls.is_some());
     let (stop_reconcilers, stopped) = watch::channel(false);
+    // The directory sync has one runner among replicas, the holder of its lease.
+    let directory_sync = {
+        let (leases, app, stopped) = (leases.clone(), app.clone(), stopped.clone());
+        let interval = config.ldap_sync_interval;
+        async move {
+            leases
+                .run(app::directory::SYNC_WORK, || {
+                    app::directory::sync_periodically(app.clone(), interval, stopped.clone())
+                })
+                .await;
+        }
+    };
     let heartbeats = futures::future::join(
         app::agents::flush_heartbeats(app.clone(), stopped.clone()),
         app::agents::watch_health(app, stopped.clone()),
@@ -361,7 +381,7 @@ pub async fn run<C: Cloud + 'static>(
         zone::maintain(store.clone(), zone, None, stopped.clone()),
         mirror,
     );
-    let background = futures::future::join4(heartbeats, swarms, dns, zones);
+    let background = futures::future::join5(heartbeats, directory_sync, swarms, dns, zones);
     let server = serve_http(listener, config.tls.clone(), router, shutdown);
     // Not spawned: if this future is dropped (a crash, in tests), the reconcilers go too.
     let serve_then_stop = async {

@@ -699,6 +699,18 @@ fn operations(route: &Route) -> (&'static str, Vec<Op>) {
                 op("delete", "revoke a client bundle: every swarm's proxy refuses it from its next request", "200", schema_ref("Bundle")),
             ],
         ),
+        Route::Ldap => (
+            "access",
+            vec![
+                op("get", "the LDAP / Active Directory settings (never the bind passwords)", "200", schema_ref("LdapSettings")),
+                op("put", "replace the LDAP settings (empty servers: LDAP off); bind passwords are sealed", "200", schema_ref("LdapSettings"))
+                    .body("LdapSettingsPut"),
+            ],
+        ),
+        Route::LdapSync => (
+            "access",
+            vec![op("post", "sync directory users and group-mapped teams now", "200", schema_ref("LdapSyncReport"))],
+        ),
     }
 }
 
@@ -784,10 +796,22 @@ fn schemas() -> Value {
             "private_ips": {"type": "array", "items": {"type": "string"}}, "docker_version": {"type": "string"}}},
         "OrgCreate": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
         "TeamCreate": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
-            "members": {"type": "array", "items": {"type": "string"}}}},
+            "members": {"type": "array", "items": {"type": "string"}},
+            "ldap_group_dn": {"type": ["string", "null"]}}},
         "TeamPatch": {"type": "object", "additionalProperties": false, "properties": {
             "add_members": {"type": "array", "items": {"type": "string"}},
-            "remove_members": {"type": "array", "items": {"type": "string"}}}},
+            "remove_members": {"type": "array", "items": {"type": "string"}},
+            "ldap_group_dn": {"type": ["string", "null"]}}},
+        "LdapSettingsPut": {"type": "object", "required": ["servers", "searches"], "properties": {
+            "servers": {"type": "array", "items": {"type": "object", "required": ["url", "tls", "bind_dn"], "properties": {
+                "url": {"type": "string"}, "tls": {"type": "string", "enum": ["ldaps", "starttls", "none"]},
+                "ca_pem": {"type": ["string", "null"]}, "bind_dn": {"type": "string"},
+                "bind_password": {"type": "string"}, "domain": {"type": ["string", "null"]}}}},
+            "searches": {"type": "array", "items": {"type": "object",
+                "required": ["base_dn", "scope", "filter", "username_attribute"], "properties": {
+                "base_dn": {"type": "string"}, "scope": {"type": "string", "enum": ["base", "one", "sub"]},
+                "filter": {"type": "string"}, "username_attribute": {"type": "string"},
+                "full_name_attribute": {"type": ["string", "null"]}}}}}},
         "GrantCreate": {"type": "object", "required": ["team", "role"], "properties": {"team": {"type": "string"},
             "role": {"type": "string", "enum": ["view", "operate", "manage", "admin"]},
             "resource": {"type": "string", "description": "* (default), or a node cluster's or swarm's uuid or URI"}}},
@@ -840,6 +864,8 @@ fn derived_schemas() -> Map<String, Value> {
     generator.subschema_for::<api::ApiKey>();
     generator.subschema_for::<api::Bundle>();
     generator.subschema_for::<api::BundleCreated>();
+    generator.subschema_for::<api::LdapSettings>();
+    generator.subschema_for::<api::LdapSyncReport>();
     let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     // The document's name for the error body.
     if let Some(error) = schemas.remove("ErrorBody") {

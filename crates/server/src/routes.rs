@@ -123,6 +123,10 @@ pub enum Route {
     Bundles(String),
     /// `user/{name}/bundle/{id}/`: one bundle; `DELETE` revokes it.
     Bundle(String, String),
+    /// `/api/access/v1/ldap/`: the LDAP / Active Directory settings (`GET`, `PUT`).
+    Ldap,
+    /// `ldap/sync/`: `POST` syncs the directory's users and groups now.
+    LdapSync,
 }
 
 /// A parsed path: the route and the namespace segment, if the path had one.
@@ -262,6 +266,8 @@ pub fn parse_path(path: &str) -> Option<Parsed> {
         ("access", ["user", name, "apikey", key]) => Route::ApiKey(s(name), s(key)),
         ("access", ["user", name, "bundle"]) => Route::Bundles(s(name)),
         ("access", ["user", name, "bundle", id]) => Route::Bundle(s(name), s(id)),
+        ("access", ["ldap"]) => Route::Ldap,
+        ("access", ["ldap", "sync"]) => Route::LdapSync,
         _ => return None,
     };
     Some(Parsed { route, namespace })
@@ -523,6 +529,8 @@ pub fn endpoint(route: &Route) -> Endpoint {
             Auth::Basic,
             false,
         ),
+        Route::Ldap => ("/api/access/v1/ldap/", &["get", "put"], Auth::Basic, false),
+        Route::LdapSync => ("/api/access/v1/ldap/sync/", &["post"], Auth::Basic, false),
     };
     Endpoint {
         template,
@@ -627,6 +635,7 @@ pub fn access(route: &Route, method: &Method) -> Access {
         | Route::ApiKey(..)
         | Route::Bundles(_)
         | Route::Bundle(..) => SelfOrAdmin,
+        Route::Ldap | Route::LdapSync => ServerAdmin,
     }
 }
 

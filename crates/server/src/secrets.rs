@@ -21,6 +21,8 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
 /// The label (associated data) of sealed provider keys.
 pub const PROVIDER_KEYS: &[u8] = b"flotilla provider credentials v1";
+/// The label of an LDAP server's sealed bind password.
+pub const LDAP_BIND_PASSWORD: &[u8] = b"flotilla ldap bind password v1";
 /// The label of a swarm's sealed join tokens.
 pub const SWARM_TOKENS: &[u8] = b"flotilla swarm join tokens v1";
 /// The label of the client bundles' CA key (`ca`).

@@ -22,6 +22,11 @@
 //!   covers the events websocket's handshake, a GET). SameSite=Strict already stops most
 //!   forgeries; the token is the defence that does not depend on the browser. Requests with
 //!   Basic credentials need no token: a browser never attaches those on its own.
+//! * **A session lives as long as its credential.** It remembers how it was opened (the
+//!   API key's id, a fingerprint of the password hash, or the directory) and every request
+//!   with the cookie checks that this still holds (`App::still_holds`, one indexed query):
+//!   revoking the key, changing the password, or removing or disabling the user ends the
+//!   session at its next request — the same promptness as a revoked key over Basic.
 //! * A 401 for a request that came with a session cookie names the `FlotillaSession` scheme,
 //!   not `Basic`, so that a browser shows the dashboard's login form rather than its own
 //!   Basic-auth prompt.
@@ -33,6 +38,8 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::app::SignedInWith;
 
 /// The cookie's name.
 pub const COOKIE: &str = "flotilla_session";
@@ -47,6 +54,9 @@ pub const MAX_SESSIONS: usize = 10_000;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     pub username: String,
+    /// The credential the session was opened with; the session ends when it stops holding
+    /// (`http` asks `App::still_holds` on every request).
+    pub via: SignedInWith,
     pub csrf_token: String,
     expires: Instant,
 }
@@ -97,10 +107,11 @@ fn random_token() -> String {
 
 impl Sessions {
     /// Starts a session for `username` (already authenticated).
-    pub fn create(&self, username: &str, now: Instant) -> Created {
+    pub fn create(&self, username: &str, via: SignedInWith, now: Instant) -> Created {
         let id = random_token();
         let session = Session {
             username: username.to_owned(),
+            via,
             csrf_token: random_token(),
             expires: now + LIFETIME,
         };
@@ -197,7 +208,7 @@ mod tests {
     fn sessions_expire_and_end() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let created = sessions.create("admin", now);
+        let created = sessions.create("admin", SignedInWith::Directory, now);
         assert_eq!(created.id.len(), 64);
         assert_ne!(created.id, created.session.csrf_token);
         let found = sessions.get(&created.id, now).expect("live");
@@ -207,7 +218,7 @@ mod tests {
             sessions.get(&created.id, now + LIFETIME).is_none(),
             "expired"
         );
-        let again = sessions.create("admin", now);
+        let again = sessions.create("admin", SignedInWith::Directory, now);
         assert!(sessions.remove(&again.id));
         assert!(sessions.get(&again.id, now).is_none(), "logged out");
     }
@@ -227,7 +238,9 @@ mod tests {
         assert!(!set_cookie(Some("abc"), false).contains("Secure"));
         assert!(set_cookie(None, false).contains("Max-Age=0"));
         let sessions = Sessions::default();
-        let session = sessions.create("admin", Instant::now()).session;
+        let session = sessions
+            .create("admin", SignedInWith::Directory, Instant::now())
+            .session;
         assert!(!csrf_ok(&headers, &session));
         headers.insert(
             CSRF_HEADER,

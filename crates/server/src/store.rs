@@ -40,6 +40,7 @@ pub mod access;
 mod agents;
 pub mod bundles;
 mod credentials;
+pub mod directory;
 mod leases;
 pub mod notify;
 mod swarms;
@@ -215,6 +216,8 @@ pub struct DnsRow {
     pub public_ip: Option<String>,
     pub state: String,
     pub cluster_name: Option<String>,
+    /// The organization that owns the cluster (its DNS name includes it unless `default`).
+    pub cluster_org: Option<String>,
 }
 
 /// The `user` of actions the system records by itself (history lines).
@@ -325,9 +328,12 @@ pub struct NodeFilter {
     /// Only the nodes this user may view (the `authz` module); `None`: every node (the server
     /// administrator).
     pub viewer: Option<String>,
+    /// Only the nodes of this organization's clusters (a namespaced list,
+    /// `/api/infra/v1/<org>/node/`); `None`: every organization.
+    pub org: Option<String>,
 }
 
-/// `NodeFilter` as SQL over parameters $1..$6 (a macro, for `concat!`: sqlx takes only
+/// `NodeFilter` as SQL over parameters $1..$7 (a macro, for `concat!`: sqlx takes only
 /// static SQL). The uuid prefix is the range `[$4, $5)` with `$5` = [`prefix_end`]`($4)`:
 /// both dialects compare node uuids bytewise (SQLite's BINARY, PostgreSQL's `COLLATE "C"`).
 /// The viewer's (`$6`) subquery is evaluated once per query, so a member's page stays an
@@ -341,7 +347,8 @@ macro_rules! node_filter_sql {
          AND ($4 IS NULL OR (uuid >= $4 AND uuid < $5))
          AND ($6 IS NULL OR cluster_uuid IN (",
             visible_clusters_sql!("$6"),
-            "))"
+            "))
+         AND ($7 IS NULL OR cluster_uuid IN (SELECT resource FROM owners WHERE kind = 'nodecluster' AND org = $7))"
         )
     };
 }
@@ -1131,7 +1138,7 @@ impl Store {
             "SELECT uuid, cluster_uuid, slot, instance_id, state, availability_zone, subnet_id, public_ip, private_ip, nickname, tags, last_seen, created_at, deployed_at, destroyed_at, (SELECT a.engine FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS engine, (SELECT a.docker_version FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS docker_version, (SELECT a.swarm_node_id FROM node_agents a WHERE a.node_uuid = nodes.uuid) AS swarm_node_id, swarm_leaving, swarm_released
              FROM nodes WHERE ",
             node_filter_sql!(),
-            " ORDER BY created_at, rowid LIMIT $7 OFFSET $8"
+            " ORDER BY created_at, rowid LIMIT $8 OFFSET $9"
         ))
         .bind(&filter.cluster_uuid)
         .bind(&filter.state)
@@ -1139,6 +1146,7 @@ impl Store {
         .bind(&filter.uuid_prefix)
         .bind(filter.uuid_prefix.as_deref().map(prefix_end))
         .bind(&filter.viewer)
+        .bind(&filter.org)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -1158,6 +1166,7 @@ impl Store {
         .bind(&filter.uuid_prefix)
         .bind(filter.uuid_prefix.as_deref().map(prefix_end))
         .bind(&filter.viewer)
+        .bind(&filter.org)
         .fetch_one(&self.pool)
         .await?;
         Ok(u64::try_from(count).unwrap_or(0))
@@ -1287,8 +1296,9 @@ impl Store {
     /// IP, with its cluster's name (`None` for a bring-your-own node).
     pub async fn dns_rows(&self) -> Result<Vec<DnsRow>, StoreError> {
         Ok(sqlx::query_as::<_, DnsRow>(
-            "SELECT n.uuid AS node_uuid, n.public_ip, n.state, c.name AS cluster_name
+            "SELECT n.uuid AS node_uuid, n.public_ip, n.state, c.name AS cluster_name, o.org AS cluster_org
              FROM nodes n LEFT JOIN clusters c ON c.uuid = n.cluster_uuid
+             LEFT JOIN owners o ON o.resource = n.cluster_uuid
              WHERE n.state != 'Terminated' AND n.public_ip IS NOT NULL",
         )
         .fetch_all(&self.pool)

@@ -55,6 +55,7 @@ pub async fn upgrade<C: Cloud + 'static>(
     route: &Route,
     parts: &mut Parts,
     principal: &Principal,
+    org: Option<String>,
     query: &str,
 ) -> Option<Response> {
     let (Route::Events | Route::ActionLogs(_)) = route else {
@@ -80,7 +81,7 @@ pub async fn upgrade<C: Cloud + 'static>(
         _ => {
             let filter = Filter::from_query(query);
             let events = app.events().subscribe();
-            let visible = Visible::new(app.clone(), principal.clone());
+            let visible = Visible::new(app.clone(), principal.clone(), org);
             upgrade.on_upgrade(move |socket| events_stream(socket, events, filter, visible))
         }
     })
@@ -171,6 +172,8 @@ struct AuthFrame<'a> {
 struct Visible<C> {
     app: Arc<App<C>>,
     principal: Principal,
+    /// The organization of the stream's namespace (`/api/audit/v1/<org>/events`), if any.
+    org: Option<String>,
     seen: HashMap<String, bool>,
     checked: Instant,
 }
@@ -179,10 +182,11 @@ struct Visible<C> {
 pub const RECHECK: Duration = Duration::from_secs(5);
 
 impl<C: Cloud + 'static> Visible<C> {
-    fn new(app: Arc<App<C>>, principal: Principal) -> Self {
+    fn new(app: Arc<App<C>>, principal: Principal, org: Option<String>) -> Self {
         Visible {
             app,
             principal,
+            org,
             seen: HashMap::new(),
             checked: Instant::now(),
         }
@@ -190,7 +194,7 @@ impl<C: Cloud + 'static> Visible<C> {
 
     /// `None` when the listener's user no longer exists (the stream ends).
     async fn sees(&mut self, event: &api::Event) -> Option<bool> {
-        if self.principal.admin && self.checked.elapsed() < RECHECK {
+        if self.principal.admin && self.org.is_none() && self.checked.elapsed() < RECHECK {
             return Some(true);
         }
         if self.checked.elapsed() >= RECHECK {
@@ -209,7 +213,7 @@ impl<C: Cloud + 'static> Visible<C> {
         }
         let seen = self
             .app
-            .sees_event(&self.principal, event)
+            .sees_event(&self.principal, event, self.org.as_deref())
             .await
             .unwrap_or(false);
         self.seen.insert(key, seen);

@@ -84,7 +84,7 @@ pub fn records_of(zone: &DnsZone, rows: &[DnsRow]) -> BTreeMap<String, Vec<Ipv4A
             && row.state == NodeState::Deployed.as_str()
         {
             records
-                .entry(zone.cluster_fqdn(cluster))
+                .entry(zone.cluster_fqdn(cluster, row.cluster_org.as_deref()))
                 .or_default()
                 .push(ip);
         }
@@ -189,6 +189,7 @@ mod tests {
             public_ip: ip.map(str::to_owned),
             state: state.as_str().into(),
             cluster_name: cluster.map(str::to_owned),
+            cluster_org: None,
         }
     }
 

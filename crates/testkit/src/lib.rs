@@ -4,7 +4,8 @@
 //! server` processes ([`server`]) and a fresh moto account with its proxies ([`account`]);
 //! emulated machines with their own network namespace and Docker engine ([`host`], with the
 //! offline busybox image of [`docker`]), which the runner boots per instance in docker mode;
-//! a real PostgreSQL server per test process with a fresh database per test ([`postgres`]).
+//! a real PostgreSQL server per test process with a fresh database per test ([`postgres`]);
+//! a real OpenLDAP server with TLS per test ([`slapd`]).
 //!
 //! Tests drive the real AWS SDK against moto instead of mocking the SDK, so
 //! that request serialisation, error parsing and retry classification are the
@@ -22,6 +23,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod runner;
 pub mod server;
+pub mod slapd;
 
 pub use account::MotoAccount;
 pub use docker::BUSYBOX_IMAGE;

@@ -27,10 +27,13 @@
 //!   repeats a step of an earlier one.
 //! * [`preview`] — where a cluster not yet created would put its nodes (the launch
 //!   wizard's preview), by the same placement rule, with its network choices checked.
+//! * [`directory`] — an LDAP directory's sync: which directory users are disabled or
+//!   enabled again, which team memberships the directory's groups grant or no longer grant.
 //! * [`swarm`] — a Docker Swarm over two node clusters: bootstrap, joins, roles and labels,
 //!   how nodes leave, all without ever losing manager quorum.
 
 pub mod cluster;
+pub mod directory;
 pub mod lb;
 pub mod network;
 pub mod preview;

@@ -1,4 +1,4 @@
-//! `flotilla org|team|user|grant …`: access control on a Flotilla server (issue #15).
+//! `flotilla org|team|user|grant|ldap …`: access control on a Flotilla server (issue #15).
 //!
 //! Design decisions:
 //! * One thin command per API call of the access subsystem (`/api/access/v1/`, paths from
@@ -12,6 +12,9 @@
 //! * A grant's resource is named as the user knows it: `--cluster NAME|UUID` or
 //!   `--swarm NAME|UUID` (resolved through the caller's own view), else all of the
 //!   organization's resources (`*`).
+//! * `flotilla ldap set FILE` sends the settings as a JSON file (several servers and
+//!   searches do not fit flags); a server's `ca_file` is read into `ca_pem`, and the bind
+//!   password comes from stdin (`--bind-password-stdin`), never from the file or an argument.
 
 use std::io::Read as _;
 use std::process::ExitCode;
@@ -66,6 +69,19 @@ enum TeamCommand {
         /// A first member (repeat).
         #[arg(long = "member")]
         members: Vec<String>,
+        /// Map the team to this LDAP group: its directory users are the group's members.
+        #[arg(long)]
+        ldap_group: Option<String>,
+    },
+    /// Map a team to an LDAP group (its directory users become the group's members at the
+    /// next sync), or unmap it with --unmap.
+    Map {
+        org: String,
+        team: String,
+        #[arg(required_unless_present = "unmap")]
+        group_dn: Option<String>,
+        #[arg(long)]
+        unmap: bool,
     },
     /// Show a team.
     Inspect { org: String, name: String },
@@ -207,6 +223,7 @@ fn team_row(team: &Value) -> Vec<String> {
         text(team, "organization"),
         text(team, "name"),
         members.join(","),
+        text(team, "ldap_group_dn"),
     ]
 }
 
@@ -299,7 +316,7 @@ pub async fn org(args: OrgArgs) -> anyhow::Result<ExitCode> {
                     .flatten()
                     .map(team_row)
                     .collect();
-                print_table(&["ORG", "TEAM", "MEMBERS"], &teams);
+                print_table(&["ORG", "TEAM", "MEMBERS", "LDAP GROUP"], &teams);
                 let grants: Vec<Vec<String>> = o["grants"]
                     .as_array()
                     .into_iter()
@@ -320,15 +337,33 @@ pub async fn org(args: OrgArgs) -> anyhow::Result<ExitCode> {
 pub async fn team(args: TeamArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env(args.common.host.clone())?;
     let format = args.common.format;
-    let headers = &["ORG", "TEAM", "MEMBERS"];
+    let headers = &["ORG", "TEAM", "MEMBERS", "LDAP GROUP"];
     let team = match args.command {
         TeamCommand::Ls { org } => {
             let teams = client.list(&uri::teams(&org)).await?;
             show_list(format, teams, headers, team_row);
             return Ok(ExitCode::SUCCESS);
         }
-        TeamCommand::Create { org, name, members } => {
-            let body = json!({"name": name, "members": members});
+        TeamCommand::Map {
+            org,
+            team,
+            group_dn,
+            unmap,
+        } => {
+            let group = if unmap { None } else { group_dn };
+            let body = json!({"ldap_group_dn": group});
+            client
+                .call(Method::PATCH, &uri::team(&org, &team), Some(&body))
+                .await?
+                .body
+        }
+        TeamCommand::Create {
+            org,
+            name,
+            members,
+            ldap_group,
+        } => {
+            let body = json!({"name": name, "members": members, "ldap_group_dn": ldap_group});
             client
                 .call(Method::POST, &uri::teams(&org), Some(&body))
                 .await?
@@ -490,5 +525,150 @@ pub async fn grant(args: GrantArgs) -> anyhow::Result<ExitCode> {
         }
     };
     show(format, &grant, |g| print_table(headers, &[grant_row(g)]));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct LdapArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: LdapCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LdapCommand {
+    /// Show the LDAP settings (bind passwords are never shown).
+    Show,
+    /// Replace the LDAP settings with a JSON file: {"servers": [{"url", "tls", "ca_file" or
+    /// "ca_pem", "bind_dn", "domain"}], "searches": [{"base_dn", "scope", "filter",
+    /// "username_attribute", "full_name_attribute"}]}.
+    Set {
+        file: std::path::PathBuf,
+        /// Read the bind password of every server from stdin (else each keeps its stored one).
+        #[arg(long)]
+        bind_password_stdin: bool,
+    },
+    /// Turn LDAP off (directory users stay, but can no longer sign in with a password).
+    Off,
+    /// Sync directory users and group-mapped teams now.
+    Sync,
+}
+
+/// The settings file with each `ca_file` read into `ca_pem` and the bind password set.
+fn ldap_body(file: &std::path::Path, password: Option<&str>) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut body: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    for server in body["servers"].as_array_mut().into_iter().flatten() {
+        let Some(server) = server.as_object_mut() else {
+            bail!("servers: each must be an object");
+        };
+        if let Some(ca_file) = server.remove("ca_file") {
+            let path = base.join(ca_file.as_str().context("ca_file: must be a path")?);
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("ca_file: reading {}", path.display()))?;
+            server.insert("ca_pem".into(), json!(pem));
+        }
+        if server.contains_key("bind_password") {
+            bail!("bind_password: give it on stdin with --bind-password-stdin, not in the file");
+        }
+        if let Some(password) = password {
+            server.insert("bind_password".into(), json!(password));
+        }
+    }
+    Ok(body)
+}
+
+pub async fn ldap(args: LdapArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env(args.common.host.clone())?;
+    let format = args.common.format;
+    let settings = match args.command {
+        LdapCommand::Show => client.get(&uri::ldap()).await?,
+        LdapCommand::Set {
+            file,
+            bind_password_stdin,
+        } => {
+            let password = if bind_password_stdin {
+                Some(read_password()?)
+            } else {
+                None
+            };
+            let body = ldap_body(&file, password.as_deref())?;
+            client
+                .call(Method::PUT, &uri::ldap(), Some(&body))
+                .await?
+                .body
+        }
+        LdapCommand::Off => {
+            let body = json!({"servers": [], "searches": []});
+            client
+                .call(Method::PUT, &uri::ldap(), Some(&body))
+                .await?
+                .body
+        }
+        LdapCommand::Sync => {
+            let report = client
+                .call(Method::POST, &uri::ldap_sync(), None)
+                .await?
+                .body;
+            show(format, &report, |r| {
+                let list = |field: &str| {
+                    r[field]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                crate::out!("users checked: {}", text(r, "users"));
+                for field in ["disabled", "enabled", "added", "removed"] {
+                    crate::out!("{field}: {}", list(field));
+                }
+            });
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    show(format, &settings, |s| {
+        let servers: Vec<Vec<String>> = s["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|server| {
+                vec![
+                    text(server, "url"),
+                    text(server, "tls"),
+                    text(server, "bind_dn"),
+                    text(server, "bind_password_set"),
+                    text(server, "domain"),
+                ]
+            })
+            .collect();
+        print_table(
+            &["URL", "TLS", "BIND DN", "PASSWORD SET", "DOMAIN"],
+            &servers,
+        );
+        let searches: Vec<Vec<String>> = s["searches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|search| {
+                vec![
+                    text(search, "base_dn"),
+                    text(search, "scope"),
+                    text(search, "filter"),
+                    text(search, "username_attribute"),
+                    text(search, "full_name_attribute"),
+                ]
+            })
+            .collect();
+        print_table(
+            &["BASE DN", "SCOPE", "FILTER", "USERNAME", "FULL NAME"],
+            &searches,
+        );
+    });
     Ok(ExitCode::SUCCESS)
 }

@@ -308,3 +308,94 @@ async fn failures_are_named_and_a_failed_sync_exits_3() {
         "the reason is in the log: {stderr}"
     );
 }
+
+/// `flotilla ldap set|show|sync|off` and `flotilla team create --ldap-group|map` against a
+/// real OpenLDAP (`flotilla_testkit::slapd`, LDAPS with its own CA): the settings go in
+/// from a file with the CA as a path and the bind password on stdin, never come back out,
+/// and a directory user signs in with our CLI using its directory password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ldap_commands_connect_a_directory() {
+    use flotilla_testkit::slapd::{self, Slapd};
+    use tokio::io::AsyncWriteExt as _;
+
+    let directory = tokio::task::spawn_blocking(Slapd::start)
+        .await
+        .expect("join")
+        .expect("slapd");
+    let alice = directory
+        .add_user("alice", "Alice Smith", "alice-password-1")
+        .expect("alice");
+    let ops = directory.add_group("ops", &[&alice]).expect("ops");
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = dir.path().join("ldap.json");
+    std::fs::copy(directory.ca_path(), dir.path().join("ca.pem")).expect("ca");
+    std::fs::write(
+        &settings,
+        serde_json::json!({
+            "servers": [{"url": directory.ldaps_url(), "tls": "ldaps", "ca_file": "ca.pem",
+                "bind_dn": slapd::ADMIN_DN}],
+            "searches": [{"base_dn": slapd::PEOPLE, "scope": "sub",
+                "filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid",
+                "full_name_attribute": "cn"}],
+        })
+        .to_string(),
+    )
+    .expect("settings");
+    let settings = settings.to_str().expect("path");
+    let mut set = env
+        .command(
+            &["ldap", "set", settings, "--bind-password-stdin"],
+            &env.server.key,
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flotilla ldap set");
+    let mut stdin = set.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{}\n", slapd::ADMIN_PASSWORD).as_bytes())
+        .await
+        .expect("password");
+    drop(stdin);
+    let output = set.wait_with_output().await.expect("ldap set");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(slapd::ADMIN_PASSWORD));
+    let shown = env.json(&["ldap", "show"]).await;
+    assert_eq!(shown["servers"][0]["bind_password_set"], Value::Bool(true));
+    assert!(
+        !shown.to_string().contains(slapd::ADMIN_PASSWORD),
+        "{shown}"
+    );
+    assert!(field(&shown["servers"][0], "ca_pem").contains("BEGIN CERTIFICATE"));
+
+    env.ok(&["org", "create", "corp"]).await;
+    env.ok(&["team", "create", "corp", "ops", "--ldap-group", &ops])
+        .await;
+    env.ok(&["grant", "create", "corp", "ops", "view"]).await;
+    // alice signs in with her directory password through our CLI.
+    let mut as_alice = env.command(&["nodecluster", "ls"], "alice-password-1");
+    as_alice.env("FLOTILLA_USER", "alice");
+    let signed_in = as_alice.output().await.expect("run");
+    assert!(
+        signed_in.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed_in.stderr)
+    );
+    let team = env.json(&["team", "inspect", "corp", "ops"]).await;
+    assert_eq!(team["members"], serde_json::json!(["alice"]), "{team}");
+    let report = env.json(&["ldap", "sync"]).await;
+    assert_eq!(report["users"], serde_json::json!(1), "{report}");
+    let unmapped = env.json(&["team", "map", "corp", "ops", "--unmap"]).await;
+    assert_eq!(unmapped["ldap_group_dn"], Value::Null);
+    env.ok(&["ldap", "off"]).await;
+    assert_eq!(
+        env.json(&["ldap", "show"]).await["servers"],
+        serde_json::json!([])
+    );
+}

@@ -26,7 +26,9 @@ use flotilla_core::cloud::Cloud;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use super::{App, AppError, AppResult, Caller, Credentials, Login, key_hash, random_hex};
+use super::{
+    App, AppError, AppResult, Caller, Credentials, Login, SignedInWith, key_hash, random_hex,
+};
 use crate::authz::{Principal, Viewer};
 use crate::store::access::{ALL, AccessUser, ApiKeyRecord, DEFAULT_ORG, GrantRecord};
 
@@ -56,6 +58,13 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password("no user has this password").unwrap_or_default())
 }
 
+/// One argon2 verification against the dummy hash: what a failed sign-in costs whichever
+/// way it failed, so the time taken does not tell why.
+pub(super) async fn spend_a_verification(password: &str) {
+    let password = password.to_owned();
+    let _ = tokio::task::spawn_blocking(move || verify_password(dummy_hash(), &password)).await;
+}
+
 fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| {
@@ -64,6 +73,12 @@ fn verify_password(hash: &str, password: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// The SHA-256 of a stored password hash: what a session remembers of its password.
+fn fingerprint(hash: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(hash.as_bytes()).into()
 }
 
 /// A new API key for `username`: the record to store and the key, shown once.
@@ -214,9 +229,17 @@ impl<C: Cloud + 'static> App<C> {
                 let hash = key_hash(&key.salt, secret);
                 // Constant time: the time taken does not reveal a matching prefix.
                 if bool::from(hash.as_bytes().ct_eq(key.hash.as_bytes())) {
-                    return Ok(Login::Accepted(username.to_owned()));
+                    return Ok(Login::Accepted(
+                        username.to_owned(),
+                        SignedInWith::Key(key.id),
+                    ));
                 }
             }
+        }
+        // With LDAP on, the directory answers for the names its searches find
+        // (`app::directory`); the others sign in with their local password.
+        if let Some(outcome) = self.directory_login(username, secret).await? {
+            return Ok(outcome);
         }
         let hash = user
             .as_ref()
@@ -227,9 +250,33 @@ impl<C: Cloud + 'static> App<C> {
             .await
             .unwrap_or(false);
         Ok(match user {
-            Some(user) if matched && user.password_hash.is_some() => Login::Accepted(user.username),
+            Some(AccessUser {
+                username,
+                password_hash: Some(hash),
+                ..
+            }) if matched => Login::Accepted(username, SignedInWith::Password(fingerprint(&hash))),
             Some(_) => Login::WrongKey,
             None => Login::UnknownUser,
+        })
+    }
+
+    /// Whether the credential a dashboard session was opened with still holds: its key is
+    /// not revoked, its password not changed or removed, its user not removed or disabled.
+    pub async fn still_holds(&self, username: &str, via: &SignedInWith) -> AppResult<bool> {
+        let Some(user) = self.store.access_user(username).await? else {
+            return Ok(false);
+        };
+        Ok(match via {
+            SignedInWith::Key(id) => self
+                .store
+                .active_api_keys(username)
+                .await?
+                .iter()
+                .any(|k| k.id == *id),
+            SignedInWith::Password(print) => user
+                .password_hash
+                .is_some_and(|hash| fingerprint(&hash) == *print),
+            SignedInWith::Directory => true,
         })
     }
 
@@ -238,9 +285,9 @@ impl<C: Cloud + 'static> App<C> {
         Ok(Principal::load(&self.store, username).await?)
     }
 
-    /// What `principal` may view, for lists.
-    pub async fn viewer(&self, principal: &Principal) -> AppResult<Viewer> {
-        Ok(Viewer::of(&self.store, principal).await?)
+    /// What `principal` may view, for lists (cut to `org` in a namespaced list).
+    pub async fn viewer(&self, principal: &Principal, org: Option<&str>) -> AppResult<Viewer> {
+        Ok(Viewer::of(&self.store, principal, org).await?)
     }
 
     /// Decides a request (`crate::authz::authorize`) against the store.
@@ -260,9 +307,15 @@ impl<C: Cloud + 'static> App<C> {
         }
     }
 
-    /// Whether `principal` may see `event` (`crate::authz::sees_event`).
-    pub async fn sees_event(&self, principal: &Principal, event: &api::Event) -> AppResult<bool> {
-        Ok(crate::authz::sees_event(&self.store, principal, event).await?)
+    /// Whether `principal` may see `event` (`crate::authz::sees_event`), in organization
+    /// `org`'s namespace if one is given.
+    pub async fn sees_event(
+        &self,
+        principal: &Principal,
+        event: &api::Event,
+        org: Option<&str>,
+    ) -> AppResult<bool> {
+        Ok(crate::authz::sees_event(&self.store, principal, event, org).await?)
     }
 
     // ---- users and keys ----
@@ -549,6 +602,13 @@ impl<C: Cloud + 'static> App<C> {
     }
 
     async fn teams_of(&self, org: &str) -> AppResult<Vec<api::Team>> {
+        let groups: Vec<_> = self
+            .store
+            .mapped_teams()
+            .await?
+            .into_iter()
+            .filter(|g| g.org == org)
+            .collect();
         Ok(self
             .store
             .teams(org)
@@ -556,6 +616,10 @@ impl<C: Cloud + 'static> App<C> {
             .into_iter()
             .map(|(name, members)| api::Team {
                 resource_uri: uri::team(org, &name),
+                ldap_group_dn: groups
+                    .iter()
+                    .find(|g| g.team == name)
+                    .map(|g| g.group_dn.clone()),
                 name,
                 organization: org.to_owned(),
                 members,
@@ -578,7 +642,7 @@ impl<C: Cloud + 'static> App<C> {
             })
     }
 
-    /// `POST org/{org}/team/` `{"name", "members"?}`.
+    /// `POST org/{org}/team/` `{"name", "members"?, "ldap_group_dn"?}`.
     pub async fn create_team(
         &self,
         caller: &Caller,
@@ -596,6 +660,7 @@ impl<C: Cloud + 'static> App<C> {
             )));
         }
         self.store.change_members(org, &name, &members, &[]).await?;
+        self.set_team_group_from(org, &name, body).await?;
         self.record_finished(
             caller,
             &uri::team(org, &name),
@@ -617,7 +682,8 @@ impl<C: Cloud + 'static> App<C> {
         Ok(())
     }
 
-    /// `PATCH org/{org}/team/{team}/` `{"add_members": […], "remove_members": […]}`.
+    /// `PATCH org/{org}/team/{team}/` `{"add_members": […], "remove_members": […],
+    /// "ldap_group_dn": "…" | null}`.
     pub async fn patch_team(
         &self,
         caller: &Caller,
@@ -627,17 +693,20 @@ impl<C: Cloud + 'static> App<C> {
     ) -> AppResult<api::Team> {
         self.team(org, team).await?;
         let fields = object(body)?;
-        if let Some(unknown) = fields
-            .keys()
-            .find(|k| !matches!(k.as_str(), "add_members" | "remove_members"))
-        {
+        if let Some(unknown) = fields.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "add_members" | "remove_members" | "ldap_group_dn"
+            )
+        }) {
             return Err(AppError::BadRequest(format!(
-                "{unknown}: not a field a PATCH may change (add_members, remove_members)"
+                "{unknown}: not a field a PATCH may change (add_members, remove_members, ldap_group_dn)"
             )));
         }
         let add = names_field(body, "add_members")?;
         let remove = names_field(body, "remove_members")?;
         self.check_users("add_members", &add).await?;
+        self.set_team_group_from(org, team, body).await?;
         self.store.change_members(org, team, &add, &remove).await?;
         self.record_finished(
             caller,

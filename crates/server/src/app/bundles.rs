@@ -90,7 +90,7 @@ impl<C: Cloud + 'static> App<C> {
     /// The swarm a bundle's `env.sh` points at: by uuid or name, among those the caller
     /// may view.
     async fn bundle_swarm(&self, caller: &Caller, wanted: &str) -> AppResult<SwarmRecord> {
-        let viewer = self.viewer(&caller.principal).await?;
+        let viewer = self.viewer(&caller.principal, None).await?;
         self.store
             .swarms()
             .await?

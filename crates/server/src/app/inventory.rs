@@ -194,7 +194,12 @@ impl<C: Cloud + 'static> App<C> {
     /// `POST nodecluster/preview/`: the body checked as a create would check it (the name
     /// is optional here: the wizard previews before it is typed), answered with the nodes
     /// per AZ. Creates nothing.
-    pub async fn preview_cluster(&self, body: &Value) -> AppResult<api::ClusterPreview> {
+    /// `org`: the organization the cluster would go to (its names are the ones checked).
+    pub async fn preview_cluster(
+        &self,
+        body: &Value,
+        org: Option<&str>,
+    ) -> AppResult<api::ClusterPreview> {
         let named = body
             .get("name")
             .and_then(Value::as_str)
@@ -207,7 +212,7 @@ impl<C: Cloud + 'static> App<C> {
             ClusterSpec::from_json(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
         self.check_offered(&spec).await?;
         if named {
-            self.check_name_free(&spec).await?;
+            self.check_name_free(&spec, org).await?;
         }
         let unavailable_here =
             |e: CloudError| unavailable(&format!("what {} offers", spec.region), &e);

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::{App, AppError, AppResult, Caller, Outcome, new_uuid};
 use crate::authz::Viewer;
+use crate::store::access::DEFAULT_ORG;
 use crate::store::{ClusterRecord, NewSwarm, SwarmRecord};
 use crate::swarm::SwarmView;
 use flotilla_core::cloud::Cloud;
@@ -222,24 +223,25 @@ impl<C: Cloud + 'static> App<C> {
                     other => other,
                 })?;
         }
-        let live_swarm = self
-            .store
-            .swarms()
-            .await?
-            .into_iter()
-            .any(|s| s.name == spec.name && s.state != ClusterState::Terminated);
+        // Names are unique per organization (see `check_name_free`): only the caller's
+        // organization's swarms and clusters are compared, so a refusal reveals nothing of
+        // another organization's.
+        let org = caller.org.as_deref().unwrap_or(DEFAULT_ORG);
+        let owners = self.store.owners().await?;
+        let live_swarm = self.store.swarms().await?.into_iter().any(|s| {
+            s.name == spec.name
+                && s.state != ClusterState::Terminated
+                && owners.get(&s.uuid).map_or(DEFAULT_ORG, |o| o.org.as_str()) == org
+        });
         if live_swarm {
             return Err(AppError::Conflict(format!(
                 "name: a swarm named '{}' already exists",
                 spec.name
             )));
         }
-        let clusters = self.store.clusters().await?;
+        let taken = self.live_names_in(Some(org)).await?;
         for cluster in [&spec.managers, &spec.workers] {
-            if clusters
-                .iter()
-                .any(|c| c.spec.name == cluster.name && c.state != ClusterState::Terminated)
-            {
+            if taken.contains(&cluster.name) {
                 return Err(AppError::Conflict(format!(
                     "name: the swarm's node cluster '{}' would clash with an existing node cluster of that name",
                     cluster.name

@@ -180,7 +180,7 @@ impl Store {
 
     pub async fn access_user(&self, username: &str) -> Result<Option<AccessUser>, StoreError> {
         let row: Option<UserRow> = sqlx::query_as(
-            "SELECT username, admin, password_hash, created_at FROM users WHERE username = $1 AND deleted_at IS NULL",
+            "SELECT username, admin, password_hash, created_at FROM users WHERE username = $1 AND deleted_at IS NULL AND disabled_at IS NULL",
         )
         .bind(username)
         .fetch_optional(&self.pool)
@@ -190,7 +190,7 @@ impl Store {
 
     pub async fn access_users(&self) -> Result<Vec<AccessUser>, StoreError> {
         let rows: Vec<UserRow> = sqlx::query_as(
-            "SELECT username, admin, password_hash, created_at FROM users WHERE deleted_at IS NULL ORDER BY username",
+            "SELECT username, admin, password_hash, created_at FROM users WHERE deleted_at IS NULL AND disabled_at IS NULL ORDER BY username",
         )
         .fetch_all(&self.pool)
         .await?;

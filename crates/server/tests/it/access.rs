@@ -557,6 +557,281 @@ async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
     );
 }
 
+#[tokio::test]
+async fn a_namespaced_list_shows_only_that_organizations_part() {
+    let orgs = Orgs::start().await;
+    let server = &orgs.server;
+    // carol is in both organizations.
+    let carol = new_user(server, "carol").await;
+    for (org, team) in [("blue", "viewers"), ("red", "ops")] {
+        ok(
+            server
+                .call(
+                    Method::PATCH,
+                    &uri::team(org, team),
+                    Some(json!({"add_members": ["carol"]})),
+                )
+                .await,
+            200,
+        )
+        .await;
+    }
+    let list = |path: String| {
+        let carol = carol.clone();
+        async move { ok(call_as(server, &carol, Method::GET, &path, None).await, 200).await }
+    };
+    let everything = uuids(&list(uri::node_clusters()).await, "uuid");
+    assert!(everything.contains(&orgs.blue_cluster) && everything.contains(&orgs.red_cluster));
+    assert_eq!(
+        uuids(&list(uri::node_clusters_in("red")).await, "uuid"),
+        vec![orgs.red_cluster.clone()]
+    );
+    let blue = uuids(&list(uri::node_clusters_in("blue")).await, "uuid");
+    assert!(blue.contains(&orgs.blue_cluster) && !blue.contains(&orgs.red_cluster));
+    // The node page (cut in SQL) and the swarms follow the namespace.
+    let red_nodes = list(uri::nodes_in("red")).await;
+    let red_node_clusters: Vec<String> = red_nodes["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .map(|n| n["node_cluster"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(!red_node_clusters.is_empty());
+    assert!(
+        red_node_clusters
+            .iter()
+            .all(|c| c.contains(&orgs.red_cluster)),
+        "{red_node_clusters:?}"
+    );
+    let red_node_uuids = uuids(&red_nodes, "uuid");
+    assert!(red_node_uuids.contains(&orgs.red_node));
+    assert!(!red_node_uuids.contains(&orgs.blue_node));
+    assert!(uuids(&list(uri::swarms_in("red")).await, "uuid").is_empty());
+    assert_eq!(
+        uuids(&list(uri::swarms_in("blue")).await, "uuid"),
+        vec![orgs.blue_swarm.clone()]
+    );
+    // The administrator's namespaced list is cut the same way.
+    let admin_red = ok(server.get(&uri::node_clusters_in("red")).await, 200).await;
+    assert_eq!(uuids(&admin_red, "uuid"), vec![orgs.red_cluster.clone()]);
+    // An organization the caller is not in is a namespace that does not exist.
+    let foreign = call_as(
+        server,
+        &orgs.alice,
+        Method::GET,
+        &uri::node_clusters_in("red"),
+        None,
+    )
+    .await;
+    assert_eq!(foreign.status, 404, "{:?}", foreign.body);
+    orgs.server.stop().await;
+}
+
+/// A dashboard login (`POST /session`) as `user` with `secret`: the status and the cookie.
+async fn dashboard_login(
+    server: &TestServer,
+    user: &str,
+    secret: &str,
+) -> (u16, Option<String>, Option<String>) {
+    let answer = server
+        .client
+        .post(format!("{}{}", server.base, uri::session()))
+        .json(&json!({"user": user, "key": secret}))
+        .send()
+        .await
+        .expect("login");
+    let header = |name: &str| {
+        answer
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let cookie = header("set-cookie").map(|c| c.split(';').next().unwrap_or("").to_owned());
+    (answer.status().as_u16(), cookie, header("retry-after"))
+}
+
+async fn with_cookie(server: &TestServer, cookie: &str) -> u16 {
+    server
+        .client
+        .get(format!("{}{}", server.base, uri::node_clusters()))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_dashboard_session_ends_with_the_credential_that_opened_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(&dir), Arc::new(FakeCloud::new()), None).await;
+    let dana = new_user(&server, "dana").await;
+    let password = "dana's long password";
+    ok(
+        call_as(
+            &server,
+            &dana,
+            Method::PATCH,
+            &uri::user("dana"),
+            Some(json!({"password": password})),
+        )
+        .await,
+        200,
+    )
+    .await;
+    // A session opened with a key ends when that key is revoked…
+    let (status, cookie, _) = dashboard_login(&server, "dana", &dana.1).await;
+    assert_eq!(status, 200);
+    let by_key = cookie.expect("cookie");
+    let (_, by_password, _) = dashboard_login(&server, "dana", password).await;
+    let by_password = by_password.expect("cookie");
+    assert_eq!(with_cookie(&server, &by_key).await, 200);
+    assert_eq!(with_cookie(&server, &by_password).await, 200);
+    let ci = ok(
+        call_as(
+            &server,
+            &dana,
+            Method::POST,
+            &uri::api_keys("dana"),
+            Some(json!({"name": "ci"})),
+        )
+        .await,
+        201,
+    )
+    .await["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    ok(
+        server
+            .call(Method::DELETE, &uri::api_key("dana", "default"), None)
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(with_cookie(&server, &by_key).await, 401, "revoked key");
+    // …while one opened with the password lives on, until the password changes.
+    assert_eq!(with_cookie(&server, &by_password).await, 200);
+    ok(
+        server
+            .call(
+                Method::PATCH,
+                &uri::user("dana"),
+                Some(json!({"password": "another long password"})),
+            )
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        with_cookie(&server, &by_password).await,
+        401,
+        "new password"
+    );
+    // A removed user's sessions end too.
+    let (_, by_ci, _) = dashboard_login(&server, "dana", &ci).await;
+    let by_ci = by_ci.expect("cookie");
+    assert_eq!(with_cookie(&server, &by_ci).await, 200);
+    ok(
+        server.call(Method::DELETE, &uri::user("dana"), None).await,
+        200,
+    )
+    .await;
+    assert_eq!(with_cookie(&server, &by_ci).await, 401, "removed user");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dashboard_sign_in_with_a_password_is_throttled_with_retry_after() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(&dir), Arc::new(FakeCloud::new()), None).await;
+    let erin = new_user(&server, "erin").await;
+    ok(
+        call_as(
+            &server,
+            &erin,
+            Method::PATCH,
+            &uri::user("erin"),
+            Some(json!({"password": "erin's long password"})),
+        )
+        .await,
+        200,
+    )
+    .await;
+    for attempt in 1..=5 {
+        let (status, _, _) = dashboard_login(&server, "erin", "a wrong password").await;
+        assert_eq!(status, 401, "failure {attempt}");
+    }
+    let (status, cookie, retry_after) = dashboard_login(&server, "erin", "a wrong password").await;
+    assert_eq!(status, 429);
+    assert!(cookie.is_none());
+    let seconds: u64 = retry_after
+        .and_then(|s| s.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=300).contains(&seconds));
+    // While it lasts even the right password is refused from this address (not checked).
+    let (status, _, _) = dashboard_login(&server, "erin", "erin's long password").await;
+    assert_eq!(status, 429);
+    // Another user from the same address is not blocked by erin's counter.
+    let (status, _, _) = dashboard_login(&server, "admin", &server.credentials.api_key).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_names_are_unique_per_organization_and_do_not_reveal_anothers() {
+    let orgs = Orgs::start().await;
+    let server = &orgs.server;
+    // `blue-web` exists in blue, which bob cannot see: his create of the same name in red
+    // succeeds, where a server-wide check would have answered 409 and told him it exists.
+    let created = call_as(
+        server,
+        &orgs.bob,
+        Method::POST,
+        &uri::node_clusters(),
+        Some(cluster_body("blue-web", 1)),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_ne!(
+        created.body["uuid"].as_str(),
+        Some(orgs.blue_cluster.as_str())
+    );
+    // Inside one organization the name is taken: 409 naming the field.
+    let again = call_as(
+        server,
+        &orgs.bob,
+        Method::POST,
+        &uri::node_clusters(),
+        Some(cluster_body("blue-web", 1)),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{:?}", again.body);
+    assert!(
+        again.body["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("name:")
+    );
+    // A swarm named like blue's, in red: allowed as well.
+    let swarm = call_as(
+        server,
+        &orgs.bob,
+        Method::POST,
+        &uri::swarms(),
+        Some(
+            json!({"name": "blue-swarm", "region": "/api/infra/v1/region/aws/us-east-1/",
+            "manager_node_type": "/api/infra/v1/nodetype/aws/t3.micro/",
+            "manager_count": 1, "worker_count": 0}),
+        ),
+    )
+    .await;
+    assert_eq!(swarm.status, 201, "{:?}", swarm.body);
+    orgs.server.stop().await;
+}
+
 /// Client bundles (issue #15): a user's own, the zip (with the key) only in the answer that
 /// creates it, an unknown swarm named in the error, revoked once.
 #[tokio::test]

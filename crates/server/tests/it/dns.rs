@@ -129,7 +129,7 @@ fn node_name() -> String {
 async fn dns_answers_node_and_cluster_records_over_udp_and_tcp() {
     let server = Server::start().await;
     let node = node_name();
-    let cluster = server.zone.cluster_fqdn("Web");
+    let cluster = server.zone.cluster_fqdn("Web", None);
     assert_eq!(cluster, "web.cluster.flotilla.internal");
     server.set(&[
         (&node, &[ip(0, 7)]),
@@ -244,7 +244,7 @@ async fn dns_answers_node_and_cluster_records_over_udp_and_tcp() {
 async fn dns_replace_takes_effect_on_the_next_query() {
     let server = Server::start().await;
     let node = node_name();
-    let cluster = server.zone.cluster_fqdn("web");
+    let cluster = server.zone.cluster_fqdn("web", None);
     let mut udp = server.udp_client().await;
     let mut tcp = server.tcp_client().await;
 
@@ -289,7 +289,7 @@ async fn dns_replace_takes_effect_on_the_next_query() {
 #[tokio::test]
 async fn dns_large_cluster_is_truncated_over_udp_and_complete_over_tcp() {
     let server = Server::start().await;
-    let cluster = server.zone.cluster_fqdn("big");
+    let cluster = server.zone.cluster_fqdn("big", None);
     let ips: Vec<Ipv4Addr> = (0..200u8).map(|i| ip(i % 4, i)).collect();
     server.set(&[(&cluster, &ips)]);
     let mut sorted = ips.clone();
@@ -320,7 +320,7 @@ async fn dns_serves_ten_thousand_records() {
         let ips = (0..5u8)
             .map(|n| Ipv4Addr::new(10, 2, cluster as u8, n))
             .collect();
-        records.insert(server.zone.cluster_fqdn(&format!("c{cluster}")), ips);
+        records.insert(server.zone.cluster_fqdn(&format!("c{cluster}"), None), ips);
     }
     let changes = server.zone.replace(records);
     assert_eq!(changes.len(), 10_100);

@@ -9,6 +9,7 @@ mod dns;
 mod fuzz;
 mod harness;
 mod invariants;
+mod ldap;
 mod lifecycle;
 mod link;
 mod security;

@@ -307,3 +307,53 @@ async fn byo_tokens_are_created_once_and_consumed_once() {
     assert_eq!(consume(hash).await, None, "used up");
     store.close().await;
 }
+
+#[tokio::test]
+async fn an_organizations_events_stream_shows_only_that_organization() {
+    let (server, _dir) = server().await;
+    for org in ["blue", "red"] {
+        let created = server
+            .call(Method::POST, &uri::orgs(), Some(json!({"name": org})))
+            .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+    }
+    // The administrator's stream in red's namespace.
+    let mut red_events = connect(&server, "/api/audit/v1/red/events", None)
+        .await
+        .expect("events");
+    assert_eq!(
+        next_json(&mut red_events).await.expect("auth")["type"],
+        "auth"
+    );
+    let cluster = |name: &str| {
+        json!({"name": name, "target_num_nodes": 1,
+            "region": "/api/infra/v1/region/aws/us-east-1/",
+            "node_type": "/api/infra/v1/nodetype/aws/t3.micro/"})
+    };
+    // blue's cluster first: its events are published before red's.
+    let blue = server
+        .call(
+            Method::POST,
+            &uri::node_clusters_in("blue"),
+            Some(cluster("b")),
+        )
+        .await;
+    assert_eq!(blue.status, 201, "{:?}", blue.body);
+    let red = server
+        .call(
+            Method::POST,
+            &uri::node_clusters_in("red"),
+            Some(cluster("r")),
+        )
+        .await;
+    assert_eq!(red.status, 201, "{:?}", red.body);
+    let red_uri = uri::node_cluster(red.body["uuid"].as_str().expect("uuid"));
+    let first = loop {
+        let event = next_json(&mut red_events).await.expect("an event");
+        if event["type"] == "nodecluster" {
+            break event;
+        }
+    };
+    assert_eq!(first["resource_uri"], json!(red_uri), "{first}");
+    server.stop().await;
+}

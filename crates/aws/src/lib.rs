@@ -189,7 +189,10 @@ pub struct Aws {
 
 impl Aws {
     fn network_changed(&self, region: &str) {
-        let mut epochs = self.network_epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut epochs = self
+            .network_epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *epochs.entry(region.to_owned()).or_default() += 1;
     }
 
@@ -371,7 +374,10 @@ impl Cloud for Aws {
     }
 
     fn network_epoch(&self, region: &str) -> u64 {
-        let epochs = self.network_epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let epochs = self
+            .network_epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         epochs.get(region).copied().unwrap_or_default()
     }
 

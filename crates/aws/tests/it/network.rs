@@ -642,7 +642,10 @@ async fn the_wizards_inventory_lists_the_users_network_and_flotillas_own() {
     let (vpc, subnets) = flotilla_testkit::inspect::create_user_vpc(
         &ec2,
         "10.20.0.0/16",
-        &[("10.20.1.0/24", "us-east-1a"), ("10.20.2.0/24", "us-east-1b")],
+        &[
+            ("10.20.1.0/24", "us-east-1a"),
+            ("10.20.2.0/24", "us-east-1b"),
+        ],
     )
     .await;
     flotilla_testkit::inspect::name_resource(&ec2, &vpc, "team-vpc").await;
@@ -663,8 +666,14 @@ async fn the_wizards_inventory_lists_the_users_network_and_flotillas_own() {
     assert_eq!(theirs.name.as_deref(), Some("team-vpc"));
     assert_eq!(theirs.cidr, "10.20.0.0/16");
     assert!(!theirs.managed && !theirs.is_default);
-    assert!(inventory.vpcs.iter().any(|v| v.is_default), "moto's default VPC");
-    assert!(inventory.vpcs.iter().all(|v| !v.managed), "no network of ours yet");
+    assert!(
+        inventory.vpcs.iter().any(|v| v.is_default),
+        "moto's default VPC"
+    );
+    assert!(
+        inventory.vpcs.iter().all(|v| !v.managed),
+        "no network of ours yet"
+    );
     let listed: Vec<(&str, &str, u32)> = inventory
         .subnets
         .iter()

@@ -632,7 +632,9 @@ async fn the_dashboard_launches_scales_and_removes_a_cluster_in_a_browser() {
         )
         .await;
     assert!(
-        running.as_str().is_some_and(|l| !l.contains("Deployed (5 of 5")),
+        running
+            .as_str()
+            .is_some_and(|l| !l.contains("Deployed (5 of 5")),
         "the node is still held: {running}"
     );
     browser.screenshot("action-running").await;

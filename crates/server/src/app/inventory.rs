@@ -91,7 +91,10 @@ impl<C: Cloud + 'static> App<C> {
                 .await
                 .map_err(|e| unavailable(&format!("the network of {region}"), &e))?,
         );
-        cache.insert(region.to_owned(), (Instant::now(), epoch, inventory.clone()));
+        cache.insert(
+            region.to_owned(),
+            (Instant::now(), epoch, inventory.clone()),
+        );
         Ok(inventory)
     }
 

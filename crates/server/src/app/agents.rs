@@ -690,10 +690,16 @@ impl<C: Cloud + 'static> App<C> {
     /// and clears the mark, and the write then makes the node `Unreachable` although it is
     /// heard from. So after the write, a cleared mark turns the node back at once;
     /// otherwise a heartbeating node would stay `Unreachable` for good (the 18,000-agent
-    /// benchmark found one).
+    /// benchmark found one). A node heard from before its verdict is written gets none.
     pub async fn sweep_health(&self) -> Result<(), StoreError> {
         let mut failed = None;
         for uuid in self.agents.overdue() {
+            // Heard from since `overdue` marked it (a sweep with thousands of verdicts to
+            // write takes a while): no verdict, rather than one taken back at once — a flap
+            // that would drop and re-add the node's DNS records.
+            if self.agents.heard_since_judged(&uuid) {
+                continue;
+            }
             let lost = self
                 .set_reachability(&uuid, NodeState::Deployed, NodeEvent::HeartbeatLost)
                 .await;

@@ -3,10 +3,11 @@
 //!
 //! Design decisions:
 //! * One publishing point: the store owns the bus (it imports this module, never the
-//!   reverse) and publishes right after the transaction that made a change commits. The
-//!   API and the reconcilers both change state only through the store, so no code path can
-//!   change an object without its event, and no event describes a change that was rolled
-//!   back.
+//!   reverse). A write builds its events ([`Pending`]) inside its transaction and the store
+//!   publishes them right after the commit (with several replicas, also sends them to the
+//!   others inside the transaction: `store::notify`). The API and the reconcilers both
+//!   change state only through the store, so no code path can change an object without its
+//!   event, and no event describes a change that was rolled back.
 //! * A `tokio::sync::broadcast` channel: publishing never waits and never fails (no
 //!   listener is fine). A listener that falls more than [`CAPACITY`] events behind loses the
 //!   oldest ones (`Lagged`) and carries on, so one slow websocket never holds up an API call
@@ -81,9 +82,6 @@ pub const MISSED_KIND: &str = "missed";
 pub struct EventBus {
     /// Every event this replica's listeners see: its own and other replicas'.
     sender: broadcast::Sender<Arc<api::Event>>,
-    /// This replica's own events only, for the one task that shares them with the others
-    /// (so an event received from another replica is never sent back).
-    local: broadcast::Sender<Arc<api::Event>>,
 }
 
 impl Default for EventBus {
@@ -95,8 +93,7 @@ impl Default for EventBus {
 impl EventBus {
     pub fn new() -> EventBus {
         let (sender, _) = broadcast::channel(CAPACITY);
-        let (local, _) = broadcast::channel(CAPACITY);
-        EventBus { sender, local }
+        EventBus { sender }
     }
 
     /// A new listener; it sees every event published from now on.
@@ -104,14 +101,12 @@ impl EventBus {
         self.sender.subscribe()
     }
 
-    /// A listener of this replica's own events only.
-    pub fn subscribe_local(&self) -> broadcast::Receiver<Arc<api::Event>> {
-        self.local.subscribe()
-    }
-
-    /// Publishes an event another replica made (it is not shared again).
-    pub fn publish_remote(&self, event: api::Event) {
-        let _ = self.sender.send(Arc::new(event));
+    /// Publishes events: a committed transaction's ([`Pending`]) or another replica's.
+    /// Never blocks; with no listener they are simply dropped.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = api::Event>) {
+        for event in events {
+            let _ = self.sender.send(Arc::new(event));
+        }
     }
 
     /// Tells every listener that events of other replicas may have been lost
@@ -127,17 +122,37 @@ impl EventBus {
             uuid: uuid::Uuid::new_v4().to_string(),
         }));
     }
+}
 
-    /// Publishes an event; never blocks, and with no listener it is simply dropped.
-    pub fn publish(
-        &self,
+/// The events of one transaction, built before it commits: the store hands them to the
+/// other replicas inside the transaction (PostgreSQL delivers a `NOTIFY` exactly when its
+/// transaction commits, so an event is shared if and only if its change committed, even if
+/// the replica dies right after) and publishes them on its own bus after the commit.
+#[derive(Debug, Default)]
+pub struct Pending(Vec<api::Event>);
+
+impl IntoIterator for Pending {
+    type Item = api::Event;
+    type IntoIter = std::vec::IntoIter<api::Event>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl Pending {
+    pub fn events(&self) -> &[api::Event] {
+        &self.0
+    }
+
+    fn push(
+        &mut self,
         kind: Kind,
         verb: Verb,
         resource_uri: String,
         state: &str,
         parents: Vec<String>,
     ) {
-        let event = api::Event {
+        self.0.push(api::Event {
             kind: kind.as_str().to_owned(),
             action: verb.as_str().to_owned(),
             datetime: date::format_iso_unix(date::now_unix()),
@@ -145,14 +160,11 @@ impl EventBus {
             resource_uri,
             state: state.to_owned(),
             uuid: uuid::Uuid::new_v4().to_string(),
-        };
-        let event = Arc::new(event);
-        let _ = self.local.send(event.clone());
-        let _ = self.sender.send(event);
+        });
     }
 
-    pub fn cluster(&self, verb: Verb, uuid: &str, state: &str) {
-        self.publish(
+    pub fn cluster(&mut self, verb: Verb, uuid: &str, state: &str) {
+        self.push(
             Kind::NodeCluster,
             verb,
             uri::node_cluster(uuid),
@@ -161,13 +173,13 @@ impl EventBus {
         );
     }
 
-    pub fn swarm(&self, verb: Verb, uuid: &str, state: &str) {
-        self.publish(Kind::Swarm, verb, uri::swarm(uuid), state, Vec::new());
+    pub fn swarm(&mut self, verb: Verb, uuid: &str, state: &str) {
+        self.push(Kind::Swarm, verb, uri::swarm(uuid), state, Vec::new());
     }
 
     /// A node's change; `cluster_uuid` is `None` for a bring-your-own node.
-    pub fn node(&self, verb: Verb, uuid: &str, cluster_uuid: Option<&str>, state: &str) {
-        self.publish(
+    pub fn node(&mut self, verb: Verb, uuid: &str, cluster_uuid: Option<&str>, state: &str) {
+        self.push(
             Kind::Node,
             verb,
             uri::node(uuid),
@@ -176,8 +188,8 @@ impl EventBus {
         );
     }
 
-    pub fn action(&self, verb: Verb, uuid: &str, object_uri: &str, state: &str) {
-        self.publish(
+    pub fn action(&mut self, verb: Verb, uuid: &str, object_uri: &str, state: &str) {
+        self.push(
             Kind::Action,
             verb,
             uri::action(uuid),
@@ -250,7 +262,9 @@ mod tests {
     async fn events_carry_the_documented_fields_and_parents() {
         let bus = EventBus::new();
         let mut listener = bus.subscribe();
-        bus.node(Verb::Update, NODE, Some(CLUSTER), "Deployed");
+        let mut pending = Pending::default();
+        pending.node(Verb::Update, NODE, Some(CLUSTER), "Deployed");
+        bus.publish_all(pending);
         let event = listener.recv().await.expect("event");
         let json = serde_json::to_value(event.as_ref()).expect("json");
         assert_eq!(json["type"], "node");
@@ -274,7 +288,9 @@ mod tests {
         let bus = EventBus::new();
         let mut slow = bus.subscribe();
         for _ in 0..CAPACITY + 10 {
-            bus.cluster(Verb::Update, CLUSTER, "Scaling");
+            let mut pending = Pending::default();
+            pending.cluster(Verb::Update, CLUSTER, "Scaling");
+            bus.publish_all(pending);
         }
         assert!(matches!(
             slow.recv().await,
@@ -287,7 +303,9 @@ mod tests {
     fn filters_match_type_object_and_parents() {
         let bus = EventBus::new();
         let mut listener = bus.subscribe();
-        bus.node(Verb::Create, NODE, Some(CLUSTER), "Deploying");
+        let mut pending = Pending::default();
+        pending.node(Verb::Create, NODE, Some(CLUSTER), "Deploying");
+        bus.publish_all(pending);
         let event = listener.try_recv().expect("event");
         assert!(Filter::from_query("").matches(&event));
         assert!(Filter::from_query("type=node").matches(&event));

@@ -251,6 +251,8 @@ pub async fn run<C: Cloud + 'static>(
         lease_seconds = config.lease_time.as_secs_f64(),
         "replica"
     );
+    // With several replicas, every write sends its events to the others (`replicas`).
+    store.share_events_as(&replica);
     let leases = lease::Leases::new(store.clone(), replica, config.lease_time);
     let (reconciler, supervisor) = reconcile::reconciler(
         store.clone(),
@@ -286,6 +288,7 @@ pub async fn run<C: Cloud + 'static>(
         .with_metrics(metrics)
         .with_leases(leases.clone()),
     );
+    let (app_mailbox, tasks_key) = (app.mailbox.clone(), secret_key.clone());
     let swarms = swarm::SwarmWorker {
         store: store.clone(),
         cloud: cloud_for_swarms,
@@ -355,7 +358,9 @@ pub async fn run<C: Cloud + 'static>(
             }
         }
     };
-    let heartbeats = futures::future::join(heartbeats, sharing);
+    // Every replica answers heartbeats, so every replica follows the agents' tasks.
+    let tasks = swarm::follow_tasks(app_mailbox, store.clone(), tasks_key, stopped.clone());
+    let heartbeats = futures::future::join3(heartbeats, sharing, tasks);
     // Every replica answers DNS from its own zone; the Route 53 mirror has one writer, the
     // holder of its lease, with a zone of its own (its first round fully syncs the mirror).
     let mirror = {

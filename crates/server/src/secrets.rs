@@ -27,6 +27,8 @@ pub const LDAP_BIND_PASSWORD: &[u8] = b"flotilla ldap bind password v1";
 pub const SWARM_TOKENS: &[u8] = b"flotilla swarm join tokens v1";
 /// The label of the client bundles' CA key (`ca`).
 pub const BUNDLE_CA: &[u8] = b"flotilla bundle CA key v1";
+/// The label of a task waiting for an agent (a join task carries a swarm's join token).
+pub const AGENT_TASK: &[u8] = b"flotilla agent task v1";
 
 /// The installation's data key. See the module documentation.
 #[derive(Clone)]

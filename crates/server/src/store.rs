@@ -49,10 +49,11 @@ pub(crate) mod testing;
 mod tokens;
 
 pub use leases::{Fence, Lease, fence_in_scope, fenced};
-pub use swarms::{NewSwarm, SwarmRecord};
+pub use swarms::{NewSwarm, SealedTask, SwarmRecord};
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::ClusterSpec;
@@ -62,7 +63,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions as _};
 
-use crate::events::{EventBus, Verb};
+use crate::events::{EventBus, Pending, Verb};
 
 pub use agents::{NodeAgentRecord, NodeRegistration, Registered};
 
@@ -639,6 +640,10 @@ pub struct Store {
     writer: AnyPool,
     dialect: Dialect,
     events: EventBus,
+    /// This replica's id once it shares its events with other replicas
+    /// ([`Store::share_events_as`]): every write then sends its events inside its
+    /// transaction.
+    sharing: Arc<std::sync::OnceLock<String>>,
 }
 
 /// A `Store::connect` URL that is neither SQLite nor PostgreSQL.
@@ -689,6 +694,7 @@ impl Store {
             writer,
             dialect,
             events: EventBus::new(),
+            sharing: Arc::default(),
         })
     }
 
@@ -726,6 +732,30 @@ impl Store {
             leases::check_fence_in(&mut tx, &lease.fence()).await?;
         }
         Ok(tx)
+    }
+
+    /// From now on every write sends its events to the other replicas as `replica`, inside
+    /// its transaction (PostgreSQL only: `notify`). Set once, before the first write.
+    pub fn share_events_as(&self, replica: &str) {
+        if self.dialect == Dialect::Postgres {
+            let _ = self.sharing.set(replica.to_owned());
+        }
+    }
+
+    /// Commits a write and publishes its events: sent to the other replicas inside the
+    /// transaction when they share them (so an event is shared exactly when its change
+    /// commits), then on this replica's bus.
+    async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        events: Pending,
+    ) -> Result<(), StoreError> {
+        if let Some(replica) = self.sharing.get() {
+            notify::send_in(&mut tx, replica, events.events()).await?;
+        }
+        tx.commit().await?;
+        self.events.publish_all(events);
+        Ok(())
     }
 
     /// The pools' connections: (pool, open, idle), for `/metrics`.
@@ -888,11 +918,10 @@ impl Store {
         insert_cluster_in(&mut tx, cluster).await?;
         access::own_in(&mut tx, &cluster.uuid, "nodecluster", org, None).await?;
         insert_action_in(&mut tx, action).await?;
-        tx.commit().await?;
-        self.events
-            .cluster(Verb::Create, &cluster.uuid, cluster.state.as_str());
-        self.publish_action_created(action);
-        Ok(())
+        let mut events = Pending::default();
+        events.cluster(Verb::Create, &cluster.uuid, cluster.state.as_str());
+        action_created(&mut events, action);
+        self.commit(tx, events).await
     }
 
     pub async fn cluster(&self, uuid: &str) -> Result<Option<ClusterRecord>, StoreError> {
@@ -982,26 +1011,26 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        let mut events = Pending::default();
         if let (Some(finish), Some(object_uri)) = (&transition.finish_action, finished) {
-            self.events
-                .action(Verb::Update, finish.uuid, &object_uri, finish.state);
+            events.action(Verb::Update, finish.uuid, &object_uri, finish.state);
         }
         if transition.from != transition.to {
             let state = transition.to.as_str();
-            self.events.cluster(Verb::for_state(state), uuid, state);
+            events.cluster(Verb::for_state(state), uuid, state);
         }
         if let Some(action) = action {
-            self.publish_action_created(action);
+            action_created(&mut events, action);
         }
         if let Some((node_uuid, state)) = node_state {
-            self.events.node(
+            events.node(
                 Verb::for_state(state.as_str()),
                 node_uuid,
                 Some(uuid),
                 state.as_str(),
             );
         }
+        self.commit(tx, events).await?;
         Ok(true)
     }
 
@@ -1053,19 +1082,20 @@ impl Store {
             .await?;
         }
         insert_action_in(&mut tx, action).await?;
-        tx.commit().await?;
+        let mut events = Pending::default();
         match target {
             Some(change) if change.from != change.to => {
                 let state = change.to.as_str();
-                self.events.cluster(Verb::for_state(state), uuid, state);
+                events.cluster(Verb::for_state(state), uuid, state);
             }
             _ => {
                 if let Some(state) = state {
-                    self.events.cluster(Verb::Update, uuid, &state);
+                    events.cluster(Verb::Update, uuid, &state);
                 }
             }
         }
-        self.publish_action_created(action);
+        action_created(&mut events, action);
+        self.commit(tx, events).await?;
         Ok(true)
     }
 
@@ -1101,15 +1131,15 @@ impl Store {
         for node in nodes {
             changes.push(upsert_node_in(&mut tx, node).await?);
         }
-        tx.commit().await?;
+        let mut events = Pending::default();
         let mut ip_changes = Vec::with_capacity(nodes.len());
         for (node, (verb, after, ip_change)) in nodes.iter().zip(changes) {
             if let Some(verb) = verb {
-                self.events
-                    .node(verb, &node.uuid, node.cluster_uuid.as_deref(), &after);
+                events.node(verb, &node.uuid, node.cluster_uuid.as_deref(), &after);
             }
             ip_changes.push(ip_change);
         }
+        self.commit(tx, events).await?;
         Ok(ip_changes)
     }
 
@@ -1197,12 +1227,11 @@ impl Store {
         .bind(uuid)
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
+        let mut events = Pending::default();
         if let Some((state, cluster_uuid)) = row {
-            self.events
-                .node(Verb::Update, uuid, cluster_uuid.as_deref(), &state);
+            events.node(Verb::Update, uuid, cluster_uuid.as_deref(), &state);
         }
-        Ok(())
+        self.commit(tx, events).await
     }
 
     /// Marks a node gone (terminated by us, out of band, or a bring-your-own node removed)
@@ -1236,10 +1265,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         revoke_agent_in(&mut tx, uuid, now).await?;
-        tx.commit().await?;
-        self.events
-            .node(Verb::Delete, uuid, cluster_uuid.as_deref(), to.as_str());
-        Ok(())
+        let mut events = Pending::default();
+        events.node(Verb::Delete, uuid, cluster_uuid.as_deref(), to.as_str());
+        self.commit(tx, events).await
     }
 
     /// Applies `event` to a node that is in `from` (compare-and-set; health verdicts between
@@ -1263,15 +1291,16 @@ impl Store {
         .bind(from.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
+        let mut events = Pending::default();
         if let Some(cluster) = &moved {
-            self.events.node(
+            events.node(
                 Verb::for_state(to.as_str()),
                 uuid,
                 cluster.as_deref(),
                 to.as_str(),
             );
         }
+        self.commit(tx, events).await?;
         Ok(moved.map(|cluster| (to, cluster)))
     }
 
@@ -1310,9 +1339,9 @@ impl Store {
     pub async fn insert_action(&self, action: &ActionRecord) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         insert_action_in(&mut tx, action).await?;
-        tx.commit().await?;
-        self.publish_action_created(action);
-        Ok(())
+        let mut events = Pending::default();
+        action_created(&mut events, action);
+        self.commit(tx, events).await
     }
 
     /// Adds a line to an object's history: a finished action by the system (health
@@ -1342,15 +1371,6 @@ impl Store {
             can_be_retried: false,
         })
         .await
-    }
-
-    fn publish_action_created(&self, action: &ActionRecord) {
-        self.events.action(
-            Verb::Create,
-            &action.uuid,
-            &action.object_uri,
-            &action.state,
-        );
     }
 
     pub async fn action(&self, uuid: &str) -> Result<Option<ActionRecord>, StoreError> {
@@ -1405,14 +1425,27 @@ impl Store {
             .bind(state)
             .fetch_optional(&mut *tx)
             .await?;
-            tx.commit().await?;
-            if let Some(object_uri) = object_uri {
-                self.events.action(Verb::Update, uuid, &object_uri, to);
+            let mut events = Pending::default();
+            if let Some(object_uri) = &object_uri {
+                events.action(Verb::Update, uuid, object_uri, to);
+            }
+            self.commit(tx, events).await?;
+            if object_uri.is_some() {
                 return Ok(true);
             }
         }
         Ok(false)
     }
+}
+
+/// The `create` event of a new action.
+fn action_created(events: &mut Pending, action: &ActionRecord) {
+    events.action(
+        Verb::Create,
+        &action.uuid,
+        &action.object_uri,
+        &action.state,
+    );
 }
 
 /// One cluster's insert inside `tx`.

@@ -407,7 +407,7 @@ async fn action_logs<C: Cloud + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventBus;
+    use crate::events::{EventBus, Pending};
 
     #[tokio::test]
     async fn a_listener_that_falls_behind_is_told_how_many_events_it_missed() {
@@ -415,12 +415,14 @@ mod tests {
         let mut listener = bus.subscribe();
         let filter = Filter::default();
         for i in 0..crate::events::CAPACITY + 3 {
-            bus.node(
+            let mut pending = Pending::default();
+            pending.node(
                 crate::events::Verb::Update,
                 &format!("n{i}"),
                 None,
                 "Deployed",
             );
+            bus.publish_all(pending);
         }
         let Next::Send(first) = next_frame(listener.recv().await, &filter) else {
             panic!("a frame");

@@ -40,8 +40,8 @@ use flotilla_core::state::{ClusterState, NodeState};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 
-use crate::secrets::{SWARM_TOKENS, SecretKey};
-use crate::store::{NodeRecord, Store, StoreError, SwarmRecord};
+use crate::secrets::{AGENT_TASK, SWARM_TOKENS, SecretKey};
+use crate::store::{NodeRecord, SealedTask, Store, StoreError, SwarmRecord};
 
 /// How long a task handed to an agent is left to it before it is handed out again (its
 /// result, or the report showing its effect, normally arrives within a heartbeat or two).
@@ -59,30 +59,38 @@ struct Posted {
     due: Instant,
 }
 
-/// The tasks waiting for each node's agent, and the results agents sent back.
+/// This replica's copy of the tasks waiting for each node's agent, for heartbeat answers.
+///
+/// The tasks themselves live in the database (`agent_tasks`, written by the holder of the
+/// swarm lease): every replica answers heartbeats, and an agent's connection may reach any
+/// of them. This copy follows the table ([`follow_tasks`]) and is updated at once on the
+/// worker's own replica ([`Mailbox::post`]); when each task is handed out (again) is this
+/// replica's own bookkeeping — a task handed out by two replicas is run twice, which every
+/// task tolerates (they are idempotent on the engine).
 #[derive(Debug, Default)]
 pub struct Mailbox {
-    tasks: Mutex<HashMap<String, Vec<Posted>>>,
-    results: Mutex<Vec<(String, Vec<TaskResult>)>>,
+    tasks: Mutex<Tasks>,
     wake: Notify,
 }
 
-impl Mailbox {
-    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        mutex.lock().unwrap_or_else(|p| p.into_inner())
-    }
+#[derive(Debug, Default)]
+struct Tasks {
+    by_node: HashMap<String, Vec<Posted>>,
+    /// Bumped by every local [`Mailbox::post`], so that a copy of the table read before it
+    /// cannot undo it ([`Mailbox::replace_all`]).
+    version: u64,
+}
 
-    /// Sets the tasks of `node` to `tasks`: a task already posted keeps when it is due,
-    /// new ones are due now, the others are dropped.
-    pub fn post(&self, node: &str, tasks: Vec<AgentTask>) {
-        let mut all = Self::lock(&self.tasks);
-        let before = all.remove(node).unwrap_or_default();
+impl Tasks {
+    /// Sets the tasks of `node`: a task already there keeps when it is due, new ones are due
+    /// now, the others are dropped.
+    fn set(&mut self, node: &str, tasks: Vec<AgentTask>, now: Instant) {
+        let before = self.by_node.remove(node).unwrap_or_default();
         if tasks.is_empty() {
             return;
         }
         let mut due: HashMap<String, Instant> =
             before.into_iter().map(|p| (p.task.id, p.due)).collect();
-        let now = Instant::now();
         let posted = tasks
             .into_iter()
             .map(|task| Posted {
@@ -90,14 +98,56 @@ impl Mailbox {
                 task,
             })
             .collect();
-        all.insert(node.to_owned(), posted);
+        self.by_node.insert(node.to_owned(), posted);
+    }
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the tasks of `node` to `tasks` (the worker, right after storing them): a task
+    /// already posted keeps when it is due, new ones are due now, the others are dropped.
+    pub fn post(&self, node: &str, tasks: Vec<AgentTask>) {
+        let mut all = self.lock();
+        all.version += 1;
+        all.set(node, tasks, Instant::now());
+    }
+
+    /// The version a copy of the table must be read after to replace the posted tasks.
+    fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// Sets every node's tasks to `tasks` (the table as read after [`Mailbox::version`]
+    /// answered `read_after`), unless a local post came in between (the next read carries
+    /// it).
+    fn replace_all(&self, tasks: HashMap<String, Vec<AgentTask>>, read_after: u64) {
+        let mut all = self.lock();
+        if all.version != read_after {
+            return;
+        }
+        let now = Instant::now();
+        let gone: Vec<String> = all
+            .by_node
+            .keys()
+            .filter(|node| !tasks.contains_key(*node))
+            .cloned()
+            .collect();
+        for node in gone {
+            all.by_node.remove(&node);
+        }
+        for (node, tasks) in tasks {
+            all.set(&node, tasks, now);
+        }
     }
 
     /// The tasks to hand to `node`'s agent now (a heartbeat): those due. A task handed out
     /// is due again after [`REHAND_AFTER`], in case its answer was lost.
     pub fn take(&self, node: &str) -> Vec<AgentTask> {
-        let mut all = Self::lock(&self.tasks);
-        let Some(posted) = all.get_mut(node) else {
+        let mut all = self.lock();
+        let Some(posted) = all.by_node.get_mut(node) else {
             return Vec::new();
         };
         let now = Instant::now();
@@ -111,30 +161,134 @@ impl Mailbox {
             .collect()
     }
 
-    /// An agent's results (its fresh report is already stored): a task done is dropped (the
-    /// worker plans again and sees its effect), a failed one is due again after
-    /// [`RETRY_AFTER`].
-    pub fn report(&self, node: &str, results: Vec<TaskResult>) {
+    /// An agent's results (recorded already, with its fresh report): a task done is not
+    /// handed out again unless the worker still plans it [`REHAND_AFTER`] later (its effect
+    /// normally shows in the next pass, which drops it), a failed one is due again after
+    /// [`RETRY_AFTER`]. Wakes the worker, if it runs here.
+    pub fn report(&self, node: &str, results: &[TaskResult]) {
         if !results.is_empty() {
             let now = Instant::now();
-            if let Some(posted) = Self::lock(&self.tasks).get_mut(node) {
-                for result in &results {
-                    match result.ok {
-                        true => posted.retain(|p| p.task.id != result.id),
-                        false => posted
-                            .iter_mut()
-                            .filter(|p| p.task.id == result.id)
-                            .for_each(|p| p.due = now + RETRY_AFTER),
-                    }
+            if let Some(posted) = self.lock().by_node.get_mut(node) {
+                for result in results {
+                    let due = now + if result.ok { REHAND_AFTER } else { RETRY_AFTER };
+                    posted
+                        .iter_mut()
+                        .filter(|p| p.task.id == result.id)
+                        .for_each(|p| p.due = due);
                 }
             }
-            Self::lock(&self.results).push((node.to_owned(), results));
         }
         self.wake.notify_one();
     }
+}
 
-    fn take_results(&self) -> Vec<(String, Vec<TaskResult>)> {
-        std::mem::take(&mut *Self::lock(&self.results))
+/// How often every replica reads the tasks table into its [`Mailbox`].
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads the tasks table into `mailbox` once.
+pub async fn read_tasks(
+    mailbox: &Mailbox,
+    store: &Store,
+    secret_key: &SecretKey,
+) -> anyhow::Result<()> {
+    let read_after = mailbox.version();
+    let mut tasks = HashMap::new();
+    for (node, sealed) in store.agent_tasks().await? {
+        let mut opened = Vec::with_capacity(sealed.len());
+        for task in sealed {
+            let plain = secret_key.open(
+                AGENT_TASK,
+                &hex::decode(&task.nonce)?,
+                &hex::decode(&task.sealed)?,
+            )?;
+            opened.push(serde_json::from_slice::<AgentTask>(&plain)?);
+        }
+        tasks.insert(node, opened);
+    }
+    mailbox.replace_all(tasks, read_after);
+    Ok(())
+}
+
+/// Keeps `mailbox` following the tasks table, every [`FOLLOW_INTERVAL`], until `stop`
+/// (every replica runs it: any of them may answer an agent's heartbeat).
+pub async fn follow_tasks(
+    mailbox: Arc<Mailbox>,
+    store: Store,
+    secret_key: SecretKey,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(error) = read_tasks(&mailbox, &store, &secret_key).await {
+            tracing::warn!(error = format!("{error:#}"), "reading the agents' tasks");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Records an agent's task results (any replica, as the agent's `PATCH` arrives): each
+/// result's message goes into its swarm's action log, and an `Init`'s join tokens are
+/// sealed and stored (only from the recorded bootstrap manager).
+pub async fn record_results(
+    store: &Store,
+    secret_key: &SecretKey,
+    node: &str,
+    results: &[TaskResult],
+) -> anyhow::Result<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let Some(record) = store.node(node).await? else {
+        return Ok(());
+    };
+    let Some(cluster) = record.cluster_uuid.as_deref() else {
+        return Ok(());
+    };
+    let Some(swarm) = store
+        .swarms()
+        .await?
+        .into_iter()
+        .find(|s| s.manager_cluster == cluster || s.worker_cluster == cluster)
+    else {
+        return Ok(());
+    };
+    for result in results {
+        let outcome = if result.ok { "done" } else { "failed" };
+        log_to(
+            store,
+            &swarm,
+            &format!(
+                "node {node}: task {} {outcome}: {}",
+                result.id, result.message
+            ),
+        )
+        .await;
+        if let Some(tokens) = &result.join_tokens
+            && result.ok
+            && swarm.bootstrap_node.as_deref() == Some(node)
+        {
+            let (nonce, sealed) = secret_key.seal(SWARM_TOKENS, &serde_json::to_vec(tokens)?)?;
+            store
+                .set_swarm_tokens(&swarm.uuid, &hex::encode(nonce), &hex::encode(sealed))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one line into the swarm's current action log (and the server's log).
+async fn log_to(store: &Store, swarm: &SwarmRecord, line: &str) {
+    tracing::info!(swarm = swarm.uuid, "{line}");
+    if let Some(action) = &swarm.current_action {
+        let stamped = format!("{} {line}\n", date::format_iso_unix(date::now_unix()));
+        if let Err(error) = store.append_action_log(action, &stamped).await {
+            tracing::warn!(error = %error, "writing the swarm's action log");
+        }
     }
 }
 
@@ -329,6 +483,8 @@ struct Memory {
     waiting: Vec<String>,
     /// When each leaving member's drain was first asked.
     drain_started: BTreeMap<String, u64>,
+    /// The task ids last stored for each node (see [`SwarmWorker::deliver`]).
+    delivered: HashMap<String, Vec<String>>,
     /// The load balancer's last converged inputs and when (see [`SwarmWorker::balance`]).
     balanced: Option<(LbInputs, Instant)>,
 }
@@ -354,11 +510,6 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
                 return;
             }
             self.liveness.beat("swarm worker");
-            for (node, results) in self.mailbox.take_results() {
-                if let Err(error) = self.record_results(&node, &results).await {
-                    tracing::warn!(node, error = format!("{error:#}"), "recording task results");
-                }
-            }
             match self.store.swarms().await {
                 Ok(swarms) => {
                     for swarm in swarms {
@@ -384,13 +535,36 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
     }
 
     async fn log(&self, swarm: &SwarmRecord, line: &str) {
-        tracing::info!(swarm = swarm.uuid, "{line}");
-        if let Some(action) = &swarm.current_action {
-            let stamped = format!("{} {line}\n", date::format_iso_unix(date::now_unix()));
-            if let Err(error) = self.store.append_action_log(action, &stamped).await {
-                tracing::warn!(error = %error, "writing the swarm's action log");
+        log_to(&self.store, swarm, line).await;
+    }
+
+    /// Makes `tasks` the ones waiting for `node`'s agent: stored (sealed) for every replica
+    /// when they differ from what this tenure last stored — so an unchanged plan costs no
+    /// write, and a new tenure stores each node's tasks once — and posted here at once.
+    async fn deliver(
+        &self,
+        node: &str,
+        tasks: Vec<AgentTask>,
+        memory: &mut Memory,
+    ) -> anyhow::Result<()> {
+        let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        if memory.delivered.get(node) != Some(&ids) {
+            let mut sealed = Vec::with_capacity(tasks.len());
+            for task in &tasks {
+                let (nonce, ciphertext) = self
+                    .secret_key
+                    .seal(AGENT_TASK, &serde_json::to_vec(task)?)?;
+                sealed.push(SealedTask {
+                    id: task.id.clone(),
+                    nonce: hex::encode(nonce),
+                    sealed: hex::encode(ciphertext),
+                });
             }
+            self.store.set_agent_tasks(node, &sealed).await?;
+            memory.delivered.insert(node.to_owned(), ids);
         }
+        self.mailbox.post(node, tasks);
+        Ok(())
     }
 
     fn tokens(&self, swarm: &SwarmRecord) -> anyhow::Result<Option<JoinTokens>> {
@@ -413,7 +587,7 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
         let view = SwarmView::load(&self.store, swarm).await?;
         let swarm = &view.swarm;
         if swarm.state == ClusterState::Terminating {
-            return self.finish_termination(&view).await;
+            return self.finish_termination(&view, memory).await;
         }
         let desired = Desired {
             managers: swarm.managers,
@@ -563,8 +737,8 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
                 .push(AgentTask { id, op });
         }
         for (node, _) in &view.nodes {
-            self.mailbox
-                .post(&node.uuid, tasks.remove(&node.uuid).unwrap_or_default());
+            let tasks = tasks.remove(&node.uuid).unwrap_or_default();
+            self.deliver(&node.uuid, tasks, memory).await?;
         }
         if plan.waiting != memory.waiting {
             for line in &plan.waiting {
@@ -728,10 +902,14 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
     /// A terminating swarm: its load balancer goes first (its subnets and security group
     /// keep the network from being torn down); the swarm is terminated once both its
     /// clusters are.
-    async fn finish_termination(&self, view: &SwarmView) -> anyhow::Result<()> {
+    async fn finish_termination(
+        &self,
+        view: &SwarmView,
+        memory: &mut Memory,
+    ) -> anyhow::Result<()> {
         let swarm = &view.swarm;
         for (node, _) in &view.nodes {
-            self.mailbox.post(&node.uuid, Vec::new());
+            self.deliver(&node.uuid, Vec::new(), memory).await?;
         }
         if swarm.load_balancer.is_some() {
             let Some(managers) = self.store.cluster(&swarm.manager_cluster).await? else {
@@ -765,48 +943,6 @@ impl<C: Cloud + 'static> SwarmWorker<C> {
             "both node clusters are terminated",
         )
         .await
-    }
-
-    /// Logs an agent's results in its swarm's action and stores an `Init`'s tokens, sealed.
-    async fn record_results(&self, node: &str, results: &[TaskResult]) -> anyhow::Result<()> {
-        let Some(record) = self.store.node(node).await? else {
-            return Ok(());
-        };
-        let Some(cluster) = record.cluster_uuid.as_deref() else {
-            return Ok(());
-        };
-        let Some(swarm) = self
-            .store
-            .swarms()
-            .await?
-            .into_iter()
-            .find(|s| s.manager_cluster == cluster || s.worker_cluster == cluster)
-        else {
-            return Ok(());
-        };
-        for result in results {
-            let outcome = if result.ok { "done" } else { "failed" };
-            self.log(
-                &swarm,
-                &format!(
-                    "node {node}: task {} {outcome}: {}",
-                    result.id, result.message
-                ),
-            )
-            .await;
-            if let Some(tokens) = &result.join_tokens
-                && result.ok
-                && swarm.bootstrap_node.as_deref() == Some(node)
-            {
-                let (nonce, sealed) = self
-                    .secret_key
-                    .seal(SWARM_TOKENS, &serde_json::to_vec(tokens)?)?;
-                self.store
-                    .set_swarm_tokens(&swarm.uuid, &hex::encode(nonce), &hex::encode(sealed))
-                    .await?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -870,14 +1006,36 @@ mod tests {
             message: String::new(),
             join_tokens: None,
         };
-        mailbox.report("n", vec![result("b", true), result("c", false)]);
+        mailbox.report("n", &[result("b", true), result("c", false)]);
         assert!(
             mailbox.take("n").is_empty(),
             "b is done; c waits RETRY_AFTER"
         );
-        assert_eq!(mailbox.take_results().len(), 1);
         mailbox.post("n", vec![]);
         assert!(mailbox.take("n").is_empty());
+    }
+
+    #[test]
+    fn a_copy_of_the_table_read_before_a_local_post_does_not_undo_it() {
+        let mailbox = Mailbox::default();
+        mailbox.post("n", vec![task("a")]);
+        let read_after = mailbox.version();
+        mailbox.replace_all(
+            HashMap::from([("n".to_owned(), vec![task("a"), task("b")])]),
+            read_after,
+        );
+        assert_eq!(mailbox.take("n").len(), 2, "the table's copy is followed");
+        let stale = mailbox.version();
+        mailbox.post("n", vec![task("c")]);
+        mailbox.replace_all(HashMap::new(), stale);
+        let ids: Vec<String> = mailbox.take("n").into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, ["c"], "read before the post: ignored");
+        mailbox.replace_all(HashMap::new(), mailbox.version());
+        mailbox.post("m", vec![]);
+        assert!(
+            mailbox.lock().by_node.is_empty(),
+            "a node gone from the table"
+        );
     }
 
     #[test]

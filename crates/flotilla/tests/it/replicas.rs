@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::agent::Registration;
 use flotilla_api::{AgentClient, uri};
-use flotilla_testkit::{DatabaseKind, Fault, MotoAccount, Rule, ServerProcess};
+use flotilla_testkit::{
+    DatabaseKind, Fault, InstanceRunner, MotoAccount, Rule, RunnerConfig, ServerProcess,
+};
 use prometheus_parse::{Scrape, Value as Metric};
 
 use crate::server_crash::six_nodes_and_one_network;
@@ -488,4 +490,76 @@ async fn agents_moving_off_a_killed_replica_are_never_unreachable() {
             events.dump()
         );
     }
+}
+
+/// The value of a counter in `api`'s `/metrics` (0 when absent).
+async fn counter(api: &Api, metric: &str) -> f64 {
+    scrape(api)
+        .await
+        .iter()
+        .filter(|s| s.metric == metric)
+        .map(gauge)
+        .sum()
+}
+
+/// A swarm whose agents all talk to a replica that does not plan swarms: the tasks the
+/// planning replica (the holder of the `swarms` lease) decides reach the agents through the
+/// database, the replica they talk to hands them out, and it records their results (the
+/// `Init`'s join tokens among them, without which nobody could join). Real engines, as in
+/// `swarm.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_forms_with_its_agents_talking_to_a_replica_that_does_not_plan_it() {
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
+    let replicas = Replicas::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
+    let planner = replicas.wait_for_holder("swarms", &[], None).await;
+    let other = (planner + 1) % 3;
+    let mut config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
+    config.docker = true;
+    config.server_url = Some(replicas.servers[other].base());
+    let runner = InstanceRunner::start(config).await;
+
+    let api = &replicas.apis[other];
+    let body = serde_json::json!({
+        "name": "across",
+        "region": uri::region("aws", "us-east-1"),
+        "manager_node_type": uri::node_type("aws", "t3.micro"),
+        "manager_count": 1,
+        "worker_count": 1,
+    });
+    let (status, created) = api
+        .call(reqwest::Method::POST, &uri::swarms(), Some(body))
+        .await;
+    assert!(status == 201 || status == 202, "{status} {created}");
+    let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let started = Instant::now();
+    let swarm = loop {
+        let (_, swarm) = api
+            .call(reqwest::Method::GET, &uri::swarm(&uuid), None)
+            .await;
+        if swarm["state"] == "Deployed" && crate::swarm::all_ready(&swarm, 2) {
+            break swarm;
+        }
+        assert!(
+            started.elapsed() < crate::swarm::SWARM_LIMIT,
+            "the swarm never formed: {swarm:#}\nagents:\n{}\n{}",
+            runner.logs(),
+            replicas.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(swarm["cluster_id"].is_string(), "{swarm:#}");
+    assert_eq!(
+        replicas.holder("swarms", &[]).await,
+        Some(planner),
+        "one replica planned the swarm throughout"
+    );
+    assert!(
+        counter(&replicas.apis[other], "flotilla_swarm_tasks_handed_total").await > 0.0,
+        "the agents' replica handed the tasks out"
+    );
+    assert_eq!(
+        counter(&replicas.apis[planner], "flotilla_swarm_tasks_handed_total").await,
+        0.0,
+        "no agent talked to the planning replica"
+    );
 }

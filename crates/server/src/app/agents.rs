@@ -607,8 +607,24 @@ impl<C: Cloud + 'static> App<C> {
                 date::now_unix(),
             )
             .await?;
+        // A result that cannot be recorded is not taken as done here (its task is handed
+        // out again), so a failure is only logged.
+        let recorded = match &self.secret_key {
+            Some(key) => crate::swarm::record_results(&self.store, key, uuid, &update.results)
+                .await
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        node = uuid,
+                        error = format!("{error:#}"),
+                        "recording task results"
+                    );
+                })
+                .is_ok(),
+            None => true,
+        };
         if update.engine.is_some() || !update.results.is_empty() {
-            self.mailbox.report(uuid, update.results.clone());
+            let results: &[_] = if recorded { &update.results } else { &[] };
+            self.mailbox.report(uuid, results);
         }
         self.agent_node(uuid).await
     }

@@ -13,6 +13,7 @@
 use flotilla_core::state::NodeState;
 
 use super::{Store, StoreError, corrupt, to_json};
+use crate::events::{Pending, Verb};
 
 /// A node's registered agent. The credential itself is never stored, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,20 +186,21 @@ impl Store {
         if moved.rows_affected() != 1 {
             return Ok(Registered::StateChanged);
         }
-        tx.commit().await?;
         let ip_change = (ip_before.as_deref() != Some(node.public_ip)).then(|| super::IpChange {
             from: ip_before,
             to: Some(node.public_ip.to_owned()),
         });
+        let mut events = Pending::default();
         if node.from != node.to || ip_change.is_some() {
             let state = node.to.as_str();
-            self.events.node(
-                crate::events::Verb::for_state(state),
+            events.node(
+                Verb::for_state(state),
                 &agent.node_uuid,
                 node.cluster_uuid,
                 state,
             );
         }
+        self.commit(tx, events).await?;
         Ok(Registered::Done(ip_change))
     }
 
@@ -247,13 +249,9 @@ impl Store {
         .bind(agent.updated_at)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        self.events.node(
-            crate::events::Verb::Create,
-            &node.uuid,
-            None,
-            node.state.as_str(),
-        );
+        let mut events = Pending::default();
+        events.node(Verb::Create, &node.uuid, None, node.state.as_str());
+        self.commit(tx, events).await?;
         Ok(true)
     }
 

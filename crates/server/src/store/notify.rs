@@ -1,60 +1,75 @@
 //! PostgreSQL notifications (LISTEN/NOTIFY) for sharing events among replicas (the
-//! server's `replicas` module decides what is sent and what a notification means).
+//! server's `replicas` module decides what a notification received means).
 //!
 //! Design decisions:
-//! * Dedicated connections, outside the store's pools: a listening connection cannot be
-//!   shared, and notifications must not queue behind the single writer.
+//! * A write's events are sent inside its own transaction ([`send_in`], called by the
+//!   store's commit): PostgreSQL delivers a notification when, and only when, its
+//!   transaction commits, so every committed change reaches the other replicas' listeners
+//!   even if this replica dies right after the commit, and a rolled-back one never does.
+//!   One notification ([`Notice`]) carries a transaction's events, split to stay under
+//!   PostgreSQL's 8000-byte payload limit.
+//! * The listener has a dedicated connection, outside the store's pools: a listening
+//!   connection cannot be shared.
 //! * A lost listening connection is reported (`Ok(None)`) rather than hidden: whatever was
 //!   sent while it was down is gone, and the caller tells its listeners to resync.
 
-use sqlx::Connection as _;
+use flotilla_api as api;
+use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 
-/// Sends notifications on its own connection, reopened after a failure.
-#[derive(Debug)]
-pub struct Notifier {
-    url: String,
-    connection: Option<sqlx::PgConnection>,
+/// The notification channel replicas share their events on.
+pub const CHANNEL: &str = "flotilla_events";
+
+/// A payload stays under this many bytes (PostgreSQL refuses 8000 and more).
+const PAYLOAD_LIMIT: usize = 7000;
+
+/// One notification: events of one transaction and the replica that made them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Notice {
+    pub replica: String,
+    pub events: Vec<api::Event>,
 }
 
-impl Notifier {
-    pub fn new(url: impl Into<String>) -> Notifier {
-        Notifier {
-            url: url.into(),
-            connection: None,
+/// `events` as notification payloads of at most [`PAYLOAD_LIMIT`] bytes each (an event
+/// alone is always sent, whatever its size).
+pub fn payloads(replica: &str, events: &[api::Event]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut notice = Notice {
+        replica: replica.to_owned(),
+        events: Vec::new(),
+    };
+    let mut size = 0;
+    for event in events {
+        let event_size = serde_json::to_string(event).map_or(0, |e| e.len()) + 1;
+        if !notice.events.is_empty() && size + event_size > PAYLOAD_LIMIT {
+            payloads.extend(serde_json::to_string(&notice).ok());
+            notice.events.clear();
+            size = 0;
         }
+        size += event_size;
+        notice.events.push(event.clone());
     }
+    if !notice.events.is_empty() {
+        payloads.extend(serde_json::to_string(&notice).ok());
+    }
+    payloads
+}
 
-    /// `pg_notify(channel, payload)`; one more try on a fresh connection if the open one
-    /// failed.
-    pub async fn notify(&mut self, channel: &str, payload: &str) -> Result<(), StoreError> {
-        let mut last = None;
-        for _ in 0..2 {
-            let connection = match self.connection.as_mut() {
-                Some(open) => open,
-                None => self
-                    .connection
-                    .insert(sqlx::PgConnection::connect(&self.url).await?),
-            };
-            match sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(payload)
-                .execute(&mut *connection)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(error) => {
-                    self.connection = None;
-                    last = Some(error);
-                }
-            }
-        }
-        Err(last.map_or_else(
-            || StoreError::Database(sqlx::Error::PoolClosed),
-            StoreError::Database,
-        ))
+/// Sends `events` as `replica`'s inside `tx`: delivered when `tx` commits.
+pub(super) async fn send_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    replica: &str,
+    events: &[api::Event],
+) -> Result<(), StoreError> {
+    for payload in payloads(replica, events) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await?;
     }
+    Ok(())
 }
 
 /// Receives the notifications of one channel.
@@ -84,5 +99,102 @@ impl NotificationListener {
             .try_recv()
             .await?
             .map(|notification| notification.payload().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    async fn next(listener: &mut NotificationListener) -> String {
+        tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("a notification within 10 s")
+            .expect("received")
+            .expect("connected")
+    }
+
+    use flotilla_core::state::ClusterState;
+
+    use super::*;
+    use crate::store::Transition;
+    use crate::store::testing::{self, Backend};
+
+    fn event(n: usize) -> api::Event {
+        api::Event {
+            kind: "node".into(),
+            action: "update".into(),
+            datetime: "2026-12-07T00:00:00Z".into(),
+            parents: vec![format!("/api/infra/v1/nodecluster/{n:0>36}/")],
+            resource_uri: format!("/api/infra/v1/node/{n:0>36}/"),
+            state: "Deployed".into(),
+            uuid: format!("{n:0>36}"),
+        }
+    }
+
+    #[test]
+    fn a_big_transaction_is_split_under_the_payload_limit_and_loses_nothing() {
+        let events: Vec<api::Event> = (0..200).map(event).collect();
+        let sent = payloads("replica-a", &events);
+        assert!(sent.len() > 1, "200 events do not fit one payload");
+        let mut back = Vec::new();
+        for payload in &sent {
+            assert!(payload.len() < 8000, "{} bytes", payload.len());
+            let notice: Notice = serde_json::from_str(payload).expect("a notice");
+            assert_eq!(notice.replica, "replica-a");
+            back.extend(notice.events);
+        }
+        let uuids = |e: &[api::Event]| e.iter().map(|e| e.uuid.clone()).collect::<Vec<_>>();
+        assert_eq!(uuids(&back), uuids(&events), "all of them, in order");
+        assert!(payloads("replica-a", &[]).is_empty());
+    }
+
+    /// The events of a write reach a listener because its transaction committed; a write
+    /// that changed nothing (a compare-and-set that lost) sends none.
+    #[tokio::test]
+    async fn a_writes_events_are_sent_with_its_commit_and_only_then() {
+        let store = testing::store(Backend::Postgres).await;
+        store.share_events_as("a");
+        let mut listener = NotificationListener::connect(&store.location, CHANNEL)
+            .await
+            .expect("listen");
+        let cluster = testing::cluster(ClusterState::Init);
+        store
+            .insert_cluster(&cluster, &testing::action("a1", "/c1"), "default")
+            .await
+            .expect("insert");
+        let notice: Notice = serde_json::from_str(&next(&mut listener).await).expect("notice");
+        assert_eq!(notice.replica, "a");
+        let kinds: Vec<&str> = notice.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["nodecluster", "action"],
+            "one notice per transaction"
+        );
+
+        // Lost compare-and-set (the cluster is not Deployed): rolled back, nothing sent.
+        let lost = Transition::new(ClusterState::Deployed, ClusterState::Terminating);
+        let moved = store
+            .transition_cluster("c1", &lost, None, None)
+            .await
+            .expect("transition");
+        assert!(!moved);
+        let won = Transition::new(ClusterState::Init, ClusterState::Deploying);
+        assert!(
+            store
+                .transition_cluster("c1", &won, None, None)
+                .await
+                .expect("transition")
+        );
+        let notice: Notice = serde_json::from_str(&next(&mut listener).await).expect("notice");
+        assert_eq!(
+            notice
+                .events
+                .iter()
+                .map(|e| e.state.as_str())
+                .collect::<Vec<_>>(),
+            ["Deploying"],
+            "the next notice is the write that committed"
+        );
     }
 }

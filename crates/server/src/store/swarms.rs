@@ -11,12 +11,24 @@
 //!   and every later pass reads it.
 //! * Join tokens are stored sealed (the caller seals them; see `crate::secrets`).
 
+use std::collections::BTreeMap;
+
 use flotilla_core::state::ClusterState;
 
 use super::{
-    ActionRecord, ClusterRecord, Store, StoreError, corrupt, insert_action_in, insert_cluster_in,
+    ActionRecord, ClusterRecord, Store, StoreError, action_created, corrupt, insert_action_in,
+    insert_cluster_in,
 };
-use crate::events::Verb;
+use crate::events::{Pending, Verb};
+
+/// A task waiting for an agent, as stored: its id and the sealed task (nonce, ciphertext;
+/// hex) — a join task carries a join token, so tasks are sealed like the tokens are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedTask {
+    pub id: String,
+    pub nonce: String,
+    pub sealed: String,
+}
 
 /// A swarm as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,16 +152,15 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
-        self.events.swarm(Verb::Create, &s.uuid, s.state.as_str());
+        let mut events = Pending::default();
+        events.swarm(Verb::Create, &s.uuid, s.state.as_str());
         for cluster in [new.managers, new.workers] {
-            self.events
-                .cluster(Verb::Create, &cluster.uuid, cluster.state.as_str());
+            events.cluster(Verb::Create, &cluster.uuid, cluster.state.as_str());
         }
         for action in new.actions {
-            self.publish_action_created(action);
+            action_created(&mut events, action);
         }
-        Ok(())
+        self.commit(tx, events).await
     }
 
     pub async fn swarm(&self, uuid: &str) -> Result<Option<SwarmRecord>, StoreError> {
@@ -270,12 +281,12 @@ impl Store {
         if let Some(action) = action {
             insert_action_in(&mut tx, action).await?;
         }
-        tx.commit().await?;
-        self.events
-            .swarm(Verb::for_state(to.as_str()), uuid, to.as_str());
+        let mut events = Pending::default();
+        events.swarm(Verb::for_state(to.as_str()), uuid, to.as_str());
         if let Some(action) = action {
-            self.publish_action_created(action);
+            action_created(&mut events, action);
         }
+        self.commit(tx, events).await?;
         Ok(true)
     }
 
@@ -367,4 +378,96 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Replaces the tasks waiting for `node`'s agent with `tasks` (each with its id and its
+    /// sealed form, in the planner's order), in one transaction. Called by the holder of the
+    /// swarm lease, so it is fenced like every write of that work.
+    pub async fn set_agent_tasks(
+        &self,
+        node: &str,
+        tasks: &[SealedTask],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM agent_tasks WHERE node_uuid = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        for (position, task) in tasks.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO agent_tasks (node_uuid, task_id, position, task_nonce, task_sealed) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(node)
+            .bind(&task.id)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .bind(&task.nonce)
+            .bind(&task.sealed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every task waiting for an agent: node → its tasks in order.
+    pub async fn agent_tasks(&self) -> Result<BTreeMap<String, Vec<SealedTask>>, StoreError> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT node_uuid, task_id, task_nonce, task_sealed FROM agent_tasks \
+             ORDER BY node_uuid, position",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tasks: BTreeMap<String, Vec<SealedTask>> = BTreeMap::new();
+        for (node, id, nonce, sealed) in rows {
+            tasks
+                .entry(node)
+                .or_default()
+                .push(SealedTask { id, nonce, sealed });
+        }
+        Ok(tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{self, Backend, store_tests};
+
+    fn sealed(id: &str) -> SealedTask {
+        SealedTask {
+            id: id.into(),
+            nonce: format!("nonce-{id}"),
+            sealed: format!("sealed-{id}"),
+        }
+    }
+
+    async fn a_nodes_tasks_are_replaced_whole_and_kept_in_order(backend: Backend) {
+        let store = testing::store(backend).await;
+        store
+            .set_agent_tasks("n1", &[sealed("b"), sealed("a"), sealed("c")])
+            .await
+            .expect("set n1");
+        store
+            .set_agent_tasks("n2", &[sealed("x")])
+            .await
+            .expect("set n2");
+        let all = store.agent_tasks().await.expect("read");
+        let ids = |node: &str| -> Vec<String> {
+            all.get(node)
+                .map(|t| t.iter().map(|t| t.id.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(ids("n1"), ["b", "a", "c"], "the planner's order");
+        assert_eq!(all["n2"], [sealed("x")]);
+        store
+            .set_agent_tasks("n1", &[sealed("c")])
+            .await
+            .expect("replace n1");
+        store.set_agent_tasks("n2", &[]).await.expect("clear n2");
+        let all = store.agent_tasks().await.expect("read");
+        assert_eq!(all.len(), 1, "a node without tasks has no rows: {all:?}");
+        assert_eq!(all["n1"], [sealed("c")]);
+    }
+
+    store_tests!(a_nodes_tasks_are_replaced_whole_and_kept_in_order);
 }

@@ -22,7 +22,7 @@ pub(crate) enum Backend {
 pub(crate) struct TestStore {
     store: Store,
     /// The database's file or URL, for [`TestStore::another_replica`].
-    location: String,
+    pub(crate) location: String,
     _sqlite_dir: Option<tempfile::TempDir>,
     _postgres: Option<flotilla_testkit::postgres::TestDatabase<'static>>,
 }

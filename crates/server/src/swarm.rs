@@ -10,11 +10,16 @@
 //!   each agent reports its own engine and carries out the tasks addressed to it. A task
 //!   reaches its agent in a heartbeat answer ([`Mailbox`]), so it needs no connection into
 //!   the node and no new port, and it is as authenticated as the heartbeat.
-//! * **Nothing here is remembered that correctness needs.** The mailbox is rebuilt from the
-//!   plan on every pass; a restarted server has an empty one and plans again from the
-//!   store, which holds the recorded bootstrap manager, the adopted cluster ID, the sealed
-//!   tokens and the agents' last reports. A task's id is derived from its step, so a step
-//!   planned again after a restart is the same task, and agents run each task idempotently.
+//! * **Tasks are stored, not held.** Any replica may answer an agent, so the worker (one
+//!   replica, by lease) stores each node's tasks, sealed, when its plan for the node changes
+//!   (`agent_tasks`), and every replica follows the table ([`follow_tasks`]); results are
+//!   recorded by the replica the agent reports to ([`record_results`]).
+//! * **Nothing here is remembered that correctness needs.** The tasks are planned again on
+//!   every pass; a new owner of the work stores every node's tasks once and plans again from
+//!   the store, which holds the recorded bootstrap manager, the adopted cluster ID, the
+//!   sealed tokens and the agents' last reports. A task's id is derived from its step, so a
+//!   step planned again after a restart is the same task, and agents run each task
+//!   idempotently.
 //! * **Bootstrapping is decided, recorded, then done.** The planner picks the manager that
 //!   initialises; the pick is written (compare-and-set) before any `Init` is handed out, so
 //!   no two managers can each start a swarm, whatever crashes or races.

@@ -186,6 +186,11 @@ impl Cloud for AwsAccount {
         // included.
         self.settings.observer.set(observer);
     }
+
+    fn share_network_lock(&self, lock: Arc<dyn flotilla_core::cloud::NetworkLock>) {
+        // Shared by every engine made from these settings, like the observer.
+        self.settings.network_lock.set(lock);
+    }
 }
 
 /// Whether an SDK configuration's credentials provider yields keys (within 10 s, so a

@@ -37,7 +37,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{Credentials, Region};
 use flotilla_core::cloud::{
     AvailabilityZone, CallObserver, Cloud, CloudError, CredentialReport, Instance,
-    InstanceProfileInfo, LaunchRequest, Network, NetworkInventory, NetworkRequest,
+    InstanceProfileInfo, LaunchRequest, Network, NetworkInventory, NetworkLock, NetworkRequest,
     NodeTypeOffering, TeardownReport,
 };
 
@@ -71,31 +71,45 @@ pub struct AwsSettings {
     pub validation_concurrency: usize,
     /// Who hears about every finished call (the server's metrics); shared by every clone
     /// of these settings, so an `Aws` made later for new keys reports to the same place.
-    pub observer: ObserverSlot,
+    pub observer: Slot<dyn CallObserver>,
+    /// What a region's own network is ensured and torn down under, among the server's
+    /// replicas ([`NetworkLock`]); shared by every clone like `observer`.
+    pub network_lock: Slot<dyn NetworkLock>,
 }
 
-/// The [`CallObserver`] of an engine, set once (when the server's metrics exist) and shared
-/// by every clone.
-#[derive(Clone, Default)]
-pub struct ObserverSlot(Arc<std::sync::OnceLock<Arc<dyn CallObserver>>>);
+/// A hook the server gives an engine once (its metrics, its replicas' network lock),
+/// shared by every clone of the settings.
+pub struct Slot<T: ?Sized>(Arc<std::sync::OnceLock<Arc<T>>>);
 
-impl ObserverSlot {
-    /// Sets the observer; a second call is ignored (one server, one registry).
-    pub fn set(&self, observer: Arc<dyn CallObserver>) {
-        let _ = self.0.set(observer);
+impl<T: ?Sized> Clone for Slot<T> {
+    fn clone(&self) -> Self {
+        Slot(self.0.clone())
+    }
+}
+
+impl<T: ?Sized> Default for Slot<T> {
+    fn default() -> Self {
+        Slot(Arc::default())
+    }
+}
+
+impl<T: ?Sized> Slot<T> {
+    /// Sets the hook; a second call is ignored (one server, one of each).
+    pub fn set(&self, hook: Arc<T>) {
+        let _ = self.0.set(hook);
     }
 
-    pub(crate) fn get(&self) -> Option<&Arc<dyn CallObserver>> {
+    pub(crate) fn get(&self) -> Option<&Arc<T>> {
         self.0.get()
     }
 }
 
-impl std::fmt::Debug for ObserverSlot {
+impl<T: ?Sized> std::fmt::Debug for Slot<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() {
-            "ObserverSlot(set)"
+            "Slot(set)"
         } else {
-            "ObserverSlot(empty)"
+            "Slot(empty)"
         })
     }
 }
@@ -132,7 +146,8 @@ impl Default for AwsSettings {
             burst: 100,
             attempt_timeout: Duration::from_secs(30),
             validation_concurrency: 8,
-            observer: ObserverSlot::default(),
+            observer: Slot::default(),
+            network_lock: Slot::default(),
         }
     }
 }
@@ -334,6 +349,10 @@ impl Aws {
 impl Cloud for Aws {
     fn observe_calls(&self, observer: Arc<dyn CallObserver>) {
         self.settings.observer.set(observer);
+    }
+
+    fn share_network_lock(&self, lock: Arc<dyn NetworkLock>) {
+        self.settings.network_lock.set(lock);
     }
 
     fn call_counts(&self) -> BTreeMap<String, u64> {

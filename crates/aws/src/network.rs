@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceType, IpPermission, IpRange, Placement, ResourceType};
 use flotilla_core::cloud::{
-    CloudError, Network, NetworkRequest, SkippedAz, Subnet, TeardownReport,
+    CloudError, Held, Network, NetworkRequest, SkippedAz, Subnet, TeardownReport,
 };
 use flotilla_core::network::{DEFAULT_VPC_CIDR, Ipv4Cidr, plan_subnets};
 use flotilla_core::plan::network::usable_zones;
@@ -86,12 +86,36 @@ pub(crate) async fn ensure(aws: &Aws, request: &NetworkRequest) -> Result<Networ
             // network and each create one; the loser's pass then fails on the gateway
             // attached to the other VPC. One ensure at a time per region: the second one
             // finds what the first made (by tag) and only describes.
-            let lock = aws.network_lock(&request.region);
-            let _one_at_a_time = lock.lock().await;
-            ensure_auto(aws, request).await
+            let held = hold_network(aws, &request.region).await;
+            let ensured = ensure_auto(aws, request).await;
+            release_network(aws, held).await;
+            ensured
         }
         Some(vpc) => ensure_user_vpc(aws, request, vpc).await,
     }
+}
+
+/// `region`'s own network, held: no other ensure or teardown of it runs in this process (a
+/// mutex per region) or among the server's replicas (the
+/// [`flotilla_core::cloud::NetworkLock`] the server shared, if any). The work is not
+/// passed in but run between [`hold_network`] and [`release_network`], so its (large)
+/// future stays where it was.
+type HeldNetwork = (tokio::sync::OwnedMutexGuard<()>, Option<Held>);
+
+async fn hold_network(aws: &Aws, region: &str) -> HeldNetwork {
+    let here = aws.network_lock(region).lock_owned().await;
+    let shared = match aws.settings.network_lock.get() {
+        Some(lock) => Some(lock.hold(region).await),
+        None => None,
+    };
+    (here, shared)
+}
+
+async fn release_network(aws: &Aws, (here, shared): HeldNetwork) {
+    if let (Some(lock), Some(held)) = (aws.settings.network_lock.get(), shared) {
+        lock.release(held).await;
+    }
+    drop(here);
 }
 
 /// The AZs the network may use (`flotilla_core::plan::network::usable_zones`).
@@ -1200,8 +1224,16 @@ async fn ensure_user_vpc(
 /// States in which an instance still occupies a subnet.
 const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped", "shutting-down"];
 
-/// Deletes every network resource with our owner tag in the region, in dependency order.
+/// Deletes every network resource with our owner tag in the region, in dependency order,
+/// one ensure or teardown of the region at a time.
 pub(crate) async fn teardown(aws: &Aws, region: &str) -> Result<TeardownReport, CloudError> {
+    let held = hold_network(aws, region).await;
+    let report = teardown_now(aws, region).await;
+    release_network(aws, held).await;
+    report
+}
+
+async fn teardown_now(aws: &Aws, region: &str) -> Result<TeardownReport, CloudError> {
     let ec2 = aws.ec2(region);
     let (vpcs, subnets, gateways, tables, groups) = tokio::join!(
         aws.send(region, "DescribeVpcs", Safe, || ec2

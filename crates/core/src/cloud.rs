@@ -573,7 +573,35 @@ pub trait Cloud: Send + Sync {
     fn observe_calls(&self, observer: std::sync::Arc<dyn CallObserver>) {
         let _ = observer;
     }
+
+    /// From now on, ensures and tears down a region's own network only while holding
+    /// `lock` for that region (replicas sharing an installation: see [`NetworkLock`]).
+    /// Clouds without a network of their own keep this default.
+    fn share_network_lock(&self, lock: std::sync::Arc<dyn NetworkLock>) {
+        let _ = lock;
+    }
 }
+
+/// A future that may borrow for `'a`, boxed (a trait object's async method).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Mutual exclusion among the processes of one installation (the server's replicas): a
+/// region's own network is ensured or torn down by one of them at a time. Without it, two
+/// replicas deploying at once into a region with no network yet would each create a VPC
+/// (each process already takes its own turns).
+///
+/// The holder keeps what [`NetworkLock::hold`] returned while it works and hands it to
+/// [`NetworkLock::release`] after; dropping it instead (the work was cancelled) must stop
+/// keeping the hold alive, so that it ends by itself.
+pub trait NetworkLock: Send + Sync {
+    /// Waits until this process holds `region`'s network.
+    fn hold<'a>(&'a self, region: &'a str) -> BoxFuture<'a, Held>;
+    /// Lets the others have it.
+    fn release(&self, held: Held) -> BoxFuture<'_, ()>;
+}
+
+/// What a [`NetworkLock`] returns to its holder (its own type inside).
+pub type Held = Box<dyn std::any::Any + Send>;
 
 /// How one remote call ended, after its retries (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //!
 //! Design decisions:
 //! * One mechanism for every kind of work: [`Leases::run`] takes the work's name
-//!   (`cluster:<uuid>`, `regions`, `swarms`, `health`) and a function that starts the work's
+//!   (`cluster:<uuid>`, `region:<name>`, `swarms`, `health`) and a function that starts the work's
 //!   future. It waits for the lease, runs the future inside the lease's fence scope
 //!   ([`crate::store::fenced`]), renews every third of the lease time beside it, and drops
 //!   the future — stopping the work at its next `.await` — as soon as a renewal finds the
@@ -343,6 +343,68 @@ impl Leases {
     }
 }
 
+/// Among replicas, a region's own network is ensured and torn down under the lease
+/// `network:<region>`: mutual exclusion, not single-owner work. The lease is renewed by a
+/// task of its own while held and released after; if the holder is cancelled instead, the
+/// renewals stop with it ([`NetworkHold`]'s drop) and the lease expires by itself. What runs
+/// under it tolerates a holder paused past its lease (the network ensure keeps one of any
+/// duplicate).
+impl flotilla_core::cloud::NetworkLock for Leases {
+    fn hold<'a>(
+        &'a self,
+        region: &'a str,
+    ) -> flotilla_core::cloud::BoxFuture<'a, flotilla_core::cloud::Held> {
+        Box::pin(async move {
+            let lease = self.acquire(&format!("network:{region}")).await;
+            let renewer = {
+                let (store, mut lease, every, ttl) = (
+                    self.store.clone(),
+                    lease.clone(),
+                    self.renew_every(),
+                    self.ttl_ms(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        match store.renew_lease(&mut lease, now_ms(), ttl).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(work = lease.work, "a network lease was lost");
+                                return;
+                            }
+                            Err(error) => tracing::warn!(%error, "renewing a network lease"),
+                        }
+                    }
+                })
+            };
+            Box::new(NetworkHold { lease, renewer }) as flotilla_core::cloud::Held
+        })
+    }
+
+    fn release(&self, held: flotilla_core::cloud::Held) -> flotilla_core::cloud::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Ok(hold) = held.downcast::<NetworkHold>() {
+                hold.renewer.abort();
+                if let Err(error) = self.store.release_lease(&hold.lease).await {
+                    self.failed(&hold.lease.work, &error);
+                }
+            }
+        })
+    }
+}
+
+/// A held network lease and the task renewing it (stopped when this is dropped).
+struct NetworkHold {
+    lease: Lease,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NetworkHold {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,9 +524,45 @@ mod tests {
         assert!(a.check_at(Instant::now() + TTL).ok, "a success clears it");
     }
 
+    /// Two replicas' network locks on one database: b waits while a holds the region,
+    /// across several renewals, and gets it once a releases; a cancelled holder's lease
+    /// ends by itself.
+    async fn a_regions_network_is_held_by_one_replica_at_a_time(backend: Backend) {
+        use flotilla_core::cloud::NetworkLock;
+        let store = testing::store(backend).await;
+        let a = Leases::new((*store).clone(), "a", TTL);
+        let b = Leases::new((*store).clone(), "b", TTL);
+        let held = NetworkLock::hold(&*a, "us-east-1").await;
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let held = NetworkLock::hold(&*b, "us-east-1").await;
+                NetworkLock::release(&*b, held).await;
+            })
+        };
+        tokio::time::sleep(TTL * 3).await;
+        assert!(
+            !waiting.is_finished(),
+            "b waits while a holds (and renews) it"
+        );
+        NetworkLock::release(&*a, held).await;
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("b gets it once a releases")
+            .expect("join");
+        // A holder dropped without a release (its work was cancelled): the lease expires.
+        drop(NetworkLock::hold(&*a, "eu-west-1").await);
+        let held =
+            tokio::time::timeout(Duration::from_secs(30), NetworkLock::hold(&*b, "eu-west-1"))
+                .await
+                .expect("the dropped hold expires");
+        NetworkLock::release(&*b, held).await;
+    }
+
     store_tests!(
         a_taken_over_lease_stops_the_work_and_the_holder_changes,
         finished_work_releases_its_lease,
         lease_calls_failing_for_a_renewal_period_fail_the_check,
+        a_regions_network_is_held_by_one_replica_at_a_time,
     );
 }

@@ -254,6 +254,7 @@ pub async fn run<C: Cloud + 'static>(
     // With several replicas, every write sends its events to the others (`replicas`).
     store.share_events_as(&replica);
     let leases = lease::Leases::new(store.clone(), replica, config.lease_time);
+    cloud.share_network_lock(leases.clone());
     let (reconciler, supervisor) = reconcile::reconciler(
         store.clone(),
         cloud.clone(),
@@ -331,20 +332,8 @@ pub async fn run<C: Cloud + 'static>(
             }
         }
     };
-    let swarms = {
-        let stopped = stopped.clone();
-        let (leases, liveness) = (leases.clone(), liveness.clone());
-        async move {
-            leases
-                .run_beating(
-                    swarm::SWARMS_WORK,
-                    || swarms.run(stopped.clone()),
-                    &liveness,
-                    "swarm worker",
-                )
-                .await;
-        }
-    };
+    // Every replica keeps a runner waiting for each swarm's lease (`swarm:<uuid>`).
+    let swarms = Arc::new(swarms).run(leases.clone(), stopped.clone());
     let sharing = {
         let url = config
             .database_url

@@ -15,10 +15,10 @@
 //! * Tasks live in a `JoinSet` owned by the [`Supervisor`], whose future runs inside the
 //!   server's: dropping the server (a test simulating a crash) aborts every pass mid-flight.
 //! * With replicas sharing a database, each cluster's task runs its passes only while this
-//!   replica holds the lease `cluster:<uuid>` ([`crate::lease`]; the region observer holds
-//!   [`REGIONS_WORK`]), and every replica keeps a task waiting for each live cluster (a scan
-//!   every third of the lease time finds clusters created elsewhere), so the work of a dead
-//!   replica is taken over. The pass memory is lost with a lease, which costs one extra
+//!   replica holds the lease `cluster:<uuid>` ([`crate::lease`]; each region's observer holds
+//!   [`region_work`]), and every replica keeps a task waiting for each live cluster and each
+//!   region with one (a scan every third of the lease time finds clusters created
+//!   elsewhere), so the work of a dead replica is taken over. The pass memory is lost with a lease, which costs one extra
 //!   observation, never correctness.
 //! * Passes that use a region's auto network hold that region's lock shared; tearing the
 //!   network down holds it exclusively, so a teardown cannot race a deploy's
@@ -48,7 +48,7 @@
 //!   installation's agent secret (the reconciler and the agent API share the store, so
 //!   whoever builds user data never sees the secret).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -278,13 +278,9 @@ impl<C: Cloud + 'static> Supervisor<C> {
         liveness: Arc<crate::liveness::Liveness>,
     ) {
         let mut tasks = JoinSet::new();
-        let engine = self.engine.clone();
-        tasks.spawn(async move {
-            let leases = engine.leases.clone();
-            leases
-                .run(REGIONS_WORK, || region_observer(engine.clone()))
-                .await;
-        });
+        // Each region's observer runs under a lease of its own, so regions spread over the
+        // replicas; a task waits for it on every replica once the region has a live cluster.
+        let mut observed_regions = HashSet::new();
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         // Every replica keeps a task for every live cluster, waiting for its lease, so the
         // cluster's work is taken over when its owner dies; clusters created on another
@@ -301,6 +297,18 @@ impl<C: Cloud + 'static> Supervisor<C> {
                         for cluster in clusters {
                             if !matches!(cluster.state, ClusterState::Init | ClusterState::Terminated) {
                                 reconciler.ensure_started(&cluster.uuid);
+                                let region = cluster.spec.region;
+                                if observed_regions.insert(region.clone()) {
+                                    let engine = self.engine.clone();
+                                    tasks.spawn(async move {
+                                        let leases = engine.leases.clone();
+                                        leases
+                                            .run(&region_work(&region), || {
+                                                region_observer(engine.clone(), region.clone())
+                                            })
+                                            .await;
+                                    });
+                                }
                             }
                         }
                     }
@@ -337,8 +345,10 @@ impl<C: Cloud + 'static> Supervisor<C> {
     }
 }
 
-/// The lease of the region observer (one task observes every region).
-pub const REGIONS_WORK: &str = "regions";
+/// The lease of a region's observer: `region:<name>`.
+pub fn region_work(region: &str) -> String {
+    format!("region:{region}")
+}
 
 /// When the next pass should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,12 +422,12 @@ async fn worker<C: Cloud + 'static>(engine: Arc<Engine<C>>, uuid: String, notify
 }
 
 /// Observes every region with settled clusters, every `resync_interval`, forever.
-async fn region_observer<C: Cloud + 'static>(engine: Arc<Engine<C>>) {
+async fn region_observer<C: Cloud + 'static>(engine: Arc<Engine<C>>, region: String) {
     let mut reported: HashMap<String, String> = HashMap::new();
     loop {
         tokio::time::sleep(engine.settings.resync_interval).await;
-        if let Err(error) = engine.observe_regions(&mut reported).await {
-            tracing::warn!(%error, "region observation failed on the store");
+        if let Err(error) = engine.observe_region(&region, &mut reported).await {
+            tracing::warn!(region, %error, "region observation failed on the store");
         }
     }
 }
@@ -1126,29 +1136,33 @@ impl<C: Cloud + 'static> Engine<C> {
     /// owned instances per region, recorded for each settled cluster, and a drift check of
     /// the region's networks. `reported` remembers the last drift report per cluster, so an
     /// unchanged problem is not written to the history every period.
-    async fn observe_regions(
+    async fn observe_region(
         &self,
+        region: &str,
         reported: &mut HashMap<String, String>,
     ) -> Result<(), StoreError> {
-        let mut regions: BTreeMap<String, Vec<ClusterRecord>> = BTreeMap::new();
-        for cluster in self.store.clusters().await? {
-            if matches!(
-                cluster.state,
-                ClusterState::Deployed | ClusterState::PartlyDeployed | ClusterState::EmptyCluster
-            ) {
-                regions
-                    .entry(cluster.spec.region.clone())
-                    .or_default()
-                    .push(cluster);
-            }
-        }
-        for (region, clusters) in regions {
+        let clusters: Vec<ClusterRecord> = self
+            .store
+            .clusters()
+            .await?
+            .into_iter()
+            .filter(|cluster| {
+                cluster.spec.region == region
+                    && matches!(
+                        cluster.state,
+                        ClusterState::Deployed
+                            | ClusterState::PartlyDeployed
+                            | ClusterState::EmptyCluster
+                    )
+            })
+            .collect();
+        if !clusters.is_empty() {
             let observed_at = date::now_unix();
-            let observed = match self.cloud.describe_region(&region).await {
+            let observed = match self.cloud.describe_region(region).await {
                 Ok(observed) => observed,
                 Err(error) => {
                     tracing::warn!(region, %error, "cannot observe the region");
-                    continue;
+                    return Ok(());
                 }
             };
             for cluster in &clusters {
@@ -1172,7 +1186,7 @@ impl<C: Cloud + 'static> Engine<C> {
                     self.resettle(&current).await?;
                 }
             }
-            self.check_drift(&region, &clusters, reported).await?;
+            self.check_drift(region, &clusters, reported).await?;
         }
         Ok(())
     }

@@ -10,8 +10,12 @@
 //!   each agent reports its own engine and carries out the tasks addressed to it. A task
 //!   reaches its agent in a heartbeat answer ([`Mailbox`]), so it needs no connection into
 //!   the node and no new port, and it is as authenticated as the heartbeat.
-//! * **Tasks are stored, not held.** Any replica may answer an agent, so the worker (one
-//!   replica, by lease) stores each node's tasks, sealed, when its plan for the node changes
+//! * **One planner per swarm, any replica for its agents.** A swarm is planned on one
+//!   replica at a time, the holder of its lease (`swarm:<uuid>`; every replica keeps a
+//!   runner waiting for it, so swarms spread over the replicas and a dead replica's are
+//!   taken over).
+//! * **Tasks are stored, not held.** Any replica may answer an agent, so a swarm's worker
+//!   stores each node's tasks, sealed, when its plan for the node changes
 //!   (`agent_tasks`), and every replica follows the table ([`follow_tasks`]); results are
 //!   recorded by the replica the agent reports to ([`record_results`]).
 //! * **Nothing here is remembered that correctness needs.** The tasks are planned again on
@@ -43,7 +47,10 @@ use flotilla_core::plan::swarm::{
 };
 use flotilla_core::state::{ClusterState, NodeState};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::lease::Leases;
 
 use crate::secrets::{AGENT_TASK, SWARM_TOKENS, SecretKey};
 use crate::store::{NodeRecord, SealedTask, Store, StoreError, SwarmRecord};
@@ -72,10 +79,20 @@ struct Posted {
 /// worker's own replica ([`Mailbox::post`]); when each task is handed out (again) is this
 /// replica's own bookkeeping — a task handed out by two replicas is run twice, which every
 /// task tolerates (they are idempotent on the engine).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Mailbox {
     tasks: Mutex<Tasks>,
-    wake: Notify,
+    /// Bumped by every report, so each swarm's worker here plans again at once.
+    wake: watch::Sender<()>,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Mailbox {
+            tasks: Mutex::default(),
+            wake: watch::Sender::new(()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -183,7 +200,7 @@ impl Mailbox {
                 }
             }
         }
-        self.wake.notify_one();
+        self.wake.send_replace(());
     }
 }
 
@@ -497,42 +514,92 @@ struct Memory {
 /// What a swarm's load balancer follows: its nodes (instance, subnet) and published ports.
 type LbInputs = (BTreeSet<(String, String)>, BTreeSet<PublishedPort>);
 
-/// The swarm worker's lease: one replica plans every swarm.
-pub const SWARMS_WORK: &str = "swarms";
+/// A swarm's lease: one replica plans it (`swarm:<uuid>`).
+pub fn swarm_work(uuid: &str) -> String {
+    format!("swarm:{uuid}")
+}
 
 /// How often a swarm's load balancer is converged again although nothing changed (repairs
 /// drift: a listener deleted by hand).
 pub const LB_RESYNC: Duration = Duration::from_secs(60);
 
 impl<C: Cloud + 'static> SwarmWorker<C> {
-    /// Plans every live swarm on every nudge and at least every [`PASS_INTERVAL`], until
-    /// `stop` turns true.
-    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
-        let started = Instant::now();
-        let mut memory: HashMap<String, Memory> = HashMap::new();
+    /// Keeps a runner waiting for the lease of every live swarm (found every
+    /// [`PASS_INTERVAL`]), which plans that swarm while this replica holds it
+    /// ([`SwarmWorker::run_one`]), until `stop` turns true. Every replica runs this, so a
+    /// dead replica's swarms are taken over, and swarms spread over the replicas.
+    pub async fn run(self: Arc<Self>, leases: Arc<Leases>, mut stop: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        let mut waiting: HashSet<String> = HashSet::new();
         loop {
             if *stop.borrow() {
-                return;
+                break;
             }
             self.liveness.beat("swarm worker");
             match self.store.swarms().await {
                 Ok(swarms) => {
                     for swarm in swarms {
-                        if swarm.state == ClusterState::Terminated {
-                            memory.remove(&swarm.uuid);
+                        if swarm.state == ClusterState::Terminated
+                            || !waiting.insert(swarm.uuid.clone())
+                        {
                             continue;
                         }
-                        let now_ms = started.elapsed().as_millis() as u64;
-                        let memory = memory.entry(swarm.uuid.clone()).or_default();
-                        if let Err(error) = self.pass(swarm, now_ms, memory).await {
-                            tracing::warn!(error = format!("{error:#}"), "swarm pass failed");
-                        }
+                        let (worker, leases, stop) = (self.clone(), leases.clone(), stop.clone());
+                        tasks.spawn(async move {
+                            let uuid = swarm.uuid;
+                            leases
+                                .run(&swarm_work(&uuid), || {
+                                    worker.clone().run_one(uuid.clone(), stop.clone())
+                                })
+                                .await;
+                            uuid
+                        });
                     }
                 }
                 Err(error) => tracing::warn!(error = %error, "reading swarms"),
             }
+            while let Some(ended) = tasks.try_join_next() {
+                match ended {
+                    Ok(uuid) => {
+                        waiting.remove(&uuid);
+                    }
+                    Err(error) => tracing::error!(%error, "a swarm's worker failed"),
+                }
+            }
             tokio::select! {
-                _ = self.mailbox.wake.notified() => {}
+                _ = tokio::time::sleep(PASS_INTERVAL) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        tasks.shutdown().await;
+    }
+
+    /// Plans one swarm on every report here and at least every [`PASS_INTERVAL`], while
+    /// this replica holds its lease; returns once the swarm is terminated (or at `stop`).
+    async fn run_one(self: Arc<Self>, uuid: String, mut stop: watch::Receiver<bool>) {
+        let started = Instant::now();
+        let mut memory = Memory::default();
+        let mut woken = self.mailbox.wake.subscribe();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match self.store.swarm(&uuid).await {
+                Ok(Some(swarm)) if swarm.state != ClusterState::Terminated => {
+                    let now_ms = started.elapsed().as_millis() as u64;
+                    if let Err(error) = self.pass(swarm, now_ms, &mut memory).await {
+                        tracing::warn!(
+                            swarm = uuid,
+                            error = format!("{error:#}"),
+                            "swarm pass failed"
+                        );
+                    }
+                }
+                Ok(_) => return,
+                Err(error) => tracing::warn!(swarm = uuid, error = %error, "reading the swarm"),
+            }
+            tokio::select! {
+                _ = woken.changed() => {}
                 _ = tokio::time::sleep(PASS_INTERVAL) => {}
                 _ = stop.changed() => {}
             }

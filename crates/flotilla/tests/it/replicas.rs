@@ -502,23 +502,24 @@ async fn counter(api: &Api, metric: &str) -> f64 {
         .sum()
 }
 
-/// A swarm whose agents all talk to a replica that does not plan swarms: the tasks the
-/// planning replica (the holder of the `swarms` lease) decides reach the agents through the
+/// A swarm whose agents all talk to a replica that does not plan it: the tasks the
+/// planning replica (the holder of the swarm's lease) decides reach the agents through the
 /// database, the replica they talk to hands them out, and it records their results (the
 /// `Init`'s join tokens among them, without which nobody could join). Real engines, as in
-/// `swarm.rs`.
+/// `swarm.rs`. The agents' replica is paused (SIGSTOP) while the swarm is created, so
+/// another takes the swarm's lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_forms_with_its_agents_talking_to_a_replica_that_does_not_plan_it() {
     let MotoAccount { proxy, .. } = MotoAccount::start().await;
     let replicas = Replicas::start(&proxy.endpoint(), &["--node-ready", "agent"]).await;
-    let planner = replicas.wait_for_holder("swarms", &[], None).await;
-    let other = (planner + 1) % 3;
+    let other = 2;
     let mut config = RunnerConfig::new(proxy.endpoint(), env!("CARGO_BIN_EXE_flotilla"));
     config.docker = true;
     config.server_url = Some(replicas.servers[other].base());
     let runner = InstanceRunner::start(config).await;
 
-    let api = &replicas.apis[other];
+    replicas.servers[other].pause(true).expect("SIGSTOP");
+    let api = &replicas.apis[0];
     let body = serde_json::json!({
         "name": "across",
         "region": uri::region("aws", "us-east-1"),
@@ -531,6 +532,9 @@ async fn a_swarm_forms_with_its_agents_talking_to_a_replica_that_does_not_plan_i
         .await;
     assert!(status == 201 || status == 202, "{status} {created}");
     let uuid = created["uuid"].as_str().expect("uuid").to_owned();
+    let work = format!("swarm:{uuid}");
+    let planner = replicas.wait_for_holder(&work, &[other], None).await;
+    replicas.servers[other].pause(false).expect("SIGCONT");
     let started = Instant::now();
     let swarm = loop {
         let (_, swarm) = api
@@ -549,7 +553,7 @@ async fn a_swarm_forms_with_its_agents_talking_to_a_replica_that_does_not_plan_i
     };
     assert!(swarm["cluster_id"].is_string(), "{swarm:#}");
     assert_eq!(
-        replicas.holder("swarms", &[]).await,
+        replicas.holder(&work, &[]).await,
         Some(planner),
         "one replica planned the swarm throughout"
     );

@@ -421,6 +421,24 @@ async fn a_view_member_is_refused_changes_with_403_naming_the_role() {
     orgs.server.stop().await;
 }
 
+/// What the database of the server in `dir` holds: everything `pg_dump` writes of its
+/// PostgreSQL database (`url`), else the bytes of its SQLite files.
+fn stored_database(dir: &tempfile::TempDir, url: Option<&str>) -> String {
+    match url {
+        Some(url) => flotilla_testkit::postgres::dump(url).expect("pg_dump"),
+        None => {
+            let mut stored = Vec::new();
+            for entry in std::fs::read_dir(dir.path()).expect("dir") {
+                let path = entry.expect("entry").path();
+                if path.is_file() {
+                    stored.extend(std::fs::read(&path).expect("read"));
+                }
+            }
+            String::from_utf8_lossy(&stored).into_owned()
+        }
+    }
+}
+
 #[tokio::test]
 async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
     let dir = tempfile::tempdir().expect("dir");
@@ -528,6 +546,7 @@ async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
         200,
     )
     .await;
+    let before_removal = stored_database(&dir, database_url.as_deref());
     // A removed user is refused at once, with its key and its password.
     ok(
         server.call(Method::DELETE, &uri::user("carol"), None).await,
@@ -557,20 +576,8 @@ async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
     let csrf_token = session["csrf_token"].as_str().expect("token").to_owned();
     server.stop().await;
     // Neither key nor password is in the database (its files, or everything `pg_dump`
-    // writes of it).
-    let stored = match database_url {
-        Some(url) => flotilla_testkit::postgres::dump(&url).expect("pg_dump"),
-        None => {
-            let mut stored = Vec::new();
-            for entry in std::fs::read_dir(dir.path()).expect("dir") {
-                let path = entry.expect("entry").path();
-                if path.is_file() {
-                    stored.extend(std::fs::read(&path).expect("read"));
-                }
-            }
-            String::from_utf8_lossy(&stored).into_owned()
-        }
-    };
+    // writes of it, before carol's removal and after).
+    let stored = before_removal + &stored_database(&dir, database_url.as_deref());
     for secret in [&carol.1, &ci.1, &by_password.1, &session_id, &csrf_token] {
         assert!(
             !stored.contains(secret.as_str()),

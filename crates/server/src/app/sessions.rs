@@ -1,5 +1,5 @@
 //! The dashboard's sessions, kept in the database so that every replica knows every
-//! session (the HTTP side — cookie, CSRF header, `Origin` — is `crate::session`, which
+//! session (the HTTP side — cookie, CSRF header, `Origin` — is the `session` module, which
 //! says why the design is what it is).
 //!
 //! What is stored (`dashboard_sessions`, `store::sessions`), and why:

@@ -1,5 +1,5 @@
 //! The dashboard's sessions (migration 0015, table `dashboard_sessions`), shared by every
-//! replica: what `crate::app::sessions` keeps of a logged-in browser.
+//! replica: what `app::sessions` keeps of a logged-in browser.
 //!
 //! Design decisions:
 //! * The store keeps what it is given: a session is found by the SHA-256 of its cookie's id

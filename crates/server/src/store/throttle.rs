@@ -1,10 +1,10 @@
 //! The failed-login throttle's counters (migration 0015, table `login_throttle`), shared by
-//! every replica; what they mean and when they are written is `crate::login`'s.
+//! every replica; what they mean and when they are written is the `login` module's.
 //!
 //! Design decisions:
 //! * One row per (kind, subject): kinds `pair`, `client`, `user` count failures, kind
 //!   `trust` records a client's last successful sign-in as a user. The subjects arrive
-//!   hashed or encoded ([`crate::login`]); the store never sees a username.
+//!   hashed or encoded (by the `login` module); the store never sees a username.
 //! * A check is one read of at most four rows by primary key ([`Store::throttle_rows`]).
 //! * A failure is counted by one upsert per counter that increments in SQL (`failures + 1`,
 //!   or 1 when the last failure is older than the window) and returns the new count, so

@@ -40,6 +40,10 @@
 //!   - a failure writes its counters in one transaction, incrementing in SQL so that
 //!     replicas failing at once never lose a count.
 //!
+//!   Measured (debug build, a shared 2-core machine, 4 × 1,500 GETs with a valid key on one
+//!   connection, against the same server without the read): p50 1.2–1.3 ms → 1.2–1.5 ms
+//!   on SQLite, 2.0–2.1 ms → 2.2–2.6 ms on a local PostgreSQL.
+//!
 //!   Times are Unix milliseconds (Instants mean nothing to another process); replicas'
 //!   clocks decide only when a block or a failure runs out. A check or a count that the
 //!   database cannot answer refuses the sign-in (500) rather than letting it through

@@ -21,7 +21,8 @@
 //!
 //! `flotilla server backup` and `flotilla server restore` copy a data directory's database
 //! and key to one file and back ([`flotilla_server::backup`]); they are subcommands, so
-//! `flotilla server [flags]` still runs the server.
+//! `flotilla server [flags]` still runs the server. With a PostgreSQL `--database` they
+//! refuse, saying to use `pg_dump`/`pg_restore` and to keep `secret.key`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,10 @@ enum ServerCommand {
         /// The server's data directory.
         #[arg(long, env = "FLOTILLA_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The server's `--database`: a PostgreSQL installation is refused, with how to
+        /// back it up (`pg_dump` and secret.key).
+        #[arg(long = "database", env = "FLOTILLA_DATABASE_URL", value_name = "URL")]
+        database_url: Option<String>,
         /// The backup file to write (replaced if it exists).
         #[arg(long, short)]
         output: PathBuf,
@@ -111,6 +116,10 @@ enum ServerCommand {
         /// The data directory to restore into; created if missing.
         #[arg(long, env = "FLOTILLA_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The server's `--database`: a PostgreSQL installation is refused, with how to
+        /// restore it (`pg_restore` and secret.key).
+        #[arg(long = "database", env = "FLOTILLA_DATABASE_URL", value_name = "URL")]
+        database_url: Option<String>,
         /// The backup file.
         #[arg(long, short)]
         input: PathBuf,
@@ -154,11 +163,16 @@ fn create_private_dir(path: &PathBuf) -> anyhow::Result<()> {
 /// `flotilla server backup|restore`.
 async fn maintenance(command: ServerCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ServerCommand::Backup { data_dir, output } => {
+        ServerCommand::Backup {
+            data_dir,
+            database_url,
+            output,
+        } => {
             let data_dir = match data_dir {
                 Some(dir) => dir,
                 None => default_data_dir()?,
             };
+            flotilla_server::backup::refuse_postgres("backup", database_url.as_deref(), &data_dir)?;
             let summary = flotilla_server::backup::backup(&data_dir, &output).await?;
             println!(
                 "Backed up installation {} ({} node clusters, {} bytes of database) from {} to {}",
@@ -171,6 +185,7 @@ async fn maintenance(command: ServerCommand) -> anyhow::Result<ExitCode> {
         }
         ServerCommand::Restore {
             data_dir,
+            database_url,
             input,
             force,
         } => {
@@ -178,6 +193,11 @@ async fn maintenance(command: ServerCommand) -> anyhow::Result<ExitCode> {
                 Some(dir) => dir,
                 None => default_data_dir()?,
             };
+            flotilla_server::backup::refuse_postgres(
+                "restore",
+                database_url.as_deref(),
+                &data_dir,
+            )?;
             let summary = flotilla_server::backup::restore(&data_dir, &input, force).await?;
             println!(
                 "Restored installation {} ({} node clusters) into {}; start `flotilla server --data-dir {}` with access to the same AWS account",

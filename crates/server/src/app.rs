@@ -36,6 +36,7 @@ mod bundles;
 pub mod directory;
 mod inventory;
 pub use inventory::DEFAULT_INVENTORY_TTL;
+pub mod sessions;
 mod swarms;
 
 use crate::authz::Viewer;

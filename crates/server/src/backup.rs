@@ -28,6 +28,12 @@
 //!   opened through [`Store::open`] so its migrations run, and must hold an installation id
 //!   and a user; only then are the key and the database moved into place (0600, in a 0700
 //!   directory), the database last, so a present database means a complete restore.
+//! * SQLite only. An installation on PostgreSQL (`--database postgres://…`, several
+//!   replicas) is refused with what to do instead ([`refuse_postgres`]): `pg_dump` and
+//!   `pg_restore` copy a live PostgreSQL database consistently, with the tools and options
+//!   (custom format, parallel jobs, point-in-time recovery) its operators already use; a
+//!   copy through this envelope would be one more, worse, way. What PostgreSQL's tools
+//!   cannot copy is the data directory's `secret.key`, which must be kept with the dump.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -160,13 +166,50 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses `flotilla server <command>` (backup or restore) for a PostgreSQL `database_url`,
+/// saying what to use instead and which key file to keep.
+pub fn refuse_postgres(
+    command: &str,
+    database_url: Option<&str>,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let Some(url) = database_url else {
+        return Ok(());
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Ok(());
+    }
+    let key = data_dir.join(SECRET_KEY_FILE);
+    let key = key.display();
+    let how = if command == "restore" {
+        format!(
+            "restore the database with `pg_restore --clean --if-exists -d <database URL> flotilla.dump` \
+             (servers stopped), and put the kept secret.key at {key} (mode 0600) in the data \
+             directory of every replica"
+        )
+    } else {
+        format!(
+            "back the database up with `pg_dump --format=custom --file flotilla.dump <database URL>` \
+             (consistent while the servers run), and keep a copy of {key} with it"
+        )
+    };
+    bail!(
+        "`flotilla server {command}` handles only a SQLite database; this installation's is \
+         PostgreSQL. Instead, {how}. secret.key is the data directory's 32-byte key that seals \
+         the linked AWS keys, swarm join tokens, LDAP bind passwords and the client bundles' CA \
+         key stored in the database (every replica has the same one): a dump restored without \
+         it cannot use them."
+    )
+}
+
 /// Copies the database of `data_dir` (running server or not) and its `secret.key` into
 /// the backup file `output` (mode 0600, replaced atomically if it exists).
 pub async fn backup(data_dir: &Path, output: &Path) -> anyhow::Result<Summary> {
     let database = database_path(data_dir);
     if !database.exists() {
         bail!(
-            "{} does not exist: no database to back up",
+            "{} does not exist: no database to back up (an installation on PostgreSQL: pass \
+             its --database URL to be told how to back it up)",
             database.display()
         );
     }

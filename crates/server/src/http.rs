@@ -48,9 +48,9 @@ use serde_json::Value;
 use crate::api_error::error_response;
 use crate::app::{App, AppError, AppResult, Caller, Login, Outcome, SignedInWith};
 use crate::authz::Viewer;
-use crate::login::{Client, LoginThrottle};
+use crate::login::{self, Client, LoginThrottle};
 use crate::routes::{MAX_LIMIT, Parsed, Route, allows, is_agent_route, parse_path};
-use crate::session::{self, Sessions};
+use crate::session;
 use crate::store::NodeFilter;
 
 /// The header that carries the URI of the action a call started.
@@ -63,9 +63,8 @@ const MAX_BODY: usize = 1 << 20;
 /// What the dispatcher holds: the application and the edge's own state.
 struct Edge<C> {
     app: Arc<App<C>>,
+    /// The failed-login throttle, on the database (`crate::login`).
     logins: LoginThrottle,
-    /// The dashboard's sessions (`session`).
-    sessions: Sessions,
     /// Whether the session cookie is `Secure` (the server is served over TLS).
     secure_cookies: bool,
 }
@@ -95,9 +94,8 @@ fn edge_router<C: Cloud + 'static>(
     secure_cookies: bool,
 ) -> Router {
     let edge = Arc::new(Edge {
+        logins: app.login_throttle(limits),
         app,
-        logins: LoginThrottle::new(limits),
-        sessions: Sessions::default(),
         secure_cookies,
     });
     Router::new().fallback(measured::<C>).with_state(edge)
@@ -245,21 +243,41 @@ async fn check_key<C: Cloud + 'static>(
     secret: &str,
     client: Client,
 ) -> Result<(String, SignedInWith), Response> {
-    let user = user.to_owned();
-    if let Err(wait) = edge.logins.check(client, &user, Instant::now()) {
-        return Err(throttled_response(wait));
-    }
-    match edge.app.login(&user, secret).await {
+    // The throttle's read fails closed: no secret is checked without it.
+    let attempt = match edge.logins.check(client, user, login::now_ms()).await {
+        Ok(Ok(attempt)) => attempt,
+        Ok(Err(wait)) => return Err(throttled_response(wait)),
+        Err(error) => return Err(AppError::from(error).into_response()),
+    };
+    match edge.app.login(user, secret).await {
         Ok(Login::Accepted(username, via)) => {
-            edge.logins.succeeded(client, &user, Instant::now());
+            if let Err(error) = edge.logins.succeeded(&attempt, login::now_ms()).await {
+                tracing::warn!(%error, "the login throttle could not record a success");
+            }
             Ok((username, via))
         }
         Ok(outcome) => {
             let exists = outcome == Login::WrongKey;
-            edge.logins.failed(client, &user, exists, Instant::now());
+            if let Err(error) = edge.logins.failed(&attempt, exists, login::now_ms()).await {
+                tracing::warn!(%error, "the login throttle could not count a failure");
+                return Err(AppError::from(error).into_response());
+            }
             Err(AppError::Unauthorized.into_response())
         }
         Err(error) => Err(error.into_response()),
+    }
+}
+
+/// The wall clock in Unix seconds: sessions' times, shared by every replica.
+fn unix_now() -> i64 {
+    login::now_ms() / 1000
+}
+
+/// Ends a session that no longer holds (or that a new login replaces); a failure is only
+/// logged: the session is refused anyway, and expires.
+async fn end_session<C: Cloud + 'static>(edge: &Edge<C>, id: &str) {
+    if let Err(error) = edge.app.end_session(id).await {
+        tracing::warn!(%error, "could not delete an ended dashboard session");
     }
 }
 
@@ -308,10 +326,14 @@ async fn authenticate<C: Cloud + 'static>(
     if headers.get(header::AUTHORIZATION).is_none()
         && let Some(id) = session::cookie(headers)
     {
-        let Some(session) = edge.sessions.get(&id, Instant::now()) else {
-            return Err(session_unauthorized(
-                "the session has expired or ended; log in again",
-            ));
+        let session = match edge.app.session(&id, unix_now()).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                return Err(session_unauthorized(
+                    "the session has expired or ended; log in again",
+                ));
+            }
+            Err(error) => return Err(error.into_response()),
         };
         if let Some(refused) = session_refusal(method, headers, &session) {
             return Err(refused);
@@ -321,7 +343,7 @@ async fn authenticate<C: Cloud + 'static>(
         match edge.app.still_holds(&session.username, &session.via).await {
             Ok(true) => return Ok(session.username),
             Ok(false) => {
-                edge.sessions.remove(&id);
+                end_session(edge, &id).await;
                 return Err(session_unauthorized(
                     "the credential this session was opened with was revoked or changed; log in again",
                 ));
@@ -348,9 +370,8 @@ async fn session_route<C: Cloud + 'static>(
     body: Body,
     client: Client,
 ) -> Response {
-    let now = Instant::now();
+    let now = unix_now();
     let id = session::cookie(headers);
-    let current = id.as_deref().and_then(|id| edge.sessions.get(id, now));
     let answer = |session: &session::Session, cookie: Option<String>| {
         let mut response = json_response(
             StatusCode::OK,
@@ -386,9 +407,12 @@ async fn session_route<C: Cloud + 'static>(
         return match check_key(edge, &form.user, &form.key, client).await {
             Ok((username, via)) => {
                 if let Some(old) = &id {
-                    edge.sessions.remove(old);
+                    end_session(edge, old).await;
                 }
-                let created = edge.sessions.create(&username, via, now);
+                let created = match edge.app.open_session(&username, via, now).await {
+                    Ok(created) => created,
+                    Err(error) => return error.into_response(),
+                };
                 let cookie = session::set_cookie(Some(&created.id), edge.secure_cookies);
                 answer(&created.session, Some(cookie))
             }
@@ -398,6 +422,13 @@ async fn session_route<C: Cloud + 'static>(
             Err(response) => response,
         };
     }
+    let current = match &id {
+        Some(id) => match edge.app.session(id, now).await {
+            Ok(session) => session,
+            Err(error) => return error.into_response(),
+        },
+        None => None,
+    };
     let Some(session) = current else {
         return session_unauthorized("not logged in");
     };
@@ -406,7 +437,7 @@ async fn session_route<C: Cloud + 'static>(
         Ok(true)
     ) {
         if let Some(id) = &id {
-            edge.sessions.remove(id);
+            end_session(edge, id).await;
         }
         return session_unauthorized(
             "the credential this session was opened with was revoked or changed; log in again",
@@ -418,8 +449,10 @@ async fn session_route<C: Cloud + 'static>(
             if let Some(refused) = session_refusal(method, headers, &session) {
                 return refused;
             }
-            if let Some(id) = &id {
-                edge.sessions.remove(id);
+            if let Some(id) = &id
+                && let Err(error) = edge.app.end_session(id).await
+            {
+                return error.into_response();
             }
             answer(
                 &session,

@@ -43,12 +43,15 @@ mod credentials;
 pub mod directory;
 mod leases;
 pub mod notify;
+mod sessions;
 mod swarms;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod throttle;
 mod tokens;
 
 pub use leases::{Fence, Lease, fence_in_scope, fenced};
+pub use sessions::SessionRecord;
 pub use swarms::{NewSwarm, SealedTask, SwarmRecord};
 
 use std::path::Path;

@@ -336,3 +336,28 @@ async fn a_restored_server_keeps_managing_the_clusters_it_had() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_postgresql_installation_is_refused_with_what_to_use_instead() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = "postgres://flotilla:s3cret-password@127.0.0.1:1/flotilla";
+    let backup = dir.path().join("flotilla.backup");
+    for (command, tool) in [("backup", "pg_dump"), ("restore", "pg_restore")] {
+        let io = if command == "backup" { "-o" } else { "-i" };
+        let output = flotilla(
+            &["server", command, "--database", url, io],
+            &[&backup, Path::new("--data-dir"), dir.path()],
+        )
+        .await;
+        assert!(!output.status.success(), "{command} refused");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(tool), "{command}: {stderr}");
+        let key = dir.path().join("secret.key");
+        assert!(
+            stderr.contains(&key.display().to_string()),
+            "{command} names the key file: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "no password: {stderr}");
+        assert!(!backup.exists(), "nothing written");
+    }
+}

@@ -18,6 +18,10 @@
 //!   except a sentinel that falls silent on purpose, whose verdict proves the sweep ran a
 //!   whole grace period after the takeover. A client of the events stream on a surviving
 //!   replica sees the events caused on the others (LISTEN/NOTIFY).
+//! * A dashboard session opened on `a` works on `b` (reads, and a change with its CSRF
+//!   token), is logged out on `b`, and is then refused on `a` and `c`; failed logins spread
+//!   over the three replicas meet the throttle at the same count as on one server (429 on
+//!   every replica).
 //!
 //! The lease time is 3 s here (15 s by default), so takeovers are quick; nothing asserts a
 //! duration (the takeover time is measured in bench/).
@@ -566,4 +570,152 @@ async fn a_swarm_forms_with_its_agents_talking_to_a_replica_that_does_not_plan_i
         0.0,
         "no agent talked to the planning replica"
     );
+}
+
+/// A dashboard request with the session cookie (and the CSRF token, if given).
+async fn with_session(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = http.request(method, url).header("Cookie", cookie);
+    if let Some(token) = csrf {
+        request = request.header("X-CSRF-Token", token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let answer = request.send().await.expect("request");
+    let status = answer.status().as_u16();
+    (
+        status,
+        answer.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_sessions_and_the_login_throttle_span_the_replicas() {
+    use reqwest::Method;
+    let MotoAccount { proxy, .. } = MotoAccount::start().await;
+    let replicas = Replicas::start(&proxy.endpoint(), &[]).await;
+    let credentials = replicas.servers[0].credentials().cloned().expect("admin");
+    let base: Vec<String> = replicas.servers.iter().map(|s| s.base()).collect();
+    let http = reqwest::Client::new();
+    // Log in on a.
+    let login = http
+        .post(format!("{}{}", base[0], uri::session()))
+        .json(&serde_json::json!({"user": credentials.user, "key": credentials.key}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 200);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let opened: serde_json::Value = login.json().await.expect("JSON");
+    let csrf = opened["csrf_token"]
+        .as_str()
+        .expect("a CSRF token")
+        .to_owned();
+    // b knows the session: it reads, answers the same CSRF token, and takes a change made
+    // with it (and refuses one without it).
+    let on = |index: usize, path: String| format!("{}{path}", base[index]);
+    let (status, body) = with_session(
+        &http,
+        Method::GET,
+        on(1, uri::node_clusters()),
+        &cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, session) = with_session(
+        &http,
+        Method::GET,
+        on(1, uri::session()),
+        &cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["csrf_token"], opened["csrf_token"]);
+    assert_eq!(session["user"], credentials.user.as_str());
+    let keys = on(1, uri::api_keys(&credentials.user));
+    let (status, body) = with_session(
+        &http,
+        Method::POST,
+        keys.clone(),
+        &cookie,
+        None,
+        Some(serde_json::json!({"name": "no-token"})),
+    )
+    .await;
+    assert_eq!(status, 403, "a change without the CSRF token: {body}");
+    let (status, body) = with_session(
+        &http,
+        Method::POST,
+        keys,
+        &cookie,
+        Some(&csrf),
+        Some(serde_json::json!({"name": "from-b"})),
+    )
+    .await;
+    assert_eq!(status, 201, "a change with the CSRF token: {body}");
+    // Logged out on b: refused on a and c (and b) at the next request.
+    let (status, body) = with_session(
+        &http,
+        Method::DELETE,
+        on(1, uri::session()),
+        &cookie,
+        Some(&csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "logout: {body}");
+    for index in [0, 2, 1] {
+        let (status, body) = with_session(
+            &http,
+            Method::GET,
+            on(index, uri::node_clusters()),
+            &cookie,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            status, 401,
+            "replica {} after the logout: {body}",
+            IDS[index]
+        );
+    }
+    // Wrong keys spread over the replicas: five 401s, then 429 — as on one server — and
+    // the block holds on every replica.
+    let guess = |index: usize| {
+        http.post(on(index, uri::session()))
+            .json(&serde_json::json!({"user": credentials.user, "key": "guess"}))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for attempt in 0..8 {
+        let answer = guess(attempt % 3).await.expect("login attempt");
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            assert!(answer.headers().get("retry-after").is_some());
+            break;
+        }
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "{statuses:?}");
+    for index in 0..3 {
+        let answer = guess(index).await.expect("login attempt");
+        assert_eq!(answer.status(), 429, "replica {}", IDS[index]);
+    }
 }

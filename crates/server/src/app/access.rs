@@ -260,6 +260,12 @@ impl<C: Cloud + 'static> App<C> {
         })
     }
 
+    /// The failed-login throttle (`crate::login`) with `limits`, on this installation's
+    /// database: shared with every replica.
+    pub fn login_throttle(&self, limits: crate::login::Limits) -> crate::login::LoginThrottle {
+        crate::login::LoginThrottle::new(limits, self.store.clone())
+    }
+
     /// Whether the credential a dashboard session was opened with still holds: its key is
     /// not revoked, its password not changed or removed, its user not removed or disabled.
     pub async fn still_holds(&self, username: &str, via: &SignedInWith) -> AppResult<bool> {

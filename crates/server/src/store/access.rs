@@ -217,10 +217,15 @@ impl Store {
     /// memberships dropped; actions keep its name. False for an unknown user.
     pub async fn delete_user(&self, username: &str, now: i64) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        sqlx::query("DELETE FROM team_members WHERE username = $1")
-            .bind(username)
-            .execute(&mut *tx)
-            .await?;
+        for statement in [
+            "DELETE FROM team_members WHERE username = $1",
+            "DELETE FROM dashboard_sessions WHERE username = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(username)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE username = $2 AND revoked_at IS NULL",
         )

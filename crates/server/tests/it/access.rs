@@ -421,10 +421,31 @@ async fn a_view_member_is_refused_changes_with_403_naming_the_role() {
     orgs.server.stop().await;
 }
 
+/// What the database of the server in `dir` holds: everything `pg_dump` writes of its
+/// PostgreSQL database (`url`), else the bytes of its SQLite files.
+fn stored_database(dir: &tempfile::TempDir, url: Option<&str>) -> String {
+    match url {
+        Some(url) => flotilla_testkit::postgres::dump(url).expect("pg_dump"),
+        None => {
+            let mut stored = Vec::new();
+            for entry in std::fs::read_dir(dir.path()).expect("dir") {
+                let path = entry.expect("entry").path();
+                if path.is_file() {
+                    stored.extend(std::fs::read(&path).expect("read"));
+                }
+            }
+            String::from_utf8_lossy(&stored).into_owned()
+        }
+    }
+}
+
 #[tokio::test]
 async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
     let dir = tempfile::tempdir().expect("dir");
-    let server = TestServer::start(config(&dir), Arc::new(FakeCloud::new()), None).await;
+    let config = config(&dir);
+    // The database the server used: its PostgreSQL database, else the SQLite files in `dir`.
+    let database_url = config.database_url.clone();
+    let server = TestServer::start(config, Arc::new(FakeCloud::new()), None).await;
     let carol = new_user(&server, "carol").await;
     let second = ok(
         call_as(
@@ -525,6 +546,7 @@ async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
         200,
     )
     .await;
+    let before_removal = stored_database(&dir, database_url.as_deref());
     // A removed user is refused at once, with its key and its password.
     ok(
         server.call(Method::DELETE, &uri::user("carol"), None).await,
@@ -535,17 +557,28 @@ async fn keys_are_shown_once_stored_hashed_and_refused_once_revoked() {
         let gone = call_as(&server, who, Method::GET, &uri::user("carol"), None).await;
         assert_eq!(gone.status, 401, "{:?}", gone.body);
     }
+    // A dashboard session's id and CSRF token are not stored either.
+    let admin = server.credentials.clone();
+    let (status, cookie, _) = dashboard_login(&server, &admin.username, &admin.api_key).await;
+    assert_eq!(status, 200);
+    let cookie = cookie.expect("cookie");
+    let session_id = cookie.trim_start_matches("flotilla_session=").to_owned();
+    let session: Value = server
+        .client
+        .get(format!("{}{}", server.base, uri::session()))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .expect("GET /session")
+        .json()
+        .await
+        .expect("JSON");
+    let csrf_token = session["csrf_token"].as_str().expect("token").to_owned();
     server.stop().await;
-    // Neither key nor password is in the database files.
-    let mut stored = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).expect("dir") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            stored.extend(std::fs::read(&path).expect("read"));
-        }
-    }
-    let stored = String::from_utf8_lossy(&stored);
-    for secret in [&carol.1, &ci.1, &by_password.1] {
+    // Neither key nor password is in the database (its files, or everything `pg_dump`
+    // writes of it, before carol's removal and after).
+    let stored = before_removal + &stored_database(&dir, database_url.as_deref());
+    for secret in [&carol.1, &ci.1, &by_password.1, &session_id, &csrf_token] {
         assert!(
             !stored.contains(secret.as_str()),
             "a secret is in the database"

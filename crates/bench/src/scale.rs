@@ -33,10 +33,34 @@ use crate::report::{Table, Target, ms};
 use crate::server::{Replica, ServerProcess};
 use crate::stats::{Summary, summarize};
 
+/// A false `Unreachable` verdict (see `false_verdicts_whole_run`), for finding its cause.
+#[derive(Debug, Clone, Serialize)]
+struct FalseVerdict {
+    node: String,
+    /// The replica its agent registered with and heartbeats to (index; `-1`: unknown).
+    replica: i64,
+    /// When the verdict was recorded, in whole seconds after the first registration began.
+    at_s: i64,
+    /// … and after the node's own registration was answered.
+    after_registration_s: i64,
+}
+
+/// Who held the health sweep's lease (`/metrics` of every replica, polled every 2 s):
+/// each change, in seconds after the first registration began.
+#[derive(Debug, Clone, Serialize)]
+struct LeaseChange {
+    at_s: f64,
+    /// Replica indexes saying they hold it (none while it moves; two would be a bug).
+    holders: Vec<usize>,
+}
+
 /// Set to silence one agent.
 type SilenceFlag = Arc<AtomicBool>;
 /// When the agent's last heartbeat was answered.
 type LastAnswer = Arc<Mutex<Option<Instant>>>;
+/// One agent as the run sees it: its node, silence flag, last answer, replica (index) and
+/// when its registration was answered.
+type AgentFlags = (String, SilenceFlag, LastAnswer, usize, Instant);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -78,6 +102,10 @@ pub struct Args {
     /// The result's title in RESULTS.md [default: from the set-up].
     #[arg(long)]
     title: Option<String>,
+    /// Copy each server's log (stdout, stderr) into this directory before it stops, as
+    /// `M<agents>-<replica>-stderr.log`.
+    #[arg(long)]
+    logs: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -236,6 +264,12 @@ struct RunResult {
     /// With --database postgres.
     #[serde(skip_serializing_if = "Option::is_none")]
     postgres: Option<PostgresResult>,
+    /// The false verdicts over the whole run, each (at most 500).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    false_verdicts_detail: Vec<FalseVerdict>,
+    /// With several replicas: the health lease's holders over the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    health_lease_holders: Vec<LeaseChange>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -287,6 +321,45 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
     let server = &servers[0];
     let n = servers.len();
     eprintln!("M = {m}: registering with {n} server(s)");
+    let epoch_unix = flotilla_api::date::now_unix();
+    let lease_epoch = Instant::now();
+    let lease_changes: Arc<Mutex<Vec<LeaseChange>>> = Arc::default();
+    let lease_poller = (n > 1).then(|| {
+        let bases: Vec<(String, String, String)> = servers
+            .iter()
+            .map(|s| (s.base.clone(), s.user.clone(), s.key.clone()))
+            .collect();
+        let changes = lease_changes.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let clients: Vec<flotilla_api::Client> = bases
+                .into_iter()
+                .map(|(base, user, key)| flotilla_api::Client::new(base, user, key, http.clone()))
+                .collect();
+            let mut last: Option<Vec<usize>> = None;
+            loop {
+                let mut holders = Vec::new();
+                for (index, api) in clients.iter().enumerate() {
+                    if crate::server::holds_lease(api, "health").await == Some(true) {
+                        holders.push(index);
+                    }
+                }
+                if last.as_ref() != Some(&holders) {
+                    let at_s = (lease_epoch.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+                    eprintln!("M = {m}: health lease held by {holders:?} at {at_s} s");
+                    changes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(LeaseChange {
+                            at_s,
+                            holders: holders.clone(),
+                        });
+                    last = Some(holders);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    });
     // Each agent heartbeats from its registration on, as a real one does: a node is never
     // silent for longer than an interval, so every Unreachable verdict before the
     // silencing is a false one.
@@ -299,7 +372,13 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
                               replica: usize| {
         let silenced = Arc::new(AtomicBool::new(false));
         let last_ok = Arc::new(Mutex::new(Some(Instant::now())));
-        let flag = (node.uuid.clone(), silenced.clone(), last_ok.clone());
+        let flag = (
+            node.uuid.clone(),
+            silenced.clone(),
+            last_ok.clone(),
+            replica,
+            Instant::now(),
+        );
         let phase = Duration::from_millis(rand::rng().random_range(0..interval.as_millis() as u64));
         let conn = if args.reconnect {
             conn.closing_after_each_request()
@@ -322,8 +401,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         register_byo_spread(&servers, m, args.concurrency, start_heartbeating).await?;
     let registration_s = epoch.elapsed().as_secs_f64();
     eprintln!("M = {m}: {m} registered in {registration_s:.1} s");
-    let (flags, tasks): (Vec<(String, SilenceFlag, LastAnswer)>, Vec<_>) =
-        agents.into_iter().unzip();
+    let (flags, tasks): (Vec<AgentFlags>, Vec<_>) = agents.into_iter().unzip();
     // One interval to warm up (every agent has pinged once), then the measured window.
     tokio::time::sleep(interval).await;
     let window_start = epoch.elapsed().as_secs_f64();
@@ -442,8 +520,10 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         flags[i].1.store(true, Ordering::Relaxed);
     }
     let silenced_at = Instant::now();
-    let by_uuid: HashMap<&str, &Arc<Mutex<Option<Instant>>>> =
-        flags.iter().map(|(u, _, l)| (u.as_str(), l)).collect();
+    let by_uuid: HashMap<&str, &Arc<Mutex<Option<Instant>>>> = flags
+        .iter()
+        .map(|(u, _, l, _, _)| (u.as_str(), l))
+        .collect();
     let mut delays: HashMap<String, f64> = HashMap::new();
     let mut false_unreachable: HashSet<String> = HashSet::new();
     let deadline = silenced_at + Duration::from_secs(args.grace + 30);
@@ -535,7 +615,39 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
             missing_verdicts_s.push(verdict.unix_timestamp() - silenced_unix);
         }
     }
-    let false_verdicts_whole_run = false_verdicts(server, &silenced, silenced_at).await?;
+    let false_ones = false_verdicts(server, &silenced, silenced_at).await?;
+    let false_verdicts_whole_run = false_ones.len();
+    let registered: HashMap<&str, (usize, Instant)> = flags
+        .iter()
+        .map(|(u, _, _, replica, at)| (u.as_str(), (*replica, *at)))
+        .collect();
+    let now_unix = flotilla_api::date::now_unix();
+    let false_verdicts_detail: Vec<FalseVerdict> = false_ones
+        .iter()
+        .take(500)
+        .map(|(node, at)| {
+            let (replica, after_registration_s) = match registered.get(node.as_str()) {
+                Some((replica, when)) => {
+                    let registered_unix = now_unix - when.elapsed().as_secs() as i64;
+                    (*replica as i64, at - registered_unix)
+                }
+                None => (-1, 0),
+            };
+            FalseVerdict {
+                node: node.clone(),
+                replica,
+                at_s: at - epoch_unix,
+                after_registration_s,
+            }
+        })
+        .collect();
+    if let Some(poller) = lease_poller {
+        poller.abort();
+    }
+    let health_lease_holders = lease_changes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for task in tasks {
         task.abort();
     }
@@ -573,8 +685,17 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
             Vec::new()
         },
         postgres: postgres_result,
+        false_verdicts_detail,
+        health_lease_holders,
     };
     eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
+    if let Some(dir) = &args.logs {
+        for (server, replica) in servers.iter().zip(&result.replicas_or_server()) {
+            if let Err(e) = server.copy_logs(dir, &format!("M{m}-{replica}")) {
+                eprintln!("M = {m}: {e:#}");
+            }
+        }
+    }
     for server in servers {
         server.stop().await;
     }
@@ -585,15 +706,27 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
     Ok(result)
 }
 
+impl RunResult {
+    /// The name of each server, in order.
+    fn replicas_or_server(&self) -> Vec<String> {
+        if self.replicas.is_empty() {
+            vec!["server".into()]
+        } else {
+            self.replicas.iter().map(|r| r.replica.clone()).collect()
+        }
+    }
+}
+
 /// Every `Node Unreachable` verdict in the server's history that was false: of a node
-/// never silenced, or of a silenced one from before its silencing.
+/// never silenced, or of a silenced one from before its silencing. Each as (node, Unix
+/// time of the verdict).
 async fn false_verdicts(
     server: &ServerProcess,
     silenced: &HashSet<String>,
     silenced_at: Instant,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Vec<(String, i64)>> {
     let silenced_unix = flotilla_api::date::now_unix() - silenced_at.elapsed().as_secs() as i64;
-    let mut false_ones = 0;
+    let mut false_ones = Vec::new();
     let mut offset = 0;
     loop {
         let query = url::form_urlencoded::Serializer::new(String::new())
@@ -618,7 +751,7 @@ async fn false_verdicts(
                 .unwrap_or(i64::MAX);
             // A second's slack: the history's times are whole seconds.
             if !silenced.contains(uuid) || at < silenced_unix - 1 {
-                false_ones += 1;
+                false_ones.push((uuid.to_owned(), at));
             }
         }
         if objects.len() < 1000 {

@@ -49,6 +49,20 @@ pub fn supports(bin: &Path, option: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the server behind `api` says (`/metrics`, `flotilla_lease_held`) that it holds
+/// the lease on `work`; `None` when it does not answer.
+pub async fn holds_lease(api: &flotilla_api::Client, work: &str) -> Option<bool> {
+    let Ok((200, body)) = api.get_bytes(flotilla_api::uri::METRICS).await else {
+        return None;
+    };
+    let wanted = format!("work=\"{work}\"}} 1");
+    Some(
+        String::from_utf8_lossy(&body)
+            .lines()
+            .any(|l| l.starts_with("flotilla_lease_held{") && l.ends_with(&wanted)),
+    )
+}
+
 impl ServerProcess {
     /// Starts `bin server` against `aws_endpoint` (3 AZs of us-east-1) with `extra` arguments,
     /// through the test kit's launcher (one environment block with the tests).
@@ -125,6 +139,20 @@ impl ServerProcess {
 
     pub fn data_dir(&self) -> PathBuf {
         self.process.data_dir().to_owned()
+    }
+
+    /// Copies what the server printed (`stdout-0.log`, `stderr-0.log`: its log at
+    /// `FLOTILLA_LOG=info`) to `to/<name>-stdout.log` and `to/<name>-stderr.log`.
+    pub fn copy_logs(&self, to: &Path, name: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for stream in ["stdout", "stderr"] {
+            std::fs::copy(
+                self.process.dir().join(format!("{stream}-0.log")),
+                to.join(format!("{name}-{stream}.log")),
+            )
+            .with_context(|| format!("copying the {stream} of {name}"))?;
+        }
+        Ok(())
     }
 
     /// The last lines the server logged, for error messages.

@@ -318,6 +318,20 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
             }
         }
     }
+    let keep_logs = crate::server::KeepLogs {
+        to: args.logs.clone(),
+        servers: servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let name = match args.database() {
+                    Database::Sqlite => "server".to_owned(),
+                    Database::Postgres => format!("r{i}"),
+                };
+                (s.log_dir(), format!("M{m}-{name}"))
+            })
+            .collect(),
+    };
     let server = &servers[0];
     let n = servers.len();
     eprintln!("M = {m}: registering with {n} server(s)");
@@ -689,13 +703,7 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         health_lease_holders,
     };
     eprintln!("M = {m}: unreachable after {:?}", result.unreachable_delay);
-    if let Some(dir) = &args.logs {
-        for (server, replica) in servers.iter().zip(&result.replicas_or_server()) {
-            if let Err(e) = server.copy_logs(dir, &format!("M{m}-{replica}")) {
-                eprintln!("M = {m}: {e:#}");
-            }
-        }
-    }
+    drop(keep_logs);
     for server in servers {
         server.stop().await;
     }
@@ -704,17 +712,6 @@ async fn one_run(ctx: &Ctx, args: &Args, m: usize) -> anyhow::Result<RunResult> 
         tokio::task::spawn_blocking(move || drop(pg)).await?;
     }
     Ok(result)
-}
-
-impl RunResult {
-    /// The name of each server, in order.
-    fn replicas_or_server(&self) -> Vec<String> {
-        if self.replicas.is_empty() {
-            vec!["server".into()]
-        } else {
-            self.replicas.iter().map(|r| r.replica.clone()).collect()
-        }
-    }
 }
 
 /// Every `Node Unreachable` verdict in the server's history that was false: of a node

@@ -141,18 +141,9 @@ impl ServerProcess {
         self.process.data_dir().to_owned()
     }
 
-    /// Copies what the server printed (`stdout-0.log`, `stderr-0.log`: its log at
-    /// `FLOTILLA_LOG=info`) to `to/<name>-stdout.log` and `to/<name>-stderr.log`.
-    pub fn copy_logs(&self, to: &Path, name: &str) -> anyhow::Result<()> {
-        std::fs::create_dir_all(to)?;
-        for stream in ["stdout", "stderr"] {
-            std::fs::copy(
-                self.process.dir().join(format!("{stream}-0.log")),
-                to.join(format!("{name}-{stream}.log")),
-            )
-            .with_context(|| format!("copying the {stream} of {name}"))?;
-        }
-        Ok(())
+    /// The directory of the server's `stdout-<run>.log` and `stderr-<run>.log`.
+    pub fn log_dir(&self) -> PathBuf {
+        self.process.dir().to_owned()
     }
 
     /// The last lines the server logged, for error messages.
@@ -188,5 +179,30 @@ impl ServerProcess {
     /// Stops the server with SIGTERM (graceful), waiting a few seconds, then kills it.
     pub async fn stop(mut self) {
         self.process.stop(Duration::from_secs(10)).await;
+    }
+}
+
+/// Copies what servers printed (`stdout-0.log`, `stderr-0.log`: the log at
+/// `FLOTILLA_LOG=info`) to `<to>/<name>-stdout.log` and `<to>/<name>-stderr.log` when it is
+/// dropped: declared after the servers, it is dropped before them (and their temporary
+/// directories), on success and on failure alike.
+#[derive(Debug, Default)]
+pub struct KeepLogs {
+    pub to: Option<PathBuf>,
+    pub servers: Vec<(PathBuf, String)>,
+}
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        let Some(to) = &self.to else { return };
+        let _ = std::fs::create_dir_all(to);
+        for (dir, name) in &self.servers {
+            for stream in ["stdout", "stderr"] {
+                let from = dir.join(format!("{stream}-0.log"));
+                if let Err(e) = std::fs::copy(&from, to.join(format!("{name}-{stream}.log"))) {
+                    eprintln!("cannot keep {}: {e}", from.display());
+                }
+            }
+        }
     }
 }

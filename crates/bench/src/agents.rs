@@ -252,9 +252,30 @@ pub async fn register_byo_many_then<T>(
     concurrency: usize,
     then: impl Fn(AgentConn, Registered) -> T,
 ) -> anyhow::Result<(Vec<T>, Vec<f64>)> {
+    register_byo_spread(
+        std::slice::from_ref(server),
+        count,
+        concurrency,
+        |conn, node, _| then(conn, node),
+    )
+    .await
+}
+
+/// [`register_byo_many_then`] over several replicas: agent `i` takes its token from and
+/// registers with (so keeps its connection to) replica `i % servers.len()`, whose index
+/// `then` is given too.
+pub async fn register_byo_spread<T>(
+    servers: &[crate::server::ServerProcess],
+    count: usize,
+    concurrency: usize,
+    then: impl Fn(AgentConn, Registered, usize) -> T,
+) -> anyhow::Result<(Vec<T>, Vec<f64>)> {
     use futures::StreamExt as _;
+    anyhow::ensure!(!servers.is_empty(), "no server to register with");
     let mut registrations = futures::stream::iter(0..count)
         .map(|i| async move {
+            let replica = i % servers.len();
+            let server = &servers[replica];
             let started = Instant::now();
             let (status, body) = server
                 .call(reqwest::Method::POST, &flotilla_api::uri::token(), None)
@@ -271,14 +292,19 @@ pub async fn register_byo_many_then<T>(
                 i % 250 + 4
             );
             let node = register_byo_node(&mut conn, &token, &ip).await?;
-            anyhow::Ok((conn, node, started.elapsed().as_secs_f64() * 1000.0))
+            anyhow::Ok((
+                conn,
+                node,
+                replica,
+                started.elapsed().as_secs_f64() * 1000.0,
+            ))
         })
         .buffer_unordered(concurrency);
     let mut agents = Vec::with_capacity(count);
     let mut latencies = Vec::with_capacity(count);
     while let Some(result) = registrations.next().await {
-        let (conn, node, ms) = result?;
-        agents.push(then(conn, node));
+        let (conn, node, replica, ms) = result?;
+        agents.push(then(conn, node, replica));
         latencies.push(ms);
     }
     Ok((agents, latencies))

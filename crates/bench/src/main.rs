@@ -8,6 +8,7 @@ mod agents;
 mod api;
 mod awsproxy;
 mod fleet;
+mod pg;
 mod provisioning;
 mod report;
 mod scale;

@@ -75,6 +75,17 @@ pub fn write(bench_dir: &Path, report: &Report) -> anyhow::Result<PathBuf> {
 
 const ORDER: &[&str] = &["provisioning", "scale", "api", "steady", "swarm", "access"];
 
+/// Where a result goes in RESULTS.md: with the benchmark it is a variant of (`scale-18000`
+/// with `scale`, by the name before the first `-`), in [`ORDER`], others last; by name
+/// within.
+fn order(benchmark: &str) -> usize {
+    let group = benchmark.split('-').next().unwrap_or(benchmark);
+    ORDER
+        .iter()
+        .position(|o| *o == group)
+        .unwrap_or(ORDER.len())
+}
+
 /// Rebuilds `RESULTS.md` from the JSON results and notes present.
 pub fn regenerate(bench_dir: &Path) -> anyhow::Result<()> {
     let dir = results_dir(bench_dir);
@@ -91,12 +102,7 @@ pub fn regenerate(bench_dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    reports.sort_by_key(|r| {
-        ORDER
-            .iter()
-            .position(|o| *o == r.benchmark)
-            .unwrap_or(ORDER.len())
-    });
+    reports.sort_by_key(|r| (order(&r.benchmark), r.benchmark.clone()));
     let mut md = String::new();
     md.push_str("# Benchmark results\n\n");
     md.push_str(
@@ -181,5 +187,36 @@ pub fn ms(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_follow_their_benchmark() {
+        let mut names = vec![
+            "takeover",
+            "scale-18000",
+            "api",
+            "scale",
+            "provisioning-running",
+            "scale-10000-3-replicas-postgres",
+            "provisioning",
+        ];
+        names.sort_by_key(|n| (order(n), n.to_string()));
+        assert_eq!(
+            names,
+            [
+                "provisioning",
+                "provisioning-running",
+                "scale",
+                "scale-10000-3-replicas-postgres",
+                "scale-18000",
+                "api",
+                "takeover"
+            ]
+        );
     }
 }

@@ -88,6 +88,70 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// The CPU time of a process and its children, the `cutime`/`cstime` of those it reaped
+/// included (fields 16 and 17 of `/proc/<pid>/stat`): PostgreSQL's postmaster and its
+/// backends, some of which come and go during a window.
+pub fn stat_cpu_ticks_with_reaped(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(stat_cpu_ticks(stat)? + cutime + cstime)
+}
+
+/// The parent pid (field 4) of `/proc/<pid>/stat`.
+fn stat_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A snapshot of a process and its direct children (a postmaster and its backends).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TreeSample {
+    /// The root's own CPU time and its reaped children's, plus the living children's.
+    pub cpu_ticks: u64,
+    /// The sum of their proportional set sizes (`Pss` of `/proc/<pid>/smaps_rollup`):
+    /// shared memory (PostgreSQL's shared buffers) counted once, split among its users.
+    pub pss_kib: u64,
+    /// The sum of their resident sets (shared pages counted in each process).
+    pub rss_kib: u64,
+    /// The root and its living children.
+    pub processes: u64,
+}
+
+/// [`TreeSample`] of `root` and its direct children; `None` when `root` is gone.
+pub fn sample_tree(root: u32) -> Option<TreeSample> {
+    let read = |pid: u32, file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok();
+    let root_stat = read(root, "stat")?;
+    let mut tree = TreeSample {
+        cpu_ticks: stat_cpu_ticks_with_reaped(&root_stat)?,
+        ..TreeSample::default()
+    };
+    let mut members = vec![root];
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(stat) = read(pid, "stat")
+            && stat_ppid(&stat) == Some(root)
+        {
+            tree.cpu_ticks += stat_cpu_ticks(&stat).unwrap_or(0);
+            members.push(pid);
+        }
+    }
+    for pid in members {
+        let rollup = read(pid, "smaps_rollup").unwrap_or_default();
+        tree.pss_kib += status_kib(&rollup, "Pss").unwrap_or(0);
+        tree.rss_kib += status_kib(&rollup, "Rss").unwrap_or(0);
+        tree.processes += 1;
+    }
+    Some(tree)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux in practice).
 pub fn clock_ticks() -> f64 {
     Command::new("getconf")
@@ -101,7 +165,12 @@ pub fn clock_ticks() -> f64 {
 
 /// CPU use between two samples, in percent of one core.
 pub fn cpu_percent(before: &ProcSample, after: &ProcSample, seconds: f64) -> f64 {
-    let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64;
+    ticks_percent(before.cpu_ticks, after.cpu_ticks, seconds)
+}
+
+/// CPU use between two counts of clock ticks, in percent of one core.
+pub fn ticks_percent(before: u64, after: u64, seconds: f64) -> f64 {
+    let ticks = after.saturating_sub(before) as f64;
     (ticks / clock_ticks() / seconds.max(1e-9) * 1000.0).round() / 10.0
 }
 
@@ -184,6 +253,10 @@ mod tests {
     fn proc_files_are_parsed() {
         let stat = "4242 (flotilla (x) y) S 1 4242 4242 0 -1 4194560 1208 0 0 0 731 95 0 0 20 0 9 0 123 0 0";
         assert_eq!(stat_cpu_ticks(stat), Some(731 + 95));
+        assert_eq!(stat_cpu_ticks_with_reaped(stat), Some(731 + 95));
+        assert_eq!(stat_ppid(stat), Some(1));
+        let reaped = "7 (postgres) S 1 7 7 0 -1 4194560 1208 0 0 0 731 95 40 2 20 0 9 0 123 0 0";
+        assert_eq!(stat_cpu_ticks_with_reaped(reaped), Some(731 + 95 + 40 + 2));
         let status = "Name:\tflotilla\nVmHWM:\t  20480 kB\nVmRSS:\t   10240 kB\nThreads:\t9\n";
         assert_eq!(status_kib(status, "VmRSS"), Some(10240));
         assert_eq!(status_kib(status, "VmHWM"), Some(20480));

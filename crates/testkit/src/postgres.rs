@@ -215,6 +215,12 @@ impl PostgresServer {
         self.port
     }
 
+    /// The postmaster's process id (its backends are its children): what a benchmark reads
+    /// PostgreSQL's CPU time and memory from.
+    pub fn pid(&self) -> u32 {
+        self.postmaster().id()
+    }
+
     /// The URL of `database` on this server, as the superuser.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)

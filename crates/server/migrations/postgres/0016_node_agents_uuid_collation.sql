@@ -1,0 +1,14 @@
+-- Numbered 0016 (it was written as 0014 beside another 0014 and renumbered at the merge;
+-- sqlx applies every version a database has not seen, so the order is harmless).
+-- `node_agents.node_uuid` compares bytewise (COLLATE "C"), as `nodes.uuid` does (0001).
+--
+-- With two collations the join `node_agents.node_uuid = nodes.uuid` (the health sweep's
+-- `watched_nodes`, read every flush interval) cannot use either primary key's index: the
+-- comparison is only a join filter. A plan made while the tables were small — sqlx keeps
+-- each connection's prepared statements, and PostgreSQL keeps a parameterless statement's
+-- plan until the tables are analysed again — is then a nested loop comparing every node
+-- with every agent: 5 s at 7,000 nodes on an idle machine, 20 s under load (the
+-- 10,000-agent, three-replica benchmark, bench/notes/scale-10000-3-replicas-postgres.md),
+-- during which the sweep neither merges nor judges and then judges on stale times. With one
+-- collation the same stale plan looks each node up in `node_agents_pkey`: 12 ms.
+ALTER TABLE node_agents ALTER COLUMN node_uuid TYPE TEXT COLLATE "C";

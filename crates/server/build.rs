@@ -1,5 +1,5 @@
-//! `sqlx::migrate!` embeds the migrations at compile time; without this, adding a migration
-//! file alone would not rebuild the server (sqlx's documented build script).
+//! The store embeds its migrations at compile time (`migrate!`); without this, adding a
+//! migration file alone would not rebuild the server (the macro's documented build script).
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
 }

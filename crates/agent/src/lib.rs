@@ -196,6 +196,8 @@ struct Agent {
     saved: Option<SavedState>,
     private_ips: Vec<String>,
     engine: Arc<Engine>,
+    /// Sent with every registration attempt of this process ([`Registration::nonce`]).
+    nonce: String,
 }
 
 impl Refusal {
@@ -226,6 +228,7 @@ impl Agent {
                 .await
                 .ok()
                 .flatten(),
+            nonce: Some(self.nonce.clone()),
         };
         match self.client.register(token, &body).await {
             Ok(node) => Ok(Ok(node)),
@@ -437,6 +440,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         saved,
         private_ips,
         engine,
+        nonce: uuid::Uuid::new_v4().simple().to_string(),
     };
     loop {
         let node = agent.register().await?;

@@ -94,6 +94,13 @@ pub struct Registration {
     pub private_ips: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_version: Option<String>,
+    /// A random value the agent keeps for all its attempts at a first registration: the
+    /// credential is derived from it, so an attempt whose answer was lost (the server died
+    /// after committing it) gets the same credential again on retry, where it would
+    /// otherwise be refused for a used-up token. Without it (or shorter than 32
+    /// characters) the credential is random and such a retry is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// `PATCH /api/agent/v1/node/{uuid}/`: what the agent learned since it registered.

@@ -384,6 +384,7 @@ async fn agents_moving_off_a_killed_replica_are_never_unreachable() {
                     count: 0,
                     private_ips: Vec::new(),
                     docker_version: None,
+                    nonce: None,
                 },
             )
             .await

@@ -8,9 +8,13 @@
 //!   layer; this file keeps the agents' half of it apart.
 //! * **Batch registration tokens** ([`crate::tokens::batch_token`]) are good only once per
 //!   slot: the first registration of a node inserts its `node_agents` row, and a second one
-//!   is refused (403). A leaked token is therefore worth at most the not-yet-registered
-//!   nodes of one batch.
-//! * **Node credentials.** Registration issues a random 256-bit credential, shown once and
+//!   is refused (403) — unless it is the same agent retrying an attempt whose answer was
+//!   lost (a server killed right after committing it): the agent sends a random nonce with
+//!   every attempt, the credential is HMAC(installation secret, node, nonce), and a retry
+//!   whose nonce gives the stored credential gets it again. A leaked token is therefore
+//!   worth at most the not-yet-registered nodes of one batch.
+//! * **Node credentials.** Registration issues a 256-bit credential (derived as above, or
+//!   random when the agent sends no nonce), shown once and
 //!   stored only as its SHA-256 (no salt: it is random and high-entropy, and the hash is the
 //!   lookup key). A restarted agent re-registers with it on the same endpoint — the server
 //!   tells the two apart by looking the token up as a credential first — and gets the same
@@ -61,7 +65,7 @@ use super::{App, AppError};
 use crate::store::{
     IpChange, NodeAgentRecord, NodeRecord, NodeRegistration, Registered, StoreError,
 };
-use crate::tokens::{batch_token, credential_hash, load_secret, random_hex};
+use crate::tokens::{batch_token, credential_hash, hmac_sha256, load_secret, random_hex};
 
 /// How often heartbeats are written to the store (at most; see [`flush_interval`]).
 pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -286,6 +290,9 @@ impl From<AppError> for AgentError {
     }
 }
 
+/// The shortest [`Registration::nonce`] a credential is derived from (128 bits of hex).
+const MIN_NONCE: usize = 32;
+
 pub type AgentResult<T> = Result<T, AgentError>;
 
 /// The outcome of a registration: the node, and whether this call created its credential.
@@ -376,7 +383,15 @@ impl<C: Cloud + 'static> App<C> {
             None => match &claimed {
                 Some(claimed) => {
                     self.check_batch_token(token, registration).await?;
-                    (claimed.clone(), Some(random_hex(32)), true)
+                    let credential = match registration.nonce.as_deref() {
+                        Some(nonce) if nonce.len() >= MIN_NONCE => {
+                            let secret = self.agent_secret().await?;
+                            let message = format!("agent credential:{claimed}:{nonce}");
+                            hex::encode(hmac_sha256(secret.as_bytes(), message.as_bytes()))
+                        }
+                        _ => random_hex(32),
+                    };
+                    (claimed.clone(), Some(credential), true)
                 }
                 None => return self.register_byo(token, registration, public_ip).await,
             },
@@ -426,9 +441,21 @@ impl<C: Cloud + 'static> App<C> {
         let ip_change = match self.store.register_agent(&record, first, &change).await? {
             Registered::Done(ip_change) => ip_change,
             Registered::AlreadyRegistered if first => {
-                return Err(AgentError::Forbidden(format!(
-                    "node '{node_uuid}' has already registered; its registration token is used up"
-                )));
+                // The same agent again (its nonce gives the stored credential): an earlier
+                // attempt committed and its answer was lost; it gets its credential again.
+                let same = match (&credential, self.store.node_agent(&node_uuid).await?) {
+                    (Some(credential), Some(stored)) => {
+                        registration.nonce.is_some()
+                            && stored.credential_hash == credential_hash(credential)
+                    }
+                    _ => false,
+                };
+                if !same {
+                    return Err(AgentError::Forbidden(format!(
+                        "node '{node_uuid}' has already registered; its registration token is used up"
+                    )));
+                }
+                None
             }
             Registered::AlreadyRegistered => {
                 return Err(AgentError::Unauthorized(

@@ -189,6 +189,53 @@ async fn batch_tokens_register_each_node_once_and_the_cluster_becomes_deployed()
     assert_eq!((status, body), (200, json!({"reachable": true})));
 }
 
+/// A first registration whose answer was lost (the server died after committing it) is
+/// retried by the same agent with the same nonce: it gets the same credential again. Anyone
+/// else holding the batch token (another nonce, or none) is still refused.
+#[tokio::test]
+async fn a_registration_retried_with_its_nonce_gets_the_same_credential() {
+    let (server, batches, _dir) = env().await;
+    let server = &server;
+    deployed_cluster(server, 1).await;
+    let batch = batches.lock().expect("batches")[0].clone();
+    let slot = batch.first_slot;
+    let with_nonce = |nonce: Option<&str>| {
+        let mut body = registration(&batch, slot);
+        if let Some(nonce) = nonce {
+            body["nonce"] = json!(nonce);
+        }
+        body
+    };
+    let nonce = "5f0c1e2d3b4a59687766554433221100";
+    let token = batch.token.clone();
+    let register = |body: Value| {
+        let token = token.clone();
+        async move {
+            agent_call(
+                server,
+                "127.0.0.21",
+                Method::POST,
+                AGENT_NODES,
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, first) = register(with_nonce(Some(nonce))).await;
+    assert_eq!(status, 201, "{first}");
+    let credential = first["credential"].as_str().expect("a credential");
+    let (status, again) = register(with_nonce(Some(nonce))).await;
+    assert_eq!(status, 201, "the same agent retrying: {again}");
+    assert_eq!(again["credential"].as_str(), Some(credential));
+    assert_eq!(again["uuid"], first["uuid"]);
+    for other in [Some("00112233445566778899aabbccddeeff"), None] {
+        let (status, body) = register(with_nonce(other)).await;
+        assert_eq!(status, 403, "{other:?}: {body}");
+        assert!(body["credential"].is_null(), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn current_num_nodes_counts_only_nodes_that_are_up() {
     let (server, batches, _dir) = env().await;

@@ -36,18 +36,9 @@ pub async fn share_events(
     bus: EventBus,
     reconciler: Reconciler,
     replica: String,
-    stop: watch::Receiver<bool>,
-) {
-    receive_others(&url, &bus, &reconciler, &replica, stop).await;
-}
-
-async fn receive_others(
-    url: &str,
-    bus: &EventBus,
-    reconciler: &Reconciler,
-    replica: &str,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (url, bus, reconciler, replica) = (url.as_str(), &bus, &reconciler, replica.as_str());
     loop {
         let mut listener = match NotificationListener::connect(url, notify::CHANNEL).await {
             Ok(listener) => listener,

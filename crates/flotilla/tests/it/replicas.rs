@@ -38,7 +38,7 @@ use flotilla_testkit::{
 };
 use prometheus_parse::{Scrape, Value as Metric};
 
-use crate::server_crash::six_nodes_and_one_network;
+use crate::server_crash::{held_at, six_nodes_and_one_network};
 use crate::support::{Api, Events, server};
 
 const LEASE_TIME: &str = "3";
@@ -220,21 +220,7 @@ async fn deploy_held_at(
         )
         .await;
     assert_eq!(status, 202, "k={k}: {body}");
-    let started = Instant::now();
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let done = proxy.total();
-        if done as u64 >= k - 1 && done == last {
-            break;
-        }
-        last = done;
-        assert!(
-            started.elapsed() < LIMIT,
-            "k={k}: the deploy stalled at {done} calls:\n{}",
-            replicas.logs()
-        );
-    }
+    held_at(proxy, k, LIMIT, || replicas.logs()).await;
     let (_, before) = api
         .call(reqwest::Method::GET, &uri::node_cluster(&uuid), None)
         .await;

@@ -64,22 +64,7 @@ async fn crash_at_on(k: u64, database: DatabaseKind) {
         .await;
     assert_eq!(status, 202, "k={k}: {body}");
     let action_uri = action_uri.expect("the deploy's action");
-    // Wait until every call before the K-th has finished and nothing moves any more.
-    let started = Instant::now();
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let done = proxy.total();
-        if done as u64 >= k - 1 && done == last {
-            break;
-        }
-        last = done;
-        assert!(
-            started.elapsed() < CONVERGE_LIMIT,
-            "k={k}: the deploy stalled at {done} calls: {}",
-            server.log()
-        );
-    }
+    held_at(&proxy, k, CONVERGE_LIMIT, || server.log()).await;
     // The held call keeps the deploy from finishing: this is a crash mid-deploy.
     let (_, before) = api.call(reqwest::Method::GET, &path, None).await;
     assert_eq!(before["state"], "Deploying", "k={k}: {before:#}");
@@ -115,6 +100,31 @@ async fn crash_at_on(k: u64, database: DatabaseKind) {
 /// What a 6-node deploy from nothing leaves in the account when nothing was created twice:
 /// 6 running instances balanced 2/2/2, and one VPC, 3 subnets, one gateway, one route table
 /// and one security group of the installation. `what` names the run in failures.
+/// Waits until every call before the K-th (which `proxy` holds) has finished and nothing
+/// moves any more; fails with `logs()` after `limit`.
+pub(crate) async fn held_at(
+    proxy: &flotilla_testkit::FaultProxy,
+    k: u64,
+    limit: Duration,
+    logs: impl Fn() -> String,
+) {
+    let started = Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = proxy.total();
+        if done as u64 >= k - 1 && done == last {
+            return;
+        }
+        last = done;
+        assert!(
+            started.elapsed() < limit,
+            "k={k}: the deploy stalled at {done} calls:\n{}",
+            logs()
+        );
+    }
+}
+
 pub(crate) async fn six_nodes_and_one_network(inspector: &str, what: &str) {
     let ec2 = inspect::ec2_client(inspector, "us-east-1").await;
     let per_zone = inspect::instances_per_zone(&ec2, &["running"]).await;

@@ -254,7 +254,11 @@ pub async fn run<C: Cloud + 'static>(
     // With several replicas, every write sends its events to the others (`replicas`).
     store.share_events_as(&replica);
     let leases = lease::Leases::new(store.clone(), replica, config.lease_time);
-    cloud.share_network_lock(leases.clone());
+    if store.dialect() == store::Dialect::Postgres {
+        // Replicas share a PostgreSQL database; one SQLite file has one server, whose engine
+        // already takes its turns per region in-process.
+        cloud.share_network_lock(leases.clone());
+    }
     let (reconciler, supervisor) = reconcile::reconciler(
         store.clone(),
         cloud.clone(),
